@@ -1,0 +1,117 @@
+//! Shared measurement and reporting for the benchmarks in `benches/benches/`.
+//!
+//! Each benchmark times whole operations (median of several runs, after one warm-up), prints
+//! a Markdown table, and writes `bench-results/<name>.json` so that every figure in the README
+//! can be traced to a run of `scripts/bench.sh`.
+
+use std::time::{Duration, Instant};
+
+/// Time `f` `runs` times after one warm-up run; returns the median.
+pub fn median_time<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
+    std::hint::black_box(f());
+    let mut times: Vec<Duration> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Rows of one benchmark's results.
+#[derive(Debug, Default)]
+pub struct Report {
+    name: String,
+    context: Vec<(String, serde_json::Value)>,
+    rows: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
+}
+
+impl Report {
+    /// A report named after its benchmark.
+    pub fn new(name: &str) -> Self {
+        Report {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A fact about the setup (data size, model, threads…).
+    pub fn context(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        self.context.push((key.into(), value.into()));
+    }
+
+    /// One measured row with named values.
+    pub fn row(&mut self, label: &str, values: &[(&str, serde_json::Value)]) {
+        let map = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        self.rows.push((label.into(), map));
+    }
+
+    /// Print as Markdown and write `bench-results/<name>.json` at the workspace root.
+    pub fn finish(self) {
+        println!("\n## {}\n", self.name);
+        for (k, v) in &self.context {
+            println!("- {k}: {v}");
+        }
+        let mut cols: Vec<String> = Vec::new();
+        for (_, m) in &self.rows {
+            for k in m.keys() {
+                if !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+        println!("\n| | {} |", cols.join(" | "));
+        println!("|---|{}", "---|".repeat(cols.len()));
+        for (label, m) in &self.rows {
+            let cells: Vec<String> = cols
+                .iter()
+                .map(|c| m.get(c).map(fmt_value).unwrap_or_default())
+                .collect();
+            println!("| {label} | {} |", cells.join(" | "));
+        }
+        let json = serde_json::json!({
+            "benchmark": self.name,
+            "context": self.context.iter().cloned().collect::<serde_json::Map<_, _>>(),
+            "rows": self.rows.iter().map(|(l, m)| {
+                let mut m = m.clone();
+                m.insert("label".into(), l.clone().into());
+                serde_json::Value::Object(m)
+            }).collect::<Vec<_>>(),
+        });
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-results");
+        let path = dir.join(format!("{}.json", self.name));
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap_or_default())
+        });
+        match written {
+            Ok(()) => println!("\nwrote {}", path.display()),
+            Err(e) => eprintln!("could not write {}: {e}", path.display()),
+        }
+    }
+}
+
+fn fmt_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.3}"),
+            _ => n.to_string(),
+        },
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Megabytes (10^6 bytes) per second.
+pub fn mb_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+/// Round to 3 decimals, for JSON output.
+pub fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

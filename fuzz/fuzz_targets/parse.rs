@@ -1,0 +1,24 @@
+//! Property: no reader panics, whatever the bytes. Every parser of an untrusted artefact is fed
+//! the same input.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use snapshot_format::dataset::DatasetManifest;
+use snapshot_format::ledger::Segment;
+use snapshot_format::limits::ReadLimits;
+use snapshot_format::manifest::{Completion, RunManifest};
+use snapshot_format::snapshot::{self, SnapshotReader};
+
+fuzz_target!(|data: &[u8]| {
+    // Keep the fuzzer's memory bounded: a valid header may declare large tensors.
+    let limits = ReadLimits { max_decoded_bytes: 1 << 24 };
+    let _ = snapshot::decode(data, "fuzz", &limits);
+    let _ = snapshot::read_header(data, "fuzz", &limits);
+    if let Ok(reader) = SnapshotReader::new(std::io::Cursor::new(data), "fuzz", &limits) {
+        let _ = reader.finish();
+    }
+    let _ = Segment::decode(data, "fuzz");
+    let _ = DatasetManifest::decode(data, "fuzz");
+    let _ = RunManifest::from_json(data, "fuzz");
+    let _ = Completion::from_json(data, "fuzz");
+});

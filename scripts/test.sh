@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command (README, and `.ci/run`): set-up, formatting and lint checks, then
+# every test of the workspace. Works on a fresh clone with no standard input.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup-test-env.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked "$@"

@@ -1,0 +1,73 @@
+//! Where each artefact of a run lives inside its store, and which objects are write-once.
+//!
+//! Every object of a run is write-once: it is created with a conditional put and never
+//! replaced. Keys are relative to the run's root (a directory, or a prefix in a bucket).
+
+/// The run manifest (JSON).
+pub const MANIFEST: &str = "manifest.json";
+/// The dataset manifest (per-example hashes and Merkle root).
+pub const DATASET_MANIFEST: &str = "dataset/manifest.bin";
+/// A copy of the training dataset (JSON Lines), so that the run can be replayed on its own.
+pub const DATASET_DATA: &str = "dataset/examples.jsonl";
+/// A copy of the base model, when the run started from one.
+pub const BASE_MODEL: &str = "base/model.safetensors";
+/// The completion record, written once at the end of a run.
+pub const COMPLETE: &str = "complete.json";
+/// Prefix of checkpoint snapshots.
+pub const CHECKPOINTS: &str = "checkpoints/";
+/// Prefix of ledger segments.
+pub const LEDGER: &str = "ledger/";
+/// Prefix of signatures.
+pub const SIGNATURES: &str = "signatures/";
+/// Prefix the start-up write-once probe uses (removed after the probe).
+pub const PROBE: &str = ".write-once-probe/";
+
+/// Key of the checkpoint after `step` steps.
+pub fn checkpoint(step: u64) -> String {
+    format!("{CHECKPOINTS}step-{step:012}.snap")
+}
+
+/// Key of ledger segment `index` (1-based).
+pub fn segment(index: u64) -> String {
+    format!("{LEDGER}segment-{index:06}.seg")
+}
+
+/// Key of the signature over the artefact at `key`.
+pub fn signature(key: &str) -> String {
+    format!("{SIGNATURES}{key}.sig")
+}
+
+/// The step of a checkpoint key, if `key` is one.
+pub fn parse_checkpoint(key: &str) -> Option<u64> {
+    parse_numbered(key, CHECKPOINTS, "step-", ".snap", 12)
+}
+
+/// The index of a segment key, if `key` is one.
+pub fn parse_segment(key: &str) -> Option<u64> {
+    parse_numbered(key, LEDGER, "segment-", ".seg", 6)
+}
+
+fn parse_numbered(key: &str, dir: &str, stem: &str, ext: &str, width: usize) -> Option<u64> {
+    let digits = key
+        .strip_prefix(dir)?
+        .strip_prefix(stem)?
+        .strip_suffix(ext)?;
+    if digits.len() != width || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        assert_eq!(parse_checkpoint(&checkpoint(50)), Some(50));
+        assert_eq!(parse_segment(&segment(3)), Some(3));
+        assert_eq!(parse_checkpoint("checkpoints/step-50.snap"), None);
+        assert_eq!(parse_segment("ledger/segment-00000x.seg"), None);
+        assert_eq!(signature(MANIFEST), "signatures/manifest.json.sig");
+    }
+}

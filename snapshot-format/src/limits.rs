@@ -1,0 +1,40 @@
+//! Safety limits: public maximums every reader enforces before allocating.
+//!
+//! A reader that meets a value above one of these limits rejects the object with a specific
+//! error ([`crate::Error::HeaderTooLarge`], [`crate::Error::TooManyTensors`],
+//! [`crate::Error::RankTooLarge`], [`crate::Error::LengthOverflow`],
+//! [`crate::Error::DecodedTooLarge`]) and allocates nothing on the strength of the bad value.
+
+/// Largest header (snapshot header, ledger segment, dataset manifest) a reader accepts.
+pub const MAX_HEADER_BYTES: usize = 64 << 20;
+/// Most tensors in one snapshot.
+pub const MAX_TENSORS: u64 = 1 << 18;
+/// Longest tensor name, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Highest tensor rank.
+pub const MAX_RANK: u64 = 16;
+/// Most elements in one tensor (2^40).
+pub const MAX_ELEMENTS: u64 = 1 << 40;
+/// Most raw bytes in one tensor (1 TiB): any larger tensor is rejected as an overflow.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 40;
+/// Default cap on the total decoded size of one snapshot (64 GiB); see [`ReadLimits`].
+pub const DEFAULT_MAX_DECODED_BYTES: u64 = 64 << 30;
+/// Most records in one ledger segment.
+pub const MAX_RECORDS_PER_SEGMENT: u64 = 1 << 20;
+/// Most examples in one batch record.
+pub const MAX_BATCH_EXAMPLES: u64 = 1 << 20;
+
+/// Limits a caller may tighten for one read (a verifier on a small machine, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Total decoded bytes of all tensors of one snapshot.
+    pub max_decoded_bytes: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            max_decoded_bytes: DEFAULT_MAX_DECODED_BYTES,
+        }
+    }
+}

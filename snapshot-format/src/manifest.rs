@@ -1,0 +1,243 @@
+//! JSON artefacts: the run manifest, the environment fingerprint and the completion record.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hash::{DomainHasher, Hash32, context};
+use crate::ledger;
+
+/// Manifest format versions this reader understands.
+pub const MANIFEST_VERSIONS: &[u16] = &[1];
+
+/// Producer of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Engine {
+    pub name: String,
+    pub version: String,
+}
+
+/// How the run was recorded. Does not affect the bits of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recording {
+    /// A checkpoint every this many steps (plus step 0 and the final step).
+    pub checkpoint_interval: u64,
+    /// Ledger records carry a state root every this many steps (and at every checkpoint).
+    pub state_root_interval: u64,
+}
+
+/// A GPU's identity, for runs on CUDA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuFingerprint {
+    pub name: String,
+    pub compute_capability: String,
+    pub sm_count: u64,
+    pub memory_bytes: u64,
+    pub driver_version: String,
+    pub cuda_version: String,
+}
+
+/// Where a run was computed. Determinism is promised within an *environment class*: the
+/// fields listed in [`EnvironmentFingerprint::CLASS_FIELDS`]. The other fields are recorded
+/// for the investigator but do not change bits (each is tested or argued in
+/// `specs/determinism.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentFingerprint {
+    /// Compute backend: `flex` (CPU), `ndarray` (CPU) or `cuda`.
+    pub backend: String,
+    /// Device used, e.g. `cpu` or `cuda:0`.
+    pub device: String,
+    pub burn_version: String,
+    pub engine_version: String,
+    /// Target triple the engine was built for.
+    pub target: String,
+    /// C library and version (exp, log and tanh come from it on the CPU backends).
+    pub libc: String,
+    /// Instruction-set features that select CPU kernels, sorted.
+    pub cpu_features: Vec<String>,
+    pub cpu_model: String,
+    /// Worker threads (rayon) during the run.
+    pub threads: u64,
+    pub os: String,
+    pub rustc: String,
+    pub gpu: Option<GpuFingerprint>,
+}
+
+impl EnvironmentFingerprint {
+    /// The fields that define the environment class.
+    pub const CLASS_FIELDS: &'static [&'static str] = &[
+        "backend",
+        "burn_version",
+        "engine_version",
+        "target",
+        "libc",
+        "cpu_features",
+        "gpu.name",
+        "gpu.compute_capability",
+        "gpu.driver_version",
+        "gpu.cuda_version",
+    ];
+
+    fn class_values(&self) -> Vec<(&'static str, String)> {
+        let gpu = |f: fn(&GpuFingerprint) -> &String| {
+            self.gpu.as_ref().map(|g| f(g).clone()).unwrap_or_default()
+        };
+        vec![
+            ("backend", self.backend.clone()),
+            ("burn_version", self.burn_version.clone()),
+            ("engine_version", self.engine_version.clone()),
+            ("target", self.target.clone()),
+            ("libc", self.libc.clone()),
+            ("cpu_features", self.cpu_features.join(",")),
+            ("gpu.name", gpu(|g| &g.name)),
+            ("gpu.compute_capability", gpu(|g| &g.compute_capability)),
+            ("gpu.driver_version", gpu(|g| &g.driver_version)),
+            ("gpu.cuda_version", gpu(|g| &g.cuda_version)),
+        ]
+    }
+
+    /// Environment class: `BLAKE3-derive(ENVIRONMENT_CLASS, (u64 len ‖ field name ‖ u64 len ‖
+    /// value)…)` over [`Self::CLASS_FIELDS`] in order.
+    pub fn class(&self) -> Hash32 {
+        let mut h = DomainHasher::new(context::ENVIRONMENT_CLASS);
+        for (name, value) in self.class_values() {
+            h.prefixed(name.as_bytes()).prefixed(value.as_bytes());
+        }
+        h.finish()
+    }
+
+    /// Class fields that differ: `(field, self's value, other's value)`.
+    pub fn class_differences(&self, other: &Self) -> Vec<(&'static str, String, String)> {
+        self.class_values()
+            .into_iter()
+            .zip(other.class_values())
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, b)| (a.0, a.1, b.1))
+            .collect()
+    }
+}
+
+/// The run manifest (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunManifest {
+    pub format_version: u16,
+    pub run_id: String,
+    /// Seconds since the Unix epoch when the run started.
+    pub created_unix: u64,
+    pub engine: Engine,
+    /// Everything that determines the bits of the run: model, hyper-parameters, seeds, base
+    /// model hash, dataset root. Its hash is bound into the ledger's genesis.
+    pub spec: serde_json::Value,
+    /// [`spec_hash`] of `spec`.
+    pub spec_hash: Hash32,
+    /// State root at step 0 (after initialisation, before the first update).
+    pub initial_state_root: Hash32,
+    /// [`ledger::genesis`] of `spec_hash` and `initial_state_root`.
+    pub genesis: Hash32,
+    pub recording: Recording,
+    pub environment: EnvironmentFingerprint,
+}
+
+/// Spec hash: `BLAKE3-derive(SPEC, RFC 8785 canonical JSON of spec)`.
+pub fn spec_hash(spec: &serde_json::Value) -> Hash32 {
+    // Canonicalising a serde_json::Value cannot fail: it holds no non-string keys and no
+    // non-finite numbers.
+    let canonical = serde_json_canonicalizer::to_vec(spec).unwrap_or_default();
+    let mut h = DomainHasher::new(context::SPEC);
+    h.bytes(&canonical);
+    h.finish()
+}
+
+impl RunManifest {
+    /// Parse and check the format version and the commitments (spec hash and genesis).
+    pub fn from_json(bytes: &[u8], artefact: &str) -> Result<Self> {
+        let m: RunManifest = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+            artefact: artefact.to_string(),
+            detail: e.to_string(),
+        })?;
+        if !MANIFEST_VERSIONS.contains(&m.format_version) {
+            return Err(Error::UnsupportedVersion {
+                artefact: artefact.to_string(),
+                found: m.format_version,
+                supported: MANIFEST_VERSIONS,
+            });
+        }
+        let computed = spec_hash(&m.spec);
+        if computed != m.spec_hash {
+            return Err(Error::SpecHashMismatch {
+                artefact: artefact.to_string(),
+                stored: m.spec_hash,
+                computed,
+            });
+        }
+        Ok(m)
+    }
+
+    /// Pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        to_pretty_json(self)
+    }
+
+    /// The genesis hash implied by the commitments (compare with `genesis` and with the
+    /// first ledger record's `prev_hash`).
+    pub fn computed_genesis(&self) -> Hash32 {
+        ledger::genesis(&self.spec_hash, &self.initial_state_root)
+    }
+}
+
+/// Written once when a run completes (`complete.json`): without it, a run whose last
+/// segments were deleted would look like a run that crashed early.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Completion {
+    pub run_id: String,
+    pub final_step: u64,
+    pub segments: u64,
+    pub ledger_head: Hash32,
+    pub final_state_root: Hash32,
+}
+
+impl Completion {
+    /// Parse.
+    pub fn from_json(bytes: &[u8], artefact: &str) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Json {
+            artefact: artefact.to_string(),
+            detail: e.to_string(),
+        })
+    }
+    /// Pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        to_pretty_json(self)
+    }
+}
+
+fn to_pretty_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs to JSON cannot fail.
+    let mut out = serde_json::to_vec_pretty(value).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_hash_ignores_key_order_and_whitespace_but_not_values() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"lr": 0.001, "seed": 7, "model": {"d": 64, "h": 4}}"#)
+                .expect("json");
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{ "model":{"h":4,"d":64},"seed":7,"lr":0.001 }"#)
+                .expect("json");
+        let c: serde_json::Value =
+            serde_json::from_str(r#"{"lr": 0.002, "seed": 7, "model": {"d": 64, "h": 4}}"#)
+                .expect("json");
+        assert_eq!(spec_hash(&a), spec_hash(&b));
+        assert_ne!(spec_hash(&a), spec_hash(&c));
+    }
+}

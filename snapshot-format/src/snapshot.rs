@@ -1,0 +1,871 @@
+//! Snapshots: named tensors plus typed metadata, the unit of checkpoints and exports.
+//!
+//! A snapshot is an [envelope](crate::envelope) whose header is a [`Header`] (state metadata,
+//! provenance, the claimed state root and the tensor table) and whose payload is the data
+//! section: each tensor's encoding, in table order, with no holes and no overlaps.
+//!
+//! Writers hash and encode tensors in parallel (rayon). Readers verify everything: the table
+//! against the safety limits and the data section's size before decoding, each tensor's hash as
+//! it is decoded, and the state root last. [`decode`] reads an in-memory object in parallel;
+//! [`SnapshotReader`] streams from any `Read`, holding one tensor at a time.
+
+use std::io::Read;
+
+use rayon::prelude::*;
+
+use crate::canonical;
+use crate::dtype::{Codec, DType};
+use crate::envelope::{self, SNAPSHOT};
+use crate::error::{Error, Result};
+use crate::hash::{self, Hash32};
+use crate::limits::{
+    MAX_ELEMENTS, MAX_NAME_BYTES, MAX_RANK, MAX_TENSOR_BYTES, MAX_TENSORS, ReadLimits,
+};
+
+/// Position of the data cursor: which epoch, and how many examples of that epoch's order have
+/// been consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
+pub struct DataCursor {
+    pub epoch: u64,
+    pub position: u64,
+}
+
+/// Position of one long-lived random stream.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct StreamPosition {
+    pub purpose: String,
+    /// ChaCha word position.
+    pub word_pos: u128,
+}
+
+/// Random-number state: the master seed every stream is derived from, and the positions of
+/// long-lived streams (empty when every stream is derived afresh per step, as the trainer does).
+#[derive(Debug, Clone, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
+pub struct RngState {
+    pub master_seed: u64,
+    /// Sorted by purpose, unique.
+    pub streams: Vec<StreamPosition>,
+}
+
+/// A typed metadata value.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum MetaValue {
+    U64(u64),
+    I64(i64),
+    /// An `f64` by its IEEE-754 bits, so that equality is bit equality.
+    F64Bits(u64),
+    Text(String),
+    Bytes(Vec<u8>),
+    Hash(Hash32),
+}
+
+/// One typed metadata entry.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct MetaEntry {
+    pub key: String,
+    pub value: MetaValue,
+}
+
+/// Metadata that is part of the training state and therefore of the state root.
+#[derive(Debug, Clone, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
+pub struct StateMeta {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub data_cursor: DataCursor,
+    pub rng: RngState,
+    /// Further typed entries, sorted by key, unique.
+    pub extra: Vec<MetaEntry>,
+}
+
+impl StateMeta {
+    /// The canonical bytes hashed into the state root.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        canonical::encode(self)
+    }
+
+    /// Look up an extra entry.
+    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.extra.iter().find(|e| e.key == key).map(|e| &e.value)
+    }
+
+    fn validate(&self, artefact: &str) -> Result<()> {
+        let malformed = |detail: String| Error::MalformedHeader {
+            artefact: artefact.to_string(),
+            detail,
+        };
+        for pair in self.extra.windows(2) {
+            if pair[0].key >= pair[1].key {
+                return Err(malformed(format!(
+                    "metadata keys not strictly sorted: {:?} then {:?}",
+                    pair[0].key, pair[1].key
+                )));
+            }
+        }
+        for pair in self.rng.streams.windows(2) {
+            if pair[0].purpose >= pair[1].purpose {
+                return Err(malformed(format!(
+                    "rng streams not strictly sorted: {:?} then {:?}",
+                    pair[0].purpose, pair[1].purpose
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What produced the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum SnapshotKind {
+    /// Written by the trainer during a run.
+    Checkpoint,
+    /// Reconstructed by `replay rollback`.
+    Export,
+}
+
+/// Provenance: where a snapshot belongs. Not part of the state root (two identical runs have
+/// identical states), but covered by the header digest and, when signed, by the signature.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Provenance {
+    pub run_id: String,
+    pub kind: SnapshotKind,
+    /// State root of the snapshot this one was derived from (the previous checkpoint), if any.
+    pub parent: Option<Hash32>,
+    /// Producing program and version, e.g. `trainer 0.1.0`.
+    pub producer: String,
+}
+
+/// One row of the tensor table, as stored (codes not yet interpreted).
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+struct TableRow {
+    name: String,
+    dtype: u8,
+    shape: Vec<u64>,
+    codec: u16,
+    offset: u64,
+    encoded_len: u64,
+    raw_len: u64,
+    hash: Hash32,
+}
+
+/// The header as stored.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+struct StoredHeader {
+    state: StateMeta,
+    provenance: Provenance,
+    state_root: Hash32,
+    tensors: Vec<TableRow>,
+}
+
+/// One validated row of the tensor table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub codec: Codec,
+    /// Offset within the data section.
+    pub offset: u64,
+    pub encoded_len: u64,
+    pub raw_len: u64,
+    /// Tensor hash (see [`hash::tensor_hash`]).
+    pub hash: Hash32,
+}
+
+/// A validated snapshot header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub version: u16,
+    pub state: StateMeta,
+    pub provenance: Provenance,
+    /// Verified: equals the root recomputed from `state` and the table's hashes.
+    pub state_root: Hash32,
+    /// Sorted by name.
+    pub tensors: Vec<TensorInfo>,
+}
+
+impl Header {
+    /// Length of the data section the table describes.
+    pub fn data_len(&self) -> u64 {
+        self.tensors
+            .last()
+            .map(|t| t.offset + t.encoded_len)
+            .unwrap_or(0)
+    }
+
+    /// Total decoded bytes.
+    pub fn raw_len(&self) -> u64 {
+        self.tensors.iter().map(|t| t.raw_len).sum()
+    }
+
+    /// Index of a tensor by name.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+    }
+}
+
+/// A tensor handed to the writer: name, dtype, shape and raw canonical bytes (little-endian,
+/// row-major; bools as 0/1 bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct TensorView<'a> {
+    pub name: &'a str,
+    pub dtype: DType,
+    pub shape: &'a [u64],
+    pub data: &'a [u8],
+}
+
+impl TensorView<'_> {
+    /// The tensor hash of this view.
+    pub fn hash(&self) -> Hash32 {
+        hash::tensor_hash(self.name, self.dtype, self.shape, self.data)
+    }
+}
+
+/// Writer settings. Compressed bytes may differ between zstd versions or levels; hashes never do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Codec to try for every tensor. With [`Codec::Zstd`], a tensor whose compressed form is
+    /// not smaller than its raw bytes is stored raw.
+    pub codec: Codec,
+    /// zstd level (1..=22).
+    pub zstd_level: i32,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            codec: Codec::Zstd,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// A snapshot encoded by [`encode`], as the parts of one object in order: head (preamble,
+/// header, digest), each tensor's encoding, end marker. Keeping the parts apart avoids copying
+/// the data section once more; stores accept them as one multi-part payload.
+#[derive(Debug, Clone)]
+pub struct Encoded<'a> {
+    pub parts: Vec<std::borrow::Cow<'a, [u8]>>,
+    pub state_root: Hash32,
+}
+
+impl Encoded<'_> {
+    /// Total length of the object.
+    pub fn len(&self) -> u64 {
+        self.parts.iter().map(|p| p.len() as u64).sum()
+    }
+    /// Always false: an object has at least its head and end marker.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+    /// The object as one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len() as usize);
+        for p in &self.parts {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+    /// Owned parts (borrowed raw tensors are copied), e.g. for a store's multi-part payload.
+    pub fn into_parts(self) -> Vec<Vec<u8>> {
+        self.parts
+            .into_iter()
+            .map(std::borrow::Cow::into_owned)
+            .collect()
+    }
+}
+
+const WRITER: &str = "snapshot being written";
+
+/// Check names, shapes and lengths of the writer's input; returns the indices of `tensors`
+/// in name order.
+fn validate_views(tensors: &[TensorView<'_>]) -> Result<Vec<usize>> {
+    if tensors.len() as u64 > MAX_TENSORS {
+        return Err(Error::TooManyTensors {
+            artefact: WRITER.into(),
+            count: tensors.len() as u64,
+            max: MAX_TENSORS,
+        });
+    }
+    for t in tensors {
+        check_name(WRITER, t.name)?;
+        let expected = expected_raw_len(WRITER, t.name, t.dtype, t.shape)?;
+        if expected != t.data.len() as u64 {
+            return Err(Error::RawLengthMismatch {
+                artefact: WRITER.into(),
+                tensor: t.name.to_string(),
+                declared: t.data.len() as u64,
+                expected,
+            });
+        }
+    }
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by(|&a, &b| tensors[a].name.cmp(tensors[b].name));
+    for pair in order.windows(2) {
+        if tensors[pair[0]].name == tensors[pair[1]].name {
+            return Err(Error::DuplicateTensorName {
+                artefact: WRITER.into(),
+                name: tensors[pair[0]].name.to_string(),
+            });
+        }
+    }
+    Ok(order)
+}
+
+/// Hash every tensor in parallel; the result is in the order of `tensors`.
+pub fn hash_tensors(tensors: &[TensorView<'_>]) -> Vec<Hash32> {
+    tensors.par_iter().map(TensorView::hash).collect()
+}
+
+/// The state root of `state` and `tensors` (in any order; they are sorted by name here).
+/// `hashes`, when given, are the tensor hashes in the order of `tensors`, already computed.
+pub fn state_root(
+    state: &StateMeta,
+    tensors: &[TensorView<'_>],
+    hashes: Option<&[Hash32]>,
+) -> Result<Hash32> {
+    let order = validate_views(tensors)?;
+    state.validate(WRITER)?;
+    let computed;
+    let hashes = match hashes {
+        Some(h) => h,
+        None => {
+            computed = hash_tensors(tensors);
+            &computed
+        }
+    };
+    let sorted: Vec<Hash32> = order.iter().map(|&i| hashes[i]).collect();
+    Ok(hash::state_root(&state.canonical_bytes(), &sorted))
+}
+
+/// Encode a snapshot. `hashes`, when given, are the tensor hashes in the order of `tensors`
+/// (computed once per step by the caller and reused here).
+pub fn encode<'a>(
+    state: &StateMeta,
+    provenance: &Provenance,
+    tensors: &[TensorView<'a>],
+    hashes: Option<&[Hash32]>,
+    options: WriteOptions,
+) -> Result<Encoded<'a>> {
+    let order = validate_views(tensors)?;
+    state.validate(WRITER)?;
+    let encoded: Vec<(Hash32, Codec, std::borrow::Cow<'a, [u8]>)> = order
+        .par_iter()
+        .map(|&i| {
+            let t = &tensors[i];
+            let h = match hashes {
+                Some(h) => h[i],
+                None => t.hash(),
+            };
+            let (codec, bytes) = encode_data(t.data, options);
+            (h, codec, bytes)
+        })
+        .collect();
+    let mut offset = 0u64;
+    let mut rows = Vec::with_capacity(order.len());
+    for (&i, (h, codec, bytes)) in order.iter().zip(&encoded) {
+        let t = &tensors[i];
+        rows.push(TableRow {
+            name: t.name.to_string(),
+            dtype: t.dtype.code(),
+            shape: t.shape.to_vec(),
+            codec: codec.id(),
+            offset,
+            encoded_len: bytes.len() as u64,
+            raw_len: t.data.len() as u64,
+            hash: *h,
+        });
+        offset += bytes.len() as u64;
+    }
+    let sorted: Vec<Hash32> = encoded.iter().map(|(h, _, _)| *h).collect();
+    let state_root = hash::state_root(&state.canonical_bytes(), &sorted);
+    let header = StoredHeader {
+        state: state.clone(),
+        provenance: provenance.clone(),
+        state_root,
+        tensors: rows,
+    };
+    let header_bytes = canonical::encode(&header);
+    if header_bytes.len() > crate::limits::MAX_HEADER_BYTES {
+        return Err(Error::HeaderTooLarge {
+            artefact: WRITER.into(),
+            declared: header_bytes.len() as u64,
+            max: crate::limits::MAX_HEADER_BYTES as u64,
+        });
+    }
+    let mut parts = Vec::with_capacity(encoded.len() + 2);
+    parts.push(std::borrow::Cow::Owned(envelope::head(
+        SNAPSHOT,
+        &header_bytes,
+    )));
+    parts.extend(encoded.into_iter().map(|(_, _, b)| b));
+    parts.push(std::borrow::Cow::Borrowed(&envelope::END_MARKER[..]));
+    Ok(Encoded { parts, state_root })
+}
+
+fn encode_data(data: &[u8], options: WriteOptions) -> (Codec, std::borrow::Cow<'_, [u8]>) {
+    match options.codec {
+        Codec::Raw => (Codec::Raw, std::borrow::Cow::Borrowed(data)),
+        Codec::Zstd => match zstd::bulk::compress(data, options.zstd_level) {
+            Ok(c) if c.len() < data.len() => (Codec::Zstd, std::borrow::Cow::Owned(c)),
+            // Incompressible (or a zstd failure, which cannot lose data: store raw).
+            _ => (Codec::Raw, std::borrow::Cow::Borrowed(data)),
+        },
+    }
+}
+
+fn check_name(artefact: &str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_NAME_BYTES {
+        Some("longer than MAX_NAME_BYTES")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidTensorName {
+            artefact: artefact.to_string(),
+            name: name.chars().take(80).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn expected_raw_len(artefact: &str, name: &str, dtype: DType, shape: &[u64]) -> Result<u64> {
+    if shape.len() as u64 > MAX_RANK {
+        return Err(Error::RankTooLarge {
+            artefact: artefact.to_string(),
+            tensor: name.to_string(),
+            rank: shape.len() as u64,
+            max: MAX_RANK,
+        });
+    }
+    let overflow = |what, max| Error::LengthOverflow {
+        artefact: artefact.to_string(),
+        tensor: name.to_string(),
+        what,
+        max,
+    };
+    let elements = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| overflow("element count", MAX_ELEMENTS))?;
+    elements
+        .checked_mul(dtype.size())
+        .filter(|&n| n <= MAX_TENSOR_BYTES)
+        .ok_or_else(|| overflow("raw byte length", MAX_TENSOR_BYTES))
+}
+
+/// Validate the stored header: metadata canonical, table within limits, names strictly
+/// sorted, lengths consistent, tensors contiguous from offset 0, state root consistent.
+fn validate_header(
+    version: u16,
+    stored: StoredHeader,
+    artefact: &str,
+    limits: &ReadLimits,
+) -> Result<Header> {
+    let a = || artefact.to_string();
+    stored.state.validate(artefact)?;
+    if stored.tensors.len() as u64 > MAX_TENSORS {
+        return Err(Error::TooManyTensors {
+            artefact: a(),
+            count: stored.tensors.len() as u64,
+            max: MAX_TENSORS,
+        });
+    }
+    let mut tensors = Vec::with_capacity(stored.tensors.len());
+    let mut expected_offset = 0u64;
+    let mut total_raw = 0u64;
+    let mut previous: Option<&str> = None;
+    for row in &stored.tensors {
+        check_name(artefact, &row.name)?;
+        if let Some(prev) = previous {
+            match prev.cmp(row.name.as_str()) {
+                std::cmp::Ordering::Equal => {
+                    return Err(Error::DuplicateTensorName {
+                        artefact: a(),
+                        name: row.name.clone(),
+                    });
+                }
+                std::cmp::Ordering::Greater => {
+                    return Err(Error::UnsortedTensorNames {
+                        artefact: a(),
+                        previous: prev.to_string(),
+                        name: row.name.clone(),
+                    });
+                }
+                std::cmp::Ordering::Less => {}
+            }
+        }
+        previous = Some(&row.name);
+        let dtype = DType::from_code(row.dtype).ok_or_else(|| Error::UnknownDType {
+            artefact: a(),
+            tensor: row.name.clone(),
+            code: row.dtype,
+        })?;
+        let codec = Codec::from_id(row.codec).ok_or_else(|| Error::UnknownCodec {
+            artefact: a(),
+            tensor: row.name.clone(),
+            id: row.codec,
+        })?;
+        let expected_raw = expected_raw_len(artefact, &row.name, dtype, &row.shape)?;
+        if row.raw_len != expected_raw {
+            return Err(Error::RawLengthMismatch {
+                artefact: a(),
+                tensor: row.name.clone(),
+                declared: row.raw_len,
+                expected: expected_raw,
+            });
+        }
+        if codec == Codec::Raw && row.encoded_len != row.raw_len {
+            return Err(Error::RawCodecLengthMismatch {
+                artefact: a(),
+                tensor: row.name.clone(),
+                encoded: row.encoded_len,
+                raw: row.raw_len,
+            });
+        }
+        if row.offset < expected_offset {
+            return Err(Error::OverlappingTensors {
+                artefact: a(),
+                tensor: row.name.clone(),
+                offset: row.offset,
+                expected: expected_offset,
+            });
+        }
+        if row.offset > expected_offset {
+            return Err(Error::HoleBeforeTensor {
+                artefact: a(),
+                tensor: row.name.clone(),
+                offset: row.offset,
+                expected: expected_offset,
+            });
+        }
+        expected_offset =
+            row.offset
+                .checked_add(row.encoded_len)
+                .ok_or_else(|| Error::LengthOverflow {
+                    artefact: a(),
+                    tensor: row.name.clone(),
+                    what: "offset + encoded length",
+                    max: u64::MAX,
+                })?;
+        total_raw = total_raw.saturating_add(row.raw_len);
+        tensors.push(TensorInfo {
+            name: row.name.clone(),
+            dtype,
+            shape: row.shape.clone(),
+            codec,
+            offset: row.offset,
+            encoded_len: row.encoded_len,
+            raw_len: row.raw_len,
+            hash: row.hash,
+        });
+    }
+    if total_raw > limits.max_decoded_bytes {
+        return Err(Error::DecodedTooLarge {
+            artefact: a(),
+            declared: total_raw,
+            max: limits.max_decoded_bytes,
+        });
+    }
+    let hashes: Vec<Hash32> = tensors.iter().map(|t| t.hash).collect();
+    let computed = hash::state_root(&stored.state.canonical_bytes(), &hashes);
+    if computed != stored.state_root {
+        return Err(Error::StateRootMismatch {
+            artefact: a(),
+            stored: stored.state_root,
+            computed,
+        });
+    }
+    Ok(Header {
+        version,
+        state: stored.state,
+        provenance: stored.provenance,
+        state_root: stored.state_root,
+        tensors,
+    })
+}
+
+fn parse_header(version: u16, bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Header> {
+    let stored: StoredHeader = canonical::decode_exact(bytes, artefact)?;
+    validate_header(version, stored, artefact, limits)
+}
+
+/// Parse the header of an opened envelope and locate the data section: a tensor reaching past
+/// the data present (with the end marker intact) is out of range; otherwise length problems
+/// are truncation or trailing bytes.
+fn parse_and_locate<'a>(
+    opened: &envelope::Opened<'a>,
+    artefact: &str,
+    limits: &ReadLimits,
+) -> Result<(Header, &'a [u8])> {
+    let header = parse_header(opened.version, opened.header, artefact, limits)?;
+    if let Some(data_len) = opened.marked_payload_len()
+        && let Some(t) = header
+            .tensors
+            .iter()
+            .find(|t| t.offset + t.encoded_len > data_len)
+    {
+        return Err(Error::TensorOutOfRange {
+            artefact: artefact.to_string(),
+            tensor: t.name.clone(),
+            end: t.offset + t.encoded_len,
+            data_len,
+        });
+    }
+    let data = opened.payload(header.data_len())?;
+    Ok((header, data))
+}
+
+/// Read and validate the header of an in-memory snapshot, and check that the data section and
+/// end marker are exactly where the table says. Tensor data is not decoded.
+pub fn read_header(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Header> {
+    let opened = envelope::open(SNAPSHOT, bytes, artefact)?;
+    Ok(parse_and_locate(&opened, artefact, limits)?.0)
+}
+
+/// A fully decoded and verified snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub header: Header,
+    /// Raw bytes of each tensor, in the order of `header.tensors`.
+    pub data: Vec<Vec<u8>>,
+}
+
+impl Snapshot {
+    /// Views of all tensors, in name order.
+    pub fn views(&self) -> Vec<TensorView<'_>> {
+        self.header
+            .tensors
+            .iter()
+            .zip(&self.data)
+            .map(|(t, d)| TensorView {
+                name: &t.name,
+                dtype: t.dtype,
+                shape: &t.shape,
+                data: d,
+            })
+            .collect()
+    }
+
+    /// Raw bytes of the named tensor.
+    pub fn tensor(&self, name: &str) -> Option<(&TensorInfo, &[u8])> {
+        self.header
+            .find(name)
+            .map(|i| (&self.header.tensors[i], self.data[i].as_slice()))
+    }
+}
+
+/// Decode and verify a whole snapshot held in memory; tensors are decoded and hashed in
+/// parallel. On several bad tensors, the first in table order is reported.
+pub fn decode(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Snapshot> {
+    let opened = envelope::open(SNAPSHOT, bytes, artefact)?;
+    let (header, data_section) = parse_and_locate(&opened, artefact, limits)?;
+    let decoded: Vec<Result<Vec<u8>>> = header
+        .tensors
+        .par_iter()
+        .map(|t| {
+            let enc = &data_section[t.offset as usize..(t.offset + t.encoded_len) as usize];
+            let raw = decode_data(t, enc, artefact)?;
+            verify_tensor(t, &raw, artefact)?;
+            Ok(raw)
+        })
+        .collect();
+    let data = decoded.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(Snapshot { header, data })
+}
+
+fn decode_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<Vec<u8>> {
+    match t.codec {
+        Codec::Raw => Ok(encoded.to_vec()),
+        Codec::Zstd => match zstd::zstd_safe::get_frame_content_size(encoded) {
+            Ok(Some(declared)) if declared > t.raw_len => Err(Error::DecodedSizeExceeded {
+                artefact: artefact.to_string(),
+                tensor: t.name.clone(),
+                declared: t.raw_len,
+            }),
+            // The frame declares exactly the expected size: one bulk call into a buffer of that
+            // size, which zstd cannot overrun and which it checks against the declared size.
+            Ok(Some(declared)) if declared == t.raw_len => decode_zstd_bulk(t, encoded, artefact),
+            // Undeclared or smaller: the bounded streaming decoder gives the exact error.
+            _ => decode_zstd(t, encoded, artefact),
+        },
+    }
+}
+
+fn decode_zstd_bulk(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<Vec<u8>> {
+    let corrupt = |detail: String| Error::Decompress {
+        artefact: artefact.to_string(),
+        tensor: t.name.clone(),
+        detail,
+    };
+    match zstd::zstd_safe::find_frame_compressed_size(encoded) {
+        Ok(n) if n == encoded.len() => {}
+        Ok(_) => return Err(corrupt("bytes follow the zstd frame".into())),
+        Err(code) => return Err(corrupt(zstd::zstd_safe::get_error_name(code).into())),
+    }
+    let mut out = Vec::with_capacity(t.raw_len as usize);
+    // The decompressor writes into the Vec's spare capacity (the free function
+    // `zstd::bulk::decompress_to_buffer` takes a slice, and would see an empty one).
+    let n = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(encoded, &mut out))
+        .map_err(|e| corrupt(e.to_string()))?;
+    if n as u64 != t.raw_len {
+        return Err(Error::DecodedSizeShort {
+            artefact: artefact.to_string(),
+            tensor: t.name.clone(),
+            declared: t.raw_len,
+            found: n as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Decode one zstd frame, refusing to produce more than the declared raw length and
+/// requiring the frame to span the tensor's encoded bytes exactly.
+fn decode_zstd<R: std::io::BufRead>(t: &TensorInfo, input: R, artefact: &str) -> Result<Vec<u8>> {
+    let corrupt = |detail: String| Error::Decompress {
+        artefact: artefact.to_string(),
+        tensor: t.name.clone(),
+        detail,
+    };
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
+        .map_err(|e| corrupt(e.to_string()))?
+        .single_frame();
+    // Allocation is bounded: raw_len passed the table's limits.
+    let mut out = Vec::with_capacity(t.raw_len as usize);
+    (&mut decoder)
+        .take(t.raw_len + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupt(e.to_string()))?;
+    if out.len() as u64 > t.raw_len {
+        return Err(Error::DecodedSizeExceeded {
+            artefact: artefact.to_string(),
+            tensor: t.name.clone(),
+            declared: t.raw_len,
+        });
+    }
+    if (out.len() as u64) < t.raw_len {
+        return Err(Error::DecodedSizeShort {
+            artefact: artefact.to_string(),
+            tensor: t.name.clone(),
+            declared: t.raw_len,
+            found: out.len() as u64,
+        });
+    }
+    let mut rest = decoder.finish();
+    let mut leftover = [0u8; 1];
+    match rest.read(&mut leftover) {
+        Ok(0) => Ok(out),
+        Ok(_) => Err(corrupt("bytes follow the zstd frame".into())),
+        Err(e) => Err(corrupt(e.to_string())),
+    }
+}
+
+fn verify_tensor(t: &TensorInfo, raw: &[u8], artefact: &str) -> Result<()> {
+    if t.dtype == DType::Bool
+        && let Some(index) = raw.iter().position(|&b| b > 1)
+    {
+        return Err(Error::NonCanonicalBool {
+            artefact: artefact.to_string(),
+            tensor: t.name.clone(),
+            index: index as u64,
+            byte: raw[index],
+        });
+    }
+    let found = hash::tensor_hash(&t.name, t.dtype, &t.shape, raw);
+    if found != t.hash {
+        return Err(Error::TensorHashMismatch {
+            artefact: artefact.to_string(),
+            tensor: t.name.clone(),
+            expected: t.hash,
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Streaming reader: verifies the header on construction, then yields one verified tensor at
+/// a time. Memory use is one tensor plus the header.
+#[derive(Debug)]
+pub struct SnapshotReader<R: Read> {
+    inner: R,
+    header: Header,
+    next: usize,
+    offset: u64,
+    artefact: String,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Read and verify preamble, header and digest.
+    pub fn new(mut inner: R, artefact: &str, limits: &ReadLimits) -> Result<Self> {
+        let (version, header_bytes) = envelope::read_open(SNAPSHOT, &mut inner, artefact)?;
+        let header = parse_header(version, &header_bytes, artefact, limits)?;
+        let offset = (envelope::PREAMBLE_LEN + header_bytes.len() + envelope::DIGEST_LEN) as u64;
+        Ok(SnapshotReader {
+            inner,
+            header,
+            next: 0,
+            offset,
+            artefact: artefact.to_string(),
+        })
+    }
+
+    /// The verified header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Decode and verify the next tensor; `None` after the last.
+    pub fn next_tensor(&mut self) -> Result<Option<(&TensorInfo, Vec<u8>)>> {
+        let Some(t) = self.header.tensors.get(self.next) else {
+            return Ok(None);
+        };
+        self.next += 1;
+        let artefact = &self.artefact;
+        let start = self.offset;
+        let mut region = (&mut self.inner).take(t.encoded_len);
+        let decoded = match t.codec {
+            Codec::Raw => {
+                let mut raw = Vec::new();
+                read_region(&mut region, &mut raw, artefact).map(|()| raw)
+            }
+            Codec::Zstd => decode_zstd(t, std::io::BufReader::new(&mut region), artefact),
+        };
+        // Drain what is left of the region, so that a short stream is reported as truncation
+        // rather than as a decoding failure.
+        let mut rest = Vec::new();
+        read_region(&mut region, &mut rest, artefact)?;
+        if region.limit() != 0 {
+            return Err(Error::Truncated {
+                artefact: artefact.clone(),
+                needed: start + t.encoded_len,
+                available: start + t.encoded_len - region.limit(),
+            });
+        }
+        let raw = decoded?;
+        self.offset += t.encoded_len;
+        verify_tensor(t, &raw, artefact)?;
+        Ok(Some((t, raw)))
+    }
+
+    /// After the last tensor: check the end marker and that nothing follows.
+    pub fn finish(mut self) -> Result<Header> {
+        while self.next_tensor()?.is_some() {}
+        envelope::read_close(&mut self.inner, &self.artefact, self.offset)?;
+        Ok(self.header)
+    }
+}
+
+fn read_region<R: Read>(r: &mut R, out: &mut Vec<u8>, artefact: &str) -> Result<()> {
+    r.read_to_end(out).map(|_| ()).map_err(|source| Error::Io {
+        artefact: artefact.to_string(),
+        source,
+    })
+}

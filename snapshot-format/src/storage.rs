@@ -1,0 +1,417 @@
+//! The storage layer: a run's objects in any `object_store` backend, written once and never
+//! replaced.
+//!
+//! # Contract
+//! - Every object is created with a conditional put (`PutMode::Create`). A create over an
+//!   existing object fails; [`Store::put_once`] then accepts the existing object only when it is
+//!   byte-identical (a resumed run re-deriving an object it had already written) and otherwise
+//!   reports [`Error::ObjectConflict`], leaving the stored object untouched.
+//! - [`Store::probe_write_once`] checks that the store really refuses a second create, and is
+//!   run before any training writes: some S3-compatible servers silently overwrite.
+//! - Reads of absent objects give [`Error::ObjectMissing`] naming the key.
+//!
+//! The API is synchronous; an internal tokio runtime drives `object_store`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{Error, Result};
+use crate::layout;
+
+/// What [`Store::put_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was created.
+    Created,
+    /// An identical object was already there; nothing was written.
+    AlreadyPresent,
+}
+
+/// A run's root in some object store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    location: String,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+    static RUNTIME: OnceLock<Arc<tokio::runtime::Runtime>> = OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt.clone());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("object-store")
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            artefact: "object store runtime".into(),
+            source,
+        })?;
+    Ok(RUNTIME.get_or_init(|| Arc::new(rt)).clone())
+}
+
+/// `memory://NAME` stores are process-wide, so that a writer and a reader in one process
+/// (tests, benchmarks) see the same objects.
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<object_store::memory::InMemory>>>> =
+        OnceLock::new();
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    stores
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(object_store::memory::InMemory::new()))
+        .clone()
+}
+
+impl Store {
+    /// Open a run root for reading: a plain path, `file://`, `memory://`, `s3://`, `gs://` or
+    /// `az://` (cloud credentials and endpoints come from the usual environment variables,
+    /// e.g. `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_ALLOW_HTTP`).
+    pub fn open(location: &str) -> Result<Store> {
+        Self::open_with_options(location, &[], false)
+    }
+
+    /// Open a run root for writing; a local directory is created if missing.
+    pub fn create(location: &str) -> Result<Store> {
+        Self::open_with_options(location, &[], true)
+    }
+
+    /// Open with explicit cloud configuration keys (`object_store`'s names, e.g. `aws_endpoint`,
+    /// `aws_allow_http`) on top of those read from the environment. `create` makes a missing
+    /// local directory.
+    pub fn open_with_options(
+        location: &str,
+        options: &[(&str, &str)],
+        create: bool,
+    ) -> Result<Store> {
+        let invalid = |detail: String| Error::InvalidLocation {
+            location: location.to_string(),
+            detail,
+        };
+        let (scheme, rest) = match location.split_once("://") {
+            Some((s, r)) => (s.to_ascii_lowercase(), r),
+            None => ("file".to_string(), location),
+        };
+        let runtime = runtime()?;
+        let (inner, prefix): (Arc<dyn ObjectStore>, Path) = match scheme.as_str() {
+            "file" => {
+                if rest.is_empty() {
+                    return Err(invalid("empty path".into()));
+                }
+                let dir = std::path::Path::new(rest);
+                let dir = if dir.is_absolute() {
+                    dir.to_path_buf()
+                } else {
+                    std::env::current_dir()
+                        .map_err(|e| invalid(e.to_string()))?
+                        .join(dir)
+                };
+                if create {
+                    std::fs::create_dir_all(&dir).map_err(|e| invalid(e.to_string()))?;
+                } else if !dir.is_dir() {
+                    return Err(invalid("no such directory".into()));
+                }
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| invalid(e.to_string()))?
+                    .with_fsync(true);
+                (Arc::new(fs), Path::default())
+            }
+            "memory" => {
+                let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
+                (memory_store(name), parse_path(path).map_err(invalid)?)
+            }
+            "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
+                let url = url::Url::parse(location).map_err(|e| invalid(e.to_string()))?;
+                let bad_key =
+                    |k: &str, e: object_store::Error| invalid(format!("option {k:?}: {e}"));
+                let store: Arc<dyn ObjectStore> = match scheme.as_str() {
+                    "s3" | "s3a" => {
+                        let mut b =
+                            object_store::aws::AmazonS3Builder::from_env().with_url(location);
+                        for (k, v) in options {
+                            b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, *v);
+                        }
+                        Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+                    }
+                    "gs" => {
+                        let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                            .with_url(location);
+                        for (k, v) in options {
+                            b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, *v);
+                        }
+                        Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+                    }
+                    _ => {
+                        let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                            .with_url(location);
+                        for (k, v) in options {
+                            b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, *v);
+                        }
+                        Arc::new(b.build().map_err(|e| invalid(e.to_string()))?)
+                    }
+                };
+                let path = url.path().trim_start_matches('/');
+                (store, parse_path(path).map_err(invalid)?)
+            }
+            other => return Err(invalid(format!("unsupported scheme {other:?}"))),
+        };
+        Ok(Store {
+            inner,
+            prefix,
+            location: location.to_string(),
+            runtime,
+        })
+    }
+
+    /// Wrap an existing object store (a decorator, a test double) at `prefix`.
+    pub fn from_object_store(
+        inner: Arc<dyn ObjectStore>,
+        prefix: &str,
+        location: &str,
+    ) -> Result<Store> {
+        Ok(Store {
+            inner,
+            prefix: parse_path(prefix).map_err(|detail| Error::InvalidLocation {
+                location: location.to_string(),
+                detail,
+            })?,
+            location: location.to_string(),
+            runtime: runtime()?,
+        })
+    }
+
+    /// The location this store was opened at.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// A store rooted at `sub` below this one (e.g. a shard-results folder).
+    pub fn child(&self, sub: &str) -> Result<Store> {
+        let mut s = self.clone();
+        s.prefix = self.path(sub)?;
+        s.location = format!("{}/{}", self.location.trim_end_matches('/'), sub);
+        Ok(s)
+    }
+
+    fn path(&self, key: &str) -> Result<Path> {
+        let rel = parse_path(key).map_err(|detail| Error::InvalidLocation {
+            location: format!("{}/{key}", self.location),
+            detail,
+        })?;
+        Ok(Path::from_iter(self.prefix.parts().chain(rel.parts())))
+    }
+
+    fn map_err(&self, key: &str, op: &'static str, e: object_store::Error) -> Error {
+        let store = self.location.clone();
+        let key = key.to_string();
+        match e {
+            object_store::Error::NotFound { .. } => Error::ObjectMissing { store, key },
+            object_store::Error::AlreadyExists { .. } => Error::ObjectExists { store, key },
+            object_store::Error::PermissionDenied { source, .. }
+            | object_store::Error::Unauthenticated { source, .. } => Error::PermissionDenied {
+                store,
+                key,
+                op,
+                detail: source.to_string(),
+            },
+            other => {
+                let detail = other.to_string();
+                if detail.contains("ermission denied") {
+                    Error::PermissionDenied {
+                        store,
+                        key,
+                        op,
+                        detail,
+                    }
+                } else {
+                    Error::Store {
+                        store,
+                        key,
+                        op,
+                        detail,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read a whole object.
+    pub fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let path = self.path(key)?;
+        self.runtime
+            .block_on(async {
+                let r = self.inner.get(&path).await?;
+                r.bytes().await
+            })
+            .map(|b| b.to_vec())
+            .map_err(|e| self.map_err(key, "get", e))
+    }
+
+    /// Read a whole object, or `None` if it does not exist.
+    pub fn get_opt(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.get(key) {
+            Ok(b) => Ok(Some(b)),
+            Err(Error::ObjectMissing { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether an object exists.
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        let path = self.path(key)?;
+        match self.runtime.block_on(self.inner.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.map_err(key, "head", e)),
+        }
+    }
+
+    /// Create an object; fails with [`Error::ObjectExists`] if it exists.
+    pub fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        self.put_new_parts(key, vec![bytes])
+    }
+
+    /// Create an object from parts written back to back (no concatenation in memory).
+    pub fn put_new_parts(&self, key: &str, parts: Vec<Vec<u8>>) -> Result<()> {
+        let path = self.path(key)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let payload: PutPayload = parts.into_iter().map(bytes::Bytes::from).collect();
+        self.runtime
+            .block_on(self.inner.put_opts(&path, payload, opts))
+            .map(|_| ())
+            .map_err(|e| self.map_err(key, "create", e))
+    }
+
+    /// Create an object, or accept an identical existing one. A different existing object is
+    /// an [`Error::ObjectConflict`] and is left as it is.
+    pub fn put_once(&self, key: &str, bytes: Vec<u8>) -> Result<PutOutcome> {
+        self.put_once_parts(key, vec![bytes])
+    }
+
+    /// [`Store::put_once`] for an object given as parts.
+    pub fn put_once_parts(&self, key: &str, parts: Vec<Vec<u8>>) -> Result<PutOutcome> {
+        // Remember only a digest for comparing with an existing object.
+        let mut hasher = blake3::Hasher::new();
+        for p in &parts {
+            hasher.update(p);
+        }
+        let digest = hasher.finalize();
+        match self.put_new_parts(key, parts) {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(Error::ObjectExists { .. }) => {
+                let existing = self.get(key)?;
+                if blake3::hash(&existing) == digest {
+                    Ok(PutOutcome::AlreadyPresent)
+                } else {
+                    Err(Error::ObjectConflict {
+                        store: self.location.clone(),
+                        key: key.to_string(),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keys (relative to this store) of all objects under `dir`, sorted, with their sizes.
+    pub fn list(&self, dir: &str) -> Result<Vec<(String, u64)>> {
+        let path = self.path(dir)?;
+        let prefix_parts = self.prefix.parts().count();
+        let metas: Vec<object_store::ObjectMeta> = self
+            .runtime
+            .block_on(self.inner.list(Some(&path)).try_collect())
+            .map_err(|e| self.map_err(dir, "list", e))?;
+        let mut out: Vec<(String, u64)> = metas
+            .into_iter()
+            .map(|m| {
+                let rel: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(prefix_parts)
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                (rel.join("/"), m.size)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Check that the store refuses to replace an existing object: create a probe object,
+    /// try to create it again with other content, and require the second create to fail and
+    /// the first content to survive. The probe object is deleted afterwards.
+    pub fn probe_write_once(&self) -> Result<()> {
+        let nonce = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let key = format!("{}{nonce}", layout::PROBE);
+        let not_honoured = |detail: String| Error::WriteOnceNotHonoured {
+            store: self.location.clone(),
+            detail,
+        };
+        match self.put_new(&key, b"first".to_vec()) {
+            Ok(()) => {}
+            Err(Error::Store { detail, .. })
+                if detail.contains("not implemented") || detail.contains("conditional put") =>
+            {
+                return Err(not_honoured(format!(
+                    "conditional create unsupported: {detail}"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        let second = self.put_new(&key, b"second".to_vec());
+        let content = self.get(&key);
+        let path = self.path(&key)?;
+        // Best effort: a store that refuses deletes keeps a 5-byte probe object.
+        let _ = self.runtime.block_on(self.inner.delete(&path));
+        match second {
+            Err(Error::ObjectExists { .. }) => {}
+            Ok(()) => {
+                return Err(not_honoured(
+                    "a second create of the same key succeeded".into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        match content? {
+            c if c == b"first" => Ok(()),
+            _ => Err(not_honoured(
+                "the first object's content was replaced".into(),
+            )),
+        }
+    }
+}
+
+fn parse_path(path: &str) -> std::result::Result<Path, String> {
+    let trimmed = path.trim_matches('/');
+    if trimmed.split('/').any(|p| p == ".." || p == ".") {
+        return Err(format!("{path:?}: relative components are not allowed"));
+    }
+    Path::parse(trimmed).map_err(|e| e.to_string())
+}

@@ -1,0 +1,180 @@
+//! Reference test vectors: a snapshot, a ledger segment and a dataset manifest built from fixed
+//! inputs. `cargo run -p snapshot-format --example gen-vectors` writes them to
+//! `snapshot-format/tests/vectors/`; tests check that regeneration changes nothing and that an
+//! encoder written from the spec alone reproduces their hashes.
+
+use crate::dataset::DatasetManifest;
+use crate::hash::{self, Hash32};
+use crate::ledger::{self, Segment, StepRecord};
+use crate::manifest;
+use crate::snapshot::{
+    self, DataCursor, MetaEntry, MetaValue, Provenance, RngState, SnapshotKind, StateMeta,
+    StreamPosition, TensorView, WriteOptions,
+};
+use crate::{Codec, DType, Result};
+
+/// One generated file.
+#[derive(Debug, Clone)]
+pub struct VectorFile {
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+/// The spec used for the ledger vector's genesis.
+pub fn spec() -> serde_json::Value {
+    serde_json::json!({ "seed": 1, "lr": 0.001, "model": { "kind": "vector" } })
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Generate every vector file and `vectors.json`, which lists each file's BLAKE3 and the
+/// hashes the files commit to.
+pub fn generate() -> Result<Vec<VectorFile>> {
+    let embeddings = f32_bytes(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+    let bias = f32_bytes(&[0.25, -0.5, f32::MIN_POSITIVE]);
+    let step = 3i64.to_le_bytes().to_vec();
+    let mask = vec![1u8, 0, 1, 1, 0];
+    let tensors = [
+        TensorView {
+            name: "embeddings.weight",
+            dtype: DType::F32,
+            shape: &[4, 3],
+            data: &embeddings,
+        },
+        TensorView {
+            name: "layer.bias",
+            dtype: DType::F32,
+            shape: &[3],
+            data: &bias,
+        },
+        TensorView {
+            name: "mask",
+            dtype: DType::Bool,
+            shape: &[5],
+            data: &mask,
+        },
+        TensorView {
+            name: "optim/step",
+            dtype: DType::I64,
+            shape: &[],
+            data: &step,
+        },
+    ];
+    let state = StateMeta {
+        step: 3,
+        data_cursor: DataCursor {
+            epoch: 0,
+            position: 6,
+        },
+        rng: RngState {
+            master_seed: 1,
+            streams: vec![StreamPosition {
+                purpose: "order".into(),
+                word_pos: 16,
+            }],
+        },
+        extra: vec![MetaEntry {
+            key: "optimizer".into(),
+            value: MetaValue::Text("adamw".into()),
+        }],
+    };
+    let provenance = Provenance {
+        run_id: "vector-run".into(),
+        kind: SnapshotKind::Checkpoint,
+        parent: None,
+        producer: "snapshot-format vectors".into(),
+    };
+    let snap = snapshot::encode(
+        &state,
+        &provenance,
+        &tensors,
+        None,
+        WriteOptions {
+            codec: Codec::Zstd,
+            zstd_level: 3,
+        },
+    )?;
+
+    let examples: Vec<Hash32> = (0..5)
+        .map(|i| hash::example_hash(format!("example-{i}").as_bytes()))
+        .collect();
+    let dataset = DatasetManifest::new(examples.clone());
+
+    let spec_hash = manifest::spec_hash(&spec());
+    let genesis = ledger::genesis(&spec_hash, &snap.state_root);
+    let mut records = Vec::new();
+    let mut prev = genesis;
+    for s in 1..=3u64 {
+        let ids = vec![(s - 1) % 5, s % 5];
+        let batch: Vec<Hash32> = ids.iter().map(|&i| examples[i as usize]).collect();
+        let r = StepRecord {
+            step: s,
+            epoch: 0,
+            lr_bits: (0.001f64 * s as f64).to_bits(),
+            example_ids: ids,
+            batch_hash: hash::batch_hash(&batch),
+            loss_bits: (1.0f32 / s as f32).to_bits(),
+            grad_norm_bits: (0.5f32 * s as f32).to_bits(),
+            state_root: if s == 2 {
+                None
+            } else {
+                Some(Hash32([s as u8; 32]))
+            },
+            prev_hash: prev,
+        };
+        prev = r.hash();
+        records.push(r);
+    }
+    let segment = Segment { index: 1, records };
+
+    let files = vec![
+        VectorFile {
+            name: "snapshot-v1.snap",
+            bytes: snap.to_vec(),
+        },
+        VectorFile {
+            name: "segment-v1.seg",
+            bytes: segment.encode(),
+        },
+        VectorFile {
+            name: "dataset-v1.bin",
+            bytes: dataset.encode(),
+        },
+    ];
+    let file_hashes: serde_json::Map<String, serde_json::Value> = files
+        .iter()
+        .map(|f| {
+            (
+                f.name.to_string(),
+                blake3::hash(&f.bytes).to_hex().to_string().into(),
+            )
+        })
+        .collect();
+    let summary = serde_json::json!({
+        "files_blake3": file_hashes,
+        "snapshot": {
+            "state_root": snap.state_root,
+            "tensor_hashes": tensors.iter().map(|t| (t.name.to_string(), t.hash())).collect::<std::collections::BTreeMap<_, _>>(),
+        },
+        "ledger": {
+            "spec_hash": spec_hash,
+            "genesis": genesis,
+            "record_hashes": segment.records.iter().map(StepRecord::hash).collect::<Vec<_>>(),
+            "head": segment.head(),
+        },
+        "dataset": {
+            "example_hashes": examples,
+            "root": dataset.root,
+        },
+    });
+    let mut json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+    json.push(b'\n');
+    let mut all = files;
+    all.push(VectorFile {
+        name: "vectors.json",
+        bytes: json,
+    });
+    Ok(all)
+}

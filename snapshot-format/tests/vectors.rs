@@ -1,0 +1,165 @@
+//! The checked-in test vectors: regeneration must not change a byte, and the hashes they
+//! commit to must match an encoder written from the spec alone.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{h, put_str, put_u64};
+use snapshot_format::dataset::DatasetManifest;
+use snapshot_format::ledger::Segment;
+use snapshot_format::limits::ReadLimits;
+use snapshot_format::snapshot;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn summary() -> serde_json::Value {
+    serde_json::from_slice(&read("vectors.json")).expect("vectors.json parses")
+}
+
+fn hex_of(v: &serde_json::Value) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(v.as_str().expect("hex string"), &mut out).expect("hex");
+    out
+}
+
+#[test]
+fn vectors_are_stable() {
+    for f in snapshot_format::vectors::generate().expect("generate") {
+        assert!(
+            read(f.name) == f.bytes,
+            "regenerating {} changes it: the format or its writer changed. If intended, bump the \
+             format version or document why, then run `cargo run -p snapshot-format --example gen-vectors`",
+            f.name
+        );
+    }
+}
+
+#[test]
+fn vector_files_hash_as_listed() {
+    let s = summary();
+    for (name, expected) in s["files_blake3"].as_object().expect("map") {
+        assert_eq!(
+            blake3::hash(&read(name)).to_hex().as_str(),
+            expected.as_str().expect("hex")
+        );
+    }
+}
+
+#[test]
+fn snapshot_vector_matches_spec() {
+    let s = summary();
+    let snap = snapshot::decode(&read("snapshot-v1.snap"), "vector", &ReadLimits::default())
+        .expect("decodes");
+    let mut hashes = Vec::new();
+    for (info, data) in snap.header.tensors.iter().zip(&snap.data) {
+        let by_spec = common::tensor_hash(&info.name, info.dtype.code(), &info.shape, data);
+        assert_eq!(
+            by_spec,
+            hex_of(&s["snapshot"]["tensor_hashes"][&info.name]),
+            "{}",
+            info.name
+        );
+        hashes.push(by_spec);
+    }
+    // StateMeta per spec 3.1: step 3, epoch 0, position 6, seed 1, one stream ("order", 16),
+    // one extra entry ("optimizer" = Text "adamw", variant index 3).
+    let mut meta = Vec::new();
+    for v in [3u64, 0, 6, 1, 1] {
+        put_u64(&mut meta, v);
+    }
+    put_str(&mut meta, "order");
+    meta.extend_from_slice(&16u128.to_le_bytes());
+    put_u64(&mut meta, 1);
+    put_str(&mut meta, "optimizer");
+    meta.extend_from_slice(&3u32.to_le_bytes());
+    put_str(&mut meta, "adamw");
+    assert_eq!(meta, snap.header.state.canonical_bytes());
+    let root = common::state_root(&meta, &hashes);
+    assert_eq!(root, hex_of(&s["snapshot"]["state_root"]));
+    assert_eq!(root, snap.header.state_root.0);
+}
+
+#[test]
+fn ledger_vector_matches_spec() {
+    let s = summary();
+    // RFC 8785 form of the vector spec, written out by hand.
+    let jcs = br#"{"lr":0.001,"model":{"kind":"vector"},"seed":1}"#;
+    let spec_hash = h("training-replay-verifier v1 run spec", jcs);
+    assert_eq!(spec_hash, hex_of(&s["ledger"]["spec_hash"]));
+    let initial = hex_of(&s["snapshot"]["state_root"]);
+    let genesis = h(
+        "training-replay-verifier v1 ledger genesis",
+        &[spec_hash, initial].concat(),
+    );
+    assert_eq!(genesis, hex_of(&s["ledger"]["genesis"]));
+
+    let seg = Segment::decode(&read("segment-v1.seg"), "vector").expect("decodes");
+    let mut prev = genesis;
+    for (i, r) in seg.records.iter().enumerate() {
+        let mut b = Vec::new();
+        for v in [r.step, r.epoch, r.lr_bits] {
+            put_u64(&mut b, v);
+        }
+        put_u64(&mut b, r.example_ids.len() as u64);
+        for id in &r.example_ids {
+            put_u64(&mut b, *id);
+        }
+        b.extend_from_slice(&r.batch_hash.0);
+        b.extend_from_slice(&r.loss_bits.to_le_bytes());
+        b.extend_from_slice(&r.grad_norm_bits.to_le_bytes());
+        match r.state_root {
+            None => b.push(0),
+            Some(root) => {
+                b.push(1);
+                b.extend_from_slice(&root.0);
+            }
+        }
+        assert_eq!(r.prev_hash.0, prev, "record {i} links to its predecessor");
+        b.extend_from_slice(&prev);
+        let hash = h("training-replay-verifier v1 ledger record", &b);
+        assert_eq!(hash, hex_of(&s["ledger"]["record_hashes"][i]));
+        prev = hash;
+    }
+    assert_eq!(prev, hex_of(&s["ledger"]["head"]));
+}
+
+#[test]
+fn dataset_vector_matches_spec() {
+    let s = summary();
+    let leaves: Vec<[u8; 32]> = (0..5)
+        .map(|i| {
+            let c = format!("example-{i}");
+            let mut b = Vec::new();
+            put_str(&mut b, &c);
+            h("training-replay-verifier v1 example", &b)
+        })
+        .collect();
+    for (i, l) in leaves.iter().enumerate() {
+        assert_eq!(*l, hex_of(&s["dataset"]["example_hashes"][i]));
+    }
+    let node = |l: &[u8; 32], r: &[u8; 32]| {
+        h(
+            "training-replay-verifier v1 merkle node",
+            &[*l, *r].concat(),
+        )
+    };
+    // Five leaves: ((0 1) (2 3)) then 4 carried up twice.
+    let top = node(
+        &node(&node(&leaves[0], &leaves[1]), &node(&leaves[2], &leaves[3])),
+        &leaves[4],
+    );
+    let mut b = Vec::new();
+    put_u64(&mut b, 5);
+    b.extend_from_slice(&top);
+    let root = h("training-replay-verifier v1 dataset root", &b);
+    assert_eq!(root, hex_of(&s["dataset"]["root"]));
+    let m = DatasetManifest::decode(&read("dataset-v1.bin"), "vector").expect("decodes");
+    assert_eq!(m.root.0, root);
+}

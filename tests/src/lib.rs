@@ -1,0 +1,106 @@
+//! Helpers shared by the end-to-end tests: a real S3-compatible server (moto) on loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A moto S3 server on 127.0.0.1, stopped on drop.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    port: u16,
+}
+
+impl Moto {
+    /// Start `moto_server` from `$MOTO_SERVER` or the workspace's `.venv` (which
+    /// `scripts/setup-test-env.sh`, run by `.ci/run`, installs).
+    pub fn start() -> Moto {
+        let exe = std::env::var_os("MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join(".venv/bin/moto_server"));
+        assert!(
+            exe.exists(),
+            "moto_server not found at {}: run scripts/setup-test-env.sh (or set MOTO_SERVER)",
+            exe.display()
+        );
+        let mut child = Command::new(&exe)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start moto_server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let port = loop {
+            let line = lines
+                .next()
+                .expect("moto_server exited before printing its address")
+                .expect("read moto_server output");
+            if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                break digits.parse::<u16>().expect("port number");
+            }
+        };
+        // Keep draining its log so that the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+        }
+    }
+
+    /// Create a bucket (an HTTP PUT on `/<bucket>`).
+    pub fn create_bucket(&self, bucket: &str) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("send");
+        let mut response = String::new();
+        s.read_to_string(&mut response).expect("response");
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "create bucket: {response}"
+        );
+    }
+
+    /// `object_store` configuration for this server.
+    pub fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("aws_endpoint", self.endpoint.clone()),
+            ("aws_allow_http", "true".into()),
+            ("aws_access_key_id", "test".into()),
+            ("aws_secret_access_key", "test".into()),
+            ("aws_region", "us-east-1".into()),
+        ]
+    }
+
+    /// The same configuration as environment variables, for child processes.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.options()
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_uppercase(), v))
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
