@@ -19,8 +19,8 @@ pub const CHECKPOINTS: &str = "checkpoints/";
 pub const LEDGER: &str = "ledger/";
 /// Prefix of signatures.
 pub const SIGNATURES: &str = "signatures/";
-/// Prefix the start-up write-once probe uses (removed after the probe).
-pub const PROBE: &str = ".write-once-probe/";
+/// Key prefix of the start-up write-once probe object (at the run root; removed after).
+pub const PROBE: &str = ".write-once-probe-";
 
 /// Key of the checkpoint after `step` steps.
 pub fn checkpoint(step: u64) -> String {

@@ -51,7 +51,8 @@ pub struct EnvironmentFingerprint {
     /// Device used, e.g. `cpu` or `cuda:0`.
     pub device: String,
     pub burn_version: String,
-    pub engine_version: String,
+    /// What of the engine determines bits: numerics version and compiled backend features.
+    pub engine_build: String,
     /// Target triple the engine was built for.
     pub target: String,
     /// C library and version (exp, log and tanh come from it on the CPU backends).
@@ -71,7 +72,7 @@ impl EnvironmentFingerprint {
     pub const CLASS_FIELDS: &'static [&'static str] = &[
         "backend",
         "burn_version",
-        "engine_version",
+        "engine_build",
         "target",
         "libc",
         "cpu_features",
@@ -88,7 +89,7 @@ impl EnvironmentFingerprint {
         vec![
             ("backend", self.backend.clone()),
             ("burn_version", self.burn_version.clone()),
-            ("engine_version", self.engine_version.clone()),
+            ("engine_build", self.engine_build.clone()),
             ("target", self.target.clone()),
             ("libc", self.libc.clone()),
             ("cpu_features", self.cpu_features.join(",")),

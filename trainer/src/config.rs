@@ -1,0 +1,641 @@
+//! Run configuration (TOML, written by the user) and run spec (JSON, recorded in the manifest).
+//!
+//! The *config* names files on this machine; the *spec* replaces them by the hashes of their
+//! content and holds everything that determines the bits of the run. The spec is what the
+//! ledger's genesis commits to, and all that resume and replay need besides the run's own
+//! artefacts.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use snapshot_format::Hash32;
+
+use crate::error::{Error, Result};
+
+/// Version of the engine's numerics: the training semantics (loss, optimizer update, dropout,
+/// data order, initialisation). Bumped whenever any of them changes bits.
+pub const NUMERICS_VERSION: u64 = 1;
+
+/// `[run]`: what is trained, how long, in what order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Master seed: every random number of the run derives from it.
+    pub seed: u64,
+    /// Optimizer steps.
+    pub steps: u64,
+    pub batch_size: u64,
+}
+
+/// A BERT-style encoder with a classification head. Parameter names and shapes follow Hugging
+/// Face's `BertForSequenceClassification`, so a BERT or MiniLM `model.safetensors` loads into it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BertConfig {
+    pub vocab_size: u64,
+    pub hidden_size: u64,
+    pub num_layers: u64,
+    pub num_heads: u64,
+    pub intermediate_size: u64,
+    pub max_position: u64,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: u64,
+    pub num_labels: u64,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_dropout: f64,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    /// Standard deviation of newly initialised weights.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+}
+
+/// A multi-layer perceptron over numeric features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    pub input_size: u64,
+    pub hidden_sizes: Vec<u64>,
+    pub num_labels: u64,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+}
+
+/// `[model]`: one of the built-in models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ModelSpec {
+    Bert(BertConfig),
+    Mlp(MlpConfig),
+}
+
+impl ModelSpec {
+    /// Number of classes.
+    pub fn num_labels(&self) -> u64 {
+        match self {
+            ModelSpec::Bert(c) => c.num_labels,
+            ModelSpec::Mlp(c) => c.num_labels,
+        }
+    }
+}
+
+/// `[optimizer]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    /// AdamW with decoupled weight decay (PyTorch's semantics).
+    Adamw {
+        lr: f64,
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        #[serde(default = "default_eps")]
+        eps: f64,
+        #[serde(default = "default_weight_decay")]
+        weight_decay: f64,
+        /// Clip the global gradient L2 norm to this value.
+        #[serde(default)]
+        grad_clip: Option<f64>,
+    },
+    /// SGD with momentum (PyTorch's semantics: no dampening, L2 weight decay in the gradient).
+    Sgd {
+        lr: f64,
+        #[serde(default)]
+        momentum: f64,
+        #[serde(default)]
+        weight_decay: f64,
+        #[serde(default)]
+        grad_clip: Option<f64>,
+    },
+}
+
+impl OptimizerSpec {
+    /// Peak learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerSpec::Adamw { lr, .. } | OptimizerSpec::Sgd { lr, .. } => *lr,
+        }
+    }
+    /// Gradient clipping threshold, if any.
+    pub fn grad_clip(&self) -> Option<f64> {
+        match self {
+            OptimizerSpec::Adamw { grad_clip, .. } | OptimizerSpec::Sgd { grad_clip, .. } => {
+                *grad_clip
+            }
+        }
+    }
+}
+
+/// Shape of the learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Decay {
+    #[default]
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// `[schedule]`: linear warm-up, then constant, linear or cosine decay to `min_lr_ratio × lr`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    #[serde(default)]
+    pub decay: Decay,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+}
+
+/// Format of dataset rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// `{"text": "...", "label": 0}`
+    Text,
+    /// `{"features": [0.5, ...], "label": 0}`
+    Features,
+}
+
+/// Tokenizer for text datasets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// Built-in: lower-cased words and punctuation, hashed into the vocabulary (needs no vocab
+    /// file; `specs/determinism.md` defines it).
+    #[default]
+    Hash,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// JSON Lines file, relative to the config file.
+    pub path: PathBuf,
+    pub format: DataFormat,
+    /// Tokens per example, `[CLS]` and `[SEP]` included (text only).
+    #[serde(default)]
+    pub max_len: Option<u64>,
+    #[serde(default)]
+    pub tokenizer: TokenizerKind,
+}
+
+/// `[base]`: weights to start from, pinned by hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSection {
+    /// A safetensors file, relative to the config file.
+    pub path: PathBuf,
+    /// Expected file hash (`snapshot_format::hash::file_hash`, 64 hex digits). Training refuses
+    /// to start when the file does not match.
+    pub blake3: String,
+}
+
+/// `[recording]`: does not change the bits of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingSection {
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    #[serde(default = "default_state_root_interval")]
+    pub state_root_interval: u64,
+}
+
+impl Default for RecordingSection {
+    fn default() -> Self {
+        RecordingSection {
+            checkpoint_interval: default_checkpoint_interval(),
+            state_root_interval: default_state_root_interval(),
+        }
+    }
+}
+
+/// A whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub run: RunSection,
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub base: Option<BaseSection>,
+    pub data: DataSection,
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    #[serde(default)]
+    pub recording: RecordingSection,
+    /// Directory of the config file; relative paths resolve against it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+    /// Display name of the config file, for errors.
+    #[serde(skip)]
+    pub source: String,
+}
+
+fn default_type_vocab() -> u64 {
+    2
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_ln_eps() -> f64 {
+    1e-12
+}
+fn default_init_std() -> f64 {
+    0.02
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_checkpoint_interval() -> u64 {
+    50
+}
+fn default_state_root_interval() -> u64 {
+    1
+}
+
+impl RunConfig {
+    /// Read and validate a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, &path.display().to_string(), dir)
+    }
+
+    /// Parse and validate TOML text; `source` names it in errors, `dir` resolves paths.
+    pub fn from_toml(text: &str, source: &str, dir: PathBuf) -> Result<Self> {
+        let mut c: RunConfig =
+            toml::from_str(text).map_err(|e| Error::config(source, e.to_string()))?;
+        c.dir = dir;
+        c.source = source.to_string();
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Resolve a path of the config against its directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: &str| Err(Error::config(&self.source, format!("{key}: {why}")));
+        if self.run.steps == 0 {
+            return bad("run.steps", "must be at least 1");
+        }
+        if self.run.batch_size == 0 {
+            return bad("run.batch_size", "must be at least 1");
+        }
+        validate_model(&self.model).map_err(|d| Error::config(&self.source, d))?;
+        validate_optimizer(&self.optimizer).map_err(|d| Error::config(&self.source, d))?;
+        let s = &self.schedule;
+        if !(0.0..=1.0).contains(&s.min_lr_ratio) {
+            return bad("schedule.min_lr_ratio", "must be within [0, 1]");
+        }
+        if s.warmup_steps > self.run.steps {
+            return bad("schedule.warmup_steps", "exceeds run.steps");
+        }
+        if self.recording.checkpoint_interval == 0 {
+            return bad("recording.checkpoint_interval", "must be at least 1");
+        }
+        if self.recording.state_root_interval == 0 {
+            return bad("recording.state_root_interval", "must be at least 1");
+        }
+        match (&self.model, self.data.format) {
+            (ModelSpec::Bert(b), DataFormat::Text) => match self.data.max_len {
+                None => return bad("data.max_len", "required for text data"),
+                Some(l) if l < 2 => {
+                    return bad("data.max_len", "must be at least 2 ([CLS] and [SEP])");
+                }
+                Some(l) if l > b.max_position => {
+                    return bad("data.max_len", "exceeds model.max_position");
+                }
+                Some(_) => {}
+            },
+            (ModelSpec::Mlp(_), DataFormat::Features) => {}
+            (ModelSpec::Bert(_), DataFormat::Features) => {
+                return bad("data.format", "the bert model needs \"text\" data");
+            }
+            (ModelSpec::Mlp(_), DataFormat::Text) => {
+                return bad("data.format", "the mlp model needs \"features\" data");
+            }
+        }
+        if let Some(b) = &self.base {
+            Hash32::from_hex(&b.blake3).map_err(|_| {
+                Error::config(&self.source, "base.blake3: expected 64 hexadecimal digits")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, v: u64) -> std::result::Result<(), String> {
+    if v == 0 {
+        Err(format!("{key}: must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn probability(key: &str, v: f64) -> std::result::Result<(), String> {
+    if (0.0..1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{key}: must be within [0, 1)"))
+    }
+}
+
+fn finite_positive(key: &str, v: f64) -> std::result::Result<(), String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("{key}: must be a positive finite number"))
+    }
+}
+
+fn validate_model(m: &ModelSpec) -> std::result::Result<(), String> {
+    match m {
+        ModelSpec::Bert(b) => {
+            for (k, v) in [
+                ("model.vocab_size", b.vocab_size),
+                ("model.hidden_size", b.hidden_size),
+                ("model.num_layers", b.num_layers),
+                ("model.num_heads", b.num_heads),
+                ("model.intermediate_size", b.intermediate_size),
+                ("model.max_position", b.max_position),
+                ("model.type_vocab_size", b.type_vocab_size),
+            ] {
+                positive(k, v)?;
+            }
+            if b.num_labels < 2 {
+                return Err("model.num_labels: must be at least 2".into());
+            }
+            if b.hidden_size % b.num_heads != 0 {
+                return Err("model.hidden_size: must be a multiple of model.num_heads".into());
+            }
+            if b.vocab_size < 5 {
+                return Err(
+                    "model.vocab_size: must be at least 5 (four special tokens and one word)"
+                        .into(),
+                );
+            }
+            probability("model.hidden_dropout", b.hidden_dropout)?;
+            probability("model.attention_dropout", b.attention_dropout)?;
+            finite_positive("model.layer_norm_eps", b.layer_norm_eps)?;
+            finite_positive("model.init_std", b.init_std)
+        }
+        ModelSpec::Mlp(m) => {
+            positive("model.input_size", m.input_size)?;
+            for (i, h) in m.hidden_sizes.iter().enumerate() {
+                positive(&format!("model.hidden_sizes[{i}]"), *h)?;
+            }
+            if m.num_labels < 2 {
+                return Err("model.num_labels: must be at least 2".into());
+            }
+            probability("model.dropout", m.dropout)?;
+            finite_positive("model.init_std", m.init_std)
+        }
+    }
+}
+
+fn validate_optimizer(o: &OptimizerSpec) -> std::result::Result<(), String> {
+    finite_positive("optimizer.lr", o.lr())?;
+    if let Some(c) = o.grad_clip() {
+        finite_positive("optimizer.grad_clip", c)?;
+    }
+    match o {
+        OptimizerSpec::Adamw {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } => {
+            probability("optimizer.beta1", *beta1)?;
+            probability("optimizer.beta2", *beta2)?;
+            finite_positive("optimizer.eps", *eps)?;
+            if !(weight_decay.is_finite() && *weight_decay >= 0.0) {
+                return Err("optimizer.weight_decay: must be finite and not negative".into());
+            }
+        }
+        OptimizerSpec::Sgd {
+            momentum,
+            weight_decay,
+            ..
+        } => {
+            probability("optimizer.momentum", *momentum)?;
+            if !(weight_decay.is_finite() && *weight_decay >= 0.0) {
+                return Err("optimizer.weight_decay: must be finite and not negative".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Data settings as recorded in the spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub format: DataFormat,
+    pub max_len: Option<u64>,
+    pub tokenizer: TokenizerKind,
+    pub examples: u64,
+    /// Merkle root of the example hashes (the dataset manifest's root).
+    pub dataset_root: Hash32,
+}
+
+/// Base weights as recorded in the spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSpec {
+    /// `file_hash` of the safetensors file.
+    pub blake3: Hash32,
+}
+
+/// Everything that determines the bits of a run (the manifest's `spec`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    pub numerics: u64,
+    pub run: RunSection,
+    pub model: ModelSpec,
+    pub base: Option<BaseSpec>,
+    pub data: DataSpec,
+    pub optimizer: OptimizerSpec,
+    pub schedule: ScheduleSpec,
+}
+
+impl RunSpec {
+    /// The spec as the JSON value recorded in the manifest.
+    pub fn to_value(&self) -> serde_json::Value {
+        // A plain struct of numbers, strings and enums always serialises.
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Read the spec of a manifest, checking it was written by these numerics.
+    pub fn from_value(v: &serde_json::Value, artefact: &str) -> Result<Self> {
+        let spec: RunSpec = serde_json::from_value(v.clone())
+            .map_err(|e| Error::config(artefact, format!("spec: {e}")))?;
+        if spec.numerics != NUMERICS_VERSION {
+            return Err(Error::config(
+                artefact,
+                format!(
+                    "spec: written with numerics version {}, this engine implements {NUMERICS_VERSION}",
+                    spec.numerics
+                ),
+            ));
+        }
+        validate_model(&spec.model).map_err(|d| Error::config(artefact, d))?;
+        validate_optimizer(&spec.optimizer).map_err(|d| Error::config(artefact, d))?;
+        Ok(spec)
+    }
+
+    /// Learning rate of step `step` (1-based): linear warm-up from 0, then the decay, computed in
+    /// `f64` with `libm` (a pure-Rust libm, so the value does not depend on the C library).
+    pub fn lr(&self, step: u64) -> f64 {
+        let peak = self.optimizer.lr();
+        let warm = self.schedule.warmup_steps;
+        if step <= warm && warm > 0 {
+            return peak * step as f64 / warm as f64;
+        }
+        let floor = peak * self.schedule.min_lr_ratio;
+        let span = self.run.steps.saturating_sub(warm);
+        if span == 0 {
+            return peak;
+        }
+        let progress = (step.saturating_sub(warm)) as f64 / span as f64;
+        match self.schedule.decay {
+            Decay::Constant => peak,
+            Decay::Linear => floor + (peak - floor) * (1.0 - progress),
+            Decay::Cosine => {
+                floor + (peak - floor) * 0.5 * (1.0 + libm::cos(std::f64::consts::PI * progress))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[run]
+seed = 1
+steps = 10
+batch_size = 4
+
+[model]
+kind = "mlp"
+input_size = 3
+hidden_sizes = [8]
+num_labels = 2
+
+[data]
+path = "d.jsonl"
+format = "features"
+
+[optimizer]
+kind = "adamw"
+lr = 0.001
+"#;
+
+    #[test]
+    fn parses_minimal_config_with_defaults() {
+        let c = RunConfig::from_toml(MINIMAL, "c.toml", PathBuf::from("/cfg")).expect("valid");
+        assert_eq!(c.recording.checkpoint_interval, 50);
+        assert_eq!(
+            c.resolve(Path::new("d.jsonl")),
+            PathBuf::from("/cfg/d.jsonl")
+        );
+        assert!(matches!(c.optimizer, OptimizerSpec::Adamw { beta2, .. } if beta2 == 0.999));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let e = RunConfig::from_toml(
+            &MINIMAL.replace("lr = 0.001", "lrr = 0.001"),
+            "c.toml",
+            PathBuf::new(),
+        )
+        .expect_err("unknown key");
+        let msg = e.to_string();
+        assert!(msg.starts_with("c.toml:") && msg.contains("lrr"), "{msg}");
+
+        let e = RunConfig::from_toml(
+            &MINIMAL.replace("batch_size = 4", "batch_size = 0"),
+            "c.toml",
+            PathBuf::new(),
+        )
+        .expect_err("zero batch");
+        assert!(e.to_string().contains("run.batch_size"), "{e}");
+
+        let e = RunConfig::from_toml(
+            &MINIMAL.replace("[data]\npath = \"d.jsonl\"\n", "[data]\n"),
+            "c.toml",
+            PathBuf::new(),
+        )
+        .expect_err("missing key");
+        assert!(e.to_string().contains("path"), "{e}");
+
+        let e = RunConfig::from_toml(
+            &MINIMAL.replace("lr = 0.001", "lr = -1.0"),
+            "c.toml",
+            PathBuf::new(),
+        )
+        .expect_err("negative lr");
+        assert!(e.to_string().contains("optimizer.lr"), "{e}");
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays() {
+        let mut c = RunConfig::from_toml(MINIMAL, "c.toml", PathBuf::new()).expect("valid");
+        c.schedule = ScheduleSpec {
+            decay: Decay::Cosine,
+            warmup_steps: 2,
+            min_lr_ratio: 0.1,
+        };
+        let spec = RunSpec {
+            numerics: NUMERICS_VERSION,
+            run: c.run.clone(),
+            model: c.model.clone(),
+            base: None,
+            data: DataSpec {
+                format: DataFormat::Features,
+                max_len: None,
+                tokenizer: TokenizerKind::Hash,
+                examples: 8,
+                dataset_root: Hash32::ZERO,
+            },
+            optimizer: c.optimizer.clone(),
+            schedule: c.schedule.clone(),
+        };
+        assert_eq!(spec.lr(1), 0.0005);
+        assert_eq!(spec.lr(2), 0.001);
+        assert!((spec.lr(10) - 0.0001).abs() < 1e-12);
+        assert!(spec.lr(6) < spec.lr(3));
+        let back = RunSpec::from_value(&spec.to_value(), "m").expect("round trip");
+        assert_eq!(back, spec);
+    }
+}

@@ -1,0 +1,255 @@
+//! `trainer`: record a verifiable fine-tuning run.
+//!
+//! Exit status: 0 success; 2 an input failed an integrity check (base model hash, a corrupt
+//! artefact met while resuming); 3 usage, configuration or operational error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use trainer::backend::DeviceSpec;
+use trainer::config::RunConfig;
+use trainer::run::{self, RunOptions, RunSummary};
+use trainer::{Error, demo};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trainer",
+    version,
+    about = "Record a bit-deterministic, verifiable fine-tuning run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Common {
+    /// Compute device: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Worker threads of the CPU backend (default: all cores). Does not change any bit.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Stop after this many steps without completing the run (resume continues it).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the summary as JSON on standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a run from a configuration file.
+    Run {
+        config: PathBuf,
+        /// Where to write the run: a directory, file://, s3://, gs://, az:// or memory://.
+        #[arg(long)]
+        out: String,
+        /// Run id (default: the config file's name and the start time).
+        #[arg(long)]
+        run_id: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Continue an interrupted run from its latest checkpoint.
+    Resume {
+        run: String,
+        /// Resume on a machine of another environment class (the result will differ in bits
+        /// from an uninterrupted run, and replay will report it).
+        #[arg(long)]
+        allow_environment_mismatch: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fine-tune the embedded demo model on the shipped dataset.
+    Demo {
+        /// Where to write the run (default: runs/demo-<unix time>).
+        #[arg(long)]
+        out: Option<String>,
+        /// Where to write the demo's base model, dataset and config.
+        #[arg(long, default_value = "runs/demo-assets")]
+        assets: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        steps: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print this machine's environment fingerprint as JSON.
+    Fingerprint {
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn options(common: &Common) -> Result<RunOptions, Error> {
+    if let Some(n) = common.threads {
+        // Fails only if the pool was already built, which nothing does before this point.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    Ok(RunOptions {
+        device: common.device.parse::<DeviceSpec>()?,
+        run_id: None,
+        progress: !common.quiet && !common.json,
+        max_steps: common.max_steps,
+        allow_environment_mismatch: false,
+    })
+}
+
+fn report(s: &RunSummary, common: &Common) {
+    if common.json {
+        let v = serde_json::json!({
+            "location": s.location,
+            "run_id": s.run_id,
+            "steps_done": s.steps_done,
+            "final_step": s.final_step,
+            "total_steps": s.total_steps,
+            "completed": s.completed,
+            "ledger_head": s.ledger_head,
+            "state_root": s.state_root,
+            "parameters": s.parameters,
+            "steps_per_second": s.steps_per_second,
+            "last_loss": s.last_loss,
+            "bytes_written": s.bytes_written,
+            "base_tensors_loaded": s.init.loaded.len(),
+            "parameters_initialised": s.init.initialized,
+        });
+        println!("{v}");
+        return;
+    }
+    let status = if s.completed {
+        "Run complete"
+    } else {
+        "Run stopped"
+    };
+    println!("{status}: {}", s.location);
+    println!("  run id        {}", s.run_id);
+    println!(
+        "  steps         {} of {} ({} this time, {:.2} steps/s, {} threads)",
+        s.final_step,
+        s.total_steps,
+        s.steps_done,
+        s.steps_per_second,
+        rayon::current_num_threads()
+    );
+    println!("  parameters    {}", s.parameters);
+    if !s.init.loaded.is_empty() || !s.init.initialized.is_empty() {
+        println!(
+            "  from base     {} tensors; newly initialised: {}",
+            s.init.loaded.len(),
+            if s.init.initialized.is_empty() {
+                "none".to_string()
+            } else {
+                s.init.initialized.join(", ")
+            }
+        );
+    }
+    println!("  last loss     {:.4}", s.last_loss);
+    println!("  ledger head   {}", s.ledger_head);
+    println!("  state root    {}", s.state_root);
+    println!("  written       {:.1} MB", s.bytes_written as f64 / 1e6);
+    if s.completed {
+        println!("Verify it:");
+        println!("  replay check {}", s.location);
+        println!("  replay verify {} --all", s.location);
+    } else {
+        println!("Continue it:  trainer resume {}", s.location);
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Run {
+            config,
+            out,
+            run_id,
+            common,
+        } => {
+            let c = RunConfig::from_file(&config)?;
+            let mut o = options(&common)?;
+            o.run_id = run_id;
+            let s = run::start(&c, &out, &o)?;
+            report(&s, &common);
+        }
+        Command::Resume {
+            run: location,
+            allow_environment_mismatch,
+            common,
+        } => {
+            let mut o = options(&common)?;
+            o.allow_environment_mismatch = allow_environment_mismatch;
+            let s = run::resume(&location, &o)?;
+            report(&s, &common);
+        }
+        Command::Demo {
+            out,
+            assets,
+            steps,
+            common,
+        } => {
+            let config_path = demo::write_assets(&assets, steps)?;
+            let c = demo::load_config(&config_path)?;
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let out = out.unwrap_or_else(|| format!("runs/demo-{unix}"));
+            let mut o = options(&common)?;
+            o.run_id = Some(format!("demo-{unix}"));
+            if !common.json {
+                eprintln!(
+                    "demo: fine-tuning a {}-layer BERT-style classifier on {} reviews for {steps} steps; \
+                     inputs in {}, run in {out}",
+                    demo::model_config().num_layers,
+                    demo::DATASET
+                        .split(|&b| b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .count(),
+                    assets.display()
+                );
+            }
+            let s = run::start(&c, &out, &o)?;
+            report(&s, &common);
+        }
+        Command::Fingerprint { device } => {
+            let f = device.parse::<DeviceSpec>()?.fingerprint()?;
+            println!(
+                "{}",
+                serde_json::json!({ "environment": f, "class": f.class() })
+            );
+        }
+    }
+    Ok(())
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::BaseModelHashMismatch { .. } => 2,
+        Error::Format(f) if f.is_integrity_violation() => 2,
+        _ => 3,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 3 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trainer: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

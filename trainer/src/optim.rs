@@ -1,0 +1,206 @@
+//! Optimizers with state keyed by canonical parameter name, and the global gradient norm.
+//!
+//! Written here rather than taken from burn's optimizers because the state must be captured,
+//! hashed and restored by stable names (burn keys it by `ParamId`s drawn from OS entropy), and
+//! because every operation's order must be pinned. Scalars are computed in `f64` on the host and
+//! rounded to `f32` once; tensor arithmetic is element-wise `f32`. The exact formulas are in
+//! `specs/determinism.md`.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::config::OptimizerSpec;
+use crate::error::{Error, Result};
+use crate::model::layers::sum_of_squares;
+use crate::params::HostTensor;
+
+/// Per-parameter optimizer state.
+#[derive(Debug, Clone)]
+enum Slots<B: Backend> {
+    /// AdamW first and second moments.
+    Adam { m: Tensor<B, 1>, v: Tensor<B, 1> },
+    /// SGD momentum buffer.
+    Momentum { buf: Tensor<B, 1> },
+    /// Plain SGD keeps nothing.
+    None,
+}
+
+/// An optimizer and its state for every parameter.
+#[derive(Debug, Clone)]
+pub struct Optimizer<B: Backend> {
+    spec: OptimizerSpec,
+    slots: BTreeMap<String, Slots<B>>,
+}
+
+/// Names of the state tensors of `param` under `spec`, as stored in snapshots.
+pub fn slot_names(spec: &OptimizerSpec, param: &str) -> Vec<String> {
+    match spec {
+        OptimizerSpec::Adamw { .. } => vec![
+            format!("optimizer.exp_avg.{param}"),
+            format!("optimizer.exp_avg_sq.{param}"),
+        ],
+        OptimizerSpec::Sgd { momentum, .. } if *momentum > 0.0 => {
+            vec![format!("optimizer.momentum_buffer.{param}")]
+        }
+        OptimizerSpec::Sgd { .. } => vec![],
+    }
+}
+
+impl<B: Backend> Optimizer<B> {
+    /// Zero state for parameters of the given sizes.
+    pub fn new(spec: &OptimizerSpec, params: &[(String, usize)], device: &B::Device) -> Self {
+        let zeros = |n: usize| Tensor::<B, 1>::zeros([n], device);
+        let slots = params
+            .iter()
+            .map(|(name, n)| {
+                let s = match spec {
+                    OptimizerSpec::Adamw { .. } => Slots::Adam {
+                        m: zeros(*n),
+                        v: zeros(*n),
+                    },
+                    OptimizerSpec::Sgd { momentum, .. } if *momentum > 0.0 => {
+                        Slots::Momentum { buf: zeros(*n) }
+                    }
+                    OptimizerSpec::Sgd { .. } => Slots::None,
+                };
+                (name.clone(), s)
+            })
+            .collect();
+        Optimizer {
+            spec: spec.clone(),
+            slots,
+        }
+    }
+
+    /// State from host tensors: `lookup(name)` returns the stored tensor, which must have
+    /// `n` elements.
+    pub fn from_host(
+        spec: &OptimizerSpec,
+        params: &[(String, usize)],
+        device: &B::Device,
+        mut lookup: impl FnMut(&str, usize) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
+        let mut opt = Self::new(spec, params, device);
+        let mut load = |name: String, n: usize| -> Result<Tensor<B, 1>> {
+            Ok(Tensor::from_data(
+                TensorData::new(lookup(&name, n)?, [n]),
+                device,
+            ))
+        };
+        for (name, n) in params {
+            let mut names = slot_names(spec, name).into_iter();
+            let slot = opt.slots.get_mut(name).ok_or_else(|| Error::Run {
+                store: String::new(),
+                detail: format!("optimizer has no state for {name}"),
+            })?;
+            match slot {
+                Slots::Adam { m, v } => {
+                    *m = load(names.next().unwrap_or_default(), *n)?;
+                    *v = load(names.next().unwrap_or_default(), *n)?;
+                }
+                Slots::Momentum { buf } => *buf = load(names.next().unwrap_or_default(), *n)?,
+                Slots::None => {}
+            }
+        }
+        Ok(opt)
+    }
+
+    /// Host copies of the state tensors, with their snapshot names.
+    pub fn to_host(&self) -> Vec<HostTensor> {
+        let mut out = Vec::new();
+        for (name, slot) in &self.slots {
+            let names = slot_names(&self.spec, name);
+            let tensors: Vec<&Tensor<B, 1>> = match slot {
+                Slots::Adam { m, v } => vec![m, v],
+                Slots::Momentum { buf } => vec![buf],
+                Slots::None => vec![],
+            };
+            for (n, t) in names.into_iter().zip(tensors) {
+                out.push(HostTensor::from_tensor(n, t.clone()));
+            }
+        }
+        out
+    }
+
+    /// Update `param` (flattened) with `grad` at learning rate `lr`, on step `step` (1-based).
+    pub fn update(
+        &mut self,
+        name: &str,
+        param: Tensor<B, 1>,
+        grad: Tensor<B, 1>,
+        lr: f64,
+        step: u64,
+    ) -> Tensor<B, 1> {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return param;
+        };
+        match (&self.spec, slot) {
+            (
+                OptimizerSpec::Adamw {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                },
+                Slots::Adam { m, v },
+            ) => {
+                let t = step.min(i32::MAX as u64) as i32;
+                let bc1 = 1.0 - beta1.powi(t);
+                let bc2 = 1.0 - beta2.powi(t);
+                let new_m = m.clone() * (*beta1 as f32) + grad.clone() * ((1.0 - beta1) as f32);
+                let new_v =
+                    v.clone() * (*beta2 as f32) + (grad.clone() * grad) * ((1.0 - beta2) as f32);
+                let denom = new_v.clone().sqrt() / (bc2.sqrt() as f32) + (*eps as f32);
+                let decayed = param * ((1.0 - lr * weight_decay) as f32);
+                let updated = decayed - (new_m.clone() / denom) * ((lr / bc1) as f32);
+                *m = new_m;
+                *v = new_v;
+                updated
+            }
+            (
+                OptimizerSpec::Sgd {
+                    momentum,
+                    weight_decay,
+                    ..
+                },
+                slot,
+            ) => {
+                let mut g = grad;
+                if *weight_decay > 0.0 {
+                    g = g + param.clone() * (*weight_decay as f32);
+                }
+                if let Slots::Momentum { buf } = slot {
+                    let new_buf = buf.clone() * (*momentum as f32) + g;
+                    *buf = new_buf.clone();
+                    g = new_buf;
+                }
+                param - g * (lr as f32)
+            }
+            // The slots are built from the spec, so the pairs above are the only ones.
+            (_, _) => param,
+        }
+    }
+}
+
+/// Global L2 norm of the gradients: each gradient's sum of squares by [`sum_of_squares`] on
+/// the device, then `sqrt(Σ)` over parameters in the given order, in `f64` on the host.
+pub fn global_norm<B: Backend>(grads: &[Tensor<B, 1>]) -> f32 {
+    if grads.is_empty() {
+        return 0.0;
+    }
+    let sums: Vec<Tensor<B, 1>> = grads.iter().map(|g| sum_of_squares(g.clone())).collect();
+    let host = Tensor::cat(sums, 0).into_data();
+    let total: f64 = host.iter::<f32>().fold(0.0f64, |acc, x| acc + f64::from(x));
+    total.sqrt() as f32
+}
+
+/// The factor gradients are multiplied by when clipping to `max_norm` (PyTorch's rule:
+/// `max_norm / (norm + 1e-6)` when that is below 1), or `None` when no clipping applies.
+pub fn clip_factor(norm: f32, max_norm: Option<f64>) -> Option<f32> {
+    let max = max_norm?;
+    let factor = max / (f64::from(norm) + 1e-6);
+    (factor < 1.0).then_some(factor as f32)
+}

@@ -1,0 +1,100 @@
+//! Writing a run: ledger records, segments and checkpoints, in the order the format requires
+//! (segment `i` before checkpoint `i`), every object write-once.
+
+use snapshot_format::ledger::{Segment, StepRecord};
+use snapshot_format::snapshot::{Provenance, SnapshotKind};
+use snapshot_format::{Hash32, Store, layout};
+
+use crate::error::Result;
+use crate::session::TrainingState;
+
+/// Accumulates ledger records and writes segments and checkpoints.
+#[derive(Debug)]
+pub struct RunWriter {
+    store: Store,
+    run_id: String,
+    producer: String,
+    /// Index of the segment being filled (1-based).
+    segment: u64,
+    pending: Vec<StepRecord>,
+    head: Hash32,
+    /// State root of the last checkpoint written.
+    parent: Option<Hash32>,
+    bytes_written: u64,
+}
+
+impl RunWriter {
+    /// A writer continuing after `head` (the genesis for a new run), whose next segment is
+    /// `next_segment`, after a checkpoint with root `parent` (if any).
+    pub fn new(
+        store: Store,
+        run_id: &str,
+        head: Hash32,
+        next_segment: u64,
+        parent: Option<Hash32>,
+    ) -> Self {
+        RunWriter {
+            store,
+            run_id: run_id.to_string(),
+            producer: format!("trainer {}", env!("CARGO_PKG_VERSION")),
+            segment: next_segment,
+            pending: Vec::new(),
+            head,
+            parent,
+            bytes_written: 0,
+        }
+    }
+
+    /// The ledger head: hash of the last record (or the genesis).
+    pub fn head(&self) -> Hash32 {
+        self.head
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Bytes written to the store so far by this writer.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Append a record (its `prev_hash` must be [`Self::head`]).
+    pub fn record(&mut self, record: StepRecord) {
+        debug_assert_eq!(record.prev_hash, self.head);
+        self.head = record.hash();
+        self.pending.push(record);
+    }
+
+    /// Write the pending records as the next segment, then the checkpoint of `state`.
+    pub fn checkpoint(
+        &mut self,
+        state: &TrainingState,
+        hashes: &[Hash32],
+        root: Hash32,
+    ) -> Result<()> {
+        if !self.pending.is_empty() {
+            let segment = Segment {
+                index: self.segment,
+                records: std::mem::take(&mut self.pending),
+            };
+            let bytes = segment.encode();
+            self.bytes_written += bytes.len() as u64;
+            self.store.put_once(&layout::segment(self.segment), bytes)?;
+            self.segment += 1;
+        }
+        let provenance = Provenance {
+            run_id: self.run_id.clone(),
+            kind: SnapshotKind::Checkpoint,
+            parent: self.parent,
+            producer: self.producer.clone(),
+        };
+        let encoded = state.encode(hashes, &provenance)?;
+        self.bytes_written += encoded.len();
+        self.store
+            .put_once_parts(&layout::checkpoint(state.meta.step), encoded.into_parts())?;
+        self.parent = Some(root);
+        Ok(())
+    }
+}

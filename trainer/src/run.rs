@@ -1,0 +1,657 @@
+//! Starting, continuing and resuming recorded runs.
+//!
+//! Everything that can be checked is checked before the first write: configuration, dataset
+//! rows, the base model's pinned hash, the store's write-once behaviour, and that the output
+//! holds no run yet.
+
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use snapshot_format::dataset::DatasetManifest;
+use snapshot_format::ledger::{self, Segment, StepRecord};
+use snapshot_format::limits::ReadLimits;
+use snapshot_format::manifest::{
+    Completion, Engine, EnvironmentFingerprint, Recording, RunManifest, spec_hash,
+};
+use snapshot_format::snapshot::{self, Snapshot};
+use snapshot_format::{Hash32, Store, layout};
+
+use crate::backend::{DeviceSpec, Job, dispatch};
+use crate::base::BaseWeights;
+use crate::config::{BaseSpec, DataSpec, NUMERICS_VERSION, RunConfig, RunSpec};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::TrainableModel;
+use crate::record::RunWriter;
+use crate::session::{InitReport, PreparedData, Session};
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub device: DeviceSpec,
+    /// Run id for a new run (default: `<config name>-<unix seconds>`).
+    pub run_id: Option<String>,
+    /// Show a progress bar on standard error.
+    pub progress: bool,
+    /// Stop after this many steps in this invocation without completing the run (a controlled
+    /// interruption; `trainer resume` continues).
+    pub max_steps: Option<u64>,
+    /// Resume even if this machine is in another environment class (the result will not be
+    /// bit-identical to an uninterrupted run).
+    pub allow_environment_mismatch: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            device: DeviceSpec::Cpu,
+            run_id: None,
+            progress: false,
+            max_steps: None,
+            allow_environment_mismatch: false,
+        }
+    }
+}
+
+/// What a run invocation did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub location: String,
+    pub run_id: String,
+    pub steps_done: u64,
+    pub final_step: u64,
+    pub total_steps: u64,
+    pub completed: bool,
+    pub ledger_head: Hash32,
+    pub state_root: Hash32,
+    pub parameters: u64,
+    pub steps_per_second: f64,
+    pub last_loss: f32,
+    pub init: InitReport,
+    pub bytes_written: u64,
+}
+
+/// The artefacts of a run, read back and cross-checked: manifest (spec hash and genesis),
+/// spec, dataset (its copy hashed against the dataset manifest and the spec's root).
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    pub manifest: RunManifest,
+    pub spec: RunSpec,
+    pub dataset: Dataset,
+}
+
+impl RunFiles {
+    /// Read and check the manifest, spec, dataset manifest and dataset of the run in `store`.
+    pub fn load(store: &Store) -> Result<Self> {
+        let manifest = RunManifest::from_json(&store.get(layout::MANIFEST)?, layout::MANIFEST)?;
+        let genesis = manifest.computed_genesis();
+        if genesis != manifest.genesis {
+            return Err(Error::Run {
+                store: store.location().to_string(),
+                detail: format!(
+                    "{}: genesis {} is not the hash of its spec hash and initial state root ({genesis})",
+                    layout::MANIFEST,
+                    manifest.genesis
+                ),
+            });
+        }
+        let spec = RunSpec::from_value(&manifest.spec, layout::MANIFEST)?;
+        let dataset = load_dataset(store, &spec)?;
+        Ok(RunFiles {
+            manifest,
+            spec,
+            dataset,
+        })
+    }
+}
+
+/// Read the run's dataset copy and check it against the dataset manifest and the spec.
+pub fn load_dataset(store: &Store, spec: &RunSpec) -> Result<Dataset> {
+    let stored = DatasetManifest::decode(
+        &store.get(layout::DATASET_MANIFEST)?,
+        layout::DATASET_MANIFEST,
+    )?;
+    let bytes = store.get(layout::DATASET_DATA)?;
+    let dataset = Dataset::parse(&bytes, layout::DATASET_DATA, spec.data.format, &spec.model)?;
+    if stored.root != spec.data.dataset_root {
+        return Err(Error::Run {
+            store: store.location().to_string(),
+            detail: format!(
+                "{}: root {} differs from the spec's dataset root {}",
+                layout::DATASET_MANIFEST,
+                stored.root,
+                spec.data.dataset_root
+            ),
+        });
+    }
+    if dataset.manifest.root != stored.root {
+        return Err(Error::Run {
+            store: store.location().to_string(),
+            detail: format!(
+                "{}: its examples hash to root {}, the dataset manifest commits to {}",
+                layout::DATASET_DATA,
+                dataset.manifest.root,
+                stored.root
+            ),
+        });
+    }
+    Ok(dataset)
+}
+
+/// Sorted steps of the checkpoints present.
+pub fn checkpoint_steps(store: &Store) -> Result<Vec<u64>> {
+    let mut steps: Vec<u64> = store
+        .list(layout::CHECKPOINTS)?
+        .iter()
+        .filter_map(|(k, _)| layout::parse_checkpoint(k))
+        .collect();
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+/// Index (1-based) of the segment that ends at checkpoint `step`, for a checkpoint interval.
+pub fn segment_ending_at(step: u64, interval: u64) -> u64 {
+    step.div_ceil(interval)
+}
+
+/// Steps at which checkpoints are written for a run of `total` steps.
+pub fn is_checkpoint_step(step: u64, total: u64, interval: u64) -> bool {
+    step == 0 || step == total || step.is_multiple_of(interval)
+}
+
+/// Read and decode a checkpoint.
+pub fn read_checkpoint(store: &Store, step: u64) -> Result<Snapshot> {
+    let key = layout::checkpoint(step);
+    Ok(snapshot::decode(
+        &store.get(&key)?,
+        &key,
+        &ReadLimits::default(),
+    )?)
+}
+
+/// Read segments `1..=last` and check the chain from `genesis`; returns the records.
+pub fn read_ledger(store: &Store, genesis: Hash32, last: u64) -> Result<Vec<StepRecord>> {
+    let mut records: Vec<StepRecord> = Vec::new();
+    let mut head = genesis;
+    for i in 1..=last {
+        let key = layout::segment(i);
+        let seg = Segment::decode(&store.get(&key)?, &key)?;
+        let expected_first = records.last().map(|r| r.step + 1).unwrap_or(1);
+        if seg.index != i || seg.first_step() != expected_first {
+            return Err(Error::Run {
+                store: store.location().to_string(),
+                detail: format!(
+                    "{key}: holds segment {} from step {}, expected segment {i} from step {expected_first}",
+                    seg.index,
+                    seg.first_step()
+                ),
+            });
+        }
+        if seg.continues() != head {
+            return Err(snapshot_format::Error::ChainBroken {
+                artefact: key,
+                step: seg.first_step(),
+                expected: head,
+                found: seg.continues(),
+            }
+            .into());
+        }
+        head = seg.head();
+        records.extend(seg.records);
+    }
+    Ok(records)
+}
+
+enum Start {
+    /// A new run: write its manifest and inputs, then checkpoint 0.
+    Fresh {
+        base: Option<(BaseWeights, Vec<u8>)>,
+        dataset_bytes: Vec<u8>,
+        fingerprint: Box<EnvironmentFingerprint>,
+        recording: Recording,
+    },
+    /// The manifest exists but checkpoint 0 does not: rebuild the initial state, which must
+    /// hash to the manifest's initial root.
+    Scratch {
+        base: Option<BaseWeights>,
+        manifest: Box<RunManifest>,
+    },
+    /// Continue from a checkpoint whose root the ledger commits to.
+    Resume {
+        manifest: Box<RunManifest>,
+        snapshot: Box<Snapshot>,
+        segment: u64,
+        head: Hash32,
+    },
+}
+
+struct TrainJob {
+    spec: RunSpec,
+    dataset: Dataset,
+    store: Store,
+    run_id: String,
+    start: Start,
+    options: RunOptions,
+}
+
+/// Start a new run from a configuration, writing it to `out`.
+pub fn start(config: &RunConfig, out: &str, options: &RunOptions) -> Result<RunSummary> {
+    // Inputs first: nothing is written until all of them check out.
+    let data_path = config.resolve(&config.data.path);
+    let dataset_bytes = std::fs::read(&data_path).map_err(|source| Error::Io {
+        path: data_path.display().to_string(),
+        source,
+    })?;
+    let dataset = Dataset::parse(
+        &dataset_bytes,
+        &data_path.display().to_string(),
+        config.data.format,
+        &config.model,
+    )?;
+    if dataset.len() < config.run.batch_size {
+        return Err(Error::Dataset {
+            path: data_path.display().to_string(),
+            detail: format!(
+                "{} examples, fewer than run.batch_size = {}",
+                dataset.len(),
+                config.run.batch_size
+            ),
+        });
+    }
+    let base = match &config.base {
+        None => None,
+        Some(b) => {
+            let path = config.resolve(&b.path);
+            let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let pinned = Hash32::from_hex(&b.blake3)?;
+            let weights = BaseWeights::parse(&bytes, &path.display().to_string())?;
+            if weights.hash != pinned {
+                return Err(Error::BaseModelHashMismatch {
+                    path: path.display().to_string(),
+                    pinned: pinned.to_hex(),
+                    found: weights.hash.to_hex(),
+                });
+            }
+            Some((weights, bytes))
+        }
+    };
+    let spec = RunSpec {
+        numerics: NUMERICS_VERSION,
+        run: config.run.clone(),
+        model: config.model.clone(),
+        base: base.as_ref().map(|(w, _)| BaseSpec { blake3: w.hash }),
+        data: DataSpec {
+            format: config.data.format,
+            max_len: config.data.max_len,
+            tokenizer: config.data.tokenizer,
+            examples: dataset.len(),
+            dataset_root: dataset.manifest.root,
+        },
+        optimizer: config.optimizer.clone(),
+        schedule: config.schedule.clone(),
+    };
+    let fingerprint = options.device.fingerprint()?;
+
+    let store = Store::create(out)?;
+    store.probe_write_once()?;
+    if store.exists(layout::MANIFEST)? {
+        return Err(Error::RunExists {
+            store: store.location().to_string(),
+            key: layout::MANIFEST.into(),
+        });
+    }
+    let run_id = options.run_id.clone().unwrap_or_else(|| {
+        let stem = std::path::Path::new(&config.source)
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "run".into());
+        format!("{stem}-{}", unix_now())
+    });
+    let job = TrainJob {
+        spec: spec.clone(),
+        dataset,
+        store,
+        run_id,
+        start: Start::Fresh {
+            base,
+            dataset_bytes,
+            fingerprint: Box::new(fingerprint),
+            recording: Recording {
+                checkpoint_interval: config.recording.checkpoint_interval,
+                state_root_interval: config.recording.state_root_interval,
+            },
+        },
+        options: options.clone(),
+    };
+    dispatch(options.device, &spec.model, job)?
+}
+
+/// Continue the run at `location` from its latest checkpoint.
+pub fn resume(location: &str, options: &RunOptions) -> Result<RunSummary> {
+    let store = Store::create(location)?;
+    store.probe_write_once()?;
+    let files = RunFiles::load(&store)?;
+    if store.exists(layout::COMPLETE)? {
+        return Err(Error::Run {
+            store: location.to_string(),
+            detail: format!(
+                "the run is complete ({} exists); nothing to resume",
+                layout::COMPLETE
+            ),
+        });
+    }
+    let here = options.device.fingerprint()?;
+    let differences = files.manifest.environment.class_differences(&here);
+    if !differences.is_empty() && !options.allow_environment_mismatch {
+        return Err(Error::EnvironmentMismatch {
+            differences: differences
+                .into_iter()
+                .map(|(f, a, b)| (f.to_string(), a, b))
+                .collect(),
+        });
+    }
+    let interval = files.manifest.recording.checkpoint_interval;
+    let steps = checkpoint_steps(&store)?;
+    let latest = steps.last().copied();
+    let (snapshot, segment, head) = match latest {
+        // Interrupted before checkpoint 0 was stored: the manifest is there, so rebuild the
+        // initial state (it must hash to the manifest's initial root).
+        None => return resume_from_scratch(store, files, options),
+        Some(step) => {
+            let snap = read_checkpoint(&store, step)?;
+            let last_segment = segment_ending_at(step, interval);
+            let records = read_ledger(&store, files.manifest.genesis, last_segment)?;
+            let committed = match records.last() {
+                Some(r) => r.state_root,
+                None => Some(files.manifest.initial_state_root),
+            };
+            if committed != Some(snap.header.state_root) {
+                return Err(Error::Run {
+                    store: location.to_string(),
+                    detail: format!(
+                        "{}: state root {} is not the one the ledger commits to for step {step}",
+                        layout::checkpoint(step),
+                        snap.header.state_root
+                    ),
+                });
+            }
+            let head = records
+                .last()
+                .map(StepRecord::hash)
+                .unwrap_or(files.manifest.genesis);
+            (snap, last_segment + 1, head)
+        }
+    };
+    let job = TrainJob {
+        spec: files.spec.clone(),
+        dataset: files.dataset,
+        store,
+        run_id: files.manifest.run_id.clone(),
+        start: Start::Resume {
+            manifest: Box::new(files.manifest),
+            snapshot: Box::new(snapshot),
+            segment,
+            head,
+        },
+        options: options.clone(),
+    };
+    dispatch(options.device, &files.spec.model, job)?
+}
+
+fn resume_from_scratch(store: Store, files: RunFiles, options: &RunOptions) -> Result<RunSummary> {
+    let base = match &files.spec.base {
+        None => None,
+        Some(b) => {
+            let w = BaseWeights::parse(&store.get(layout::BASE_MODEL)?, layout::BASE_MODEL)?;
+            if w.hash != b.blake3 {
+                return Err(Error::BaseModelHashMismatch {
+                    path: layout::BASE_MODEL.into(),
+                    pinned: b.blake3.to_hex(),
+                    found: w.hash.to_hex(),
+                });
+            }
+            Some(w)
+        }
+    };
+    let spec = files.spec.clone();
+    let job = TrainJob {
+        spec: files.spec,
+        dataset: files.dataset,
+        store,
+        run_id: files.manifest.run_id.clone(),
+        start: Start::Scratch {
+            base,
+            manifest: Box::new(files.manifest),
+        },
+        options: options.clone(),
+    };
+    dispatch(options.device, &spec.model, job)?
+}
+
+impl Job for TrainJob {
+    type Output = Result<RunSummary>;
+
+    fn run<B: AutodiffBackend, M: TrainableModel<B>>(
+        self,
+        config: M::Config,
+        device: B::Device,
+    ) -> Self::Output {
+        match &self.start {
+            Start::Fresh {
+                base,
+                dataset_bytes,
+                fingerprint,
+                recording,
+            } => {
+                let (session, report) = Session::<B, M>::initial(
+                    self.spec.clone(),
+                    config,
+                    base.as_ref().map(|(w, _)| w),
+                    device,
+                )?;
+                let state = session.capture();
+                let hashes = state.tensor_hashes();
+                let root = state.root(&hashes)?;
+                let spec_value = self.spec.to_value();
+                let spec_hash = spec_hash(&spec_value);
+                let manifest = RunManifest {
+                    format_version: 1,
+                    run_id: self.run_id.clone(),
+                    created_unix: unix_now(),
+                    engine: Engine {
+                        name: "trainer".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    },
+                    spec: spec_value,
+                    spec_hash,
+                    initial_state_root: root,
+                    genesis: ledger::genesis(&spec_hash, &root),
+                    recording: *recording,
+                    environment: (**fingerprint).clone(),
+                };
+                // Inputs first, the manifest last: a run interrupted before its manifest can
+                // be started again (identical objects are accepted), and one interrupted after
+                // it is resumed.
+                let store = &self.store;
+                store.put_once(layout::DATASET_MANIFEST, self.dataset.manifest.encode())?;
+                store.put_once(layout::DATASET_DATA, dataset_bytes.clone())?;
+                if let Some((_, bytes)) = base {
+                    store.put_once(layout::BASE_MODEL, bytes.clone())?;
+                }
+                store.put_once(layout::MANIFEST, manifest.to_json())?;
+                let mut writer =
+                    RunWriter::new(store.clone(), &self.run_id, manifest.genesis, 1, None);
+                writer.checkpoint(&state, &hashes, root)?;
+                train_loop(&self, session, writer, recording, report)
+            }
+            Start::Scratch { base, manifest } => {
+                let (session, report) =
+                    Session::<B, M>::initial(self.spec.clone(), config, base.as_ref(), device)?;
+                let state = session.capture();
+                let hashes = state.tensor_hashes();
+                let root = state.root(&hashes)?;
+                if root != manifest.initial_state_root {
+                    return Err(Error::Run {
+                        store: self.store.location().to_string(),
+                        detail: format!(
+                            "the rebuilt initial state has root {root}; the manifest records {}",
+                            manifest.initial_state_root
+                        ),
+                    });
+                }
+                let mut writer =
+                    RunWriter::new(self.store.clone(), &self.run_id, manifest.genesis, 1, None);
+                writer.checkpoint(&state, &hashes, root)?;
+                train_loop(&self, session, writer, &manifest.recording, report)
+            }
+            Start::Resume {
+                manifest,
+                snapshot,
+                segment,
+                head,
+            } => {
+                let key = layout::checkpoint(snapshot.header.state.step);
+                let session =
+                    Session::<B, M>::restore(self.spec.clone(), config, snapshot, device, &key)?;
+                let writer = RunWriter::new(
+                    self.store.clone(),
+                    &self.run_id,
+                    *head,
+                    *segment,
+                    Some(snapshot.header.state_root),
+                );
+                train_loop(
+                    &self,
+                    session,
+                    writer,
+                    &manifest.recording,
+                    InitReport::default(),
+                )
+            }
+        }
+    }
+}
+
+fn progress_bar(options: &RunOptions, total: u64, done: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if options.progress {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{bar:28}] step {pos}/{len}  {per_sec}  loss {msg}  ETA {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_position(done);
+    bar.reset_eta();
+    bar
+}
+
+fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
+    job: &TrainJob,
+    mut session: Session<B, M>,
+    mut writer: RunWriter,
+    recording: &Recording,
+    init: InitReport,
+) -> Result<RunSummary> {
+    let spec = &job.spec;
+    let total = spec.run.steps;
+    let first = session.step();
+    let prepared = PreparedData::new(&job.dataset, spec);
+    let bar = progress_bar(&job.options, total, first);
+    let started = Instant::now();
+    let mut last_loss = f32::NAN;
+    let mut last_root = Hash32::ZERO;
+    let limit = job
+        .options
+        .max_steps
+        .map(|m| first + m)
+        .unwrap_or(total)
+        .min(total);
+    for step in first + 1..=limit {
+        let (epoch, ids) = session.next_batch();
+        let batch = prepared.batch::<B>(&ids, session.device());
+        let out = session.train_step(&batch);
+        let checkpoint = is_checkpoint_step(step, total, recording.checkpoint_interval);
+        let captured = if checkpoint || step.is_multiple_of(recording.state_root_interval) {
+            let state = session.capture();
+            let hashes = state.tensor_hashes();
+            let root = state.root(&hashes)?;
+            Some((state, hashes, root))
+        } else {
+            None
+        };
+        let record = StepRecord {
+            step,
+            epoch,
+            lr_bits: out.lr_bits,
+            batch_hash: job.dataset.batch_hash(&ids),
+            example_ids: ids,
+            loss_bits: out.loss_bits,
+            grad_norm_bits: out.grad_norm_bits,
+            state_root: captured.as_ref().map(|c| c.2),
+            prev_hash: writer.head(),
+        };
+        writer.record(record);
+        if let Some((state, hashes, root)) = &captured {
+            last_root = *root;
+            if checkpoint {
+                writer.checkpoint(state, hashes, *root)?;
+            }
+        }
+        last_loss = f32::from_bits(out.loss_bits);
+        bar.set_message(format!("{last_loss:.4}"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let final_step = session.step();
+    let completed = final_step == total;
+    if completed {
+        let completion = Completion {
+            run_id: job.run_id.clone(),
+            final_step,
+            segments: segment_ending_at(total, recording.checkpoint_interval),
+            ledger_head: writer.head(),
+            final_state_root: last_root,
+        };
+        writer
+            .store()
+            .put_once(layout::COMPLETE, completion.to_json())?;
+    }
+    let steps_done = final_step - first;
+    Ok(RunSummary {
+        location: job.store.location().to_string(),
+        run_id: job.run_id.clone(),
+        steps_done,
+        final_step,
+        total_steps: total,
+        completed,
+        ledger_head: writer.head(),
+        state_root: last_root,
+        parameters: session.parameter_count(),
+        steps_per_second: if elapsed > 0.0 {
+            steps_done as f64 / elapsed
+        } else {
+            0.0
+        },
+        last_loss,
+        init,
+        bytes_written: writer.bytes_written(),
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

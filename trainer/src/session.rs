@@ -1,0 +1,485 @@
+//! A training session: model, optimizer state, step counter and data cursor on one device, and
+//! the deterministic training step. The trainer drives it to record a run; the verifier drives
+//! the same code to replay one.
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use snapshot_format::Hash32;
+use snapshot_format::snapshot::{
+    self, DataCursor, Encoded, Provenance, RngState, Snapshot, StateMeta, TensorView, WriteOptions,
+};
+
+use crate::base::BaseWeights;
+use crate::config::RunSpec;
+use crate::data::{DataOrder, Dataset, Example, HashTokenizer};
+use crate::error::{Error, Result};
+use crate::model::{Batch, BatchInput, Dropout, TrainableModel, init_values};
+use crate::optim::{self, Optimizer, slot_names};
+use crate::params::{self, HostTensor};
+
+/// The full training state on the host: metadata and every tensor, sorted by name.
+#[derive(Debug, Clone)]
+pub struct TrainingState {
+    pub meta: StateMeta,
+    pub tensors: Vec<HostTensor>,
+}
+
+impl TrainingState {
+    /// Views for hashing and encoding.
+    pub fn views(&self) -> Vec<TensorView<'_>> {
+        self.tensors
+            .iter()
+            .map(|t| TensorView {
+                name: &t.name,
+                dtype: snapshot_format::DType::F32,
+                shape: &t.shape,
+                data: t.bytes(),
+            })
+            .collect()
+    }
+
+    /// Tensor hashes (parallel), in the order of `tensors`.
+    pub fn tensor_hashes(&self) -> Vec<Hash32> {
+        snapshot::hash_tensors(&self.views())
+    }
+
+    /// State root, from hashes computed by [`Self::tensor_hashes`].
+    pub fn root(&self, hashes: &[Hash32]) -> Result<Hash32> {
+        Ok(snapshot::state_root(
+            &self.meta,
+            &self.views(),
+            Some(hashes),
+        )?)
+    }
+
+    /// Encode as a snapshot, reusing the tensor hashes.
+    pub fn encode(&self, hashes: &[Hash32], provenance: &Provenance) -> Result<Encoded<'_>> {
+        Ok(snapshot::encode(
+            &self.meta,
+            provenance,
+            &self.views(),
+            Some(hashes),
+            WriteOptions::default(),
+        )?)
+    }
+
+    /// The tensor called `name`.
+    pub fn tensor(&self, name: &str) -> Option<&HostTensor> {
+        self.tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.tensors[i])
+    }
+}
+
+/// Inputs of every example, prepared once on the host (tokenized text or features).
+#[derive(Debug, Clone)]
+pub struct PreparedData {
+    inputs: Inputs,
+    labels: Vec<u64>,
+    num_labels: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Inputs {
+    Tokens { ids: Vec<i64>, len: usize },
+    Features { values: Vec<f32>, dim: usize },
+}
+
+impl PreparedData {
+    /// Tokenize or collect the features of every example of `dataset` as `spec` says.
+    pub fn new(dataset: &Dataset, spec: &RunSpec) -> Self {
+        let num_labels = spec.model.num_labels() as usize;
+        let labels = dataset.examples.iter().map(Example::label).collect();
+        let inputs = match (&spec.model, spec.data.max_len) {
+            (crate::config::ModelSpec::Bert(b), Some(len)) => {
+                let tok = HashTokenizer {
+                    vocab_size: b.vocab_size,
+                };
+                let len = len as usize;
+                let mut ids = Vec::with_capacity(dataset.examples.len() * len);
+                for ex in &dataset.examples {
+                    if let Example::Text { text, .. } = ex {
+                        ids.extend(tok.encode(text, len));
+                    }
+                }
+                Inputs::Tokens { ids, len }
+            }
+            _ => {
+                let mut values = Vec::new();
+                let mut dim = 0;
+                for ex in &dataset.examples {
+                    if let Example::Features { features, .. } = ex {
+                        dim = features.len();
+                        values.extend_from_slice(features);
+                    }
+                }
+                Inputs::Features { values, dim }
+            }
+        };
+        PreparedData {
+            inputs,
+            labels,
+            num_labels,
+        }
+    }
+
+    /// The batch of examples `ids`, on `device`.
+    pub fn batch<B: Backend>(&self, ids: &[u64], device: &B::Device) -> Batch<B> {
+        let n = ids.len();
+        let mut targets = vec![0.0f32; n * self.num_labels];
+        for (row, &i) in ids.iter().enumerate() {
+            targets[row * self.num_labels + self.labels[i as usize] as usize] = 1.0;
+        }
+        let targets = Tensor::from_data(TensorData::new(targets, [n, self.num_labels]), device);
+        let input = match &self.inputs {
+            Inputs::Tokens { ids: all, len } => {
+                let mut tok = Vec::with_capacity(n * len);
+                for &i in ids {
+                    let start = i as usize * len;
+                    tok.extend_from_slice(&all[start..start + len]);
+                }
+                let mask: Vec<f32> = tok
+                    .iter()
+                    .map(|&t| {
+                        if t == crate::data::special::PAD {
+                            0.0
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect();
+                BatchInput::Tokens {
+                    ids: Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [n, *len]), device),
+                    mask: Tensor::from_data(TensorData::new(mask, [n, *len]), device),
+                }
+            }
+            Inputs::Features { values, dim } => {
+                let mut x = Vec::with_capacity(n * dim);
+                for &i in ids {
+                    let start = i as usize * dim;
+                    x.extend_from_slice(&values[start..start + dim]);
+                }
+                BatchInput::Features(Tensor::from_data(TensorData::new(x, [n, *dim]), device))
+            }
+        };
+        Batch {
+            input,
+            targets,
+            size: n,
+        }
+    }
+}
+
+/// What one step produced, in exact bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepOutcome {
+    pub step: u64,
+    pub lr_bits: u64,
+    pub loss_bits: u32,
+    pub grad_norm_bits: u32,
+}
+
+/// Which parameters came from the base weights and which were initialised.
+#[derive(Debug, Clone, Default)]
+pub struct InitReport {
+    pub loaded: Vec<String>,
+    pub initialized: Vec<String>,
+    /// Base tensors the model has no parameter for.
+    pub unused: Vec<String>,
+}
+
+/// Model, optimizer, step and cursor on one device.
+#[derive(Debug)]
+pub struct Session<B: AutodiffBackend, M: TrainableModel<B>> {
+    pub spec: RunSpec,
+    config: M::Config,
+    model: Option<M>,
+    optimizer: Optimizer<B::InnerBackend>,
+    device: B::Device,
+    step: u64,
+    cursor: DataCursor,
+    order: DataOrder,
+    /// Canonical names and element counts of the parameters, in visit order.
+    params: Vec<(String, usize)>,
+}
+
+fn param_table<B: AutodiffBackend, M: TrainableModel<B>>(
+    model: &M,
+) -> Result<Vec<(String, usize)>> {
+    let list = params::list::<B, M>(model, M::canonical_name);
+    let mut seen = std::collections::HashSet::new();
+    for (name, _) in &list {
+        if !seen.insert(name.clone()) {
+            return Err(Error::config(
+                "model",
+                format!("two parameters have the canonical name {name:?}"),
+            ));
+        }
+    }
+    Ok(list
+        .into_iter()
+        .map(|(n, shape)| (n, shape.iter().product()))
+        .collect())
+}
+
+impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
+    /// The state before the first step: parameters from `base` where it has them (shapes must
+    /// match), the others initialised from the host streams; optimizer state zero.
+    pub fn initial(
+        spec: RunSpec,
+        config: M::Config,
+        base: Option<&BaseWeights>,
+        device: B::Device,
+    ) -> Result<(Self, InitReport)> {
+        let model = M::build(&config, &device);
+        let shapes: HashMap<String, Vec<usize>> = params::list::<B, M>(&model, M::canonical_name)
+            .into_iter()
+            .collect();
+        let table = param_table::<B, M>(&model)?;
+        let mut report = InitReport::default();
+        let mut values: HashMap<String, Vec<f32>> = HashMap::new();
+        let mut used_keys = std::collections::HashSet::new();
+        for (name, n) in &table {
+            let shape = &shapes[name];
+            match base.and_then(|b| b.get(name)) {
+                Some((key, t)) => {
+                    let base_shape = &t.shape;
+                    if base_shape != shape {
+                        return Err(Error::BaseModel {
+                            path: base.map(|b| b.source.clone()).unwrap_or_default(),
+                            detail: format!(
+                                "tensor {key:?} has shape {base_shape:?}; the model's {name:?} is {shape:?}"
+                            ),
+                        });
+                    }
+                    used_keys.insert(key.to_string());
+                    values.insert(name.clone(), t.values.clone());
+                    report.loaded.push(name.clone());
+                }
+                None => {
+                    let rule = M::init_rule(&config, name);
+                    values.insert(name.clone(), init_values(rule, spec.run.seed, name, *n));
+                    report.initialized.push(name.clone());
+                }
+            }
+        }
+        if let Some(b) = base {
+            report.unused = b
+                .tensors
+                .keys()
+                .filter(|k| !used_keys.contains(*k))
+                .cloned()
+                .collect();
+        }
+        let dev = device.clone();
+        let model = params::replace::<B, M, _>(model, M::canonical_name, |name, current| {
+            let n = current.dims()[0];
+            let v = values.remove(name).unwrap_or_else(|| vec![0.0; n]);
+            Tensor::from_data(TensorData::new(v, [n]), &dev)
+        });
+        let optimizer = Optimizer::new(&spec.optimizer, &table, &device);
+        let order = DataOrder::new(spec.run.seed, spec.data.examples, spec.run.batch_size);
+        Ok((
+            Session {
+                spec,
+                config,
+                model: Some(model),
+                optimizer,
+                device,
+                step: 0,
+                cursor: DataCursor::default(),
+                order,
+                params: table,
+            },
+            report,
+        ))
+    }
+
+    /// Restore the state held by a verified snapshot. Every parameter and optimizer slot must
+    /// be present with the right size, the seed must be the spec's, and no tensor may be left
+    /// over.
+    pub fn restore(
+        spec: RunSpec,
+        config: M::Config,
+        snap: &Snapshot,
+        device: B::Device,
+        artefact: &str,
+    ) -> Result<Self> {
+        let bad = |detail: String| Error::Run {
+            store: artefact.to_string(),
+            detail,
+        };
+        let meta = &snap.header.state;
+        if meta.rng.master_seed != spec.run.seed {
+            return Err(bad(format!(
+                "snapshot seed {} differs from the spec's {}",
+                meta.rng.master_seed, spec.run.seed
+            )));
+        }
+        let model = M::build(&config, &device);
+        let table = param_table::<B, M>(&model)?;
+        let mut used = std::collections::HashSet::new();
+        let mut take = |name: &str, n: usize| -> Result<Vec<f32>> {
+            let (info, bytes) = snap
+                .tensor(name)
+                .ok_or_else(|| bad(format!("snapshot lacks tensor {name:?}")))?;
+            if info.dtype != snapshot_format::DType::F32 || bytes.len() != n * 4 {
+                return Err(bad(format!(
+                    "tensor {name:?} is {} {:?}; expected F32 with {n} elements",
+                    info.dtype, info.shape
+                )));
+            }
+            used.insert(name.to_string());
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        let mut values: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        for (name, n) in &table {
+            values.insert(name.clone(), take(name, *n)?);
+        }
+        let optimizer = Optimizer::from_host(&spec.optimizer, &table, &device, &mut take)?;
+        let expected: usize = table.len()
+            + table
+                .iter()
+                .map(|(n, _)| slot_names(&spec.optimizer, n).len())
+                .sum::<usize>();
+        if snap.header.tensors.len() != expected {
+            let extra: Vec<&str> = snap
+                .header
+                .tensors
+                .iter()
+                .map(|t| t.name.as_str())
+                .filter(|n| !used.contains(*n))
+                .take(5)
+                .collect();
+            return Err(bad(format!(
+                "snapshot holds tensors the model does not: {extra:?}"
+            )));
+        }
+        let dev = device.clone();
+        let model = params::replace::<B, M, _>(model, M::canonical_name, |name, current| {
+            let n = current.dims()[0];
+            let v = values.remove(name).unwrap_or_else(|| vec![0.0; n]);
+            Tensor::from_data(TensorData::new(v, [n]), &dev)
+        });
+        let order = DataOrder::new(spec.run.seed, spec.data.examples, spec.run.batch_size);
+        Ok(Session {
+            spec,
+            config,
+            model: Some(model),
+            optimizer,
+            device,
+            step: meta.step,
+            cursor: meta.data_cursor,
+            order,
+            params: table,
+        })
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The device.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &M::Config {
+        &self.config
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M {
+        self.model
+            .as_ref()
+            .expect("the model is only taken out within a step")
+    }
+
+    /// Draw the next batch: its epoch and example ids. Advances the data cursor.
+    pub fn next_batch(&mut self) -> (u64, Vec<u64>) {
+        self.order.next_batch(&mut self.cursor)
+    }
+
+    /// One optimizer step on `batch` (drawn by [`Self::next_batch`]): loss, backward, global
+    /// gradient norm, optional clipping, optimizer update.
+    pub fn train_step(&mut self, batch: &Batch<B>) -> StepOutcome {
+        let step = self.step + 1;
+        let lr = self.spec.lr(step);
+        let model = self
+            .model
+            .take()
+            .expect("the model is present between steps");
+        let mut dropout = Dropout::for_step(self.spec.run.seed, step);
+        let loss = model.loss(batch, &mut dropout);
+        let loss_value = loss
+            .clone()
+            .into_data()
+            .iter::<f32>()
+            .next()
+            .unwrap_or(f32::NAN);
+        let grads = loss.backward();
+        let named = params::gradients::<B, M>(&model, &grads, M::canonical_name);
+        let present: Vec<Tensor<B::InnerBackend, 1>> =
+            named.iter().filter_map(|(_, g)| g.clone()).collect();
+        let norm = optim::global_norm(&present);
+        let factor = optim::clip_factor(norm, self.spec.optimizer.grad_clip());
+        let mut grads_by_name: HashMap<String, Tensor<B::InnerBackend, 1>> = named
+            .into_iter()
+            .filter_map(|(n, g)| g.map(|g| (n, g)))
+            .collect();
+        let optimizer = &mut self.optimizer;
+        let model = params::replace::<B, M, _>(model, M::canonical_name, |name, param| {
+            // A parameter without gradient is left untouched, state included (as in PyTorch).
+            match grads_by_name.remove(name) {
+                Some(g) => {
+                    let g = match factor {
+                        Some(f) => g * f,
+                        None => g,
+                    };
+                    optimizer.update(name, param, g, lr, step)
+                }
+                None => param,
+            }
+        });
+        self.model = Some(model);
+        self.step = step;
+        StepOutcome {
+            step,
+            lr_bits: lr.to_bits(),
+            loss_bits: loss_value.to_bits(),
+            grad_norm_bits: norm.to_bits(),
+        }
+    }
+
+    /// Copy the full state to the host.
+    pub fn capture(&self) -> TrainingState {
+        let mut tensors = params::to_host::<B, M>(self.model(), M::canonical_name);
+        tensors.extend(self.optimizer.to_host());
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        TrainingState {
+            meta: StateMeta {
+                step: self.step,
+                data_cursor: self.cursor,
+                rng: RngState {
+                    master_seed: self.spec.run.seed,
+                    streams: vec![],
+                },
+                extra: vec![],
+            },
+            tensors,
+        }
+    }
+
+    /// Number of parameters (elements).
+    pub fn parameter_count(&self) -> u64 {
+        self.params.iter().map(|(_, n)| *n as u64).sum()
+    }
+}
