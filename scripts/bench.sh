@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-  benches=(snapshot_io)
+  benches=(snapshot_io training)
 fi
 for b in "${benches[@]}"; do
   cargo bench --locked -p benchmarks --bench "$b"

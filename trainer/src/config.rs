@@ -204,15 +204,35 @@ pub struct BaseSection {
 pub struct RecordingSection {
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: u64,
-    #[serde(default = "default_state_root_interval")]
-    pub state_root_interval: u64,
+    /// State root in the ledger every this many steps (and at every checkpoint). Default:
+    /// every step for models under [`LARGE_MODEL_PARAMETERS`], every
+    /// [`LARGE_MODEL_STATE_ROOT_INTERVAL`] steps above.
+    #[serde(default)]
+    pub state_root_interval: Option<u64>,
+}
+
+/// Models with at least this many parameters get a sparser default state-root interval.
+pub const LARGE_MODEL_PARAMETERS: u64 = 50_000_000;
+/// The default state-root interval of large models.
+pub const LARGE_MODEL_STATE_ROOT_INTERVAL: u64 = 10;
+
+impl RecordingSection {
+    /// The state-root interval for a model of `parameters` parameters.
+    pub fn state_root_interval_for(&self, parameters: u64) -> u64 {
+        self.state_root_interval
+            .unwrap_or(if parameters < LARGE_MODEL_PARAMETERS {
+                1
+            } else {
+                LARGE_MODEL_STATE_ROOT_INTERVAL
+            })
+    }
 }
 
 impl Default for RecordingSection {
     fn default() -> Self {
         RecordingSection {
             checkpoint_interval: default_checkpoint_interval(),
-            state_root_interval: default_state_root_interval(),
+            state_root_interval: None,
         }
     }
 }
@@ -266,9 +286,6 @@ fn default_weight_decay() -> f64 {
 fn default_checkpoint_interval() -> u64 {
     50
 }
-fn default_state_root_interval() -> u64 {
-    1
-}
 
 impl RunConfig {
     /// Read and validate a TOML file.
@@ -320,7 +337,7 @@ impl RunConfig {
         if self.recording.checkpoint_interval == 0 {
             return bad("recording.checkpoint_interval", "must be at least 1");
         }
-        if self.recording.state_root_interval == 0 {
+        if self.recording.state_root_interval == Some(0) {
             return bad("recording.state_root_interval", "must be at least 1");
         }
         match (&self.model, self.data.format) {
@@ -488,6 +505,29 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
+    /// The spec of a run of `config` on `dataset`, starting from `base`.
+    pub fn new(
+        config: &RunConfig,
+        dataset: &crate::data::Dataset,
+        base: Option<&crate::base::BaseWeights>,
+    ) -> Self {
+        RunSpec {
+            numerics: NUMERICS_VERSION,
+            run: config.run.clone(),
+            model: config.model.clone(),
+            base: base.map(|w| BaseSpec { blake3: w.hash }),
+            data: DataSpec {
+                format: config.data.format,
+                max_len: config.data.max_len,
+                tokenizer: config.data.tokenizer,
+                examples: dataset.len(),
+                dataset_root: dataset.manifest.root,
+            },
+            optimizer: config.optimizer.clone(),
+            schedule: config.schedule.clone(),
+        }
+    }
+
     /// The spec as the JSON value recorded in the manifest.
     pub fn to_value(&self) -> serde_json::Value {
         // A plain struct of numbers, strings and enums always serialises.

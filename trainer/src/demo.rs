@@ -102,9 +102,14 @@ state_root_interval = 1
 /// Generate the base model: every encoder parameter of the demo architecture initialised from
 /// [`BASE_SEED`], the classification head left out.
 pub fn base_model() -> Result<Vec<u8>> {
-    let config = model_config();
+    base_model_for(&model_config(), BASE_SEED)
+}
+
+/// A stand-in base model for any BERT configuration: every encoder parameter drawn from
+/// `seed` by the model's initialisation rules, the `classifier.*` head left out.
+pub fn base_model_for(config: &BertConfig, seed: u64) -> Result<Vec<u8>> {
     let device = burn::backend::flex::FlexDevice;
-    let model = <BertClassifier<Cpu> as TrainableModel<Cpu>>::build(&config, &device);
+    let model = <BertClassifier<Cpu> as TrainableModel<Cpu>>::build(config, &device);
     let names = params::list::<Cpu, _>(
         &model,
         <BertClassifier<Cpu> as TrainableModel<Cpu>>::canonical_name,
@@ -114,8 +119,8 @@ pub fn base_model() -> Result<Vec<u8>> {
         .filter(|(name, _)| !name.starts_with("classifier."))
         .map(|(name, shape)| {
             let n = shape.iter().product();
-            let rule = <BertClassifier<Cpu> as TrainableModel<Cpu>>::init_rule(&config, &name);
-            let bytes = init_values(rule, BASE_SEED, &name, n)
+            let rule = <BertClassifier<Cpu> as TrainableModel<Cpu>>::init_rule(config, &name);
+            let bytes = init_values(rule, seed, &name, n)
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect();

@@ -9,6 +9,7 @@ pub mod data;
 pub mod demo;
 pub mod error;
 pub mod fingerprint;
+pub mod fixtures;
 pub mod gpu;
 pub mod model;
 pub mod optim;

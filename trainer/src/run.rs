@@ -19,7 +19,7 @@ use snapshot_format::{Hash32, Store, layout};
 
 use crate::backend::{DeviceSpec, Job, dispatch};
 use crate::base::BaseWeights;
-use crate::config::{BaseSpec, DataSpec, NUMERICS_VERSION, RunConfig, RunSpec};
+use crate::config::{RecordingSection, RunConfig, RunSpec};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::TrainableModel;
@@ -209,7 +209,7 @@ enum Start {
         base: Option<(BaseWeights, Vec<u8>)>,
         dataset_bytes: Vec<u8>,
         fingerprint: Box<EnvironmentFingerprint>,
-        recording: Recording,
+        recording: RecordingSection,
     },
     /// The manifest exists but checkpoint 0 does not: rebuild the initial state, which must
     /// hash to the manifest's initial root.
@@ -279,21 +279,7 @@ pub fn start(config: &RunConfig, out: &str, options: &RunOptions) -> Result<RunS
             Some((weights, bytes))
         }
     };
-    let spec = RunSpec {
-        numerics: NUMERICS_VERSION,
-        run: config.run.clone(),
-        model: config.model.clone(),
-        base: base.as_ref().map(|(w, _)| BaseSpec { blake3: w.hash }),
-        data: DataSpec {
-            format: config.data.format,
-            max_len: config.data.max_len,
-            tokenizer: config.data.tokenizer,
-            examples: dataset.len(),
-            dataset_root: dataset.manifest.root,
-        },
-        optimizer: config.optimizer.clone(),
-        schedule: config.schedule.clone(),
-    };
+    let spec = RunSpec::new(config, &dataset, base.as_ref().map(|(w, _)| w));
     let fingerprint = options.device.fingerprint()?;
 
     let store = Store::create(out)?;
@@ -320,10 +306,7 @@ pub fn start(config: &RunConfig, out: &str, options: &RunOptions) -> Result<RunS
             base,
             dataset_bytes,
             fingerprint: Box::new(fingerprint),
-            recording: Recording {
-                checkpoint_interval: config.recording.checkpoint_interval,
-                state_root_interval: config.recording.state_root_interval,
-            },
+            recording: config.recording,
         },
         options: options.clone(),
     };
@@ -456,6 +439,11 @@ impl Job for TrainJob {
                 let state = session.capture();
                 let hashes = state.tensor_hashes();
                 let root = state.root(&hashes)?;
+                let recording = &Recording {
+                    checkpoint_interval: recording.checkpoint_interval,
+                    state_root_interval: recording
+                        .state_root_interval_for(session.parameter_count()),
+                };
                 let spec_value = self.spec.to_value();
                 let spec_hash = spec_hash(&spec_value);
                 let manifest = RunManifest {

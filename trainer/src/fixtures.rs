@@ -1,0 +1,213 @@
+//! Small, fast run configurations for tests, examples and benchmarks: a tiny BERT-style model on
+//! the first reviews of the demo dataset (with a tiny base model pinned by hash), and an MLP on
+//! synthetic features.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::BertConfig;
+use crate::demo;
+use crate::error::{Error, Result};
+use crate::rng;
+
+/// Knobs of a fixture.
+#[derive(Debug, Clone)]
+pub struct FixtureOptions {
+    pub seed: u64,
+    pub steps: u64,
+    pub batch_size: u64,
+    pub examples: usize,
+    pub lr: f64,
+    pub checkpoint_interval: u64,
+    pub state_root_interval: u64,
+    /// Change this example: prepend a word to its text (within the token limit, so the model
+    /// sees it), or shift its first feature.
+    pub modify_example: Option<usize>,
+    /// Extra TOML appended to the config (e.g. a `[schedule]` section).
+    pub extra: String,
+    /// BERT architecture (default: [`tiny_bert`]).
+    pub bert: Option<BertConfig>,
+    /// Tokens per example for the BERT fixture.
+    pub max_len: u64,
+}
+
+impl Default for FixtureOptions {
+    fn default() -> Self {
+        FixtureOptions {
+            seed: 11,
+            steps: 12,
+            batch_size: 4,
+            examples: 40,
+            lr: 0.001,
+            checkpoint_interval: 4,
+            state_root_interval: 1,
+            modify_example: None,
+            extra: String::new(),
+            bert: None,
+            max_len: 12,
+        }
+    }
+}
+
+/// Architecture of the tiny BERT fixture.
+pub fn tiny_bert() -> BertConfig {
+    BertConfig {
+        vocab_size: 256,
+        hidden_size: 16,
+        num_layers: 2,
+        num_heads: 2,
+        intermediate_size: 32,
+        max_position: 16,
+        type_vocab_size: 2,
+        num_labels: 2,
+        hidden_dropout: 0.1,
+        attention_dropout: 0.1,
+        layer_norm_eps: 1e-12,
+        init_std: 0.02,
+    }
+}
+
+/// Seed of the tiny base model.
+pub const TINY_BASE_SEED: u64 = 5;
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Write the tiny BERT fixture (base model, dataset, config) into `dir`; returns the config.
+pub fn write_tiny_bert(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let m = o.bert.clone().unwrap_or_else(tiny_bert);
+    let base = demo::base_model_for(&m, TINY_BASE_SEED)?;
+    let base_hash = snapshot_format::hash::file_hash(&base);
+    write(&dir.join("base.safetensors"), &base)?;
+    let text = std::str::from_utf8(demo::DATASET).unwrap_or_default();
+    let mut rows: Vec<String> = text.lines().take(o.examples).map(str::to_string).collect();
+    if let Some(k) = o.modify_example {
+        let mut row: serde_json::Value = serde_json::from_str(&rows[k]).unwrap_or_default();
+        let changed = format!("Frankly, {}", row["text"].as_str().unwrap_or_default());
+        row["text"] = changed.into();
+        rows[k] = row.to_string();
+    }
+    write(&dir.join("data.jsonl"), (rows.join("\n") + "\n").as_bytes())?;
+    let config = format!(
+        r#"[run]
+seed = {seed}
+steps = {steps}
+batch_size = {bs}
+
+[model]
+kind = "bert"
+vocab_size = {vocab}
+hidden_size = {hidden}
+num_layers = {layers}
+num_heads = {heads}
+intermediate_size = {inter}
+max_position = {maxpos}
+num_labels = 2
+
+[base]
+path = "base.safetensors"
+blake3 = "{base_hash}"
+
+[data]
+path = "data.jsonl"
+format = "text"
+max_len = {max_len}
+
+[optimizer]
+kind = "adamw"
+lr = {lr:?}
+grad_clip = 1.0
+
+[recording]
+checkpoint_interval = {ci}
+state_root_interval = {sri}
+{extra}
+"#,
+        seed = o.seed,
+        steps = o.steps,
+        bs = o.batch_size,
+        vocab = m.vocab_size,
+        hidden = m.hidden_size,
+        layers = m.num_layers,
+        heads = m.num_heads,
+        inter = m.intermediate_size,
+        maxpos = m.max_position,
+        lr = o.lr,
+        ci = o.checkpoint_interval,
+        sri = o.state_root_interval,
+        extra = o.extra,
+        max_len = o.max_len,
+    );
+    let path = dir.join("config.toml");
+    write(&path, config.as_bytes())?;
+    Ok(path)
+}
+
+/// Write the MLP fixture (8 features, 3 classes; the class is the index of the largest of three
+/// sums of features) into `dir`; returns the config.
+pub fn write_mlp(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut r = rng::stream(99, "fixture", 0);
+    let mut rows = String::new();
+    for i in 0..o.examples {
+        let mut x: Vec<f32> = (0..8).map(|_| rng::uniform(&mut r) * 2.0 - 1.0).collect();
+        if o.modify_example == Some(i) {
+            x[0] += 0.25;
+        }
+        let sums = [x[0] + x[1], x[2] + x[3] + x[4], x[5] + x[6] + x[7]];
+        let label = (0..3)
+            .max_by(|&a, &b| sums[a].total_cmp(&sums[b]))
+            .unwrap_or(0);
+        let json = serde_json::json!({ "features": x, "label": label });
+        rows.push_str(&json.to_string());
+        rows.push('\n');
+    }
+    write(&dir.join("data.jsonl"), rows.as_bytes())?;
+    let config = format!(
+        r#"[run]
+seed = {seed}
+steps = {steps}
+batch_size = {bs}
+
+[model]
+kind = "mlp"
+input_size = 8
+hidden_sizes = [32, 16]
+num_labels = 3
+dropout = 0.1
+
+[data]
+path = "data.jsonl"
+format = "features"
+
+[optimizer]
+kind = "adamw"
+lr = {lr:?}
+
+[recording]
+checkpoint_interval = {ci}
+state_root_interval = {sri}
+{extra}
+"#,
+        seed = o.seed,
+        steps = o.steps,
+        bs = o.batch_size,
+        lr = o.lr,
+        ci = o.checkpoint_interval,
+        sri = o.state_root_interval,
+        extra = o.extra,
+    );
+    let path = dir.join("config.toml");
+    write(&path, config.as_bytes())?;
+    Ok(path)
+}

@@ -1,0 +1,514 @@
+//! Determinism of recorded runs, each property checked by comparing independent executions of
+//! the real `trainer` binary in separate processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use snapshot_format::ledger::{Segment, StepRecord};
+use snapshot_format::limits::ReadLimits;
+use snapshot_format::manifest::{Completion, RunManifest};
+use snapshot_format::{Hash32, layout, snapshot};
+use trainer::config::BertConfig;
+use trainer::fixtures::{self, FixtureOptions};
+
+fn trainer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .expect("start trainer")
+}
+
+fn ok(args: &[&str]) {
+    let out = trainer(args);
+    assert!(
+        out.status.success(),
+        "trainer {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn train(config: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "run",
+        s(config),
+        "--out",
+        s(out),
+        "--quiet",
+        "--run-id",
+        "test-run",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+}
+
+/// A local store's staging file (`<key>#<digits>`): left by a write interrupted by SIGKILL,
+/// never listed or read as an object.
+fn is_staging(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The objects (not staging files) in `dir`, with their bytes, by name.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .filter(|p| !is_staging(&p.file_name().unwrap_or_default().to_string_lossy()))
+            .map(|p| {
+                let bytes = std::fs::read(&p).expect("read");
+                (
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .to_string(),
+                    bytes,
+                )
+            })
+            .collect(),
+        Err(_) => vec![],
+    };
+    out.sort();
+    out
+}
+
+fn records(run: &Path) -> Vec<StepRecord> {
+    files(&run.join("ledger"))
+        .iter()
+        .flat_map(|(name, bytes)| Segment::decode(bytes, name).expect("segment").records)
+        .collect()
+}
+
+fn manifest(run: &Path) -> RunManifest {
+    RunManifest::from_json(
+        &std::fs::read(run.join(layout::MANIFEST)).expect("manifest"),
+        "manifest",
+    )
+    .expect("valid manifest")
+}
+
+fn completion(run: &Path) -> Completion {
+    Completion::from_json(
+        &std::fs::read(run.join(layout::COMPLETE)).expect("complete.json"),
+        "c",
+    )
+    .expect("valid completion")
+}
+
+fn checkpoint_roots(run: &Path) -> Vec<(String, Hash32)> {
+    files(&run.join("checkpoints"))
+        .iter()
+        .map(|(name, bytes)| {
+            let h = snapshot::read_header(bytes, name, &ReadLimits::default()).expect("checkpoint");
+            (name.clone(), h.state_root)
+        })
+        .collect()
+}
+
+/// The two runs have byte-identical ledgers, the same checkpoint state roots and completion.
+fn assert_same_run(a: &Path, b: &Path) {
+    let (ra, rb) = (records(a), records(b));
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!(x, y, "first difference at step {}", x.step);
+    }
+    assert_eq!(
+        files(&a.join("ledger")),
+        files(&b.join("ledger")),
+        "segment bytes"
+    );
+    assert_eq!(checkpoint_roots(a), checkpoint_roots(b));
+    let (ca, cb) = (completion(a), completion(b));
+    assert_eq!(
+        (ca.ledger_head, ca.final_state_root),
+        (cb.ledger_head, cb.final_state_root)
+    );
+    assert_eq!(manifest(a).genesis, manifest(b).genesis);
+}
+
+fn tiny(dir: &Path, o: FixtureOptions) -> PathBuf {
+    fixtures::write_tiny_bert(dir, &o).expect("fixture")
+}
+
+#[test]
+fn two_runs_of_one_config_are_bit_identical() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = tiny(&t.path().join("in"), FixtureOptions::default());
+    train(&cfg, &t.path().join("a"), &[]);
+    train(&cfg, &t.path().join("b"), &[]);
+    assert_same_run(&t.path().join("a"), &t.path().join("b"));
+    // Same run id, same inputs: the checkpoint files themselves are identical too.
+    assert_eq!(
+        files(&t.path().join("a/checkpoints")),
+        files(&t.path().join("b/checkpoints"))
+    );
+}
+
+#[test]
+fn thread_count_does_not_change_bits() {
+    // Large enough for the CPU backend's parallel paths (matrix multiplies of 1024 x 128 by
+    // 128 x 512, an embedding of 262,144 elements).
+    let t = tempfile::tempdir().expect("tmp");
+    let bert = BertConfig {
+        vocab_size: 2048,
+        hidden_size: 128,
+        num_layers: 2,
+        num_heads: 4,
+        intermediate_size: 512,
+        max_position: 32,
+        ..fixtures::tiny_bert()
+    };
+    let cfg = tiny(
+        &t.path().join("in"),
+        FixtureOptions {
+            bert: Some(bert),
+            max_len: 32,
+            batch_size: 32,
+            examples: 96,
+            steps: 4,
+            checkpoint_interval: 2,
+            ..Default::default()
+        },
+    );
+    train(&cfg, &t.path().join("one"), &["--threads", "1"]);
+    train(&cfg, &t.path().join("two"), &["--threads", "2"]);
+    assert_same_run(&t.path().join("one"), &t.path().join("two"));
+    let m = manifest(&t.path().join("one"));
+    assert_eq!(m.environment.threads, 1);
+    assert_eq!(manifest(&t.path().join("two")).environment.threads, 2);
+}
+
+/// Copy of `run` truncated to its state at checkpoint `upto` (or before any checkpoint).
+fn truncated_copy(run: &Path, to: &Path, upto: Option<u64>, interval: u64) {
+    for sub in ["", "dataset", "base", "checkpoints", "ledger"] {
+        std::fs::create_dir_all(to.join(sub)).expect("mkdir");
+    }
+    for f in [
+        layout::MANIFEST,
+        layout::DATASET_MANIFEST,
+        layout::DATASET_DATA,
+        layout::BASE_MODEL,
+    ] {
+        std::fs::copy(run.join(f), to.join(f)).expect("copy");
+    }
+    let Some(c) = upto else { return };
+    for step in (0..=c).filter(|s| s % interval == 0) {
+        let k = layout::checkpoint(step);
+        std::fs::copy(run.join(&k), to.join(&k)).expect("copy checkpoint");
+    }
+    for i in 1..=c / interval {
+        let k = layout::segment(i);
+        std::fs::copy(run.join(&k), to.join(&k)).expect("copy segment");
+    }
+}
+
+#[test]
+fn resume_from_every_checkpoint_matches_the_uninterrupted_run() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = tiny(&t.path().join("in"), FixtureOptions::default()); // 12 steps, checkpoints every 4
+    let full = t.path().join("full");
+    train(&cfg, &full, &[]);
+    for upto in [None, Some(0), Some(4), Some(8)] {
+        let dir = t.path().join(format!("from-{upto:?}"));
+        truncated_copy(&full, &dir, upto, 4);
+        ok(&["resume", s(&dir), "--quiet"]);
+        assert_same_run(&full, &dir);
+        assert_eq!(
+            files(&full.join("checkpoints")),
+            files(&dir.join("checkpoints")),
+            "resumed from {upto:?}: checkpoint bytes"
+        );
+    }
+}
+
+#[test]
+fn stopped_run_resumes_to_the_same_bits_and_complete_runs_refuse_to_resume() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = tiny(&t.path().join("in"), FixtureOptions::default());
+    let full = t.path().join("full");
+    train(&cfg, &full, &[]);
+    let part = t.path().join("part");
+    train(&cfg, &part, &["--max-steps", "6"]); // steps 5 and 6 are lost: checkpoint 4 is last
+    assert!(!part.join(layout::COMPLETE).exists());
+    ok(&["resume", s(&part), "--quiet", "--max-steps", "3"]); // to step 7
+    ok(&["resume", s(&part), "--quiet"]);
+    assert_same_run(&full, &part);
+    let out = trainer(&["resume", s(&part), "--quiet"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("complete"));
+}
+
+/// Every object under `run` is whole: checkpoints and segments decode.
+fn assert_no_partial_objects(run: &Path) {
+    for (name, bytes) in files(&run.join("checkpoints")) {
+        if name.ends_with(".snap") {
+            snapshot::decode(&bytes, &name, &ReadLimits::default()).expect("whole checkpoint");
+        }
+    }
+    for (name, bytes) in files(&run.join("ledger")) {
+        if name.ends_with(".seg") {
+            Segment::decode(&bytes, &name).expect("whole segment");
+        }
+    }
+}
+
+/// Staging files an interrupted write may leave are invisible to the store.
+fn assert_staging_files_are_not_objects(run: &Path) {
+    let mut staging = Vec::new();
+    for sub in ["", "dataset", "base", "checkpoints", "ledger"] {
+        for e in std::fs::read_dir(run.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().to_string();
+            if is_staging(&name) {
+                staging.push(format!("{sub}/{name}"));
+            }
+        }
+    }
+    if staging.is_empty() {
+        return;
+    }
+    println!("  staging files left by the kill: {staging:?}");
+    let store = snapshot_format::Store::open(s(run)).expect("open store");
+    let listed = store.list("").expect("list");
+    assert!(
+        listed.iter().all(|(k, _)| !is_staging(k)),
+        "the store lists a staging file: {listed:?}"
+    );
+}
+
+#[test]
+fn sigkill_at_random_moments_then_resume_matches_the_uninterrupted_run() {
+    let t = tempfile::tempdir().expect("tmp");
+    let o = FixtureOptions {
+        steps: 60,
+        checkpoint_interval: 5,
+        ..Default::default()
+    };
+    let cfg = tiny(&t.path().join("in"), o);
+    let full = t.path().join("full");
+    let started = std::time::Instant::now();
+    train(&cfg, &full, &[]);
+    let duration = started.elapsed();
+    let seed: u64 = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    println!("KILL_SEED={seed} (reference run took {duration:?})");
+    let mut r = trainer::rng::stream(seed, "kill", 0);
+    for trial in 0..5 {
+        let dir = t.path().join(format!("killed-{trial}"));
+        let delay = duration.mul_f32(trainer::rng::uniform(&mut r));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args([
+                "run",
+                s(&cfg),
+                "--out",
+                s(&dir),
+                "--quiet",
+                "--run-id",
+                "test-run",
+            ])
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL on Unix
+        let status = child.wait().expect("wait");
+        println!("trial {trial}: killed after {delay:?} ({status})");
+        assert_no_partial_objects(&dir);
+        assert_staging_files_are_not_objects(&dir);
+        if !dir.join(layout::COMPLETE).exists() {
+            if dir.join(layout::MANIFEST).exists() {
+                ok(&["resume", s(&dir), "--quiet"]);
+            } else {
+                // Killed before the manifest existed: starting again is the recovery.
+                train(&cfg, &dir, &[]);
+            }
+        }
+        assert_same_run(&full, &dir);
+    }
+}
+
+fn first_difference(
+    a: &[StepRecord],
+    b: &[StepRecord],
+    field: fn(&StepRecord) -> Vec<u8>,
+) -> Option<u64> {
+    a.iter()
+        .zip(b)
+        .find(|(x, y)| field(x) != field(y))
+        .map(|(x, _)| x.step)
+}
+
+fn root_of(r: &StepRecord) -> Vec<u8> {
+    r.state_root.map(|h| h.0.to_vec()).unwrap_or_default()
+}
+
+#[test]
+fn a_changed_input_shows_from_the_step_it_first_matters() {
+    let t = tempfile::tempdir().expect("tmp");
+    let constant_lr = FixtureOptions {
+        steps: 16,
+        extra: "[schedule]\ndecay = \"constant\"\n".into(),
+        ..Default::default()
+    };
+    let base_cfg = tiny(&t.path().join("base-in"), constant_lr.clone());
+    let reference = t.path().join("reference");
+    train(&base_cfg, &reference, &[]);
+    let ref_records = records(&reference);
+    let ref_manifest = manifest(&reference);
+
+    // Seed: the new classifier head is drawn from it, so the state differs from step 0.
+    let cfg = tiny(
+        &t.path().join("seed-in"),
+        FixtureOptions {
+            seed: 12,
+            ..constant_lr.clone()
+        },
+    );
+    let run = t.path().join("seed");
+    train(&cfg, &run, &[]);
+    assert_ne!(
+        manifest(&run).initial_state_root,
+        ref_manifest.initial_state_root
+    );
+    assert_eq!(
+        first_difference(&ref_records, &records(&run), root_of),
+        Some(1)
+    );
+
+    // Learning rate: step 0 and step 1's loss are unchanged; the update of step 1 differs.
+    let cfg = tiny(
+        &t.path().join("lr-in"),
+        FixtureOptions {
+            lr: 0.002,
+            ..constant_lr.clone()
+        },
+    );
+    let run = t.path().join("lr");
+    train(&cfg, &run, &[]);
+    let recs = records(&run);
+    assert_eq!(
+        manifest(&run).initial_state_root,
+        ref_manifest.initial_state_root
+    );
+    assert_eq!(recs[0].loss_bits, ref_records[0].loss_bits);
+    assert_ne!(recs[0].lr_bits, ref_records[0].lr_bits);
+    assert_eq!(first_difference(&ref_records, &recs, root_of), Some(1));
+    assert!(
+        recs.iter()
+            .zip(&ref_records)
+            .all(|(a, b)| a.state_root != b.state_root)
+    );
+
+    // One example: nothing changes until the first step whose batch contains it.
+    let first_use = |id: u64| {
+        ref_records
+            .iter()
+            .find(|r| r.example_ids.contains(&id))
+            .map(|r| r.step)
+    };
+    let k = (0..40u64)
+        .find(|&id| first_use(id).is_some_and(|s| s >= 3))
+        .expect("an example first used at step 3 or later");
+    let s_star = first_use(k).expect("used");
+    let cfg = tiny(
+        &t.path().join("example-in"),
+        FixtureOptions {
+            modify_example: Some(k as usize),
+            ..constant_lr
+        },
+    );
+    let run = t.path().join("example");
+    train(&cfg, &run, &[]);
+    let recs = records(&run);
+    assert_eq!(
+        manifest(&run).initial_state_root,
+        ref_manifest.initial_state_root
+    );
+    assert_eq!(
+        first_difference(&ref_records, &recs, |r| r.batch_hash.0.to_vec()),
+        Some(s_star)
+    );
+    assert_eq!(first_difference(&ref_records, &recs, root_of), Some(s_star));
+    assert_eq!(
+        first_difference(&ref_records, &recs, |r| r.loss_bits.to_le_bytes().to_vec()),
+        Some(s_star)
+    );
+    assert!(
+        recs.iter()
+            .zip(&ref_records)
+            .skip(s_star as usize - 1)
+            .all(|(a, b)| a.state_root != b.state_root),
+        "once the changed example is used, every later state differs"
+    );
+}
+
+/// Ledger heads of fixed fixtures, recorded per environment class in `tests/golden.json`:
+/// any change of numerics anywhere in the engine changes them. `UPDATE_GOLDEN=1` records the
+/// current class's heads.
+#[test]
+fn golden_runs_match_their_recorded_ledger_heads() {
+    let t = tempfile::tempdir().expect("tmp");
+    let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden.json");
+    let mut heads = serde_json::Map::new();
+    let mut class = String::new();
+    for (name, cfg) in [
+        (
+            "tiny-bert",
+            fixtures::write_tiny_bert(&t.path().join("bert-in"), &FixtureOptions::default()),
+        ),
+        (
+            "mlp",
+            fixtures::write_mlp(
+                &t.path().join("mlp-in"),
+                &FixtureOptions {
+                    steps: 20,
+                    ..Default::default()
+                },
+            ),
+        ),
+    ] {
+        let out = t.path().join(name);
+        train(&cfg.expect("fixture"), &out, &[]);
+        heads.insert(name.into(), completion(&out).ledger_head.to_hex().into());
+        class = manifest(&out).environment.class().to_hex();
+    }
+    let mut golden: serde_json::Value = std::fs::read(&golden_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        golden[&class] = serde_json::Value::Object(heads);
+        std::fs::write(
+            &golden_path,
+            serde_json::to_vec_pretty(&golden).expect("json"),
+        )
+        .expect("write");
+        return;
+    }
+    match golden.get(&class) {
+        Some(expected) => assert_eq!(
+            expected,
+            &serde_json::Value::Object(heads),
+            "ledger heads changed for environment class {class}: the engine's numerics changed"
+        ),
+        None => println!(
+            "no golden heads recorded for environment class {class}; this run's are {heads:?} \
+             (record them with UPDATE_GOLDEN=1)"
+        ),
+    }
+}
