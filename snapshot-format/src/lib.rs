@@ -27,6 +27,7 @@ pub mod limits;
 pub mod manifest;
 pub mod snapshot;
 pub mod storage;
+pub mod testing;
 pub mod vectors;
 
 pub use dtype::{Codec, DType};

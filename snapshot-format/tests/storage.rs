@@ -4,14 +4,7 @@
 
 use std::sync::{Arc, Barrier};
 
-use async_trait::async_trait;
-use futures::stream::BoxStream;
-use object_store::memory::InMemory;
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use snapshot_format::testing::OverwritingStore;
 use snapshot_format::{Error, PutOutcome, Store};
 
 fn local() -> (tempfile::TempDir, Store) {
@@ -149,58 +142,10 @@ fn rejects_unknown_scheme_and_missing_directory() {
     ));
 }
 
-/// A store that treats every create as an overwrite, like some S3-compatible servers.
-#[derive(Debug)]
-struct Overwriting(InMemory);
-
-impl std::fmt::Display for Overwriting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Overwriting")
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Overwriting {
-    async fn put_opts(
-        &self,
-        p: &Path,
-        payload: PutPayload,
-        mut o: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        o.mode = PutMode::Overwrite;
-        self.0.put_opts(p, payload, o).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        p: &Path,
-        o: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.0.put_multipart_opts(p, o).await
-    }
-    async fn get_opts(&self, p: &Path, o: GetOptions) -> object_store::Result<GetResult> {
-        self.0.get_opts(p, o).await
-    }
-    fn delete_stream(
-        &self,
-        l: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.0.delete_stream(l)
-    }
-    fn list(&self, p: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.0.list(p)
-    }
-    async fn list_with_delimiter(&self, p: Option<&Path>) -> object_store::Result<ListResult> {
-        self.0.list_with_delimiter(p).await
-    }
-    async fn copy_opts(&self, a: &Path, b: &Path, o: CopyOptions) -> object_store::Result<()> {
-        self.0.copy_opts(a, b, o).await
-    }
-}
-
 #[test]
 fn probe_refuses_a_store_that_overwrites() {
     let store = Store::from_object_store(
-        Arc::new(Overwriting(InMemory::new())),
+        Arc::new(OverwritingStore::new()),
         "runs/r1",
         "overwriting://",
     )

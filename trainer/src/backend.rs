@@ -93,21 +93,25 @@ pub(crate) fn with_model<B: AutodiffBackend, J: Job>(
     model: &ModelSpec,
     device: B::Device,
     job: J,
-) -> J::Output {
+) -> Result<J::Output> {
     match model {
-        ModelSpec::Bert(c) => job.run::<B, BertClassifier<B>>(c.clone(), device),
-        ModelSpec::Mlp(c) => job.run::<B, MlpClassifier<B>>(c.clone(), device),
+        ModelSpec::Bert(c) => Ok(job.run::<B, BertClassifier<B>>(c.clone(), device)),
+        ModelSpec::Mlp(c) => Ok(job.run::<B, MlpClassifier<B>>(c.clone(), device)),
+        ModelSpec::Custom(c) => Err(Error::config(
+            "model",
+            format!(
+                "custom model {:?} is not built into this program; run it through the library \
+                 (trainer::run::start_with), as trainer/examples/custom_model.rs does",
+                c.name
+            ),
+        )),
     }
 }
 
 /// Run `job` with the backend of `device` and the built-in model of `model`.
 pub fn dispatch<J: Job>(device: DeviceSpec, model: &ModelSpec, job: J) -> Result<J::Output> {
     match device {
-        DeviceSpec::Cpu => Ok(with_model::<Cpu, J>(
-            model,
-            burn::backend::flex::FlexDevice,
-            job,
-        )),
+        DeviceSpec::Cpu => with_model::<Cpu, J>(model, burn::backend::flex::FlexDevice, job),
         DeviceSpec::Cuda(n) => crate::gpu::dispatch_cuda(n, model, job),
     }
 }

@@ -65,12 +65,37 @@ pub struct MlpConfig {
     pub init_std: f64,
 }
 
-/// `[model]`: one of the built-in models.
+/// A model defined outside this crate (see `trainer/examples/custom_model.rs`). The engine
+/// knows only what it needs to prepare batches; `config` is recorded in the spec as it is and
+/// handed to the model's own configuration type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomModelSpec {
+    /// Name of the model type, for people and for programs that dispatch on it.
+    pub name: String,
+    pub num_labels: u64,
+    /// Vocabulary of the built-in tokenizer (text data).
+    #[serde(default)]
+    pub vocab_size: Option<u64>,
+    /// Number of features (feature data).
+    #[serde(default)]
+    pub input_size: Option<u64>,
+    /// The model's own configuration.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// `[model]`: a built-in model, or a custom one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ModelSpec {
     Bert(BertConfig),
     Mlp(MlpConfig),
+    Custom(CustomModelSpec),
 }
 
 impl ModelSpec {
@@ -79,54 +104,81 @@ impl ModelSpec {
         match self {
             ModelSpec::Bert(c) => c.num_labels,
             ModelSpec::Mlp(c) => c.num_labels,
+            ModelSpec::Custom(c) => c.num_labels,
+        }
+    }
+
+    /// Vocabulary size of the tokenizer, for models of text.
+    pub fn vocab_size(&self) -> Option<u64> {
+        match self {
+            ModelSpec::Bert(c) => Some(c.vocab_size),
+            ModelSpec::Mlp(_) => None,
+            ModelSpec::Custom(c) => c.vocab_size,
+        }
+    }
+
+    /// Number of input features, for models of features.
+    pub fn input_size(&self) -> Option<u64> {
+        match self {
+            ModelSpec::Bert(_) => None,
+            ModelSpec::Mlp(c) => Some(c.input_size),
+            ModelSpec::Custom(c) => c.input_size,
         }
     }
 }
 
+/// AdamW with decoupled weight decay (PyTorch's semantics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamwSpec {
+    pub lr: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Clip the global gradient L2 norm to this value.
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+}
+
+/// SGD with momentum (PyTorch's semantics: no dampening, L2 weight decay in the gradient).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgdSpec {
+    pub lr: f64,
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+}
+
 /// `[optimizer]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum OptimizerSpec {
-    /// AdamW with decoupled weight decay (PyTorch's semantics).
-    Adamw {
-        lr: f64,
-        #[serde(default = "default_beta1")]
-        beta1: f64,
-        #[serde(default = "default_beta2")]
-        beta2: f64,
-        #[serde(default = "default_eps")]
-        eps: f64,
-        #[serde(default = "default_weight_decay")]
-        weight_decay: f64,
-        /// Clip the global gradient L2 norm to this value.
-        #[serde(default)]
-        grad_clip: Option<f64>,
-    },
-    /// SGD with momentum (PyTorch's semantics: no dampening, L2 weight decay in the gradient).
-    Sgd {
-        lr: f64,
-        #[serde(default)]
-        momentum: f64,
-        #[serde(default)]
-        weight_decay: f64,
-        #[serde(default)]
-        grad_clip: Option<f64>,
-    },
+    Adamw(AdamwSpec),
+    Sgd(SgdSpec),
 }
 
 impl OptimizerSpec {
     /// Peak learning rate.
     pub fn lr(&self) -> f64 {
         match self {
-            OptimizerSpec::Adamw { lr, .. } | OptimizerSpec::Sgd { lr, .. } => *lr,
+            OptimizerSpec::Adamw(a) => a.lr,
+            OptimizerSpec::Sgd(g) => g.lr,
         }
     }
     /// Gradient clipping threshold, if any.
     pub fn grad_clip(&self) -> Option<f64> {
         match self {
-            OptimizerSpec::Adamw { grad_clip, .. } | OptimizerSpec::Sgd { grad_clip, .. } => {
-                *grad_clip
-            }
+            OptimizerSpec::Adamw(a) => a.grad_clip,
+            OptimizerSpec::Sgd(g) => g.grad_clip,
         }
     }
 }
@@ -238,25 +290,86 @@ impl Default for RecordingSection {
 }
 
 /// A whole configuration file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunConfig {
     pub run: RunSection,
     pub model: ModelSpec,
-    #[serde(default)]
     pub base: Option<BaseSection>,
     pub data: DataSection,
     pub optimizer: OptimizerSpec,
-    #[serde(default)]
     pub schedule: ScheduleSpec,
-    #[serde(default)]
     pub recording: RecordingSection,
     /// Directory of the config file; relative paths resolve against it.
-    #[serde(skip)]
     pub dir: PathBuf,
     /// Display name of the config file, for errors.
-    #[serde(skip)]
     pub source: String,
+}
+
+/// Reads the sections of a TOML document, with errors that name the key (`optimizer.lr: …`).
+struct Sections<'a> {
+    doc: toml::Table,
+    source: &'a str,
+}
+
+impl Sections<'_> {
+    fn typed<T: serde::de::DeserializeOwned>(&self, value: toml::Value, prefix: &str) -> Result<T> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{path}")
+            };
+            Error::config(self.source, format!("{at}: {}", e.inner()))
+        })
+    }
+
+    fn optional<T: serde::de::DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
+        match self.doc.remove(key) {
+            None => Ok(None),
+            Some(v) => self.typed(v, key).map(Some),
+        }
+    }
+
+    fn required<T: serde::de::DeserializeOwned>(&mut self, key: &str) -> Result<T> {
+        self.optional(key)?
+            .ok_or_else(|| Error::config(self.source, format!("missing section [{key}]")))
+    }
+
+    /// A section with a `kind` key choosing its shape: returns the kind and the other keys.
+    fn tagged(&mut self, key: &str, kinds: &[&str]) -> Result<(String, toml::Value)> {
+        let mut table = match self.doc.remove(key) {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => {
+                return Err(Error::config(
+                    self.source,
+                    format!("{key}: must be a table"),
+                ));
+            }
+            None => {
+                return Err(Error::config(
+                    self.source,
+                    format!("missing section [{key}]"),
+                ));
+            }
+        };
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(k)) if kinds.contains(&k.as_str()) => k,
+            Some(other) => {
+                return Err(Error::config(
+                    self.source,
+                    format!("{key}.kind: {other} is not one of {kinds:?}"),
+                ));
+            }
+            None => {
+                return Err(Error::config(
+                    self.source,
+                    format!("{key}.kind: missing; one of {kinds:?}"),
+                ));
+            }
+        };
+        Ok((kind, toml::Value::Table(table)))
+    }
 }
 
 fn default_type_vocab() -> u64 {
@@ -300,10 +413,36 @@ impl RunConfig {
 
     /// Parse and validate TOML text; `source` names it in errors, `dir` resolves paths.
     pub fn from_toml(text: &str, source: &str, dir: PathBuf) -> Result<Self> {
-        let mut c: RunConfig =
+        let doc: toml::Table =
             toml::from_str(text).map_err(|e| Error::config(source, e.to_string()))?;
-        c.dir = dir;
-        c.source = source.to_string();
+        let mut sec = Sections { doc, source };
+        let run = sec.required("run")?;
+        let model = match sec.tagged("model", &["bert", "mlp", "custom"])? {
+            (k, v) if k == "bert" => ModelSpec::Bert(sec.typed(v, "model")?),
+            (k, v) if k == "mlp" => ModelSpec::Mlp(sec.typed(v, "model")?),
+            (_, v) => ModelSpec::Custom(sec.typed(v, "model")?),
+        };
+        let optimizer = match sec.tagged("optimizer", &["adamw", "sgd"])? {
+            (k, v) if k == "adamw" => OptimizerSpec::Adamw(sec.typed(v, "optimizer")?),
+            (_, v) => OptimizerSpec::Sgd(sec.typed(v, "optimizer")?),
+        };
+        let c = RunConfig {
+            run,
+            model,
+            base: sec.optional("base")?,
+            data: sec.required("data")?,
+            optimizer,
+            schedule: sec.optional("schedule")?.unwrap_or_default(),
+            recording: sec.optional("recording")?.unwrap_or_default(),
+            dir,
+            source: source.to_string(),
+        };
+        if let Some(unknown) = sec.doc.keys().next() {
+            return Err(Error::config(
+                source,
+                format!("unknown section [{unknown}]"),
+            ));
+        }
         c.validate()?;
         Ok(c)
     }
@@ -340,23 +479,39 @@ impl RunConfig {
         if self.recording.state_root_interval == Some(0) {
             return bad("recording.state_root_interval", "must be at least 1");
         }
-        match (&self.model, self.data.format) {
-            (ModelSpec::Bert(b), DataFormat::Text) => match self.data.max_len {
-                None => return bad("data.max_len", "required for text data"),
-                Some(l) if l < 2 => {
-                    return bad("data.max_len", "must be at least 2 ([CLS] and [SEP])");
+        match (
+            self.data.format,
+            self.model.vocab_size(),
+            self.model.input_size(),
+        ) {
+            (DataFormat::Text, Some(_), _) => {
+                let max_position = match &self.model {
+                    ModelSpec::Bert(b) => b.max_position,
+                    _ => u64::MAX,
+                };
+                match self.data.max_len {
+                    None => return bad("data.max_len", "required for text data"),
+                    Some(l) if l < 2 => {
+                        return bad("data.max_len", "must be at least 2 ([CLS] and [SEP])");
+                    }
+                    Some(l) if l > max_position => {
+                        return bad("data.max_len", "exceeds model.max_position");
+                    }
+                    Some(_) => {}
                 }
-                Some(l) if l > b.max_position => {
-                    return bad("data.max_len", "exceeds model.max_position");
-                }
-                Some(_) => {}
-            },
-            (ModelSpec::Mlp(_), DataFormat::Features) => {}
-            (ModelSpec::Bert(_), DataFormat::Features) => {
-                return bad("data.format", "the bert model needs \"text\" data");
             }
-            (ModelSpec::Mlp(_), DataFormat::Text) => {
-                return bad("data.format", "the mlp model needs \"features\" data");
+            (DataFormat::Features, _, Some(_)) => {}
+            (DataFormat::Text, None, _) => {
+                return bad(
+                    "data.format",
+                    "text data needs a model with a vocabulary (model.vocab_size)",
+                );
+            }
+            (DataFormat::Features, _, None) => {
+                return bad(
+                    "data.format",
+                    "feature data needs a model with model.input_size",
+                );
             }
         }
         if let Some(b) = &self.base {
@@ -434,6 +589,23 @@ fn validate_model(m: &ModelSpec) -> std::result::Result<(), String> {
             probability("model.dropout", m.dropout)?;
             finite_positive("model.init_std", m.init_std)
         }
+        ModelSpec::Custom(c) => {
+            if c.name.is_empty() {
+                return Err("model.name: must not be empty".into());
+            }
+            if c.num_labels < 2 {
+                return Err("model.num_labels: must be at least 2".into());
+            }
+            if let Some(v) = c.vocab_size
+                && v < 5
+            {
+                return Err(
+                    "model.vocab_size: must be at least 5 (four special tokens and one word)"
+                        .into(),
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -443,27 +615,17 @@ fn validate_optimizer(o: &OptimizerSpec) -> std::result::Result<(), String> {
         finite_positive("optimizer.grad_clip", c)?;
     }
     match o {
-        OptimizerSpec::Adamw {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            ..
-        } => {
-            probability("optimizer.beta1", *beta1)?;
-            probability("optimizer.beta2", *beta2)?;
-            finite_positive("optimizer.eps", *eps)?;
-            if !(weight_decay.is_finite() && *weight_decay >= 0.0) {
+        OptimizerSpec::Adamw(a) => {
+            probability("optimizer.beta1", a.beta1)?;
+            probability("optimizer.beta2", a.beta2)?;
+            finite_positive("optimizer.eps", a.eps)?;
+            if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
                 return Err("optimizer.weight_decay: must be finite and not negative".into());
             }
         }
-        OptimizerSpec::Sgd {
-            momentum,
-            weight_decay,
-            ..
-        } => {
-            probability("optimizer.momentum", *momentum)?;
-            if !(weight_decay.is_finite() && *weight_decay >= 0.0) {
+        OptimizerSpec::Sgd(g) => {
+            probability("optimizer.momentum", g.momentum)?;
+            if !(g.weight_decay.is_finite() && g.weight_decay >= 0.0) {
                 return Err("optimizer.weight_decay: must be finite and not negative".into());
             }
         }
@@ -609,7 +771,7 @@ lr = 0.001
             c.resolve(Path::new("d.jsonl")),
             PathBuf::from("/cfg/d.jsonl")
         );
-        assert!(matches!(c.optimizer, OptimizerSpec::Adamw { beta2, .. } if beta2 == 0.999));
+        assert!(matches!(&c.optimizer, OptimizerSpec::Adamw(a) if a.beta2 == 0.999));
     }
 
     #[test]

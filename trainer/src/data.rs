@@ -92,10 +92,7 @@ impl Dataset {
             detail: format!("not UTF-8: {e}"),
         })?;
         let num_labels = model.num_labels();
-        let input_size = match model {
-            ModelSpec::Mlp(m) => Some(m.input_size),
-            ModelSpec::Bert(_) => None,
-        };
+        let input_size = model.input_size();
         let mut examples = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {

@@ -37,14 +37,14 @@ pub struct Optimizer<B: Backend> {
 /// Names of the state tensors of `param` under `spec`, as stored in snapshots.
 pub fn slot_names(spec: &OptimizerSpec, param: &str) -> Vec<String> {
     match spec {
-        OptimizerSpec::Adamw { .. } => vec![
+        OptimizerSpec::Adamw(_) => vec![
             format!("optimizer.exp_avg.{param}"),
             format!("optimizer.exp_avg_sq.{param}"),
         ],
-        OptimizerSpec::Sgd { momentum, .. } if *momentum > 0.0 => {
+        OptimizerSpec::Sgd(g) if g.momentum > 0.0 => {
             vec![format!("optimizer.momentum_buffer.{param}")]
         }
-        OptimizerSpec::Sgd { .. } => vec![],
+        OptimizerSpec::Sgd(_) => vec![],
     }
 }
 
@@ -56,14 +56,12 @@ impl<B: Backend> Optimizer<B> {
             .iter()
             .map(|(name, n)| {
                 let s = match spec {
-                    OptimizerSpec::Adamw { .. } => Slots::Adam {
+                    OptimizerSpec::Adamw(_) => Slots::Adam {
                         m: zeros(*n),
                         v: zeros(*n),
                     },
-                    OptimizerSpec::Sgd { momentum, .. } if *momentum > 0.0 => {
-                        Slots::Momentum { buf: zeros(*n) }
-                    }
-                    OptimizerSpec::Sgd { .. } => Slots::None,
+                    OptimizerSpec::Sgd(g) if g.momentum > 0.0 => Slots::Momentum { buf: zeros(*n) },
+                    OptimizerSpec::Sgd(_) => Slots::None,
                 };
                 (name.clone(), s)
             })
@@ -137,43 +135,27 @@ impl<B: Backend> Optimizer<B> {
             return param;
         };
         match (&self.spec, slot) {
-            (
-                OptimizerSpec::Adamw {
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                    ..
-                },
-                Slots::Adam { m, v },
-            ) => {
+            (OptimizerSpec::Adamw(a), Slots::Adam { m, v }) => {
                 let t = step.min(i32::MAX as u64) as i32;
-                let bc1 = 1.0 - beta1.powi(t);
-                let bc2 = 1.0 - beta2.powi(t);
-                let new_m = m.clone() * (*beta1 as f32) + grad.clone() * ((1.0 - beta1) as f32);
+                let bc1 = 1.0 - a.beta1.powi(t);
+                let bc2 = 1.0 - a.beta2.powi(t);
+                let new_m = m.clone() * (a.beta1 as f32) + grad.clone() * ((1.0 - a.beta1) as f32);
                 let new_v =
-                    v.clone() * (*beta2 as f32) + (grad.clone() * grad) * ((1.0 - beta2) as f32);
-                let denom = new_v.clone().sqrt() / (bc2.sqrt() as f32) + (*eps as f32);
-                let decayed = param * ((1.0 - lr * weight_decay) as f32);
+                    v.clone() * (a.beta2 as f32) + (grad.clone() * grad) * ((1.0 - a.beta2) as f32);
+                let denom = new_v.clone().sqrt() / (bc2.sqrt() as f32) + (a.eps as f32);
+                let decayed = param * ((1.0 - lr * a.weight_decay) as f32);
                 let updated = decayed - (new_m.clone() / denom) * ((lr / bc1) as f32);
                 *m = new_m;
                 *v = new_v;
                 updated
             }
-            (
-                OptimizerSpec::Sgd {
-                    momentum,
-                    weight_decay,
-                    ..
-                },
-                slot,
-            ) => {
+            (OptimizerSpec::Sgd(sgd), slot) => {
                 let mut g = grad;
-                if *weight_decay > 0.0 {
-                    g = g + param.clone() * (*weight_decay as f32);
+                if sgd.weight_decay > 0.0 {
+                    g = g + param.clone() * (sgd.weight_decay as f32);
                 }
                 if let Slots::Momentum { buf } = slot {
-                    let new_buf = buf.clone() * (*momentum as f32) + g;
+                    let new_buf = buf.clone() * (sgd.momentum as f32) + g;
                     *buf = new_buf.clone();
                     g = new_buf;
                 }

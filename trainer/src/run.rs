@@ -235,8 +235,48 @@ struct TrainJob {
     options: RunOptions,
 }
 
-/// Start a new run from a configuration, writing it to `out`.
+/// Start a new run of a built-in model from a configuration, writing it to `out`.
 pub fn start(config: &RunConfig, out: &str, options: &RunOptions) -> Result<RunSummary> {
+    let job = prepare_start(config, || Store::create(out), options)?;
+    let model = job.spec.model.clone();
+    dispatch(options.device, &model, job)?
+}
+
+/// [`start`] into a store opened by the caller (any `object_store` backend or decorator).
+pub fn start_in(config: &RunConfig, store: Store, options: &RunOptions) -> Result<RunSummary> {
+    let job = prepare_start(config, || Ok(store), options)?;
+    let model = job.spec.model.clone();
+    dispatch(options.device, &model, job)?
+}
+
+/// Start a new run of model type `M` (any [`TrainableModel`], e.g. a `custom` model) on
+/// backend `B`; `options.device` names the device for the fingerprint.
+pub fn start_with<B: AutodiffBackend, M: TrainableModel<B>>(
+    config: &RunConfig,
+    out: &str,
+    options: &RunOptions,
+    model_config: M::Config,
+    device: B::Device,
+) -> Result<RunSummary> {
+    prepare_start(config, || Store::create(out), options)?.run::<B, M>(model_config, device)
+}
+
+/// Continue the run at `location` with model type `M` on backend `B`.
+pub fn resume_with<B: AutodiffBackend, M: TrainableModel<B>>(
+    location: &str,
+    options: &RunOptions,
+    model_config: M::Config,
+    device: B::Device,
+) -> Result<RunSummary> {
+    prepare_resume(location, options)?.run::<B, M>(model_config, device)
+}
+
+/// Check every input, then open the store (only then: bad inputs leave no trace) and check it.
+fn prepare_start(
+    config: &RunConfig,
+    open_store: impl FnOnce() -> Result<Store, snapshot_format::Error>,
+    options: &RunOptions,
+) -> Result<TrainJob> {
     // Inputs first: nothing is written until all of them check out.
     let data_path = config.resolve(&config.data.path);
     let dataset_bytes = std::fs::read(&data_path).map_err(|source| Error::Io {
@@ -282,7 +322,7 @@ pub fn start(config: &RunConfig, out: &str, options: &RunOptions) -> Result<RunS
     let spec = RunSpec::new(config, &dataset, base.as_ref().map(|(w, _)| w));
     let fingerprint = options.device.fingerprint()?;
 
-    let store = Store::create(out)?;
+    let store = open_store()?;
     store.probe_write_once()?;
     if store.exists(layout::MANIFEST)? {
         return Err(Error::RunExists {
@@ -297,8 +337,8 @@ pub fn start(config: &RunConfig, out: &str, options: &RunOptions) -> Result<RunS
             .unwrap_or_else(|| "run".into());
         format!("{stem}-{}", unix_now())
     });
-    let job = TrainJob {
-        spec: spec.clone(),
+    Ok(TrainJob {
+        spec,
         dataset,
         store,
         run_id,
@@ -309,12 +349,17 @@ pub fn start(config: &RunConfig, out: &str, options: &RunOptions) -> Result<RunS
             recording: config.recording,
         },
         options: options.clone(),
-    };
-    dispatch(options.device, &spec.model, job)?
+    })
 }
 
-/// Continue the run at `location` from its latest checkpoint.
+/// Continue the run of a built-in model at `location` from its latest checkpoint.
 pub fn resume(location: &str, options: &RunOptions) -> Result<RunSummary> {
+    let job = prepare_resume(location, options)?;
+    let model = job.spec.model.clone();
+    dispatch(options.device, &model, job)?
+}
+
+fn prepare_resume(location: &str, options: &RunOptions) -> Result<TrainJob> {
     let store = Store::create(location)?;
     store.probe_write_once()?;
     let files = RunFiles::load(&store)?;
@@ -343,7 +388,7 @@ pub fn resume(location: &str, options: &RunOptions) -> Result<RunSummary> {
     let (snapshot, segment, head) = match latest {
         // Interrupted before checkpoint 0 was stored: the manifest is there, so rebuild the
         // initial state (it must hash to the manifest's initial root).
-        None => return resume_from_scratch(store, files, options),
+        None => return scratch_job(store, files, options),
         Some(step) => {
             let snap = read_checkpoint(&store, step)?;
             let last_segment = segment_ending_at(step, interval);
@@ -369,8 +414,8 @@ pub fn resume(location: &str, options: &RunOptions) -> Result<RunSummary> {
             (snap, last_segment + 1, head)
         }
     };
-    let job = TrainJob {
-        spec: files.spec.clone(),
+    Ok(TrainJob {
+        spec: files.spec,
         dataset: files.dataset,
         store,
         run_id: files.manifest.run_id.clone(),
@@ -381,11 +426,10 @@ pub fn resume(location: &str, options: &RunOptions) -> Result<RunSummary> {
             head,
         },
         options: options.clone(),
-    };
-    dispatch(options.device, &files.spec.model, job)?
+    })
 }
 
-fn resume_from_scratch(store: Store, files: RunFiles, options: &RunOptions) -> Result<RunSummary> {
+fn scratch_job(store: Store, files: RunFiles, options: &RunOptions) -> Result<TrainJob> {
     let base = match &files.spec.base {
         None => None,
         Some(b) => {
@@ -400,8 +444,7 @@ fn resume_from_scratch(store: Store, files: RunFiles, options: &RunOptions) -> R
             Some(w)
         }
     };
-    let spec = files.spec.clone();
-    let job = TrainJob {
+    Ok(TrainJob {
         spec: files.spec,
         dataset: files.dataset,
         store,
@@ -411,8 +454,7 @@ fn resume_from_scratch(store: Store, files: RunFiles, options: &RunOptions) -> R
             manifest: Box::new(files.manifest),
         },
         options: options.clone(),
-    };
-    dispatch(options.device, &spec.model, job)?
+    })
 }
 
 impl Job for TrainJob {

@@ -93,11 +93,9 @@ impl PreparedData {
     pub fn new(dataset: &Dataset, spec: &RunSpec) -> Self {
         let num_labels = spec.model.num_labels() as usize;
         let labels = dataset.examples.iter().map(Example::label).collect();
-        let inputs = match (&spec.model, spec.data.max_len) {
-            (crate::config::ModelSpec::Bert(b), Some(len)) => {
-                let tok = HashTokenizer {
-                    vocab_size: b.vocab_size,
-                };
+        let inputs = match (spec.data.format, spec.model.vocab_size(), spec.data.max_len) {
+            (crate::config::DataFormat::Text, Some(vocab_size), Some(len)) => {
+                let tok = HashTokenizer { vocab_size };
                 let len = len as usize;
                 let mut ids = Vec::with_capacity(dataset.examples.len() * len);
                 for ex in &dataset.examples {
