@@ -1,1 +1,18 @@
-//! placeholder
+//! The verifier of recorded training runs. Each command is a library function returning a
+//! serialisable report with a [`report::Verdict`]; the `replay` binary prints them and maps
+//! verdicts to exit codes (`specs/replay-cli.md`).
+
+pub mod check;
+pub mod commands;
+pub mod compare;
+pub mod context;
+pub mod human;
+pub mod inspect;
+pub mod provenance;
+pub mod report;
+pub mod rollback;
+pub mod shard;
+pub mod state;
+pub mod verify;
+
+pub use report::{CommandError, Problem, Verdict};

@@ -103,6 +103,16 @@ fn options(common: &Common) -> Result<RunOptions, Error> {
 }
 
 fn report(s: &RunSummary, common: &Common) {
+    use std::io::Write;
+    // A closed standard output (`trainer … | head`) is not an error.
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(render(s, common).as_bytes());
+}
+
+fn render(s: &RunSummary, common: &Common) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     if common.json {
         let v = serde_json::json!({
             "location": s.location,
@@ -120,17 +130,18 @@ fn report(s: &RunSummary, common: &Common) {
             "base_tensors_loaded": s.init.loaded.len(),
             "parameters_initialised": s.init.initialized,
         });
-        println!("{v}");
-        return;
+        let _ = writeln!(out, "{v}");
+        return out;
     }
     let status = if s.completed {
         "Run complete"
     } else {
         "Run stopped"
     };
-    println!("{status}: {}", s.location);
-    println!("  run id        {}", s.run_id);
-    println!(
+    let _ = writeln!(out, "{status}: {}", s.location);
+    let _ = writeln!(out, "  run id        {}", s.run_id);
+    let _ = writeln!(
+        out,
         "  steps         {} of {} ({} this time, {:.2} steps/s, {} threads)",
         s.final_step,
         s.total_steps,
@@ -138,9 +149,10 @@ fn report(s: &RunSummary, common: &Common) {
         s.steps_per_second,
         rayon::current_num_threads()
     );
-    println!("  parameters    {}", s.parameters);
+    let _ = writeln!(out, "  parameters    {}", s.parameters);
     if !s.init.loaded.is_empty() || !s.init.initialized.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "  from base     {} tensors; newly initialised: {}",
             s.init.loaded.len(),
             if s.init.initialized.is_empty() {
@@ -150,17 +162,22 @@ fn report(s: &RunSummary, common: &Common) {
             }
         );
     }
-    println!("  last loss     {:.4}", s.last_loss);
-    println!("  ledger head   {}", s.ledger_head);
-    println!("  state root    {}", s.state_root);
-    println!("  written       {:.1} MB", s.bytes_written as f64 / 1e6);
+    let _ = writeln!(out, "  last loss     {:.4}", s.last_loss);
+    let _ = writeln!(out, "  ledger head   {}", s.ledger_head);
+    let _ = writeln!(out, "  state root    {}", s.state_root);
+    let _ = writeln!(
+        out,
+        "  written       {:.1} MB",
+        s.bytes_written as f64 / 1e6
+    );
     if s.completed {
-        println!("Verify it:");
-        println!("  replay check {}", s.location);
-        println!("  replay verify {} --all", s.location);
+        let _ = writeln!(out, "Verify it:");
+        let _ = writeln!(out, "  replay check {}", s.location);
+        let _ = writeln!(out, "  replay verify {} --all", s.location);
     } else {
-        println!("Continue it:  trainer resume {}", s.location);
+        let _ = writeln!(out, "Continue it:  trainer resume {}", s.location);
     }
+    out
 }
 
 fn run(cli: Cli) -> Result<(), Error> {

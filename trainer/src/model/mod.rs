@@ -142,7 +142,7 @@ pub fn init_values(rule: Init, master_seed: u64, name: &str, n: usize) -> Vec<f3
 /// See `trainer/examples/custom_model.rs` for a complete example.
 pub trait TrainableModel<B: AutodiffBackend>: AutodiffModule<B> + Sized {
     /// Hyper-parameters of the architecture.
-    type Config;
+    type Config: Clone;
 
     /// Build the module with placeholder parameter values (zeros are fine): the engine replaces
     /// every parameter before training.

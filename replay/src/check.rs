@@ -1,0 +1,165 @@
+//! `replay check`: the integrity of every artefact and of the chain, without re-executing any
+//! step. Reports every problem found.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use snapshot_format::limits::ReadLimits;
+use snapshot_format::{layout, snapshot};
+
+use crate::context::{self, LoadFailure, LoadOptions, RunContext};
+use crate::report::{CommandError, Problem, Verdict, problem_of};
+
+/// What `check` looked at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub segments: u64,
+    pub records: u64,
+    pub checkpoints: u64,
+    pub examples: u64,
+    pub bytes: u64,
+}
+
+/// The JSON document of `replay check --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub command: String,
+    pub run: String,
+    pub verdict: Verdict,
+    pub problems: Vec<Problem>,
+    /// Findings that are not integrity problems (objects the layout does not know).
+    pub warnings: Vec<String>,
+    pub checked: Counts,
+    pub seconds: f64,
+}
+
+/// Check the run at `location`.
+pub fn check(
+    location: &str,
+    options: &LoadOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<CheckReport, CommandError> {
+    let started = std::time::Instant::now();
+    let ctx = match context::load(location, options) {
+        Ok(c) => c,
+        Err(LoadFailure::Problem(p)) => {
+            return Ok(CheckReport {
+                command: "check".into(),
+                run: location.into(),
+                verdict: p.kind,
+                problems: vec![p],
+                warnings: vec![],
+                checked: Counts::default(),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        Err(LoadFailure::Command(e)) => return Err(e),
+    };
+    let mut problems = ctx.problems.clone();
+    let (checkpoint_problems, checkpoint_bytes) = check_checkpoints(&ctx, progress)?;
+    problems.extend(checkpoint_problems);
+    let mut bytes = ctx.bytes_read + checkpoint_bytes;
+    if let Some(base) = &ctx.spec.base {
+        match ctx.store.get(layout::BASE_MODEL) {
+            Ok(b) => {
+                bytes += b.len() as u64;
+                let found = snapshot_format::hash::file_hash(&b);
+                if found != base.blake3 {
+                    problems.push(Problem::new(
+                        Verdict::Tampered,
+                        layout::BASE_MODEL,
+                        format!(
+                            "BLAKE3 {found} does not match the spec's pinned {}",
+                            base.blake3
+                        ),
+                    ));
+                }
+            }
+            Err(e) => problems.push(problem_of(e)?),
+        }
+    }
+    let warnings = unexpected_objects(&ctx)?;
+    let verdict = problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind));
+    Ok(CheckReport {
+        command: "check".into(),
+        run: location.into(),
+        verdict,
+        problems,
+        warnings,
+        checked: Counts {
+            segments: ctx.segments.len() as u64,
+            records: ctx.records.len() as u64,
+            checkpoints: ctx.checkpoints.len() as u64,
+            examples: ctx.dataset.as_ref().map(|d| d.len()).unwrap_or(0),
+            bytes,
+        },
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Decode every checkpoint (in parallel) and compare each with what the run commits to.
+fn check_checkpoints(
+    ctx: &RunContext,
+    progress: &indicatif::ProgressBar,
+) -> Result<(Vec<Problem>, u64), CommandError> {
+    progress.set_length(ctx.checkpoints.len() as u64);
+    let results: Vec<Result<(Vec<Problem>, u64), CommandError>> = ctx
+        .checkpoints
+        .par_iter()
+        .map(|&step| {
+            let key = layout::checkpoint(step);
+            let out = check_one(ctx, step, &key);
+            progress.inc(1);
+            out
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let mut bytes = 0;
+    for r in results {
+        let (p, b) = r?;
+        problems.extend(p);
+        bytes += b;
+    }
+    Ok((problems, bytes))
+}
+
+fn check_one(ctx: &RunContext, step: u64, key: &str) -> Result<(Vec<Problem>, u64), CommandError> {
+    let bytes = match ctx.store.get(key) {
+        Ok(b) => b,
+        Err(e) => return Ok((vec![problem_of(e)?], 0)),
+    };
+    let len = bytes.len() as u64;
+    Ok(
+        match snapshot::decode(&bytes, key, &ReadLimits::default()) {
+            Ok(snap) => (
+                crate::state::commitment_problems(ctx, step, key, &snap),
+                len,
+            ),
+            Err(e) => (vec![problem_of(e)?], len),
+        },
+    )
+}
+
+/// Objects in the run that the layout does not define (verification results excepted).
+fn unexpected_objects(ctx: &RunContext) -> Result<Vec<String>, CommandError> {
+    let known = |k: &str| {
+        [
+            layout::MANIFEST,
+            layout::DATASET_MANIFEST,
+            layout::DATASET_DATA,
+            layout::BASE_MODEL,
+            layout::COMPLETE,
+        ]
+        .contains(&k)
+            || layout::parse_checkpoint(k).is_some()
+            || layout::parse_segment(k).is_some()
+            || k.starts_with(layout::SIGNATURES)
+            || k.starts_with(crate::shard::RESULTS_PREFIX)
+    };
+    Ok(ctx
+        .store
+        .list("")?
+        .into_iter()
+        .filter(|(k, _)| !known(k))
+        .map(|(k, _)| format!("unexpected object {k}"))
+        .collect())
+}

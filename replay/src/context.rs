@@ -1,0 +1,526 @@
+//! A run as the verifier sees it: every artefact read and cross-checked without re-executing
+//! anything, with every problem recorded rather than the first one thrown.
+
+use std::collections::BTreeMap;
+
+use snapshot_format::dataset::DatasetManifest;
+use snapshot_format::ledger::{Segment, StepRecord};
+use snapshot_format::manifest::{Completion, RunManifest};
+use snapshot_format::{Hash32, Store, layout};
+use trainer::config::RunSpec;
+use trainer::data::Dataset;
+use trainer::run::segment_ending_at;
+
+use crate::report::{CommandError, Problem, Verdict, problem_of};
+
+/// One ledger segment as found.
+#[derive(Debug, Clone)]
+pub struct SegmentInfo {
+    pub index: u64,
+    pub key: String,
+    pub first_step: u64,
+    pub last_step: u64,
+    /// Hash of the last record.
+    pub head: Hash32,
+}
+
+/// A loaded run.
+#[derive(Debug)]
+pub struct RunContext {
+    pub location: String,
+    pub store: Store,
+    pub manifest: RunManifest,
+    pub spec: RunSpec,
+    /// The dataset manifest, if it decoded and matches the spec's root.
+    pub dataset_manifest: Option<DatasetManifest>,
+    /// The dataset (the run's copy, or the one given on the command line), if it parsed.
+    pub dataset: Option<Dataset>,
+    /// Records of the segments that decoded, by step.
+    pub records: BTreeMap<u64, StepRecord>,
+    /// Segments that decoded, by index.
+    pub segments: BTreeMap<u64, SegmentInfo>,
+    /// Steps of the checkpoints present.
+    pub checkpoints: Vec<u64>,
+    pub completion: Option<Completion>,
+    /// Every problem found while loading, in the order found.
+    pub problems: Vec<Problem>,
+    /// Total size of the objects read, in bytes.
+    pub bytes_read: u64,
+}
+
+impl RunContext {
+    /// Steps at which checkpoints must exist, as far as the run has got.
+    pub fn expected_checkpoints(&self) -> Vec<u64> {
+        let total = self.spec.run.steps;
+        let interval = self.manifest.recording.checkpoint_interval;
+        let last = self
+            .completion
+            .as_ref()
+            .map(|c| c.final_step)
+            .or_else(|| self.segments.values().map(|s| s.last_step).max())
+            .unwrap_or(0);
+        (0..=last)
+            .filter(|&s| trainer::run::is_checkpoint_step(s, total, interval))
+            .collect()
+    }
+
+    /// The checkpoint interval.
+    pub fn interval(&self) -> u64 {
+        self.manifest.recording.checkpoint_interval
+    }
+
+    /// The latest checkpoint step at or before `step` that is present.
+    pub fn checkpoint_at_or_before(&self, step: u64) -> Option<u64> {
+        self.checkpoints.iter().rev().find(|&&c| c <= step).copied()
+    }
+
+    /// Step ranges `(after checkpoint, up to checkpoint)` of every segment the run should have.
+    pub fn segment_ranges(&self) -> Vec<(u64, u64, u64)> {
+        let cps = self.expected_checkpoints();
+        cps.windows(2)
+            .enumerate()
+            .map(|(i, w)| (i as u64 + 1, w[0], w[1]))
+            .collect()
+    }
+
+    /// The state root the run commits to for the state after `step` (the manifest's initial
+    /// root for step 0).
+    pub fn committed_root(&self, step: u64) -> Option<Hash32> {
+        if step == 0 {
+            Some(self.manifest.initial_state_root)
+        } else {
+            self.records.get(&step).and_then(|r| r.state_root)
+        }
+    }
+
+    /// Problems that make steps `..=to` unverifiable: problems of the manifest, the dataset
+    /// manifest, and of the ledger up to `to` (the chain into the range must hold).
+    pub fn problems_before(&self, to: u64) -> Vec<Problem> {
+        self.problems
+            .iter()
+            .filter(|p| match layout::parse_segment(&p.artefact) {
+                Some(i) => {
+                    let first = (i - 1) * self.interval() + 1;
+                    first <= to
+                }
+                None => {
+                    p.artefact == layout::MANIFEST
+                        || p.artefact == layout::DATASET_MANIFEST
+                        || p.artefact.starts_with(layout::LEDGER)
+                }
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// Options for loading.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Use this dataset file instead of the run's copy.
+    pub dataset: Option<std::path::PathBuf>,
+    /// Load only ledger segments `first..=last`. The chain is then checked only within them and
+    /// whole-run checks are skipped (for commands that establish the history otherwise).
+    pub segments: Option<(u64, u64)>,
+}
+
+/// Load the run at `location`. Fails only when the manifest cannot be used (nothing else can
+/// be interpreted without it) or on operational errors; every other problem is recorded.
+pub fn load(location: &str, options: &LoadOptions) -> Result<RunContext, LoadFailure> {
+    let store = Store::open(location).map_err(|e| LoadFailure::from_format(e, location))?;
+    let mut bytes_read = 0u64;
+    let manifest_bytes = store
+        .get(layout::MANIFEST)
+        .map_err(|e| LoadFailure::from_format(e, location))?;
+    bytes_read += manifest_bytes.len() as u64;
+    let manifest = RunManifest::from_json(&manifest_bytes, layout::MANIFEST)
+        .map_err(|e| LoadFailure::from_format(e, location))?;
+    if manifest.computed_genesis() != manifest.genesis {
+        return Err(LoadFailure::Problem(Problem::new(
+            Verdict::Tampered,
+            layout::MANIFEST,
+            format!(
+                "genesis {} is not the hash of the spec hash and the initial state root",
+                manifest.genesis
+            ),
+        )));
+    }
+    let spec = RunSpec::from_value(&manifest.spec, layout::MANIFEST).map_err(|e| {
+        LoadFailure::Problem(Problem::new(
+            Verdict::Corrupt,
+            layout::MANIFEST,
+            e.to_string(),
+        ))
+    })?;
+
+    let mut problems = Vec::new();
+
+    // Dataset manifest and dataset.
+    let dataset_manifest = match store.get(layout::DATASET_MANIFEST) {
+        Ok(b) => {
+            bytes_read += b.len() as u64;
+            match DatasetManifest::decode(&b, layout::DATASET_MANIFEST) {
+                Ok(m) if m.root == spec.data.dataset_root => Some(m),
+                Ok(m) => {
+                    problems.push(Problem::new(
+                        Verdict::Tampered,
+                        layout::DATASET_MANIFEST,
+                        format!(
+                            "root {} differs from the spec's dataset root {}",
+                            m.root, spec.data.dataset_root
+                        ),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    note(&mut problems, e, location)?;
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            note(&mut problems, e, location)?;
+            None
+        }
+    };
+    let (data_name, data_bytes) = match &options.dataset {
+        Some(path) => (
+            path.display().to_string(),
+            std::fs::read(path).map_err(|e| {
+                LoadFailure::Command(CommandError::Usage(format!("{}: {e}", path.display())))
+            }),
+        ),
+        None => (
+            layout::DATASET_DATA.to_string(),
+            store
+                .get(layout::DATASET_DATA)
+                .map_err(|e| LoadFailure::from_format(e, location)),
+        ),
+    };
+    let dataset = match data_bytes {
+        Ok(bytes) => {
+            bytes_read += bytes.len() as u64;
+            match Dataset::parse(&bytes, &data_name, spec.data.format, &spec.model) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(Problem::new(
+                        Verdict::Corrupt,
+                        data_name.clone(),
+                        e.to_string(),
+                    ));
+                    None
+                }
+            }
+        }
+        Err(LoadFailure::Problem(p)) => {
+            problems.push(p);
+            None
+        }
+        Err(other) => return Err(other),
+    };
+    if let (Some(d), Some(m)) = (&dataset, &dataset_manifest) {
+        if d.len() != m.len() {
+            problems.push(Problem::new(
+                Verdict::InputMismatch,
+                data_name.clone(),
+                format!(
+                    "{} examples; the dataset manifest lists {}",
+                    d.len(),
+                    m.len()
+                ),
+            ));
+        } else {
+            for (i, (a, b)) in d
+                .manifest
+                .example_hashes
+                .iter()
+                .zip(&m.example_hashes)
+                .enumerate()
+            {
+                if a != b {
+                    problems.push(Problem::new(
+                        Verdict::InputMismatch,
+                        data_name.clone(),
+                        format!("example {i} hashes to {a}; the dataset manifest commits to {b}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    // Ledger segments and the chain.
+    let listed = store
+        .list(layout::LEDGER)
+        .map_err(|e| LoadFailure::from_format(e, location))?;
+    let mut indices: Vec<u64> = listed
+        .iter()
+        .filter_map(|(k, _)| layout::parse_segment(k))
+        .collect();
+    indices.sort_unstable();
+    let completion = match store
+        .get_opt(layout::COMPLETE)
+        .map_err(|e| LoadFailure::from_format(e, location))?
+    {
+        None => None,
+        Some(b) => {
+            bytes_read += b.len() as u64;
+            match Completion::from_json(&b, layout::COMPLETE) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    note(&mut problems, e, location)?;
+                    None
+                }
+            }
+        }
+    };
+    let highest = indices
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .max(completion.as_ref().map(|c| c.segments).unwrap_or(0));
+    let interval = manifest.recording.checkpoint_interval;
+    let mut records = BTreeMap::new();
+    let mut segments = BTreeMap::new();
+    let (first, last) = options.segments.unwrap_or((1, highest));
+    let mut head = (first == 1).then_some(manifest.genesis);
+    for i in first..=last.min(highest) {
+        let key = layout::segment(i);
+        let bytes = match store.get(&key) {
+            Ok(b) => b,
+            Err(e) => {
+                note(&mut problems, e, location)?;
+                head = None;
+                continue;
+            }
+        };
+        bytes_read += bytes.len() as u64;
+        let seg = match Segment::decode(&bytes, &key) {
+            Ok(s) => s,
+            Err(e) => {
+                note(&mut problems, e, location)?;
+                head = None;
+                continue;
+            }
+        };
+        let expected_first = (i - 1) * interval + 1;
+        if seg.index != i || seg.first_step() != expected_first {
+            problems.push(Problem::new(
+                Verdict::Tampered,
+                key.clone(),
+                format!(
+                    "holds segment {} from step {}; expected segment {i} from step {expected_first}",
+                    seg.index,
+                    seg.first_step()
+                ),
+            ));
+        }
+        if let Some(h) = head
+            && seg.continues() != h
+        {
+            problems.push(Problem::new(
+                Verdict::Tampered,
+                key.clone(),
+                format!(
+                    "hash chain broken at step {}: prev_hash {}, the previous record hashes to {h}",
+                    seg.first_step(),
+                    seg.continues()
+                ),
+            ));
+        }
+        head = Some(seg.head());
+        segments.insert(
+            i,
+            SegmentInfo {
+                index: i,
+                key,
+                first_step: seg.first_step(),
+                last_step: seg.last_step(),
+                head: seg.head(),
+            },
+        );
+        for r in seg.records {
+            records.insert(r.step, r);
+        }
+    }
+
+    // Checkpoints present.
+    let checkpoints = trainer::run::checkpoint_steps(&store).map_err(|e| match e {
+        trainer::Error::Format(f) => LoadFailure::from_format(f, location),
+        other => LoadFailure::Command(other.into()),
+    })?;
+
+    let partial = options.segments.is_some();
+    let mut ctx = RunContext {
+        location: location.to_string(),
+        store,
+        manifest,
+        spec,
+        dataset_manifest,
+        dataset,
+        records,
+        segments,
+        checkpoints,
+        completion,
+        problems,
+        bytes_read,
+    };
+    if !partial {
+        structural_checks(&mut ctx);
+    }
+    Ok(ctx)
+}
+
+/// Checks that need only what is loaded: expected objects present, completion consistent,
+/// batch hashes consistent with the dataset manifest.
+fn structural_checks(ctx: &mut RunContext) {
+    let interval = ctx.interval();
+    let total = ctx.spec.run.steps;
+    let mut problems = Vec::new();
+    for step in ctx.expected_checkpoints() {
+        if !ctx.checkpoints.contains(&step) {
+            problems.push(Problem::new(
+                Verdict::Missing,
+                layout::checkpoint(step),
+                "checkpoint absent".to_string(),
+            ));
+        }
+    }
+    // Segments must end at checkpoint steps.
+    for s in ctx.segments.values() {
+        if !trainer::run::is_checkpoint_step(s.last_step, total, interval) {
+            problems.push(Problem::new(
+                Verdict::Tampered,
+                s.key.clone(),
+                format!(
+                    "ends at step {}, which is not a checkpoint step",
+                    s.last_step
+                ),
+            ));
+        }
+    }
+    match &ctx.completion {
+        None => {
+            let last = ctx.records.keys().next_back().copied().unwrap_or(0);
+            let detail = if last >= total {
+                format!(
+                    "the ledger reaches the final step {total} but {} is absent",
+                    layout::COMPLETE
+                )
+            } else {
+                format!("no completion record; the ledger ends at step {last} of {total}")
+            };
+            let kind = if last >= total {
+                Verdict::Missing
+            } else {
+                Verdict::Incomplete
+            };
+            problems.push(Problem::new(kind, layout::COMPLETE, detail));
+        }
+        Some(c) => {
+            let last = ctx.records.values().next_back();
+            let expected_segments = segment_ending_at(total, interval);
+            let mut wrong = Vec::new();
+            if c.run_id != ctx.manifest.run_id {
+                wrong.push(format!(
+                    "run id {:?} (manifest {:?})",
+                    c.run_id, ctx.manifest.run_id
+                ));
+            }
+            if c.final_step != total {
+                wrong.push(format!("final step {} (spec {total})", c.final_step));
+            }
+            if c.segments != expected_segments {
+                wrong.push(format!(
+                    "{} segments (expected {expected_segments})",
+                    c.segments
+                ));
+            }
+            if let Some(r) = last {
+                if r.step == total && r.hash() != c.ledger_head {
+                    wrong.push(format!(
+                        "ledger head {} (ledger {})",
+                        c.ledger_head,
+                        r.hash()
+                    ));
+                }
+                if r.step == total && r.state_root != Some(c.final_state_root) {
+                    wrong.push(format!("final state root {}", c.final_state_root));
+                }
+            }
+            if !wrong.is_empty() {
+                problems.push(Problem::new(
+                    Verdict::Tampered,
+                    layout::COMPLETE,
+                    wrong.join("; "),
+                ));
+            }
+        }
+    }
+    // Every record's batch must hash as the dataset manifest says.
+    if let Some(m) = &ctx.dataset_manifest {
+        for r in ctx.records.values() {
+            if let Some(bad) = r.example_ids.iter().find(|&&id| id >= m.len()) {
+                problems.push(Problem::new(
+                    Verdict::Tampered,
+                    layout::segment(segment_ending_at(r.step, interval)),
+                    format!(
+                        "step {} lists example {bad}, beyond the dataset's {} examples",
+                        r.step,
+                        m.len()
+                    ),
+                ));
+                continue;
+            }
+            let hashes: Vec<Hash32> = r
+                .example_ids
+                .iter()
+                .map(|&i| m.example_hashes[i as usize])
+                .collect();
+            let computed = snapshot_format::hash::batch_hash(&hashes);
+            if computed != r.batch_hash {
+                problems.push(Problem::new(
+                    Verdict::Tampered,
+                    layout::segment(segment_ending_at(r.step, interval)),
+                    format!(
+                        "step {}: batch hash {} is not the hash of its examples in the dataset manifest ({computed})",
+                        r.step, r.batch_hash
+                    ),
+                ));
+            }
+        }
+    }
+    ctx.problems.extend(problems);
+}
+
+/// Record a format error as a problem; operational errors stop the load.
+fn note(
+    problems: &mut Vec<Problem>,
+    e: snapshot_format::Error,
+    location: &str,
+) -> Result<(), LoadFailure> {
+    problems.push(problem_of(e).map_err(|e| LoadFailure::from_format(e, location))?);
+    Ok(())
+}
+
+/// Why a run could not be loaded at all.
+#[derive(Debug)]
+pub enum LoadFailure {
+    /// The manifest is missing, corrupt or tampered: a finding about the run.
+    Problem(Problem),
+    /// An operational or usage error.
+    Command(CommandError),
+}
+
+impl LoadFailure {
+    fn from_format(e: snapshot_format::Error, location: &str) -> Self {
+        match problem_of(e) {
+            Ok(mut p) => {
+                if p.artefact.is_empty() {
+                    p.artefact = location.to_string();
+                }
+                LoadFailure::Problem(p)
+            }
+            Err(e) => LoadFailure::Command(e.into()),
+        }
+    }
+}

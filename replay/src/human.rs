@@ -1,0 +1,448 @@
+//! Human-readable rendering of the reports (the default output of `replay`).
+
+use std::fmt::Write;
+
+use crate::check::CheckReport;
+use crate::commands::{AuditReport, VerifyReport};
+use crate::compare::CompareReport;
+use crate::inspect::{InspectReport, loss_text};
+use crate::provenance::ProvenanceReport;
+use crate::report::{Problem, Verdict};
+use crate::rollback::{DiffReport, RollbackReport};
+use crate::shard::CollectReport;
+use crate::state::TensorDiff;
+use crate::verify::{EnvironmentCheck, RangeResult};
+
+/// Tensors listed in text output (JSON lists all).
+const TENSORS_SHOWN: usize = 10;
+
+fn verdict_line(out: &mut String, v: Verdict) {
+    let _ = writeln!(out, "verdict: {v} (exit {})", v.exit_code());
+}
+
+fn problems(out: &mut String, ps: &[Problem]) {
+    for p in ps {
+        let _ = writeln!(out, "  {:<10} {}: {}", p.kind.name(), p.artefact, p.detail);
+    }
+}
+
+/// Tensor differences, largest first.
+pub fn tensors(out: &mut String, ts: &[TensorDiff], indent: &str) {
+    if ts.is_empty() {
+        let _ = writeln!(out, "{indent}(none)");
+    }
+    for t in ts.iter().take(TENSORS_SHOWN) {
+        if t.status == "present in both" {
+            let _ = writeln!(
+                out,
+                "{indent}{:<56} max |d| {:.3e}  l2 {:.3e}  ({} of {} elements)",
+                t.name, t.max_abs_diff, t.l2, t.differing, t.elements
+            );
+        } else {
+            let _ = writeln!(out, "{indent}{:<56} {}", t.name, t.status);
+        }
+    }
+    if ts.len() > TENSORS_SHOWN {
+        let _ = writeln!(
+            out,
+            "{indent}… and {} more (see --json)",
+            ts.len() - TENSORS_SHOWN
+        );
+    }
+}
+
+fn environment(out: &mut String, e: &Option<EnvironmentCheck>) {
+    let Some(e) = e else { return };
+    if e.differences.is_empty() {
+        let _ = writeln!(out, "  environment  same class ({})", e.run_class.short());
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  environment  DIFFERENT class: run {}, here {}{}",
+        e.run_class.short(),
+        e.here_class.short(),
+        if e.replayed_anyway {
+            " (replayed anyway)"
+        } else {
+            " (not replayed; --allow-environment-mismatch replays and reports the differences)"
+        }
+    );
+    for (f, run, here) in &e.differences {
+        let _ = writeln!(out, "               {f}: run {run:?}, here {here:?}");
+    }
+}
+
+/// One range's result.
+pub fn range(out: &mut String, r: &RangeResult) {
+    let label = if r.segment > 0 {
+        format!("segment {:<4}", r.segment)
+    } else {
+        "steps       ".to_string()
+    };
+    let _ = writeln!(
+        out,
+        "  {label} steps {:>6}..={:<6} {:<20} ({} steps replayed from checkpoint {}, {:.1} s)",
+        r.from_step,
+        r.to_step,
+        r.verdict.name(),
+        r.steps_replayed,
+        r.start_checkpoint
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into()),
+        r.seconds
+    );
+    problems(out, &r.problems);
+    if let Some(m) = &r.input_mismatch {
+        let _ = writeln!(
+            out,
+            "      step {}: example {} of {} hashes to {}, the run committed to {}",
+            m.step, m.example_id, m.dataset, m.found, m.committed
+        );
+    }
+    if let Some(d) = &r.divergence {
+        let _ = writeln!(
+            out,
+            "      first difference at step {}: {}",
+            d.step, d.field
+        );
+        let _ = writeln!(out, "        recorded {}", d.recorded);
+        let _ = writeln!(out, "        replayed {}", d.replayed);
+        if let Some(s) = d.tensors_at_step {
+            let _ = writeln!(
+                out,
+                "      tensors differing from the stored state after step {s}:"
+            );
+            tensors(out, &d.tensors, "        ");
+        }
+    }
+    if !r.deltas.is_empty() {
+        let max_loss = r.deltas.iter().map(|d| d.loss_abs_diff).fold(0.0, f64::max);
+        let max_gn = r
+            .deltas
+            .iter()
+            .map(|d| d.grad_norm_abs_diff)
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "      across {} steps: max |loss difference| {max_loss:.3e}, max |grad-norm difference| {max_gn:.3e}",
+            r.deltas.len()
+        );
+    }
+}
+
+/// `check`.
+pub fn check(r: &CheckReport) -> String {
+    let mut out = String::new();
+    let c = &r.checked;
+    let _ = writeln!(
+        out,
+        "check {}: {} segments, {} records, {} checkpoints, {} examples, {:.1} MB in {:.2} s",
+        r.run,
+        c.segments,
+        c.records,
+        c.checkpoints,
+        c.examples,
+        c.bytes as f64 / 1e6,
+        r.seconds
+    );
+    problems(&mut out, &r.problems);
+    for w in &r.warnings {
+        let _ = writeln!(out, "  warning    {w}");
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `verify`.
+pub fn verify(r: &VerifyReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "verify {} ({}{}): {} steps replayed in {:.1} s ({:.2} steps/s)",
+        r.run,
+        r.scope,
+        r.shard
+            .map(|s| format!(", shard {}/{}", s.index, s.count))
+            .unwrap_or_default(),
+        r.steps_replayed,
+        r.seconds,
+        r.steps_per_second
+    );
+    environment(&mut out, &r.environment);
+    problems(&mut out, &r.problems);
+    for range_result in &r.ranges {
+        range(&mut out, range_result);
+    }
+    if let Some(k) = &r.result_key {
+        let _ = writeln!(out, "  result written to {k}");
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `audit`.
+pub fn audit(r: &AuditReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "audit {}: {} of {} segments sampled with seed {} (repeat with --seed {})",
+        r.run,
+        r.sampled.len(),
+        r.segments_total,
+        r.seed,
+        r.seed
+    );
+    environment(&mut out, &r.environment);
+    problems(&mut out, &r.problems);
+    for range_result in &r.ranges {
+        range(&mut out, range_result);
+    }
+    let _ = writeln!(out, "  passed {:?}, failed {:?}", r.passed, r.failed);
+    let _ = writeln!(out, "  probability that this sample catches tampering:");
+    for d in &r.detection {
+        let _ = writeln!(
+            out,
+            "    if {:>5.1}% of segments ({}) were tampered: {:.1}%",
+            d.tampered_fraction * 100.0,
+            d.tampered_segments,
+            d.probability * 100.0
+        );
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `collect`.
+pub fn collect(r: &CollectReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "collect {} ({}): {} of {} shards reported, {} segments, {} steps replayed",
+        r.run,
+        r.id,
+        r.shards_present.len(),
+        r.shards,
+        r.segments.len(),
+        r.steps_replayed
+    );
+    problems(&mut out, &r.problems);
+    for (k, v) in &r.segments {
+        if !v.passed() {
+            let _ = writeln!(out, "  segment {k}: {v}");
+        }
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `rollback`.
+pub fn rollback(r: &RollbackReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "rollback {} to step {}", r.run, r.step);
+    environment(&mut out, &r.environment);
+    problems(&mut out, &r.problems);
+    if let Some(rr) = &r.replay {
+        range(&mut out, rr);
+    }
+    if let Some(root) = r.state_root {
+        let _ = writeln!(out, "  state root   {root}");
+    }
+    match r.committed_root {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "  committed    {c} ({})",
+                if Some(c) == r.state_root {
+                    "equal"
+                } else {
+                    "DIFFERENT"
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  committed    (no root recorded for this step; the path was confirmed up to the next one)"
+            );
+        }
+    }
+    match &r.out {
+        Some(o) => {
+            let _ = writeln!(out, "  wrote        {} in {o}", r.files.join(", "));
+        }
+        None => {
+            let _ = writeln!(out, "  wrote        nothing (the state is not verified)");
+        }
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `compare`.
+pub fn compare(r: &CompareReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "compare {} with {}: {} (read {} of {} segments by bisection, {:.2} s)",
+        r.run_a,
+        r.run_b,
+        if r.identical {
+            "identical"
+        } else {
+            "they differ"
+        },
+        r.segments_read,
+        2 * r.segments_total,
+        r.seconds
+    );
+    problems(&mut out, &r.problems);
+    if !r.spec_differences.is_empty() {
+        let _ = writeln!(out, "  spec differences:");
+        for (p, a, b) in &r.spec_differences {
+            let _ = writeln!(out, "    {p}: {a} vs {b}");
+        }
+    }
+    if let Some(d) = &r.first_difference {
+        let _ = writeln!(out, "  first difference at step {}:", d.step);
+        for f in &d.fields {
+            let _ = writeln!(out, "    {:<12} {} vs {}", f.field, f.a, f.b);
+        }
+        if let Some(s) = d.tensors_at_step {
+            let _ = writeln!(
+                out,
+                "  tensors differing after step {s} ({}):",
+                d.tensors_from
+            );
+            tensors(&mut out, &d.tensors, "    ");
+        }
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `provenance`.
+pub fn provenance(r: &ProvenanceReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "provenance of example {} in {}: used at {} steps (of {} scanned)",
+        r.example,
+        r.run,
+        r.uses.len(),
+        r.steps_scanned
+    );
+    match (r.committed_hash, r.current_hash) {
+        (Some(c), Some(f)) if c == f => {
+            let _ = writeln!(out, "  content      matches its commitment {}", c.short());
+        }
+        (Some(c), Some(f)) => {
+            let _ = writeln!(out, "  content      CHANGED: committed {c}, now {f}");
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "  content      cannot be checked (dataset or its manifest unreadable)"
+            );
+        }
+    }
+    problems(&mut out, &r.problems);
+    for u in &r.uses {
+        let _ = writeln!(
+            out,
+            "  step {:>7}  epoch {:>3}  position {:>3}",
+            u.step, u.epoch, u.position
+        );
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `diff`.
+pub fn diff(r: &DiffReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "diff {} from step {} to step {}",
+        r.run, r.from_step, r.to_step
+    );
+    environment(&mut out, &r.environment);
+    problems(&mut out, &r.problems);
+    let changed = r.tensors.iter().filter(|t| t.differing > 0).count();
+    let _ = writeln!(
+        out,
+        "  {changed} of {} tensors changed, largest change first:",
+        r.tensors.len()
+    );
+    tensors(&mut out, &r.tensors, "    ");
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `inspect`.
+pub fn inspect(r: &InspectReport) -> String {
+    let mut out = String::new();
+    let spec = &r.spec;
+    let _ = writeln!(out, "run {} ({})", r.run_id, r.run);
+    let _ = writeln!(out, "  engine       {}", r.engine);
+    let _ = writeln!(
+        out,
+        "  model        {} ({} parameters)",
+        spec["model"]["kind"].as_str().unwrap_or("?"),
+        r.parameters
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "?".into())
+    );
+    let _ = writeln!(
+        out,
+        "  training     {} steps, batch {}, seed {}, optimizer {} lr {}",
+        r.steps_total,
+        spec["run"]["batch_size"],
+        spec["run"]["seed"],
+        spec["optimizer"]["kind"].as_str().unwrap_or("?"),
+        spec["optimizer"]["lr"]
+    );
+    let _ = writeln!(
+        out,
+        "  data         {} examples, root {}",
+        spec["data"]["examples"],
+        spec["data"]["dataset_root"].as_str().unwrap_or("?")
+    );
+    let e = &r.environment;
+    let _ = writeln!(
+        out,
+        "  environment  {} on {}, {} threads, {} [{}], class {}",
+        e.backend,
+        e.cpu_model,
+        e.threads,
+        e.libc,
+        e.cpu_features.join(" "),
+        r.environment_class.short()
+    );
+    let _ = writeln!(
+        out,
+        "  progress     {} of {} steps recorded, {} segments, checkpoints at {:?}, {}",
+        r.steps_recorded,
+        r.steps_total,
+        r.segments,
+        r.checkpoints,
+        if r.complete {
+            "complete"
+        } else {
+            "NOT complete"
+        }
+    );
+    if let Some(h) = r.ledger_head {
+        let _ = writeln!(out, "  ledger head  {h}");
+    }
+    problems(&mut out, &r.problems);
+    let _ = writeln!(out, "  loss:");
+    for line in loss_text(&r.loss, 60, 8) {
+        let _ = writeln!(out, "  {line}");
+    }
+    if let Some(s) = &r.svg {
+        let _ = writeln!(out, "  loss curve written to {s}");
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}

@@ -1,0 +1,429 @@
+//! `replay`: verify recorded training runs.
+//!
+//! Exit status: 0 verified or ok; 1 verification failed (diverged, input mismatch, environment
+//! mismatch); 2 integrity violation (tampered, corrupt, missing artefact, incomplete run, bad
+//! signature); 3 usage or operational error. See `specs/replay-cli.md`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use replay::commands::{self, AuditOptions, Scope, VerifyOptions};
+use replay::context::LoadOptions;
+use replay::report::{CommandError, Verdict};
+use replay::shard::{self, Shard};
+use replay::{check, compare, human, inspect, provenance, rollback};
+use trainer::backend::DeviceSpec;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "replay",
+    version,
+    about = "Verify recorded training runs, bit for bit"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    global: Global,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Global {
+    /// Print one JSON document on standard output instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Worker threads of the CPU backend (default: all cores). Does not change any bit.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Replaying {
+    /// Compute device: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Replay even on a machine of another environment class, reporting the size of every
+    /// difference (the verdict is then `environment_mismatch` unless every bit matches).
+    #[arg(long)]
+    allow_environment_mismatch: bool,
+    /// Use this dataset file instead of the run's copy.
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Integrity of every artefact and of the hash chain, without re-executing anything.
+    Check {
+        run: String,
+        /// Use this dataset file instead of the run's copy.
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+    },
+    /// Re-execute steps and compare every recorded bit.
+    Verify {
+        run: String,
+        /// Verify every segment.
+        #[arg(long, conflicts_with_all = ["segment", "from"])]
+        all: bool,
+        /// Verify segment N (1-based).
+        #[arg(long)]
+        segment: Option<u64>,
+        /// First step to verify (with --to).
+        #[arg(long, requires = "to")]
+        from: Option<u64>,
+        /// Last step to verify.
+        #[arg(long, requires = "from")]
+        to: Option<u64>,
+        /// Verify shard i of N segments (with --all); i defaults from JOB_COMPLETION_INDEX or
+        /// SLURM_ARRAY_TASK_ID when only --shards N is given.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Number of shards, when the index comes from the environment.
+        #[arg(long)]
+        shards: Option<u64>,
+        /// Where shard results are written (default: the run's store).
+        #[arg(long)]
+        results: Option<String>,
+        /// Verification id for shard results.
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        replaying: Replaying,
+    },
+    /// Verify randomly sampled segments and report the detection probability.
+    Audit {
+        run: String,
+        /// Segments to sample.
+        #[arg(long)]
+        samples: u64,
+        /// Seed of the sample (default: from the clock; always printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Assumed fractions of tampered segments for the detection probability.
+        #[arg(long = "fraction", default_values_t = [0.01, 0.05, 0.1, 0.25])]
+        fractions: Vec<f64>,
+        #[command(flatten)]
+        replaying: Replaying,
+    },
+    /// Reconstruct the exact state after a step and export it (safetensors and a snapshot).
+    Rollback {
+        run: String,
+        #[arg(long)]
+        step: u64,
+        /// Directory (or store URL) to write model.safetensors, state.snap and rollback.json.
+        #[arg(long)]
+        out: String,
+        #[command(flatten)]
+        replaying: Replaying,
+    },
+    /// Two runs that should be identical: the first step where they differ, and which tensors.
+    Compare {
+        run_a: String,
+        run_b: String,
+        /// Compute device for reconstructing the states at the first difference.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Every step whose batch contained an example.
+    Provenance {
+        run: String,
+        /// Example id (its index in the dataset, counting non-blank lines from 0).
+        #[arg(long)]
+        example: u64,
+        /// Use this dataset file instead of the run's copy.
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+    },
+    /// Per-tensor change between the states after two steps, largest first.
+    Diff {
+        run: String,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        /// Include the optimizer's state tensors.
+        #[arg(long)]
+        optimizer: bool,
+        #[command(flatten)]
+        replaying: Replaying,
+    },
+    /// Summary of a run: spec, environment, progress, loss curve.
+    Inspect {
+        run: String,
+        /// Also write the loss curve as an SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+    /// Merge the results of a sharded verification.
+    Collect {
+        run: String,
+        #[arg(long)]
+        shards: u64,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        results: Option<String>,
+    },
+}
+
+fn progress(global: &Global, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if global.quiet || global.json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    if let Ok(style) = ProgressStyle::with_template(&format!(
+        "{what} {{bar:28}} {{pos}}/{{len}}  {{per_sec}}  ETA {{eta}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn device(s: &str) -> Result<DeviceSpec, CommandError> {
+    Ok(s.parse::<DeviceSpec>()?)
+}
+
+fn reconstruct_options(r: Replaying) -> Result<rollback::ReconstructOptions, CommandError> {
+    Ok(rollback::ReconstructOptions {
+        device: device(&r.device)?,
+        allow_environment_mismatch: r.allow_environment_mismatch,
+        load: LoadOptions {
+            dataset: r.dataset,
+            segments: None,
+        },
+    })
+}
+
+/// Write the report; a closed standard output (`replay … | head`) is not an error.
+fn emit<T: serde::Serialize>(global: &Global, report: &T, text: impl FnOnce() -> String) {
+    use std::io::Write;
+    let out = if global.json {
+        match serde_json::to_string(report) {
+            Ok(s) => s + "\n",
+            Err(e) => {
+                eprintln!("replay: cannot serialise the report: {e}");
+                return;
+            }
+        }
+    } else {
+        text()
+    };
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+}
+
+fn run(cli: Cli) -> Result<Verdict, CommandError> {
+    let g = cli.global;
+    if let Some(n) = g.threads {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    match cli.command {
+        Command::Check { run, dataset } => {
+            let bar = progress(&g, "checkpoints");
+            let r = check::check(
+                &run,
+                &LoadOptions {
+                    dataset,
+                    segments: None,
+                },
+                &bar,
+            )?;
+            bar.finish_and_clear();
+            emit(&g, &r, || human::check(&r));
+            Ok(r.verdict)
+        }
+        Command::Verify {
+            run,
+            all,
+            segment,
+            from,
+            to,
+            shard,
+            shards,
+            results,
+            id,
+            replaying,
+        } => {
+            let scope = match (all, segment, from, to) {
+                (_, Some(n), _, _) => Scope::Segment(n),
+                (_, None, Some(from), Some(to)) => Scope::Steps { from, to },
+                _ => Scope::All,
+            };
+            let shard = match (shard, shards) {
+                (Some(s), _) => Some(s.parse::<Shard>()?),
+                (None, Some(count)) => {
+                    let index = Shard::index_from_env().ok_or_else(|| {
+                        CommandError::Usage(
+                            "--shards given, but neither JOB_COMPLETION_INDEX nor SLURM_ARRAY_TASK_ID is set; use --shard i/N".into(),
+                        )
+                    })?;
+                    Some(format!("{index}/{count}").parse::<Shard>()?)
+                }
+                (None, None) => None,
+            };
+            if shard.is_some() && scope != Scope::All {
+                return Err(CommandError::Usage("--shard applies to --all".into()));
+            }
+            let o = VerifyOptions {
+                scope,
+                device: device(&replaying.device)?,
+                allow_environment_mismatch: replaying.allow_environment_mismatch,
+                shard,
+                load: LoadOptions {
+                    dataset: replaying.dataset,
+                    segments: None,
+                },
+                results,
+                id,
+            };
+            let bar = progress(&g, "steps");
+            let r = commands::verify(&run, &o, &bar)?;
+            bar.finish_and_clear();
+            emit(&g, &r, || human::verify(&r));
+            Ok(r.verdict)
+        }
+        Command::Audit {
+            run,
+            samples,
+            seed,
+            fractions,
+            replaying,
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0)
+            });
+            let o = AuditOptions {
+                samples,
+                seed,
+                fractions,
+                device: device(&replaying.device)?,
+                allow_environment_mismatch: replaying.allow_environment_mismatch,
+                load: LoadOptions {
+                    dataset: replaying.dataset,
+                    segments: None,
+                },
+            };
+            let bar = progress(&g, "steps");
+            let r = commands::audit(&run, &o, &bar)?;
+            bar.finish_and_clear();
+            emit(&g, &r, || human::audit(&r));
+            Ok(r.verdict)
+        }
+        Command::Rollback {
+            run,
+            step,
+            out,
+            replaying,
+        } => {
+            let o = reconstruct_options(replaying)?;
+            let bar = progress(&g, "steps");
+            let r = rollback::rollback(&run, step, &out, &o, &bar)?;
+            bar.finish_and_clear();
+            emit(&g, &r, || human::rollback(&r));
+            Ok(r.verdict)
+        }
+        Command::Compare {
+            run_a,
+            run_b,
+            device: d,
+        } => {
+            let bar = progress(&g, "steps");
+            let r = compare::compare(&run_a, &run_b, device(&d)?, &bar)?;
+            bar.finish_and_clear();
+            emit(&g, &r, || human::compare(&r));
+            Ok(r.verdict)
+        }
+        Command::Provenance {
+            run,
+            example,
+            dataset,
+        } => {
+            let r = provenance::provenance(
+                &run,
+                example,
+                &LoadOptions {
+                    dataset,
+                    segments: None,
+                },
+            )?;
+            emit(&g, &r, || human::provenance(&r));
+            Ok(r.verdict)
+        }
+        Command::Diff {
+            run,
+            from,
+            to,
+            optimizer,
+            replaying,
+        } => {
+            let o = reconstruct_options(replaying)?;
+            let bar = progress(&g, "steps");
+            let r = rollback::diff(&run, from, to, optimizer, &o, &bar)?;
+            bar.finish_and_clear();
+            emit(&g, &r, || human::diff(&r));
+            Ok(r.verdict)
+        }
+        Command::Inspect { run, svg } => {
+            let r = inspect::inspect(&run, svg.as_deref())?;
+            emit(&g, &r, || human::inspect(&r));
+            Ok(r.verdict)
+        }
+        Command::Collect {
+            run,
+            shards,
+            id,
+            results,
+        } => {
+            let store = match &results {
+                Some(url) => snapshot_format::Store::open(url)?,
+                None => snapshot_format::Store::open(&run)?,
+            };
+            let id = match id {
+                Some(i) => i,
+                None => {
+                    let m = snapshot_format::manifest::RunManifest::from_json(
+                        &snapshot_format::Store::open(&run)?
+                            .get(snapshot_format::layout::MANIFEST)?,
+                        snapshot_format::layout::MANIFEST,
+                    )?;
+                    shard::default_id(&m.genesis, shards)
+                }
+            };
+            let r = shard::collect(&run, &store, &id, shards)?;
+            emit(&g, &r, || human::collect(&r));
+            Ok(r.verdict)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 3 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(v) => ExitCode::from(v.exit_code()),
+        Err(e) => {
+            eprintln!("replay: {e}");
+            ExitCode::from(3)
+        }
+    }
+}

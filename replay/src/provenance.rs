@@ -1,0 +1,108 @@
+//! `replay provenance`: every step whose batch contained a given example.
+
+use serde::{Deserialize, Serialize};
+use snapshot_format::Hash32;
+
+use crate::context::{self, LoadFailure, LoadOptions};
+use crate::report::{CommandError, Problem, Verdict};
+
+/// One use of the example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Use {
+    pub step: u64,
+    pub epoch: u64,
+    /// Position in the batch.
+    pub position: u64,
+}
+
+/// The JSON document of `replay provenance --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProvenanceReport {
+    pub command: String,
+    pub run: String,
+    /// `ok`; `input_mismatch` when the example's content no longer matches its commitment;
+    /// `missing`/`corrupt`/`tampered` when the ledger is damaged (uses may be unlisted).
+    pub verdict: Verdict,
+    pub example: u64,
+    pub committed_hash: Option<Hash32>,
+    pub current_hash: Option<Hash32>,
+    pub uses: Vec<Use>,
+    /// Steps the scan covered.
+    pub steps_scanned: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// Run `provenance`.
+pub fn provenance(
+    location: &str,
+    example: u64,
+    load: &LoadOptions,
+) -> Result<ProvenanceReport, CommandError> {
+    let mut report = ProvenanceReport {
+        command: "provenance".into(),
+        run: location.into(),
+        verdict: Verdict::Ok,
+        example,
+        committed_hash: None,
+        current_hash: None,
+        uses: vec![],
+        steps_scanned: 0,
+        problems: vec![],
+    };
+    let ctx = match context::load(location, load) {
+        Ok(c) => c,
+        Err(LoadFailure::Problem(p)) => {
+            report.verdict = p.kind;
+            report.problems.push(p);
+            return Ok(report);
+        }
+        Err(LoadFailure::Command(e)) => return Err(e),
+    };
+    if example >= ctx.spec.data.examples {
+        return Err(CommandError::Usage(format!(
+            "--example {example}: the dataset has examples 0..{}",
+            ctx.spec.data.examples
+        )));
+    }
+    report.committed_hash = ctx
+        .dataset_manifest
+        .as_ref()
+        .and_then(|m| m.example_hashes.get(example as usize).copied());
+    report.current_hash = ctx
+        .dataset
+        .as_ref()
+        .and_then(|d| d.manifest.example_hashes.get(example as usize).copied());
+    if report.committed_hash.is_some() && report.committed_hash != report.current_hash {
+        report.verdict = Verdict::InputMismatch;
+    }
+    for r in ctx.records.values() {
+        for (position, _) in r
+            .example_ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| **id == example)
+        {
+            report.uses.push(Use {
+                step: r.step,
+                epoch: r.epoch,
+                position: position as u64,
+            });
+        }
+    }
+    report.steps_scanned = ctx.records.len() as u64;
+    // Damage to the ledger means uses may be missing from the list: say so.
+    report.problems = ctx
+        .problems
+        .iter()
+        .filter(|p| {
+            p.artefact.starts_with(snapshot_format::layout::LEDGER)
+                || p.artefact == snapshot_format::layout::DATASET_MANIFEST
+        })
+        .cloned()
+        .collect();
+    report.verdict = report
+        .problems
+        .iter()
+        .fold(report.verdict, |v, p| v.worst(p.kind));
+    Ok(report)
+}

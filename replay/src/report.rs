@@ -1,0 +1,185 @@
+//! Verdicts, problems and exit codes: what every command reports (`specs/replay-cli.md`).
+
+use serde::{Deserialize, Serialize};
+
+/// The answer of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Integrity checks passed (commands that do not re-execute).
+    Ok,
+    /// Re-execution reproduced every recorded bit.
+    Verified,
+    /// Re-execution produced different bits: the first step and field are reported.
+    Diverged,
+    /// An example's content no longer matches its recorded hash.
+    InputMismatch,
+    /// This machine is not in the run's environment class: bit-exactness is not promised here.
+    EnvironmentMismatch,
+    /// The run has no completion record: it is still running, was interrupted, or its end was
+    /// deleted.
+    Incomplete,
+    /// An artefact is absent.
+    Missing,
+    /// An artefact's bytes are inconsistent with themselves (truncated, bad hash inside it).
+    Corrupt,
+    /// An artefact is well formed but does not match what another artefact commits to.
+    Tampered,
+}
+
+impl Verdict {
+    /// Process exit status: 0 verified or ok; 1 verification failed; 2 integrity violation.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Ok | Verdict::Verified => 0,
+            Verdict::Diverged | Verdict::InputMismatch | Verdict::EnvironmentMismatch => 1,
+            Verdict::Incomplete | Verdict::Missing | Verdict::Corrupt | Verdict::Tampered => 2,
+        }
+    }
+
+    /// True when the verdict is a pass.
+    pub fn passed(self) -> bool {
+        self.exit_code() == 0
+    }
+
+    /// Name as in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Verified => "verified",
+            Verdict::Diverged => "diverged",
+            Verdict::InputMismatch => "input_mismatch",
+            Verdict::EnvironmentMismatch => "environment_mismatch",
+            Verdict::Incomplete => "incomplete",
+            Verdict::Missing => "missing",
+            Verdict::Corrupt => "corrupt",
+            Verdict::Tampered => "tampered",
+        }
+    }
+
+    /// The worse of two verdicts: higher exit code wins; on a tie, `self`.
+    pub fn worst(self, other: Verdict) -> Verdict {
+        if other.exit_code() > self.exit_code() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One problem found in a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `missing`, `corrupt`, `tampered` or `incomplete`.
+    pub kind: Verdict,
+    /// The artefact (store key) it concerns.
+    pub artefact: String,
+    pub detail: String,
+}
+
+impl Problem {
+    /// A problem of `kind` with `artefact`.
+    pub fn new(kind: Verdict, artefact: impl Into<String>, detail: impl Into<String>) -> Self {
+        Problem {
+            kind,
+            artefact: artefact.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The integrity verdict of a format error: missing, corrupt or tampered; `None` for an
+/// operational failure (store unreachable, permission), which is not a finding about the run.
+pub fn classify(e: &snapshot_format::Error) -> Option<Verdict> {
+    use snapshot_format::Error as E;
+    if !e.is_integrity_violation() {
+        return None;
+    }
+    Some(match e {
+        E::ObjectMissing { .. } => Verdict::Missing,
+        E::ChainBroken { .. }
+        | E::StepOutOfOrder { .. }
+        | E::SpecHashMismatch { .. }
+        | E::DatasetRootMismatch { .. }
+        | E::ObjectConflict { .. } => Verdict::Tampered,
+        _ => Verdict::Corrupt,
+    })
+}
+
+/// The problem a format error represents, or the error itself when it is operational.
+pub fn problem_of(e: snapshot_format::Error) -> Result<Problem, snapshot_format::Error> {
+    match classify(&e) {
+        Some(kind) => Ok(Problem::new(
+            kind,
+            e.artefact().unwrap_or_default().to_string(),
+            e.to_string(),
+        )),
+        None => Err(e),
+    }
+}
+
+/// The verdict of a trainer error met while loading a run, as a problem, or the error when it
+/// is operational or a usage error.
+pub fn problem_of_trainer(e: trainer::Error) -> Result<Problem, trainer::Error> {
+    match e {
+        trainer::Error::Format(f) => problem_of(f).map_err(trainer::Error::Format),
+        trainer::Error::BaseModelHashMismatch {
+            path,
+            pinned,
+            found,
+        } => Ok(Problem::new(
+            Verdict::Tampered,
+            path,
+            format!("base model BLAKE3 {found} does not match the pinned {pinned}"),
+        )),
+        trainer::Error::Run { store, detail } => Ok(Problem::new(Verdict::Tampered, store, detail)),
+        trainer::Error::Dataset { path, detail }
+        | trainer::Error::DatasetRow { path, detail, .. } => {
+            Ok(Problem::new(Verdict::Corrupt, path, detail))
+        }
+        trainer::Error::Config { path, detail } => Ok(Problem::new(Verdict::Corrupt, path, detail)),
+        other => Err(other),
+    }
+}
+
+/// An error that stops a command: operational or usage (exit 3).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Format(#[from] snapshot_format::Error),
+    #[error(transparent)]
+    Trainer(#[from] trainer::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_and_ordering() {
+        assert_eq!(Verdict::Verified.exit_code(), 0);
+        assert_eq!(Verdict::Diverged.exit_code(), 1);
+        assert_eq!(Verdict::EnvironmentMismatch.exit_code(), 1);
+        assert_eq!(Verdict::Tampered.exit_code(), 2);
+        assert_eq!(
+            Verdict::Verified.worst(Verdict::Diverged),
+            Verdict::Diverged
+        );
+        assert_eq!(
+            Verdict::Tampered.worst(Verdict::Diverged),
+            Verdict::Tampered
+        );
+        assert_eq!(
+            serde_json::to_string(&Verdict::InputMismatch).expect("json"),
+            "\"input_mismatch\""
+        );
+    }
+}

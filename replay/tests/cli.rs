@@ -1,0 +1,354 @@
+//! The `replay` command: every report deserialises into its documented type, verdicts map to
+//! the documented exit codes, and the commands answer correctly on honest runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use replay::check::CheckReport;
+use replay::commands::{AuditReport, VerifyReport, detection_probability};
+use replay::compare::CompareReport;
+use replay::inspect::InspectReport;
+use replay::provenance::ProvenanceReport;
+use replay::rollback::{DiffReport, RollbackReport};
+use replay::shard::CollectReport;
+use replay::{Verdict, verify::RangeResult};
+use snapshot_format::layout;
+use snapshot_format::ledger::Segment;
+use trainer::config::RunConfig;
+use trainer::fixtures::{self, FixtureOptions};
+use trainer::run::{self, RunOptions};
+
+fn record(dir: &Path, o: FixtureOptions) -> PathBuf {
+    let cfg = fixtures::write_tiny_bert(&dir.join("in"), &o).expect("fixture");
+    let config = RunConfig::from_file(&cfg).expect("config");
+    let out = dir.join("run");
+    run::start(
+        &config,
+        out.to_str().expect("utf-8"),
+        &RunOptions::default(),
+    )
+    .expect("run");
+    out
+}
+
+fn replay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(args)
+        .output()
+        .expect("start replay")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+/// Run with `--json --quiet`, check the exit status, parse the single JSON document.
+fn json<T: serde::de::DeserializeOwned>(args: &[&str], exit: i32) -> T {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--json", "--quiet"]);
+    let out = replay(&full);
+    assert_eq!(
+        out.status.code(),
+        Some(exit),
+        "replay {args:?}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(text.lines().count(), 1, "one JSON document on one line");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn honest_run_checks_verifies_and_audits() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default()); // 12 steps, checkpoints every 4
+
+    let c: CheckReport = json(&["check", s(&r)], 0);
+    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    assert_eq!(
+        (c.checked.segments, c.checked.records, c.checked.checkpoints),
+        (3, 12, 4)
+    );
+    assert!(c.problems.is_empty() && c.warnings.is_empty());
+
+    let v: VerifyReport = json(&["verify", s(&r), "--all"], 0);
+    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.steps_replayed, 12);
+    let segs: Vec<(u64, u64, u64)> = v
+        .ranges
+        .iter()
+        .map(|r| (r.segment, r.from_step, r.to_step))
+        .collect();
+    assert_eq!(segs, [(1, 1, 4), (2, 5, 8), (3, 9, 12)]);
+    assert!(
+        v.environment
+            .as_ref()
+            .is_some_and(|e| e.differences.is_empty())
+    );
+
+    let v: VerifyReport = json(&["verify", s(&r), "--segment", "2"], 0);
+    assert_eq!((v.ranges.len(), v.steps_replayed), (1, 4));
+    let v: VerifyReport = json(&["verify", s(&r), "--from", "6", "--to", "7"], 0);
+    let range: &RangeResult = &v.ranges[0];
+    assert_eq!((range.start_checkpoint, range.steps_replayed), (Some(4), 3));
+
+    let a: AuditReport = json(&["audit", s(&r), "--samples", "2", "--seed", "5"], 0);
+    assert_eq!(a.sampled.len(), 2);
+    assert_eq!(a.passed, a.sampled);
+    let again: AuditReport = json(&["audit", s(&r), "--samples", "2", "--seed", "5"], 0);
+    assert_eq!(again.sampled, a.sampled, "a seed re-draws the same sample");
+    for d in &a.detection {
+        assert_eq!(
+            d.probability,
+            detection_probability(3, d.tampered_segments, 2)
+        );
+    }
+}
+
+#[test]
+fn rollback_exports_the_committed_state() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default());
+    let out = t.path().join("rollback-6");
+    let rb: RollbackReport = json(&["rollback", s(&r), "--step", "6", "--out", s(&out)], 0);
+    assert_eq!(rb.verdict, Verdict::Verified);
+    assert!(rb.state_root.is_some() && rb.state_root == rb.committed_root);
+    let st = std::fs::read(out.join("model.safetensors")).expect("safetensors");
+    let parsed = safetensors_names(&st);
+    assert!(parsed.contains(&"classifier.weight".to_string()));
+    assert!(parsed.contains(&"bert.encoder.layer.0.attention.self.query.weight".to_string()));
+    assert!(!parsed.iter().any(|n| n.starts_with("optimizer.")));
+    let snap = snapshot_format::snapshot::decode(
+        &std::fs::read(out.join("state.snap")).expect("snap"),
+        "state.snap",
+        &Default::default(),
+    )
+    .expect("valid snapshot");
+    assert_eq!(Some(snap.header.state_root), rb.state_root);
+    assert_eq!(snap.header.state.step, 6);
+    // Write-once: a second rollback into the same place does not overwrite (identical is fine).
+    let again: RollbackReport = json(&["rollback", s(&r), "--step", "6", "--out", s(&out)], 0);
+    assert_eq!(again.state_root, rb.state_root);
+}
+
+fn safetensors_names(bytes: &[u8]) -> Vec<String> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
+    header
+        .as_object()
+        .expect("object")
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn compare_finds_the_first_difference_by_bisection() {
+    let t = tempfile::tempdir().expect("tmp");
+    let o = FixtureOptions {
+        steps: 32,
+        ..Default::default()
+    }; // 8 segments
+    let a = record(&t.path().join("a"), o.clone());
+    let b = record(&t.path().join("b"), o.clone());
+    let same: CompareReport = json(&["compare", s(&a), s(&b)], 0);
+    assert!(same.identical);
+    assert_eq!(same.verdict, Verdict::Ok);
+
+    // A copy of `a` whose records from step 22 on differ (an honest continuation of a changed
+    // state is simulated by changing the loss bits of step 22 and re-chaining the rest).
+    let c = t.path().join("c");
+    copy_dir(&a, &c);
+    rewrite_records(&c, |r| {
+        if r.step == 22 {
+            r.loss_bits ^= 1;
+        }
+    });
+    std::fs::remove_file(c.join(layout::COMPLETE)).expect("rm");
+    let d: CompareReport = json(&["compare", s(&a), s(&c)], 1);
+    assert!(!d.identical);
+    let first = d.first_difference.expect("a difference");
+    assert_eq!(first.step, 22);
+    assert!(
+        first.fields.iter().any(|f| f.field == "loss"),
+        "{:?}",
+        first.fields
+    );
+    assert!(
+        d.segments_read <= 2 * 4,
+        "bisection reads O(log n) segments, read {}",
+        d.segments_read
+    );
+}
+
+/// Decode every segment of `run`, apply `f` to each record, re-chain and re-encode in place.
+fn rewrite_records(run: &Path, mut f: impl FnMut(&mut snapshot_format::ledger::StepRecord)) {
+    let m = snapshot_format::manifest::RunManifest::from_json(
+        &std::fs::read(run.join(layout::MANIFEST)).expect("manifest"),
+        "m",
+    )
+    .expect("manifest");
+    let mut prev = m.genesis;
+    for i in 1.. {
+        let p = run.join(layout::segment(i));
+        let Ok(bytes) = std::fs::read(&p) else { break };
+        let mut seg = Segment::decode(&bytes, "seg").expect("segment");
+        for r in &mut seg.records {
+            f(r);
+            r.prev_hash = prev;
+            prev = r.hash();
+        }
+        std::fs::write(&p, seg.encode()).expect("write");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn provenance_diff_and_inspect_agree_with_the_ledger() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default());
+    let mut uses = Vec::new();
+    for i in 1..=3 {
+        let seg = Segment::decode(
+            &std::fs::read(r.join(layout::segment(i))).expect("seg"),
+            "s",
+        )
+        .expect("seg");
+        for rec in seg.records {
+            if rec.example_ids.contains(&5) {
+                uses.push(rec.step);
+            }
+        }
+    }
+    let p: ProvenanceReport = json(&["provenance", s(&r), "--example", "5"], 0);
+    assert_eq!(p.uses.iter().map(|u| u.step).collect::<Vec<_>>(), uses);
+    assert_eq!(p.committed_hash, p.current_hash);
+
+    let d: DiffReport = json(&["diff", s(&r), "--from", "4", "--to", "6"], 0);
+    assert!(!d.tensors.is_empty());
+    assert!(
+        d.tensors.windows(2).all(|w| w[0].l2 >= w[1].l2),
+        "largest first"
+    );
+    assert!(d.tensors.iter().all(|t| !t.name.starts_with("optimizer.")));
+
+    let svg = t.path().join("loss.svg");
+    let i: InspectReport = json(&["inspect", s(&r), "--svg", s(&svg)], 0);
+    assert_eq!(
+        (i.steps_total, i.steps_recorded, i.loss.len()),
+        (12, 12, 12)
+    );
+    assert_eq!(i.checkpoints, [0, 4, 8, 12]);
+    assert!(i.complete && i.parameters.is_some_and(|p| p > 0));
+    assert!(
+        std::fs::read_to_string(&svg)
+            .expect("svg")
+            .starts_with("<svg")
+    );
+}
+
+#[test]
+fn sharded_verification_collects_every_segment() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default());
+    let a: VerifyReport = json(&["verify", s(&r), "--all", "--shard", "0/2"], 0);
+    assert_eq!(
+        a.ranges.iter().map(|x| x.segment).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    let missing: CollectReport = json(&["collect", s(&r), "--shards", "2"], 2);
+    assert_eq!(missing.verdict, Verdict::Missing);
+    // Shard 1 takes its index from a Kubernetes Indexed Job's environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args([
+            "verify",
+            s(&r),
+            "--all",
+            "--shards",
+            "2",
+            "--json",
+            "--quiet",
+        ])
+        .env("JOB_COMPLETION_INDEX", "1")
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: VerifyReport = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(b.ranges.iter().map(|x| x.segment).collect::<Vec<_>>(), [2]);
+    let all: CollectReport = json(&["collect", s(&r), "--shards", "2"], 0);
+    assert_eq!(all.verdict, Verdict::Verified);
+    assert_eq!(
+        all.segments.iter().map(|x| x.0).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(all.steps_replayed, 12);
+    // Results are write-once: the same shard cannot report twice.
+    let again = replay(&[
+        "verify",
+        s(&r),
+        "--all",
+        "--shard",
+        "0/2",
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(again.status.code(), Some(3));
+    // And `check` knows results are not part of the run's artefacts.
+    let c: CheckReport = json(&["check", s(&r)], 0);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn usage_errors_exit_3_and_a_closed_pipe_is_not_an_error() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default());
+    for args in [
+        vec!["verify", s(&r), "--segment", "99"],
+        vec!["verify", "/no/such/run"],
+        vec!["rollback", s(&r), "--step", "999", "--out", "/tmp/x"],
+        vec!["verify", s(&r), "--shard", "3/2"],
+        vec!["frobnicate"],
+        vec![],
+    ] {
+        let out = replay(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_replay"))
+        .args(["inspect", s(&r)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take()); // the reader goes away before anything is written
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
