@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-  benches=(snapshot_io training)
+  benches=(snapshot_io training replay)
 fi
 for b in "${benches[@]}"; do
   cargo bench --locked -p benchmarks --bench "$b"

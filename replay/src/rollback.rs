@@ -231,7 +231,13 @@ pub fn rollback(
     };
     store.put_once_parts(
         "state.snap",
-        state.encode(&hashes, &provenance)?.into_parts(),
+        state
+            .encode(
+                &hashes,
+                &provenance,
+                snapshot_format::snapshot::WriteOptions::default(),
+            )?
+            .into_parts(),
     )?;
     report.out = Some(out.to_string());
     report.files = vec![

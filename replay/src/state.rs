@@ -26,7 +26,7 @@ pub fn read_checked(
         Ok(s) => s,
         Err(e) => return Ok(Err(vec![problem_of(e)?])),
     };
-    let problems = commitment_problems(ctx, step, &key, &snap);
+    let problems = commitment_problems(ctx, step, &key, &snap.header);
     Ok(if problems.is_empty() {
         Ok(snap)
     } else {
@@ -39,9 +39,8 @@ pub fn commitment_problems(
     ctx: &RunContext,
     step: u64,
     key: &str,
-    snap: &Snapshot,
+    h: &snapshot::Header,
 ) -> Vec<Problem> {
-    let h = &snap.header;
     let mut problems = Vec::new();
     let mut bad = |detail: String| problems.push(Problem::new(Verdict::Tampered, key, detail));
     if h.state.step != step {

@@ -14,6 +14,7 @@ use replay::shard::CollectReport;
 use replay::{Verdict, verify::RangeResult};
 use snapshot_format::layout;
 use snapshot_format::ledger::Segment;
+use snapshot_format::testing::{copy_dir, rewrite_ledger};
 use trainer::config::RunConfig;
 use trainer::fixtures::{self, FixtureOptions};
 use trainer::run::{self, RunOptions};
@@ -160,13 +161,13 @@ fn compare_finds_the_first_difference_by_bisection() {
     // A copy of `a` whose records from step 22 on differ (an honest continuation of a changed
     // state is simulated by changing the loss bits of step 22 and re-chaining the rest).
     let c = t.path().join("c");
-    copy_dir(&a, &c);
-    rewrite_records(&c, |r| {
+    copy_dir(&a, &c).expect("copy");
+    rewrite_ledger(&c, |r| {
         if r.step == 22 {
             r.loss_bits ^= 1;
         }
-    });
-    std::fs::remove_file(c.join(layout::COMPLETE)).expect("rm");
+    })
+    .expect("rewrite");
     let d: CompareReport = json(&["compare", s(&a), s(&c)], 1);
     assert!(!d.identical);
     let first = d.first_difference.expect("a difference");
@@ -181,39 +182,6 @@ fn compare_finds_the_first_difference_by_bisection() {
         "bisection reads O(log n) segments, read {}",
         d.segments_read
     );
-}
-
-/// Decode every segment of `run`, apply `f` to each record, re-chain and re-encode in place.
-fn rewrite_records(run: &Path, mut f: impl FnMut(&mut snapshot_format::ledger::StepRecord)) {
-    let m = snapshot_format::manifest::RunManifest::from_json(
-        &std::fs::read(run.join(layout::MANIFEST)).expect("manifest"),
-        "m",
-    )
-    .expect("manifest");
-    let mut prev = m.genesis;
-    for i in 1.. {
-        let p = run.join(layout::segment(i));
-        let Ok(bytes) = std::fs::read(&p) else { break };
-        let mut seg = Segment::decode(&bytes, "seg").expect("segment");
-        for r in &mut seg.records {
-            f(r);
-            r.prev_hash = prev;
-            prev = r.hash();
-        }
-        std::fs::write(&p, seg.encode()).expect("write");
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
-        }
-    }
 }
 
 #[test]

@@ -148,15 +148,41 @@ pub const PARALLEL_HASH_THRESHOLD: usize = 1 << 20;
 /// Tensor hash: `BLAKE3-derive(TENSOR, u64 len(name) ‖ name ‖ u8 dtype ‖ u64 rank ‖ u64 dims… ‖
 /// u64 len(raw) ‖ raw)`.
 pub fn tensor_hash(name: &str, dtype: DType, shape: &[u64], raw: &[u8]) -> Hash32 {
-    let mut h = DomainHasher::new(context::TENSOR);
-    h.prefixed(name.as_bytes())
-        .bytes(&[dtype.code()])
-        .u64(shape.len() as u64);
-    for d in shape {
-        h.u64(*d);
-    }
-    h.u64(raw.len() as u64).bytes_parallel(raw);
+    let mut h = TensorHasher::new(name, dtype, shape, raw.len() as u64);
+    h.update_parallel(raw);
     h.finish()
+}
+
+/// [`tensor_hash`] computed incrementally: the raw bytes may arrive in pieces (a decoder's
+/// output), as long as they total the declared length.
+#[derive(Debug, Clone)]
+pub struct TensorHasher(DomainHasher);
+
+impl TensorHasher {
+    /// Start the hash of a tensor whose raw bytes will total `raw_len`.
+    pub fn new(name: &str, dtype: DType, shape: &[u64], raw_len: u64) -> Self {
+        let mut h = DomainHasher::new(context::TENSOR);
+        h.prefixed(name.as_bytes())
+            .bytes(&[dtype.code()])
+            .u64(shape.len() as u64);
+        for d in shape {
+            h.u64(*d);
+        }
+        h.u64(raw_len);
+        TensorHasher(h)
+    }
+    /// Append raw bytes.
+    pub fn update(&mut self, raw: &[u8]) {
+        self.0.bytes(raw);
+    }
+    /// Append raw bytes, using all cores when they are many.
+    pub fn update_parallel(&mut self, raw: &[u8]) {
+        self.0.bytes_parallel(raw);
+    }
+    /// The tensor hash.
+    pub fn finish(&self) -> Hash32 {
+        self.0.finish()
+    }
 }
 
 /// State root: `BLAKE3-derive(STATE_ROOT, u64 len(meta) ‖ meta ‖ u64 n ‖ tensor_hash…)`, where

@@ -18,13 +18,20 @@ pub struct Engine {
 }
 
 /// How the run was recorded. Does not affect the bits of training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recording {
     /// A checkpoint every this many steps (plus step 0 and the final step).
     pub checkpoint_interval: u64,
     /// Ledger records carry a state root every this many steps (and at every checkpoint).
     pub state_root_interval: u64,
+    /// Codec of checkpoint tensors: `zstd` (smaller) or `raw` (faster to check).
+    #[serde(default = "default_codec")]
+    pub codec: String,
+}
+
+fn default_codec() -> String {
+    "zstd".into()
 }
 
 /// A GPU's identity, for runs on CUDA.

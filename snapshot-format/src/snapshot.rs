@@ -681,6 +681,157 @@ pub fn decode(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Snaps
     Ok(Snapshot { header, data })
 }
 
+/// Verify a whole snapshot held in memory without keeping its tensors: every check [`decode`]
+/// makes (table, sizes, decompression limits, canonical bools, every tensor hash, state root),
+/// with each tensor's decoded bytes streamed through a small buffer into its hash. For
+/// integrity checks that do not need the values.
+pub fn verify(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Header> {
+    let opened = envelope::open(SNAPSHOT, bytes, artefact)?;
+    let (header, data_section) = parse_and_locate(&opened, artefact, limits)?;
+    let results: Vec<Result<()>> = header
+        .tensors
+        .par_iter()
+        .map(|t| {
+            let enc = &data_section[t.offset as usize..(t.offset + t.encoded_len) as usize];
+            verify_data(t, enc, artefact)
+        })
+        .collect();
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(header)
+}
+
+/// Checks raw bytes of one tensor as they arrive: length within the declared raw length,
+/// booleans canonical, hash equal to the table's.
+struct RawSink<'a> {
+    t: &'a TensorInfo,
+    artefact: &'a str,
+    hasher: hash::TensorHasher,
+    seen: u64,
+}
+
+impl<'a> RawSink<'a> {
+    fn new(t: &'a TensorInfo, artefact: &'a str) -> Self {
+        RawSink {
+            t,
+            artefact,
+            hasher: hash::TensorHasher::new(&t.name, t.dtype, &t.shape, t.raw_len),
+            seen: 0,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8], parallel: bool) -> Result<()> {
+        let t = self.t;
+        if self.seen + chunk.len() as u64 > t.raw_len {
+            return Err(Error::DecodedSizeExceeded {
+                artefact: self.artefact.to_string(),
+                tensor: t.name.clone(),
+                declared: t.raw_len,
+            });
+        }
+        if t.dtype == DType::Bool
+            && let Some(index) = chunk.iter().position(|&b| b > 1)
+        {
+            return Err(Error::NonCanonicalBool {
+                artefact: self.artefact.to_string(),
+                tensor: t.name.clone(),
+                index: self.seen + index as u64,
+                byte: chunk[index],
+            });
+        }
+        if parallel {
+            self.hasher.update_parallel(chunk);
+        } else {
+            self.hasher.update(chunk);
+        }
+        self.seen += chunk.len() as u64;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        let t = self.t;
+        if self.seen < t.raw_len {
+            return Err(Error::DecodedSizeShort {
+                artefact: self.artefact.to_string(),
+                tensor: t.name.clone(),
+                declared: t.raw_len,
+                found: self.seen,
+            });
+        }
+        let found = self.hasher.finish();
+        if found != t.hash {
+            return Err(Error::TensorHashMismatch {
+                artefact: self.artefact.to_string(),
+                tensor: t.name.clone(),
+                expected: t.hash,
+                found,
+            });
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// A decompressor and an output buffer per thread, reused across the tensors [`verify`]
+    /// decodes: no window or buffer is allocated (and faulted in) per tensor.
+    static SCRATCH: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn verify_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<()> {
+    let mut sink = RawSink::new(t, artefact);
+    match t.codec {
+        Codec::Raw => sink.feed(encoded, true)?,
+        Codec::Zstd => {
+            let corrupt = |detail: String| Error::Decompress {
+                artefact: artefact.to_string(),
+                tensor: t.name.clone(),
+                detail,
+            };
+            let exceeded = || Error::DecodedSizeExceeded {
+                artefact: artefact.to_string(),
+                tensor: t.name.clone(),
+                declared: t.raw_len,
+            };
+            if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(encoded)
+                && declared > t.raw_len
+            {
+                return Err(exceeded());
+            }
+            match zstd::zstd_safe::find_frame_compressed_size(encoded) {
+                Ok(n) if n == encoded.len() => {}
+                Ok(_) => return Err(corrupt("bytes follow the zstd frame".into())),
+                Err(code) => return Err(corrupt(zstd::zstd_safe::get_error_name(code).into())),
+            }
+            // Decode into exactly raw_len + 1 bytes: a frame producing more is a bomb, whatever
+            // size its header declares.
+            let limit = t.raw_len as usize + 1;
+            SCRATCH.with(|cell| -> Result<()> {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    let d = zstd::bulk::Decompressor::new().map_err(|e| corrupt(e.to_string()))?;
+                    *slot = Some((d, Vec::new()));
+                }
+                let Some((decompressor, buf)) = slot.as_mut() else {
+                    unreachable!("initialised above")
+                };
+                if buf.len() < limit {
+                    buf.resize(limit, 0);
+                }
+                let out = &mut buf[..limit];
+                let n = match decompressor.decompress_to_buffer(encoded, out) {
+                    Ok(n) => n,
+                    Err(e) if e.to_string().contains("Destination buffer is too small") => {
+                        return Err(exceeded());
+                    }
+                    Err(e) => return Err(corrupt(e.to_string())),
+                };
+                sink.feed(&out[..n], true)
+            })?;
+        }
+    }
+    sink.finish()
+}
+
 fn decode_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<Vec<u8>> {
     match t.codec {
         Codec::Raw => Ok(encoded.to_vec()),

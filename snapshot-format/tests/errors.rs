@@ -11,8 +11,18 @@ use snapshot_format::snapshot::{self, SnapshotReader};
 
 const NAME: &str = "checkpoints/step-000000000005.snap";
 
+/// The in-memory reader's error; the verifying reader (which streams tensor data into the
+/// hashes instead of keeping it) must reject the same bytes with the same variant.
 fn decode(bytes: &[u8]) -> Error {
-    snapshot::decode(bytes, NAME, &ReadLimits::default()).expect_err("must be rejected")
+    let e = snapshot::decode(bytes, NAME, &ReadLimits::default()).expect_err("must be rejected");
+    let v =
+        snapshot::verify(bytes, NAME, &ReadLimits::default()).expect_err("verify must reject too");
+    assert_eq!(
+        std::mem::discriminant(&e),
+        std::mem::discriminant(&v),
+        "decode: {e}\nverify: {v}"
+    );
+    e
 }
 
 fn stream(bytes: &[u8]) -> Error {
@@ -42,6 +52,8 @@ fn valid_hand_made_snapshot_is_accepted_by_both_readers() {
     let bytes = RawSnapshot::valid().to_bytes();
     let s = snapshot::decode(&bytes, NAME, &ReadLimits::default()).expect("valid");
     assert_eq!(s.header.tensors.len(), 2);
+    let h = snapshot::verify(&bytes, NAME, &ReadLimits::default()).expect("valid");
+    assert_eq!(h, s.header);
     let r = SnapshotReader::new(std::io::Cursor::new(&bytes), NAME, &ReadLimits::default())
         .expect("valid");
     r.finish().expect("valid");

@@ -1,4 +1,5 @@
-//! Helpers shared by the end-to-end tests: a real S3-compatible server (moto) on loopback.
+//! Helpers shared by the end-to-end tests: the workspace's binaries, and a real S3-compatible
+//! server (moto) on loopback.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -11,6 +12,39 @@ pub fn workspace() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+/// Path of the workspace binary `name` (package and binary share the name). `cargo test
+/// --workspace` builds it; when a test runs alone and it is missing, it is built here.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory")
+        .to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", name, "--bin", name])
+            .current_dir(workspace());
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p {name} failed");
+    }
+    path
+}
+
+/// Run a workspace binary; returns its output.
+pub fn run(name: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{name} {args:?}: {e}"))
 }
 
 /// A moto S3 server on 127.0.0.1, stopped on drop.

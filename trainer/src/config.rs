@@ -250,12 +250,56 @@ pub struct BaseSection {
     pub blake3: String,
 }
 
+/// How checkpoint tensors are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointCodec {
+    /// zstd level 3: about a third smaller for trained checkpoints.
+    #[default]
+    Zstd,
+    /// Raw bytes: `replay check` runs at the speed of reading and hashing.
+    Raw,
+}
+
+impl CheckpointCodec {
+    /// Name recorded in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointCodec::Zstd => "zstd",
+            CheckpointCodec::Raw => "raw",
+        }
+    }
+
+    /// The codec recorded in a manifest.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "zstd" => Some(CheckpointCodec::Zstd),
+            "raw" => Some(CheckpointCodec::Raw),
+            _ => None,
+        }
+    }
+
+    /// Snapshot writer settings.
+    pub fn write_options(self) -> snapshot_format::snapshot::WriteOptions {
+        snapshot_format::snapshot::WriteOptions {
+            codec: match self {
+                CheckpointCodec::Zstd => snapshot_format::Codec::Zstd,
+                CheckpointCodec::Raw => snapshot_format::Codec::Raw,
+            },
+            zstd_level: 3,
+        }
+    }
+}
+
 /// `[recording]`: does not change the bits of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingSection {
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: u64,
+    /// Codec of checkpoint tensors: zstd (smaller) or raw (faster to check and to restore).
+    #[serde(default)]
+    pub codec: CheckpointCodec,
     /// State root in the ledger every this many steps (and at every checkpoint). Default:
     /// every step for models under [`LARGE_MODEL_PARAMETERS`], every
     /// [`LARGE_MODEL_STATE_ROOT_INTERVAL`] steps above.
@@ -284,6 +328,7 @@ impl Default for RecordingSection {
     fn default() -> Self {
         RecordingSection {
             checkpoint_interval: default_checkpoint_interval(),
+            codec: CheckpointCodec::default(),
             state_root_interval: None,
         }
     }

@@ -2,7 +2,7 @@
 //! (segment `i` before checkpoint `i`), every object write-once.
 
 use snapshot_format::ledger::{Segment, StepRecord};
-use snapshot_format::snapshot::{Provenance, SnapshotKind};
+use snapshot_format::snapshot::{Provenance, SnapshotKind, WriteOptions};
 use snapshot_format::{Hash32, Store, layout};
 
 use crate::error::Result;
@@ -21,6 +21,7 @@ pub struct RunWriter {
     /// State root of the last checkpoint written.
     parent: Option<Hash32>,
     bytes_written: u64,
+    options: WriteOptions,
 }
 
 impl RunWriter {
@@ -33,7 +34,27 @@ impl RunWriter {
         next_segment: u64,
         parent: Option<Hash32>,
     ) -> Self {
+        Self::with_options(
+            store,
+            run_id,
+            head,
+            next_segment,
+            parent,
+            WriteOptions::default(),
+        )
+    }
+
+    /// [`Self::new`] writing checkpoints with `options`.
+    pub fn with_options(
+        store: Store,
+        run_id: &str,
+        head: Hash32,
+        next_segment: u64,
+        parent: Option<Hash32>,
+        options: WriteOptions,
+    ) -> Self {
         RunWriter {
+            options,
             store,
             run_id: run_id.to_string(),
             producer: format!("trainer {}", env!("CARGO_PKG_VERSION")),
@@ -90,7 +111,7 @@ impl RunWriter {
             parent: self.parent,
             producer: self.producer.clone(),
         };
-        let encoded = state.encode(hashes, &provenance)?;
+        let encoded = state.encode(hashes, &provenance, self.options)?;
         self.bytes_written += encoded.len();
         self.store
             .put_once_parts(&layout::checkpoint(state.meta.step), encoded.into_parts())?;

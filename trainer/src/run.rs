@@ -19,7 +19,7 @@ use snapshot_format::{Hash32, Store, layout};
 
 use crate::backend::{DeviceSpec, Job, dispatch};
 use crate::base::BaseWeights;
-use crate::config::{RecordingSection, RunConfig, RunSpec};
+use crate::config::{CheckpointCodec, RecordingSection, RunConfig, RunSpec};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::TrainableModel;
@@ -485,6 +485,7 @@ impl Job for TrainJob {
                     checkpoint_interval: recording.checkpoint_interval,
                     state_root_interval: recording
                         .state_root_interval_for(session.parameter_count()),
+                    codec: recording.codec.name().into(),
                 };
                 let spec_value = self.spec.to_value();
                 let spec_hash = spec_hash(&spec_value);
@@ -500,7 +501,7 @@ impl Job for TrainJob {
                     spec_hash,
                     initial_state_root: root,
                     genesis: ledger::genesis(&spec_hash, &root),
-                    recording: *recording,
+                    recording: recording.clone(),
                     environment: (**fingerprint).clone(),
                 };
                 // Inputs first, the manifest last: a run interrupted before its manifest can
@@ -514,7 +515,7 @@ impl Job for TrainJob {
                 }
                 store.put_once(layout::MANIFEST, manifest.to_json())?;
                 let mut writer =
-                    RunWriter::new(store.clone(), &self.run_id, manifest.genesis, 1, None);
+                    new_writer(store, &self.run_id, manifest.genesis, 1, None, recording);
                 writer.checkpoint(&state, &hashes, root)?;
                 train_loop(&self, session, writer, recording, report)
             }
@@ -533,8 +534,14 @@ impl Job for TrainJob {
                         ),
                     });
                 }
-                let mut writer =
-                    RunWriter::new(self.store.clone(), &self.run_id, manifest.genesis, 1, None);
+                let mut writer = new_writer(
+                    &self.store,
+                    &self.run_id,
+                    manifest.genesis,
+                    1,
+                    None,
+                    &manifest.recording,
+                );
                 writer.checkpoint(&state, &hashes, root)?;
                 train_loop(&self, session, writer, &manifest.recording, report)
             }
@@ -547,12 +554,13 @@ impl Job for TrainJob {
                 let key = layout::checkpoint(snapshot.header.state.step);
                 let session =
                     Session::<B, M>::restore(self.spec.clone(), config, snapshot, device, &key)?;
-                let writer = RunWriter::new(
-                    self.store.clone(),
+                let writer = new_writer(
+                    &self.store,
                     &self.run_id,
                     *head,
                     *segment,
                     Some(snapshot.header.state_root),
+                    &manifest.recording,
                 );
                 train_loop(
                     &self,
@@ -564,6 +572,26 @@ impl Job for TrainJob {
             }
         }
     }
+}
+
+/// A writer of checkpoints with the run's recorded codec.
+fn new_writer(
+    store: &Store,
+    run_id: &str,
+    head: Hash32,
+    next_segment: u64,
+    parent: Option<Hash32>,
+    recording: &Recording,
+) -> RunWriter {
+    let codec = CheckpointCodec::from_name(&recording.codec).unwrap_or_default();
+    RunWriter::with_options(
+        store.clone(),
+        run_id,
+        head,
+        next_segment,
+        parent,
+        codec.write_options(),
+    )
 }
 
 fn progress_bar(options: &RunOptions, total: u64, done: u64) -> ProgressBar {

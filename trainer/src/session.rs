@@ -55,13 +55,18 @@ impl TrainingState {
     }
 
     /// Encode as a snapshot, reusing the tensor hashes.
-    pub fn encode(&self, hashes: &[Hash32], provenance: &Provenance) -> Result<Encoded<'_>> {
+    pub fn encode(
+        &self,
+        hashes: &[Hash32],
+        provenance: &Provenance,
+        options: WriteOptions,
+    ) -> Result<Encoded<'_>> {
         Ok(snapshot::encode(
             &self.meta,
             provenance,
             &self.views(),
             Some(hashes),
-            WriteOptions::default(),
+            options,
         )?)
     }
 

@@ -1,0 +1,491 @@
+//! Tampering with a recorded run, end to end: each attack of the threat model is applied to a
+//! run written by the real `trainer`, and the real `replay` must give the right verdict and exit
+//! code. Attacks that keep every hash consistent can only be caught by re-execution.
+
+use std::path::{Path, PathBuf};
+
+use e2e_tests::run;
+use replay::Verdict;
+use replay::check::CheckReport;
+use replay::commands::VerifyReport;
+use snapshot_format::ledger::{Segment, StepRecord};
+use snapshot_format::limits::ReadLimits;
+use snapshot_format::manifest::{Completion, RunManifest, spec_hash};
+use snapshot_format::snapshot::{self, Provenance, SnapshotKind, WriteOptions};
+use snapshot_format::testing::{copy_dir, rewrite_ledger};
+use snapshot_format::{Hash32, Store, layout, ledger};
+use trainer::backend::Cpu;
+use trainer::fixtures::{self, FixtureOptions};
+use trainer::model::bert::BertClassifier;
+use trainer::record::RunWriter;
+use trainer::run::{RunFiles, is_checkpoint_step};
+use trainer::session::{PreparedData, Session, TrainingState};
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+/// Record a run of the tiny BERT fixture (12 steps, checkpoints 0, 4, 8, 12) with `trainer`.
+fn record(dir: &Path, o: FixtureOptions) -> PathBuf {
+    let cfg = fixtures::write_tiny_bert(&dir.join("in"), &o).expect("fixture");
+    let out = dir.join("run");
+    let r = run(
+        "trainer",
+        &[
+            "run",
+            s(&cfg),
+            "--out",
+            s(&out),
+            "--quiet",
+            "--run-id",
+            "victim",
+        ],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    out
+}
+
+fn replay<T: serde::de::DeserializeOwned>(args: &[&str], exit: i32) -> T {
+    let mut full = args.to_vec();
+    full.extend(["--json", "--quiet"]);
+    let out = run("replay", &full);
+    assert_eq!(
+        out.status.code(),
+        Some(exit),
+        "replay {args:?}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+fn check(r: &Path, exit: i32) -> CheckReport {
+    replay(&["check", s(r)], exit)
+}
+
+fn verify(r: &Path, exit: i32) -> VerifyReport {
+    replay(&["verify", s(r), "--all"], exit)
+}
+
+fn honest(t: &Path) -> PathBuf {
+    let r = record(t, FixtureOptions::default());
+    assert_eq!(check(&r, 0).verdict, Verdict::Ok);
+    r
+}
+
+#[test]
+fn flipped_bit_in_a_checkpoint_tensor_is_corrupt() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    let key = layout::checkpoint(8);
+    let mut bytes = std::fs::read(r.join(&key)).expect("checkpoint");
+    let at = bytes.len() - 9 - 100; // inside the data section
+    bytes[at] ^= 0x04;
+    std::fs::write(r.join(&key), bytes).expect("write");
+    let c = check(&r, 2);
+    assert_eq!(c.verdict, Verdict::Corrupt);
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.artefact == key && p.kind == Verdict::Corrupt),
+        "{:?}",
+        c.problems
+    );
+    let v = verify(&r, 2);
+    assert_eq!(v.verdict, Verdict::Corrupt);
+    // Segment 1 does not touch checkpoint 8 and still verifies.
+    assert_eq!(v.ranges[0].verdict, Verdict::Verified);
+}
+
+#[test]
+fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
+    let t = tempfile::tempdir().expect("tmp");
+    let victim = honest(&t.path().join("victim"));
+    let other = record(
+        &t.path().join("other"),
+        FixtureOptions {
+            seed: 12,
+            ..Default::default()
+        },
+    );
+    // The adversary re-labels the other run's checkpoint 8 as the victim's (run id, seed,
+    // parent) and rewrites the ledger so that every hash is consistent again.
+    let key = layout::checkpoint(8);
+    let theirs = snapshot::decode(
+        &std::fs::read(other.join(&key)).expect("read"),
+        &key,
+        &ReadLimits::default(),
+    )
+    .expect("decode");
+    let mine = snapshot::read_header(
+        &std::fs::read(victim.join(&key)).expect("read"),
+        &key,
+        &ReadLimits::default(),
+    )
+    .expect("header");
+    let mut meta = theirs.header.state.clone();
+    meta.rng.master_seed = mine.state.rng.master_seed;
+    let forged = snapshot::encode(
+        &meta,
+        &mine.provenance,
+        &theirs.views(),
+        None,
+        WriteOptions::default(),
+    )
+    .expect("encode");
+    std::fs::write(victim.join(&key), forged.to_vec()).expect("replace checkpoint");
+    rewrite_ledger(&victim, |rec| {
+        if rec.step == 8 {
+            rec.state_root = Some(forged.state_root);
+        }
+    })
+    .expect("rewrite ledger");
+    // Every hash is consistent: the integrity check cannot see it.
+    let c = check(&victim, 0);
+    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    // Replay can.
+    let v = verify(&victim, 1);
+    assert_eq!(v.verdict, Verdict::Diverged);
+    let seg2 = &v.ranges[1];
+    let d = seg2.divergence.as_ref().expect("segment 2 diverges");
+    assert_eq!((d.step, d.field.as_str()), (8, "state_root"));
+    assert_eq!(seg2.verdict, Verdict::Diverged);
+    let seg3 = &v.ranges[2];
+    assert_eq!(
+        seg3.divergence.as_ref().map(|d| d.step),
+        Some(9),
+        "training from the forged state diverges at once"
+    );
+}
+
+#[test]
+fn edited_example_is_an_input_mismatch_at_its_first_use() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    let k = 3usize;
+    let data = r.join(layout::DATASET_DATA);
+    let mut lines: Vec<String> = std::fs::read_to_string(&data)
+        .expect("data")
+        .lines()
+        .map(String::from)
+        .collect();
+    lines[k] = lines[k].replacen("{\"text\": \"", "{\"text\": \"Frankly, ", 1);
+    std::fs::write(&data, lines.join("\n") + "\n").expect("write");
+    let first_use = all_records(&r)
+        .iter()
+        .find(|rec| rec.example_ids.contains(&(k as u64)))
+        .map(|rec| rec.step);
+    let c = check(&r, 1);
+    assert_eq!(c.verdict, Verdict::InputMismatch);
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.detail.starts_with(&format!("example {k} "))),
+        "{:?}",
+        c.problems
+    );
+    let v = verify(&r, 1);
+    assert_eq!(v.verdict, Verdict::InputMismatch);
+    let m = v
+        .ranges
+        .iter()
+        .find_map(|x| x.input_mismatch.clone())
+        .expect("an input mismatch");
+    assert_eq!((Some(m.step), m.example_id), (first_use, k as u64));
+}
+
+fn all_records(r: &Path) -> Vec<StepRecord> {
+    (1..)
+        .map_while(|i| std::fs::read(r.join(layout::segment(i))).ok())
+        .flat_map(|b| Segment::decode(&b, "s").expect("segment").records)
+        .collect()
+}
+
+#[test]
+fn reordered_ledger_records_are_tampering() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    let key = layout::segment(2);
+    let mut seg =
+        Segment::decode(&std::fs::read(r.join(&key)).expect("seg"), &key).expect("decode");
+    seg.records.swap(1, 2);
+    std::fs::write(r.join(&key), seg.encode()).expect("write");
+    let c = check(&r, 2);
+    assert_eq!(c.verdict, Verdict::Tampered);
+    assert!(
+        c.problems.iter().any(|p| p.artefact == key),
+        "{:?}",
+        c.problems
+    );
+    assert_eq!(verify(&r, 2).verdict, Verdict::Tampered);
+}
+
+#[test]
+fn deleted_ledger_segment_is_missing() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    std::fs::remove_file(r.join(layout::segment(2))).expect("delete");
+    let c = check(&r, 2);
+    assert_eq!(c.verdict, Verdict::Missing);
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.artefact == layout::segment(2) && p.kind == Verdict::Missing)
+    );
+    let v = verify(&r, 2);
+    assert_eq!(v.verdict, Verdict::Missing);
+    assert_eq!(
+        v.ranges[0].verdict,
+        Verdict::Verified,
+        "segment 1 is intact"
+    );
+}
+
+#[test]
+fn deleted_tail_of_a_completed_run_is_reported() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    // An insider removes the last segment, the last checkpoint and the completion record.
+    for k in [
+        layout::segment(3),
+        layout::checkpoint(12),
+        layout::COMPLETE.to_string(),
+    ] {
+        std::fs::remove_file(r.join(k)).expect("delete");
+    }
+    let c = check(&r, 2);
+    assert_eq!(c.verdict, Verdict::Incomplete, "{:?}", c.problems);
+}
+
+#[test]
+fn truncated_checkpoint_is_corrupt() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    let key = layout::checkpoint(4);
+    let bytes = std::fs::read(r.join(&key)).expect("read");
+    std::fs::write(r.join(&key), &bytes[..bytes.len() / 2]).expect("truncate");
+    let c = check(&r, 2);
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.artefact == key && p.detail.contains("truncated")),
+        "{:?}",
+        c.problems
+    );
+    assert_eq!(verify(&r, 2).verdict, Verdict::Corrupt);
+}
+
+#[test]
+fn altered_learning_rate_in_the_manifest_is_tampering() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    let path = r.join(layout::MANIFEST);
+    let original = std::fs::read(&path).expect("manifest");
+    let mut m: serde_json::Value = serde_json::from_slice(&original).expect("json");
+    m["spec"]["optimizer"]["lr"] = serde_json::json!(0.002);
+    // Naive edit: the spec no longer matches its hash.
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write");
+    let c = check(&r, 2);
+    assert_eq!(c.verdict, Verdict::Tampered);
+    assert!(
+        c.problems[0].detail.contains("spec hash"),
+        "{:?}",
+        c.problems
+    );
+    assert_eq!(verify(&r, 2).verdict, Verdict::Tampered);
+    // Thorough edit: spec hash and genesis recomputed; the ledger's chain no longer starts there.
+    let mut typed: RunManifest = serde_json::from_value(m).expect("typed");
+    typed.spec_hash = spec_hash(&typed.spec);
+    typed.genesis = ledger::genesis(&typed.spec_hash, &typed.initial_state_root);
+    std::fs::write(&path, typed.to_json()).expect("write");
+    let c = check(&r, 2);
+    assert_eq!(c.verdict, Verdict::Tampered);
+    assert!(
+        c.problems.iter().any(
+            |p| p.artefact == layout::segment(1) && p.detail.contains("chain broken at step 1")
+        ),
+        "{:?}",
+        c.problems
+    );
+    assert_eq!(verify(&r, 2).verdict, Verdict::Tampered);
+}
+
+#[test]
+fn foreign_environment_is_reported_and_replays_on_request() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    let path = r.join(layout::MANIFEST);
+    let mut m: RunManifest =
+        RunManifest::from_json(&std::fs::read(&path).expect("read"), "m").expect("manifest");
+    m.environment.cpu_features.push("avx512f".into());
+    m.environment.libc = "glibc 9.99".into();
+    std::fs::write(&path, m.to_json()).expect("write");
+    let v = verify(&r, 1);
+    assert_eq!(v.verdict, Verdict::EnvironmentMismatch);
+    let env = v.environment.expect("environment");
+    let fields: Vec<&str> = env.differences.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(fields, ["libc", "cpu_features"]);
+    assert_eq!(v.steps_replayed, 0, "nothing is replayed without consent");
+    // On request it replays, reports every step, and (this machine being in fact identical)
+    // finds every bit equal.
+    let v: VerifyReport = replay(
+        &["verify", s(&r), "--all", "--allow-environment-mismatch"],
+        0,
+    );
+    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.ranges.iter().map(|x| x.deltas.len()).sum::<usize>(), 12);
+    assert!(
+        v.ranges
+            .iter()
+            .flat_map(|x| &x.deltas)
+            .all(|d| d.loss_abs_diff == 0.0 && d.state_root_equal == Some(true))
+    );
+}
+
+/// An intruder in the training infrastructure perturbs one parameter right after the update of
+/// step `bad`, then lets training carry on honestly, recording every hash consistently.
+fn poisoned_continuation(run: &Path, bad: u64) {
+    let store = Store::open(s(run)).expect("store");
+    let files = RunFiles::load(&store).expect("run files");
+    let start = 4u64;
+    for step in [8u64, 12] {
+        std::fs::remove_file(run.join(layout::checkpoint(step))).expect("rm checkpoint");
+    }
+    for i in [2u64, 3] {
+        std::fs::remove_file(run.join(layout::segment(i))).expect("rm segment");
+    }
+    std::fs::remove_file(run.join(layout::COMPLETE)).expect("rm completion");
+    let key = layout::checkpoint(start);
+    let snap = snapshot::decode(
+        &std::fs::read(run.join(&key)).expect("read"),
+        &key,
+        &ReadLimits::default(),
+    )
+    .expect("decode");
+    let config = fixtures::tiny_bert();
+    let device = burn::backend::flex::FlexDevice;
+    let mut session = Session::<Cpu, BertClassifier<Cpu>>::restore(
+        files.spec.clone(),
+        config.clone(),
+        &snap,
+        device,
+        &key,
+    )
+    .expect("restore");
+    let head = all_records(run)
+        .last()
+        .map(StepRecord::hash)
+        .expect("segment 1");
+    let mut writer = RunWriter::new(
+        store.clone(),
+        &files.manifest.run_id,
+        head,
+        2,
+        Some(snap.header.state_root),
+    );
+    let prepared = PreparedData::new(&files.dataset, &files.spec);
+    let total = files.spec.run.steps;
+    let mut last_root = Hash32::ZERO;
+    for step in start + 1..=total {
+        let (epoch, ids) = session.next_batch();
+        let out = session.train_step(&prepared.batch::<Cpu>(&ids, session.device()));
+        let mut state: TrainingState = session.capture();
+        if step == bad {
+            let t = state
+                .tensors
+                .iter_mut()
+                .find(|t| t.name == "classifier.weight")
+                .expect("head");
+            let mut v: Vec<f32> = t.data.to_vec().expect("f32");
+            v[0] += 1e-3;
+            t.data = burn::tensor::TensorData::new(
+                v,
+                t.shape.iter().map(|&d| d as usize).collect::<Vec<_>>(),
+            );
+            let hashes = state.tensor_hashes();
+            let enc = state
+                .encode(
+                    &hashes,
+                    &Provenance {
+                        run_id: String::new(),
+                        kind: SnapshotKind::Export,
+                        parent: None,
+                        producer: String::new(),
+                    },
+                    WriteOptions::default(),
+                )
+                .expect("encode");
+            let poisoned = snapshot::decode(&enc.to_vec(), "poisoned", &ReadLimits::default())
+                .expect("decode");
+            session = Session::restore(
+                files.spec.clone(),
+                config.clone(),
+                &poisoned,
+                device,
+                "poisoned",
+            )
+            .expect("restore poisoned");
+        }
+        let hashes = state.tensor_hashes();
+        let root = state.root(&hashes).expect("root");
+        last_root = root;
+        writer.record(StepRecord {
+            step,
+            epoch,
+            lr_bits: out.lr_bits,
+            batch_hash: files.dataset.batch_hash(&ids),
+            example_ids: ids,
+            loss_bits: out.loss_bits,
+            grad_norm_bits: out.grad_norm_bits,
+            state_root: Some(root),
+            prev_hash: writer.head(),
+        });
+        if is_checkpoint_step(step, total, 4) {
+            writer
+                .checkpoint(&state, &hashes, root)
+                .expect("checkpoint");
+        }
+    }
+    let completion = Completion {
+        run_id: files.manifest.run_id.clone(),
+        final_step: total,
+        segments: 3,
+        ledger_head: writer.head(),
+        final_state_root: last_root,
+    };
+    store
+        .put_new(layout::COMPLETE, completion.to_json())
+        .expect("completion");
+}
+
+#[test]
+fn poisoned_update_carried_on_honestly_diverges_at_exactly_that_step() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    let poisoned = t.path().join("poisoned");
+    copy_dir(&r, &poisoned).expect("copy");
+    poisoned_continuation(&poisoned, 6);
+    let c = check(&poisoned, 0);
+    assert_eq!(
+        c.verdict,
+        Verdict::Ok,
+        "the poisoned history is self-consistent: {:?}",
+        c.problems
+    );
+    let v = verify(&poisoned, 1);
+    assert_eq!(v.verdict, Verdict::Diverged);
+    assert_eq!(v.ranges[0].verdict, Verdict::Verified);
+    let d = v.ranges[1].divergence.as_ref().expect("segment 2 diverges");
+    assert_eq!((d.step, d.field.as_str()), (6, "state_root"));
+    assert_eq!(d.tensors_at_step, Some(8));
+    assert!(
+        d.tensors.iter().any(|t| t.name == "classifier.weight"),
+        "{:?}",
+        d.tensors
+    );
+    // From the poisoned checkpoint on, the honest continuation replays: segment 3 verifies.
+    assert_eq!(v.ranges[2].verdict, Verdict::Verified);
+    // compare locates the step too.
+    let cmp: replay::compare::CompareReport = replay(&["compare", s(&r), s(&poisoned)], 1);
+    assert_eq!(cmp.first_difference.map(|f| f.step), Some(6));
+}
