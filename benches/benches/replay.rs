@@ -59,8 +59,13 @@ fn check_against_baseline(dir: &Path) -> (u64, Duration, Duration) {
     });
     let location = dir.to_str().expect("utf-8");
     let check = median_time(runs, || {
-        let r = replay::check::check(location, &LoadOptions::default(), &ProgressBar::hidden())
-            .expect("check");
+        let r = replay::check::check(
+            location,
+            &LoadOptions::default(),
+            &Default::default(),
+            &ProgressBar::hidden(),
+        )
+        .expect("check");
         assert_eq!(r.verdict, Verdict::Ok);
         r
     });
@@ -94,6 +99,7 @@ fn main() {
             load: LoadOptions::default(),
             results: None,
             id: None,
+            signatures: Default::default(),
         };
         let (r, t) =
             timed(|| replay::commands::verify(out_s, &o, &ProgressBar::hidden()).expect("verify"));

@@ -8,6 +8,7 @@ use snapshot_format::{layout, snapshot};
 
 use crate::context::{self, LoadFailure, LoadOptions, RunContext};
 use crate::report::{CommandError, Problem, Verdict, problem_of};
+use crate::signatures::{SignatureOptions, SignatureReport};
 
 /// What `check` looked at.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +29,8 @@ pub struct CheckReport {
     pub problems: Vec<Problem>,
     /// Findings that are not integrity problems (objects the layout does not know).
     pub warnings: Vec<String>,
+    /// Who signed what (absent when the manifest could not be read).
+    pub signatures: Option<SignatureReport>,
     pub checked: Counts,
     pub seconds: f64,
 }
@@ -36,6 +39,7 @@ pub struct CheckReport {
 pub fn check(
     location: &str,
     options: &LoadOptions,
+    sig: &SignatureOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<CheckReport, CommandError> {
     let started = std::time::Instant::now();
@@ -48,6 +52,7 @@ pub fn check(
                 verdict: p.kind,
                 problems: vec![p],
                 warnings: vec![],
+                signatures: None,
                 checked: Counts::default(),
                 seconds: started.elapsed().as_secs_f64(),
             });
@@ -78,6 +83,8 @@ pub fn check(
         }
     }
     let warnings = unexpected_objects(&ctx)?;
+    let (signatures, signature_problems) = crate::signatures::check(&ctx, sig)?;
+    problems.extend(signature_problems);
     let verdict = problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind));
     Ok(CheckReport {
         command: "check".into(),
@@ -85,6 +92,7 @@ pub fn check(
         verdict,
         problems,
         warnings,
+        signatures: Some(signatures),
         checked: Counts {
             segments: ctx.segments.len() as u64,
             records: ctx.records.len() as u64,

@@ -7,6 +7,7 @@ use trainer::backend::DeviceSpec;
 use crate::context::{self, LoadFailure, LoadOptions, RunContext};
 use crate::report::{CommandError, Problem, Verdict};
 use crate::shard::{self, Shard};
+use crate::signatures::{SignatureOptions, SignatureReport};
 use crate::verify::{self, EnvironmentCheck, Range, RangeResult};
 
 /// Which steps to verify.
@@ -32,6 +33,7 @@ pub struct VerifyOptions {
     pub results: Option<String>,
     /// Verification id for shard results (default: derived from the run and the shard count).
     pub id: Option<String>,
+    pub signatures: SignatureOptions,
 }
 
 /// The JSON document of `replay verify --json`.
@@ -48,8 +50,9 @@ pub struct VerifyReport {
     /// Store key of this shard's written result.
     pub result_key: Option<String>,
     pub ranges: Vec<RangeResult>,
-    /// Problems that stopped verification before any replay (a missing manifest, say).
+    /// Problems found outside the replayed ranges: an unusable manifest, signatures.
     pub problems: Vec<Problem>,
+    pub signatures: Option<SignatureReport>,
     pub steps_replayed: u64,
     pub seconds: f64,
     pub steps_per_second: f64,
@@ -73,6 +76,7 @@ impl VerifyReport {
             result_key: None,
             ranges: vec![],
             problems: vec![problem],
+            signatures: None,
             steps_replayed: 0,
             seconds: started.elapsed().as_secs_f64(),
             steps_per_second: 0.0,
@@ -156,10 +160,14 @@ pub fn verify(
         result_key: None,
         ranges: vec![],
         problems: vec![],
+        signatures: None,
         steps_replayed: 0,
         seconds: 0.0,
         steps_per_second: 0.0,
     };
+    let (signatures, signature_problems) = crate::signatures::check(&ctx, &o.signatures)?;
+    report.signatures = Some(signatures);
+    report.problems = signature_problems;
     if mismatch && !o.allow_environment_mismatch {
         report.verdict = Verdict::EnvironmentMismatch;
     } else {
@@ -172,6 +180,10 @@ pub fn verify(
             .iter()
             .fold(Verdict::Verified, |v, r| v.worst(r.verdict));
     }
+    report.verdict = report
+        .problems
+        .iter()
+        .fold(report.verdict, |v, p| v.worst(p.kind));
     report.seconds = started.elapsed().as_secs_f64();
     report.steps_per_second = if report.seconds > 0.0 {
         report.steps_replayed as f64 / report.seconds
@@ -231,6 +243,7 @@ pub struct AuditReport {
     pub environment: Option<EnvironmentCheck>,
     pub ranges: Vec<RangeResult>,
     pub problems: Vec<Problem>,
+    pub signatures: Option<SignatureReport>,
     pub seconds: f64,
 }
 
@@ -243,6 +256,7 @@ pub struct AuditOptions {
     pub device: DeviceSpec,
     pub allow_environment_mismatch: bool,
     pub load: LoadOptions,
+    pub signatures: SignatureOptions,
 }
 
 /// Run `audit`: verify `samples` segments drawn uniformly without replacement from the stream
@@ -266,6 +280,7 @@ pub fn audit(
         environment: None,
         ranges: vec![],
         problems: vec![],
+        signatures: None,
         seconds: 0.0,
     };
     let ctx = match context::load(location, &o.load) {
@@ -277,6 +292,9 @@ pub fn audit(
         }
         Err(LoadFailure::Command(e)) => return Err(e),
     };
+    let (signatures, signature_problems) = crate::signatures::check(&ctx, &o.signatures)?;
+    report.signatures = Some(signatures);
+    report.problems = signature_problems;
     let all = ranges_for(&ctx, Scope::All)?;
     let n = all.len() as u64;
     let k = o.samples.min(n);
@@ -323,6 +341,10 @@ pub fn audit(
             .iter()
             .fold(Verdict::Verified, |v, r| v.worst(r.verdict));
     }
+    report.verdict = report
+        .problems
+        .iter()
+        .fold(report.verdict, |v, p| v.worst(p.kind));
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

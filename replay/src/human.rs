@@ -16,6 +16,38 @@ use crate::verify::{EnvironmentCheck, RangeResult};
 /// Tensors listed in text output (JSON lists all).
 const TENSORS_SHOWN: usize = 10;
 
+fn signatures(out: &mut String, s: &Option<crate::signatures::SignatureReport>) {
+    use crate::signatures::Status;
+    let Some(s) = s else { return };
+    let total = s.artefacts.len();
+    let counts = [
+        (Status::Trusted, "signed by a trusted key"),
+        (Status::Valid, "validly signed (no --trusted-key given)"),
+        (Status::UnknownSigner, "signed by an UNKNOWN key"),
+        (Status::Unsigned, "unsigned"),
+        (Status::Bad, "with a BAD signature"),
+    ];
+    let parts: Vec<String> = counts
+        .iter()
+        .filter(|(st, _)| s.count(*st) > 0)
+        .map(|(st, what)| format!("{} {what}", s.count(*st)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  signatures   {total} artefacts: {}",
+        parts.join(", ")
+    );
+    for k in &s.signers {
+        let _ = writeln!(
+            out,
+            "               signer {} ({}){}",
+            k.fingerprint,
+            k.artefacts,
+            if k.trusted { ", trusted" } else { "" }
+        );
+    }
+}
+
 fn verdict_line(out: &mut String, v: Verdict) {
     let _ = writeln!(out, "verdict: {v} (exit {})", v.exit_code());
 }
@@ -146,6 +178,7 @@ pub fn check(r: &CheckReport) -> String {
         c.bytes as f64 / 1e6,
         r.seconds
     );
+    signatures(&mut out, &r.signatures);
     problems(&mut out, &r.problems);
     for w in &r.warnings {
         let _ = writeln!(out, "  warning    {w}");
@@ -170,6 +203,7 @@ pub fn verify(r: &VerifyReport) -> String {
         r.steps_per_second
     );
     environment(&mut out, &r.environment);
+    signatures(&mut out, &r.signatures);
     problems(&mut out, &r.problems);
     for range_result in &r.ranges {
         range(&mut out, range_result);
@@ -194,6 +228,7 @@ pub fn audit(r: &AuditReport) -> String {
         r.seed
     );
     environment(&mut out, &r.environment);
+    signatures(&mut out, &r.signatures);
     problems(&mut out, &r.problems);
     for range_result in &r.ranges {
         range(&mut out, range_result);

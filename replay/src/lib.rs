@@ -12,6 +12,7 @@ pub mod provenance;
 pub mod report;
 pub mod rollback;
 pub mod shard;
+pub mod signatures;
 pub mod state;
 pub mod verify;
 

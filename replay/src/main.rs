@@ -13,6 +13,7 @@ use replay::commands::{self, AuditOptions, Scope, VerifyOptions};
 use replay::context::LoadOptions;
 use replay::report::{CommandError, Verdict};
 use replay::shard::{self, Shard};
+use replay::signatures::SignatureOptions;
 use replay::{check, compare, human, inspect, provenance, rollback};
 use trainer::backend::DeviceSpec;
 
@@ -56,6 +57,31 @@ struct Replaying {
     dataset: Option<PathBuf>,
 }
 
+#[derive(Args, Debug, Clone)]
+struct Trust {
+    /// Trust signatures by this public key: 64 hex digits, or a file with them or a PEM public
+    /// key (repeatable). Artefacts signed only by other keys are then `untrusted_signer`.
+    #[arg(long = "trusted-key")]
+    trusted_keys: Vec<String>,
+    /// Every artefact must be signed (`unsigned` otherwise).
+    #[arg(long)]
+    require_signatures: bool,
+}
+
+impl Trust {
+    fn options(&self) -> Result<SignatureOptions, CommandError> {
+        let trusted = self
+            .trusted_keys
+            .iter()
+            .map(|k| snapshot_format::signature::read_public_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SignatureOptions {
+            trusted,
+            require: self.require_signatures,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Integrity of every artefact and of the hash chain, without re-executing anything.
@@ -64,6 +90,8 @@ enum Command {
         /// Use this dataset file instead of the run's copy.
         #[arg(long)]
         dataset: Option<PathBuf>,
+        #[command(flatten)]
+        trust: Trust,
     },
     /// Re-execute steps and compare every recorded bit.
     Verify {
@@ -95,6 +123,8 @@ enum Command {
         id: Option<String>,
         #[command(flatten)]
         replaying: Replaying,
+        #[command(flatten)]
+        trust: Trust,
     },
     /// Verify randomly sampled segments and report the detection probability.
     Audit {
@@ -110,6 +140,8 @@ enum Command {
         fractions: Vec<f64>,
         #[command(flatten)]
         replaying: Replaying,
+        #[command(flatten)]
+        trust: Trust,
     },
     /// Reconstruct the exact state after a step and export it (safetensors and a snapshot).
     Rollback {
@@ -229,7 +261,11 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             .build_global();
     }
     match cli.command {
-        Command::Check { run, dataset } => {
+        Command::Check {
+            run,
+            dataset,
+            trust,
+        } => {
             let bar = progress(&g, "checkpoints");
             let r = check::check(
                 &run,
@@ -237,6 +273,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
                     dataset,
                     segments: None,
                 },
+                &trust.options()?,
                 &bar,
             )?;
             bar.finish_and_clear();
@@ -254,6 +291,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             results,
             id,
             replaying,
+            trust,
         } => {
             let scope = match (all, segment, from, to) {
                 (_, Some(n), _, _) => Scope::Segment(n),
@@ -286,6 +324,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
                 },
                 results,
                 id,
+                signatures: trust.options()?,
             };
             let bar = progress(&g, "steps");
             let r = commands::verify(&run, &o, &bar)?;
@@ -299,6 +338,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             seed,
             fractions,
             replaying,
+            trust,
         } => {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -316,6 +356,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
                     dataset: replaying.dataset,
                     segments: None,
                 },
+                signatures: trust.options()?,
             };
             let bar = progress(&g, "steps");
             let r = commands::audit(&run, &o, &bar)?;

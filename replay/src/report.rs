@@ -25,6 +25,12 @@ pub enum Verdict {
     Corrupt,
     /// An artefact is well formed but does not match what another artefact commits to.
     Tampered,
+    /// A signature does not verify, or signs something other than the artefact it is filed for.
+    BadSignature,
+    /// Trusted keys were given, and an artefact is signed only by other keys.
+    UntrustedSigner,
+    /// Signatures are required, and an artefact has none.
+    Unsigned,
 }
 
 impl Verdict {
@@ -33,7 +39,13 @@ impl Verdict {
         match self {
             Verdict::Ok | Verdict::Verified => 0,
             Verdict::Diverged | Verdict::InputMismatch | Verdict::EnvironmentMismatch => 1,
-            Verdict::Incomplete | Verdict::Missing | Verdict::Corrupt | Verdict::Tampered => 2,
+            Verdict::Incomplete
+            | Verdict::Missing
+            | Verdict::Corrupt
+            | Verdict::Tampered
+            | Verdict::BadSignature
+            | Verdict::UntrustedSigner
+            | Verdict::Unsigned => 2,
         }
     }
 
@@ -54,6 +66,9 @@ impl Verdict {
             Verdict::Missing => "missing",
             Verdict::Corrupt => "corrupt",
             Verdict::Tampered => "tampered",
+            Verdict::BadSignature => "bad_signature",
+            Verdict::UntrustedSigner => "untrusted_signer",
+            Verdict::Unsigned => "unsigned",
         }
     }
 
@@ -108,6 +123,7 @@ pub fn classify(e: &snapshot_format::Error) -> Option<Verdict> {
         | E::SpecHashMismatch { .. }
         | E::DatasetRootMismatch { .. }
         | E::ObjectConflict { .. } => Verdict::Tampered,
+        E::BadSignature { .. } => Verdict::BadSignature,
         _ => Verdict::Corrupt,
     })
 }

@@ -261,6 +261,14 @@ pub enum Error {
         computed: Hash32,
     },
 
+    // ---- signatures and keys --------------------------------------------------------------------
+    /// A signature does not verify, or does not sign the artefact it is stored for.
+    #[error("{artefact}: bad signature: {detail}")]
+    BadSignature { artefact: String, detail: String },
+    /// A key file or key string cannot be used.
+    #[error("{source_name}: invalid key: {detail}")]
+    InvalidKey { source_name: String, detail: String },
+
     // ---- manifests (JSON) ----------------------------------------------------------------------
     /// A JSON artefact does not parse or lacks a field.
     #[error("{artefact}: invalid JSON: {detail}")]
@@ -357,13 +365,17 @@ impl Error {
             | DatasetRootMismatch { artefact, .. }
             | Json { artefact, .. }
             | SpecHashMismatch { artefact, .. }
+            | BadSignature { artefact, .. }
             | Io { artefact, .. } => Some(artefact),
             ObjectMissing { key, .. }
             | ObjectConflict { key, .. }
             | ObjectExists { key, .. }
             | PermissionDenied { key, .. }
             | Store { key, .. } => Some(key),
-            InvalidHash { .. } | InvalidLocation { .. } | WriteOnceNotHonoured { .. } => None,
+            InvalidHash { .. }
+            | InvalidKey { .. }
+            | InvalidLocation { .. }
+            | WriteOnceNotHonoured { .. } => None,
         }
     }
 
@@ -379,6 +391,7 @@ impl Error {
                 | Error::WriteOnceNotHonoured { .. }
                 | Error::ObjectExists { .. }
                 | Error::InvalidHash { .. }
+                | Error::InvalidKey { .. }
         )
     }
 }

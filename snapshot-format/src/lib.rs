@@ -25,6 +25,7 @@ pub mod layout;
 pub mod ledger;
 pub mod limits;
 pub mod manifest;
+pub mod signature;
 pub mod snapshot;
 pub mod storage;
 pub mod testing;

@@ -15,7 +15,10 @@ pub fn workspace() -> PathBuf {
 }
 
 /// Path of the workspace binary `name` (package and binary share the name). `cargo test
-/// --workspace` builds it; when a test runs alone and it is missing, it is built here.
+/// --workspace` (the project's test command) builds it fresh, since its package has
+/// integration tests; a test of this crate run alone needs `cargo build -p trainer -p replay`
+/// first. (Building from inside a test would wait forever on cargo's lock of the target
+/// directory.)
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     // target/<profile>/deps/<test> -> target/<profile>
@@ -25,17 +28,11 @@ pub fn binary(name: &str) -> PathBuf {
         .expect("target directory")
         .to_path_buf();
     let path = dir.join(name);
-    if !path.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", name, "--bin", name])
-            .current_dir(workspace());
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p {name} failed");
-    }
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p {name}` first)",
+        path.display()
+    );
     path
 }
 

@@ -239,6 +239,14 @@ pub struct DataSection {
     pub tokenizer: TokenizerKind,
 }
 
+/// `[signing]`: sign the run (`specs/signatures.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    /// PKCS#8 PEM ed25519 private key (`trainer keygen` writes one), relative to the config.
+    pub key: PathBuf,
+}
+
 /// `[base]`: weights to start from, pinned by hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -344,6 +352,8 @@ pub struct RunConfig {
     pub optimizer: OptimizerSpec,
     pub schedule: ScheduleSpec,
     pub recording: RecordingSection,
+    /// Key that signs the run's artefacts, if any.
+    pub signing: Option<SigningSection>,
     /// Directory of the config file; relative paths resolve against it.
     pub dir: PathBuf,
     /// Display name of the config file, for errors.
@@ -479,6 +489,7 @@ impl RunConfig {
             optimizer,
             schedule: sec.optional("schedule")?.unwrap_or_default(),
             recording: sec.optional("recording")?.unwrap_or_default(),
+            signing: sec.optional("signing")?,
             dir,
             source: source.to_string(),
         };

@@ -83,7 +83,7 @@ grad_clip = 1.0
 
 [schedule]
 decay = "cosine"
-warmup_steps = 30
+warmup_steps = {warmup}
 min_lr_ratio = 0.1
 
 [recording]
@@ -96,6 +96,7 @@ state_root_interval = 1
         heads = m.num_heads,
         inter = m.intermediate_size,
         maxpos = m.max_position,
+        warmup = steps / 10,
     )
 }
 

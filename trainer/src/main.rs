@@ -40,6 +40,10 @@ struct Common {
     /// Print the summary as JSON on standard output.
     #[arg(long)]
     json: bool,
+    /// Sign the run's manifest, ledger segments, checkpoints and completion record with this
+    /// PKCS#8 PEM ed25519 key (see `trainer keygen`).
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +83,13 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Create an ed25519 key pair for signing runs.
+    Keygen {
+        /// Directory for signing-key.pem (private, mode 0600), signing-key.pub (hex) and
+        /// signing-key.pub.pem.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print this machine's environment fingerprint as JSON.
     Fingerprint {
         #[arg(long, default_value = "cpu")]
@@ -99,18 +110,23 @@ fn options(common: &Common) -> Result<RunOptions, Error> {
         progress: !common.quiet && !common.json,
         max_steps: common.max_steps,
         allow_environment_mismatch: false,
+        signing_key: match &common.signing_key {
+            Some(path) => Some(snapshot_format::signature::read_signing_key(path)?),
+            None => None,
+        },
     })
 }
 
-fn report(s: &RunSummary, common: &Common) {
+/// Print the summary; `trusted_key` is how to name the signer's public key to `replay`.
+fn report(s: &RunSummary, common: &Common, trusted_key: Option<&str>) {
     use std::io::Write;
     // A closed standard output (`trainer … | head`) is not an error.
     let _ = std::io::stdout()
         .lock()
-        .write_all(render(s, common).as_bytes());
+        .write_all(render(s, common, trusted_key).as_bytes());
 }
 
-fn render(s: &RunSummary, common: &Common) -> String {
+fn render(s: &RunSummary, common: &Common, trusted_key: Option<&str>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     if common.json {
@@ -127,6 +143,7 @@ fn render(s: &RunSummary, common: &Common) -> String {
             "steps_per_second": s.steps_per_second,
             "last_loss": s.last_loss,
             "bytes_written": s.bytes_written,
+            "signed_by": s.signed_by,
             "base_tensors_loaded": s.init.loaded.len(),
             "parameters_initialised": s.init.initialized,
         });
@@ -170,10 +187,16 @@ fn render(s: &RunSummary, common: &Common) -> String {
         "  written       {:.1} MB",
         s.bytes_written as f64 / 1e6
     );
+    if let Some(f) = &s.signed_by {
+        let _ = writeln!(out, "  signed by     {f}");
+    }
     if s.completed {
+        let trust = trusted_key
+            .map(|k| format!(" --trusted-key {k}"))
+            .unwrap_or_default();
         let _ = writeln!(out, "Verify it:");
-        let _ = writeln!(out, "  replay check {}", s.location);
-        let _ = writeln!(out, "  replay verify {} --all", s.location);
+        let _ = writeln!(out, "  replay check {}{trust}", s.location);
+        let _ = writeln!(out, "  replay verify {} --all{trust}", s.location);
     } else {
         let _ = writeln!(out, "Continue it:  trainer resume {}", s.location);
     }
@@ -192,7 +215,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let mut o = options(&common)?;
             o.run_id = run_id;
             let s = run::start(&c, &out, &o)?;
-            report(&s, &common);
+            report(&s, &common, public_hex(&o).as_deref());
         }
         Command::Resume {
             run: location,
@@ -202,7 +225,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let mut o = options(&common)?;
             o.allow_environment_mismatch = allow_environment_mismatch;
             let s = run::resume(&location, &o)?;
-            report(&s, &common);
+            report(&s, &common, public_hex(&o).as_deref());
         }
         Command::Demo {
             out,
@@ -211,6 +234,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             common,
         } => {
             let config_path = demo::write_assets(&assets, steps)?;
+            // The demo signs its run, with a key kept beside its other inputs.
+            let demo_key = assets.join(keys::PRIVATE);
+            if common.signing_key.is_none() && !demo_key.exists() {
+                keys::write(&assets)?;
+            }
             let c = demo::load_config(&config_path)?;
             let unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -219,6 +247,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             let out = out.unwrap_or_else(|| format!("runs/demo-{unix}"));
             let mut o = options(&common)?;
             o.run_id = Some(format!("demo-{unix}"));
+            if o.signing_key.is_none() {
+                o.signing_key = Some(snapshot_format::signature::read_signing_key(&demo_key)?);
+            }
             if !common.json {
                 eprintln!(
                     "demo: fine-tuning a {}-layer BERT-style classifier on {} reviews for {steps} steps; \
@@ -232,7 +263,28 @@ fn run(cli: Cli) -> Result<(), Error> {
                 );
             }
             let s = run::start(&c, &out, &o)?;
-            report(&s, &common);
+            let hint = if common.signing_key.is_none() {
+                Some(assets.join(keys::PUBLIC).display().to_string())
+            } else {
+                public_hex(&o)
+            };
+            report(&s, &common, hint.as_deref());
+        }
+        Command::Keygen { out } => {
+            let public = keys::write(&out)?;
+            println!(
+                "wrote {} (private, mode 0600)",
+                out.join(keys::PRIVATE).display()
+            );
+            println!("public key   {}", hex::encode(public.to_bytes()));
+            println!(
+                "fingerprint  {}",
+                snapshot_format::signature::fingerprint(&public.to_bytes())
+            );
+            println!(
+                "verify runs with: replay check RUN --trusted-key {}",
+                out.join(keys::PUBLIC).display()
+            );
         }
         Command::Fingerprint { device } => {
             let f = device.parse::<DeviceSpec>()?.fingerprint()?;
@@ -243,6 +295,58 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Key files written by `trainer keygen`.
+mod keys {
+    use std::io::Write;
+    use std::path::Path;
+
+    use trainer::Error;
+
+    pub const PRIVATE: &str = "signing-key.pem";
+    pub const PUBLIC: &str = "signing-key.pub";
+    pub const PUBLIC_PEM: &str = "signing-key.pub.pem";
+
+    /// Generate a key pair into `dir`; never overwrites an existing private key.
+    pub fn write(dir: &Path) -> Result<ed25519_dalek::VerifyingKey, Error> {
+        let io = |path: &Path, source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let key = snapshot_format::signature::generate()?;
+        let public = key.verifying_key();
+        let private = dir.join(PRIVATE);
+        let mut f = {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            o.open(&private).map_err(|e| io(&private, e))?
+        };
+        f.write_all(snapshot_format::signature::private_key_pem(&key)?.as_bytes())
+            .map_err(|e| io(&private, e))?;
+        let public_path = dir.join(PUBLIC);
+        std::fs::write(
+            &public_path,
+            format!("{}\n", hex::encode(public.to_bytes())),
+        )
+        .map_err(|e| io(&public_path, e))?;
+        let pem_path = dir.join(PUBLIC_PEM);
+        std::fs::write(
+            &pem_path,
+            snapshot_format::signature::public_key_pem(&public)?,
+        )
+        .map_err(|e| io(&pem_path, e))?;
+        Ok(public)
+    }
+}
+
+fn public_hex(o: &RunOptions) -> Option<String> {
+    o.signing_key
+        .as_ref()
+        .map(|k| hex::encode(k.verifying_key().to_bytes()))
 }
 
 fn exit_code(e: &Error) -> u8 {

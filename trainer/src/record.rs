@@ -1,12 +1,58 @@
 //! Writing a run: ledger records, segments and checkpoints, in the order the format requires
 //! (segment `i` before checkpoint `i`), every object write-once.
 
+use ed25519_dalek::SigningKey;
 use snapshot_format::ledger::{Segment, StepRecord};
+use snapshot_format::signature::{self, Statement, kind};
 use snapshot_format::snapshot::{Provenance, SnapshotKind, WriteOptions};
 use snapshot_format::{Hash32, Store, layout};
 
 use crate::error::Result;
 use crate::session::TrainingState;
+
+/// Signs a run's artefacts as they are written (`specs/signatures.md`).
+#[derive(Debug, Clone)]
+pub struct RunSigner {
+    key: SigningKey,
+    run_id: String,
+    genesis: Hash32,
+}
+
+impl RunSigner {
+    /// A signer of the run with `run_id` and `genesis`.
+    pub fn new(key: SigningKey, run_id: &str, genesis: Hash32) -> Self {
+        RunSigner {
+            key,
+            run_id: run_id.to_string(),
+            genesis,
+        }
+    }
+
+    /// Sign the artefact at `artefact` (of `kind`, committing to `hash` at `step`) and store the
+    /// signature write-once next to the signer's other signatures.
+    pub fn sign(
+        &self,
+        store: &Store,
+        artefact: &str,
+        kind: &str,
+        step: u64,
+        hash: Hash32,
+    ) -> Result<()> {
+        let signed = signature::sign(
+            Statement {
+                kind: kind.to_string(),
+                run_id: self.run_id.clone(),
+                genesis: self.genesis,
+                step,
+                hash,
+            },
+            &self.key,
+        );
+        let key = signature::key_for(&signed.public_key, artefact);
+        store.put_once(&key, signed.encode())?;
+        Ok(())
+    }
+}
 
 /// Accumulates ledger records and writes segments and checkpoints.
 #[derive(Debug)]
@@ -22,6 +68,7 @@ pub struct RunWriter {
     parent: Option<Hash32>,
     bytes_written: u64,
     options: WriteOptions,
+    signer: Option<RunSigner>,
 }
 
 impl RunWriter {
@@ -54,6 +101,7 @@ impl RunWriter {
         options: WriteOptions,
     ) -> Self {
         RunWriter {
+            signer: None,
             options,
             store,
             run_id: run_id.to_string(),
@@ -64,6 +112,17 @@ impl RunWriter {
             parent,
             bytes_written: 0,
         }
+    }
+
+    /// Sign every segment and checkpoint written from now on.
+    pub fn signed_by(mut self, signer: Option<RunSigner>) -> Self {
+        self.signer = signer;
+        self
+    }
+
+    /// The signer, if the run is signed.
+    pub fn signer(&self) -> Option<&RunSigner> {
+        self.signer.as_ref()
     }
 
     /// The ledger head: hash of the last record (or the genesis).
@@ -102,7 +161,17 @@ impl RunWriter {
             };
             let bytes = segment.encode();
             self.bytes_written += bytes.len() as u64;
-            self.store.put_once(&layout::segment(self.segment), bytes)?;
+            let key = layout::segment(self.segment);
+            self.store.put_once(&key, bytes)?;
+            if let Some(s) = &self.signer {
+                s.sign(
+                    &self.store,
+                    &key,
+                    kind::SEGMENT,
+                    segment.last_step(),
+                    segment.head(),
+                )?;
+            }
             self.segment += 1;
         }
         let provenance = Provenance {
@@ -113,8 +182,11 @@ impl RunWriter {
         };
         let encoded = state.encode(hashes, &provenance, self.options)?;
         self.bytes_written += encoded.len();
-        self.store
-            .put_once_parts(&layout::checkpoint(state.meta.step), encoded.into_parts())?;
+        let key = layout::checkpoint(state.meta.step);
+        self.store.put_once_parts(&key, encoded.into_parts())?;
+        if let Some(s) = &self.signer {
+            s.sign(&self.store, &key, kind::CHECKPOINT, state.meta.step, root)?;
+        }
         self.parent = Some(root);
         Ok(())
     }

@@ -23,8 +23,10 @@ use crate::config::{CheckpointCodec, RecordingSection, RunConfig, RunSpec};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::TrainableModel;
-use crate::record::RunWriter;
+use crate::record::{RunSigner, RunWriter};
 use crate::session::{InitReport, PreparedData, Session};
+use snapshot_format::hash::file_hash;
+use snapshot_format::signature::kind;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -40,6 +42,9 @@ pub struct RunOptions {
     /// Resume even if this machine is in another environment class (the result will not be
     /// bit-identical to an uninterrupted run).
     pub allow_environment_mismatch: bool,
+    /// Sign the run's artefacts with this key (`specs/signatures.md`); for `start`, a key named
+    /// in the configuration's `[signing]` section is used when this is `None`.
+    pub signing_key: Option<ed25519_dalek::SigningKey>,
 }
 
 impl Default for RunOptions {
@@ -50,6 +55,7 @@ impl Default for RunOptions {
             progress: false,
             max_steps: None,
             allow_environment_mismatch: false,
+            signing_key: None,
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct RunSummary {
     pub last_loss: f32,
     pub init: InitReport,
     pub bytes_written: u64,
+    /// Fingerprint of the key that signed this invocation's artefacts, if any.
+    pub signed_by: Option<String>,
 }
 
 /// The artefacts of a run, read back and cross-checked: manifest (spec hash and genesis),
@@ -233,6 +241,8 @@ struct TrainJob {
     run_id: String,
     start: Start,
     options: RunOptions,
+    /// Signs the run's artefacts, when a key was given.
+    signing_key: Option<ed25519_dalek::SigningKey>,
 }
 
 /// Start a new run of a built-in model from a configuration, writing it to `out`.
@@ -322,6 +332,13 @@ fn prepare_start(
     let spec = RunSpec::new(config, &dataset, base.as_ref().map(|(w, _)| w));
     let fingerprint = options.device.fingerprint()?;
 
+    let signing_key = match (&options.signing_key, &config.signing) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(s)) => Some(snapshot_format::signature::read_signing_key(
+            &config.resolve(&s.key),
+        )?),
+        (None, None) => None,
+    };
     let store = open_store()?;
     store.probe_write_once()?;
     if store.exists(layout::MANIFEST)? {
@@ -349,6 +366,7 @@ fn prepare_start(
             recording: config.recording,
         },
         options: options.clone(),
+        signing_key,
     })
 }
 
@@ -426,6 +444,7 @@ fn prepare_resume(location: &str, options: &RunOptions) -> Result<TrainJob> {
             head,
         },
         options: options.clone(),
+        signing_key: signing_key_for(options),
     })
 }
 
@@ -454,7 +473,16 @@ fn scratch_job(store: Store, files: RunFiles, options: &RunOptions) -> Result<Tr
             manifest: Box::new(files.manifest),
         },
         options: options.clone(),
+        signing_key: signing_key_for(options),
     })
+}
+
+impl TrainJob {
+    fn signer(&self, genesis: &Hash32) -> Option<RunSigner> {
+        self.signing_key
+            .clone()
+            .map(|k| RunSigner::new(k, &self.run_id, *genesis))
+    }
 }
 
 impl Job for TrainJob {
@@ -513,9 +541,21 @@ impl Job for TrainJob {
                 if let Some((_, bytes)) = base {
                     store.put_once(layout::BASE_MODEL, bytes.clone())?;
                 }
-                store.put_once(layout::MANIFEST, manifest.to_json())?;
+                let manifest_bytes = manifest.to_json();
+                store.put_once(layout::MANIFEST, manifest_bytes.clone())?;
+                let signer = self.signer(&manifest.genesis);
+                if let Some(s) = &signer {
+                    s.sign(
+                        store,
+                        layout::MANIFEST,
+                        kind::MANIFEST,
+                        0,
+                        file_hash(&manifest_bytes),
+                    )?;
+                }
                 let mut writer =
-                    new_writer(store, &self.run_id, manifest.genesis, 1, None, recording);
+                    new_writer(store, &self.run_id, manifest.genesis, 1, None, recording)
+                        .signed_by(signer);
                 writer.checkpoint(&state, &hashes, root)?;
                 train_loop(&self, session, writer, recording, report)
             }
@@ -534,6 +574,17 @@ impl Job for TrainJob {
                         ),
                     });
                 }
+                let signer = self.signer(&manifest.genesis);
+                if let Some(s) = &signer {
+                    let bytes = self.store.get(layout::MANIFEST)?;
+                    s.sign(
+                        &self.store,
+                        layout::MANIFEST,
+                        kind::MANIFEST,
+                        0,
+                        file_hash(&bytes),
+                    )?;
+                }
                 let mut writer = new_writer(
                     &self.store,
                     &self.run_id,
@@ -541,7 +592,8 @@ impl Job for TrainJob {
                     1,
                     None,
                     &manifest.recording,
-                );
+                )
+                .signed_by(signer);
                 writer.checkpoint(&state, &hashes, root)?;
                 train_loop(&self, session, writer, &manifest.recording, report)
             }
@@ -561,7 +613,8 @@ impl Job for TrainJob {
                     *segment,
                     Some(snapshot.header.state_root),
                     &manifest.recording,
-                );
+                )
+                .signed_by(self.signer(&manifest.genesis));
                 train_loop(
                     &self,
                     session,
@@ -572,6 +625,10 @@ impl Job for TrainJob {
             }
         }
     }
+}
+
+fn signing_key_for(options: &RunOptions) -> Option<ed25519_dalek::SigningKey> {
+    options.signing_key.clone()
 }
 
 /// A writer of checkpoints with the run's recorded codec.
@@ -681,9 +738,17 @@ fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
             ledger_head: writer.head(),
             final_state_root: last_root,
         };
-        writer
-            .store()
-            .put_once(layout::COMPLETE, completion.to_json())?;
+        let bytes = completion.to_json();
+        writer.store().put_once(layout::COMPLETE, bytes.clone())?;
+        if let Some(s) = writer.signer() {
+            s.sign(
+                writer.store(),
+                layout::COMPLETE,
+                kind::COMPLETION,
+                final_step,
+                file_hash(&bytes),
+            )?;
+        }
     }
     let steps_done = final_step - first;
     Ok(RunSummary {
@@ -704,6 +769,10 @@ fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
         last_loss,
         init,
         bytes_written: writer.bytes_written(),
+        signed_by: job
+            .signing_key
+            .as_ref()
+            .map(|k| snapshot_format::signature::fingerprint(&k.verifying_key().to_bytes())),
     })
 }
 

@@ -1,0 +1,223 @@
+//! Signatures of a run, checked against the artefacts they are filed for and a list of trusted
+//! keys (`specs/signatures.md`).
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use snapshot_format::hash::file_hash;
+use snapshot_format::signature::{self, Signed, Statement, kind};
+use snapshot_format::{Hash32, layout};
+
+use crate::context::RunContext;
+use crate::report::{CommandError, Problem, Verdict, problem_of};
+
+/// What to trust and require.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureOptions {
+    /// Keys whose signatures are trusted (`--trusted-key`).
+    pub trusted: Vec<VerifyingKey>,
+    /// Every artefact must be signed (`--require-signatures`).
+    pub require: bool,
+}
+
+/// The signature status of one artefact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Signed by a trusted key.
+    Trusted,
+    /// Signed, signature valid; no trusted keys were given to judge the signer.
+    Valid,
+    /// Signed only by keys outside the trusted list.
+    UnknownSigner,
+    /// No signature.
+    Unsigned,
+    /// A signature does not verify or signs something else.
+    Bad,
+}
+
+/// One artefact and who signed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtefactSignatures {
+    pub artefact: String,
+    pub status: Status,
+    /// Fingerprints of the signers whose signatures verified.
+    pub signers: Vec<String>,
+}
+
+/// A key that signed something in the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignerInfo {
+    pub fingerprint: String,
+    pub public_key: String,
+    pub trusted: bool,
+    /// Artefacts it validly signed.
+    pub artefacts: u64,
+}
+
+/// Signatures of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureReport {
+    pub trusted_keys: Vec<String>,
+    pub required: bool,
+    pub signers: Vec<SignerInfo>,
+    pub artefacts: Vec<ArtefactSignatures>,
+}
+
+impl SignatureReport {
+    /// How many artefacts have each status.
+    pub fn count(&self, status: Status) -> usize {
+        self.artefacts.iter().filter(|a| a.status == status).count()
+    }
+}
+
+/// The statements the run's artefacts must be signed under, by artefact key.
+fn expected(ctx: &RunContext) -> Result<BTreeMap<String, Statement>, CommandError> {
+    let st = |kind: &str, step: u64, hash: Hash32| Statement {
+        kind: kind.to_string(),
+        run_id: ctx.manifest.run_id.clone(),
+        genesis: ctx.manifest.genesis,
+        step,
+        hash,
+    };
+    let mut out = BTreeMap::new();
+    let manifest = ctx.store.get(layout::MANIFEST)?;
+    out.insert(
+        layout::MANIFEST.to_string(),
+        st(kind::MANIFEST, 0, file_hash(&manifest)),
+    );
+    for s in ctx.segments.values() {
+        out.insert(s.key.clone(), st(kind::SEGMENT, s.last_step, s.head));
+    }
+    for &c in &ctx.checkpoints {
+        if let Some(root) = ctx.committed_root(c) {
+            out.insert(layout::checkpoint(c), st(kind::CHECKPOINT, c, root));
+        }
+    }
+    if let Some(c) = &ctx.completion {
+        let bytes = ctx.store.get(layout::COMPLETE)?;
+        out.insert(
+            layout::COMPLETE.to_string(),
+            st(kind::COMPLETION, c.final_step, file_hash(&bytes)),
+        );
+    }
+    Ok(out)
+}
+
+/// Check every signature of the run; returns the report and the problems it implies.
+pub fn check(
+    ctx: &RunContext,
+    o: &SignatureOptions,
+) -> Result<(SignatureReport, Vec<Problem>), CommandError> {
+    let expected = expected(ctx)?;
+    let trusted: Vec<[u8; 32]> = o.trusted.iter().map(VerifyingKey::to_bytes).collect();
+    let mut problems = Vec::new();
+    let mut valid: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
+    let mut bad: BTreeMap<String, String> = BTreeMap::new();
+    for (key, _) in ctx.store.list(layout::SIGNATURES)? {
+        let Some(artefact) = signature::artefact_of(&key).map(str::to_string) else {
+            problems.push(Problem::new(
+                Verdict::Corrupt,
+                key,
+                "not a signature key".to_string(),
+            ));
+            continue;
+        };
+        let bytes = match ctx.store.get(&key) {
+            Ok(b) => b,
+            Err(e) => {
+                problems.push(problem_of(e)?);
+                continue;
+            }
+        };
+        let signed = match Signed::decode(&bytes, &key) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(problem_of(e)?);
+                bad.insert(artefact, "unreadable signature".into());
+                continue;
+            }
+        };
+        if signature::key_for(&signed.public_key, &artefact) != key {
+            let detail = format!(
+                "signed by {}, but filed under another signer",
+                signed.signer()
+            );
+            problems.push(Problem::new(Verdict::BadSignature, key, detail.clone()));
+            bad.insert(artefact, detail);
+            continue;
+        }
+        let Some(statement) = expected.get(&artefact) else {
+            // A signature of an artefact that is absent: the absence is reported elsewhere.
+            continue;
+        };
+        match signed.verify(statement, &key) {
+            Ok(()) => valid.entry(artefact).or_default().push(signed.public_key),
+            Err(e) => {
+                bad.insert(artefact, e.to_string());
+                problems.push(problem_of(e)?);
+            }
+        }
+    }
+    let mut artefacts = Vec::new();
+    let mut signers: BTreeMap<[u8; 32], u64> = BTreeMap::new();
+    for artefact in expected.keys() {
+        let keys = valid.get(artefact).cloned().unwrap_or_default();
+        for k in &keys {
+            *signers.entry(*k).or_default() += 1;
+        }
+        let status = if bad.contains_key(artefact) {
+            Status::Bad
+        } else if keys.is_empty() {
+            Status::Unsigned
+        } else if keys.iter().any(|k| trusted.contains(k)) {
+            Status::Trusted
+        } else if trusted.is_empty() {
+            Status::Valid
+        } else {
+            Status::UnknownSigner
+        };
+        match status {
+            Status::UnknownSigner => problems.push(Problem::new(
+                Verdict::UntrustedSigner,
+                artefact.clone(),
+                format!(
+                    "signed only by {}, not by a trusted key",
+                    keys.iter()
+                        .map(signature::fingerprint)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            Status::Unsigned if o.require => {
+                problems.push(Problem::new(
+                    Verdict::Unsigned,
+                    artefact.clone(),
+                    "no signature".to_string(),
+                ));
+            }
+            _ => {}
+        }
+        artefacts.push(ArtefactSignatures {
+            artefact: artefact.clone(),
+            status,
+            signers: keys.iter().map(signature::fingerprint).collect(),
+        });
+    }
+    let report = SignatureReport {
+        trusted_keys: trusted.iter().map(signature::fingerprint).collect(),
+        required: o.require,
+        signers: signers
+            .into_iter()
+            .map(|(k, n)| SignerInfo {
+                fingerprint: signature::fingerprint(&k),
+                public_key: hex::encode(k),
+                trusted: trusted.contains(&k),
+                artefacts: n,
+            })
+            .collect(),
+        artefacts,
+    };
+    Ok((report, problems))
+}
