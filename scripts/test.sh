@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/setup-test-env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/check-no-autotune.sh
 cargo test --workspace --locked "$@"

@@ -14,5 +14,10 @@ fn main() {
         "cargo:rustc-env=TRAINER_TARGET={}",
         std::env::var("TARGET").unwrap_or_default()
     );
+    println!(
+        "cargo:rustc-env=TRAINER_CUDARC_CUDA_VERSION={}",
+        std::env::var("CUDARC_CUDA_VERSION").unwrap_or_else(|_| "unset".into())
+    );
     println!("cargo:rerun-if-env-changed=RUSTC");
+    println!("cargo:rerun-if-env-changed=CUDARC_CUDA_VERSION");
 }

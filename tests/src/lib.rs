@@ -20,6 +20,10 @@ pub fn workspace() -> PathBuf {
 /// first. (Building from inside a test would wait forever on cargo's lock of the target
 /// directory.)
 pub fn binary(name: &str) -> PathBuf {
+    // A directory of prebuilt binaries (the GPU script carries release builds to a GPU machine).
+    if let Some(dir) = std::env::var_os("E2E_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().expect("test executable");
     // target/<profile>/deps/<test> -> target/<profile>
     let dir = exe
