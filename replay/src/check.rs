@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::{layout, snapshot};
 
-use crate::context::{self, LoadFailure, LoadOptions, RunContext};
+use crate::context::{self, LoadOptions, RunContext};
 use crate::report::{CommandError, Problem, Verdict, problem_of};
 use crate::signatures::{SignatureOptions, SignatureReport};
 
@@ -43,9 +43,9 @@ pub fn check(
     progress: &indicatif::ProgressBar,
 ) -> Result<CheckReport, CommandError> {
     let started = std::time::Instant::now();
-    let ctx = match context::load(location, options) {
+    let ctx = match context::load(location, options)? {
         Ok(c) => c,
-        Err(LoadFailure::Problem(p)) => {
+        Err(p) => {
             return Ok(CheckReport {
                 command: "check".into(),
                 run: location.into(),
@@ -57,7 +57,6 @@ pub fn check(
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
-        Err(LoadFailure::Command(e)) => return Err(e),
     };
     let mut problems = ctx.problems.clone();
     let (checkpoint_problems, checkpoint_bytes) = check_checkpoints(&ctx, progress)?;

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::{Hash32, Store};
 use trainer::backend::DeviceSpec;
 
-use crate::context::{self, LoadFailure, LoadOptions, RunContext};
+use crate::context::{self, LoadOptions, RunContext};
 use crate::report::{CommandError, Problem, Verdict};
 use crate::shard::{self, Shard};
 use crate::signatures::{SignatureOptions, SignatureReport};
@@ -130,9 +130,9 @@ pub fn verify(
     progress: &indicatif::ProgressBar,
 ) -> Result<VerifyReport, CommandError> {
     let started = std::time::Instant::now();
-    let ctx = match context::load(location, &o.load) {
+    let ctx = match context::load(location, &o.load)? {
         Ok(c) => c,
-        Err(LoadFailure::Problem(p)) => {
+        Err(p) => {
             return Ok(VerifyReport::failed(
                 location,
                 scope_text(o.scope),
@@ -140,7 +140,6 @@ pub fn verify(
                 started,
             ));
         }
-        Err(LoadFailure::Command(e)) => return Err(e),
     };
     let mut ranges = ranges_for(&ctx, o.scope)?;
     if let Some(s) = o.shard {
@@ -283,14 +282,13 @@ pub fn audit(
         signatures: None,
         seconds: 0.0,
     };
-    let ctx = match context::load(location, &o.load) {
+    let ctx = match context::load(location, &o.load)? {
         Ok(c) => c,
-        Err(LoadFailure::Problem(p)) => {
+        Err(p) => {
             report.verdict = p.kind;
             report.problems.push(p);
             return Ok(report);
         }
-        Err(LoadFailure::Command(e)) => return Err(e),
     };
     let (signatures, signature_problems) = crate::signatures::check(&ctx, &o.signatures)?;
     report.signatures = Some(signatures);

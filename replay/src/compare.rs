@@ -12,7 +12,7 @@ use snapshot_format::manifest::{Completion, RunManifest};
 use snapshot_format::{Store, layout, snapshot};
 use trainer::backend::DeviceSpec;
 
-use crate::context::{self, LoadFailure, LoadOptions};
+use crate::context::{self, LoadOptions};
 use crate::report::{CommandError, Problem, Verdict, problem_of};
 use crate::rollback::{ReconstructOptions, reconstruct};
 use crate::state::{self, TensorDiff};
@@ -401,11 +401,7 @@ fn tensors_at(
             segments: Some((k.saturating_sub(1).max(1), k)),
         },
     };
-    let ctx_of = |loc: &str| match context::load(loc, &o.load) {
-        Ok(c) => Ok(Some(c)),
-        Err(LoadFailure::Problem(_)) => Ok(None),
-        Err(LoadFailure::Command(e)) => Err(e),
-    };
+    let ctx_of = |loc: &str| context::load(loc, &o.load).map(Result::ok);
     let (ca, cb) = (ctx_of(a)?, ctx_of(b)?);
     if let (Some(ca), Some(cb)) = (&ca, &cb)
         && ca.manifest.environment.class() == here

@@ -124,9 +124,21 @@ pub struct LoadOptions {
     pub segments: Option<(u64, u64)>,
 }
 
-/// Load the run at `location`. Fails only when the manifest cannot be used (nothing else can
-/// be interpreted without it) or on operational errors; every other problem is recorded.
-pub fn load(location: &str, options: &LoadOptions) -> Result<RunContext, LoadFailure> {
+/// Load the run at `location`: `Ok(Err(problem))` when its manifest cannot be used (nothing else
+/// can be interpreted without it; a finding for the report), `Err` on operational or usage
+/// errors. Every other problem is recorded in the context.
+pub fn load(
+    location: &str,
+    options: &LoadOptions,
+) -> Result<Result<RunContext, Problem>, CommandError> {
+    match load_context(location, options) {
+        Ok(c) => Ok(Ok(c)),
+        Err(LoadFailure::Problem(p)) => Ok(Err(p)),
+        Err(LoadFailure::Command(e)) => Err(e),
+    }
+}
+
+fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, LoadFailure> {
     let store = Store::open(location).map_err(|e| LoadFailure::from_format(e, location))?;
     let mut bytes_read = 0u64;
     let manifest_bytes = store
@@ -504,7 +516,7 @@ fn note(
 
 /// Why a run could not be loaded at all.
 #[derive(Debug)]
-pub enum LoadFailure {
+enum LoadFailure {
     /// The manifest is missing, corrupt or tampered: a finding about the run.
     Problem(Problem),
     /// An operational or usage error.

@@ -5,7 +5,7 @@ use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::EnvironmentFingerprint;
 use snapshot_format::{Hash32, layout, snapshot};
 
-use crate::context::{self, LoadFailure, LoadOptions};
+use crate::context::{self, LoadOptions};
 use crate::report::{CommandError, Problem, Verdict};
 
 /// The JSON document of `replay inspect --json`.
@@ -41,13 +41,8 @@ pub fn inspect(
     location: &str,
     svg: Option<&std::path::Path>,
 ) -> Result<InspectReport, CommandError> {
-    let ctx = match context::load(location, &LoadOptions::default()) {
-        Ok(c) => c,
-        Err(LoadFailure::Problem(p)) => {
-            return Err(CommandError::Usage(format!("{}: {}", p.artefact, p.detail)));
-        }
-        Err(LoadFailure::Command(e)) => return Err(e),
-    };
+    let ctx = context::load(location, &LoadOptions::default())?
+        .map_err(|p| CommandError::Usage(format!("{}: {}", p.artefact, p.detail)))?;
     let parameters = ctx
         .store
         .get(&layout::checkpoint(0))

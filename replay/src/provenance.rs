@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
-use crate::context::{self, LoadFailure, LoadOptions};
+use crate::context::{self, LoadOptions};
 use crate::report::{CommandError, Problem, Verdict};
 
 /// One use of the example.
@@ -49,14 +49,13 @@ pub fn provenance(
         steps_scanned: 0,
         problems: vec![],
     };
-    let ctx = match context::load(location, load) {
+    let ctx = match context::load(location, load)? {
         Ok(c) => c,
-        Err(LoadFailure::Problem(p)) => {
+        Err(p) => {
             report.verdict = p.kind;
             report.problems.push(p);
             return Ok(report);
         }
-        Err(LoadFailure::Command(e)) => return Err(e),
     };
     if example >= ctx.spec.data.examples {
         return Err(CommandError::Usage(format!(

@@ -7,7 +7,7 @@ use snapshot_format::{Hash32, Store};
 use trainer::backend::DeviceSpec;
 use trainer::session::TrainingState;
 
-use crate::context::{self, LoadFailure, LoadOptions, RunContext};
+use crate::context::{self, LoadOptions, RunContext};
 use crate::report::{CommandError, Problem, Verdict};
 use crate::state::{self, TensorDiff};
 use crate::verify::{self, EnvironmentCheck, Range, RangeResult};
@@ -58,7 +58,16 @@ pub fn reconstruct(
                 root: None,
                 committed_root,
                 verdict: problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind)),
-                replay: Some(unreplayed(step, problems)),
+                replay: Some(verify::unverifiable(
+                    &Range {
+                        segment: step.div_ceil(ctx.interval()),
+                        from: step,
+                        to: step,
+                        capture_at: None,
+                    },
+                    problems,
+                    Verdict::Ok,
+                )),
             },
         });
     }
@@ -96,31 +105,6 @@ pub fn reconstruct(
         verdict: result.verdict,
         replay: Some(result),
     })
-}
-
-fn unreplayed(step: u64, problems: Vec<Problem>) -> RangeResult {
-    RangeResult {
-        segment: 0,
-        from_step: step,
-        to_step: step,
-        start_checkpoint: None,
-        verdict: problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind)),
-        steps_replayed: 0,
-        divergence: None,
-        input_mismatch: None,
-        problems,
-        deltas: vec![],
-        final_tensors: vec![],
-        seconds: 0.0,
-    }
-}
-
-fn load(location: &str, o: &LoadOptions) -> Result<Result<RunContext, Problem>, CommandError> {
-    match context::load(location, o) {
-        Ok(c) => Ok(Ok(c)),
-        Err(LoadFailure::Problem(p)) => Ok(Err(p)),
-        Err(LoadFailure::Command(e)) => Err(e),
-    }
 }
 
 /// Check the environment: `Ok(tolerant)`, or the report's verdict when replay must not run.
@@ -176,7 +160,7 @@ pub fn rollback(
         out: None,
         files: vec![],
     };
-    let ctx = match load(location, &o.load)? {
+    let ctx = match context::load(location, &o.load)? {
         Ok(c) => c,
         Err(p) => {
             report.verdict = p.kind;
@@ -290,7 +274,7 @@ pub fn diff(
         problems: vec![],
         tensors: vec![],
     };
-    let ctx = match load(location, &o.load)? {
+    let ctx = match context::load(location, &o.load)? {
         Ok(c) => c,
         Err(p) => {
             report.verdict = p.kind;

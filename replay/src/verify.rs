@@ -193,7 +193,9 @@ impl Job for VerifyJob<'_> {
     }
 }
 
-fn unverifiable(r: &Range, problems: Vec<Problem>, default: Verdict) -> RangeResult {
+/// The result of a range that was not replayed: the worst of `problems`, or `default` when they
+/// all pass.
+pub(crate) fn unverifiable(r: &Range, problems: Vec<Problem>, default: Verdict) -> RangeResult {
     let verdict = problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind));
     RangeResult {
         segment: r.segment,

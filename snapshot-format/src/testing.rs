@@ -123,3 +123,200 @@ pub fn rewrite_ledger(
     }
     Ok(())
 }
+
+/// Whether `name` is a local store's staging file (`<key>#<digits>`): left by a write that was
+/// interrupted, never listed or read as an object (`specs/snapshot-format.md`, write-once rules).
+pub fn is_staging(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The objects (files that are not staging files) directly in `dir`, with their bytes, sorted by
+/// name; none when `dir` does not exist. Panics on a read error (for tests).
+pub fn objects(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut out: Vec<(String, Vec<u8>)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (name, bytes)
+        })
+        .filter(|(name, _)| !is_staging(name))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every ledger record of the local run at `run`, in order. Panics on a bad segment (for tests).
+pub fn records(run: &std::path::Path) -> Vec<crate::ledger::StepRecord> {
+    objects(&run.join(crate::layout::LEDGER))
+        .iter()
+        .flat_map(|(name, bytes)| {
+            crate::ledger::Segment::decode(bytes, name)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .records
+        })
+        .collect()
+}
+
+/// The manifest of the local run at `run`. Panics if it is unreadable (for tests).
+pub fn manifest(run: &std::path::Path) -> crate::manifest::RunManifest {
+    let path = run.join(crate::layout::MANIFEST);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    crate::manifest::RunManifest::from_json(&bytes, crate::layout::MANIFEST)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The completion record of the local run at `run`. Panics if it is unreadable (for tests).
+pub fn completion(run: &std::path::Path) -> crate::manifest::Completion {
+    let path = run.join(crate::layout::COMPLETE);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    crate::manifest::Completion::from_json(&bytes, crate::layout::COMPLETE)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Each checkpoint of the local run at `run` with the state root in its header, by name.
+pub fn checkpoint_roots(run: &std::path::Path) -> Vec<(String, crate::Hash32)> {
+    objects(&run.join(crate::layout::CHECKPOINTS))
+        .iter()
+        .map(|(name, bytes)| {
+            let limits = crate::limits::ReadLimits::default();
+            let h = crate::snapshot::read_header(bytes, name, &limits)
+                .unwrap_or_else(|e| panic!("{e}"));
+            (name.clone(), h.state_root)
+        })
+        .collect()
+}
+
+/// Panics, naming the first difference, unless the local runs at `a` and `b` have the same
+/// genesis, equal ledger records and byte-identical segments, the same checkpoint state roots,
+/// and the same completion record (ledger head and final state root).
+pub fn assert_same_run(a: &std::path::Path, b: &std::path::Path) {
+    let (ra, rb) = (records(a), records(b));
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!(x, y, "first difference at step {}", x.step);
+    }
+    assert_eq!(ra.len(), rb.len(), "number of ledger records");
+    let ledger = crate::layout::LEDGER;
+    assert!(
+        objects(&a.join(ledger)) == objects(&b.join(ledger)),
+        "ledger segment bytes differ"
+    );
+    assert_eq!(checkpoint_roots(a), checkpoint_roots(b));
+    let (ca, cb) = (completion(a), completion(b));
+    assert_eq!(
+        (ca.ledger_head, ca.final_state_root),
+        (cb.ledger_head, cb.final_state_root)
+    );
+    assert_eq!(manifest(a).genesis, manifest(b).genesis);
+}
+
+/// Panics unless `store` (empty, writable) honours the storage contract of
+/// `specs/snapshot-format.md`: the write-once probe passes and cleans up; a second create of a
+/// key fails with `ObjectExists`; `put_once` accepts identical bytes and refuses others with
+/// `ObjectConflict`, leaving the object alone; a missing key is `ObjectMissing` naming it;
+/// listing is by prefix, sorted, relative to the run root.
+pub fn assert_store_contract(store: &crate::Store) {
+    use crate::{Error, PutOutcome};
+    store.probe_write_once().expect("honours write-once");
+    assert_eq!(store.list("").expect("list"), vec![], "the probe cleans up");
+
+    store.put_new("a/b.bin", b"one".to_vec()).expect("create");
+    let e = store
+        .put_new("a/b.bin", b"two".to_vec())
+        .expect_err("second create");
+    assert!(
+        matches!(&e, Error::ObjectExists { key, .. } if key == "a/b.bin"),
+        "{e}"
+    );
+    assert_eq!(store.get("a/b.bin").expect("get"), b"one");
+
+    let same = store
+        .put_once("a/b.bin", b"one".to_vec())
+        .expect("same bytes");
+    assert_eq!(same, PutOutcome::AlreadyPresent);
+    let e = store
+        .put_once("a/b.bin", b"other".to_vec())
+        .expect_err("conflict");
+    assert!(
+        matches!(&e, Error::ObjectConflict { key, .. } if key == "a/b.bin"),
+        "{e}"
+    );
+    assert_eq!(
+        store.get("a/b.bin").expect("get"),
+        b"one",
+        "a conflict leaves the object"
+    );
+    let new = store.put_once("a/c.bin", b"new".to_vec()).expect("new");
+    assert_eq!(new, PutOutcome::Created);
+
+    let e = store.get("missing/x.snap").expect_err("missing");
+    assert!(
+        matches!(&e, Error::ObjectMissing { key, .. } if key == "missing/x.snap"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("missing/x.snap"), "{e}");
+    assert_eq!(store.get_opt("missing/x.snap").expect("get_opt"), None);
+    assert!(store.exists("a/b.bin").expect("exists"));
+    assert!(!store.exists("a/zzz").expect("exists"));
+
+    let keys = |prefix: &str| -> Vec<String> {
+        store
+            .list(prefix)
+            .expect("list")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    };
+    assert_eq!(keys("a"), ["a/b.bin", "a/c.bin"]);
+    assert_eq!(
+        keys(""),
+        ["a/b.bin", "a/c.bin"],
+        "keys are relative to the run root"
+    );
+}
+
+/// Panics unless exactly one of 16 threads creating `key` at once (each with its own bytes)
+/// succeeds, the others fail with `ObjectExists`, and the object holds the winner's bytes.
+pub fn assert_one_winner_of_concurrent_creates(store: &crate::Store, key: &str) {
+    use crate::Error;
+    const THREADS: u8 = 16;
+    let barrier = std::sync::Barrier::new(usize::from(THREADS));
+    let results: Vec<Result<(), Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    store.put_new(key, vec![i; 4096])
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let winners: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_ok()).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one create may succeed: {results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(Error::ObjectExists { .. }))),
+        "{results:?}"
+    );
+    assert_eq!(store.get(key).expect("get"), vec![winners[0] as u8; 4096]);
+}

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// The workspace root.
@@ -46,6 +46,44 @@ pub fn run(name: &str, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{name} {args:?}: {e}"))
+}
+
+/// A path as the `&str` the commands take.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// `trainer run CONFIG --out OUT --quiet EXTRA…`, which must succeed.
+pub fn train(config: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec!["run", s(config), "--out", s(out), "--quiet"];
+    args.extend_from_slice(extra);
+    let r = run("trainer", &args);
+    assert!(
+        r.status.success(),
+        "trainer {args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+/// `replay ARGS… --json --quiet`: checks the exit status and that standard output is one JSON
+/// document on one line, and parses it.
+pub fn replay_json<T: serde::de::DeserializeOwned>(args: &[&str], exit: i32) -> T {
+    let mut full = args.to_vec();
+    full.extend(["--json", "--quiet"]);
+    let out = run("replay", &full);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(exit),
+        "replay {full:?}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one JSON document on one line: {stdout}"
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("replay {full:?}: {e}: {stdout}"))
 }
 
 /// A moto S3 server on 127.0.0.1, stopped on drop.

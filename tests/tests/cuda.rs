@@ -11,32 +11,16 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e_tests::run;
+use e2e_tests::{replay_json, run, s};
 use replay::Verdict;
 use replay::commands::VerifyReport;
-use snapshot_format::layout;
-use snapshot_format::manifest::{Completion, RunManifest};
+use snapshot_format::testing::{assert_same_run, manifest};
 use trainer::fixtures::{self, FixtureOptions};
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8")
-}
-
 fn train(cfg: &Path, out: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "run",
-        s(cfg),
-        "--out",
-        s(out),
-        "--quiet",
-        "--device",
-        "cuda",
-        "--run-id",
-        "gpu",
-    ];
+    let mut args = vec!["--device", "cuda", "--run-id", "gpu"];
     args.extend_from_slice(extra);
-    let r = run("trainer", &args);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    e2e_tests::train(cfg, out, &args);
 }
 
 fn fixture(dir: &Path) -> PathBuf {
@@ -50,41 +34,10 @@ fn fixture(dir: &Path) -> PathBuf {
     .expect("fixture")
 }
 
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .expect("dir")
-        .flatten()
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().to_string(),
-                std::fs::read(e.path()).expect("read"),
-            )
-        })
-        .filter(|(n, _)| !n.contains('#'))
-        .collect();
-    out.sort();
-    out
-}
-
-fn completion(r: &Path) -> Completion {
-    Completion::from_json(
-        &std::fs::read(r.join(layout::COMPLETE)).expect("complete"),
-        "c",
-    )
-    .expect("c")
-}
-
 fn verify(r: &Path, extra: &[&str], exit: i32) -> VerifyReport {
-    let mut args = vec!["verify", s(r), "--all", "--json", "--quiet"];
+    let mut args = vec!["verify", s(r), "--all"];
     args.extend_from_slice(extra);
-    let out = run("replay", &args);
-    assert_eq!(
-        out.status.code(),
-        Some(exit),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    replay_json(&args, exit)
 }
 
 #[test]
@@ -94,20 +47,11 @@ fn two_cuda_runs_give_identical_ledgers() {
     let cfg = fixture(&t.path().join("in"));
     train(&cfg, &t.path().join("a"), &[]);
     train(&cfg, &t.path().join("b"), &[]);
-    assert_eq!(
-        files(&t.path().join("a/ledger")),
-        files(&t.path().join("b/ledger"))
-    );
-    assert_eq!(
-        completion(&t.path().join("a")),
-        completion(&t.path().join("b"))
-    );
-    let m = RunManifest::from_json(
-        &std::fs::read(t.path().join("a/manifest.json")).expect("m"),
-        "m",
-    )
-    .expect("m");
-    let gpu = m.environment.gpu.expect("the manifest records the GPU");
+    assert_same_run(&t.path().join("a"), &t.path().join("b"));
+    let gpu = manifest(&t.path().join("a"))
+        .environment
+        .gpu
+        .expect("the manifest records the GPU");
     println!(
         "GPU: {} (sm {}, {} SMs), driver {}, {}",
         gpu.name, gpu.compute_capability, gpu.sm_count, gpu.driver_version, gpu.cuda_version
@@ -127,11 +71,7 @@ fn resume_on_cuda_equals_the_uninterrupted_run() {
         &["resume", s(&part), "--quiet", "--device", "cuda"],
     );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(
-        files(&t.path().join("full/ledger")),
-        files(&part.join("ledger"))
-    );
-    assert_eq!(completion(&t.path().join("full")), completion(&part));
+    assert_same_run(&t.path().join("full"), &part);
 }
 
 #[test]

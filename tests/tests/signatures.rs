@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e_tests::run;
+use e2e_tests::{replay_json, run, s, train};
 use replay::Verdict;
 use replay::check::CheckReport;
 use replay::signatures::Status;
@@ -14,10 +14,6 @@ use snapshot_format::testing::rewrite_ledger;
 use snapshot_format::{Store, layout};
 use trainer::fixtures::{self, FixtureOptions};
 use trainer::record::RunSigner;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8")
-}
 
 fn keygen(dir: &Path) -> (PathBuf, PathBuf, String) {
     let out = run("trainer", &["keygen", "--out", s(dir)]);
@@ -43,36 +39,25 @@ fn signed_run(dir: &Path, key: &Path) -> PathBuf {
     let cfg =
         fixtures::write_tiny_bert(&dir.join("in"), &FixtureOptions::default()).expect("fixture");
     let out = dir.join("run");
-    let r = run(
-        "trainer",
-        &[
-            "run",
-            s(&cfg),
-            "--out",
-            s(&out),
-            "--quiet",
-            "--signing-key",
-            s(key),
-            "--run-id",
-            "signed",
-        ],
-    );
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    train(&cfg, &out, &["--signing-key", s(key), "--run-id", "signed"]);
     out
 }
 
+/// A new key in `dir/a` and a run in `dir/run` signed with it: the run, the public key's
+/// file and its bytes.
+fn signed_by_a_new_key(dir: &Path) -> (PathBuf, PathBuf, [u8; 32]) {
+    let (private, public, _) = keygen(&dir.join("a"));
+    let r = signed_run(dir, &private);
+    let bytes = signature::read_public_key(s(&public))
+        .expect("public key")
+        .to_bytes();
+    (r, public, bytes)
+}
+
 fn check(r: &Path, extra: &[&str], exit: i32) -> CheckReport {
-    let mut args = vec!["check", s(r), "--json", "--quiet"];
+    let mut args = vec!["check", s(r)];
     args.extend_from_slice(extra);
-    let out = run("replay", &args);
-    assert_eq!(
-        out.status.code(),
-        Some(exit),
-        "replay {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    replay_json(&args, exit)
 }
 
 #[test]
@@ -204,11 +189,7 @@ fn history_rewritten_and_resigned_by_another_key_is_untrusted() {
 #[test]
 fn signature_moved_to_another_checkpoint_is_bad() {
     let t = tempfile::tempdir().expect("tmp");
-    let (key_a, pub_a, _) = keygen(&t.path().join("a"));
-    let r = signed_run(t.path(), &key_a);
-    let public = signature::read_public_key(s(&pub_a))
-        .expect("pub")
-        .to_bytes();
+    let (r, pub_a, public) = signed_by_a_new_key(t.path());
     let from = r.join(signature::key_for(&public, &layout::checkpoint(4)));
     let to = r.join(signature::key_for(&public, &layout::checkpoint(8)));
     std::fs::copy(&from, &to).expect("move signature");
@@ -226,11 +207,7 @@ fn signature_moved_to_another_checkpoint_is_bad() {
 #[test]
 fn truncated_or_garbled_signature_files_are_specific_errors() {
     let t = tempfile::tempdir().expect("tmp");
-    let (key_a, pub_a, _) = keygen(&t.path().join("a"));
-    let r = signed_run(t.path(), &key_a);
-    let public = signature::read_public_key(s(&pub_a))
-        .expect("pub")
-        .to_bytes();
+    let (r, pub_a, public) = signed_by_a_new_key(t.path());
     let seg_sig = r.join(signature::key_for(&public, &layout::segment(2)));
     let bytes = std::fs::read(&seg_sig).expect("sig");
     std::fs::write(&seg_sig, &bytes[..bytes.len() - 20]).expect("truncate");
@@ -262,8 +239,7 @@ fn unsigned_run_is_reported_and_fails_when_signatures_are_required() {
     let cfg = fixtures::write_tiny_bert(&t.path().join("in"), &FixtureOptions::default())
         .expect("fixture");
     let r = t.path().join("run");
-    let out = run("trainer", &["run", s(&cfg), "--out", s(&r), "--quiet"]);
-    assert!(out.status.success());
+    train(&cfg, &r, &[]);
     let c = check(&r, &[], 0);
     let sigs = c.signatures.expect("signatures");
     assert!(sigs.artefacts.iter().all(|a| a.status == Status::Unsigned));

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e_tests::run;
+use e2e_tests::{replay_json as replay, s, train};
 use replay::Verdict;
 use replay::check::CheckReport;
 use replay::commands::VerifyReport;
@@ -21,42 +21,12 @@ use trainer::record::RunWriter;
 use trainer::run::{RunFiles, is_checkpoint_step};
 use trainer::session::{PreparedData, Session, TrainingState};
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8")
-}
-
 /// Record a run of the tiny BERT fixture (12 steps, checkpoints 0, 4, 8, 12) with `trainer`.
 fn record(dir: &Path, o: FixtureOptions) -> PathBuf {
     let cfg = fixtures::write_tiny_bert(&dir.join("in"), &o).expect("fixture");
     let out = dir.join("run");
-    let r = run(
-        "trainer",
-        &[
-            "run",
-            s(&cfg),
-            "--out",
-            s(&out),
-            "--quiet",
-            "--run-id",
-            "victim",
-        ],
-    );
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    train(&cfg, &out, &["--run-id", "victim"]);
     out
-}
-
-fn replay<T: serde::de::DeserializeOwned>(args: &[&str], exit: i32) -> T {
-    let mut full = args.to_vec();
-    full.extend(["--json", "--quiet"]);
-    let out = run("replay", &full);
-    assert_eq!(
-        out.status.code(),
-        Some(exit),
-        "replay {args:?}:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON document")
 }
 
 fn check(r: &Path, exit: i32) -> CheckReport {

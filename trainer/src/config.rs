@@ -99,6 +99,18 @@ pub enum ModelSpec {
 }
 
 impl ModelSpec {
+    /// The `[model]` section of a run config that specifies this model.
+    pub fn toml_section(&self) -> Result<String> {
+        #[derive(Serialize)]
+        struct Section<'a> {
+            model: &'a ModelSpec,
+        }
+        toml::to_string(&Section { model: self }).map_err(|e| Error::Config {
+            path: "[model]".into(),
+            detail: e.to_string(),
+        })
+    }
+
     /// Number of classes.
     pub fn num_labels(&self) -> u64 {
         match self {

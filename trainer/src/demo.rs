@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::Cpu;
 use crate::base::to_safetensors;
-use crate::config::{BertConfig, RunConfig};
+use crate::config::{BertConfig, ModelSpec, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::bert::BertClassifier;
 use crate::model::{TrainableModel, init_values};
@@ -45,27 +45,16 @@ pub fn model_config() -> BertConfig {
 }
 
 /// The demo configuration, pinning `base_blake3`, for `steps` steps.
-pub fn config_toml(base_blake3: &str, steps: u64) -> String {
-    let m = model_config();
-    format!(
+pub fn config_toml(base_blake3: &str, steps: u64) -> Result<String> {
+    let model = ModelSpec::Bert(model_config()).toml_section()?;
+    Ok(format!(
         r#"# The embedded demo: fine-tune a small BERT-style classifier on product reviews.
 [run]
 seed = 7
 steps = {steps}
 batch_size = 32
 
-[model]
-kind = "bert"
-vocab_size = {vocab}
-hidden_size = {hidden}
-num_layers = {layers}
-num_heads = {heads}
-intermediate_size = {inter}
-max_position = {maxpos}
-num_labels = 2
-hidden_dropout = 0.1
-attention_dropout = 0.1
-
+{model}
 [base]
 path = "base.safetensors"
 blake3 = "{base_blake3}"
@@ -90,14 +79,8 @@ min_lr_ratio = 0.1
 checkpoint_interval = 50
 state_root_interval = 1
 "#,
-        vocab = m.vocab_size,
-        hidden = m.hidden_size,
-        layers = m.num_layers,
-        heads = m.num_heads,
-        inter = m.intermediate_size,
-        maxpos = m.max_position,
         warmup = steps / 10,
-    )
+    ))
 }
 
 /// Generate the base model: every encoder parameter of the demo architecture initialised from
@@ -145,7 +128,7 @@ pub fn write_assets(dir: &Path, steps: u64) -> Result<PathBuf> {
         (dir.join("reviews.jsonl"), DATASET.to_vec()),
         (
             dir.join("demo.toml"),
-            config_toml(BASE_BLAKE3, steps).into_bytes(),
+            config_toml(BASE_BLAKE3, steps)?.into_bytes(),
         ),
     ];
     for (path, bytes) in &files {
@@ -177,8 +160,13 @@ mod tests {
 
     #[test]
     fn demo_config_is_valid_and_dataset_parses() {
-        let c = RunConfig::from_toml(&config_toml(BASE_BLAKE3, 300), "demo.toml", PathBuf::new())
-            .expect("valid");
+        let toml = config_toml(BASE_BLAKE3, 300).expect("config");
+        let c = RunConfig::from_toml(&toml, "demo.toml", PathBuf::new()).expect("valid");
+        assert_eq!(
+            c.model,
+            ModelSpec::Bert(model_config()),
+            "the [model] section round-trips"
+        );
         let d = crate::data::Dataset::parse(DATASET, "reviews.jsonl", c.data.format, &c.model)
             .expect("parses");
         assert_eq!(d.len(), 2400);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::BertConfig;
+use crate::config::{BertConfig, ModelSpec};
 use crate::demo;
 use crate::error::{Error, Result};
 use crate::rng;
@@ -57,31 +57,26 @@ pub fn tiny_bert() -> BertConfig {
         num_heads: 2,
         intermediate_size: 32,
         max_position: 16,
-        type_vocab_size: 2,
-        num_labels: 2,
-        hidden_dropout: 0.1,
-        attention_dropout: 0.1,
-        layer_norm_eps: 1e-12,
-        init_std: 0.02,
+        ..demo::model_config()
     }
 }
 
 /// Seed of the tiny base model.
 pub const TINY_BASE_SEED: u64 = 5;
 
+/// Write `bytes` to `path`, creating its directory.
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(path, bytes))
+        .map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Write the tiny BERT fixture (base model, dataset, config) into `dir`; returns the config.
 pub fn write_tiny_bert(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.display().to_string(),
-        source,
-    })?;
     let m = o.bert.clone().unwrap_or_else(tiny_bert);
     let base = demo::base_model_for(&m, TINY_BASE_SEED)?;
     let base_hash = snapshot_format::hash::file_hash(&base);
@@ -95,22 +90,8 @@ pub fn write_tiny_bert(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
         rows[k] = row.to_string();
     }
     write(&dir.join("data.jsonl"), (rows.join("\n") + "\n").as_bytes())?;
-    let config = format!(
-        r#"[run]
-seed = {seed}
-steps = {steps}
-batch_size = {bs}
-
-[model]
-kind = "bert"
-vocab_size = {vocab}
-hidden_size = {hidden}
-num_layers = {layers}
-num_heads = {heads}
-intermediate_size = {inter}
-max_position = {maxpos}
-num_labels = 2
-
+    let sections = format!(
+        r#"{model}
 [base]
 path = "base.safetensors"
 blake3 = "{base_hash}"
@@ -119,44 +100,16 @@ blake3 = "{base_hash}"
 path = "data.jsonl"
 format = "text"
 max_len = {max_len}
-
-[optimizer]
-kind = "adamw"
-lr = {lr:?}
-grad_clip = 1.0
-
-[recording]
-checkpoint_interval = {ci}
-state_root_interval = {sri}
-{extra}
 "#,
-        seed = o.seed,
-        steps = o.steps,
-        bs = o.batch_size,
-        vocab = m.vocab_size,
-        hidden = m.hidden_size,
-        layers = m.num_layers,
-        heads = m.num_heads,
-        inter = m.intermediate_size,
-        maxpos = m.max_position,
-        lr = o.lr,
-        ci = o.checkpoint_interval,
-        sri = o.state_root_interval,
-        extra = o.extra,
+        model = ModelSpec::Bert(m).toml_section()?,
         max_len = o.max_len,
     );
-    let path = dir.join("config.toml");
-    write(&path, config.as_bytes())?;
-    Ok(path)
+    write_config(dir, o, &sections, "grad_clip = 1.0\n")
 }
 
 /// Write the MLP fixture (8 features, 3 classes; the class is the index of the largest of three
 /// sums of features) into `dir`; returns the config.
 pub fn write_mlp(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.display().to_string(),
-        source,
-    })?;
     let mut r = rng::stream(99, "fixture", 0);
     let mut rows = String::new();
     for i in 0..o.examples {
@@ -173,13 +126,7 @@ pub fn write_mlp(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
         rows.push('\n');
     }
     write(&dir.join("data.jsonl"), rows.as_bytes())?;
-    let config = format!(
-        r#"[run]
-seed = {seed}
-steps = {steps}
-batch_size = {bs}
-
-[model]
+    let sections = r#"[model]
 kind = "mlp"
 input_size = 8
 hidden_sizes = [32, 16]
@@ -189,11 +136,30 @@ dropout = 0.1
 [data]
 path = "data.jsonl"
 format = "features"
+"#;
+    write_config(dir, o, sections, "")
+}
 
+/// Write a fixture's `config.toml` into `dir` and return its path: `[run]`, then `sections`
+/// (model, base, data), then `[optimizer]` (AdamW at `o.lr`, then `optimizer_extra`),
+/// `[recording]` and `o.extra`.
+fn write_config(
+    dir: &Path,
+    o: &FixtureOptions,
+    sections: &str,
+    optimizer_extra: &str,
+) -> Result<PathBuf> {
+    let config = format!(
+        r#"[run]
+seed = {seed}
+steps = {steps}
+batch_size = {bs}
+
+{sections}
 [optimizer]
 kind = "adamw"
 lr = {lr:?}
-
+{optimizer_extra}
 [recording]
 checkpoint_interval = {ci}
 state_root_interval = {sri}

@@ -41,6 +41,18 @@ fn assert_nothing_written(out: &Path) {
     );
 }
 
+/// `trainer run CONFIG --out OUT --quiet EXTRA…`, which must exit with `code` and leave nothing
+/// in `out`; returns its standard error.
+fn refused(cfg: &Path, out: &Path, extra: &[&str], code: i32) -> String {
+    let mut args = vec!["run", s(cfg), "--out", s(out), "--quiet"];
+    args.extend_from_slice(extra);
+    let o = trainer(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    assert_nothing_written(out);
+    err
+}
+
 #[test]
 fn unknown_and_missing_config_keys_name_the_file_and_key() {
     let t = tempfile::tempdir().expect("tmp");
@@ -56,12 +68,9 @@ fn unknown_and_missing_config_keys_name_the_file_and_key() {
         (text.replace("max_len = 12", "max_len = 99"), "data.max_len"),
     ] {
         std::fs::write(&cfg, &broken).expect("write");
-        let out = t.path().join("out");
-        let o = trainer(&["run", s(&cfg), "--out", s(&out), "--quiet"]);
-        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-        assert!(stderr(&o).contains("config.toml"), "{}", stderr(&o));
-        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
-        assert_nothing_written(&out);
+        let err = refused(&cfg, &t.path().join("out"), &[], 3);
+        assert!(err.contains("config.toml"), "{err}");
+        assert!(err.contains(needle), "{needle}: {err}");
     }
 }
 
@@ -74,16 +83,9 @@ fn base_model_that_does_not_match_its_pin_is_refused() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01; // one bit of one weight
     std::fs::write(&base, bytes).expect("write");
-    let out = t.path().join("out");
-    let o = trainer(&["run", s(&cfg), "--out", s(&out), "--quiet"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("base.safetensors"), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("does not match the pinned"),
-        "{}",
-        stderr(&o)
-    );
-    assert_nothing_written(&out);
+    let err = refused(&cfg, &t.path().join("out"), &[], 2);
+    assert!(err.contains("base.safetensors"), "{err}");
+    assert!(err.contains("does not match the pinned"), "{err}");
 }
 
 #[test]
@@ -98,12 +100,9 @@ fn dataset_row_that_does_not_parse_names_its_line() {
         .collect();
     lines[2] = "{\"text\": \"no label\"}".into();
     std::fs::write(&data, lines.join("\n")).expect("write");
-    let out = t.path().join("out");
-    let o = trainer(&["run", s(&cfg), "--out", s(&out), "--quiet"]);
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("data.jsonl:3:"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("label"), "{}", stderr(&o));
-    assert_nothing_written(&out);
+    let err = refused(&cfg, &t.path().join("out"), &[], 3);
+    assert!(err.contains("data.jsonl:3:"), "{err}");
+    assert!(err.contains("label"), "{err}");
 }
 
 #[test]
@@ -143,35 +142,12 @@ fn unknown_or_absent_devices_are_clear_errors() {
     let t = tempfile::tempdir().expect("tmp");
     let cfg = fixture(t.path());
     let out = t.path().join("out");
-    let o = trainer(&[
-        "run",
-        s(&cfg),
-        "--out",
-        s(&out),
-        "--device",
-        "tpu",
-        "--quiet",
-    ]);
-    assert_eq!(o.status.code(), Some(3));
-    assert!(
-        stderr(&o).contains("expected cpu, cuda or cuda:N"),
-        "{}",
-        stderr(&o)
-    );
+    let err = refused(&cfg, &out, &["--device", "tpu"], 3);
+    assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
     if !cfg!(feature = "cuda") {
-        let o = trainer(&[
-            "run",
-            s(&cfg),
-            "--out",
-            s(&out),
-            "--device",
-            "cuda:0",
-            "--quiet",
-        ]);
-        assert_eq!(o.status.code(), Some(3));
-        assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+        let err = refused(&cfg, &out, &["--device", "cuda:0"], 3);
+        assert!(err.contains("--features cuda"), "{err}");
     }
-    assert_nothing_written(&out);
     let o = trainer(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(3), "usage errors exit 3");
 }

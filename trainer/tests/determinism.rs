@@ -6,8 +6,10 @@ use std::process::{Command, Output};
 
 use snapshot_format::ledger::{Segment, StepRecord};
 use snapshot_format::limits::ReadLimits;
-use snapshot_format::manifest::{Completion, RunManifest};
-use snapshot_format::{Hash32, layout, snapshot};
+use snapshot_format::testing::{
+    assert_same_run, completion, is_staging, manifest, objects, records,
+};
+use snapshot_format::{layout, snapshot};
 use trainer::config::BertConfig;
 use trainer::fixtures::{self, FixtureOptions};
 
@@ -46,92 +48,6 @@ fn train(config: &Path, out: &Path, extra: &[&str]) {
     ok(&args);
 }
 
-/// A local store's staging file (`<key>#<digits>`): left by a write interrupted by SIGKILL,
-/// never listed or read as an object.
-fn is_staging(name: &str) -> bool {
-    name.rsplit_once('#')
-        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// The objects (not staging files) in `dir`, with their bytes, by name.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .filter(|p| !is_staging(&p.file_name().unwrap_or_default().to_string_lossy()))
-            .map(|p| {
-                let bytes = std::fs::read(&p).expect("read");
-                (
-                    p.file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .to_string(),
-                    bytes,
-                )
-            })
-            .collect(),
-        Err(_) => vec![],
-    };
-    out.sort();
-    out
-}
-
-fn records(run: &Path) -> Vec<StepRecord> {
-    files(&run.join("ledger"))
-        .iter()
-        .flat_map(|(name, bytes)| Segment::decode(bytes, name).expect("segment").records)
-        .collect()
-}
-
-fn manifest(run: &Path) -> RunManifest {
-    RunManifest::from_json(
-        &std::fs::read(run.join(layout::MANIFEST)).expect("manifest"),
-        "manifest",
-    )
-    .expect("valid manifest")
-}
-
-fn completion(run: &Path) -> Completion {
-    Completion::from_json(
-        &std::fs::read(run.join(layout::COMPLETE)).expect("complete.json"),
-        "c",
-    )
-    .expect("valid completion")
-}
-
-fn checkpoint_roots(run: &Path) -> Vec<(String, Hash32)> {
-    files(&run.join("checkpoints"))
-        .iter()
-        .map(|(name, bytes)| {
-            let h = snapshot::read_header(bytes, name, &ReadLimits::default()).expect("checkpoint");
-            (name.clone(), h.state_root)
-        })
-        .collect()
-}
-
-/// The two runs have byte-identical ledgers, the same checkpoint state roots and completion.
-fn assert_same_run(a: &Path, b: &Path) {
-    let (ra, rb) = (records(a), records(b));
-    assert_eq!(ra.len(), rb.len());
-    for (x, y) in ra.iter().zip(&rb) {
-        assert_eq!(x, y, "first difference at step {}", x.step);
-    }
-    assert_eq!(
-        files(&a.join("ledger")),
-        files(&b.join("ledger")),
-        "segment bytes"
-    );
-    assert_eq!(checkpoint_roots(a), checkpoint_roots(b));
-    let (ca, cb) = (completion(a), completion(b));
-    assert_eq!(
-        (ca.ledger_head, ca.final_state_root),
-        (cb.ledger_head, cb.final_state_root)
-    );
-    assert_eq!(manifest(a).genesis, manifest(b).genesis);
-}
-
 fn tiny(dir: &Path, o: FixtureOptions) -> PathBuf {
     fixtures::write_tiny_bert(dir, &o).expect("fixture")
 }
@@ -145,8 +61,8 @@ fn two_runs_of_one_config_are_bit_identical() {
     assert_same_run(&t.path().join("a"), &t.path().join("b"));
     // Same run id, same inputs: the checkpoint files themselves are identical too.
     assert_eq!(
-        files(&t.path().join("a/checkpoints")),
-        files(&t.path().join("b/checkpoints"))
+        objects(&t.path().join("a/checkpoints")),
+        objects(&t.path().join("b/checkpoints"))
     );
 }
 
@@ -220,8 +136,8 @@ fn resume_from_every_checkpoint_matches_the_uninterrupted_run() {
         ok(&["resume", s(&dir), "--quiet"]);
         assert_same_run(&full, &dir);
         assert_eq!(
-            files(&full.join("checkpoints")),
-            files(&dir.join("checkpoints")),
+            objects(&full.join("checkpoints")),
+            objects(&dir.join("checkpoints")),
             "resumed from {upto:?}: checkpoint bytes"
         );
     }
@@ -246,12 +162,12 @@ fn stopped_run_resumes_to_the_same_bits_and_complete_runs_refuse_to_resume() {
 
 /// Every object under `run` is whole: checkpoints and segments decode.
 fn assert_no_partial_objects(run: &Path) {
-    for (name, bytes) in files(&run.join("checkpoints")) {
+    for (name, bytes) in objects(&run.join("checkpoints")) {
         if name.ends_with(".snap") {
             snapshot::decode(&bytes, &name, &ReadLimits::default()).expect("whole checkpoint");
         }
     }
-    for (name, bytes) in files(&run.join("ledger")) {
+    for (name, bytes) in objects(&run.join("ledger")) {
         if name.ends_with(".seg") {
             Segment::decode(&bytes, &name).expect("whole segment");
         }
