@@ -42,11 +42,18 @@ fn verify(r: &Path, extra: &[&str], exit: i32) -> VerifyReport {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn two_cuda_runs_give_identical_ledgers() {
+fn two_cuda_runs_of_the_demo_config_give_identical_ledgers() {
     let t = tempfile::tempdir().expect("tmp");
-    let cfg = fixture(&t.path().join("in"));
-    train(&cfg, &t.path().join("a"), &[]);
-    train(&cfg, &t.path().join("b"), &[]);
+    let assets = t.path().join("assets");
+    for out in ["a", "b"] {
+        let out = t.path().join(out);
+        let args = ["demo", "--steps", "100", "--device", "cuda", "--quiet"];
+        let r = run(
+            "trainer",
+            &[&args[..], &["--assets", s(&assets), "--out", s(&out)]].concat(),
+        );
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
     assert_same_run(&t.path().join("a"), &t.path().join("b"));
     let gpu = manifest(&t.path().join("a"))
         .environment
