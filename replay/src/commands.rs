@@ -164,6 +164,22 @@ pub fn verify(
         seconds: 0.0,
         steps_per_second: 0.0,
     };
+    // A shard whose result is already recorded is refused before any replay, not after it.
+    let destination = match o.shard {
+        Some(s) => {
+            let results = match &o.results {
+                Some(url) => Store::create(url)?,
+                None => ctx.store.clone(),
+            };
+            let id =
+                o.id.clone()
+                    .unwrap_or_else(|| shard::default_id(&ctx.manifest.genesis, s.count));
+            shard::ensure_unrecorded(&results, &s, &id)?;
+            report.result_key = Some(s.result_key(&id));
+            Some((results, s, id))
+        }
+        None => None,
+    };
     let (signatures, signature_problems) = crate::signatures::check(&ctx, &o.signatures)?;
     report.signatures = Some(signatures);
     report.problems = signature_problems;
@@ -189,16 +205,8 @@ pub fn verify(
     } else {
         0.0
     };
-    if let Some(s) = o.shard {
-        let results = match &o.results {
-            Some(url) => Store::create(url)?,
-            None => ctx.store.clone(),
-        };
-        let id =
-            o.id.clone()
-                .unwrap_or_else(|| shard::default_id(&ctx.manifest.genesis, s.count));
-        report.result_key = Some(s.result_key(&id));
-        shard::write_result(&results, &s, &id, &report)?;
+    if let Some((results, s, id)) = &destination {
+        shard::write_result(results, s, id, &report)?;
     }
     Ok(report)
 }

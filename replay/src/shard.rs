@@ -64,7 +64,28 @@ pub fn default_id(genesis: &snapshot_format::Hash32, count: u64) -> String {
     format!("all-{}-{count}", genesis.short())
 }
 
-/// Write a shard's report once; an identical report already there is accepted.
+/// Refuse a shard whose result for verification `id` is already recorded: results are
+/// write-once, so verifying it again needs a new `--id`.
+pub fn ensure_unrecorded(results: &Store, shard: &Shard, id: &str) -> Result<(), CommandError> {
+    let key = shard.result_key(id);
+    match results.get_opt(&key)? {
+        None => Ok(()),
+        Some(bytes) => {
+            let verdict = serde_json::from_slice::<VerifyReport>(&bytes)
+                .map(|r| format!("verdict {}", r.verdict))
+                .unwrap_or_else(|_| "unreadable".into());
+            Err(CommandError::Usage(format!(
+                "{}: shard {}/{} of verification {id:?} is already recorded at {key:?} ({verdict}); \
+                 results are write-once: run `replay collect`, or pass a new --id to verify again",
+                results.location(),
+                shard.index,
+                shard.count,
+            )))
+        }
+    }
+}
+
+/// Write a shard's report once (a concurrent writer of the same shard loses with an error).
 pub fn write_result(
     results: &Store,
     shard: &Shard,

@@ -268,7 +268,10 @@ fn sharded_verification_collects_every_segment() {
         [1, 2, 3]
     );
     assert_eq!(all.steps_replayed, 12);
-    // Results are write-once: the same shard cannot report twice.
+    // Results are write-once: the same shard cannot report twice, and is refused before it
+    // replays anything (the refusal names the recorded result, not a failed write).
+    let key = r.join(a.result_key.as_deref().expect("result key"));
+    let recorded = std::fs::read(&key).expect("shard 0 result");
     let again = replay(&[
         "verify",
         s(&r),
@@ -279,6 +282,22 @@ fn sharded_verification_collects_every_segment() {
         "--quiet",
     ]);
     assert_eq!(again.status.code(), Some(3));
+    assert!(again.stdout.is_empty());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("already recorded") && err.contains("verdict verified"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&key).expect("shard 0 result"), recorded);
+    // A new verification id verifies the shard again.
+    let fresh: VerifyReport = json(
+        &["verify", s(&r), "--all", "--shard", "0/2", "--id", "second"],
+        0,
+    );
+    assert_eq!(
+        fresh.result_key.as_deref(),
+        Some("verifications/second/shard-0-of-2.json")
+    );
     // And `check` knows results are not part of the run's artefacts.
     let c: CheckReport = json(&["check", s(&r)], 0);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
