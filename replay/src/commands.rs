@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::{Hash32, Store};
 use trainer::backend::DeviceSpec;
 
+use crate::context::load_or_report;
 use crate::context::{self, LoadOptions, RunContext};
 use crate::report::{CommandError, Problem, Verdict};
 use crate::shard::{self, Shard};
@@ -290,14 +291,7 @@ pub fn audit(
         signatures: None,
         seconds: 0.0,
     };
-    let ctx = match context::load(location, &o.load)? {
-        Ok(c) => c,
-        Err(p) => {
-            report.verdict = p.kind;
-            report.problems.push(p);
-            return Ok(report);
-        }
-    };
+    let ctx = load_or_report!(location, &o.load, report);
     let (signatures, signature_problems) = crate::signatures::check(&ctx, &o.signatures)?;
     report.signatures = Some(signatures);
     report.problems = signature_problems;

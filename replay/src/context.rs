@@ -13,6 +13,22 @@ use trainer::run::segment_ending_at;
 
 use crate::report::{CommandError, Problem, Verdict, problem_of};
 
+/// The [`load`]ed run at `location`; when a finding prevents loading it, `return Ok(report)`
+/// from the calling command with that finding as the report's verdict and problem.
+macro_rules! load_or_report {
+    ($location:expr, $options:expr, $report:ident) => {
+        match $crate::context::load($location, $options)? {
+            Ok(ctx) => ctx,
+            Err(p) => {
+                $report.verdict = p.kind;
+                $report.problems.push(p);
+                return Ok($report);
+            }
+        }
+    };
+}
+pub(crate) use load_or_report;
+
 /// One ledger segment as found.
 #[derive(Debug, Clone)]
 pub struct SegmentInfo {
@@ -67,6 +83,11 @@ impl RunContext {
     /// The checkpoint interval.
     pub fn interval(&self) -> u64 {
         self.manifest.recording.checkpoint_interval
+    }
+
+    /// Key of the ledger segment that holds the record of `step`.
+    pub fn segment_key(&self, step: u64) -> String {
+        layout::segment(segment_ending_at(step, self.interval()))
     }
 
     /// The latest checkpoint step at or before `step` that is present.

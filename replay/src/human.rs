@@ -5,13 +5,14 @@ use std::fmt::Write;
 use crate::check::CheckReport;
 use crate::commands::{AuditReport, VerifyReport};
 use crate::compare::CompareReport;
+use crate::counterfactual::CounterfactualReport;
 use crate::inspect::{InspectReport, loss_text};
 use crate::provenance::ProvenanceReport;
 use crate::report::{Problem, Verdict};
 use crate::rollback::{DiffReport, RollbackReport};
 use crate::shard::CollectReport;
 use crate::state::TensorDiff;
-use crate::verify::{EnvironmentCheck, RangeResult};
+use crate::verify::{EnvironmentCheck, InputMismatch, RangeResult};
 
 /// Tensors listed in text output (JSON lists all).
 const TENSORS_SHOWN: usize = 10;
@@ -105,6 +106,14 @@ fn environment(out: &mut String, e: &Option<EnvironmentCheck>) {
     }
 }
 
+fn input_mismatch(out: &mut String, m: &InputMismatch) {
+    let _ = writeln!(
+        out,
+        "      step {}: example {} of {} hashes to {}, the run committed to {}",
+        m.step, m.example_id, m.dataset, m.found, m.committed
+    );
+}
+
 /// One range's result.
 pub fn range(out: &mut String, r: &RangeResult) {
     let label = if r.segment > 0 {
@@ -126,11 +135,7 @@ pub fn range(out: &mut String, r: &RangeResult) {
     );
     problems(out, &r.problems);
     if let Some(m) = &r.input_mismatch {
-        let _ = writeln!(
-            out,
-            "      step {}: example {} of {} hashes to {}, the run committed to {}",
-            m.step, m.example_id, m.dataset, m.found, m.committed
-        );
+        input_mismatch(out, m);
     }
     if let Some(d) = &r.divergence {
         let _ = writeln!(
@@ -388,6 +393,129 @@ pub fn provenance(r: &ProvenanceReport) -> String {
             "  step {:>7}  epoch {:>3}  position {:>3}",
             u.step, u.epoch, u.position
         );
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `n` and the noun in the right number.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Steps listed in text output (JSON lists all).
+const STEPS_SHOWN: usize = 8;
+
+/// `counterfactual`.
+pub fn counterfactual(r: &CounterfactualReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "counterfactual {} without examples {:?}, up to step {}",
+        r.run, r.without, r.to_step
+    );
+    environment(&mut out, &r.environment);
+    problems(&mut out, &r.problems);
+    let start = r.first_changed_step.map(|f| f - 1);
+    for (what, step, rr) in [
+        ("start", start, &r.factual_start),
+        ("end", Some(r.to_step), &r.factual_end),
+    ] {
+        match (step, rr) {
+            (_, Some(rr)) if rr.verdict == Verdict::Verified => {
+                let _ = writeln!(
+                    out,
+                    "  factual {what:<6}after step {}: verified, {} steps replayed from checkpoint {} ({:.1} s)",
+                    rr.to_step,
+                    rr.steps_replayed,
+                    rr.start_checkpoint.unwrap_or(0),
+                    rr.seconds
+                );
+            }
+            (_, Some(rr)) => range(&mut out, rr),
+            (Some(s), None) if r.counterfactual_root.is_some() => {
+                let _ = writeln!(
+                    out,
+                    "  factual {what:<6}after step {s}: checkpoint, verified against the ledger"
+                );
+            }
+            _ => {}
+        }
+    }
+    if let Some(m) = &r.input_mismatch {
+        input_mismatch(&mut out, m);
+    }
+    match r.first_changed_step {
+        None => {
+            let _ = writeln!(
+                out,
+                "  changed      nothing: no batch up to step {} held these examples",
+                r.to_step
+            );
+        }
+        Some(first) => {
+            let changed: Vec<_> = r.steps.iter().filter(|s| !s.removed.is_empty()).collect();
+            let skipped = r.steps.iter().filter(|s| s.batch_size == 0).count();
+            let _ = writeln!(
+                out,
+                "  changed      {} (first at step {first}), {skipped} left empty (no update); {} re-executed",
+                count(changed.len() as u64, "batch", "batches"),
+                count(r.steps.len() as u64, "step", "steps")
+            );
+            for s in changed.iter().take(STEPS_SHOWN) {
+                let _ = writeln!(
+                    out,
+                    "    step {:>7}  removed {:?}, trained on {}",
+                    s.step, s.removed, s.batch_size
+                );
+            }
+            if changed.len() > STEPS_SHOWN {
+                let _ = writeln!(
+                    out,
+                    "    … and {} more (see --json)",
+                    changed.len() - STEPS_SHOWN
+                );
+            }
+        }
+    }
+    if let Some(s) = r.steps.last() {
+        let _ = writeln!(
+            out,
+            "  loss         at step {}: recorded {}, counterfactual {}",
+            s.step,
+            s.loss_recorded,
+            s.loss_counterfactual
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "(no update)".into())
+        );
+    }
+    for e in &r.examples {
+        let _ = writeln!(
+            out,
+            "  example {:<5}label {}, used {}: loss {} factual, {} counterfactual (no dropout)",
+            e.example,
+            e.label,
+            count(e.uses, "time", "times"),
+            e.loss_factual,
+            e.loss_counterfactual
+        );
+    }
+    if let (Some(f), Some(c)) = (r.factual_root, r.counterfactual_root) {
+        let _ = writeln!(out, "  state root   factual        {f}");
+        let _ = writeln!(
+            out,
+            "               counterfactual {c}{}",
+            if f == c { " (equal)" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "  {} tensors differ from the factual state, largest first:",
+            r.tensors.len()
+        );
+        tensors(&mut out, &r.tensors, "    ");
+    }
+    if let Some(o) = &r.out {
+        let _ = writeln!(out, "  wrote        {} in {o}", r.files.join(", "));
     }
     verdict_line(&mut out, r.verdict);
     out

@@ -6,6 +6,7 @@ pub mod check;
 pub mod commands;
 pub mod compare;
 pub mod context;
+pub mod counterfactual;
 pub mod human;
 pub mod inspect;
 pub mod provenance;

@@ -14,7 +14,7 @@ use replay::context::LoadOptions;
 use replay::report::{CommandError, Verdict};
 use replay::shard::{self, Shard};
 use replay::signatures::SignatureOptions;
-use replay::{check, compare, human, inspect, provenance, rollback};
+use replay::{check, compare, counterfactual, human, inspect, provenance, rollback};
 use trainer::backend::DeviceSpec;
 
 #[derive(Parser, Debug)]
@@ -172,6 +172,28 @@ enum Command {
         #[arg(long)]
         dataset: Option<PathBuf>,
     },
+    /// Re-execute the history without chosen examples; compare with the factual state.
+    Counterfactual {
+        run: String,
+        /// Example ids to remove (comma-separated, repeatable).
+        #[arg(long, value_delimiter = ',', required_unless_present = "without_file")]
+        without: Vec<u64>,
+        /// A file of example ids to remove, separated by whitespace or commas.
+        #[arg(long)]
+        without_file: Option<PathBuf>,
+        /// Last step (default: the ledger's last).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Compare the optimizer's state tensors too.
+        #[arg(long)]
+        optimizer: bool,
+        /// Directory (or store URL) to write model.safetensors, state.snap and
+        /// counterfactual.json; nothing is written unless the factual states are verified.
+        #[arg(long)]
+        out: Option<String>,
+        #[command(flatten)]
+        replaying: Replaying,
+    },
     /// Per-tensor change between the states after two steps, largest first.
     Diff {
         run: String,
@@ -234,6 +256,23 @@ fn reconstruct_options(r: Replaying) -> Result<rollback::ReconstructOptions, Com
             segments: None,
         },
     })
+}
+
+/// Example ids listed in a file, separated by whitespace or commas.
+fn example_ids(path: &std::path::Path) -> Result<Vec<u64>, CommandError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CommandError::Usage(format!("--without-file {}: {e}", path.display())))?;
+    text.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            w.parse().map_err(|_| {
+                CommandError::Usage(format!(
+                    "--without-file {}: {w:?} is not an example id",
+                    path.display()
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Write the report; a closed standard output (`replay … | head`) is not an error.
@@ -416,6 +455,32 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             let r = rollback::diff(&run, from, to, optimizer, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::diff(&r));
+            Ok(r.verdict)
+        }
+        Command::Counterfactual {
+            run,
+            without,
+            without_file,
+            to,
+            optimizer,
+            out,
+            replaying,
+        } => {
+            let mut ids: std::collections::BTreeSet<u64> = without.into_iter().collect();
+            if let Some(path) = without_file {
+                ids.extend(example_ids(&path)?);
+            }
+            let o = counterfactual::CounterfactualOptions {
+                without: ids,
+                to,
+                include_optimizer: optimizer,
+                out,
+                reconstruct: reconstruct_options(replaying)?,
+            };
+            let bar = progress(&g, "steps");
+            let r = counterfactual::counterfactual(&run, &o, &bar)?;
+            bar.finish_and_clear();
+            emit(&g, &r, || human::counterfactual(&r));
             Ok(r.verdict)
         }
         Command::Inspect { run, svg } => {

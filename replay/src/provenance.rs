@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
-use crate::context::{self, LoadOptions};
+use crate::context::LoadOptions;
+use crate::context::load_or_report;
 use crate::report::{CommandError, Problem, Verdict};
 
 /// One use of the example.
@@ -49,14 +50,7 @@ pub fn provenance(
         steps_scanned: 0,
         problems: vec![],
     };
-    let ctx = match context::load(location, load)? {
-        Ok(c) => c,
-        Err(p) => {
-            report.verdict = p.kind;
-            report.problems.push(p);
-            return Ok(report);
-        }
-    };
+    let ctx = load_or_report!(location, load, report);
     if example >= ctx.spec.data.examples {
         return Err(CommandError::Usage(format!(
             "--example {example}: the dataset has examples 0..{}",

@@ -7,7 +7,8 @@ use snapshot_format::{Hash32, Store};
 use trainer::backend::DeviceSpec;
 use trainer::session::TrainingState;
 
-use crate::context::{self, LoadOptions, RunContext};
+use crate::context::load_or_report;
+use crate::context::{LoadOptions, RunContext};
 use crate::report::{CommandError, Problem, Verdict};
 use crate::state::{self, TensorDiff};
 use crate::verify::{self, EnvironmentCheck, Range, RangeResult};
@@ -108,7 +109,7 @@ pub fn reconstruct(
 }
 
 /// Check the environment: `Ok(tolerant)`, or the report's verdict when replay must not run.
-fn environment_gate(
+pub(crate) fn environment_gate(
     ctx: &RunContext,
     o: &ReconstructOptions,
 ) -> Result<(EnvironmentCheck, Option<Verdict>), CommandError> {
@@ -160,14 +161,7 @@ pub fn rollback(
         out: None,
         files: vec![],
     };
-    let ctx = match context::load(location, &o.load)? {
-        Ok(c) => c,
-        Err(p) => {
-            report.verdict = p.kind;
-            report.problems.push(p);
-            return Ok(report);
-        }
-    };
+    let ctx = load_or_report!(location, &o.load, report);
     let last = ctx.records.keys().next_back().copied().unwrap_or(0);
     if step > last {
         return Err(CommandError::Usage(format!(
@@ -190,6 +184,28 @@ pub fn rollback(
         return Ok(report);
     };
     let store = Store::create(out)?;
+    let parent = ctx.checkpoint_at_or_before(step);
+    report.files = export_state(&store, &ctx, &state, parent, "rollback.json")?;
+    report.out = Some(out.to_string());
+    // The stored record leaves out timing, so that the same rollback writes the same bytes.
+    let mut stored = report.clone();
+    if let Some(r) = stored.replay.as_mut() {
+        r.seconds = 0.0;
+    }
+    put_json(&store, "rollback.json", &stored)?;
+    Ok(report)
+}
+
+/// Write `state` to `store` as `model.safetensors` (the parameters, Hugging Face names) and
+/// `state.snap` (the full state, an export snapshot whose parent is the committed root of step
+/// `parent`). Returns the names of those files and of the `report` the caller writes next.
+pub(crate) fn export_state(
+    store: &Store,
+    ctx: &RunContext,
+    state: &TrainingState,
+    parent: Option<u64>,
+    report: &str,
+) -> Result<Vec<String>, CommandError> {
     let params: Vec<(String, Vec<usize>, Vec<u8>)> = state
         .tensors
         .iter()
@@ -208,9 +224,7 @@ pub fn rollback(
     let provenance = Provenance {
         run_id: ctx.manifest.run_id.clone(),
         kind: SnapshotKind::Export,
-        parent: ctx
-            .checkpoint_at_or_before(step)
-            .and_then(|c| ctx.committed_root(c)),
+        parent: parent.and_then(|c| ctx.committed_root(c)),
         producer: format!("replay {}", env!("CARGO_PKG_VERSION")),
     };
     store.put_once_parts(
@@ -223,22 +237,24 @@ pub fn rollback(
             )?
             .into_parts(),
     )?;
-    report.out = Some(out.to_string());
-    report.files = vec![
+    Ok(vec![
         "model.safetensors".into(),
         "state.snap".into(),
-        "rollback.json".into(),
-    ];
-    // The stored record leaves out timing, so that the same rollback writes the same bytes.
-    let mut stored = report.clone();
-    if let Some(r) = stored.replay.as_mut() {
-        r.seconds = 0.0;
-    }
+        report.into(),
+    ])
+}
+
+/// Write `value` as pretty JSON to `key`, once.
+pub(crate) fn put_json<T: Serialize>(
+    store: &Store,
+    key: &str,
+    value: &T,
+) -> Result<(), CommandError> {
     let mut json =
-        serde_json::to_vec_pretty(&stored).map_err(|e| CommandError::Usage(e.to_string()))?;
+        serde_json::to_vec_pretty(value).map_err(|e| CommandError::Usage(e.to_string()))?;
     json.push(b'\n');
-    store.put_once("rollback.json", json)?;
-    Ok(report)
+    store.put_once(key, json)?;
+    Ok(())
 }
 
 /// The JSON document of `replay diff --json`.
@@ -274,14 +290,7 @@ pub fn diff(
         problems: vec![],
         tensors: vec![],
     };
-    let ctx = match context::load(location, &o.load)? {
-        Ok(c) => c,
-        Err(p) => {
-            report.verdict = p.kind;
-            report.problems.push(p);
-            return Ok(report);
-        }
-    };
+    let ctx = load_or_report!(location, &o.load, report);
     let last = ctx.records.keys().next_back().copied().unwrap_or(0);
     if from > to || to > last {
         return Err(CommandError::Usage(format!(

@@ -225,6 +225,22 @@ fn root_text(r: Option<Hash32>) -> String {
     r.map(|h| h.to_hex()).unwrap_or_else(|| "none".into())
 }
 
+/// The first of `ids`, drawn for `step`, whose content differs from what the run committed to.
+pub(crate) fn input_mismatch(ctx: &RunContext, step: u64, ids: &[u64]) -> Option<InputMismatch> {
+    let (committed, dataset) = (ctx.dataset_manifest.as_ref()?, ctx.dataset.as_ref()?);
+    let hash = |hashes: &[Hash32], id: u64| hashes.get(id as usize).copied();
+    let &id = ids.iter().find(|&&id| {
+        hash(&dataset.manifest.example_hashes, id) != hash(&committed.example_hashes, id)
+    })?;
+    Some(InputMismatch {
+        step,
+        example_id: id,
+        committed: hash(&committed.example_hashes, id).unwrap_or(Hash32::ZERO),
+        found: hash(&dataset.manifest.example_hashes, id).unwrap_or(Hash32::ZERO),
+        dataset: dataset.source.clone(),
+    })
+}
+
 fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
     ctx: &RunContext,
     range: &Range,
@@ -266,8 +282,6 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
     };
     let mut session = Session::<B, M>::restore(ctx.spec.clone(), config, &snap, device, &key)?;
     drop(snap);
-    let dataset = ctx.dataset.as_ref().expect("checked by the caller");
-    let committed = ctx.dataset_manifest.as_ref();
 
     let mut result = RangeResult {
         segment: range.segment,
@@ -288,10 +302,7 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
         let Some(rec) = ctx.records.get(&step) else {
             result.problems.push(Problem::new(
                 Verdict::Missing,
-                snapshot_format::layout::segment(trainer::run::segment_ending_at(
-                    step,
-                    ctx.interval(),
-                )),
+                ctx.segment_key(step),
                 format!("no ledger record for step {step}"),
             ));
             break;
@@ -311,29 +322,8 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
                 break;
             }
         }
-        // The examples must be the ones the run committed to.
-        if let Some(m) = committed
-            && let Some(&id) = ids.iter().find(|&&id| {
-                dataset.manifest.example_hashes.get(id as usize)
-                    != m.example_hashes.get(id as usize)
-            })
-        {
-            result.input_mismatch = Some(InputMismatch {
-                step,
-                example_id: id,
-                committed: m
-                    .example_hashes
-                    .get(id as usize)
-                    .copied()
-                    .unwrap_or(Hash32::ZERO),
-                found: dataset
-                    .manifest
-                    .example_hashes
-                    .get(id as usize)
-                    .copied()
-                    .unwrap_or(Hash32::ZERO),
-                dataset: dataset.source.clone(),
-            });
+        if let Some(m) = input_mismatch(ctx, step, &ids) {
+            result.input_mismatch = Some(m);
             break;
         }
         let batch = prepared.batch::<B>(&ids, session.device());

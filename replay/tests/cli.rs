@@ -1,19 +1,22 @@
 //! The `replay` command: every report deserialises into its documented type, verdicts map to
 //! the documented exit codes, and the commands answer correctly on honest runs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use replay::check::CheckReport;
 use replay::commands::{AuditReport, VerifyReport, detection_probability};
 use replay::compare::CompareReport;
+use replay::counterfactual::CounterfactualReport;
 use replay::inspect::InspectReport;
 use replay::provenance::ProvenanceReport;
 use replay::rollback::{DiffReport, RollbackReport};
 use replay::shard::CollectReport;
 use replay::{Verdict, verify::RangeResult};
 use snapshot_format::layout;
-use snapshot_format::ledger::Segment;
+use snapshot_format::ledger::{Segment, StepRecord};
+use snapshot_format::snapshot::Snapshot;
 use snapshot_format::testing::{copy_dir, rewrite_ledger};
 use trainer::config::RunConfig;
 use trainer::fixtures::{self, FixtureOptions};
@@ -133,6 +136,221 @@ fn rollback_exports_the_committed_state() {
     assert_eq!(again.state_root, rb.state_root);
 }
 
+/// The ledger records of the 12-step fixture, read directly from its segments.
+fn records(r: &Path) -> BTreeMap<u64, StepRecord> {
+    (1..=3)
+        .flat_map(|i| {
+            let bytes = std::fs::read(r.join(layout::segment(i))).expect("segment");
+            Segment::decode(&bytes, "segment").expect("segment").records
+        })
+        .map(|rec| (rec.step, rec))
+        .collect()
+}
+
+/// Steps up to `to` whose batch held `example`.
+fn uses_of(records: &BTreeMap<u64, StepRecord>, example: u64, to: u64) -> Vec<u64> {
+    records
+        .range(..=to)
+        .filter(|(_, rec)| rec.example_ids.contains(&example))
+        .map(|(s, _)| *s)
+        .collect()
+}
+
+fn decode_snap(path: &Path) -> Snapshot {
+    let bytes = std::fs::read(path).expect("snapshot");
+    snapshot_format::snapshot::decode(&bytes, "snapshot", &Default::default()).expect("decodes")
+}
+
+#[test]
+fn counterfactual_removes_an_example_from_its_batches_reproducibly() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default()); // checkpoints at 0, 4, 8, 12
+    let ledger = records(&r);
+    // An example first used at step 6, mid-segment, and maybe again in the second epoch.
+    let x = ledger[&6].example_ids[0];
+    let uses = uses_of(&ledger, x, 12);
+    assert_eq!(uses[0], 6);
+    let run_one = |out: &str| -> CounterfactualReport {
+        let out = t.path().join(out);
+        json(
+            &[
+                "counterfactual",
+                s(&r),
+                "--without",
+                &x.to_string(),
+                "--out",
+                s(&out),
+            ],
+            0,
+        )
+    };
+    let a = run_one("a");
+    assert_eq!(a.verdict, Verdict::Verified, "{:?}", a.problems);
+    assert_eq!(a.first_changed_step, Some(6));
+    let start = a
+        .factual_start
+        .as_ref()
+        .expect("the state after step 5 was replayed");
+    assert_eq!(
+        (start.start_checkpoint, start.to_step, start.verdict),
+        (Some(4), 5, Verdict::Verified)
+    );
+    assert_eq!(a.steps.first().map(|s| s.step), Some(6));
+    assert_eq!(a.steps.last().map(|s| s.step), Some(12));
+    let changed: Vec<u64> = a
+        .steps
+        .iter()
+        .filter(|s| !s.removed.is_empty())
+        .map(|s| s.step)
+        .collect();
+    assert_eq!(changed, uses);
+    for st in &a.steps {
+        let batch = ledger[&st.step].example_ids.len() as u64;
+        assert_eq!(st.batch_size + st.removed.len() as u64, batch);
+        assert_eq!(st.loss_recorded.to_bits(), ledger[&st.step].loss_bits);
+    }
+    // The factual side is the committed state; the counterfactual differs from it.
+    assert_eq!(a.factual_root, ledger[&12].state_root);
+    assert!(a.counterfactual_root.is_some() && a.counterfactual_root != a.factual_root);
+    assert!(!a.tensors.is_empty());
+    assert!(a.tensors.iter().all(|t| !t.name.starts_with("optimizer.")));
+    assert_eq!(a.examples.len(), 1);
+    assert_eq!(a.examples[0].uses, uses.len() as u64);
+    // What was written is the state reported, and a second process writes the same bytes.
+    let snap = decode_snap(&t.path().join("a/state.snap"));
+    assert_eq!(Some(snap.header.state_root), a.counterfactual_root);
+    assert_eq!(snap.header.state.step, 12);
+    let b = run_one("b");
+    assert_eq!(b.counterfactual_root, a.counterfactual_root);
+    let read = |dir: &str, f: &str| std::fs::read(t.path().join(dir).join(f)).expect("written");
+    for f in ["model.safetensors", "state.snap"] {
+        assert!(read("a", f) == read("b", f), "{f} differs");
+    }
+    // The stored reports differ only in where they were written.
+    let stored = |dir: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&read(dir, "counterfactual.json")).expect("json");
+        v["out"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(stored("a"), stored("b"));
+}
+
+#[test]
+fn counterfactual_of_an_emptied_batch_is_a_step_without_update() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default());
+    let ledger = records(&r);
+    // Every example of step 6's batch (first used there: the first epoch is steps 1..=10).
+    let ids: Vec<String> = ledger[&6].example_ids.iter().map(u64::to_string).collect();
+    let cf = t.path().join("cf");
+    let c: CounterfactualReport = json(
+        &[
+            "counterfactual",
+            s(&r),
+            "--without",
+            &ids.join(","),
+            "--to",
+            "6",
+            "--out",
+            s(&cf),
+        ],
+        0,
+    );
+    assert_eq!(c.first_changed_step, Some(6));
+    assert_eq!(c.steps.len(), 1);
+    assert_eq!(
+        (c.steps[0].batch_size, c.steps[0].loss_counterfactual),
+        (0, None)
+    );
+    // No update: parameters and optimizer state are those after step 5, reconstructed by the
+    // ordinary verified replay of `rollback`.
+    let rb = t.path().join("rb");
+    let _: RollbackReport = json(&["rollback", s(&r), "--step", "5", "--out", s(&rb)], 0);
+    assert_eq!(
+        std::fs::read(cf.join("model.safetensors")).expect("cf"),
+        std::fs::read(rb.join("model.safetensors")).expect("rb")
+    );
+    let (a, b) = (
+        decode_snap(&cf.join("state.snap")),
+        decode_snap(&rb.join("state.snap")),
+    );
+    assert_eq!(a.header.tensors.len(), b.header.tensors.len());
+    assert_eq!(a.data, b.data, "optimizer state included");
+    assert_eq!((a.header.state.step, b.header.state.step), (6, 5));
+}
+
+#[test]
+fn counterfactual_without_an_unused_example_is_the_factual_state() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default());
+    let ledger = records(&r);
+    let x = ledger[&9].example_ids[0]; // first used at step 9
+    let c: CounterfactualReport = json(
+        &[
+            "counterfactual",
+            s(&r),
+            "--without",
+            &x.to_string(),
+            "--to",
+            "7",
+        ],
+        0,
+    );
+    assert_eq!(c.first_changed_step, None);
+    assert!(c.steps.is_empty() && c.tensors.is_empty());
+    assert_eq!(c.factual_root, ledger[&7].state_root);
+    assert_eq!(c.counterfactual_root, c.factual_root);
+    assert_eq!(c.examples[0].uses, 0);
+    assert_eq!(
+        c.examples[0].loss_factual.to_bits(),
+        c.examples[0].loss_counterfactual.to_bits()
+    );
+}
+
+#[test]
+fn counterfactual_refuses_changed_data_and_writes_nothing() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default());
+    let ledger = records(&r);
+    let x = ledger[&6].example_ids[0];
+    // A copy of the dataset in which an example of step 8's batch was edited.
+    let y = ledger[&8].example_ids[1];
+    let text = std::fs::read_to_string(r.join("dataset/examples.jsonl")).expect("dataset");
+    let edited: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            if i as u64 == y {
+                line.replacen("{\"text\": \"", "{\"text\": \"edited ", 1)
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    assert_ne!(edited.join("\n") + "\n", text, "the edit applied");
+    let data = t.path().join("edited.jsonl");
+    std::fs::write(&data, edited.join("\n") + "\n").expect("write");
+    let out = t.path().join("cf");
+    let c: CounterfactualReport = json(
+        &[
+            "counterfactual",
+            s(&r),
+            "--without",
+            &x.to_string(),
+            "--dataset",
+            s(&data),
+            "--out",
+            s(&out),
+        ],
+        1,
+    );
+    assert_eq!(c.verdict, Verdict::InputMismatch);
+    let m = c.input_mismatch.expect("the edited example is named");
+    assert_eq!((m.step, m.example_id), (8, y));
+    assert!(!out.exists());
+}
+
 fn safetensors_names(bytes: &[u8]) -> Vec<String> {
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
@@ -188,19 +406,7 @@ fn compare_finds_the_first_difference_by_bisection() {
 fn provenance_diff_and_inspect_agree_with_the_ledger() {
     let t = tempfile::tempdir().expect("tmp");
     let r = record(t.path(), FixtureOptions::default());
-    let mut uses = Vec::new();
-    for i in 1..=3 {
-        let seg = Segment::decode(
-            &std::fs::read(r.join(layout::segment(i))).expect("seg"),
-            "s",
-        )
-        .expect("seg");
-        for rec in seg.records {
-            if rec.example_ids.contains(&5) {
-                uses.push(rec.step);
-            }
-        }
-    }
+    let uses = uses_of(&records(&r), 5, 12);
     let p: ProvenanceReport = json(&["provenance", s(&r), "--example", "5"], 0);
     assert_eq!(p.uses.iter().map(|u| u.step).collect::<Vec<_>>(), uses);
     assert_eq!(p.committed_hash, p.current_hash);
@@ -312,6 +518,10 @@ fn usage_errors_exit_3_and_a_closed_pipe_is_not_an_error() {
         vec!["verify", "/no/such/run"],
         vec!["rollback", s(&r), "--step", "999", "--out", "/tmp/x"],
         vec!["verify", s(&r), "--shard", "3/2"],
+        vec!["counterfactual", s(&r)],
+        vec!["counterfactual", s(&r), "--without", "40"],
+        vec!["counterfactual", s(&r), "--without", "1", "--to", "13"],
+        vec!["counterfactual", s(&r), "--without-file", "/no/such/file"],
         vec!["frobnicate"],
         vec![],
     ] {

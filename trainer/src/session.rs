@@ -194,6 +194,14 @@ pub struct InitReport {
     pub unused: Vec<String>,
 }
 
+/// The value of a one-element loss tensor.
+fn scalar<B: Backend>(loss: Tensor<B, 1>) -> f32 {
+    loss.into_data().iter::<f32>().next().unwrap_or(f32::NAN)
+}
+
+/// The tensors of a state being restored, by name: dtype, shape and little-endian bytes.
+type StateTensors<'a> = BTreeMap<&'a str, (snapshot_format::DType, &'a [u64], &'a [u8])>;
+
 /// Model, optimizer, step and cursor on one device.
 #[derive(Debug)]
 pub struct Session<B: AutodiffBackend, M: TrainableModel<B>> {
@@ -311,11 +319,48 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         device: B::Device,
         artefact: &str,
     ) -> Result<Self> {
+        let tensors = snap
+            .header
+            .tensors
+            .iter()
+            .zip(&snap.data)
+            .map(|(i, d)| (i.name.as_str(), (i.dtype, i.shape.as_slice(), d.as_slice())))
+            .collect();
+        Self::restore_from(spec, config, &snap.header.state, &tensors, device, artefact)
+    }
+
+    /// Restore a state held on the host (by [`Self::capture`], or reconstructed by replay), with
+    /// the checks of [`Self::restore`].
+    pub fn from_state(
+        spec: RunSpec,
+        config: M::Config,
+        state: &TrainingState,
+        device: B::Device,
+        artefact: &str,
+    ) -> Result<Self> {
+        let tensors = state
+            .tensors
+            .iter()
+            .map(|t| {
+                let dtype = snapshot_format::DType::F32;
+                (t.name.as_str(), (dtype, t.shape.as_slice(), t.bytes()))
+            })
+            .collect();
+        Self::restore_from(spec, config, &state.meta, &tensors, device, artefact)
+    }
+
+    fn restore_from(
+        spec: RunSpec,
+        config: M::Config,
+        meta: &StateMeta,
+        tensors: &StateTensors<'_>,
+        device: B::Device,
+        artefact: &str,
+    ) -> Result<Self> {
         let bad = |detail: String| Error::Run {
             store: artefact.to_string(),
             detail,
         };
-        let meta = &snap.header.state;
         if meta.rng.master_seed != spec.run.seed {
             return Err(bad(format!(
                 "snapshot seed {} differs from the spec's {}",
@@ -326,13 +371,12 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         let table = param_table::<B, M>(&model)?;
         let mut used = std::collections::HashSet::new();
         let mut take = |name: &str, n: usize| -> Result<Vec<f32>> {
-            let (info, bytes) = snap
-                .tensor(name)
+            let &(dtype, shape, bytes) = tensors
+                .get(name)
                 .ok_or_else(|| bad(format!("snapshot lacks tensor {name:?}")))?;
-            if info.dtype != snapshot_format::DType::F32 || bytes.len() != n * 4 {
+            if dtype != snapshot_format::DType::F32 || bytes.len() != n * 4 {
                 return Err(bad(format!(
-                    "tensor {name:?} is {} {:?}; expected F32 with {n} elements",
-                    info.dtype, info.shape
+                    "tensor {name:?} is {dtype} {shape:?}; expected F32 with {n} elements"
                 )));
             }
             used.insert(name.to_string());
@@ -351,12 +395,10 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                 .iter()
                 .map(|(n, _)| slot_names(&spec.optimizer, n).len())
                 .sum::<usize>();
-        if snap.header.tensors.len() != expected {
-            let extra: Vec<&str> = snap
-                .header
-                .tensors
-                .iter()
-                .map(|t| t.name.as_str())
+        if tensors.len() != expected {
+            let extra: Vec<&str> = tensors
+                .keys()
+                .copied()
                 .filter(|n| !used.contains(*n))
                 .take(5)
                 .collect();
@@ -422,12 +464,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             .expect("the model is present between steps");
         let mut dropout = Dropout::for_step(self.spec.run.seed, step);
         let loss = model.loss(batch, &mut dropout);
-        let loss_value = loss
-            .clone()
-            .into_data()
-            .iter::<f32>()
-            .next()
-            .unwrap_or(f32::NAN);
+        let loss_value = scalar(loss.clone());
         let grads = loss.backward();
         let named = params::gradients::<B, M>(&model, &grads, M::canonical_name);
         let present: Vec<Tensor<B::InnerBackend, 1>> =
@@ -460,6 +497,18 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             loss_bits: loss_value.to_bits(),
             grad_norm_bits: norm.to_bits(),
         }
+    }
+
+    /// Count step `step() + 1` as taken without changing any parameter or optimizer state: a
+    /// step whose whole batch a counterfactual removed. Later steps keep their step numbers, so
+    /// their learning rates and dropout streams are those of the recorded run.
+    pub fn skip_step(&mut self) {
+        self.step += 1;
+    }
+
+    /// Mean loss of `batch` under the current parameters, without dropout and without an update.
+    pub fn evaluate(&self, batch: &Batch<B>) -> f32 {
+        scalar(self.model().loss(batch, &mut Dropout::disabled()))
     }
 
     /// Copy the full state to the host.

@@ -1,0 +1,377 @@
+//! `replay counterfactual`: the run's history re-executed without chosen examples.
+//!
+//! The factual state before the first step whose batch held a removed example is reconstructed
+//! and verified, as by `rollback`. From there each step draws its recorded batch (checked
+//! against the ledger and the dataset's commitments), drops the removed examples and trains on
+//! the rest; a batch left empty is a step without an update. The state reached is compared with
+//! the verified factual state after the same step: per tensor, and by the loss of each removed
+//! example under both. The counterfactual is itself deterministic: the same command gives the
+//! same bits.
+
+use std::collections::BTreeSet;
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+use snapshot_format::snapshot::TensorView;
+use snapshot_format::{Hash32, Store};
+use trainer::backend::{Job, dispatch};
+use trainer::model::TrainableModel;
+use trainer::session::{PreparedData, Session, TrainingState};
+
+use crate::context::RunContext;
+use crate::context::load_or_report;
+use crate::report::{CommandError, Problem, Verdict};
+use crate::rollback::{ReconstructOptions, environment_gate, export_state, put_json, reconstruct};
+use crate::state::{TensorDiff, diff_views};
+use crate::verify::{EnvironmentCheck, InputMismatch, RangeResult, input_mismatch};
+
+/// One step of the counterfactual history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CounterfactualStep {
+    pub step: u64,
+    /// Removed examples the recorded batch held.
+    pub removed: Vec<u64>,
+    /// Examples the counterfactual step trained on.
+    pub batch_size: u64,
+    pub loss_recorded: f32,
+    /// None when the whole batch was removed (no update).
+    pub loss_counterfactual: Option<f32>,
+}
+
+/// A removed example's loss (no dropout) under the factual and counterfactual states.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExampleLoss {
+    pub example: u64,
+    pub label: u64,
+    /// Steps up to `to_step` whose batch held it.
+    pub uses: u64,
+    pub loss_factual: f32,
+    pub loss_counterfactual: f32,
+}
+
+/// The JSON document of `replay counterfactual --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CounterfactualReport {
+    pub command: String,
+    pub run: String,
+    /// `verified` when both factual states it rests on are; otherwise why not.
+    pub verdict: Verdict,
+    pub without: Vec<u64>,
+    pub to_step: u64,
+    pub environment: Option<EnvironmentCheck>,
+    /// The first step whose batch held a removed example (none: the histories are the same).
+    pub first_changed_step: Option<u64>,
+    /// How the factual state before that step, and the one after `to_step`, were confirmed.
+    pub factual_start: Option<RangeResult>,
+    pub factual_end: Option<RangeResult>,
+    /// Every counterfactual step, from the first changed one to `to_step`.
+    pub steps: Vec<CounterfactualStep>,
+    pub factual_root: Option<Hash32>,
+    pub counterfactual_root: Option<Hash32>,
+    pub examples: Vec<ExampleLoss>,
+    /// Parameters (and optimizer state with `--optimizer`) that differ, largest L2 first.
+    pub tensors: Vec<TensorDiff>,
+    pub input_mismatch: Option<InputMismatch>,
+    pub problems: Vec<Problem>,
+    pub out: Option<String>,
+    pub files: Vec<String>,
+    pub seconds: f64,
+}
+
+/// What to remove, how far to go, and where to write the result.
+#[derive(Debug, Clone)]
+pub struct CounterfactualOptions {
+    pub without: BTreeSet<u64>,
+    /// Last step (default: the ledger's last).
+    pub to: Option<u64>,
+    pub include_optimizer: bool,
+    pub out: Option<String>,
+    pub reconstruct: ReconstructOptions,
+}
+
+/// Run `counterfactual`.
+pub fn counterfactual(
+    location: &str,
+    o: &CounterfactualOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<CounterfactualReport, CommandError> {
+    let started = std::time::Instant::now();
+    let mut report = CounterfactualReport {
+        command: "counterfactual".into(),
+        run: location.into(),
+        verdict: Verdict::Verified,
+        without: o.without.iter().copied().collect(),
+        to_step: 0,
+        environment: None,
+        first_changed_step: None,
+        factual_start: None,
+        factual_end: None,
+        steps: vec![],
+        factual_root: None,
+        counterfactual_root: None,
+        examples: vec![],
+        tensors: vec![],
+        input_mismatch: None,
+        problems: vec![],
+        out: None,
+        files: vec![],
+        seconds: 0.0,
+    };
+    let ctx = load_or_report!(location, &o.reconstruct.load, report);
+    let last = ctx.records.keys().next_back().copied().unwrap_or(0);
+    let to = o.to.unwrap_or(last);
+    report.to_step = to;
+    if to > last {
+        return Err(CommandError::Usage(format!(
+            "--to {to}: the run's ledger ends at step {last}"
+        )));
+    }
+    let examples = ctx.spec.data.examples;
+    match (o.without.first(), o.without.last()) {
+        (None, _) => {
+            return Err(CommandError::Usage(
+                "--without: name at least one example id".into(),
+            ));
+        }
+        (_, Some(&id)) if id >= examples => {
+            return Err(CommandError::Usage(format!(
+                "--without {id}: the dataset has examples 0..{examples}"
+            )));
+        }
+        _ => {}
+    }
+    let (env, stop) = environment_gate(&ctx, &o.reconstruct)?;
+    let tolerant = env.replayed_anyway;
+    report.environment = Some(env);
+    if let Some(v) = stop {
+        report.verdict = v;
+        return Ok(report);
+    }
+    // The ledger up to `to` must be whole: its batches are the history being changed.
+    let problems = ctx.problems_before(to);
+    if !problems.is_empty() {
+        report.verdict = problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind));
+        report.problems = problems;
+        return Ok(report);
+    }
+    let first = ctx
+        .records
+        .range(1..=to)
+        .find(|(_, r)| r.example_ids.iter().any(|id| o.without.contains(id)))
+        .map(|(s, _)| *s);
+    report.first_changed_step = first;
+
+    // The factual states the counterfactual rests on, each verified.
+    let confirm = |step: u64,
+                   report: &mut CounterfactualReport,
+                   slot: fn(&mut CounterfactualReport) -> &mut Option<RangeResult>|
+     -> Result<Option<(TrainingState, Hash32)>, CommandError> {
+        progress.set_position(0);
+        let r = reconstruct(&ctx, step, &o.reconstruct, tolerant, progress)?;
+        report.verdict = report.verdict.worst(r.verdict);
+        *slot(report) = r.replay.clone();
+        Ok(match (r.state, r.root) {
+            (Some(s), Some(root)) if r.verdict == Verdict::Verified => Some((s, root)),
+            _ => {
+                if let Some(rr) = &r.replay {
+                    report.problems.extend(rr.problems.clone());
+                }
+                None
+            }
+        })
+    };
+    let end = confirm(to, &mut report, |r| &mut r.factual_end)?;
+    let start = match first {
+        Some(f) => confirm(f - 1, &mut report, |r| &mut r.factual_start)?,
+        None => None,
+    };
+    let Some((factual, factual_root)) = end else {
+        return Ok(report);
+    };
+    report.factual_root = Some(factual_root);
+    let start = match (first, start) {
+        (Some(_), None) => return Ok(report),
+        (_, s) => s.map(|(s, _)| s),
+    };
+
+    progress.set_position(0);
+    progress.set_length(first.map(|f| to + 1 - f).unwrap_or(0));
+    let job = CounterfactualJob {
+        ctx: &ctx,
+        start: start.as_ref(),
+        factual: &factual,
+        without: &o.without,
+        to,
+        progress,
+    };
+    let walk = dispatch(o.reconstruct.device, &ctx.spec.model, job)??;
+    report.steps = walk.steps;
+    report.examples = walk.examples;
+    if let Some(m) = walk.input_mismatch {
+        report.verdict = report.verdict.worst(Verdict::InputMismatch);
+        report.input_mismatch = Some(m);
+    }
+    if let Some(p) = walk.problem {
+        report.verdict = report.verdict.worst(p.kind);
+        report.problems.push(p);
+    }
+    let Some(state) = walk.state else {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    };
+    report.counterfactual_root = Some(state.root(&state.tensor_hashes())?);
+    let views = |s| compared_views(s, o.include_optimizer);
+    report.tensors = diff_views(&views(&state), &views(&factual));
+
+    if let Some(out) = &o.out
+        && report.verdict == Verdict::Verified
+    {
+        let store = Store::create(out)?;
+        let parent = first.map(|f| f - 1).or(Some(to));
+        report.files = export_state(&store, &ctx, &state, parent, "counterfactual.json")?;
+        report.out = Some(out.clone());
+        // The stored record leaves out timings, so that the same command writes the same bytes.
+        let mut stored = report.clone();
+        for r in [&mut stored.factual_start, &mut stored.factual_end]
+            .into_iter()
+            .flatten()
+        {
+            r.seconds = 0.0;
+        }
+        put_json(&store, "counterfactual.json", &stored)?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The tensors compared: the parameters, and the optimizer's state if asked.
+fn compared_views(s: &TrainingState, include_optimizer: bool) -> Vec<TensorView<'_>> {
+    let mut v = s.views();
+    v.retain(|t| include_optimizer || !t.name.starts_with("optimizer."));
+    v
+}
+
+/// The counterfactual steps and what they led to.
+struct Walk {
+    steps: Vec<CounterfactualStep>,
+    /// The state after `to` (none when the walk stopped early).
+    state: Option<TrainingState>,
+    examples: Vec<ExampleLoss>,
+    input_mismatch: Option<InputMismatch>,
+    problem: Option<Problem>,
+}
+
+struct CounterfactualJob<'a> {
+    ctx: &'a RunContext,
+    /// The factual state before the first changed step (none: nothing changes).
+    start: Option<&'a TrainingState>,
+    factual: &'a TrainingState,
+    without: &'a BTreeSet<u64>,
+    to: u64,
+    progress: &'a indicatif::ProgressBar,
+}
+
+impl Job for CounterfactualJob<'_> {
+    type Output = Result<Walk, CommandError>;
+
+    fn run<B: AutodiffBackend, M: TrainableModel<B>>(
+        self,
+        config: M::Config,
+        device: B::Device,
+    ) -> Self::Output {
+        let ctx = self.ctx;
+        let dataset = ctx
+            .dataset
+            .as_ref()
+            .ok_or_else(|| CommandError::Usage("the run's dataset did not load".into()))?;
+        let prepared = PreparedData::new(dataset, &ctx.spec);
+        let session = |state: &TrainingState, what: &str| {
+            Session::<B, M>::from_state(
+                ctx.spec.clone(),
+                config.clone(),
+                state,
+                device.clone(),
+                what,
+            )
+        };
+        let factual = session(self.factual, "the factual state")?;
+        let mut walk = Walk {
+            steps: vec![],
+            state: None,
+            examples: vec![],
+            input_mismatch: None,
+            problem: None,
+        };
+        let mut counterfactual = match self.start {
+            Some(start) => Some(session(start, "the factual starting state")?),
+            None => None,
+        };
+        if let Some(s) = counterfactual.as_mut() {
+            while s.step() < self.to {
+                let step = s.step() + 1;
+                let (epoch, ids) = s.next_batch();
+                let Some(rec) = ctx.records.get(&step) else {
+                    walk.problem = Some(Problem::new(
+                        Verdict::Missing,
+                        ctx.segment_key(step),
+                        format!("no ledger record for step {step}"),
+                    ));
+                    return Ok(walk);
+                };
+                if (epoch, &ids) != (rec.epoch, &rec.example_ids) {
+                    walk.problem = Some(Problem::new(
+                        Verdict::Diverged,
+                        ctx.segment_key(step),
+                        format!(
+                            "step {step}: the data order gives epoch {epoch} {ids:?}, the ledger records epoch {} {:?}",
+                            rec.epoch, rec.example_ids
+                        ),
+                    ));
+                    return Ok(walk);
+                }
+                let (removed, kept): (Vec<u64>, Vec<u64>) =
+                    ids.iter().partition(|id| self.without.contains(id));
+                if let Some(m) = input_mismatch(ctx, step, &kept) {
+                    walk.input_mismatch = Some(m);
+                    return Ok(walk);
+                }
+                let loss = if kept.is_empty() {
+                    s.skip_step();
+                    None
+                } else {
+                    let batch = prepared.batch::<B>(&kept, s.device());
+                    Some(f32::from_bits(s.train_step(&batch).loss_bits))
+                };
+                walk.steps.push(CounterfactualStep {
+                    step,
+                    removed,
+                    batch_size: kept.len() as u64,
+                    loss_recorded: f32::from_bits(rec.loss_bits),
+                    loss_counterfactual: loss,
+                });
+                self.progress.inc(1);
+            }
+        }
+        let after = counterfactual.as_ref().unwrap_or(&factual);
+        walk.examples = self
+            .without
+            .iter()
+            .map(|&id| {
+                let one = prepared.batch::<B>(&[id], after.device());
+                ExampleLoss {
+                    example: id,
+                    label: dataset.examples[id as usize].label(),
+                    uses: ctx
+                        .records
+                        .range(..=self.to)
+                        .filter(|(_, r)| r.example_ids.contains(&id))
+                        .count() as u64,
+                    loss_factual: factual.evaluate(&one),
+                    loss_counterfactual: after.evaluate(&one),
+                }
+            })
+            .collect();
+        walk.state = Some(after.capture());
+        Ok(walk)
+    }
+}
