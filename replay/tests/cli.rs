@@ -351,6 +351,32 @@ fn counterfactual_refuses_changed_data_and_writes_nothing() {
     assert!(!out.exists());
 }
 
+#[test]
+fn token_data_trains_to_the_same_bits_as_the_text_it_encodes() {
+    let t = tempfile::tempdir().expect("tmp");
+    let text = record(&t.path().join("text"), FixtureOptions::default());
+    let o = FixtureOptions {
+        tokens: true,
+        ..Default::default()
+    };
+    let tokens = record(&t.path().join("tokens"), o);
+    let (a, b) = (records(&text), records(&tokens));
+    assert_ne!(
+        a[&1].batch_hash, b[&1].batch_hash,
+        "the runs commit to different rows"
+    );
+    for (step, ra) in &a {
+        let rb = &b[step];
+        assert_eq!(
+            (ra.loss_bits, ra.grad_norm_bits, ra.state_root),
+            (rb.loss_bits, rb.grad_norm_bits, rb.state_root),
+            "step {step}"
+        );
+    }
+    let v: VerifyReport = json(&["verify", s(&tokens), "--all"], 0);
+    assert_eq!(v.verdict, Verdict::Verified);
+}
+
 fn safetensors_names(bytes: &[u8]) -> Vec<String> {
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header");

@@ -225,6 +225,9 @@ pub enum DataFormat {
     Text,
     /// `{"features": [0.5, ...], "label": 0}`
     Features,
+    /// `{"tokens": [101, 2023, ..., 102], "label": 0}`: token ids from any tokenizer, applied
+    /// before training (the ids are what the run commits to). Id 0 is padding.
+    Tokens,
 }
 
 /// Tokenizer for text datasets.
@@ -552,13 +555,13 @@ impl RunConfig {
             self.model.vocab_size(),
             self.model.input_size(),
         ) {
-            (DataFormat::Text, Some(_), _) => {
+            (DataFormat::Text | DataFormat::Tokens, Some(_), _) => {
                 let max_position = match &self.model {
                     ModelSpec::Bert(b) => b.max_position,
                     _ => u64::MAX,
                 };
                 match self.data.max_len {
-                    None => return bad("data.max_len", "required for text data"),
+                    None => return bad("data.max_len", "required for text and token data"),
                     Some(l) if l < 2 => {
                         return bad("data.max_len", "must be at least 2 ([CLS] and [SEP])");
                     }
@@ -569,10 +572,10 @@ impl RunConfig {
                 }
             }
             (DataFormat::Features, _, Some(_)) => {}
-            (DataFormat::Text, None, _) => {
+            (DataFormat::Text | DataFormat::Tokens, None, _) => {
                 return bad(
                     "data.format",
-                    "text data needs a model with a vocabulary (model.vocab_size)",
+                    "text and token data need a model with a vocabulary (model.vocab_size)",
                 );
             }
             (DataFormat::Features, _, None) => {

@@ -16,19 +16,23 @@ use crate::rng;
 pub enum Example {
     Text { text: String, label: u64 },
     Features { features: Vec<f32>, label: u64 },
+    Tokens { tokens: Vec<u32>, label: u64 },
 }
 
 impl Example {
     /// The class label.
     pub fn label(&self) -> u64 {
         match self {
-            Example::Text { label, .. } | Example::Features { label, .. } => *label,
+            Example::Text { label, .. }
+            | Example::Features { label, .. }
+            | Example::Tokens { label, .. } => *label,
         }
     }
 
     /// Canonical bytes (hashed into the example hash): for text, `"text" ‖ u64 len ‖ UTF-8 ‖
-    /// u64 label`; for features, `"feat" ‖ u64 n ‖ n × f32 little-endian ‖ u64 label`. Other
-    /// fields of a row do not reach the model and are not hashed.
+    /// u64 label`; for features, `"feat" ‖ u64 n ‖ n × f32 little-endian ‖ u64 label`; for
+    /// tokens, `"toks" ‖ u64 n ‖ n × u32 little-endian ‖ u64 label`. Other fields of a row do
+    /// not reach the model and are not hashed.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut b = Vec::new();
         match self {
@@ -43,6 +47,14 @@ impl Example {
                 b.extend_from_slice(&(features.len() as u64).to_le_bytes());
                 for f in features {
                     b.extend_from_slice(&f.to_le_bytes());
+                }
+                b.extend_from_slice(&label.to_le_bytes());
+            }
+            Example::Tokens { tokens, label } => {
+                b.extend_from_slice(b"toks");
+                b.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
+                for id in tokens {
+                    b.extend_from_slice(&id.to_le_bytes());
                 }
                 b.extend_from_slice(&label.to_le_bytes());
             }
@@ -68,6 +80,12 @@ struct FeatureRow {
     label: u64,
 }
 
+#[derive(Deserialize)]
+struct TokenRow {
+    tokens: Vec<u64>,
+    label: u64,
+}
+
 /// A parsed dataset with its hashes.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -80,7 +98,8 @@ pub struct Dataset {
 impl Dataset {
     /// Parse JSON Lines (blank lines are skipped; example ids count the other lines from 0) and
     /// check every row against the model: labels below `num_labels`, feature vectors of the
-    /// model's input size with finite values.
+    /// model's input size with finite values, token ids from 1 (0 is padding) to below the
+    /// model's vocabulary size.
     pub fn parse(
         bytes: &[u8],
         source: &str,
@@ -93,6 +112,7 @@ impl Dataset {
         })?;
         let num_labels = model.num_labels();
         let input_size = model.input_size();
+        let vocab_size = model.vocab_size().unwrap_or(0);
         let mut examples = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -129,6 +149,22 @@ impl Dataset {
                     }
                     Example::Features {
                         features,
+                        label: r.label,
+                    }
+                }
+                DataFormat::Tokens => {
+                    let r: TokenRow =
+                        serde_json::from_str(line).map_err(|e| row_err(e.to_string()))?;
+                    if r.tokens.is_empty() {
+                        return Err(row_err("no tokens".into()));
+                    }
+                    if let Some(&id) = r.tokens.iter().find(|&&id| id == 0 || id >= vocab_size) {
+                        return Err(row_err(format!(
+                            "token id {id} is outside 1..{vocab_size} (0 is padding; model.vocab_size = {vocab_size})"
+                        )));
+                    }
+                    Example::Tokens {
+                        tokens: r.tokens.iter().map(|&id| id as u32).collect(),
                         label: r.label,
                     }
                 }
@@ -364,6 +400,33 @@ mod tests {
         .expect("c");
         assert_eq!(a.manifest.root, b.manifest.root);
         assert_ne!(a.manifest.root, c.manifest.root);
+    }
+
+    #[test]
+    fn token_rows_are_checked_against_the_vocabulary_and_hashed_as_specified() {
+        let bert = ModelSpec::Bert(crate::fixtures::tiny_bert()); // vocabulary 256, 2 labels
+        let parse = |rows: &[u8]| Dataset::parse(rows, "t.jsonl", DataFormat::Tokens, &bert);
+        let d = parse(b"{\"tokens\": [1, 255, 2], \"label\": 1, \"text\": \"not hashed\"}")
+            .expect("valid");
+        // specs/determinism.md 5.9: "toks" ‖ u64 n ‖ u32 LE × n ‖ u64 label.
+        let mut canonical = b"toks".to_vec();
+        canonical.extend_from_slice(&3u64.to_le_bytes());
+        for id in [1u32, 255, 2] {
+            canonical.extend_from_slice(&id.to_le_bytes());
+        }
+        canonical.extend_from_slice(&1u64.to_le_bytes());
+        assert_eq!(d.manifest.example_hashes, [hash::example_hash(&canonical)]);
+        for (bad, needle) in [
+            (&b"{\"tokens\": [1, 0, 2], \"label\": 0}"[..], "token id 0"),
+            (b"{\"tokens\": [1, 256], \"label\": 0}", "token id 256"),
+            (b"{\"tokens\": [], \"label\": 0}", "no tokens"),
+            (b"{\"tokens\": [1.5], \"label\": 0}", "invalid type"),
+            (b"{\"tokens\": [1], \"label\": 2}", "label 2"),
+        ] {
+            let e = parse(bad).expect_err("bad row");
+            assert!(e.to_string().starts_with("t.jsonl:1:"), "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
     }
 
     #[test]

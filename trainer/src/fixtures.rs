@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{BertConfig, ModelSpec};
+use crate::data::{HashTokenizer, special};
 use crate::demo;
 use crate::error::{Error, Result};
 use crate::rng;
@@ -28,6 +29,9 @@ pub struct FixtureOptions {
     pub bert: Option<BertConfig>,
     /// Tokens per example for the BERT fixture.
     pub max_len: u64,
+    /// Write the BERT fixture's rows as token data (`format = "tokens"`): the built-in
+    /// tokenizer's ids for each text, padding removed.
+    pub tokens: bool,
 }
 
 impl Default for FixtureOptions {
@@ -44,6 +48,7 @@ impl Default for FixtureOptions {
             extra: String::new(),
             bert: None,
             max_len: 12,
+            tokens: false,
         }
     }
 }
@@ -89,6 +94,17 @@ pub fn write_tiny_bert(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
         row["text"] = changed.into();
         rows[k] = row.to_string();
     }
+    if o.tokens {
+        let tok = HashTokenizer {
+            vocab_size: m.vocab_size,
+        };
+        for row in &mut rows {
+            let r: serde_json::Value = serde_json::from_str(row).unwrap_or_default();
+            let mut ids = tok.encode(r["text"].as_str().unwrap_or_default(), o.max_len as usize);
+            ids.retain(|&id| id != special::PAD);
+            *row = serde_json::json!({ "tokens": ids, "label": r["label"] }).to_string();
+        }
+    }
     write(&dir.join("data.jsonl"), (rows.join("\n") + "\n").as_bytes())?;
     let sections = format!(
         r#"{model}
@@ -98,10 +114,11 @@ blake3 = "{base_hash}"
 
 [data]
 path = "data.jsonl"
-format = "text"
+format = "{format}"
 max_len = {max_len}
 "#,
         model = ModelSpec::Bert(m).toml_section()?,
+        format = if o.tokens { "tokens" } else { "text" },
         max_len = o.max_len,
     );
     write_config(dir, o, &sections, "grad_clip = 1.0\n")

@@ -95,6 +95,12 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Print the pin of each file (the `blake3` of a `[base]` section): its file hash, then its
+    /// path.
+    Hash {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn options(common: &Common) -> Result<RunOptions, Error> {
@@ -292,6 +298,16 @@ fn run(cli: Cli) -> Result<(), Error> {
                 "{}",
                 serde_json::json!({ "environment": f, "class": f.class() })
             );
+        }
+        Command::Hash { files } => {
+            for path in files {
+                let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let pin = snapshot_format::hash::file_hash(&bytes);
+                println!("{pin}  {}", path.display());
+            }
         }
     }
     Ok(())

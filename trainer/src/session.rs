@@ -12,8 +12,9 @@ use snapshot_format::snapshot::{
 };
 
 use crate::base::BaseWeights;
+use crate::config::DataFormat;
 use crate::config::RunSpec;
-use crate::data::{DataOrder, Dataset, Example, HashTokenizer};
+use crate::data::{DataOrder, Dataset, Example, HashTokenizer, special};
 use crate::error::{Error, Result};
 use crate::model::{Batch, BatchInput, Dropout, TrainableModel, init_values};
 use crate::optim::{self, Optimizer, slot_names};
@@ -99,13 +100,19 @@ impl PreparedData {
         let num_labels = spec.model.num_labels() as usize;
         let labels = dataset.examples.iter().map(Example::label).collect();
         let inputs = match (spec.data.format, spec.model.vocab_size(), spec.data.max_len) {
-            (crate::config::DataFormat::Text, Some(vocab_size), Some(len)) => {
+            (DataFormat::Text | DataFormat::Tokens, Some(vocab_size), Some(len)) => {
                 let tok = HashTokenizer { vocab_size };
                 let len = len as usize;
                 let mut ids = Vec::with_capacity(dataset.examples.len() * len);
                 for ex in &dataset.examples {
-                    if let Example::Text { text, .. } = ex {
-                        ids.extend(tok.encode(text, len));
+                    match ex {
+                        Example::Text { text, .. } => ids.extend(tok.encode(text, len)),
+                        Example::Tokens { tokens, .. } => {
+                            let kept = tokens.len().min(len);
+                            ids.extend(tokens[..kept].iter().map(|&id| i64::from(id)));
+                            ids.extend(std::iter::repeat_n(special::PAD, len - kept));
+                        }
+                        Example::Features { .. } => {}
                     }
                 }
                 Inputs::Tokens { ids, len }
@@ -146,13 +153,7 @@ impl PreparedData {
                 }
                 let mask: Vec<f32> = tok
                     .iter()
-                    .map(|&t| {
-                        if t == crate::data::special::PAD {
-                            0.0
-                        } else {
-                            1.0
-                        }
-                    })
+                    .map(|&t| if t == special::PAD { 0.0 } else { 1.0 })
                     .collect();
                 BatchInput::Tokens {
                     ids: Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [n, *len]), device),

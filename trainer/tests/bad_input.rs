@@ -86,6 +86,25 @@ fn base_model_that_does_not_match_its_pin_is_refused() {
     let err = refused(&cfg, &t.path().join("out"), &[], 2);
     assert!(err.contains("base.safetensors"), "{err}");
     assert!(err.contains("does not match the pinned"), "{err}");
+    // `trainer hash` prints the pin of the file as it now is; pinning that accepts it.
+    let out = trainer(&["hash", s(&base)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    let (pin, path) = printed.trim_end().split_once("  ").expect("pin  path");
+    assert_eq!(path, s(&base));
+    let config = std::fs::read_to_string(&cfg).expect("config");
+    let old = config
+        .lines()
+        .find_map(|l| l.strip_prefix("blake3 = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the fixture pins its base");
+    assert_ne!(pin, old);
+    std::fs::write(&cfg, config.replace(old, pin)).expect("repin");
+    let run = trainer(&["run", s(&cfg), "--out", s(&t.path().join("out")), "--quiet"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let missing = trainer(&["hash", s(&t.path().join("absent.safetensors"))]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(stderr(&missing).contains("absent.safetensors"));
 }
 
 #[test]
