@@ -8,4 +8,6 @@ scripts/setup-test-env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-no-autotune.sh
+for s in scripts/*.sh examples/*/*.sh; do bash -n "$s"; done
+python3 -m py_compile examples/minilm/tokenize_reviews.py
 cargo test --workspace --locked "$@"

@@ -174,12 +174,12 @@ pub fn check(r: &CheckReport) -> String {
     let c = &r.checked;
     let _ = writeln!(
         out,
-        "check {}: {} segments, {} records, {} checkpoints, {} examples, {:.1} MB in {:.2} s",
+        "check {}: {}, {}, {}, {}, {:.1} MB in {:.2} s",
         r.run,
-        c.segments,
-        c.records,
-        c.checkpoints,
-        c.examples,
+        count(c.segments, "segment", "segments"),
+        count(c.records, "record", "records"),
+        count(c.checkpoints, "checkpoint", "checkpoints"),
+        count(c.examples, "example", "examples"),
         c.bytes as f64 / 1e6,
         r.seconds
     );
