@@ -9,5 +9,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-no-autotune.sh
 for s in scripts/*.sh examples/*/*.sh; do bash -n "$s"; done
-python3 -m py_compile examples/minilm/tokenize_reviews.py
+python3 -m py_compile examples/minilm/tokenize_reviews.py examples/minilm/check_forward.py
 cargo test --workspace --locked "$@"

@@ -17,8 +17,8 @@ mkdir -p "$work"
 if [ ! -x "$work/venv/bin/python" ]; then
   python3 -m venv "$work/venv"
 fi
-if ! "$work/venv/bin/python" -c 'import tokenizers' 2>/dev/null; then
-  "$work/venv/bin/pip" install --quiet --disable-pip-version-check 'tokenizers>=0.20,<0.23'
+if ! "$work/venv/bin/python" -c 'import tokenizers, numpy' 2>/dev/null; then
+  "$work/venv/bin/pip" install --quiet --disable-pip-version-check 'tokenizers>=0.20,<0.23' numpy
 fi
 if [ ! -f "$work/model/model.safetensors" ]; then
   "$work/venv/bin/pip" download --quiet --disable-pip-version-check --no-deps \
@@ -91,3 +91,10 @@ run=runs/minilm-$(date +%s)
 "$trainer" run "$work/run.toml" --out "$run" --signing-key "$work/signing-key.pem"
 "$replay" check "$run" --trusted-key "$work/signing-key.pub"
 "$replay" verify "$run" --segment 1 --trusted-key "$work/signing-key.pub"
+
+# The engine's forward pass against an independent reference (Hugging Face BERT's equations in
+# float64 NumPy): the exact initial weights, and the engine's losses of a few examples under them.
+"$replay" rollback "$run" --step 0 --out "$run-step0" --quiet > /dev/null
+"$replay" counterfactual "$run" --without 0,1,2,3,4,17,999 --to 0 --json --quiet > "$run-step0.json"
+"$work/venv/bin/python" examples/minilm/check_forward.py "$run-step0/model.safetensors" \
+  "$work/reviews.tokens.jsonl" "$run-step0.json" 64 12 1e-12

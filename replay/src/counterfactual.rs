@@ -156,7 +156,7 @@ pub fn counterfactual(
     }
     let first = ctx
         .records
-        .range(1..=to)
+        .range(..=to)
         .find(|(_, r)| r.example_ids.iter().any(|id| o.without.contains(id)))
         .map(|(s, _)| *s);
     report.first_changed_step = first;

@@ -306,6 +306,21 @@ fn counterfactual_without_an_unused_example_is_the_factual_state() {
         c.examples[0].loss_factual.to_bits(),
         c.examples[0].loss_counterfactual.to_bits()
     );
+    // Up to step 0: the initial state, whose loss of the example is the base model's.
+    let initial: CounterfactualReport = json(
+        &[
+            "counterfactual",
+            s(&r),
+            "--without",
+            &x.to_string(),
+            "--to",
+            "0",
+        ],
+        0,
+    );
+    let snap0 = decode_snap(&r.join(layout::checkpoint(0)));
+    assert_eq!(initial.factual_root, Some(snap0.header.state_root));
+    assert_eq!(initial.counterfactual_root, initial.factual_root);
 }
 
 #[test]
