@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod base;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod demo;

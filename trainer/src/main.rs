@@ -374,13 +374,9 @@ fn exit_code(e: &Error) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match trainer::cli::parse_or_exit::<Cli>() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 3 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
