@@ -4,8 +4,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::{Hash32, Store};
 use trainer::backend::DeviceSpec;
 
-use crate::context::load_or_report;
-use crate::context::{self, LoadOptions, RunContext};
+use crate::context::{self, LoadOptions, RunContext, load_or_report};
 use crate::report::{CommandError, Problem, Verdict};
 use crate::shard::{self, Shard};
 use crate::signatures::{SignatureOptions, SignatureReport};

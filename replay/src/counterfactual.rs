@@ -18,8 +18,7 @@ use trainer::backend::{Job, dispatch};
 use trainer::model::TrainableModel;
 use trainer::session::{PreparedData, Session, TrainingState};
 
-use crate::context::RunContext;
-use crate::context::load_or_report;
+use crate::context::{RunContext, load_or_report};
 use crate::report::{CommandError, Problem, Verdict};
 use crate::rollback::{ReconstructOptions, environment_gate, export_state, put_json, reconstruct};
 use crate::state::{TensorDiff, diff_views};
@@ -180,18 +179,16 @@ pub fn counterfactual(
             }
         })
     };
-    let end = confirm(to, &mut report, |r| &mut r.factual_end)?;
-    let start = match first {
-        Some(f) => confirm(f - 1, &mut report, |r| &mut r.factual_start)?,
-        None => None,
-    };
-    let Some((factual, factual_root)) = end else {
+    let Some((factual, factual_root)) = confirm(to, &mut report, |r| &mut r.factual_end)? else {
         return Ok(report);
     };
     report.factual_root = Some(factual_root);
-    let start = match (first, start) {
-        (Some(_), None) => return Ok(report),
-        (_, s) => s.map(|(s, _)| s),
+    let start = match first {
+        Some(f) => match confirm(f - 1, &mut report, |r| &mut r.factual_start)? {
+            Some((s, _)) => Some(s),
+            None => return Ok(report),
+        },
+        None => None,
     };
 
     progress.set_position(0);

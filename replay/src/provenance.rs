@@ -3,8 +3,7 @@
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
-use crate::context::LoadOptions;
-use crate::context::load_or_report;
+use crate::context::{LoadOptions, load_or_report};
 use crate::report::{CommandError, Problem, Verdict};
 
 /// One use of the example.

@@ -7,8 +7,7 @@ use snapshot_format::{Hash32, Store};
 use trainer::backend::DeviceSpec;
 use trainer::session::TrainingState;
 
-use crate::context::load_or_report;
-use crate::context::{LoadOptions, RunContext};
+use crate::context::{LoadOptions, RunContext, load_or_report};
 use crate::report::{CommandError, Problem, Verdict};
 use crate::state::{self, TensorDiff};
 use crate::verify::{self, EnvironmentCheck, Range, RangeResult};

@@ -364,6 +364,28 @@ fn counterfactual_refuses_changed_data_and_writes_nothing() {
     let m = c.input_mismatch.expect("the edited example is named");
     assert_eq!((m.step, m.example_id), (8, y));
     assert!(!out.exists());
+    // A damaged checkpoint under the factual starting state: nothing is computed or written.
+    let damaged = t.path().join("damaged");
+    copy_dir(&r, &damaged).expect("copy");
+    let key = damaged.join(layout::checkpoint(4));
+    let mut bytes = std::fs::read(&key).expect("checkpoint");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&key, bytes).expect("write");
+    let d: CounterfactualReport = json(
+        &[
+            "counterfactual",
+            s(&damaged),
+            "--without",
+            &x.to_string(),
+            "--out",
+            s(&out),
+        ],
+        2,
+    );
+    assert_eq!(d.verdict, Verdict::Corrupt, "{:?}", d.problems);
+    assert!(d.counterfactual_root.is_none() && d.steps.is_empty());
+    assert!(!out.exists());
 }
 
 #[test]

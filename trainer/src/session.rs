@@ -12,8 +12,7 @@ use snapshot_format::snapshot::{
 };
 
 use crate::base::BaseWeights;
-use crate::config::DataFormat;
-use crate::config::RunSpec;
+use crate::config::{DataFormat, RunSpec};
 use crate::data::{DataOrder, Dataset, Example, HashTokenizer, special};
 use crate::error::{Error, Result};
 use crate::model::{Batch, BatchInput, Dropout, TrainableModel, init_values};
