@@ -161,33 +161,29 @@ pub fn counterfactual(
     report.first_changed_step = first;
 
     // The factual states the counterfactual rests on, each verified.
-    let confirm = |step: u64,
-                   report: &mut CounterfactualReport,
-                   slot: fn(&mut CounterfactualReport) -> &mut Option<RangeResult>|
-     -> Result<Option<(TrainingState, Hash32)>, CommandError> {
+    let confirm = |step: u64, report: &mut CounterfactualReport| {
         progress.set_position(0);
         let r = reconstruct(&ctx, step, &o.reconstruct, tolerant, progress)?;
-        report.verdict = report.verdict.worst(r.verdict);
-        *slot(report) = r.replay.clone();
-        Ok(match (r.state, r.root) {
-            (Some(s), Some(root)) if r.verdict == Verdict::Verified => Some((s, root)),
-            _ => {
-                if let Some(rr) = &r.replay {
-                    report.problems.extend(rr.problems.clone());
-                }
-                None
-            }
-        })
+        let (verified, root, replay) = (r.verdict == Verdict::Verified, r.root, r.replay.clone());
+        let state = r.fold_into(&mut report.verdict, &mut report.problems);
+        let state = state.filter(|_| verified).zip(root);
+        Ok::<_, CommandError>((state, replay))
     };
-    let Some((factual, factual_root)) = confirm(to, &mut report, |r| &mut r.factual_end)? else {
+    let (end, replay) = confirm(to, &mut report)?;
+    report.factual_end = replay;
+    let Some((factual, factual_root)) = end else {
         return Ok(report);
     };
     report.factual_root = Some(factual_root);
     let start = match first {
-        Some(f) => match confirm(f - 1, &mut report, |r| &mut r.factual_start)? {
-            Some((s, _)) => Some(s),
-            None => return Ok(report),
-        },
+        Some(f) => {
+            let (start, replay) = confirm(f - 1, &mut report)?;
+            report.factual_start = replay;
+            match start {
+                Some((s, _)) => Some(s),
+                None => return Ok(report),
+            }
+        }
         None => None,
     };
 

@@ -31,6 +31,24 @@ pub struct Reconstructed {
     pub verdict: Verdict,
 }
 
+impl Reconstructed {
+    /// Fold this reconstruction into a report: its verdict, and the problems of its replay when
+    /// it is not verified. Returns the state it reached, if any.
+    pub(crate) fn fold_into(
+        self,
+        verdict: &mut Verdict,
+        problems: &mut Vec<Problem>,
+    ) -> Option<TrainingState> {
+        *verdict = verdict.worst(self.verdict);
+        if self.verdict != Verdict::Verified
+            && let Some(rr) = &self.replay
+        {
+            problems.extend(rr.problems.iter().cloned());
+        }
+        self.state
+    }
+}
+
 /// Reconstruct the state after `step`: from the checkpoint if there is one, otherwise by replay
 /// from the nearest earlier checkpoint, verified step by step; when the record of `step` has no
 /// state root, replay continues to the next step that has one, to confirm the path.
@@ -303,17 +321,11 @@ pub fn diff(
         report.verdict = v;
         return Ok(report);
     }
-    let a = reconstruct(&ctx, from, o, tolerant, progress)?;
-    let b = reconstruct(&ctx, to, o, tolerant, progress)?;
-    for r in [&a, &b] {
-        if r.verdict != Verdict::Verified {
-            report.verdict = report.verdict.worst(r.verdict);
-            if let Some(rr) = &r.replay {
-                report.problems.extend(rr.problems.clone());
-            }
-        }
-    }
-    let (Some(sa), Some(sb)) = (a.state, b.state) else {
+    let a = reconstruct(&ctx, from, o, tolerant, progress)?
+        .fold_into(&mut report.verdict, &mut report.problems);
+    let b = reconstruct(&ctx, to, o, tolerant, progress)?
+        .fold_into(&mut report.verdict, &mut report.problems);
+    let (Some(sa), Some(sb)) = (a, b) else {
         return Ok(report);
     };
     let mut tensors: Vec<TensorDiff> = sb
