@@ -59,13 +59,8 @@ fn check_against_baseline(dir: &Path) -> (u64, Duration, Duration) {
     });
     let location = dir.to_str().expect("utf-8");
     let check = median_time(runs, || {
-        let r = replay::check::check(
-            location,
-            &LoadOptions::default(),
-            &Default::default(),
-            &ProgressBar::hidden(),
-        )
-        .expect("check");
+        let r = replay::check::check(location, &LoadOptions::default(), &ProgressBar::hidden())
+            .expect("check");
         assert_eq!(r.verdict, Verdict::Ok);
         r
     });
@@ -94,12 +89,8 @@ fn main() {
         let o = VerifyOptions {
             scope: Scope::Segment(n),
             device: DeviceSpec::Cpu,
-            allow_environment_mismatch: false,
             shard: None,
             load: LoadOptions::default(),
-            results: None,
-            id: None,
-            signatures: Default::default(),
         };
         let (r, t) =
             timed(|| replay::commands::verify(out_s, &o, &ProgressBar::hidden()).expect("verify"));

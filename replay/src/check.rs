@@ -3,12 +3,11 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use snapshot_format::limits::ReadLimits;
 use snapshot_format::{layout, snapshot};
 
 use crate::context::{self, LoadOptions, RunContext};
-use crate::report::{CommandError, Problem, Verdict, problem_of};
-use crate::signatures::{SignatureOptions, SignatureReport};
+use crate::report::{Assessment, Claim, CommandError, Problem, Verdict, problem_of};
+use crate::signatures::SignatureReport;
 
 /// What `check` looked at.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +38,6 @@ pub struct CheckReport {
 pub fn check(
     location: &str,
     options: &LoadOptions,
-    sig: &SignatureOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<CheckReport, CommandError> {
     let started = std::time::Instant::now();
@@ -58,46 +56,25 @@ pub fn check(
             });
         }
     };
-    let mut problems = ctx.problems.clone();
+    let mut assessment = Assessment::of(&ctx);
     let (checkpoint_problems, checkpoint_bytes) = check_checkpoints(&ctx, progress)?;
-    problems.extend(checkpoint_problems);
-    let mut bytes = ctx.bytes_read + checkpoint_bytes;
-    if let Some(base) = &ctx.spec.base {
-        match ctx.store.get(layout::BASE_MODEL) {
-            Ok(b) => {
-                bytes += b.len() as u64;
-                let found = snapshot_format::hash::file_hash(&b);
-                if found != base.blake3 {
-                    problems.push(Problem::new(
-                        Verdict::Tampered,
-                        layout::BASE_MODEL,
-                        format!(
-                            "BLAKE3 {found} does not match the spec's pinned {}",
-                            base.blake3
-                        ),
-                    ));
-                }
-            }
-            Err(e) => problems.push(problem_of(e)?),
-        }
+    for p in checkpoint_problems {
+        assessment.problem(p);
     }
     let warnings = unexpected_objects(&ctx)?;
-    let (signatures, signature_problems) = crate::signatures::check(&ctx, sig)?;
-    problems.extend(signature_problems);
-    let verdict = problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind));
     Ok(CheckReport {
         command: "check".into(),
         run: location.into(),
-        verdict,
-        problems,
+        verdict: assessment.verdict(Claim::Integrity),
+        problems: assessment.problems().to_vec(),
         warnings,
-        signatures: Some(signatures),
+        signatures: Some(ctx.signatures.clone()),
         checked: Counts {
             segments: ctx.segments.len() as u64,
             records: ctx.records.len() as u64,
             checkpoints: ctx.checkpoints.len() as u64,
             examples: ctx.dataset.as_ref().map(|d| d.len()).unwrap_or(0),
-            bytes,
+            bytes: ctx.bytes_read + checkpoint_bytes,
         },
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -136,15 +113,13 @@ fn check_one(ctx: &RunContext, step: u64, key: &str) -> Result<(Vec<Problem>, u6
     };
     let len = bytes.len() as u64;
     // Every tensor is decoded and hashed, without keeping the values.
-    Ok(
-        match snapshot::verify(&bytes, key, &ReadLimits::default()) {
-            Ok(header) => (
-                crate::state::commitment_problems(ctx, step, key, &header),
-                len,
-            ),
-            Err(e) => (vec![problem_of(e)?], len),
-        },
-    )
+    Ok(match snapshot::verify(&bytes, key, &ctx.limits) {
+        Ok(header) => (
+            crate::state::commitment_problems(ctx, step, key, &header),
+            len,
+        ),
+        Err(e) => (vec![problem_of(e)?], len),
+    })
 }
 
 /// Objects in the run that the layout does not define (verification results excepted).

@@ -1,19 +1,19 @@
 //! `verify` and `audit`: re-execution of whole segments or chosen steps.
 
 use serde::{Deserialize, Serialize};
-use snapshot_format::{Hash32, Store};
+use snapshot_format::Hash32;
 use trainer::backend::DeviceSpec;
 
-use crate::context::{self, LoadOptions, RunContext, load_or_report};
-use crate::report::{CommandError, Problem, Verdict};
-use crate::shard::{self, Shard};
-use crate::signatures::{SignatureOptions, SignatureReport};
+use crate::context::{self, LoadOptions, RunContext};
+use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
+use crate::shard::{ShardTarget, ShardedRun};
+use crate::signatures::SignatureReport;
 use crate::verify::{self, EnvironmentCheck, Range, RangeResult};
 
 /// Which steps to verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Every segment (each from its own starting checkpoint).
+    /// Every segment (each from its own starting state; segment 1 from step 0 re-derived).
     All,
     /// Segment `n` (1-based).
     Segment(u64),
@@ -26,14 +26,9 @@ pub enum Scope {
 pub struct VerifyOptions {
     pub scope: Scope,
     pub device: DeviceSpec,
-    pub allow_environment_mismatch: bool,
-    pub shard: Option<Shard>,
+    /// Verify one shard of the segments and record a signed result (`--shard`).
+    pub shard: Option<ShardTarget>,
     pub load: LoadOptions,
-    /// Where shard results go (default: the run's store).
-    pub results: Option<String>,
-    /// Verification id for shard results (default: derived from the run and the shard count).
-    pub id: Option<String>,
-    pub signatures: SignatureOptions,
 }
 
 /// The JSON document of `replay verify --json`.
@@ -46,11 +41,13 @@ pub struct VerifyReport {
     /// `all`, `segment N` or `steps A..=B`.
     pub scope: String,
     pub environment: Option<EnvironmentCheck>,
-    pub shard: Option<Shard>,
+    /// The shard this report verified, and the verification it belongs to.
+    pub shard: Option<ShardedRun>,
     /// Store key of this shard's written result.
     pub result_key: Option<String>,
     pub ranges: Vec<RangeResult>,
-    /// Problems found outside the replayed ranges: an unusable manifest, signatures.
+    /// Every problem known about the run (outside the replayed ranges too): each counts toward
+    /// the verdict.
     pub problems: Vec<Problem>,
     pub signatures: Option<SignatureReport>,
     pub steps_replayed: u64,
@@ -92,11 +89,14 @@ fn scope_text(s: Scope) -> String {
     }
 }
 
-/// The ranges a scope covers in this run.
+/// The ranges a scope covers in this run. `All` covers every segment the run should have so
+/// far, and step 0 alone when it has none yet (step 0 is re-derived by the range that starts
+/// there).
 pub fn ranges_for(ctx: &RunContext, scope: Scope) -> Result<Vec<Range>, CommandError> {
     let segments = ctx.segment_ranges();
     let last = ctx.records.keys().next_back().copied().unwrap_or(0);
     match scope {
+        Scope::All if segments.is_empty() => Ok(vec![Range::new(0, 0, 0)]),
         Scope::All => Ok(segments
             .iter()
             .map(|&(k, a, b)| Range::new(k, a + 1, b))
@@ -112,15 +112,37 @@ pub fn ranges_for(ctx: &RunContext, scope: Scope) -> Result<Vec<Range>, CommandE
                 ))
             }),
         Scope::Steps { from, to } => {
-            if from == 0 || from > to || to > last.max(ctx.spec.run.steps) {
+            let end = last.min(ctx.spec.run.steps);
+            if from == 0 || from > to || to > end {
                 return Err(CommandError::Usage(format!(
-                    "--from {from} --to {to}: steps must satisfy 1 <= from <= to <= {}",
-                    ctx.spec.run.steps
+                    "--from {from} --to {to}: steps must satisfy 1 <= from <= to <= {end}"
                 )));
             }
             Ok(vec![Range::new(0, from, to)])
         }
     }
+}
+
+/// Replay `ranges` of a loaded run in this machine's class (or across classes, reported as
+/// such), adding each range's verdict to `assessment`.
+fn replay(
+    ctx: &RunContext,
+    ranges: &[Range],
+    device: DeviceSpec,
+    assessment: &mut Assessment,
+    progress: &indicatif::ProgressBar,
+) -> Result<(EnvironmentCheck, Vec<RangeResult>), CommandError> {
+    let env = verify::environment(&ctx.manifest.environment, device)?;
+    progress.set_length(ranges.iter().map(|r| r.to + 1 - r.from.max(1)).sum());
+    let results: Vec<RangeResult> =
+        verify::replay_ranges(ctx, ranges, device, env.cross_class(), progress)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+    for r in &results {
+        assessment.outcome(r.verdict);
+    }
+    Ok((env, results))
 }
 
 /// Run `verify`.
@@ -142,71 +164,41 @@ pub fn verify(
         }
     };
     let mut ranges = ranges_for(&ctx, o.scope)?;
-    if let Some(s) = o.shard {
-        ranges.retain(|r| r.segment != 0 && s.owns(r.segment));
-    }
-    let mut env = verify::environment(&ctx.manifest.environment, o.device)?;
-    let mismatch = !env.differences.is_empty();
-    env.replayed_anyway = mismatch && o.allow_environment_mismatch;
+    // A shard whose result is already recorded is refused before any replay, not after it.
+    let sharded = match &o.shard {
+        Some(t) => {
+            let run = t.prepare(&ctx)?;
+            ranges.retain(|r| run.shard.owns(r.segment));
+            Some(run)
+        }
+        None => None,
+    };
+    let mut assessment = Assessment::of(&ctx);
+    let (env, results) = replay(&ctx, &ranges, o.device, &mut assessment, progress)?;
+    let steps_replayed = results.iter().map(|r| r.steps_replayed).sum();
+    let seconds = started.elapsed().as_secs_f64();
     let mut report = VerifyReport {
         command: "verify".into(),
         run: location.into(),
         genesis: ctx.manifest.genesis,
-        verdict: Verdict::Verified,
+        verdict: assessment.verdict(Claim::Replay),
         scope: scope_text(o.scope),
         environment: Some(env),
-        shard: o.shard,
+        shard: sharded.clone(),
         result_key: None,
-        ranges: vec![],
-        problems: vec![],
-        signatures: None,
-        steps_replayed: 0,
-        seconds: 0.0,
-        steps_per_second: 0.0,
+        ranges: results,
+        problems: assessment.problems().to_vec(),
+        signatures: Some(ctx.signatures.clone()),
+        steps_replayed,
+        seconds,
+        steps_per_second: if seconds > 0.0 {
+            steps_replayed as f64 / seconds
+        } else {
+            0.0
+        },
     };
-    // A shard whose result is already recorded is refused before any replay, not after it.
-    let destination = match o.shard {
-        Some(s) => {
-            let results = match &o.results {
-                Some(url) => Store::create(url)?,
-                None => ctx.store.clone(),
-            };
-            let id =
-                o.id.clone()
-                    .unwrap_or_else(|| shard::default_id(&ctx.manifest.genesis, s.count));
-            shard::ensure_unrecorded(&results, &s, &id)?;
-            report.result_key = Some(s.result_key(&id));
-            Some((results, s, id))
-        }
-        None => None,
-    };
-    let (signatures, signature_problems) = crate::signatures::check(&ctx, &o.signatures)?;
-    report.signatures = Some(signatures);
-    report.problems = signature_problems;
-    if mismatch && !o.allow_environment_mismatch {
-        report.verdict = Verdict::EnvironmentMismatch;
-    } else {
-        progress.set_length(ranges.iter().map(|r| r.to + 1 - r.from).sum());
-        let results = verify::replay_ranges(&ctx, &ranges, o.device, mismatch, progress)?;
-        report.ranges = results.into_iter().map(|(r, _)| r).collect();
-        report.steps_replayed = report.ranges.iter().map(|r| r.steps_replayed).sum();
-        report.verdict = report
-            .ranges
-            .iter()
-            .fold(Verdict::Verified, |v, r| v.worst(r.verdict));
-    }
-    report.verdict = report
-        .problems
-        .iter()
-        .fold(report.verdict, |v, p| v.worst(p.kind));
-    report.seconds = started.elapsed().as_secs_f64();
-    report.steps_per_second = if report.seconds > 0.0 {
-        report.steps_replayed as f64 / report.seconds
-    } else {
-        0.0
-    };
-    if let Some((results, s, id)) = &destination {
-        shard::write_result(results, s, id, &report)?;
+    if let (Some(t), Some(run)) = (&o.shard, &sharded) {
+        report.result_key = Some(t.record(&ctx, run, &report)?);
     }
     Ok(report)
 }
@@ -235,19 +227,33 @@ pub struct Detection {
     pub probability: f64,
 }
 
+/// Where the audit's seed came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedSource {
+    /// Drawn from the operating system's random source: the run's owner could not predict the
+    /// sample.
+    Os,
+    /// Given with `--seed`: anyone who knows it knows the sample in advance.
+    Given,
+}
+
 /// The JSON document of `replay audit --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditReport {
     pub command: String,
     pub run: String,
     pub verdict: Verdict,
+    /// The sample's seed, always reported so that the same sample can be drawn again.
     pub seed: u64,
+    pub seed_source: SeedSource,
     pub segments_total: u64,
     pub sampled: Vec<u64>,
     pub passed: Vec<u64>,
     pub failed: Vec<u64>,
     pub detection: Vec<Detection>,
     pub environment: Option<EnvironmentCheck>,
+    /// The sampled segments, and step 0 re-derived (always checked; segment 1 includes it).
     pub ranges: Vec<RangeResult>,
     pub problems: Vec<Problem>,
     pub signatures: Option<SignatureReport>,
@@ -258,27 +264,39 @@ pub struct AuditReport {
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
     pub samples: u64,
-    pub seed: u64,
+    /// The sample's seed; `None` draws one from the operating system.
+    pub seed: Option<u64>,
     pub fractions: Vec<f64>,
     pub device: DeviceSpec,
-    pub allow_environment_mismatch: bool,
     pub load: LoadOptions,
-    pub signatures: SignatureOptions,
 }
 
-/// Run `audit`: verify `samples` segments drawn uniformly without replacement from the stream
-/// `(seed, "audit", 0)`.
+/// A seed from the operating system's random source.
+pub fn os_seed() -> Result<u64, CommandError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b)
+        .map_err(|e| CommandError::Usage(format!("no operating-system randomness: {e}")))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Run `audit`: re-derive step 0, and verify `samples` segments drawn uniformly without
+/// replacement from the stream `(seed, "audit", 0)`.
 pub fn audit(
     location: &str,
     o: &AuditOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<AuditReport, CommandError> {
     let started = std::time::Instant::now();
+    let (seed, seed_source) = match o.seed {
+        Some(s) => (s, SeedSource::Given),
+        None => (os_seed()?, SeedSource::Os),
+    };
     let mut report = AuditReport {
         command: "audit".into(),
         run: location.into(),
         verdict: Verdict::Verified,
-        seed: o.seed,
+        seed,
+        seed_source,
         segments_total: 0,
         sampled: vec![],
         passed: vec![],
@@ -290,18 +308,23 @@ pub fn audit(
         signatures: None,
         seconds: 0.0,
     };
-    let ctx = load_or_report!(location, &o.load, report);
-    let (signatures, signature_problems) = crate::signatures::check(&ctx, &o.signatures)?;
-    report.signatures = Some(signatures);
-    report.problems = signature_problems;
+    let ctx = match context::load(location, &o.load)? {
+        Ok(c) => c,
+        Err(p) => {
+            let a = Assessment::unloadable(p);
+            report.verdict = a.verdict(Claim::Replay);
+            report.problems = a.problems().to_vec();
+            return Ok(report);
+        }
+    };
     let all = ranges_for(&ctx, Scope::All)?;
     let n = all.len() as u64;
     let k = o.samples.min(n);
-    let order = trainer::rng::permutation(&mut trainer::rng::stream(o.seed, "audit", 0), n);
+    let order = trainer::rng::permutation(&mut trainer::rng::stream(seed, "audit", 0), n);
     let mut sampled: Vec<Range> = order
         .iter()
         .take(k as usize)
-        .map(|&i| all[i as usize])
+        .map(|&i| all[i as usize].clone())
         .collect();
     sampled.sort_by_key(|r| r.segment);
     report.segments_total = n;
@@ -318,32 +341,26 @@ pub fn audit(
             }
         })
         .collect();
-    let mut env = verify::environment(&ctx.manifest.environment, o.device)?;
-    let mismatch = !env.differences.is_empty();
-    env.replayed_anyway = mismatch && o.allow_environment_mismatch;
-    report.environment = Some(env);
-    if mismatch && !o.allow_environment_mismatch {
-        report.verdict = Verdict::EnvironmentMismatch;
-    } else {
-        progress.set_length(sampled.iter().map(|r| r.to + 1 - r.from).sum());
-        let results = verify::replay_ranges(&ctx, &sampled, o.device, mismatch, progress)?;
-        report.ranges = results.into_iter().map(|(r, _)| r).collect();
-        for r in &report.ranges {
-            if r.verdict.passed() {
-                report.passed.push(r.segment);
-            } else {
-                report.failed.push(r.segment);
-            }
-        }
-        report.verdict = report
-            .ranges
-            .iter()
-            .fold(Verdict::Verified, |v, r| v.worst(r.verdict));
+    // Step 0 is always re-derived: cheap, and a substituted starting model is caught whatever
+    // the sample (a sampled segment 1 re-derives it itself).
+    let mut ranges = sampled;
+    if !ranges.iter().any(|r| r.from <= 1) {
+        ranges.insert(0, Range::new(0, 0, 0));
     }
-    report.verdict = report
-        .problems
-        .iter()
-        .fold(report.verdict, |v, p| v.worst(p.kind));
+    let mut assessment = Assessment::of(&ctx);
+    let (env, results) = replay(&ctx, &ranges, o.device, &mut assessment, progress)?;
+    for r in results.iter().filter(|r| r.segment > 0) {
+        if r.verdict.passed() {
+            report.passed.push(r.segment);
+        } else {
+            report.failed.push(r.segment);
+        }
+    }
+    report.environment = Some(env);
+    report.ranges = results;
+    report.verdict = assessment.verdict(Claim::Replay);
+    report.problems = assessment.problems().to_vec();
+    report.signatures = Some(ctx.signatures.clone());
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -359,5 +376,15 @@ mod tests {
         assert_eq!(detection_probability(10, 0, 3), 0.0);
         assert_eq!(detection_probability(10, 8, 3), 1.0);
         assert_eq!(detection_probability(10, 1, 10), 1.0);
+    }
+
+    #[test]
+    fn os_seeds_differ() {
+        let a = os_seed().expect("seed");
+        let b = os_seed().expect("seed");
+        assert_ne!(
+            a, b,
+            "two draws of 64 random bits collide with probability 2^-64"
+        );
     }
 }

@@ -1,19 +1,19 @@
 //! `replay compare`: for two runs that should be identical, the first step where they differ,
-//! found by bisection over the hash chain, and the tensors that differ at that step.
+//! and the tensors that differ at that step.
 //!
-//! A segment head (the hash of its last record) commits to every record before it, so two runs
-//! agree up to segment `k` exactly when their heads of segment `k` are equal: the first
-//! differing segment is found by binary search, reading `O(log n)` segments of each run.
+//! Both runs are loaded and checked as every command loads a run (the hash chain from the
+//! genesis, the completion record against the ledger, signatures under the trust options): two
+//! runs are called identical from their own intact ledgers, never from what their completion
+//! records claim. A record's hash commits to every record before it, so the first step whose
+//! records differ is where the histories part.
 
 use serde::{Deserialize, Serialize};
-use snapshot_format::ledger::{Segment, StepRecord};
-use snapshot_format::limits::ReadLimits;
-use snapshot_format::manifest::{Completion, RunManifest};
-use snapshot_format::{Store, layout, snapshot};
+use snapshot_format::ledger::StepRecord;
+use snapshot_format::manifest::RunManifest;
 use trainer::backend::DeviceSpec;
 
-use crate::context::{self, LoadOptions};
-use crate::report::{CommandError, Problem, Verdict, problem_of};
+use crate::context::{self, LoadOptions, RunContext};
+use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
 use crate::rollback::{ReconstructOptions, reconstruct};
 use crate::state::{self, TensorDiff};
 use crate::verify;
@@ -44,63 +44,20 @@ pub struct CompareReport {
     pub command: String,
     pub run_a: String,
     pub run_b: String,
-    /// `ok` when identical, `diverged` when they differ, or an integrity verdict.
+    /// `ok` when identical, `diverged` when they differ, or the worst problem of either run.
     pub verdict: Verdict,
+    /// The two histories are the same, record for record, as far as both go and to the same
+    /// end (established from each run's own intact, chained ledger, never from its
+    /// completion record alone).
     pub identical: bool,
     /// Spec fields that differ: (JSON path, value in a, value in b).
     pub spec_differences: Vec<(String, String, String)>,
     pub first_difference: Option<FirstDifference>,
-    /// Ledger segments read from each run by the bisection, and how many each run has.
-    pub segments_read: u64,
-    pub segments_total: u64,
+    /// Ledger records compared.
+    pub steps_compared: u64,
+    /// Problems of either run, their artefacts prefixed by the run's location.
     pub problems: Vec<Problem>,
     pub seconds: f64,
-}
-
-struct Side {
-    store: Store,
-    manifest: RunManifest,
-    completion: Option<Completion>,
-    segments: u64,
-}
-
-fn open_side(location: &str) -> Result<Result<Side, Problem>, CommandError> {
-    let inner = || -> Result<Side, snapshot_format::Error> {
-        let store = Store::open(location)?;
-        let manifest = RunManifest::from_json(&store.get(layout::MANIFEST)?, layout::MANIFEST)?;
-        let completion = match store.get_opt(layout::COMPLETE)? {
-            Some(b) => Some(Completion::from_json(&b, layout::COMPLETE)?),
-            None => None,
-        };
-        let segments = store
-            .list(layout::LEDGER)?
-            .iter()
-            .filter_map(|(k, _)| layout::parse_segment(k))
-            .max()
-            .unwrap_or(0);
-        Ok(Side {
-            store,
-            manifest,
-            completion,
-            segments,
-        })
-    };
-    match inner() {
-        Ok(s) => Ok(Ok(s)),
-        Err(e) => Ok(Err(problem_of(e)?)),
-    }
-}
-
-fn read_segment(side: &Side, k: u64) -> Result<Result<Segment, Problem>, CommandError> {
-    let key = layout::segment(k);
-    let bytes = match side.store.get(&key) {
-        Ok(b) => b,
-        Err(e) => return Ok(Err(problem_of(e)?)),
-    };
-    match Segment::decode(&bytes, &key) {
-        Ok(s) => Ok(Ok(s)),
-        Err(e) => Ok(Err(problem_of(e)?)),
-    }
 }
 
 /// Leaves of a JSON value: (path, value).
@@ -190,11 +147,19 @@ fn field_diffs(a: &StepRecord, b: &StepRecord) -> Vec<FieldDiff> {
     out
 }
 
+/// Options of `compare`.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    pub device: DeviceSpec,
+    /// How both runs are loaded (trust options apply to both).
+    pub load: LoadOptions,
+}
+
 /// Compare two runs.
 pub fn compare(
     a: &str,
     b: &str,
-    device: DeviceSpec,
+    o: &CompareOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<CompareReport, CommandError> {
     let started = std::time::Instant::now();
@@ -206,151 +171,85 @@ pub fn compare(
         identical: false,
         spec_differences: vec![],
         first_difference: None,
-        segments_read: 0,
-        segments_total: 0,
+        steps_compared: 0,
         problems: vec![],
         seconds: 0.0,
     };
-    let (sa, sb) = match (open_side(a)?, open_side(b)?) {
-        (Ok(x), Ok(y)) => (x, y),
-        (x, y) => {
-            for p in [x.err(), y.err()].into_iter().flatten() {
-                report.verdict = report.verdict.worst(p.kind);
-                report.problems.push(p);
-            }
-            return Ok(report);
-        }
+    let mut assessment = Assessment::default();
+    let prefixed = |location: &str, p: &Problem| Problem {
+        artefact: format!("{location}/{}", p.artefact),
+        ..p.clone()
     };
-    report.spec_differences = spec_differences(&sa.manifest, &sb.manifest);
-    report.segments_total = sa.segments.max(sb.segments);
-    if sa.manifest.genesis != sb.manifest.genesis {
-        report.verdict = Verdict::Diverged;
-        report.first_difference = Some(initial_difference(&sa, &sb)?);
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
-    }
-    if let (Some(ca), Some(cb)) = (&sa.completion, &sb.completion)
-        && ca.ledger_head == cb.ledger_head
-        && ca.final_state_root == cb.final_state_root
-    {
-        report.identical = true;
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
-    }
-    // Bisection: the first segment whose heads differ (or that one run lacks).
-    let n = sa.segments.max(sb.segments);
-    let (mut lo, mut hi) = (1u64, n + 1);
-    let mut cache: std::collections::HashMap<u64, (Option<Segment>, Option<Segment>)> =
-        Default::default();
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        let pair = load_pair(&sa, &sb, mid, &mut report)?;
-        let differs = match (&pair.0, &pair.1) {
-            (Some(x), Some(y)) => x.head() != y.head(),
-            _ => true,
-        };
-        cache.insert(mid, pair);
-        if differs {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    if lo > n {
-        report.identical = true;
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
-    }
-    let k = lo;
-    let (seg_a, seg_b) = match cache.remove(&k) {
-        Some(p) => p,
-        None => load_pair(&sa, &sb, k, &mut report)?,
-    };
-    report.verdict = report.verdict.worst(Verdict::Diverged);
-    let first = match (&seg_a, &seg_b) {
-        (Some(x), Some(y)) => {
-            let pos = x
-                .records
+    let (ca, cb) = (context::load(a, &o.load)?, context::load(b, &o.load)?);
+    for (location, c) in [(a, &ca), (b, &cb)] {
+        match c {
+            Ok(ctx) => ctx
+                .problems
                 .iter()
-                .zip(&y.records)
-                .position(|(r, s)| r.hash() != s.hash())
-                .unwrap_or(x.records.len().min(y.records.len()));
-            match (x.records.get(pos), y.records.get(pos)) {
-                (Some(r), Some(s)) => (r.step, field_diffs(r, s)),
-                (r, s) => {
-                    let step = r.or(s).map(|x| x.step).unwrap_or(0);
-                    (
-                        step,
-                        vec![FieldDiff {
-                            field: "present".into(),
-                            a: r.is_some().to_string(),
-                            b: s.is_some().to_string(),
-                        }],
-                    )
-                }
+                .for_each(|p| assessment.problem(prefixed(location, p))),
+            Err(p) => assessment.problem(prefixed(location, p)),
+        }
+    }
+    let (Ok(ca), Ok(cb)) = (ca, cb) else {
+        report.verdict = assessment.verdict(Claim::Integrity);
+        report.problems = assessment.problems().to_vec();
+        return Ok(report);
+    };
+    report.spec_differences = spec_differences(&ca.manifest, &cb.manifest);
+    if ca.manifest.genesis != cb.manifest.genesis {
+        assessment.outcome(Verdict::Diverged);
+        report.first_difference = Some(initial_difference(&ca, &cb)?);
+    } else {
+        // A record's hash commits to every record before it, so the first step whose records
+        // differ (or that one run lacks) is where the histories part.
+        let steps: std::collections::BTreeSet<u64> = ca
+            .records
+            .keys()
+            .chain(cb.records.keys())
+            .copied()
+            .collect();
+        let first = steps.iter().copied().find(|s| {
+            ca.records.get(s).map(StepRecord::hash) != cb.records.get(s).map(StepRecord::hash)
+        });
+        report.steps_compared = steps.len() as u64;
+        match first {
+            None => report.identical = true,
+            Some(step) => {
+                assessment.outcome(Verdict::Diverged);
+                let fields = match (ca.records.get(&step), cb.records.get(&step)) {
+                    (Some(r), Some(s)) => field_diffs(r, s),
+                    (r, s) => vec![FieldDiff {
+                        field: "present".into(),
+                        a: r.is_some().to_string(),
+                        b: s.is_some().to_string(),
+                    }],
+                };
+                let (tensors_at_step, tensors_from, tensors) =
+                    tensors_at(&ca, &cb, step, o, progress)?;
+                report.first_difference = Some(FirstDifference {
+                    step,
+                    fields,
+                    tensors_at_step,
+                    tensors_from,
+                    tensors,
+                });
             }
         }
-        (x, y) => {
-            let step = x
-                .as_ref()
-                .or(y.as_ref())
-                .map(|s| s.first_step())
-                .unwrap_or(0);
-            (
-                step,
-                vec![FieldDiff {
-                    field: format!("segment {k}"),
-                    a: x.is_some().to_string(),
-                    b: y.is_some().to_string(),
-                }],
-            )
-        }
-    };
-    let (step, fields) = first;
-    let (tensors_at_step, tensors_from, tensors) =
-        tensors_at(a, b, &sa, k, step, device, progress)?;
-    report.first_difference = Some(FirstDifference {
-        step,
-        fields,
-        tensors_at_step,
-        tensors_from,
-        tensors,
-    });
+    }
+    report.verdict = assessment.verdict(Claim::Integrity);
+    report.problems = assessment.problems().to_vec();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-fn load_pair(
-    sa: &Side,
-    sb: &Side,
-    k: u64,
-    report: &mut CompareReport,
-) -> Result<(Option<Segment>, Option<Segment>), CommandError> {
-    let mut one = |side: &Side| -> Result<Option<Segment>, CommandError> {
-        if k > side.segments {
-            return Ok(None);
-        }
-        report.segments_read += 1;
-        Ok(match read_segment(side, k)? {
-            Ok(s) => Some(s),
-            Err(p) => {
-                report.verdict = report.verdict.worst(p.kind);
-                report.problems.push(p);
-                None
-            }
-        })
-    };
-    Ok((one(sa)?, one(sb)?))
-}
-
-fn initial_difference(sa: &Side, sb: &Side) -> Result<FirstDifference, CommandError> {
+fn initial_difference(ca: &RunContext, cb: &RunContext) -> Result<FirstDifference, CommandError> {
     let mut fields = Vec::new();
     for (f, x, y) in [
-        ("spec_hash", sa.manifest.spec_hash, sb.manifest.spec_hash),
+        ("spec_hash", ca.manifest.spec_hash, cb.manifest.spec_hash),
         (
             "initial_state_root",
-            sa.manifest.initial_state_root,
-            sb.manifest.initial_state_root,
+            ca.manifest.initial_state_root,
+            cb.manifest.initial_state_root,
         ),
     ] {
         if x != y {
@@ -361,15 +260,8 @@ fn initial_difference(sa: &Side, sb: &Side) -> Result<FirstDifference, CommandEr
             });
         }
     }
-    let key = layout::checkpoint(0);
-    let read = |s: &Side| -> Option<snapshot::Snapshot> {
-        s.store
-            .get(&key)
-            .ok()
-            .and_then(|b| snapshot::decode(&b, &key, &ReadLimits::default()).ok())
-    };
-    let tensors = match (read(sa), read(sb)) {
-        (Some(x), Some(y)) => state::diff_states(&verify::state_of(&x), &y),
+    let tensors = match (state::read_checked(ca, 0)?, state::read_checked(cb, 0)?) {
+        (Ok(x), Ok(y)) => state::diff_states(&verify::state_of(&x), &y),
         _ => vec![],
     };
     Ok(FirstDifference {
@@ -381,59 +273,52 @@ fn initial_difference(sa: &Side, sb: &Side) -> Result<FirstDifference, CommandEr
     })
 }
 
-/// The tensors that differ after `step`: states reconstructed by verified replay when this
-/// machine is in both runs' class, otherwise the next checkpoint both runs have.
+/// The tensors that differ after `step`: states reconstructed by replay (as `rollback` does)
+/// when this machine is in both runs' class, otherwise the next checkpoint both runs store.
 fn tensors_at(
-    a: &str,
-    b: &str,
-    sa: &Side,
-    k: u64,
+    ca: &RunContext,
+    cb: &RunContext,
     step: u64,
-    device: DeviceSpec,
+    o: &CompareOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<(Option<u64>, String, Vec<TensorDiff>), CommandError> {
-    let here = device.fingerprint()?.class();
-    let o = ReconstructOptions {
-        device,
-        allow_environment_mismatch: false,
-        load: LoadOptions {
-            dataset: None,
-            segments: Some((k.saturating_sub(1).max(1), k)),
-        },
+    let here = o.device.fingerprint()?.class();
+    let r = ReconstructOptions {
+        device: o.device,
+        from_genesis: false,
+        load: o.load.clone(),
     };
-    let ctx_of = |loc: &str| context::load(loc, &o.load).map(Result::ok);
-    let (ca, cb) = (ctx_of(a)?, ctx_of(b)?);
-    if let (Some(ca), Some(cb)) = (&ca, &cb)
-        && ca.manifest.environment.class() == here
-        && cb.manifest.environment.class() == here
-    {
-        let ra = reconstruct(ca, step, &o, false, progress)?;
-        let rb = reconstruct(cb, step, &o, false, progress)?;
-        if let (Some(x), Some(y)) = (ra.state, rb.state) {
+    if ca.manifest.environment.class() == here && cb.manifest.environment.class() == here {
+        let ra = reconstruct(ca, &[step], &r, false, progress)?.pop();
+        let rb = reconstruct(cb, &[step], &r, false, progress)?.pop();
+        if let (Some(x), Some(y)) = (
+            ra.and_then(|x| x.state.filter(|_| x.outcome.passed())),
+            rb.and_then(|x| x.state.filter(|_| x.outcome.passed())),
+        ) {
             return Ok((
                 Some(step),
-                "reconstructed by verified replay".into(),
+                "reconstructed by replay, every step matching its run's ledger".into(),
                 state::diff_views(&x.views(), &y.views()),
             ));
         }
     }
     // Fall back to the first checkpoint at or after the step that both runs store.
-    let interval = sa.manifest.recording.checkpoint_interval;
-    let c = step.div_ceil(interval) * interval;
-    let key = layout::checkpoint(c);
-    let read = |loc: &str| -> Option<snapshot::Snapshot> {
-        Store::open(loc)
-            .ok()?
-            .get(&key)
-            .ok()
-            .and_then(|bytes| snapshot::decode(&bytes, &key, &ReadLimits::default()).ok())
+    let c = ca
+        .checkpoints
+        .iter()
+        .copied()
+        .find(|c| *c >= step && cb.checkpoints.contains(c));
+    let Some(c) = c else {
+        return Ok((None, "no state available".into(), vec![]));
     };
-    Ok(match (read(a), read(b)) {
-        (Some(x), Some(y)) => (
-            Some(c),
-            "stored checkpoints (replay was not possible here)".into(),
-            state::diff_states(&verify::state_of(&x), &y),
-        ),
-        _ => (None, "no state available".into(), vec![]),
-    })
+    Ok(
+        match (state::read_checked(ca, c)?, state::read_checked(cb, c)?) {
+            (Ok(x), Ok(y)) => (
+                Some(c),
+                "stored checkpoints (replay was not possible here)".into(),
+                state::diff_states(&verify::state_of(&x), &y),
+            ),
+            _ => (None, "no state available".into(), vec![]),
+        },
+    )
 }

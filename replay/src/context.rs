@@ -12,6 +12,8 @@ use trainer::data::Dataset;
 use trainer::run::segment_ending_at;
 
 use crate::report::{CommandError, Problem, Verdict, problem_of};
+use crate::signatures::{SignatureOptions, SignatureReport};
+use snapshot_format::limits::ReadLimits;
 
 /// The [`load`]ed run at `location`; when a finding prevents loading it, `return Ok(report)`
 /// from the calling command with that finding as the report's verdict and problem.
@@ -58,7 +60,15 @@ pub struct RunContext {
     /// Steps of the checkpoints present.
     pub checkpoints: Vec<u64>,
     pub completion: Option<Completion>,
-    /// Every problem found while loading, in the order found.
+    /// The base model's bytes, when the spec pins one and the run's copy matches the pin.
+    pub base: Option<Vec<u8>>,
+    /// Who signed what, judged by the trust options the run was loaded with.
+    pub signatures: SignatureReport,
+    /// Limits for decoding this run's checkpoints: no state may decode to more than the spec's
+    /// model implies.
+    pub limits: ReadLimits,
+    /// Every problem found while loading, in the order found: artefacts, the hash chain, ledger
+    /// bounds, the base model, signatures.
     pub problems: Vec<Problem>,
     /// Total size of the objects read, in bytes.
     pub bytes_read: u64,
@@ -74,7 +84,8 @@ impl RunContext {
             .as_ref()
             .map(|c| c.final_step)
             .or_else(|| self.segments.values().map(|s| s.last_step).max())
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .min(total);
         (0..=last)
             .filter(|&s| trainer::run::is_checkpoint_step(s, total, interval))
             .collect()
@@ -114,11 +125,18 @@ impl RunContext {
         }
     }
 
-    /// Problems that make steps `..=to` unverifiable: problems of the manifest, the dataset
-    /// manifest, and of the ledger up to `to` (the chain into the range must hold).
+    /// Problems that make steps `..=to` unreplayable: problems of the manifest, the dataset
+    /// manifest, and of the ledger up to `to` (the chain into the range must hold). Signature
+    /// findings do not stop replay (they count toward every verdict all the same).
     pub fn problems_before(&self, to: u64) -> Vec<Problem> {
         self.problems
             .iter()
+            .filter(|p| {
+                !matches!(
+                    p.kind,
+                    Verdict::BadSignature | Verdict::UntrustedSigner | Verdict::Unsigned
+                )
+            })
             .filter(|p| match layout::parse_segment(&p.artefact) {
                 Some(i) => {
                     let first = (i - 1) * self.interval() + 1;
@@ -140,9 +158,11 @@ impl RunContext {
 pub struct LoadOptions {
     /// Use this dataset file instead of the run's copy.
     pub dataset: Option<std::path::PathBuf>,
-    /// Load only ledger segments `first..=last`. The chain is then checked only within them and
-    /// whole-run checks are skipped (for commands that establish the history otherwise).
-    pub segments: Option<(u64, u64)>,
+    /// Which signers to trust, and whether signatures are required.
+    pub trust: SignatureOptions,
+    /// Refuse runs whose states would decode to more bytes than this (default
+    /// [`snapshot_format::limits::DEFAULT_MAX_DECODED_BYTES`]).
+    pub max_decoded_bytes: Option<u64>,
 }
 
 /// Load the run at `location`: `Ok(Err(problem))` when its manifest cannot be used (nothing else
@@ -185,6 +205,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
             e.to_string(),
         ))
     })?;
+    let limits = decode_limits(&spec, options.max_decoded_bytes).map_err(LoadFailure::Command)?;
 
     let mut problems = Vec::new();
 
@@ -306,17 +327,19 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
             }
         }
     };
+    let interval = manifest.recording.checkpoint_interval;
     let highest = indices
         .last()
         .copied()
         .unwrap_or(0)
-        .max(completion.as_ref().map(|c| c.segments).unwrap_or(0));
-    let interval = manifest.recording.checkpoint_interval;
+        .max(completion.as_ref().map(|c| c.segments).unwrap_or(0))
+        // A ledger cannot have more segments than its steps need: objects beyond are reported
+        // by the bounds check below, not read.
+        .min(segment_ending_at(spec.run.steps, interval));
     let mut records = BTreeMap::new();
     let mut segments = BTreeMap::new();
-    let (first, last) = options.segments.unwrap_or((1, highest));
-    let mut head = (first == 1).then_some(manifest.genesis);
-    for i in first..=last.min(highest) {
+    let mut head = Some(manifest.genesis);
+    for i in 1..=highest {
         let key = layout::segment(i);
         let bytes = match store.get(&key) {
             Ok(b) => b,
@@ -382,7 +405,34 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         other => LoadFailure::Command(other.into()),
     })?;
 
-    let partial = options.segments.is_some();
+    // The base model, against its pin.
+    let base = match &spec.base {
+        None => None,
+        Some(pin) => match store.get(layout::BASE_MODEL) {
+            Ok(b) => {
+                bytes_read += b.len() as u64;
+                let found = snapshot_format::hash::file_hash(&b);
+                if found == pin.blake3 {
+                    Some(b)
+                } else {
+                    problems.push(Problem::new(
+                        Verdict::Tampered,
+                        layout::BASE_MODEL,
+                        format!(
+                            "BLAKE3 {found} does not match the spec's pinned {}",
+                            pin.blake3
+                        ),
+                    ));
+                    None
+                }
+            }
+            Err(e) => {
+                note(&mut problems, e, location)?;
+                None
+            }
+        },
+    };
+
     let mut ctx = RunContext {
         location: location.to_string(),
         store,
@@ -394,21 +444,83 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         segments,
         checkpoints,
         completion,
+        base,
+        signatures: SignatureReport::default(),
+        limits,
         problems,
         bytes_read,
     };
-    if !partial {
-        structural_checks(&mut ctx);
-    }
+    structural_checks(&mut ctx, &indices);
+    let (signatures, signature_problems) =
+        crate::signatures::check(&ctx, &options.trust).map_err(LoadFailure::Command)?;
+    ctx.signatures = signatures;
+    ctx.problems.extend(signature_problems);
     Ok(ctx)
 }
 
-/// Checks that need only what is loaded: expected objects present, completion consistent,
-/// batch hashes consistent with the dataset manifest.
-fn structural_checks(ctx: &mut RunContext) {
+/// Decoding limits for the run's states: at most the bytes the spec's model implies (its
+/// parameters and the optimizer's slots, `f32`), so that a checkpoint that declares larger
+/// tensors is refused before anything is allocated for them.
+fn decode_limits(spec: &RunSpec, max: Option<u64>) -> Result<ReadLimits, CommandError> {
+    let cap = max.unwrap_or(snapshot_format::limits::DEFAULT_MAX_DECODED_BYTES);
+    let implied = spec.state_bytes().unwrap_or(u128::from(cap));
+    if implied > u128::from(cap) {
+        return Err(CommandError::Usage(format!(
+            "the run's model implies states of {implied} bytes, above the limit of {cap} \
+             (--max-decoded-bytes)"
+        )));
+    }
+    Ok(ReadLimits {
+        max_decoded_bytes: implied as u64,
+    })
+}
+
+/// Checks that need only what is loaded: expected objects present, nothing beyond the run's
+/// last step, completion consistent, batch hashes consistent with the dataset manifest.
+/// `segment_indices` are the segments listed in the store.
+fn structural_checks(ctx: &mut RunContext, segment_indices: &[u64]) {
     let interval = ctx.interval();
     let total = ctx.spec.run.steps;
     let mut problems = Vec::new();
+    // Nothing may run past the spec's final step (or the completion's segment count).
+    let allowed = segment_ending_at(total, interval).min(
+        ctx.completion
+            .as_ref()
+            .map(|c| c.segments)
+            .unwrap_or(u64::MAX),
+    );
+    for &i in segment_indices.iter().filter(|&&i| i > allowed) {
+        problems.push(Problem::new(
+            Verdict::Tampered,
+            layout::segment(i),
+            format!(
+                "a segment beyond the run's last: {total} steps with checkpoints every \
+                 {interval} make {} segments",
+                segment_ending_at(total, interval)
+            ),
+        ));
+    }
+    for r in ctx.records.values().filter(|r| r.step > total) {
+        problems.push(Problem::new(
+            Verdict::Tampered,
+            layout::segment(segment_ending_at(r.step, interval)),
+            format!("records step {}, beyond the run's {total} steps", r.step),
+        ));
+    }
+    for &c in ctx
+        .checkpoints
+        .iter()
+        .filter(|&&c| c > total || !trainer::run::is_checkpoint_step(c, total, interval))
+    {
+        problems.push(Problem::new(
+            Verdict::Tampered,
+            layout::checkpoint(c),
+            format!(
+                "a checkpoint at step {c}, which is not a checkpoint step of this run \
+                 ({total} steps, every {interval})"
+            ),
+        ));
+    }
     for step in ctx.expected_checkpoints() {
         if !ctx.checkpoints.contains(&step) {
             problems.push(Problem::new(

@@ -19,8 +19,8 @@ use trainer::model::TrainableModel;
 use trainer::session::{PreparedData, Session, TrainingState};
 
 use crate::context::{RunContext, load_or_report};
-use crate::report::{CommandError, Problem, Verdict};
-use crate::rollback::{ReconstructOptions, environment_gate, export_state, put_json, reconstruct};
+use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
+use crate::rollback::{ReconstructOptions, environment_of, export_state, put_json, reconstruct};
 use crate::state::{TensorDiff, diff_views};
 use crate::verify::{EnvironmentCheck, InputMismatch, RangeResult, input_mismatch};
 
@@ -139,18 +139,14 @@ pub fn counterfactual(
         }
         _ => {}
     }
-    let (env, stop) = environment_gate(&ctx, &o.reconstruct)?;
-    let tolerant = env.replayed_anyway;
+    let env = environment_of(&ctx, &o.reconstruct)?;
+    let cross_class = env.cross_class();
     report.environment = Some(env);
-    if let Some(v) = stop {
-        report.verdict = v;
-        return Ok(report);
-    }
+    let mut assessment = Assessment::of(&ctx);
     // The ledger up to `to` must be whole: its batches are the history being changed.
-    let problems = ctx.problems_before(to);
-    if !problems.is_empty() {
-        report.verdict = problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind));
-        report.problems = problems;
+    if !ctx.problems_before(to).is_empty() {
+        report.verdict = assessment.verdict(Claim::State { rederived: false });
+        report.problems = assessment.problems().to_vec();
         return Ok(report);
     }
     let first = ctx
@@ -160,32 +156,43 @@ pub fn counterfactual(
         .map(|(s, _)| *s);
     report.first_changed_step = first;
 
-    // The factual states the counterfactual rests on, each verified.
-    let confirm = |step: u64, report: &mut CounterfactualReport| {
-        progress.set_position(0);
-        let r = reconstruct(&ctx, step, &o.reconstruct, tolerant, progress)?;
-        let (verified, root, replay) = (r.verdict == Verdict::Verified, r.root, r.replay.clone());
-        let state = r.fold_into(&mut report.verdict, &mut report.problems);
-        let state = state.filter(|_| verified).zip(root);
-        Ok::<_, CommandError>((state, replay))
+    // The factual states the counterfactual rests on: the one before the first changed step,
+    // and the one after `to`; both must match the record.
+    let steps: Vec<u64> = match first {
+        Some(f) => vec![f - 1, to],
+        None => vec![to],
     };
-    let (end, replay) = confirm(to, &mut report)?;
-    report.factual_end = replay;
-    let Some((factual, factual_root)) = end else {
-        return Ok(report);
-    };
-    report.factual_root = Some(factual_root);
-    let start = match first {
-        Some(f) => {
-            let (start, replay) = confirm(f - 1, &mut report)?;
+    let states = reconstruct(&ctx, &steps, &o.reconstruct, cross_class, progress)?;
+    let rederived = states.iter().all(|r| r.rederived);
+    let all_matched = states.iter().all(|r| r.outcome == Verdict::Verified);
+    let mut confirmed = Vec::new();
+    for r in states {
+        let replay = r.replay.clone();
+        let root = r.root;
+        let state = r.fold_into(&mut assessment);
+        confirmed.push((state.zip(root), replay));
+    }
+    let claim = Claim::State { rederived };
+    let (end, end_replay) = confirmed.pop().unwrap_or((None, None));
+    report.factual_end = end_replay;
+    let start = match confirmed.pop() {
+        Some((start, replay)) => {
             report.factual_start = replay;
-            match start {
-                Some((s, _)) => Some(s),
-                None => return Ok(report),
-            }
+            start.map(|(s, _)| s)
         }
         None => None,
     };
+    let (Some((factual, factual_root)), true) = (end, all_matched) else {
+        report.verdict = assessment.verdict(claim);
+        report.problems = assessment.problems().to_vec();
+        return Ok(report);
+    };
+    report.factual_root = Some(factual_root);
+    if first.is_some() && start.is_none() {
+        report.verdict = assessment.verdict(claim);
+        report.problems = assessment.problems().to_vec();
+        return Ok(report);
+    }
 
     progress.set_position(0);
     progress.set_length(first.map(|f| to + 1 - f).unwrap_or(0));
@@ -201,13 +208,14 @@ pub fn counterfactual(
     report.steps = walk.steps;
     report.examples = walk.examples;
     if let Some(m) = walk.input_mismatch {
-        report.verdict = report.verdict.worst(Verdict::InputMismatch);
+        assessment.outcome(Verdict::InputMismatch);
         report.input_mismatch = Some(m);
     }
     if let Some(p) = walk.problem {
-        report.verdict = report.verdict.worst(p.kind);
-        report.problems.push(p);
+        assessment.problem(p);
     }
+    report.verdict = assessment.verdict(claim);
+    report.problems = assessment.problems().to_vec();
     let Some(state) = walk.state else {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -217,7 +225,7 @@ pub fn counterfactual(
     report.tensors = diff_views(&views(&state), &views(&factual));
 
     if let Some(out) = &o.out
-        && report.verdict == Verdict::Verified
+        && report.verdict.passed()
     {
         let store = Store::create(out)?;
         let parent = first.map(|f| f - 1).or(Some(to));
@@ -230,6 +238,9 @@ pub fn counterfactual(
             .flatten()
         {
             r.seconds = 0.0;
+            if let Some(i) = r.initial_state.as_mut() {
+                i.seconds = 0.0;
+            }
         }
         put_json(&store, "counterfactual.json", &stored)?;
     }

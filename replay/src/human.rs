@@ -86,20 +86,16 @@ pub fn tensors(out: &mut String, ts: &[TensorDiff], indent: &str) {
 
 fn environment(out: &mut String, e: &Option<EnvironmentCheck>) {
     let Some(e) = e else { return };
-    if e.differences.is_empty() {
+    if !e.cross_class() {
         let _ = writeln!(out, "  environment  same class ({})", e.run_class.short());
         return;
     }
     let _ = writeln!(
         out,
-        "  environment  DIFFERENT class: run {}, here {}{}",
+        "  environment  DIFFERENT class: the run claims {}, this machine is {} (replayed; \
+         differences are judged against floating-point noise, never passed)",
         e.run_class.short(),
         e.here_class.short(),
-        if e.replayed_anyway {
-            " (replayed anyway)"
-        } else {
-            " (not replayed; --allow-environment-mismatch replays and reports the differences)"
-        }
     );
     for (f, run, here) in &e.differences {
         let _ = writeln!(out, "               {f}: run {run:?}, here {here:?}");
@@ -121,18 +117,33 @@ pub fn range(out: &mut String, r: &RangeResult) {
     } else {
         "steps       ".to_string()
     };
+    let start = match (r.initial_state.is_some(), r.start_checkpoint) {
+        (true, _) => "step 0 re-derived".to_string(),
+        (false, Some(c)) => format!("checkpoint {c}"),
+        (false, None) => "-".to_string(),
+    };
     let _ = writeln!(
         out,
-        "  {label} steps {:>6}..={:<6} {:<20} ({} steps replayed from checkpoint {}, {:.1} s)",
+        "  {label} steps {:>6}..={:<6} {:<20} ({} steps replayed from {start}, {:.1} s)",
         r.from_step,
         r.to_step,
         r.verdict.name(),
         r.steps_replayed,
-        r.start_checkpoint
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "-".into()),
         r.seconds
     );
+    if let Some(i) = &r.initial_state {
+        let _ = writeln!(
+            out,
+            "      step 0 re-derived from the pinned base and seed in {:.2} s: root {} ({})",
+            i.seconds,
+            i.rederived_root.short(),
+            if i.rederived_root == i.recorded_root {
+                "as recorded"
+            } else {
+                "NOT the recorded one"
+            }
+        );
+    }
     problems(out, &r.problems);
     if let Some(m) = &r.input_mismatch {
         input_mismatch(out, m);
@@ -165,6 +176,9 @@ pub fn range(out: &mut String, r: &RangeResult) {
             "      across {} steps: max |loss difference| {max_loss:.3e}, max |grad-norm difference| {max_gn:.3e}",
             r.deltas.len()
         );
+    }
+    if let Some(n) = &r.noise {
+        let _ = writeln!(out, "      {}", n.reason);
     }
 }
 
@@ -201,7 +215,8 @@ pub fn verify(r: &VerifyReport) -> String {
         r.run,
         r.scope,
         r.shard
-            .map(|s| format!(", shard {}/{}", s.index, s.count))
+            .as_ref()
+            .map(|s| format!(", shard {}/{} of {}", s.shard.index, s.shard.count, s.id))
             .unwrap_or_default(),
         r.steps_replayed,
         r.seconds,
@@ -225,11 +240,15 @@ pub fn audit(r: &AuditReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "audit {}: {} of {} segments sampled with seed {} (repeat with --seed {})",
+        "audit {}: {} of {} segments sampled with seed {} ({}; repeat with --seed {})",
         r.run,
         r.sampled.len(),
         r.segments_total,
         r.seed,
+        match r.seed_source {
+            crate::commands::SeedSource::Os => "drawn from the operating system",
+            crate::commands::SeedSource::Given => "GIVEN: the sample was predictable",
+        },
         r.seed
     );
     environment(&mut out, &r.environment);
@@ -258,14 +277,16 @@ pub fn collect(r: &CollectReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "collect {} ({}): {} of {} shards reported, {} segments, {} steps replayed",
+        "collect {} ({} in {}): {} of {} shards reported, {} segments, {} steps replayed",
         r.run,
         r.id,
+        r.results,
         r.shards_present.len(),
         r.shards,
         r.segments.len(),
         r.steps_replayed
     );
+    let _ = writeln!(out, "  verifier keys {}", r.verifier_keys.join(", "));
     problems(&mut out, &r.problems);
     for (k, v) in &r.segments {
         if !v.passed() {
@@ -312,7 +333,7 @@ pub fn rollback(r: &RollbackReport) -> String {
             let _ = writeln!(out, "  wrote        {} in {o}", r.files.join(", "));
         }
         None => {
-            let _ = writeln!(out, "  wrote        nothing (the state is not verified)");
+            let _ = writeln!(out, "  wrote        nothing (the verdict does not pass)");
         }
     }
     verdict_line(&mut out, r.verdict);
@@ -324,7 +345,7 @@ pub fn compare(r: &CompareReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "compare {} with {}: {} (read {} of {} segments by bisection, {:.2} s)",
+        "compare {} with {}: {} ({} steps compared, {:.2} s)",
         r.run_a,
         r.run_b,
         if r.identical {
@@ -332,8 +353,7 @@ pub fn compare(r: &CompareReport) -> String {
         } else {
             "they differ"
         },
-        r.segments_read,
-        2 * r.segments_total,
+        r.steps_compared,
         r.seconds
     );
     problems(&mut out, &r.problems);
@@ -425,10 +445,19 @@ pub fn counterfactual(r: &CounterfactualReport) -> String {
             (_, Some(rr)) if rr.verdict == Verdict::Verified => {
                 let _ = writeln!(
                     out,
-                    "  factual {what:<6}after step {}: verified, {} steps replayed from checkpoint {} ({:.1} s)",
+                    "  factual {what:<6}after step {}: {}, {} steps replayed from {} ({:.1} s)",
                     rr.to_step,
+                    if rr.rederived() {
+                        "re-derived"
+                    } else {
+                        "recorded"
+                    },
                     rr.steps_replayed,
-                    rr.start_checkpoint.unwrap_or(0),
+                    if rr.initial_state.is_some() {
+                        "step 0 re-derived".to_string()
+                    } else {
+                        format!("checkpoint {}", rr.start_checkpoint.unwrap_or(0))
+                    },
                     rr.seconds
                 );
             }
@@ -436,7 +465,7 @@ pub fn counterfactual(r: &CounterfactualReport) -> String {
             (Some(s), None) if r.counterfactual_root.is_some() => {
                 let _ = writeln!(
                     out,
-                    "  factual {what:<6}after step {s}: checkpoint, verified against the ledger"
+                    "  factual {what:<6}after step {s}: stored checkpoint, as the ledger records it"
                 );
             }
             _ => {}

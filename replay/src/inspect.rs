@@ -1,12 +1,11 @@
 //! `replay inspect`: a summary of a run, with its loss curve as text or SVG.
 
 use serde::{Deserialize, Serialize};
-use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::EnvironmentFingerprint;
 use snapshot_format::{Hash32, layout, snapshot};
 
 use crate::context::{self, LoadOptions};
-use crate::report::{CommandError, Problem, Verdict};
+use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
 
 /// The JSON document of `replay inspect --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,14 +39,15 @@ pub struct InspectReport {
 pub fn inspect(
     location: &str,
     svg: Option<&std::path::Path>,
+    load: &LoadOptions,
 ) -> Result<InspectReport, CommandError> {
-    let ctx = context::load(location, &LoadOptions::default())?
+    let ctx = context::load(location, load)?
         .map_err(|p| CommandError::Usage(format!("{}: {}", p.artefact, p.detail)))?;
     let parameters = ctx
         .store
         .get(&layout::checkpoint(0))
         .ok()
-        .and_then(|b| snapshot::read_header(&b, "checkpoint 0", &ReadLimits::default()).ok())
+        .and_then(|b| snapshot::read_header(&b, "checkpoint 0", &ctx.limits).ok())
         .map(|h| {
             h.tensors
                 .iter()
@@ -68,10 +68,7 @@ pub fn inspect(
     Ok(InspectReport {
         command: "inspect".into(),
         run: location.into(),
-        verdict: ctx
-            .problems
-            .iter()
-            .fold(Verdict::Ok, |v, p| v.worst(p.kind)),
+        verdict: Assessment::of(&ctx).verdict(Claim::Integrity),
         run_id: ctx.manifest.run_id.clone(),
         created_unix: ctx.manifest.created_unix,
         engine: format!(

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use replay::commands::{self, AuditOptions, Scope, VerifyOptions};
 use replay::context::LoadOptions;
 use replay::report::{CommandError, Verdict};
-use replay::shard::{self, Shard};
+use replay::shard::{self, Shard, ShardTarget};
 use replay::signatures::SignatureOptions;
 use replay::{check, compare, counterfactual, human, inspect, provenance, rollback};
 use trainer::backend::DeviceSpec;
@@ -41,6 +41,10 @@ struct Global {
     /// Worker threads of the CPU backend (default: all cores). Does not change any bit.
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Refuse runs whose states would decode to more bytes than this (default 64 GiB). A run's
+    /// checkpoints never decode to more than its spec's model implies.
+    #[arg(long, global = true)]
+    max_decoded_bytes: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -48,10 +52,6 @@ struct Replaying {
     /// Compute device: `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Replay even on a machine of another environment class, reporting the size of every
-    /// difference (the verdict is then `environment_mismatch` unless every bit matches).
-    #[arg(long)]
-    allow_environment_mismatch: bool,
     /// Use this dataset file instead of the run's copy.
     #[arg(long)]
     dataset: Option<PathBuf>,
@@ -60,26 +60,38 @@ struct Replaying {
 #[derive(Args, Debug, Clone)]
 struct Trust {
     /// Trust signatures by this public key: 64 hex digits, or a file with them or a PEM public
-    /// key (repeatable). Artefacts signed only by other keys are then `untrusted_signer`.
+    /// key (repeatable). Every artefact must then be signed by a trusted key: one signed only
+    /// by other keys is `untrusted_signer`, one signed by nobody `unsigned`.
     #[arg(long = "trusted-key")]
     trusted_keys: Vec<String>,
-    /// Every artefact must be signed (`unsigned` otherwise).
+    /// Every artefact must be validly signed, by any key (`unsigned` otherwise).
     #[arg(long)]
     require_signatures: bool,
 }
 
 impl Trust {
     fn options(&self) -> Result<SignatureOptions, CommandError> {
-        let trusted = self
-            .trusted_keys
-            .iter()
-            .map(|k| snapshot_format::signature::read_public_key(k))
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(SignatureOptions {
-            trusted,
+            trusted: public_keys(&self.trusted_keys)?,
             require: self.require_signatures,
         })
     }
+}
+
+fn public_keys(keys: &[String]) -> Result<Vec<ed25519_dalek::VerifyingKey>, CommandError> {
+    Ok(keys
+        .iter()
+        .map(|k| snapshot_format::signature::read_public_key(k))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+#[derive(Args, Debug, Clone)]
+struct Reconstructing {
+    /// Re-derive the states from step 0 (the pinned base weights and the seed) by replay, so
+    /// that they are `verified`; by default they come from the nearest stored checkpoint and
+    /// are `recorded`.
+    #[arg(long)]
+    from_genesis: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,13 +108,15 @@ enum Command {
     /// Re-execute steps and compare every recorded bit.
     Verify {
         run: String,
-        /// Verify every segment.
+        /// Verify every segment (segment 1 from step 0, re-derived from the pinned base weights
+        /// and the seed).
         #[arg(long, conflicts_with_all = ["segment", "from"])]
         all: bool,
         /// Verify segment N (1-based).
         #[arg(long)]
         segment: Option<u64>,
-        /// First step to verify (with --to).
+        /// First step to verify (with --to); every step from the starting checkpoint on is
+        /// checked.
         #[arg(long, requires = "to")]
         from: Option<u64>,
         /// Last step to verify.
@@ -110,29 +124,34 @@ enum Command {
         to: Option<u64>,
         /// Verify shard i of N segments (with --all); i defaults from JOB_COMPLETION_INDEX or
         /// SLURM_ARRAY_TASK_ID when only --shards N is given.
-        #[arg(long)]
+        #[arg(long, requires_all = ["results", "id", "signing_key"])]
         shard: Option<String>,
         /// Number of shards, when the index comes from the environment.
-        #[arg(long)]
+        #[arg(long, requires_all = ["results", "id", "signing_key"])]
         shards: Option<u64>,
-        /// Where shard results are written (default: the run's store).
+        /// Where this verifier keeps shard results (a store outside the run's).
         #[arg(long)]
         results: Option<String>,
-        /// Verification id for shard results.
+        /// Verification id shared by all shards: a random one (e.g. `openssl rand -hex 16`).
         #[arg(long)]
         id: Option<String>,
+        /// The verifier's private key (PKCS#8 PEM, `trainer keygen`) that signs this shard's
+        /// report.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
         #[command(flatten)]
         replaying: Replaying,
         #[command(flatten)]
         trust: Trust,
     },
-    /// Verify randomly sampled segments and report the detection probability.
+    /// Re-derive step 0 and verify randomly sampled segments; report the detection probability.
     Audit {
         run: String,
         /// Segments to sample.
         #[arg(long)]
         samples: u64,
-        /// Seed of the sample (default: from the clock; always printed).
+        /// Seed of the sample (default: from the operating system's random source; always
+        /// printed). A seed known in advance lets the run's owner know the sample too.
         #[arg(long)]
         seed: Option<u64>,
         /// Assumed fractions of tampered segments for the detection probability.
@@ -152,7 +171,11 @@ enum Command {
         #[arg(long)]
         out: String,
         #[command(flatten)]
+        reconstructing: Reconstructing,
+        #[command(flatten)]
         replaying: Replaying,
+        #[command(flatten)]
+        trust: Trust,
     },
     /// Two runs that should be identical: the first step where they differ, and which tensors.
     Compare {
@@ -161,6 +184,8 @@ enum Command {
         /// Compute device for reconstructing the states at the first difference.
         #[arg(long, default_value = "cpu")]
         device: String,
+        #[command(flatten)]
+        trust: Trust,
     },
     /// Every step whose batch contained an example.
     Provenance {
@@ -171,6 +196,8 @@ enum Command {
         /// Use this dataset file instead of the run's copy.
         #[arg(long)]
         dataset: Option<PathBuf>,
+        #[command(flatten)]
+        trust: Trust,
     },
     /// Re-execute the history without chosen examples; compare with the factual state.
     Counterfactual {
@@ -188,11 +215,15 @@ enum Command {
         #[arg(long)]
         optimizer: bool,
         /// Directory (or store URL) to write model.safetensors, state.snap and
-        /// counterfactual.json; nothing is written unless the factual states are verified.
+        /// counterfactual.json; nothing is written unless the verdict passes.
         #[arg(long)]
         out: Option<String>,
         #[command(flatten)]
+        reconstructing: Reconstructing,
+        #[command(flatten)]
         replaying: Replaying,
+        #[command(flatten)]
+        trust: Trust,
     },
     /// Per-tensor change between the states after two steps, largest first.
     Diff {
@@ -205,7 +236,11 @@ enum Command {
         #[arg(long)]
         optimizer: bool,
         #[command(flatten)]
+        reconstructing: Reconstructing,
+        #[command(flatten)]
         replaying: Replaying,
+        #[command(flatten)]
+        trust: Trust,
     },
     /// Summary of a run: spec, environment, progress, loss curve.
     Inspect {
@@ -213,16 +248,25 @@ enum Command {
         /// Also write the loss curve as an SVG file.
         #[arg(long)]
         svg: Option<PathBuf>,
+        #[command(flatten)]
+        trust: Trust,
     },
-    /// Merge the results of a sharded verification.
+    /// Merge the signed results of a sharded verification.
     Collect {
         run: String,
         #[arg(long)]
         shards: u64,
+        /// The verification id the shards ran under.
         #[arg(long)]
-        id: Option<String>,
+        id: String,
+        /// Where the shards wrote their results.
         #[arg(long)]
-        results: Option<String>,
+        results: String,
+        /// Public key of the verifier that signed the shards' reports (repeatable).
+        #[arg(long = "verifier-key", required = true)]
+        verifier_keys: Vec<String>,
+        #[command(flatten)]
+        trust: Trust,
     },
 }
 
@@ -247,14 +291,28 @@ fn device(s: &str) -> Result<DeviceSpec, CommandError> {
     Ok(s.parse::<DeviceSpec>()?)
 }
 
-fn reconstruct_options(r: Replaying) -> Result<rollback::ReconstructOptions, CommandError> {
+fn load_options(
+    g: &Global,
+    dataset: Option<PathBuf>,
+    trust: &Trust,
+) -> Result<LoadOptions, CommandError> {
+    Ok(LoadOptions {
+        dataset,
+        trust: trust.options()?,
+        max_decoded_bytes: g.max_decoded_bytes,
+    })
+}
+
+fn reconstruct_options(
+    g: &Global,
+    r: Replaying,
+    c: &Reconstructing,
+    trust: &Trust,
+) -> Result<rollback::ReconstructOptions, CommandError> {
     Ok(rollback::ReconstructOptions {
         device: device(&r.device)?,
-        allow_environment_mismatch: r.allow_environment_mismatch,
-        load: LoadOptions {
-            dataset: r.dataset,
-            segments: None,
-        },
+        from_genesis: c.from_genesis,
+        load: load_options(g, r.dataset, trust)?,
     })
 }
 
@@ -306,15 +364,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             trust,
         } => {
             let bar = progress(&g, "checkpoints");
-            let r = check::check(
-                &run,
-                &LoadOptions {
-                    dataset,
-                    segments: None,
-                },
-                &trust.options()?,
-                &bar,
-            )?;
+            let r = check::check(&run, &load_options(&g, dataset, &trust)?, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::check(&r));
             Ok(r.verdict)
@@ -329,6 +379,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             shards,
             results,
             id,
+            signing_key,
             replaying,
             trust,
         } => {
@@ -352,18 +403,20 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             if shard.is_some() && scope != Scope::All {
                 return Err(CommandError::Usage("--shard applies to --all".into()));
             }
+            let shard = match (shard, results, id, signing_key) {
+                (Some(shard), Some(results), Some(id), Some(key)) => Some(ShardTarget {
+                    shard,
+                    id,
+                    results,
+                    key: snapshot_format::signature::read_signing_key(&key)?,
+                }),
+                _ => None,
+            };
             let o = VerifyOptions {
                 scope,
                 device: device(&replaying.device)?,
-                allow_environment_mismatch: replaying.allow_environment_mismatch,
                 shard,
-                load: LoadOptions {
-                    dataset: replaying.dataset,
-                    segments: None,
-                },
-                results,
-                id,
-                signatures: trust.options()?,
+                load: load_options(&g, replaying.dataset, &trust)?,
             };
             let bar = progress(&g, "steps");
             let r = commands::verify(&run, &o, &bar)?;
@@ -379,23 +432,18 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             replaying,
             trust,
         } => {
-            let seed = seed.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0)
-            });
+            if seed.is_some() && !g.json {
+                eprintln!(
+                    "replay: warning: --seed fixes the sample; anyone who knows the seed knows \
+                     which segments are checked. Leave it out for an unpredictable sample."
+                );
+            }
             let o = AuditOptions {
                 samples,
                 seed,
                 fractions,
                 device: device(&replaying.device)?,
-                allow_environment_mismatch: replaying.allow_environment_mismatch,
-                load: LoadOptions {
-                    dataset: replaying.dataset,
-                    segments: None,
-                },
-                signatures: trust.options()?,
+                load: load_options(&g, replaying.dataset, &trust)?,
             };
             let bar = progress(&g, "steps");
             let r = commands::audit(&run, &o, &bar)?;
@@ -407,9 +455,11 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             run,
             step,
             out,
+            reconstructing,
             replaying,
+            trust,
         } => {
-            let o = reconstruct_options(replaying)?;
+            let o = reconstruct_options(&g, replaying, &reconstructing, &trust)?;
             let bar = progress(&g, "steps");
             let r = rollback::rollback(&run, step, &out, &o, &bar)?;
             bar.finish_and_clear();
@@ -420,9 +470,14 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             run_a,
             run_b,
             device: d,
+            trust,
         } => {
             let bar = progress(&g, "steps");
-            let r = compare::compare(&run_a, &run_b, device(&d)?, &bar)?;
+            let o = compare::CompareOptions {
+                device: device(&d)?,
+                load: load_options(&g, None, &trust)?,
+            };
+            let r = compare::compare(&run_a, &run_b, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::compare(&r));
             Ok(r.verdict)
@@ -431,15 +486,9 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             run,
             example,
             dataset,
+            trust,
         } => {
-            let r = provenance::provenance(
-                &run,
-                example,
-                &LoadOptions {
-                    dataset,
-                    segments: None,
-                },
-            )?;
+            let r = provenance::provenance(&run, example, &load_options(&g, dataset, &trust)?)?;
             emit(&g, &r, || human::provenance(&r));
             Ok(r.verdict)
         }
@@ -448,9 +497,11 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             from,
             to,
             optimizer,
+            reconstructing,
             replaying,
+            trust,
         } => {
-            let o = reconstruct_options(replaying)?;
+            let o = reconstruct_options(&g, replaying, &reconstructing, &trust)?;
             let bar = progress(&g, "steps");
             let r = rollback::diff(&run, from, to, optimizer, &o, &bar)?;
             bar.finish_and_clear();
@@ -464,7 +515,9 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             to,
             optimizer,
             out,
+            reconstructing,
             replaying,
+            trust,
         } => {
             let mut ids: std::collections::BTreeSet<u64> = without.into_iter().collect();
             if let Some(path) = without_file {
@@ -475,7 +528,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
                 to,
                 include_optimizer: optimizer,
                 out,
-                reconstruct: reconstruct_options(replaying)?,
+                reconstruct: reconstruct_options(&g, replaying, &reconstructing, &trust)?,
             };
             let bar = progress(&g, "steps");
             let r = counterfactual::counterfactual(&run, &o, &bar)?;
@@ -483,8 +536,8 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             emit(&g, &r, || human::counterfactual(&r));
             Ok(r.verdict)
         }
-        Command::Inspect { run, svg } => {
-            let r = inspect::inspect(&run, svg.as_deref())?;
+        Command::Inspect { run, svg, trust } => {
+            let r = inspect::inspect(&run, svg.as_deref(), &load_options(&g, None, &trust)?)?;
             emit(&g, &r, || human::inspect(&r));
             Ok(r.verdict)
         }
@@ -493,23 +546,17 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             shards,
             id,
             results,
+            verifier_keys,
+            trust,
         } => {
-            let store = match &results {
-                Some(url) => snapshot_format::Store::open(url)?,
-                None => snapshot_format::Store::open(&run)?,
+            let o = shard::CollectOptions {
+                shards,
+                id,
+                results,
+                verifier_keys: public_keys(&verifier_keys)?,
+                load: load_options(&g, None, &trust)?,
             };
-            let id = match id {
-                Some(i) => i,
-                None => {
-                    let m = snapshot_format::manifest::RunManifest::from_json(
-                        &snapshot_format::Store::open(&run)?
-                            .get(snapshot_format::layout::MANIFEST)?,
-                        snapshot_format::layout::MANIFEST,
-                    )?;
-                    shard::default_id(&m.genesis, shards)
-                }
-            };
-            let r = shard::collect(&run, &store, &id, shards)?;
+            let r = shard::collect(&run, &o)?;
             emit(&g, &r, || human::collect(&r));
             Ok(r.verdict)
         }

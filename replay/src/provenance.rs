@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
 use crate::context::{LoadOptions, load_or_report};
-use crate::report::{CommandError, Problem, Verdict};
+use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
 
 /// One use of the example.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,9 +64,6 @@ pub fn provenance(
         .dataset
         .as_ref()
         .and_then(|d| d.manifest.example_hashes.get(example as usize).copied());
-    if report.committed_hash.is_some() && report.committed_hash != report.current_hash {
-        report.verdict = Verdict::InputMismatch;
-    }
     for r in ctx.records.values() {
         for (position, _) in r
             .example_ids
@@ -82,19 +79,13 @@ pub fn provenance(
         }
     }
     report.steps_scanned = ctx.records.len() as u64;
-    // Damage to the ledger means uses may be missing from the list: say so.
-    report.problems = ctx
-        .problems
-        .iter()
-        .filter(|p| {
-            p.artefact.starts_with(snapshot_format::layout::LEDGER)
-                || p.artefact == snapshot_format::layout::DATASET_MANIFEST
-        })
-        .cloned()
-        .collect();
-    report.verdict = report
-        .problems
-        .iter()
-        .fold(report.verdict, |v, p| v.worst(p.kind));
+    // Every problem of the run counts: damage to the ledger means uses may be missing from the
+    // list, a bad signature that the history may not be the signer's.
+    let mut assessment = Assessment::of(&ctx);
+    if report.committed_hash.is_some() && report.committed_hash != report.current_hash {
+        assessment.outcome(Verdict::InputMismatch);
+    }
+    report.verdict = assessment.verdict(Claim::Integrity);
+    report.problems = assessment.problems().to_vec();
     Ok(report)
 }

@@ -8,8 +8,12 @@ use serde::{Deserialize, Serialize};
 pub enum Verdict {
     /// Integrity checks passed (commands that do not re-execute).
     Ok,
-    /// Re-execution reproduced every recorded bit.
+    /// Re-execution reproduced every recorded bit; for a state, it was re-derived by replay
+    /// from the re-derived step 0 (the pinned base weights, the seed and the data).
     Verified,
+    /// A state that is the one the run's ledger commits to (a stored checkpoint whose root the
+    /// ledger records, or replayed from one), but not re-derived from step 0.
+    Recorded,
     /// Re-execution produced different bits: the first step and field are reported.
     Diverged,
     /// An example's content no longer matches its recorded hash.
@@ -37,7 +41,7 @@ impl Verdict {
     /// Process exit status: 0 verified or ok; 1 verification failed; 2 integrity violation.
     pub fn exit_code(self) -> u8 {
         match self {
-            Verdict::Ok | Verdict::Verified => 0,
+            Verdict::Ok | Verdict::Verified | Verdict::Recorded => 0,
             Verdict::Diverged | Verdict::InputMismatch | Verdict::EnvironmentMismatch => 1,
             Verdict::Incomplete
             | Verdict::Missing
@@ -59,6 +63,7 @@ impl Verdict {
         match self {
             Verdict::Ok => "ok",
             Verdict::Verified => "verified",
+            Verdict::Recorded => "recorded",
             Verdict::Diverged => "diverged",
             Verdict::InputMismatch => "input_mismatch",
             Verdict::EnvironmentMismatch => "environment_mismatch",
@@ -85,6 +90,85 @@ impl Verdict {
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// The most a command can claim when nothing it found is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Integrity of what is stored, nothing re-executed (`check`, `provenance`, `inspect`,
+    /// `compare`): `ok`.
+    Integrity,
+    /// Recorded steps re-executed bit for bit (`verify`, `audit`, `collect`): `verified`.
+    Replay,
+    /// A state (`rollback`, `diff`, `counterfactual`): `verified` when every state the command
+    /// rests on was re-derived by replay from the re-derived step 0, `recorded` otherwise.
+    State { rederived: bool },
+}
+
+impl Claim {
+    fn best(self) -> Verdict {
+        match self {
+            Claim::Integrity => Verdict::Ok,
+            Claim::Replay | Claim::State { rederived: true } => Verdict::Verified,
+            Claim::State { rederived: false } => Verdict::Recorded,
+        }
+    }
+}
+
+/// Everything a command found about a run: the one place where a verdict is decided.
+///
+/// It starts from every problem known about the run ([`Assessment::of`] takes them all from the
+/// loaded context: artefacts, the hash chain, ledger bounds, the base model, signatures under
+/// the trust options), so no command can leave a class of problem out; the command adds what it
+/// found itself (replays, states), and [`Assessment::verdict`] folds all of it into the verdict
+/// of its [`Claim`]. A verdict is the worst finding: the highest exit status, the first found on
+/// a tie, and at best the claim's own.
+#[derive(Debug, Clone, Default)]
+pub struct Assessment {
+    problems: Vec<Problem>,
+    outcomes: Vec<Verdict>,
+}
+
+impl Assessment {
+    /// The assessment of a loaded run: every problem found loading it.
+    pub fn of(ctx: &crate::context::RunContext) -> Self {
+        Assessment {
+            problems: ctx.problems.clone(),
+            outcomes: vec![],
+        }
+    }
+
+    /// The assessment of a run that could not be loaded at all.
+    pub fn unloadable(problem: Problem) -> Self {
+        Assessment {
+            problems: vec![problem],
+            outcomes: vec![],
+        }
+    }
+
+    /// A problem found by the command.
+    pub fn problem(&mut self, p: Problem) {
+        self.problems.push(p);
+    }
+
+    /// The verdict of something the command re-executed or reconstructed (a range, a state).
+    pub fn outcome(&mut self, v: Verdict) {
+        self.outcomes.push(v);
+    }
+
+    /// Every problem, in the order found.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// The verdict.
+    pub fn verdict(&self, claim: Claim) -> Verdict {
+        self.problems
+            .iter()
+            .map(|p| p.kind)
+            .chain(self.outcomes.iter().copied())
+            .fold(claim.best(), Verdict::worst)
     }
 }
 
@@ -196,6 +280,33 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Verdict::InputMismatch).expect("json"),
             "\"input_mismatch\""
+        );
+    }
+
+    #[test]
+    fn an_assessment_is_at_best_its_claim_and_at_worst_its_worst_finding() {
+        let mut a = Assessment::default();
+        assert_eq!(a.verdict(Claim::Integrity), Verdict::Ok);
+        assert_eq!(a.verdict(Claim::Replay), Verdict::Verified);
+        assert_eq!(
+            a.verdict(Claim::State { rederived: false }),
+            Verdict::Recorded
+        );
+        a.outcome(Verdict::Verified);
+        assert_eq!(
+            a.verdict(Claim::State { rederived: false }),
+            Verdict::Recorded,
+            "a verified replay from a stored checkpoint does not make the state re-derived"
+        );
+        a.outcome(Verdict::Diverged);
+        assert_eq!(a.verdict(Claim::Replay), Verdict::Diverged);
+        a.problem(Problem::new(Verdict::Unsigned, "ledger/x", "no signature"));
+        assert_eq!(a.verdict(Claim::Replay), Verdict::Unsigned);
+        a.problem(Problem::new(Verdict::Tampered, "ledger/y", "chain"));
+        assert_eq!(
+            a.verdict(Claim::Replay),
+            Verdict::Unsigned,
+            "first on a tie"
         );
     }
 }

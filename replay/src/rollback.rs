@@ -8,133 +8,194 @@ use trainer::backend::DeviceSpec;
 use trainer::session::TrainingState;
 
 use crate::context::{LoadOptions, RunContext, load_or_report};
-use crate::report::{CommandError, Problem, Verdict};
+use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
 use crate::state::{self, TensorDiff};
 use crate::verify::{self, EnvironmentCheck, Range, RangeResult};
+use trainer::run::segment_ending_at;
 
 /// Options shared by commands that reconstruct states.
 #[derive(Debug, Clone)]
 pub struct ReconstructOptions {
     pub device: DeviceSpec,
-    pub allow_environment_mismatch: bool,
+    /// Re-derive every state from step 0 (the pinned base weights and the seed) by replay,
+    /// instead of from the nearest stored checkpoint: the states are then `verified`, not
+    /// `recorded`.
+    pub from_genesis: bool,
     pub load: LoadOptions,
 }
 
-/// A state reconstructed at one step, with how it was confirmed.
+/// A state reconstructed at one step, with how it was obtained.
 #[derive(Debug)]
 pub struct Reconstructed {
     pub step: u64,
     pub state: Option<TrainingState>,
     pub root: Option<Hash32>,
     pub committed_root: Option<Hash32>,
+    /// The replay that produced or confirmed it (none when read from a checkpoint).
     pub replay: Option<RangeResult>,
-    pub verdict: Verdict,
+    /// `verified` when every bit matched the record, else what went wrong.
+    pub outcome: Verdict,
+    /// Re-derived by replay from the re-derived step 0 (otherwise it rests on a stored
+    /// checkpoint: `recorded`).
+    pub rederived: bool,
 }
 
 impl Reconstructed {
-    /// Fold this reconstruction into a report: its verdict, and the problems of its replay when
-    /// it is not verified. Returns the state it reached, if any.
-    pub(crate) fn fold_into(
-        self,
-        verdict: &mut Verdict,
-        problems: &mut Vec<Problem>,
-    ) -> Option<TrainingState> {
-        *verdict = verdict.worst(self.verdict);
-        if self.verdict != Verdict::Verified
+    /// Add this reconstruction's outcome to `assessment`, and the problems of its replay when
+    /// it failed. Returns the state it reached, if any.
+    pub(crate) fn fold_into(self, assessment: &mut Assessment) -> Option<TrainingState> {
+        assessment.outcome(self.outcome);
+        if !self.outcome.passed()
             && let Some(rr) = &self.replay
         {
-            problems.extend(rr.problems.iter().cloned());
+            for p in &rr.problems {
+                assessment.problem(p.clone());
+            }
         }
         self.state
     }
 }
 
-/// Reconstruct the state after `step`: from the checkpoint if there is one, otherwise by replay
-/// from the nearest earlier checkpoint, verified step by step; when the record of `step` has no
-/// state root, replay continues to the next step that has one, to confirm the path.
-pub fn reconstruct(
-    ctx: &RunContext,
-    step: u64,
-    o: &ReconstructOptions,
-    tolerant: bool,
-    progress: &indicatif::ProgressBar,
-) -> Result<Reconstructed, CommandError> {
-    let committed_root = ctx.committed_root(step);
-    if ctx.checkpoints.contains(&step) {
-        return Ok(match state::read_checked(ctx, step)? {
-            Ok(snap) => Reconstructed {
-                step,
-                root: Some(snap.header.state_root),
-                state: Some(verify::state_of(&snap)),
-                committed_root,
-                replay: None,
-                verdict: Verdict::Verified,
-            },
-            Err(problems) => Reconstructed {
-                step,
-                state: None,
-                root: None,
-                committed_root,
-                verdict: problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind)),
-                replay: Some(verify::unverifiable(
-                    &Range {
-                        segment: step.div_ceil(ctx.interval()),
-                        from: step,
-                        to: step,
-                        capture_at: None,
-                    },
-                    problems,
-                    Verdict::Ok,
-                )),
-            },
-        });
-    }
-    let confirm_to = ctx
-        .records
+/// The first step at or after `step` whose state the run commits to (a state root in its
+/// record, or a checkpoint): replay continues to it, to confirm the path to `step`.
+fn confirming_step(ctx: &RunContext, step: u64) -> u64 {
+    ctx.records
         .range(step..)
         .find(|(s, r)| r.state_root.is_some() || ctx.checkpoints.contains(s))
         .map(|(s, _)| *s)
-        .unwrap_or(step);
-    // Every replayed step is checked, from the one after the starting checkpoint.
-    let from = ctx
-        .checkpoint_at_or_before(step)
-        .map(|c| c + 1)
-        .unwrap_or(1);
-    let range = Range {
-        segment: 0,
-        from,
-        to: confirm_to,
-        capture_at: Some(step),
-    };
-    progress.set_length(confirm_to + 1 - from);
-    let mut out = verify::replay_ranges(ctx, &[range], o.device, tolerant, progress)?;
+        .unwrap_or(step)
+}
+
+/// Reconstruct the states after each of `steps` (ascending). By default each comes from its
+/// checkpoint if there is one (`recorded`), otherwise by replay from the nearest earlier
+/// checkpoint, verified step by step (re-derived when that checkpoint is step 0); with
+/// `from_genesis`, all of them come from one replay from the re-derived step 0. When a step's
+/// record carries no state root, replay continues to the next step that has one, to confirm
+/// the path.
+pub fn reconstruct(
+    ctx: &RunContext,
+    steps: &[u64],
+    o: &ReconstructOptions,
+    cross_class: bool,
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<Reconstructed>, CommandError> {
+    if o.from_genesis {
+        let last = steps.iter().copied().max().unwrap_or(0);
+        let to = if last == 0 {
+            0
+        } else {
+            confirming_step(ctx, last)
+        };
+        let mut capture = steps.to_vec();
+        capture.sort_unstable();
+        capture.dedup();
+        let range = Range {
+            segment: 0,
+            from: to.min(1),
+            to,
+            capture,
+        };
+        progress.set_length(to);
+        return replayed(ctx, steps, range, o, cross_class, progress);
+    }
+    let mut out = Vec::with_capacity(steps.len());
+    for &step in steps {
+        if step > 0 && ctx.checkpoints.contains(&step) {
+            out.push(match state::read_checked(ctx, step)? {
+                Ok(snap) => Reconstructed {
+                    step,
+                    root: Some(snap.header.state_root),
+                    state: Some(verify::state_of(&snap)),
+                    committed_root: ctx.committed_root(step),
+                    replay: None,
+                    outcome: Verdict::Verified,
+                    rederived: false,
+                },
+                Err(problems) => Reconstructed {
+                    step,
+                    state: None,
+                    root: None,
+                    committed_root: ctx.committed_root(step),
+                    outcome: problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind)),
+                    replay: Some(verify::unverifiable(
+                        &Range::new(segment_ending_at(step, ctx.interval()), step, step),
+                        problems,
+                        Verdict::Ok,
+                    )),
+                    rederived: false,
+                },
+            });
+            continue;
+        }
+        let to = if step == 0 {
+            0
+        } else {
+            confirming_step(ctx, step)
+        };
+        // Every replayed step is checked, from the one after the starting checkpoint.
+        let from = match step {
+            0 => 0,
+            s => ctx.checkpoint_at_or_before(s).map(|c| c + 1).unwrap_or(1),
+        };
+        progress.set_length(to + 1 - from.max(1));
+        let range = Range {
+            segment: 0,
+            from,
+            to,
+            capture: vec![step],
+        };
+        out.extend(replayed(ctx, &[step], range, o, cross_class, progress)?);
+    }
+    Ok(out)
+}
+
+/// Replay `range`, capturing the states after `steps`.
+fn replayed(
+    ctx: &RunContext,
+    steps: &[u64],
+    range: Range,
+    o: &ReconstructOptions,
+    cross_class: bool,
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<Reconstructed>, CommandError> {
+    let mut out = verify::replay_ranges(ctx, &[range], o.device, cross_class, progress)?;
     let (result, captured) = out
         .pop()
         .ok_or_else(|| CommandError::Usage("nothing replayed".into()))?;
-    let root = match &captured {
-        Some(s) => Some(s.root(&s.tensor_hashes())?),
-        None => None,
-    };
-    Ok(Reconstructed {
-        step,
-        state: captured,
-        root,
-        committed_root,
-        verdict: result.verdict,
-        replay: Some(result),
-    })
+    // States come back in the order of the distinct steps captured, as far as replay got.
+    let mut distinct = steps.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut states = Vec::with_capacity(steps.len());
+    for &step in steps {
+        let state = distinct
+            .iter()
+            .position(|&s| s == step)
+            .and_then(|i| captured.get(i))
+            .cloned();
+        let root = match &state {
+            Some(s) => Some(s.root(&s.tensor_hashes())?),
+            None => None,
+        };
+        states.push(Reconstructed {
+            step,
+            state,
+            root,
+            committed_root: ctx.committed_root(step),
+            outcome: result.verdict,
+            rederived: result.rederived(),
+            replay: Some(result.clone()),
+        });
+    }
+    Ok(states)
 }
 
-/// Check the environment: `Ok(tolerant)`, or the report's verdict when replay must not run.
-pub(crate) fn environment_gate(
+/// Trust options and environment: this machine's class against the run's.
+pub(crate) fn environment_of(
     ctx: &RunContext,
     o: &ReconstructOptions,
-) -> Result<(EnvironmentCheck, Option<Verdict>), CommandError> {
-    let mut env = verify::environment(&ctx.manifest.environment, o.device)?;
-    let mismatch = !env.differences.is_empty();
-    env.replayed_anyway = mismatch && o.allow_environment_mismatch;
-    let stop = (mismatch && !o.allow_environment_mismatch).then_some(Verdict::EnvironmentMismatch);
-    Ok((env, stop))
+) -> Result<EnvironmentCheck, CommandError> {
+    verify::environment(&ctx.manifest.environment, o.device)
 }
 
 /// The JSON document of `replay rollback --json`.
@@ -157,7 +218,8 @@ pub struct RollbackReport {
 
 /// Run `rollback`: reconstruct the state after `step` and write `model.safetensors` (the
 /// parameters, Hugging Face names), `state.snap` (the full state as an export snapshot) and
-/// `rollback.json` to `out`. Nothing is written unless the state is verified.
+/// `rollback.json` to `out`. Nothing is written unless the verdict passes (`verified` or
+/// `recorded`).
 pub fn rollback(
     location: &str,
     step: u64,
@@ -185,19 +247,23 @@ pub fn rollback(
             "--step {step}: the run's ledger ends at step {last}"
         )));
     }
-    let (env, stop) = environment_gate(&ctx, o)?;
-    let tolerant = env.replayed_anyway;
+    let env = environment_of(&ctx, o)?;
+    let cross_class = env.cross_class();
     report.environment = Some(env);
-    if let Some(v) = stop {
-        report.verdict = v;
-        return Ok(report);
-    }
-    let r = reconstruct(&ctx, step, o, tolerant, progress)?;
-    report.verdict = r.verdict;
+    let mut assessment = Assessment::of(&ctx);
+    let r = reconstruct(&ctx, &[step], o, cross_class, progress)?
+        .pop()
+        .ok_or_else(|| CommandError::Usage("nothing reconstructed".into()))?;
+    let claim = Claim::State {
+        rederived: r.rederived,
+    };
     report.state_root = r.root;
     report.committed_root = r.committed_root;
-    report.replay = r.replay;
-    let Some(state) = r.state.filter(|_| r.verdict == Verdict::Verified) else {
+    report.replay = r.replay.clone();
+    let state = r.fold_into(&mut assessment);
+    report.verdict = assessment.verdict(claim);
+    report.problems = assessment.problems().to_vec();
+    let Some(state) = state.filter(|_| report.verdict.passed()) else {
         return Ok(report);
     };
     let store = Store::create(out)?;
@@ -208,6 +274,9 @@ pub fn rollback(
     let mut stored = report.clone();
     if let Some(r) = stored.replay.as_mut() {
         r.seconds = 0.0;
+        if let Some(i) = r.initial_state.as_mut() {
+            i.seconds = 0.0;
+        }
     }
     put_json(&store, "rollback.json", &stored)?;
     Ok(report)
@@ -314,17 +383,16 @@ pub fn diff(
             "--from {from} --to {to}: need from <= to <= {last} (the ledger's last step)"
         )));
     }
-    let (env, stop) = environment_gate(&ctx, o)?;
-    let tolerant = env.replayed_anyway;
+    let env = environment_of(&ctx, o)?;
+    let cross_class = env.cross_class();
     report.environment = Some(env);
-    if let Some(v) = stop {
-        report.verdict = v;
-        return Ok(report);
-    }
-    let a = reconstruct(&ctx, from, o, tolerant, progress)?
-        .fold_into(&mut report.verdict, &mut report.problems);
-    let b = reconstruct(&ctx, to, o, tolerant, progress)?
-        .fold_into(&mut report.verdict, &mut report.problems);
+    let mut assessment = Assessment::of(&ctx);
+    let states = reconstruct(&ctx, &[from, to], o, cross_class, progress)?;
+    let rederived = states.iter().all(|r| r.rederived);
+    let mut states = states.into_iter().map(|r| r.fold_into(&mut assessment));
+    let (a, b) = (states.next().flatten(), states.next().flatten());
+    report.verdict = assessment.verdict(Claim::State { rederived });
+    report.problems = assessment.problems().to_vec();
     let (Some(sa), Some(sb)) = (a, b) else {
         return Ok(report);
     };

@@ -1,16 +1,24 @@
 //! Splitting `verify --all` across machines, and collecting the shards' results.
 //!
-//! Shard `i` of `N` verifies the segments whose index `k` satisfies `(k − 1) mod N = i`. Each
-//! shard writes its report write-once to `verifications/<id>/shard-<i>-of-<N>.json` in the
-//! results store (by default the run's own); `replay collect` requires all `N`.
+//! Shard `i` of `N` verifies the segments whose index `k` satisfies `(k − 1) mod N = i`. Shard
+//! results belong to the verifier, not to the run: each shard writes its report write-once to
+//! `verifications/<id>/shard-<i>-of-<N>.json` in a results store the verifier names (never the
+//! run's own store, which the run's owner controls), under a verification id the verifier
+//! chooses (a random one: nobody can prepare results for it in advance), and signs it with the
+//! verifier's key. `replay collect` accepts only reports signed by a key it is told to trust,
+//! of this run, shard and id, and requires that together they cover every segment.
 
 use std::str::FromStr;
 
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use snapshot_format::{Store, layout};
+use snapshot_format::Store;
+use snapshot_format::hash::file_hash;
+use snapshot_format::signature::{self, Signed, Statement, kind};
 
-use crate::commands::VerifyReport;
-use crate::report::{CommandError, Problem, Verdict};
+use crate::commands::{Scope, VerifyReport, ranges_for};
+use crate::context::{self, LoadOptions, RunContext};
+use crate::report::{Assessment, Claim, CommandError, Problem, Verdict, problem_of};
 
 /// Prefix of verification results in a store.
 pub const RESULTS_PREFIX: &str = "verifications/";
@@ -36,9 +44,10 @@ impl FromStr for Shard {
 }
 
 impl Shard {
-    /// Whether segment `k` (1-based) belongs to this shard.
+    /// Whether segment `k` (1-based) belongs to this shard; step 0 alone (`k = 0`, a run
+    /// without segments) belongs to shard 0.
     pub fn owns(&self, k: u64) -> bool {
-        (k - 1) % self.count == self.index
+        k.saturating_sub(1) % self.count == self.index
     }
 
     /// The shard index given by a Kubernetes Indexed Job (`JOB_COMPLETION_INDEX`) or a Slurm
@@ -58,46 +67,126 @@ impl Shard {
     }
 }
 
-/// The default verification id: one per run and shard count, so that every shard of a job
-/// agrees on it without talking to the others.
-pub fn default_id(genesis: &snapshot_format::Hash32, count: u64) -> String {
-    format!("all-{}-{count}", genesis.short())
+/// Key of the verifier's signature of the report at `result_key`.
+pub fn signature_key(result_key: &str) -> String {
+    format!("{result_key}.sig")
 }
 
-/// Refuse a shard whose result for verification `id` is already recorded: results are
-/// write-once, so verifying it again needs a new `--id`.
-pub fn ensure_unrecorded(results: &Store, shard: &Shard, id: &str) -> Result<(), CommandError> {
-    let key = shard.result_key(id);
-    match results.get_opt(&key)? {
-        None => Ok(()),
-        Some(bytes) => {
-            let verdict = serde_json::from_slice::<VerifyReport>(&bytes)
-                .map(|r| format!("verdict {}", r.verdict))
-                .unwrap_or_else(|_| "unreadable".into());
-            Err(CommandError::Usage(format!(
-                "{}: shard {}/{} of verification {id:?} is already recorded at {key:?} ({verdict}); \
-                 results are write-once: run `replay collect`, or pass a new --id to verify again",
-                results.location(),
-                shard.index,
-                shard.count,
-            )))
-        }
+/// One shard of one verification: what a shard's report says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardedRun {
+    pub shard: Shard,
+    /// The verification id (chosen by the verifier, shared by all its shards).
+    pub id: String,
+}
+
+/// A verification id: 8 to 64 characters of `[A-Za-z0-9_-]`.
+fn check_id(id: &str) -> Result<(), CommandError> {
+    let ok = (8..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::Usage(format!(
+            "--id {id:?}: expected 8 to 64 letters, digits, '-' or '_' (a random id, e.g. \
+             `openssl rand -hex 16`, shared by all shards)"
+        )))
     }
 }
 
-/// Write a shard's report once (a concurrent writer of the same shard loses with an error).
-pub fn write_result(
-    results: &Store,
+/// Where a shard records its result, and the key that signs it.
+#[derive(Debug, Clone)]
+pub struct ShardTarget {
+    pub shard: Shard,
+    pub id: String,
+    /// The results store (`--results`).
+    pub results: String,
+    /// The verifier's key (`--signing-key`).
+    pub key: SigningKey,
+}
+
+/// The statement a verifier signs for a shard's report.
+fn statement(
+    run_id: &str,
+    genesis: snapshot_format::Hash32,
     shard: &Shard,
-    id: &str,
-    report: &VerifyReport,
-) -> Result<String, CommandError> {
-    let key = shard.result_key(id);
-    let mut bytes =
-        serde_json::to_vec_pretty(report).map_err(|e| CommandError::Usage(e.to_string()))?;
-    bytes.push(b'\n');
-    results.put_new(&key, bytes)?;
-    Ok(key)
+    report: &[u8],
+) -> Statement {
+    Statement {
+        kind: kind::SHARD_REPORT.to_string(),
+        run_id: run_id.to_string(),
+        genesis,
+        step: shard.index,
+        hash: file_hash(report),
+    }
+}
+
+impl ShardTarget {
+    /// Check everything before replaying: a valid id, a results store outside the run's, and
+    /// no result already recorded for this shard (results are write-once; the recorded one is
+    /// left as it is).
+    pub fn prepare(&self, ctx: &RunContext) -> Result<ShardedRun, CommandError> {
+        check_id(&self.id)?;
+        let run = ctx.location.trim_end_matches('/');
+        let results = self.results.trim_end_matches('/');
+        if results == run || results.starts_with(&format!("{run}/")) {
+            return Err(CommandError::Usage(format!(
+                "--results {}: shard results must be kept outside the run's store, which the \
+                 run's owner controls",
+                self.results
+            )));
+        }
+        let store = Store::create(&self.results)?;
+        let key = self.shard.result_key(&self.id);
+        if let Some(bytes) = store.get_opt(&key)? {
+            let verdict = serde_json::from_slice::<VerifyReport>(&bytes)
+                .map(|r| format!("verdict {}", r.verdict))
+                .unwrap_or_else(|_| "unreadable".into());
+            return Err(CommandError::Usage(format!(
+                "{}: shard {}/{} of verification {:?} is already recorded at {key:?} ({verdict}); \
+                 results are write-once: run `replay collect`, or verify again under a new --id",
+                store.location(),
+                self.shard.index,
+                self.shard.count,
+                self.id,
+            )));
+        }
+        Ok(ShardedRun {
+            shard: self.shard,
+            id: self.id.clone(),
+        })
+    }
+
+    /// Write the shard's report and the verifier's signature of it, each once. Returns the
+    /// report's key.
+    pub fn record(
+        &self,
+        ctx: &RunContext,
+        run: &ShardedRun,
+        report: &VerifyReport,
+    ) -> Result<String, CommandError> {
+        let store = Store::create(&self.results)?;
+        let key = run.shard.result_key(&run.id);
+        let mut report = report.clone();
+        report.result_key = Some(key.clone());
+        let mut bytes =
+            serde_json::to_vec_pretty(&report).map_err(|e| CommandError::Usage(e.to_string()))?;
+        bytes.push(b'\n');
+        let signed = signature::sign(
+            statement(
+                &ctx.manifest.run_id,
+                ctx.manifest.genesis,
+                &run.shard,
+                &bytes,
+            ),
+            &self.key,
+        );
+        store.put_new(&key, bytes)?;
+        store.put_new(&signature_key(&key), signed.encode())?;
+        Ok(key)
+    }
 }
 
 /// The JSON document of `replay collect --json`.
@@ -107,92 +196,174 @@ pub struct CollectReport {
     pub run: String,
     pub verdict: Verdict,
     pub id: String,
+    pub results: String,
     pub shards: u64,
     pub shards_present: Vec<u64>,
+    /// Fingerprints of the verifier keys whose signatures were accepted.
+    pub verifier_keys: Vec<String>,
     pub problems: Vec<Problem>,
     /// Segments verified by some shard, and their verdicts.
     pub segments: Vec<(u64, Verdict)>,
     pub steps_replayed: u64,
 }
 
-/// Merge the `count` shard results of verification `id` of the run at `location`.
-pub fn collect(
-    location: &str,
-    results: &Store,
-    id: &str,
-    count: u64,
-) -> Result<CollectReport, CommandError> {
-    let run = Store::open(location)?;
-    let manifest = snapshot_format::manifest::RunManifest::from_json(
-        &run.get(layout::MANIFEST)?,
-        layout::MANIFEST,
-    )?;
-    let mut problems = Vec::new();
-    let mut present = Vec::new();
-    let mut segments: Vec<(u64, Verdict)> = Vec::new();
-    let mut verdict = Verdict::Verified;
-    let mut steps = 0;
-    for index in 0..count {
-        let shard = Shard { index, count };
-        let key = shard.result_key(id);
-        let Some(bytes) = results.get_opt(&key)? else {
-            problems.push(Problem::new(
-                Verdict::Missing,
-                key,
-                format!("shard {index} of {count} has not reported"),
-            ));
-            verdict = verdict.worst(Verdict::Missing);
-            continue;
-        };
-        let report: VerifyReport = match serde_json::from_slice(&bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                problems.push(Problem::new(Verdict::Corrupt, key, e.to_string()));
-                verdict = verdict.worst(Verdict::Corrupt);
-                continue;
-            }
-        };
-        if report.genesis != manifest.genesis || report.shard != Some(shard) {
-            problems.push(Problem::new(
-                Verdict::Tampered,
-                key,
-                "the result belongs to another run or shard".to_string(),
-            ));
-            verdict = verdict.worst(Verdict::Tampered);
-            continue;
-        }
-        present.push(index);
-        verdict = verdict.worst(report.verdict);
-        steps += report.steps_replayed;
-        segments.extend(report.ranges.iter().map(|r| (r.segment, r.verdict)));
+/// What `collect` merges.
+#[derive(Debug, Clone)]
+pub struct CollectOptions {
+    pub shards: u64,
+    pub id: String,
+    pub results: String,
+    /// Keys whose signatures on shard reports are accepted (`--verifier-key`).
+    pub verifier_keys: Vec<VerifyingKey>,
+    pub load: LoadOptions,
+}
+
+/// Merge the shard results of verification `o.id` of the run at `location`.
+pub fn collect(location: &str, o: &CollectOptions) -> Result<CollectReport, CommandError> {
+    check_id(&o.id)?;
+    if o.shards == 0 {
+        return Err(CommandError::Usage("--shards: at least 1".into()));
     }
-    segments.sort_by_key(|(k, _)| *k);
-    // Every segment of a completed run must have been verified by some shard.
-    if let Some(bytes) = run.get_opt(layout::COMPLETE)? {
-        let completion =
-            snapshot_format::manifest::Completion::from_json(&bytes, layout::COMPLETE)?;
-        if present.len() as u64 == count {
-            for k in 1..=completion.segments {
-                if !segments.iter().any(|(s, _)| *s == k) {
-                    problems.push(Problem::new(
-                        Verdict::Missing,
-                        layout::segment(k),
-                        "no shard verified this segment".to_string(),
-                    ));
-                    verdict = verdict.worst(Verdict::Missing);
-                }
-            }
-        }
+    if o.verifier_keys.is_empty() {
+        return Err(CommandError::Usage(
+            "--verifier-key: name the key(s) that signed the shards' reports".into(),
+        ));
     }
-    Ok(CollectReport {
+    let mut report = CollectReport {
         command: "collect".into(),
         run: location.into(),
-        verdict,
-        id: id.into(),
-        shards: count,
-        shards_present: present,
-        problems,
-        segments,
-        steps_replayed: steps,
-    })
+        verdict: Verdict::Verified,
+        id: o.id.clone(),
+        results: o.results.clone(),
+        shards: o.shards,
+        shards_present: vec![],
+        verifier_keys: o
+            .verifier_keys
+            .iter()
+            .map(|k| signature::fingerprint(&k.to_bytes()))
+            .collect(),
+        problems: vec![],
+        segments: vec![],
+        steps_replayed: 0,
+    };
+    let ctx = match context::load(location, &o.load)? {
+        Ok(c) => c,
+        Err(p) => {
+            let a = Assessment::unloadable(p);
+            report.verdict = a.verdict(Claim::Replay);
+            report.problems = a.problems().to_vec();
+            return Ok(report);
+        }
+    };
+    let mut assessment = Assessment::of(&ctx);
+    let results = Store::open(&o.results)?;
+    let trusted: Vec<[u8; 32]> = o.verifier_keys.iter().map(VerifyingKey::to_bytes).collect();
+    for index in 0..o.shards {
+        let shard = Shard {
+            index,
+            count: o.shards,
+        };
+        let key = shard.result_key(&o.id);
+        match read_shard(&ctx, &results, &shard, &o.id, &key, &trusted)? {
+            Err(p) => assessment.problem(p),
+            Ok(r) => {
+                report.shards_present.push(index);
+                assessment.outcome(r.verdict);
+                report.steps_replayed += r.steps_replayed;
+                report
+                    .segments
+                    .extend(r.ranges.iter().map(|x| (x.segment, x.verdict)));
+            }
+        }
+    }
+    report.segments.sort_by_key(|(k, _)| *k);
+    // Together the shards must cover every segment the run has (step 0 alone for a run
+    // without segments).
+    for r in ranges_for(&ctx, Scope::All)? {
+        if !report.segments.iter().any(|(s, _)| *s == r.segment) {
+            let owner = Shard {
+                index: r.segment.saturating_sub(1) % o.shards,
+                count: o.shards,
+            };
+            assessment.problem(Problem::new(
+                Verdict::Missing,
+                owner.result_key(&o.id),
+                format!(
+                    "no shard report verified segment {} (steps {}..={})",
+                    r.segment, r.from, r.to
+                ),
+            ));
+        }
+    }
+    report.verdict = assessment.verdict(Claim::Replay);
+    report.problems = assessment.problems().to_vec();
+    Ok(report)
+}
+
+/// Read shard `shard`'s report and the verifier's signature of it, and check that a trusted
+/// verifier signed exactly these bytes for this run, shard and verification id.
+fn read_shard(
+    ctx: &RunContext,
+    results: &Store,
+    shard: &Shard,
+    id: &str,
+    key: &str,
+    trusted: &[[u8; 32]],
+) -> Result<Result<VerifyReport, Problem>, CommandError> {
+    let Some(bytes) = results.get_opt(key)? else {
+        return Ok(Err(Problem::new(
+            Verdict::Missing,
+            key,
+            format!("shard {} of {} has not reported", shard.index, shard.count),
+        )));
+    };
+    let sig_key = signature_key(key);
+    let Some(sig) = results.get_opt(&sig_key)? else {
+        return Ok(Err(Problem::new(
+            Verdict::Unsigned,
+            key,
+            "the report carries no verifier's signature".to_string(),
+        )));
+    };
+    let signed = match Signed::decode(&sig, &sig_key) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(problem_of(e)?)),
+    };
+    let expected = statement(&ctx.manifest.run_id, ctx.manifest.genesis, shard, &bytes);
+    if let Err(e) = signed.verify(&expected, &sig_key) {
+        return Ok(Err(problem_of(e)?));
+    }
+    if !trusted.contains(&signed.public_key) {
+        return Ok(Err(Problem::new(
+            Verdict::UntrustedSigner,
+            key,
+            format!(
+                "signed by {}, not by a verifier key given with --verifier-key",
+                signed.signer()
+            ),
+        )));
+    }
+    let report: VerifyReport = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(Problem::new(Verdict::Corrupt, key, e.to_string()))),
+    };
+    let expected_run = ShardedRun {
+        shard: *shard,
+        id: id.to_string(),
+    };
+    if report.genesis != ctx.manifest.genesis || report.shard.as_ref() != Some(&expected_run) {
+        return Ok(Err(Problem::new(
+            Verdict::Tampered,
+            key,
+            "the report belongs to another run, shard or verification".to_string(),
+        )));
+    }
+    if let Some(r) = report.ranges.iter().find(|r| !shard.owns(r.segment)) {
+        return Ok(Err(Problem::new(
+            Verdict::Tampered,
+            key,
+            format!("the report covers segment {}, not this shard's", r.segment),
+        )));
+    }
+    Ok(Ok(report))
 }

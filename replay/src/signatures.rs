@@ -15,10 +15,20 @@ use crate::report::{CommandError, Problem, Verdict, problem_of};
 /// What to trust and require.
 #[derive(Debug, Clone, Default)]
 pub struct SignatureOptions {
-    /// Keys whose signatures are trusted (`--trusted-key`).
+    /// Keys whose signatures are trusted (`--trusted-key`). Naming one requires every artefact
+    /// to carry a valid signature by one of them.
     pub trusted: Vec<VerifyingKey>,
-    /// Every artefact must be signed (`--require-signatures`).
+    /// Every artefact must be validly signed, by anyone (`--require-signatures`).
     pub require: bool,
+}
+
+impl SignatureOptions {
+    /// Whether an unsigned artefact is a problem: signatures are required, or a trusted key was
+    /// named (a trust list that an artefact can satisfy by carrying no signature at all would
+    /// let anyone strip the signatures of a rewritten history).
+    pub fn required(&self) -> bool {
+        self.require || !self.trusted.is_empty()
+    }
 }
 
 /// The signature status of one artefact.
@@ -57,7 +67,7 @@ pub struct SignerInfo {
 }
 
 /// Signatures of a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignatureReport {
     pub trusted_keys: Vec<String>,
     pub required: bool,
@@ -190,7 +200,7 @@ pub fn check(
                         .join(", ")
                 ),
             )),
-            Status::Unsigned if o.require => {
+            Status::Unsigned if o.required() => {
                 problems.push(Problem::new(
                     Verdict::Unsigned,
                     artefact.clone(),
@@ -207,7 +217,7 @@ pub fn check(
     }
     let report = SignatureReport {
         trusted_keys: trusted.iter().map(signature::fingerprint).collect(),
-        required: o.require,
+        required: o.required(),
         signers: signers
             .into_iter()
             .map(|(k, n)| SignerInfo {

@@ -2,7 +2,6 @@
 //! per-tensor difference between two states.
 
 use serde::{Deserialize, Serialize};
-use snapshot_format::limits::ReadLimits;
 use snapshot_format::snapshot::{self, Snapshot, TensorView};
 use snapshot_format::{DType, layout};
 use trainer::session::TrainingState;
@@ -22,7 +21,7 @@ pub fn read_checked(
         Ok(b) => b,
         Err(e) => return Ok(Err(vec![problem_of(e)?])),
     };
-    let snap = match snapshot::decode(&bytes, &key, &ReadLimits::default()) {
+    let snap = match snapshot::decode(&bytes, &key, &ctx.limits) {
         Ok(s) => s,
         Err(e) => return Ok(Err(vec![problem_of(e)?])),
     };
@@ -53,6 +52,22 @@ pub fn commitment_problems(
         bad(format!(
             "belongs to run {:?}, not {:?}",
             h.provenance.run_id, ctx.manifest.run_id
+        ));
+    }
+    let order = trainer::data::DataOrder::new(
+        ctx.spec.run.seed,
+        ctx.spec.data.examples,
+        ctx.spec.run.batch_size,
+    );
+    let implied = order.cursor_after(h.state.step);
+    if h.state.data_cursor != implied {
+        bad(format!(
+            "data cursor (epoch {}, position {}) is not the one {} steps lead to (epoch {}, position {})",
+            h.state.data_cursor.epoch,
+            h.state.data_cursor.position,
+            h.state.step,
+            implied.epoch,
+            implied.position
         ));
     }
     if h.state.rng.master_seed != ctx.spec.run.seed {

@@ -1,33 +1,50 @@
-//! `replay verify`: re-execute recorded steps and compare every recorded bit.
+//! Re-execution of recorded steps, compared bit for bit with the record.
 //!
-//! For each range of steps: load the checkpoint at or before its start and check it against the
-//! ledger; then, step by step, re-derive the batch from the data cursor, check each example's
-//! content hash against the dataset manifest, re-execute the step with the trainer's own
-//! session, and compare the learning rate, loss, gradient norm and state root with the record.
-//! At the end of a range that ends at a checkpoint, the whole replayed state is compared with the
-//! stored one, tensor by tensor.
+//! For each range of steps: start from the state before it, which is the re-derived step 0
+//! (rebuilt from the pinned base weights and the seed, its root compared with the manifest's)
+//! when the range starts at step 1, or a stored checkpoint checked against the ledger
+//! otherwise; then, step by step, re-derive the batch from the data cursor, check each
+//! example's content hash against the dataset manifest, re-execute the step with the trainer's
+//! own session, and compare the learning rate, loss, gradient norm and state root with the
+//! record. At the end of a range that ends at a checkpoint, the whole replayed state is compared
+//! with the stored one, tensor by tensor.
+//!
+//! The run's recorded environment class decides nothing: replay always runs. When this machine
+//! is in another class, every step is compared and its deviation reported, and a difference is
+//! judged against what floating-point noise can produce (`environment_mismatch`) or not
+//! (`diverged`); it is never a pass.
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
+use snapshot_format::layout;
 use snapshot_format::manifest::EnvironmentFingerprint;
 use trainer::backend::{DeviceSpec, Job, dispatch};
+use trainer::base::BaseWeights;
 use trainer::model::TrainableModel;
 use trainer::session::{PreparedData, Session, TrainingState};
 
 use crate::context::RunContext;
-use crate::report::{CommandError, Problem, Verdict};
+use crate::report::{CommandError, Problem, Verdict, problem_of_trainer};
 use crate::state::{self, TensorDiff};
+
+/// Largest relative deviation of a step's loss or gradient norm that floating-point noise
+/// across environment classes is taken to explain.
+pub const NOISE_STEP_RELATIVE: f64 = 1e-3;
+/// Largest L2 deviation of a tensor at the end of a range, relative to how far that tensor
+/// moved over the range, that floating-point noise is taken to explain.
+pub const NOISE_STATE_RELATIVE: f64 = 1e-2;
 
 /// The first recorded value replay did not reproduce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Divergence {
     pub step: u64,
-    /// `lr`, `example_ids`, `loss`, `grad_norm`, `state_root` or `final_state`.
+    /// `initial_state`, `lr`, `example_ids`, `loss`, `grad_norm`, `state_root` or
+    /// `final_state`.
     pub field: String,
     pub recorded: String,
     pub replayed: String,
-    /// Step of the stored state the tensors were compared with (the end of the range), if any.
+    /// Step of the stored state the tensors were compared with, if any.
     pub tensors_at_step: Option<u64>,
     /// Tensors that differ there, largest difference first.
     pub tensors: Vec<TensorDiff>,
@@ -43,7 +60,7 @@ pub struct InputMismatch {
     pub dataset: String,
 }
 
-/// Recorded against replayed values of one step, when replaying across environment classes.
+/// Recorded against replayed values of one step, when replaying in another environment class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepDelta {
     pub step: u64,
@@ -53,17 +70,45 @@ pub struct StepDelta {
     pub grad_norm_recorded: f32,
     pub grad_norm_replayed: f32,
     pub grad_norm_abs_diff: f64,
+    /// The larger of the loss's and the gradient norm's relative deviations.
+    pub largest_relative_deviation: f64,
     pub state_root_equal: Option<bool>,
+}
+
+/// Whether the differences of a range replayed in another environment class are what
+/// floating-point noise can produce.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoiseJudgement {
+    pub consistent_with_noise: bool,
+    /// Largest relative deviation of any step's loss or gradient norm.
+    pub largest_step_deviation: f64,
+    /// Largest L2 deviation of a tensor at the end of the range relative to its movement over
+    /// the range (none when the range does not end at a stored checkpoint).
+    pub largest_state_deviation: Option<f64>,
+    pub reason: String,
+}
+
+/// Step 0 rebuilt from the pinned base weights and the seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitialState {
+    /// The root the manifest records (`initial_state_root`).
+    pub recorded_root: Hash32,
+    pub rederived_root: Hash32,
+    /// Time to rebuild and hash it.
+    pub seconds: f64,
 }
 
 /// The verdict of one range of steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RangeResult {
-    /// Segment index, or 0 for a `--from/--to` range.
+    /// Segment index, or 0 for a `--from/--to` range or step 0 alone.
     pub segment: u64,
     pub from_step: u64,
     pub to_step: u64,
+    /// The step of the state replay started from (0: the re-derived initial state).
     pub start_checkpoint: Option<u64>,
+    /// Set when replay started from step 0 re-derived, rather than from a stored checkpoint.
+    pub initial_state: Option<InitialState>,
     pub verdict: Verdict,
     pub steps_replayed: u64,
     pub divergence: Option<Divergence>,
@@ -73,46 +118,76 @@ pub struct RangeResult {
     pub deltas: Vec<StepDelta>,
     /// Tensor differences at the end of the range (only in another environment class).
     pub final_tensors: Vec<TensorDiff>,
+    /// How the differences compare with floating-point noise (another class, when they exist).
+    pub noise: Option<NoiseJudgement>,
     pub seconds: f64,
 }
 
+impl RangeResult {
+    /// True when the range's start is the re-derived step 0 and every bit replayed matched:
+    /// every state it reached is re-derived from the pinned inputs.
+    pub fn rederived(&self) -> bool {
+        self.verdict == Verdict::Verified && self.initial_state.is_some()
+    }
+}
+
 /// A range of steps to verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
     pub segment: u64,
+    /// First step checked (every replayed step is checked, from the starting state on).
     pub from: u64,
     pub to: u64,
-    /// Keep the replayed state after this step (for rollback, compare, diff).
-    pub capture_at: Option<u64>,
+    /// Keep the replayed states after these steps (for rollback, diff, counterfactual).
+    pub capture: Vec<u64>,
 }
 
 impl Range {
-    /// Steps `from..=to` of segment `segment` (0 for none).
+    /// Steps `from..=to` of segment `segment` (0 for none). `from = to = 0` re-derives step 0
+    /// alone.
     pub fn new(segment: u64, from: u64, to: u64) -> Self {
         Range {
             segment,
             from,
             to,
-            capture_at: None,
+            capture: vec![],
+        }
+    }
+
+    /// The step whose state replay starts from: 0 (re-derived) when the range starts at step
+    /// 1 or 0, else the latest checkpoint at or before `from − 1`.
+    fn start(&self, ctx: &RunContext) -> Option<u64> {
+        if self.from <= 1 {
+            Some(0)
+        } else {
+            ctx.checkpoint_at_or_before(self.from - 1)
         }
     }
 }
 
-/// A range's result, and the state captured after `capture_at` if it was reached.
-pub type Replayed = (RangeResult, Option<TrainingState>);
+/// A range's result, and the states captured after the steps of [`Range::capture`] that were
+/// reached, in the order of those steps.
+pub type Replayed = (RangeResult, Vec<TrainingState>);
 
 /// How the environment of this machine relates to the run's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvironmentCheck {
+    /// The class the run's manifest claims.
     pub run_class: Hash32,
+    /// The class this machine measures for itself.
     pub here_class: Hash32,
     /// `(field, run's value, this machine's value)` for every class field that differs.
     pub differences: Vec<(String, String, String)>,
-    /// Replay ran despite a different class (`--allow-environment-mismatch`).
-    pub replayed_anyway: bool,
 }
 
-/// Compare this machine's class with the run's.
+impl EnvironmentCheck {
+    /// Whether this machine is in another class than the one the run claims.
+    pub fn cross_class(&self) -> bool {
+        !self.differences.is_empty()
+    }
+}
+
+/// Compare this machine's class, measured here, with the one the run claims.
 pub fn environment(
     run: &EnvironmentFingerprint,
     device: DeviceSpec,
@@ -126,23 +201,22 @@ pub fn environment(
             .into_iter()
             .map(|(f, a, b)| (f.to_string(), a, b))
             .collect(),
-        replayed_anyway: false,
     })
 }
 
-/// Replays `ranges` of the run on `device`. `tolerant` is true when the environment class
-/// differs and replay runs anyway: every step is compared and reported, none stops it.
+/// Replays `ranges` of the run on `device`. `cross_class` is true when this machine is in
+/// another environment class than the run claims: every step is then compared and reported.
 pub fn replay_ranges(
     ctx: &RunContext,
     ranges: &[Range],
     device: DeviceSpec,
-    tolerant: bool,
+    cross_class: bool,
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<Replayed>, CommandError> {
     let job = VerifyJob {
         ctx,
         ranges,
-        tolerant,
+        cross_class,
         progress,
     };
     dispatch(device, &ctx.spec.model, job)?
@@ -151,7 +225,7 @@ pub fn replay_ranges(
 struct VerifyJob<'a> {
     ctx: &'a RunContext,
     ranges: &'a [Range],
-    tolerant: bool,
+    cross_class: bool,
     progress: &'a indicatif::ProgressBar,
 }
 
@@ -164,15 +238,17 @@ impl Job for VerifyJob<'_> {
         device: B::Device,
     ) -> Self::Output {
         let Some(dataset) = &self.ctx.dataset else {
+            let data: Vec<Problem> = self
+                .ctx
+                .problems
+                .iter()
+                .filter(|p| p.artefact.starts_with("dataset/") || p.kind == Verdict::InputMismatch)
+                .cloned()
+                .collect();
             return Ok(self
                 .ranges
                 .iter()
-                .map(|r| {
-                    (
-                        unverifiable(r, self.ctx.problems.clone(), Verdict::Corrupt),
-                        None,
-                    )
-                })
+                .map(|r| (unverifiable(r, data.clone(), Verdict::Corrupt), vec![]))
                 .collect());
         };
         let prepared = PreparedData::new(dataset, &self.ctx.spec);
@@ -185,7 +261,7 @@ impl Job for VerifyJob<'_> {
                     config.clone(),
                     device.clone(),
                     &prepared,
-                    self.tolerant,
+                    self.cross_class,
                     self.progress,
                 )
             })
@@ -202,6 +278,7 @@ pub(crate) fn unverifiable(r: &Range, problems: Vec<Problem>, default: Verdict) 
         from_step: r.from,
         to_step: r.to,
         start_checkpoint: None,
+        initial_state: None,
         verdict: if verdict.passed() { default } else { verdict },
         steps_replayed: 0,
         divergence: None,
@@ -209,6 +286,7 @@ pub(crate) fn unverifiable(r: &Range, problems: Vec<Problem>, default: Verdict) 
         problems,
         deltas: vec![],
         final_tensors: vec![],
+        noise: None,
         seconds: 0.0,
     }
 }
@@ -223,6 +301,16 @@ fn bits64(b: u64) -> String {
 
 fn root_text(r: Option<Hash32>) -> String {
     r.map(|h| h.to_hex()).unwrap_or_else(|| "none".into())
+}
+
+/// `|a − b| / max(|a|, |b|)`, 0 when both are 0, infinite where a value is not finite.
+fn relative(a: f32, b: f32) -> f64 {
+    let (a, b) = (f64::from(a), f64::from(b));
+    if a == b {
+        return 0.0;
+    }
+    let d = (a - b).abs() / a.abs().max(b.abs());
+    if d.is_finite() { d } else { f64::INFINITY }
 }
 
 /// The first of `ids`, drawn for `step`, whose content differs from what the run committed to.
@@ -241,53 +329,79 @@ pub(crate) fn input_mismatch(ctx: &RunContext, step: u64, ids: &[u64]) -> Option
     })
 }
 
+/// Rebuild the state before step 1 from the pinned base weights (the run's copy, already
+/// checked against its pin) and the seed: the session, its state and its root. A base model
+/// that is absent or does not match its pin comes back as a problem.
+#[allow(clippy::type_complexity)]
+pub(crate) fn rederive_initial<B: AutodiffBackend, M: TrainableModel<B>>(
+    ctx: &RunContext,
+    config: M::Config,
+    device: B::Device,
+) -> Result<Result<(Session<B, M>, TrainingState, Hash32), Problem>, CommandError> {
+    let base = match (&ctx.spec.base, &ctx.base) {
+        (None, _) => None,
+        (Some(_), Some(bytes)) => match BaseWeights::parse(bytes, layout::BASE_MODEL) {
+            Ok(w) => Some(w),
+            Err(e) => return Ok(Err(problem_of_trainer(e)?)),
+        },
+        (Some(_), None) => {
+            let kind = ctx
+                .problems
+                .iter()
+                .find(|p| p.artefact == layout::BASE_MODEL)
+                .map(|p| p.kind)
+                .unwrap_or(Verdict::Missing);
+            return Ok(Err(Problem::new(
+                kind,
+                layout::BASE_MODEL,
+                "the pinned base model is not available as pinned: step 0 cannot be re-derived",
+            )));
+        }
+    };
+    let session = match Session::<B, M>::initial(ctx.spec.clone(), config, base.as_ref(), device) {
+        Ok((s, _)) => s,
+        Err(e) => return Ok(Err(problem_of_trainer(e)?)),
+    };
+    let state = session.capture();
+    let root = state.root(&state.tensor_hashes())?;
+    Ok(Ok((session, state, root)))
+}
+
 fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
     ctx: &RunContext,
     range: &Range,
     config: M::Config,
     device: B::Device,
     prepared: &PreparedData,
-    tolerant: bool,
+    cross_class: bool,
     progress: &indicatif::ProgressBar,
 ) -> Result<Replayed, CommandError> {
     let started = std::time::Instant::now();
     // The ledger must hold up to the end of the range (the chain into it included).
     let problems = ctx.problems_before(range.to);
     if !problems.is_empty() {
-        return Ok((unverifiable(range, problems, Verdict::Tampered), None));
+        return Ok((unverifiable(range, problems, Verdict::Tampered), vec![]));
     }
-    let Some(start) = ctx.checkpoint_at_or_before(range.from.saturating_sub(1)) else {
+    let Some(start) = range.start(ctx) else {
         return Ok((
             unverifiable(
                 range,
                 vec![Problem::new(
                     Verdict::Missing,
-                    snapshot_format::layout::checkpoint(0),
+                    layout::checkpoint(range.from.saturating_sub(1)),
                     format!("no checkpoint at or before step {}", range.from - 1),
                 )],
                 Verdict::Missing,
             ),
-            None,
+            vec![],
         ));
     };
-    let snap = match state::read_checked(ctx, start)? {
-        Ok(s) => s,
-        Err(problems) => return Ok((unverifiable(range, problems, Verdict::Corrupt), None)),
-    };
-    let key = snapshot_format::layout::checkpoint(start);
-    let mut captured: Option<TrainingState> = if range.capture_at == Some(start) {
-        Some(state_of(&snap))
-    } else {
-        None
-    };
-    let mut session = Session::<B, M>::restore(ctx.spec.clone(), config, &snap, device, &key)?;
-    drop(snap);
-
     let mut result = RangeResult {
         segment: range.segment,
         from_step: range.from,
         to_step: range.to,
         start_checkpoint: Some(start),
+        initial_state: None,
         verdict: Verdict::Verified,
         steps_replayed: 0,
         divergence: None,
@@ -295,8 +409,72 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
         problems: vec![],
         deltas: vec![],
         final_tensors: vec![],
+        noise: None,
         seconds: 0.0,
     };
+    let mut captured: Vec<TrainingState> = Vec::new();
+    // The state replay starts from, kept in another class to measure how far tensors moved.
+    let mut start_state: Option<TrainingState> = None;
+    let mut session = if start == 0 {
+        let rederived = std::time::Instant::now();
+        let (session, state, root) = match rederive_initial::<B, M>(ctx, config, device)? {
+            Ok(x) => x,
+            Err(p) => return Ok((unverifiable(range, vec![p], Verdict::Missing), vec![])),
+        };
+        let recorded = ctx.manifest.initial_state_root;
+        result.initial_state = Some(InitialState {
+            recorded_root: recorded,
+            rederived_root: root,
+            seconds: rederived.elapsed().as_secs_f64(),
+        });
+        if root != recorded {
+            // A starting model other than the pinned base and seed give: name its tensors.
+            let stored = state::read_checked(ctx, 0)?.ok();
+            result.divergence = Some(Divergence {
+                step: 0,
+                field: "initial_state".into(),
+                recorded: recorded.to_hex(),
+                replayed: root.to_hex(),
+                tensors_at_step: stored.as_ref().map(|_| 0),
+                tensors: stored
+                    .map(|s| state::diff_states(&state, &s))
+                    .unwrap_or_default(),
+            });
+            result.verdict = Verdict::Diverged;
+            result.seconds = started.elapsed().as_secs_f64();
+            return Ok((result, vec![]));
+        }
+        if range.capture.contains(&0) {
+            captured.push(state.clone());
+        }
+        if cross_class {
+            start_state = Some(state);
+        }
+        session
+    } else {
+        let snap = match state::read_checked(ctx, start)? {
+            Ok(s) => s,
+            Err(problems) => return Ok((unverifiable(range, problems, Verdict::Corrupt), vec![])),
+        };
+        if range.capture.contains(&start) || cross_class {
+            let st = state_of(&snap);
+            if range.capture.contains(&start) {
+                captured.push(st.clone());
+            }
+            start_state = Some(st);
+        }
+        let key = layout::checkpoint(start);
+        match Session::<B, M>::restore(ctx.spec.clone(), config, &snap, device, &key) {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok((
+                    unverifiable(range, vec![problem_of_trainer(e)?], Verdict::Corrupt),
+                    vec![],
+                ));
+            }
+        }
+    };
+
     let mut last_state: Option<TrainingState> = None;
     for step in start + 1..=range.to {
         let Some(rec) = ctx.records.get(&step) else {
@@ -308,19 +486,22 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
             break;
         };
         let (epoch, ids) = session.next_batch();
-        let checking = step >= range.from && result.divergence.is_none();
-        if (ids != rec.example_ids || epoch != rec.epoch) && checking {
-            result.divergence = Some(Divergence {
-                step,
-                field: "example_ids".into(),
-                recorded: format!("epoch {} {:?}", rec.epoch, rec.example_ids),
-                replayed: format!("epoch {epoch} {ids:?}"),
-                tensors_at_step: None,
-                tensors: vec![],
-            });
-            if !tolerant {
-                break;
+        // Every replayed step is checked, those before `from` included; in the run's own class
+        // checking stops at the first difference, in another class every step is compared.
+        let checking = cross_class || result.divergence.is_none();
+        if ids != rec.example_ids || epoch != rec.epoch {
+            if result.divergence.is_none() {
+                result.divergence = Some(Divergence {
+                    step,
+                    field: "example_ids".into(),
+                    recorded: format!("epoch {} {:?}", rec.epoch, rec.example_ids),
+                    replayed: format!("epoch {epoch} {ids:?}"),
+                    tensors_at_step: None,
+                    tensors: vec![],
+                });
             }
+            // The batches no longer match the record: nothing further can be compared.
+            break;
         }
         if let Some(m) = input_mismatch(ctx, step, &ids) {
             result.input_mismatch = Some(m);
@@ -331,12 +512,11 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
         result.steps_replayed += 1;
         progress.inc(1);
         let needs_root = rec.state_root.is_some() || step == range.to;
-        let replayed_root = if needs_root || range.capture_at == Some(step) {
+        let replayed_root = if needs_root || range.capture.contains(&step) {
             let st = session.capture();
-            let hashes = st.tensor_hashes();
-            let root = st.root(&hashes)?;
-            if range.capture_at == Some(step) {
-                captured = Some(st.clone());
+            let root = st.root(&st.tensor_hashes())?;
+            if range.capture.contains(&step) {
+                captured.push(st.clone());
             }
             if step == range.to {
                 last_state = Some(st);
@@ -366,7 +546,7 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
                 root_text(replayed_root),
             ));
         }
-        if tolerant {
+        if cross_class {
             let (lr, lp) = (f32::from_bits(rec.loss_bits), f32::from_bits(out.loss_bits));
             let (gr, gp) = (
                 f32::from_bits(rec.grad_norm_bits),
@@ -380,6 +560,7 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
                 grad_norm_recorded: gr,
                 grad_norm_replayed: gp,
                 grad_norm_abs_diff: (f64::from(gr) - f64::from(gp)).abs(),
+                largest_relative_deviation: relative(lr, lp).max(relative(gr, gp)),
                 state_root_equal: rec.state_root.map(|r| Some(r) == replayed_root),
             });
         }
@@ -398,6 +579,7 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
     }
 
     // Compare the whole state with the stored checkpoint at the end of the range.
+    let mut state_deviation: Option<f64> = None;
     if result.problems.is_empty()
         && result.input_mismatch.is_none()
         && ctx.checkpoints.contains(&range.to)
@@ -407,8 +589,11 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
             Err(problems) => result.problems.extend(problems),
             Ok(stored) => {
                 let diffs = state::diff_states(replayed, &stored);
-                if tolerant {
+                if cross_class {
                     result.final_tensors = diffs.clone();
+                    if let Some(start) = &start_state {
+                        state_deviation = Some(movement_relative(&diffs, start, &stored));
+                    }
                 }
                 match &mut result.divergence {
                     Some(d) => {
@@ -430,6 +615,9 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
             }
         }
     }
+    if cross_class && let Some(d) = &result.divergence {
+        result.noise = Some(judge_noise(d, &result.deltas, state_deviation));
+    }
     result.verdict = if !result.problems.is_empty() {
         result
             .problems
@@ -437,17 +625,104 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
             .fold(Verdict::Ok, |v, p| v.worst(p.kind))
     } else if result.input_mismatch.is_some() {
         Verdict::InputMismatch
-    } else if result.divergence.is_some() {
-        if tolerant {
+    } else if let Some(n) = &result.noise {
+        if n.consistent_with_noise {
             Verdict::EnvironmentMismatch
         } else {
             Verdict::Diverged
         }
+    } else if result.divergence.is_some() {
+        Verdict::Diverged
     } else {
         Verdict::Verified
     };
     result.seconds = started.elapsed().as_secs_f64();
     Ok((result, captured))
+}
+
+/// The largest, over the tensors that differ at the end of a range, of the L2 norm of the
+/// difference divided by how far the stored tensor moved from the range's start (infinite for a
+/// tensor that differs without having moved, or is missing on one side).
+fn movement_relative(
+    diffs: &[TensorDiff],
+    start: &TrainingState,
+    stored: &snapshot_format::snapshot::Snapshot,
+) -> f64 {
+    let views = stored.views();
+    diffs
+        .iter()
+        .map(|d| {
+            let moved = match (
+                start.tensor(&d.name),
+                views.iter().find(|v| v.name == d.name),
+            ) {
+                (Some(a), Some(b)) if a.bytes().len() == b.data.len() => {
+                    state::diff_values(&d.name, a.bytes(), b.data).l2
+                }
+                _ => 0.0,
+            };
+            if moved > 0.0 && d.l2.is_finite() {
+                d.l2 / moved
+            } else {
+                f64::INFINITY
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Whether a divergence found in another environment class is what floating-point noise can
+/// produce: the batches agree (data order is integer arithmetic, the same everywhere), every
+/// step's loss and gradient norm within [`NOISE_STEP_RELATIVE`], and every tensor at the end
+/// within [`NOISE_STATE_RELATIVE`] of its movement over the range. A poisoned update or a
+/// swapped checkpoint moves a state by far more than rounding does.
+fn judge_noise(d: &Divergence, deltas: &[StepDelta], state: Option<f64>) -> NoiseJudgement {
+    let step = deltas
+        .iter()
+        .map(|x| x.largest_relative_deviation)
+        .fold(0.0, f64::max);
+    let (consistent, reason) = if d.field == "example_ids" || d.field == "initial_state" {
+        (
+            false,
+            format!(
+                "{} differs at step {}: integer and host computations do not depend on the \
+                 environment",
+                d.field, d.step
+            ),
+        )
+    } else if step > NOISE_STEP_RELATIVE {
+        (
+            false,
+            format!(
+                "a step's loss or gradient norm deviates by {step:.3e} relative, above the \
+                 {NOISE_STEP_RELATIVE:e} floating-point noise can explain"
+            ),
+        )
+    } else if let Some(s) = state.filter(|&s| s > NOISE_STATE_RELATIVE) {
+        (
+            false,
+            format!(
+                "a tensor at the end of the range deviates by {s:.3e} of its movement over the \
+                 range, above the {NOISE_STATE_RELATIVE:e} floating-point noise can explain"
+            ),
+        )
+    } else {
+        (
+            true,
+            format!(
+                "deviations within floating-point noise (steps {step:.3e}, state {}): the bits \
+                 differ, as they may across environment classes",
+                state
+                    .map(|s| format!("{s:.3e}"))
+                    .unwrap_or_else(|| "not compared".into())
+            ),
+        )
+    };
+    NoiseJudgement {
+        consistent_with_noise: consistent,
+        largest_step_deviation: step,
+        largest_state_deviation: state,
+        reason,
+    }
 }
 
 /// A decoded snapshot as a training state (every tensor is `f32`, as the engine writes them).

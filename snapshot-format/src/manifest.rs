@@ -150,6 +150,69 @@ pub struct RunManifest {
     pub environment: EnvironmentFingerprint,
 }
 
+/// Largest integer magnitude a spec may hold: 2^53. RFC 8785 writes numbers as IEEE-754
+/// doubles, so two integers above it can canonicalise to the same text and the same spec hash.
+pub const MAX_EXACT_INTEGER: u64 = 1 << 53;
+
+/// Reject any integer in `value` whose magnitude exceeds [`MAX_EXACT_INTEGER`], naming its path:
+/// the spec hash is one-to-one only on exactly representable numbers.
+pub fn check_exact_integers(value: &serde_json::Value) -> std::result::Result<(), String> {
+    fn walk(v: &serde_json::Value, path: &str) -> std::result::Result<(), String> {
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match v {
+            serde_json::Value::Number(n) => {
+                let too_big = match (n.as_u64(), n.as_i64()) {
+                    (Some(u), _) => u > MAX_EXACT_INTEGER,
+                    (None, Some(i)) => i.unsigned_abs() > MAX_EXACT_INTEGER,
+                    (None, None) => false,
+                };
+                if too_big {
+                    return Err(format!(
+                        "{path}: {n} exceeds 2^53, the largest integer the spec hash (RFC 8785 \
+                         canonical JSON) represents exactly"
+                    ));
+                }
+                Ok(())
+            }
+            serde_json::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, x)| walk(x, &format!("{path}[{i}]"))),
+            serde_json::Value::Object(m) => m.iter().try_for_each(|(k, x)| walk(x, &join(k))),
+            _ => Ok(()),
+        }
+    }
+    walk(value, "")
+}
+
+impl Recording {
+    /// Intervals of at least 1 and a known codec.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.checkpoint_interval == 0 {
+            return Err("recording.checkpoint_interval: must be at least 1".into());
+        }
+        if self.state_root_interval == 0 {
+            return Err("recording.state_root_interval: must be at least 1".into());
+        }
+        if !RECORDING_CODECS.contains(&self.codec.as_str()) {
+            return Err(format!(
+                "recording.codec: {:?} is not one of {RECORDING_CODECS:?}",
+                self.codec
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoint codecs a manifest may name.
+pub const RECORDING_CODECS: &[&str] = &["zstd", "raw"];
+
 /// Spec hash: `BLAKE3-derive(SPEC, RFC 8785 canonical JSON of spec)`.
 pub fn spec_hash(spec: &serde_json::Value) -> Hash32 {
     // Canonicalising a serde_json::Value cannot fail: it holds no non-string keys and no
@@ -174,6 +237,12 @@ impl RunManifest {
                 supported: MANIFEST_VERSIONS,
             });
         }
+        let invalid = |detail: String| Error::Json {
+            artefact: artefact.to_string(),
+            detail,
+        };
+        check_exact_integers(&m.spec).map_err(|d| invalid(format!("spec.{d}")))?;
+        m.recording.validate().map_err(invalid)?;
         let computed = spec_hash(&m.spec);
         if computed != m.spec_hash {
             return Err(Error::SpecHashMismatch {
@@ -247,5 +316,22 @@ mod tests {
                 .expect("json");
         assert_eq!(spec_hash(&a), spec_hash(&b));
         assert_ne!(spec_hash(&a), spec_hash(&c));
+    }
+
+    #[test]
+    fn integers_beyond_2_pow_53_are_rejected_because_they_would_collide() {
+        let a = serde_json::json!({"run": {"seed": MAX_EXACT_INTEGER + 1}});
+        let b = serde_json::json!({"run": {"seed": MAX_EXACT_INTEGER}});
+        // The collision the check prevents:
+        assert_eq!(spec_hash(&a), spec_hash(&b));
+        let e = check_exact_integers(&a).expect_err("too large");
+        assert!(e.starts_with("run.seed: 9007199254740993"), "{e}");
+        assert!(check_exact_integers(&b).is_ok());
+        let neg = serde_json::json!({"x": [1, -9007199254740993i64]});
+        assert!(
+            check_exact_integers(&neg)
+                .expect_err("too small")
+                .starts_with("x[1]")
+        );
     }
 }

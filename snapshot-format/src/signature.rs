@@ -33,6 +33,9 @@ pub mod kind {
     pub const CHECKPOINT: &str = "checkpoint";
     /// `complete.json`: hash = file hash of its bytes, step = the final step.
     pub const COMPLETION: &str = "completion";
+    /// A verifier's report of one shard of a sharded verification: hash = file hash of the
+    /// report's bytes, step = the shard's index. Signed by the verifier, not the trainer.
+    pub const SHARD_REPORT: &str = "shard-report";
 }
 
 /// What a signature asserts.

@@ -86,6 +86,185 @@ pub fn replay_json<T: serde::de::DeserializeOwned>(args: &[&str], exit: i32) -> 
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("replay {full:?}: {e}: {stdout}"))
 }
 
+/// An adversary's history for the local tiny-BERT fixture run at `run`
+/// ([`trainer::fixtures::tiny_bert`]), recorded consistently from `start`, the state after
+/// step `start.meta.step`: every artefact after that step is removed, training goes on honestly
+/// with the run's spec and data, `poison(step, state)` may alter the state after each step
+/// (returning true when it did; training continues from the altered state), and ledger
+/// records, checkpoints and the completion record are written so that every hash agrees. From
+/// step 0, the manifest's initial root and genesis are rewritten too, and old signatures are
+/// removed. With `signer`, everything written is signed by that key. Only replay can tell.
+pub fn forge_history(
+    run: &Path,
+    start: trainer::session::TrainingState,
+    mut poison: impl FnMut(u64, &mut trainer::session::TrainingState) -> bool,
+    signer: Option<ed25519_dalek::SigningKey>,
+) {
+    use snapshot_format::hash::file_hash;
+    use snapshot_format::ledger::{self, StepRecord};
+    use snapshot_format::manifest::Completion;
+    use snapshot_format::signature::kind;
+    use snapshot_format::{Store, layout};
+    use trainer::backend::Cpu;
+    use trainer::model::bert::BertClassifier;
+    use trainer::record::{RunSigner, RunWriter};
+    use trainer::run::{RunFiles, is_checkpoint_step, segment_ending_at};
+    use trainer::session::{PreparedData, Session};
+
+    let store = Store::open(s(run)).expect("store");
+    let files = RunFiles::load(&store).expect("run files");
+    let (spec, mut manifest) = (files.spec.clone(), files.manifest.clone());
+    let (from, interval, total) = (
+        start.meta.step,
+        manifest.recording.checkpoint_interval,
+        spec.run.steps,
+    );
+    let remove = |key: String| {
+        let p = run.join(key);
+        if p.exists() {
+            std::fs::remove_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    };
+    for step in trainer::run::checkpoint_steps(&store).expect("checkpoints") {
+        if step > from || (from == 0 && step == 0) {
+            remove(layout::checkpoint(step));
+        }
+    }
+    let kept_segments = segment_ending_at(from, interval);
+    for i in kept_segments + 1..=segment_ending_at(total, interval) {
+        remove(layout::segment(i));
+    }
+    remove(layout::COMPLETE.to_string());
+    let hashes = start.tensor_hashes();
+    let root = start.root(&hashes).expect("root");
+    let head = if from == 0 {
+        let _ = std::fs::remove_dir_all(run.join(layout::SIGNATURES));
+        manifest.initial_state_root = root;
+        manifest.genesis = ledger::genesis(&manifest.spec_hash, &root);
+        std::fs::write(run.join(layout::MANIFEST), manifest.to_json()).expect("manifest");
+        manifest.genesis
+    } else {
+        trainer::run::read_ledger(&store, manifest.genesis, kept_segments)
+            .expect("ledger")
+            .last()
+            .map(StepRecord::hash)
+            .expect("records before the start")
+    };
+    let signer = signer.map(|k| RunSigner::new(k, &manifest.run_id, manifest.genesis));
+    if let (Some(sig), 0) = (&signer, from) {
+        let bytes = std::fs::read(run.join(layout::MANIFEST)).expect("manifest");
+        sig.sign(
+            &store,
+            layout::MANIFEST,
+            kind::MANIFEST,
+            0,
+            file_hash(&bytes),
+        )
+        .expect("sign manifest");
+    }
+    let mut writer = RunWriter::new(
+        store.clone(),
+        &manifest.run_id,
+        head,
+        kept_segments + 1,
+        (from > 0).then_some(root),
+    )
+    .signed_by(signer);
+    if from == 0 {
+        writer
+            .checkpoint(&start, &hashes, root)
+            .expect("checkpoint 0");
+    }
+    let config = trainer::fixtures::tiny_bert();
+    let device = burn::backend::flex::FlexDevice;
+    let restore = |state: &trainer::session::TrainingState| {
+        Session::<Cpu, BertClassifier<Cpu>>::from_state(
+            spec.clone(),
+            config.clone(),
+            state,
+            device,
+            "forged",
+        )
+        .expect("restore")
+    };
+    let mut session = restore(&start);
+    let prepared = PreparedData::new(&files.dataset, &spec);
+    let mut last_root = root;
+    for step in from + 1..=total {
+        let (epoch, ids) = session.next_batch();
+        let out = session.train_step(&prepared.batch::<Cpu>(&ids, session.device()));
+        let mut state = session.capture();
+        if poison(step, &mut state) {
+            session = restore(&state);
+        }
+        let hashes = state.tensor_hashes();
+        let root = state.root(&hashes).expect("root");
+        last_root = root;
+        writer.record(StepRecord {
+            step,
+            epoch,
+            lr_bits: out.lr_bits,
+            batch_hash: files.dataset.batch_hash(&ids),
+            example_ids: ids,
+            loss_bits: out.loss_bits,
+            grad_norm_bits: out.grad_norm_bits,
+            state_root: Some(root),
+            prev_hash: writer.head(),
+        });
+        if is_checkpoint_step(step, total, interval) {
+            writer
+                .checkpoint(&state, &hashes, root)
+                .expect("checkpoint");
+        }
+    }
+    let completion = Completion {
+        run_id: manifest.run_id.clone(),
+        final_step: total,
+        segments: segment_ending_at(total, interval),
+        ledger_head: writer.head(),
+        final_state_root: last_root,
+    };
+    let bytes = completion.to_json();
+    store
+        .put_new(layout::COMPLETE, bytes.clone())
+        .expect("completion");
+    if let Some(sig) = writer.signer() {
+        sig.sign(
+            &store,
+            layout::COMPLETE,
+            kind::COMPLETION,
+            total,
+            file_hash(&bytes),
+        )
+        .expect("sign completion");
+    }
+}
+
+/// The state stored in checkpoint `step` of the local run at `run`.
+pub fn stored_state(run: &Path, step: u64) -> trainer::session::TrainingState {
+    let key = snapshot_format::layout::checkpoint(step);
+    let snap = snapshot_format::snapshot::decode(
+        &std::fs::read(run.join(&key)).expect("checkpoint"),
+        &key,
+        &Default::default(),
+    )
+    .expect("decode");
+    replay::verify::state_of(&snap)
+}
+
+/// Add `delta` to element `index` of tensor `name` of `state`.
+pub fn nudge(state: &mut trainer::session::TrainingState, name: &str, index: usize, delta: f32) {
+    let t = state
+        .tensors
+        .iter_mut()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"));
+    let mut v: Vec<f32> = t.data.to_vec().expect("f32");
+    v[index] += delta;
+    t.data =
+        burn::tensor::TensorData::new(v, t.shape.iter().map(|&d| d as usize).collect::<Vec<_>>());
+}
+
 /// A moto S3 server on 127.0.0.1, stopped on drop.
 #[derive(Debug)]
 pub struct Moto {

@@ -4,22 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e_tests::{replay_json as replay, s, train};
+use e2e_tests::{forge_history, nudge, replay_json as replay, s, stored_state, train};
 use replay::Verdict;
 use replay::check::CheckReport;
 use replay::commands::VerifyReport;
 use snapshot_format::ledger::{Segment, StepRecord};
 use snapshot_format::limits::ReadLimits;
-use snapshot_format::manifest::{Completion, RunManifest, spec_hash};
-use snapshot_format::snapshot::{self, Provenance, SnapshotKind, WriteOptions};
+use snapshot_format::manifest::{RunManifest, spec_hash};
+use snapshot_format::snapshot::{self, WriteOptions};
 use snapshot_format::testing::{copy_dir, rewrite_ledger};
-use snapshot_format::{Hash32, Store, layout, ledger};
-use trainer::backend::Cpu;
+use snapshot_format::{layout, ledger};
 use trainer::fixtures::{self, FixtureOptions};
-use trainer::model::bert::BertClassifier;
-use trainer::record::RunWriter;
-use trainer::run::{RunFiles, is_checkpoint_step};
-use trainer::session::{PreparedData, Session, TrainingState};
 
 /// Record a run of the tiny BERT fixture (12 steps, checkpoints 0, 4, 8, 12) with `trainer`.
 fn record(dir: &Path, o: FixtureOptions) -> PathBuf {
@@ -281,7 +276,7 @@ fn altered_learning_rate_in_the_manifest_is_tampering() {
 }
 
 #[test]
-fn foreign_environment_is_reported_and_replays_on_request() {
+fn a_forged_environment_fingerprint_decides_nothing() {
     let t = tempfile::tempdir().expect("tmp");
     let r = honest(t.path());
     let path = r.join(layout::MANIFEST);
@@ -290,19 +285,15 @@ fn foreign_environment_is_reported_and_replays_on_request() {
     m.environment.cpu_features.push("avx512f".into());
     m.environment.libc = "glibc 9.99".into();
     std::fs::write(&path, m.to_json()).expect("write");
-    let v = verify(&r, 1);
-    assert_eq!(v.verdict, Verdict::EnvironmentMismatch);
+    // The run claims another class; this machine measures its own, replays anyway, and every
+    // bit matches: the claim was false, the history is verified.
+    let v = verify(&r, 0);
+    assert_eq!(v.verdict, Verdict::Verified);
     let env = v.environment.expect("environment");
     let fields: Vec<&str> = env.differences.iter().map(|d| d.0.as_str()).collect();
     assert_eq!(fields, ["libc", "cpu_features"]);
-    assert_eq!(v.steps_replayed, 0, "nothing is replayed without consent");
-    // On request it replays, reports every step, and (this machine being in fact identical)
-    // finds every bit equal.
-    let v: VerifyReport = replay(
-        &["verify", s(&r), "--all", "--allow-environment-mismatch"],
-        0,
-    );
-    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.steps_replayed, 12);
+    // Across classes every step is compared and reported.
     assert_eq!(v.ranges.iter().map(|x| x.deltas.len()).sum::<usize>(), 12);
     assert!(
         v.ranges
@@ -315,117 +306,17 @@ fn foreign_environment_is_reported_and_replays_on_request() {
 /// An intruder in the training infrastructure perturbs one parameter right after the update of
 /// step `bad`, then lets training carry on honestly, recording every hash consistently.
 fn poisoned_continuation(run: &Path, bad: u64) {
-    let store = Store::open(s(run)).expect("store");
-    let files = RunFiles::load(&store).expect("run files");
-    let start = 4u64;
-    for step in [8u64, 12] {
-        std::fs::remove_file(run.join(layout::checkpoint(step))).expect("rm checkpoint");
-    }
-    for i in [2u64, 3] {
-        std::fs::remove_file(run.join(layout::segment(i))).expect("rm segment");
-    }
-    std::fs::remove_file(run.join(layout::COMPLETE)).expect("rm completion");
-    let key = layout::checkpoint(start);
-    let snap = snapshot::decode(
-        &std::fs::read(run.join(&key)).expect("read"),
-        &key,
-        &ReadLimits::default(),
-    )
-    .expect("decode");
-    let config = fixtures::tiny_bert();
-    let device = burn::backend::flex::FlexDevice;
-    let mut session = Session::<Cpu, BertClassifier<Cpu>>::restore(
-        files.spec.clone(),
-        config.clone(),
-        &snap,
-        device,
-        &key,
-    )
-    .expect("restore");
-    let head = all_records(run)
-        .last()
-        .map(StepRecord::hash)
-        .expect("segment 1");
-    let mut writer = RunWriter::new(
-        store.clone(),
-        &files.manifest.run_id,
-        head,
-        2,
-        Some(snap.header.state_root),
+    forge_history(
+        run,
+        stored_state(run, 4),
+        |step, state| {
+            if step == bad {
+                nudge(state, "classifier.weight", 0, 1e-3);
+            }
+            step == bad
+        },
+        None,
     );
-    let prepared = PreparedData::new(&files.dataset, &files.spec);
-    let total = files.spec.run.steps;
-    let mut last_root = Hash32::ZERO;
-    for step in start + 1..=total {
-        let (epoch, ids) = session.next_batch();
-        let out = session.train_step(&prepared.batch::<Cpu>(&ids, session.device()));
-        let mut state: TrainingState = session.capture();
-        if step == bad {
-            let t = state
-                .tensors
-                .iter_mut()
-                .find(|t| t.name == "classifier.weight")
-                .expect("head");
-            let mut v: Vec<f32> = t.data.to_vec().expect("f32");
-            v[0] += 1e-3;
-            t.data = burn::tensor::TensorData::new(
-                v,
-                t.shape.iter().map(|&d| d as usize).collect::<Vec<_>>(),
-            );
-            let hashes = state.tensor_hashes();
-            let enc = state
-                .encode(
-                    &hashes,
-                    &Provenance {
-                        run_id: String::new(),
-                        kind: SnapshotKind::Export,
-                        parent: None,
-                        producer: String::new(),
-                    },
-                    WriteOptions::default(),
-                )
-                .expect("encode");
-            let poisoned = snapshot::decode(&enc.to_vec(), "poisoned", &ReadLimits::default())
-                .expect("decode");
-            session = Session::restore(
-                files.spec.clone(),
-                config.clone(),
-                &poisoned,
-                device,
-                "poisoned",
-            )
-            .expect("restore poisoned");
-        }
-        let hashes = state.tensor_hashes();
-        let root = state.root(&hashes).expect("root");
-        last_root = root;
-        writer.record(StepRecord {
-            step,
-            epoch,
-            lr_bits: out.lr_bits,
-            batch_hash: files.dataset.batch_hash(&ids),
-            example_ids: ids,
-            loss_bits: out.loss_bits,
-            grad_norm_bits: out.grad_norm_bits,
-            state_root: Some(root),
-            prev_hash: writer.head(),
-        });
-        if is_checkpoint_step(step, total, 4) {
-            writer
-                .checkpoint(&state, &hashes, root)
-                .expect("checkpoint");
-        }
-    }
-    let completion = Completion {
-        run_id: files.manifest.run_id.clone(),
-        final_step: total,
-        segments: 3,
-        ledger_head: writer.head(),
-        final_state_root: last_root,
-    };
-    store
-        .put_new(layout::COMPLETE, completion.to_json())
-        .expect("completion");
 }
 
 #[test]

@@ -129,6 +129,35 @@ impl ModelSpec {
         }
     }
 
+    /// Number of parameters (elements) of the model this spec builds, computed from the
+    /// architecture without building it (a test checks it against built models); `None` for a
+    /// custom model, whose architecture the engine does not know.
+    pub fn parameter_count(&self) -> Option<u128> {
+        let linear = |i: u64, o: u64| u128::from(i) * u128::from(o) + u128::from(o);
+        match self {
+            ModelSpec::Bert(c) => {
+                let (h, i) = (c.hidden_size, c.intermediate_size);
+                let embeddings = u128::from(c.vocab_size + c.max_position + c.type_vocab_size)
+                    * u128::from(h)
+                    + 2 * u128::from(h);
+                let layer = 4 * linear(h, h) + linear(h, i) + linear(i, h) + 4 * u128::from(h);
+                Some(
+                    embeddings
+                        + u128::from(c.num_layers) * layer
+                        + linear(h, h)
+                        + linear(h, c.num_labels),
+                )
+            }
+            ModelSpec::Mlp(c) => {
+                let mut widths = vec![c.input_size];
+                widths.extend(&c.hidden_sizes);
+                widths.push(c.num_labels);
+                Some(widths.windows(2).map(|w| linear(w[0], w[1])).sum())
+            }
+            ModelSpec::Custom(_) => None,
+        }
+    }
+
     /// Number of input features, for models of features.
     pub fn input_size(&self) -> Option<u64> {
         match self {
@@ -528,39 +557,74 @@ impl RunConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        let parts = SpecParts {
+            run: &self.run,
+            model: &self.model,
+            format: self.data.format,
+            max_len: self.data.max_len,
+            optimizer: &self.optimizer,
+            schedule: &self.schedule,
+        };
+        parts
+            .validate()
+            .map_err(|d| Error::config(&self.source, d))?;
         let bad = |key: &str, why: &str| Err(Error::config(&self.source, format!("{key}: {why}")));
-        if self.run.steps == 0 {
-            return bad("run.steps", "must be at least 1");
-        }
-        if self.run.batch_size == 0 {
-            return bad("run.batch_size", "must be at least 1");
-        }
-        validate_model(&self.model).map_err(|d| Error::config(&self.source, d))?;
-        validate_optimizer(&self.optimizer).map_err(|d| Error::config(&self.source, d))?;
-        let s = &self.schedule;
-        if !(0.0..=1.0).contains(&s.min_lr_ratio) {
-            return bad("schedule.min_lr_ratio", "must be within [0, 1]");
-        }
-        if s.warmup_steps > self.run.steps {
-            return bad("schedule.warmup_steps", "exceeds run.steps");
-        }
         if self.recording.checkpoint_interval == 0 {
             return bad("recording.checkpoint_interval", "must be at least 1");
         }
         if self.recording.state_root_interval == Some(0) {
             return bad("recording.state_root_interval", "must be at least 1");
         }
+        if let Some(b) = &self.base {
+            Hash32::from_hex(&b.blake3).map_err(|_| {
+                Error::config(&self.source, "base.blake3: expected 64 hexadecimal digits")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The sections that determine a run's bits, as a configuration or a recorded spec holds them:
+/// one validation for both, so that a spec read from a run is held to the rules a configuration
+/// is (a hostile manifest must not reach a state the engine cannot handle).
+struct SpecParts<'a> {
+    run: &'a RunSection,
+    model: &'a ModelSpec,
+    format: DataFormat,
+    max_len: Option<u64>,
+    optimizer: &'a OptimizerSpec,
+    schedule: &'a ScheduleSpec,
+}
+
+impl SpecParts<'_> {
+    fn validate(&self) -> std::result::Result<(), String> {
+        let bad = |key: &str, why: &str| Err(format!("{key}: {why}"));
+        if self.run.steps == 0 {
+            return bad("run.steps", "must be at least 1");
+        }
+        if self.run.batch_size == 0 {
+            return bad("run.batch_size", "must be at least 1");
+        }
+        validate_model(self.model)?;
+        validate_optimizer(self.optimizer)?;
+        let s = self.schedule;
+        if !(0.0..=1.0).contains(&s.min_lr_ratio) {
+            return bad("schedule.min_lr_ratio", "must be within [0, 1]");
+        }
+        if s.warmup_steps > self.run.steps {
+            return bad("schedule.warmup_steps", "exceeds run.steps");
+        }
         match (
-            self.data.format,
+            self.format,
             self.model.vocab_size(),
             self.model.input_size(),
         ) {
             (DataFormat::Text | DataFormat::Tokens, Some(_), _) => {
-                let max_position = match &self.model {
+                let max_position = match self.model {
                     ModelSpec::Bert(b) => b.max_position,
                     _ => u64::MAX,
                 };
-                match self.data.max_len {
+                match self.max_len {
                     None => return bad("data.max_len", "required for text and token data"),
                     Some(l) if l < 2 => {
                         return bad("data.max_len", "must be at least 2 ([CLS] and [SEP])");
@@ -585,12 +649,23 @@ impl RunConfig {
                 );
             }
         }
-        if let Some(b) = &self.base {
-            Hash32::from_hex(&b.blake3).map_err(|_| {
-                Error::config(&self.source, "base.blake3: expected 64 hexadecimal digits")
-            })?;
+        #[derive(Serialize)]
+        struct Numbers<'a> {
+            run: &'a RunSection,
+            model: &'a ModelSpec,
+            max_len: Option<u64>,
+            optimizer: &'a OptimizerSpec,
+            schedule: &'a ScheduleSpec,
         }
-        Ok(())
+        let numbers = serde_json::to_value(Numbers {
+            run: self.run,
+            model: self.model,
+            max_len: self.max_len,
+            optimizer: self.optimizer,
+            schedule: self.schedule,
+        })
+        .map_err(|e| e.to_string())?;
+        snapshot_format::manifest::check_exact_integers(&numbers)
     }
 }
 
@@ -780,9 +855,39 @@ impl RunSpec {
                 ),
             ));
         }
-        validate_model(&spec.model).map_err(|d| Error::config(artefact, d))?;
-        validate_optimizer(&spec.optimizer).map_err(|d| Error::config(artefact, d))?;
+        spec.validate()
+            .map_err(|d| Error::config(artefact, format!("spec: {d}")))?;
         Ok(spec)
+    }
+
+    /// The rules of a configuration (see [`RunConfig`]), and those a recorded spec adds: the
+    /// dataset holds at least one batch.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        SpecParts {
+            run: &self.run,
+            model: &self.model,
+            format: self.data.format,
+            max_len: self.data.max_len,
+            optimizer: &self.optimizer,
+            schedule: &self.schedule,
+        }
+        .validate()?;
+        if self.data.examples < self.run.batch_size {
+            return Err(format!(
+                "data.examples: {} examples, fewer than run.batch_size = {}",
+                self.data.examples, self.run.batch_size
+            ));
+        }
+        snapshot_format::manifest::check_exact_integers(&serde_json::json!({
+            "examples": self.data.examples
+        }))
+    }
+
+    /// Bytes of one full training state (parameters and optimizer slots, `f32`), when the
+    /// model's architecture is known.
+    pub fn state_bytes(&self) -> Option<u128> {
+        let slots = crate::optim::slot_names(&self.optimizer, "").len() as u128;
+        self.model.parameter_count().map(|n| 4 * n * (1 + slots))
     }
 
     /// Learning rate of step `step` (1-based): linear warm-up from 0, then the decay, computed in

@@ -305,6 +305,19 @@ impl DataOrder {
         }
     }
 
+    /// The cursor after `steps` batches have been drawn from the start: the only cursor a
+    /// state after that many steps can hold (batches never straddle epochs).
+    pub fn cursor_after(&self, steps: u64) -> DataCursor {
+        let per_epoch = (self.examples / self.batch_size.max(1)).max(1);
+        match steps {
+            0 => DataCursor::default(),
+            s => DataCursor {
+                epoch: (s - 1) / per_epoch,
+                position: ((s - 1) % per_epoch + 1) * self.batch_size,
+            },
+        }
+    }
+
     /// The next batch after `cursor`: its epoch and example ids; advances `cursor`.
     pub fn next_batch(&mut self, cursor: &mut DataCursor) -> (u64, Vec<u64>) {
         if cursor.position + self.batch_size > self.examples {

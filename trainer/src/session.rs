@@ -367,6 +367,24 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                 meta.rng.master_seed, spec.run.seed
             )));
         }
+        let order = DataOrder::new(spec.run.seed, spec.data.examples, spec.run.batch_size);
+        let implied = order.cursor_after(meta.step);
+        if meta.data_cursor != implied {
+            return Err(bad(format!(
+                "data cursor (epoch {}, position {}) is not the one {} steps lead to (epoch {}, position {})",
+                meta.data_cursor.epoch,
+                meta.data_cursor.position,
+                meta.step,
+                implied.epoch,
+                implied.position
+            )));
+        }
+        if meta.step > spec.run.steps {
+            return Err(bad(format!(
+                "holds the state after step {}, beyond the run's {} steps",
+                meta.step, spec.run.steps
+            )));
+        }
         let model = M::build(&config, &device);
         let table = param_table::<B, M>(&model)?;
         let mut used = std::collections::HashSet::new();
@@ -412,7 +430,6 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             let v = values.remove(name).unwrap_or_else(|| vec![0.0; n]);
             Tensor::from_data(TensorData::new(v, [n]), &dev)
         });
-        let order = DataOrder::new(spec.run.seed, spec.data.examples, spec.run.batch_size);
         Ok(Session {
             spec,
             config,
