@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs beyond cargo: a Python venv with moto's S3 server, used by
-# the S3 integration tests on 127.0.0.1. Idempotent: does nothing when it is already there.
+# Installs what the test suite needs beyond cargo, idempotently (it does nothing when everything
+# is there):
+# - qemu-user (Debian), to run the engine as other CPUs: the portable-numerics tests compare
+#   runs natively and under `qemu-x86_64 -cpu max` / `-cpu Nehalem`;
+# - a Python venv with moto's S3 server, used by the S3 integration tests on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -x .venv/bin/moto_server ]; then
-  exit 0
+if [ "$(uname -m)" = x86_64 ] && [ ! -x /usr/bin/qemu-x86_64 ] && [ -z "${QEMU_X86_64:-}" ]; then
+  echo "installing qemu-user for the portability tests"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user > /dev/null \
+    || { $sudo apt-get update -q > /dev/null \
+         && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user > /dev/null; }
 fi
-echo "setting up .venv with moto[server] for the S3 tests"
-python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
-.venv/bin/moto_server --help > /dev/null
+
+if [ ! -x .venv/bin/moto_server ]; then
+  echo "setting up .venv with moto[server] for the S3 tests"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
+  .venv/bin/moto_server --help > /dev/null
+fi

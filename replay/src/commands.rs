@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 use trainer::backend::DeviceSpec;
 
-use crate::context::{self, LoadOptions, RunContext};
+use crate::context::{self, LoadOptions, RunContext, load_or_report};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
 use crate::shard::{ShardTarget, ShardedRun};
 use crate::signatures::SignatureReport;
@@ -308,15 +308,7 @@ pub fn audit(
         signatures: None,
         seconds: 0.0,
     };
-    let ctx = match context::load(location, &o.load)? {
-        Ok(c) => c,
-        Err(p) => {
-            let a = Assessment::unloadable(p);
-            report.verdict = a.verdict(Claim::Replay);
-            report.problems = a.problems().to_vec();
-            return Ok(report);
-        }
-    };
+    let ctx = load_or_report!(location, &o.load, report);
     let all = ranges_for(&ctx, Scope::All)?;
     let n = all.len() as u64;
     let k = o.samples.min(n);

@@ -77,9 +77,21 @@ impl Verdict {
         }
     }
 
-    /// The worse of two verdicts: higher exit code wins; on a tie, `self`.
+    /// How bad a verdict is: its exit status first; within an exit status, `recorded` is a
+    /// weaker pass than `verified` and `ok`, and `environment_mismatch` (a difference that
+    /// rounding explains) a milder failure than `diverged` or `input_mismatch`.
+    fn severity(self) -> (u8, u8) {
+        let within = match self {
+            Verdict::Recorded => 1,
+            Verdict::Diverged | Verdict::InputMismatch => 1,
+            _ => 0,
+        };
+        (self.exit_code(), within)
+    }
+
+    /// The worse of two verdicts (see [`Self::severity`]); on a tie, `self`.
     pub fn worst(self, other: Verdict) -> Verdict {
-        if other.exit_code() > self.exit_code() {
+        if other.severity() > self.severity() {
             other
         } else {
             self
@@ -135,14 +147,6 @@ impl Assessment {
     pub fn of(ctx: &crate::context::RunContext) -> Self {
         Assessment {
             problems: ctx.problems.clone(),
-            outcomes: vec![],
-        }
-    }
-
-    /// The assessment of a run that could not be loaded at all.
-    pub fn unloadable(problem: Problem) -> Self {
-        Assessment {
-            problems: vec![problem],
             outcomes: vec![],
         }
     }
@@ -298,8 +302,14 @@ mod tests {
             Verdict::Recorded,
             "a verified replay from a stored checkpoint does not make the state re-derived"
         );
+        a.outcome(Verdict::EnvironmentMismatch);
+        assert_eq!(a.verdict(Claim::Replay), Verdict::EnvironmentMismatch);
         a.outcome(Verdict::Diverged);
-        assert_eq!(a.verdict(Claim::Replay), Verdict::Diverged);
+        assert_eq!(
+            a.verdict(Claim::Replay),
+            Verdict::Diverged,
+            "a divergence beyond noise outweighs a difference within it"
+        );
         a.problem(Problem::new(Verdict::Unsigned, "ledger/x", "no signature"));
         assert_eq!(a.verdict(Claim::Replay), Verdict::Unsigned);
         a.problem(Problem::new(Verdict::Tampered, "ledger/y", "chain"));

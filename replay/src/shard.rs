@@ -17,7 +17,7 @@ use snapshot_format::hash::file_hash;
 use snapshot_format::signature::{self, Signed, Statement, kind};
 
 use crate::commands::{Scope, VerifyReport, ranges_for};
-use crate::context::{self, LoadOptions, RunContext};
+use crate::context::{LoadOptions, RunContext, load_or_report};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict, problem_of};
 
 /// Prefix of verification results in a store.
@@ -246,15 +246,7 @@ pub fn collect(location: &str, o: &CollectOptions) -> Result<CollectReport, Comm
         segments: vec![],
         steps_replayed: 0,
     };
-    let ctx = match context::load(location, &o.load)? {
-        Ok(c) => c,
-        Err(p) => {
-            let a = Assessment::unloadable(p);
-            report.verdict = a.verdict(Claim::Replay);
-            report.problems = a.problems().to_vec();
-            return Ok(report);
-        }
-    };
+    let ctx = load_or_report!(location, &o.load, report);
     let mut assessment = Assessment::of(&ctx);
     let results = Store::open(&o.results)?;
     let trusted: Vec<[u8; 32]> = o.verifier_keys.iter().map(VerifyingKey::to_bytes).collect();

@@ -31,8 +31,9 @@ use crate::state::{self, TensorDiff};
 /// Largest relative deviation of a step's loss or gradient norm that floating-point noise
 /// across environment classes is taken to explain.
 pub const NOISE_STEP_RELATIVE: f64 = 1e-3;
-/// Largest L2 deviation of a tensor at the end of a range, relative to how far that tensor
-/// moved over the range, that floating-point noise is taken to explain.
+/// Under SGD, the largest L2 deviation of a parameter at the end of a range, relative to how
+/// far that parameter moved over the range, that floating-point noise is taken to explain. (Under
+/// AdamW the bound is the optimizer's own: see [`trainer::optim::max_gradient_step`].)
 pub const NOISE_STATE_RELATIVE: f64 = 1e-2;
 
 /// The first recorded value replay did not reproduce.
@@ -82,9 +83,12 @@ pub struct NoiseJudgement {
     pub consistent_with_noise: bool,
     /// Largest relative deviation of any step's loss or gradient norm.
     pub largest_step_deviation: f64,
-    /// Largest L2 deviation of a tensor at the end of the range relative to its movement over
-    /// the range (none when the range does not end at a stored checkpoint).
+    /// Largest deviation of a parameter at the end of the range, as a multiple of what
+    /// rounding can explain (at most 1 when consistent; none when the range does not end at a
+    /// stored checkpoint).
     pub largest_state_deviation: Option<f64>,
+    /// The parameter that deviates the most.
+    pub tensor: Option<String>,
     pub reason: String,
 }
 
@@ -579,7 +583,7 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
     }
 
     // Compare the whole state with the stored checkpoint at the end of the range.
-    let mut state_deviation: Option<f64> = None;
+    let mut judged_state: Option<(f64, String)> = None;
     if result.problems.is_empty()
         && result.input_mismatch.is_none()
         && ctx.checkpoints.contains(&range.to)
@@ -591,8 +595,14 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
                 let diffs = state::diff_states(replayed, &stored);
                 if cross_class {
                     result.final_tensors = diffs.clone();
-                    if let Some(start) = &start_state {
-                        state_deviation = Some(movement_relative(&diffs, start, &stored));
+                    if let Some(from) = &start_state {
+                        judged_state = Some(state_deviation(
+                            ctx,
+                            start + 1..=range.to,
+                            &diffs,
+                            from,
+                            &stored,
+                        ));
                     }
                 }
                 match &mut result.divergence {
@@ -616,7 +626,7 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
         }
     }
     if cross_class && let Some(d) = &result.divergence {
-        result.noise = Some(judge_noise(d, &result.deltas, state_deviation));
+        result.noise = Some(judge_noise(d, &result.deltas, judged_state));
     }
     result.verdict = if !result.problems.is_empty() {
         result
@@ -640,46 +650,76 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
     Ok((result, captured))
 }
 
-/// The largest, over the tensors that differ at the end of a range, of the L2 norm of the
-/// difference divided by how far the stored tensor moved from the range's start (infinite for a
-/// tensor that differs without having moved, or is missing on one side).
-fn movement_relative(
+/// How far the parameters at the end of a range deviate from the stored ones, as a multiple of
+/// what rounding differences over the range can explain, and the parameter that deviates the
+/// most. Under AdamW, rounding can move an element by at most twice the sum, over the replayed
+/// steps, of [`trainer::optim::max_gradient_step`] (the update normalises even a gradient that
+/// is zero up to rounding to a full-size step, so no relative bound holds). Under SGD, the update
+/// follows the gradient, and a parameter may deviate by at most [`NOISE_STATE_RELATIVE`] of its
+/// movement over the range. Optimizer state is not judged: its effect shows in the parameters.
+fn state_deviation(
+    ctx: &RunContext,
+    steps: std::ops::RangeInclusive<u64>,
     diffs: &[TensorDiff],
     start: &TrainingState,
     stored: &snapshot_format::snapshot::Snapshot,
-) -> f64 {
+) -> (f64, String) {
+    let optimizer = &ctx.spec.optimizer;
+    let adam: Option<f64> = steps
+        .map(|t| trainer::optim::max_gradient_step(optimizer, ctx.spec.lr(t), t))
+        .sum::<Option<f64>>()
+        .map(|total| 2.0 * total);
     let views = stored.views();
     diffs
         .iter()
+        .filter(|d| !d.name.starts_with("optimizer."))
         .map(|d| {
-            let moved = match (
-                start.tensor(&d.name),
-                views.iter().find(|v| v.name == d.name),
-            ) {
-                (Some(a), Some(b)) if a.bytes().len() == b.data.len() => {
-                    state::diff_values(&d.name, a.bytes(), b.data).l2
+            let r = match adam {
+                Some(allowed) if allowed > 0.0 => d.max_abs_diff / allowed,
+                Some(_) => f64::INFINITY,
+                None => {
+                    let moved = match (
+                        start.tensor(&d.name),
+                        views.iter().find(|v| v.name == d.name),
+                    ) {
+                        (Some(a), Some(b)) if a.bytes().len() == b.data.len() => {
+                            state::diff_values(&d.name, a.bytes(), b.data).l2
+                        }
+                        _ => 0.0,
+                    };
+                    if moved > 0.0 && d.l2.is_finite() {
+                        d.l2 / moved / NOISE_STATE_RELATIVE
+                    } else {
+                        f64::INFINITY
+                    }
                 }
-                _ => 0.0,
             };
-            if moved > 0.0 && d.l2.is_finite() {
-                d.l2 / moved
-            } else {
-                f64::INFINITY
-            }
+            (if r.is_nan() { f64::INFINITY } else { r }, d.name.clone())
         })
-        .fold(0.0, f64::max)
+        .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a })
 }
 
 /// Whether a divergence found in another environment class is what floating-point noise can
-/// produce: the batches agree (data order is integer arithmetic, the same everywhere), every
-/// step's loss and gradient norm within [`NOISE_STEP_RELATIVE`], and every tensor at the end
-/// within [`NOISE_STATE_RELATIVE`] of its movement over the range. A poisoned update or a
-/// swapped checkpoint moves a state by far more than rounding does.
-fn judge_noise(d: &Divergence, deltas: &[StepDelta], state: Option<f64>) -> NoiseJudgement {
+/// produce. It is not when the batches differ (data order is integer arithmetic, the same
+/// everywhere); when an earlier step of the range reproduced its state root exactly (this
+/// machine then computes the model as the run's did, so the difference is not rounding); when
+/// a step's loss or gradient norm deviates by more than [`NOISE_STEP_RELATIVE`]; or when a
+/// parameter at the end deviates by more than rounding can explain ([`state_deviation`]). A
+/// poisoned update or a swapped checkpoint moves a model by far more than rounding does.
+fn judge_noise(
+    d: &Divergence,
+    deltas: &[StepDelta],
+    state: Option<(f64, String)>,
+) -> NoiseJudgement {
     let step = deltas
         .iter()
         .map(|x| x.largest_relative_deviation)
         .fold(0.0, f64::max);
+    let reproduced = deltas
+        .iter()
+        .filter(|x| x.step < d.step && x.state_root_equal == Some(true))
+        .map(|x| x.step)
+        .next_back();
     let (consistent, reason) = if d.field == "example_ids" || d.field == "initial_state" {
         (
             false,
@@ -687,6 +727,15 @@ fn judge_noise(d: &Divergence, deltas: &[StepDelta], state: Option<f64>) -> Nois
                 "{} differs at step {}: integer and host computations do not depend on the \
                  environment",
                 d.field, d.step
+            ),
+        )
+    } else if let Some(s) = reproduced {
+        (
+            false,
+            format!(
+                "step {s} reproduced every bit on this machine, so it computes this model as the \
+                 run's did: the difference at step {} is not rounding",
+                d.step
             ),
         )
     } else if step > NOISE_STEP_RELATIVE {
@@ -697,22 +746,24 @@ fn judge_noise(d: &Divergence, deltas: &[StepDelta], state: Option<f64>) -> Nois
                  {NOISE_STEP_RELATIVE:e} floating-point noise can explain"
             ),
         )
-    } else if let Some(s) = state.filter(|&s| s > NOISE_STATE_RELATIVE) {
+    } else if let Some((s, name)) = state.as_ref().filter(|(s, _)| *s > 1.0) {
         (
             false,
             format!(
-                "a tensor at the end of the range deviates by {s:.3e} of its movement over the \
-                 range, above the {NOISE_STATE_RELATIVE:e} floating-point noise can explain"
+                "{name} at the end of the range deviates by {s:.3e} times what rounding over the \
+                 range can explain"
             ),
         )
     } else {
         (
             true,
             format!(
-                "deviations within floating-point noise (steps {step:.3e}, state {}): the bits \
-                 differ, as they may across environment classes",
+                "deviations within floating-point noise (steps {step:.3e} relative, parameters \
+                 {} of what rounding can explain): the bits differ, as they may across \
+                 environment classes",
                 state
-                    .map(|s| format!("{s:.3e}"))
+                    .as_ref()
+                    .map(|(s, _)| format!("{s:.3e}"))
                     .unwrap_or_else(|| "not compared".into())
             ),
         )
@@ -720,7 +771,8 @@ fn judge_noise(d: &Divergence, deltas: &[StepDelta], state: Option<f64>) -> Nois
     NoiseJudgement {
         consistent_with_noise: consistent,
         largest_step_deviation: step,
-        largest_state_deviation: state,
+        largest_state_deviation: state.as_ref().map(|(s, _)| *s),
+        tensor: state.map(|(_, name)| name),
         reason,
     }
 }

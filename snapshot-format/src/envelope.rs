@@ -97,7 +97,7 @@ pub fn head(kind: Kind, header: &[u8]) -> Vec<u8> {
     out
 }
 
-fn digest(preamble_and_header: &[u8]) -> Hash32 {
+pub(crate) fn digest(preamble_and_header: &[u8]) -> Hash32 {
     let mut h = DomainHasher::new(context::ENVELOPE);
     h.bytes(preamble_and_header);
     h.finish()

@@ -62,9 +62,15 @@ pub struct EnvironmentFingerprint {
     pub engine_build: String,
     /// Target triple the engine was built for.
     pub target: String,
-    /// C library and version (exp, log and tanh come from it on the CPU backends).
+    /// C library and version (recorded for the investigator; the engine's numerics take no
+    /// function from it).
     pub libc: String,
-    /// Instruction-set features that select CPU kernels, sorted.
+    /// The instruction-set level the CPU kernels run at: `x86-64-v3` (AVX2 and FMA, the same
+    /// code with or without AVX-512), `x86-64-v2`, `x86-64`, or `aarch64`. Empty in manifests
+    /// written before it was recorded.
+    #[serde(default)]
+    pub isa_level: String,
+    /// Instruction-set features of the CPU, sorted (recorded for the investigator).
     pub cpu_features: Vec<String>,
     pub cpu_model: String,
     /// Worker threads (rayon) during the run.
@@ -81,8 +87,7 @@ impl EnvironmentFingerprint {
         "burn_version",
         "engine_build",
         "target",
-        "libc",
-        "cpu_features",
+        "isa_level",
         "gpu.name",
         "gpu.compute_capability",
         "gpu.driver_version",
@@ -98,8 +103,7 @@ impl EnvironmentFingerprint {
             ("burn_version", self.burn_version.clone()),
             ("engine_build", self.engine_build.clone()),
             ("target", self.target.clone()),
-            ("libc", self.libc.clone()),
-            ("cpu_features", self.cpu_features.join(",")),
+            ("isa_level", self.isa_level.clone()),
             ("gpu.name", gpu(|g| &g.name)),
             ("gpu.compute_capability", gpu(|g| &g.compute_capability)),
             ("gpu.driver_version", gpu(|g| &g.driver_version)),

@@ -65,6 +65,27 @@ impl ObjectStore for OverwritingStore {
     }
 }
 
+/// Recompute the header digest of an enveloped object in place, as a writer would have, so that
+/// a mutated header gets past the digest check and reaches the header parser (for fuzzing and
+/// property tests). Returns false, changing nothing, when the bytes are too short for the
+/// header length they declare.
+pub fn reseal(bytes: &mut [u8]) -> bool {
+    use crate::envelope::{DIGEST_LEN, PREAMBLE_LEN};
+    let Some(len) = bytes.get(12..16) else {
+        return false;
+    };
+    let header_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let Some(end) = PREAMBLE_LEN
+        .checked_add(header_len)
+        .filter(|e| e.saturating_add(DIGEST_LEN) <= bytes.len())
+    else {
+        return false;
+    };
+    let digest = crate::envelope::digest(&bytes[..end]);
+    bytes[end..end + DIGEST_LEN].copy_from_slice(&digest.0);
+    true
+}
+
 /// Copy a local run (a directory tree) to `to`.
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;

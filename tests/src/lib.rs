@@ -240,6 +240,38 @@ pub fn forge_history(
     }
 }
 
+/// Replace checkpoint `step` of the local run at `run` by a snapshot of `meta` and `tensors`,
+/// and rewrite the ledger consistently (its record of `step` commits to the new root, the chain
+/// and the completion record follow): a swap only replay can tell. Returns the new root.
+pub fn replace_checkpoint(
+    run: &Path,
+    step: u64,
+    meta: &snapshot_format::snapshot::StateMeta,
+    provenance: &snapshot_format::snapshot::Provenance,
+    tensors: &[snapshot_format::snapshot::TensorView<'_>],
+) -> snapshot_format::Hash32 {
+    let forged = snapshot_format::snapshot::encode(
+        meta,
+        provenance,
+        tensors,
+        None,
+        snapshot_format::snapshot::WriteOptions::default(),
+    )
+    .expect("encode");
+    std::fs::write(
+        run.join(snapshot_format::layout::checkpoint(step)),
+        forged.to_vec(),
+    )
+    .expect("replace checkpoint");
+    snapshot_format::testing::rewrite_ledger(run, |rec| {
+        if rec.step == step {
+            rec.state_root = Some(forged.state_root);
+        }
+    })
+    .expect("rewrite ledger");
+    forged.state_root
+}
+
 /// The state stored in checkpoint `step` of the local run at `run`.
 pub fn stored_state(run: &Path, step: u64) -> trainer::session::TrainingState {
     let key = snapshot_format::layout::checkpoint(step);

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e_tests::{forge_history, nudge, replay_json, run, s, stored_state, train};
+use e2e_tests::{
+    forge_history, nudge, replace_checkpoint, replay_json, run, s, stored_state, train,
+};
 use replay::Verdict;
 use replay::check::CheckReport;
 use replay::commands::{AuditReport, SeedSource, VerifyReport};
@@ -16,7 +18,7 @@ use snapshot_format::hash::file_hash;
 use snapshot_format::ledger::Segment;
 use snapshot_format::manifest::{RunManifest, spec_hash};
 use snapshot_format::signature::{self, Statement, kind};
-use snapshot_format::snapshot::{self, WriteOptions};
+use snapshot_format::snapshot;
 use snapshot_format::testing::{copy_dir, rewrite_ledger};
 use snapshot_format::{layout, ledger};
 use trainer::fixtures::{self, FixtureOptions};
@@ -486,7 +488,7 @@ fn a_forged_fingerprint_cannot_turn_a_divergence_into_an_environment_mismatch() 
     );
     let path = r.join(layout::MANIFEST);
     let mut m = e2e_tests_manifest(&r);
-    m.environment.cpu_features.push("avx512f".into());
+    m.environment.isa_level = "x86-64-v2".into();
     std::fs::write(&path, m.to_json()).expect("write");
     let v: VerifyReport = replay(&["verify", s(&r), "--all"], 1);
     assert_eq!(v.verdict, Verdict::Diverged);
@@ -546,21 +548,7 @@ fn hostile_manifests_and_checkpoints_never_panic() {
                 let snap = snapshot::decode(&bytes, &key, &Default::default()).expect("decode");
                 let mut meta = snap.header.state.clone();
                 meta.data_cursor.position = u64::MAX - 2;
-                let forged = snapshot::encode(
-                    &meta,
-                    &snap.header.provenance,
-                    &snap.views(),
-                    None,
-                    WriteOptions::default(),
-                )
-                .expect("encode");
-                std::fs::write(r.join(&key), forged.to_vec()).expect("write");
-                rewrite_ledger(r, |rec| {
-                    if rec.step == 4 {
-                        rec.state_root = Some(forged.state_root);
-                    }
-                })
-                .expect("rewrite");
+                replace_checkpoint(r, 4, &meta, &snap.header.provenance, &snap.views());
             }),
         ),
     ];
@@ -642,16 +630,15 @@ fn an_interrupted_signed_run_ends_signed() {
     assert_eq!(refused.status.code(), Some(3));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("the run is signed by ed25519:"), "{err}");
+    let resume = |key: &Path| {
+        run(
+            "trainer",
+            &["resume", s(&r), "--quiet", "--signing-key", s(key)],
+        )
+    };
     let (other, _) = keygen(&t.path().join("other"));
-    let wrong = run(
-        "trainer",
-        &["resume", s(&r), "--quiet", "--signing-key", s(&other)],
-    );
-    assert_eq!(wrong.status.code(), Some(3));
-    let resumed = run(
-        "trainer",
-        &["resume", s(&r), "--quiet", "--signing-key", s(&key)],
-    );
+    assert_eq!(resume(&other).status.code(), Some(3));
+    let resumed = resume(&key);
     assert!(
         resumed.status.success(),
         "{}",
@@ -665,10 +652,7 @@ fn an_interrupted_signed_run_ends_signed() {
     std::fs::remove_file(r.join(&sig)).expect("remove the completion's signature");
     let c: CheckReport = replay(&["check", s(&r), "--trusted-key", &public], 2);
     assert_eq!(c.verdict, Verdict::Unsigned);
-    let again = run(
-        "trainer",
-        &["resume", s(&r), "--quiet", "--signing-key", s(&key)],
-    );
+    let again = resume(&key);
     assert!(
         again.status.success(),
         "{}",
@@ -729,21 +713,7 @@ fn a_checkpoint_larger_than_the_model_is_refused() {
         shape: &shape,
         data: &extra,
     });
-    let forged = snapshot::encode(
-        &snap.header.state,
-        &snap.header.provenance,
-        &views,
-        None,
-        WriteOptions::default(),
-    )
-    .expect("encode");
-    std::fs::write(r.join(&key), forged.to_vec()).expect("write");
-    rewrite_ledger(&r, |rec| {
-        if rec.step == 4 {
-            rec.state_root = Some(forged.state_root);
-        }
-    })
-    .expect("rewrite");
+    replace_checkpoint(&r, 4, &snap.header.state, &snap.header.provenance, &views);
     let c: CheckReport = replay(&["check", s(&r)], 2);
     assert!(
         c.problems

@@ -4,15 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e_tests::{forge_history, nudge, replay_json as replay, s, stored_state, train};
+use e2e_tests::{
+    forge_history, nudge, replace_checkpoint, replay_json as replay, s, stored_state, train,
+};
 use replay::Verdict;
 use replay::check::CheckReport;
 use replay::commands::VerifyReport;
 use snapshot_format::ledger::{Segment, StepRecord};
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::{RunManifest, spec_hash};
-use snapshot_format::snapshot::{self, WriteOptions};
-use snapshot_format::testing::{copy_dir, rewrite_ledger};
+use snapshot_format::snapshot;
+use snapshot_format::testing::copy_dir;
 use snapshot_format::{layout, ledger};
 use trainer::fixtures::{self, FixtureOptions};
 
@@ -90,21 +92,7 @@ fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     .expect("header");
     let mut meta = theirs.header.state.clone();
     meta.rng.master_seed = mine.state.rng.master_seed;
-    let forged = snapshot::encode(
-        &meta,
-        &mine.provenance,
-        &theirs.views(),
-        None,
-        WriteOptions::default(),
-    )
-    .expect("encode");
-    std::fs::write(victim.join(&key), forged.to_vec()).expect("replace checkpoint");
-    rewrite_ledger(&victim, |rec| {
-        if rec.step == 8 {
-            rec.state_root = Some(forged.state_root);
-        }
-    })
-    .expect("rewrite ledger");
+    replace_checkpoint(&victim, 8, &meta, &mine.provenance, &theirs.views());
     // Every hash is consistent: the integrity check cannot see it.
     let c = check(&victim, 0);
     assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
@@ -282,8 +270,8 @@ fn a_forged_environment_fingerprint_decides_nothing() {
     let path = r.join(layout::MANIFEST);
     let mut m: RunManifest =
         RunManifest::from_json(&std::fs::read(&path).expect("read"), "m").expect("manifest");
-    m.environment.cpu_features.push("avx512f".into());
-    m.environment.libc = "glibc 9.99".into();
+    m.environment.isa_level = "x86-64-v2".into();
+    m.environment.burn_version = "0.99.0".into();
     std::fs::write(&path, m.to_json()).expect("write");
     // The run claims another class; this machine measures its own, replays anyway, and every
     // bit matches: the claim was false, the history is verified.
@@ -291,7 +279,7 @@ fn a_forged_environment_fingerprint_decides_nothing() {
     assert_eq!(v.verdict, Verdict::Verified);
     let env = v.environment.expect("environment");
     let fields: Vec<&str> = env.differences.iter().map(|d| d.0.as_str()).collect();
-    assert_eq!(fields, ["libc", "cpu_features"]);
+    assert_eq!(fields, ["burn_version", "isa_level"]);
     assert_eq!(v.steps_replayed, 12);
     // Across classes every step is compared and reported.
     assert_eq!(v.ranges.iter().map(|x| x.deltas.len()).sum::<usize>(), 12);

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 
 /// Version of the engine's numerics: the training semantics (loss, optimizer update, dropout,
 /// data order, initialisation). Bumped whenever any of them changes bits.
-pub const NUMERICS_VERSION: u64 = 1;
+pub const NUMERICS_VERSION: u64 = 2;
 
 /// `[run]`: what is trained, how long, in what order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -846,11 +846,13 @@ impl RunSpec {
     pub fn from_value(v: &serde_json::Value, artefact: &str) -> Result<Self> {
         let spec: RunSpec = serde_json::from_value(v.clone())
             .map_err(|e| Error::config(artefact, format!("spec: {e}")))?;
-        if spec.numerics != NUMERICS_VERSION {
+        // Runs of earlier numerics still load (their integrity can be checked); their
+        // environment class differs from this engine's, so replay reports what it finds as such.
+        if spec.numerics == 0 || spec.numerics > NUMERICS_VERSION {
             return Err(Error::config(
                 artefact,
                 format!(
-                    "spec: written with numerics version {}, this engine implements {NUMERICS_VERSION}",
+                    "spec: written with numerics version {}, this engine implements 1 to {NUMERICS_VERSION}",
                     spec.numerics
                 ),
             ));

@@ -37,6 +37,32 @@ pub fn cpu_features() -> Vec<String> {
     out
 }
 
+/// The instruction-set level the CPU backend's kernels run at. On x86-64 it is what the SIMD
+/// layer (macerator) and the matrix multiply (gemm) dispatch on: `x86-64-v3` when the CPU has
+/// AVX2, FMA and their companions (AVX-512 CPUs run the same code: `vendor/README.md`),
+/// `x86-64-v2` with SSE4.2 only, `x86-64` below.
+pub fn isa_level() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! all {
+            ($($f:tt),*) => { true $(&& std::arch::is_x86_feature_detected!($f))* };
+        }
+        let v2 = all!("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt");
+        let v3 = v2 && all!("avx", "avx2", "bmi1", "bmi2", "fma", "lzcnt", "f16c");
+        if v3 {
+            return "x86-64-v3".into();
+        }
+        if v2 {
+            return "x86-64-v2".into();
+        }
+        "x86-64".into()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
 fn first_line_of_command(cmd: &str, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new(cmd).args(args).output().ok()?;
     let text = if out.stdout.is_empty() {
@@ -52,7 +78,7 @@ fn first_line_of_command(cmd: &str, args: &[&str]) -> Option<String> {
         .filter(|l| !l.is_empty())
 }
 
-/// The C library and its version (the CPU backends take `exp`, `ln`, `tanh` from it).
+/// The C library and its version (recorded; no numerics come from it).
 pub fn libc_version() -> String {
     if cfg!(target_env = "musl") {
         return "musl".into();
@@ -97,6 +123,7 @@ pub fn current(backend: &str, device: &str, gpu: Option<GpuFingerprint>) -> Envi
         engine_build: engine_build(backend),
         target: env!("TRAINER_TARGET").to_string(),
         libc: libc_version(),
+        isa_level: isa_level(),
         cpu_features: cpu_features(),
         cpu_model: cpu_model(),
         threads: rayon::current_num_threads() as u64,
@@ -109,7 +136,7 @@ pub fn current(backend: &str, device: &str, gpu: Option<GpuFingerprint>) -> Envi
 /// Numerics version and the compiled features of the backend.
 pub fn engine_build(backend: &str) -> String {
     let features = match backend {
-        "flex" => "simd, rayon",
+        "flex" => "simd, rayon; portable: 8-lane reductions, matmul kc 512, libm",
         "cuda" => "cubecl-cuda, no autotune",
         _ => "",
     };
@@ -133,13 +160,17 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_is_stable_within_a_process_and_class_ignores_threads() {
+    fn fingerprint_is_stable_within_a_process_and_class_holds_what_changes_bits() {
         let a = current("flex", "cpu", None);
         let mut b = a.clone();
+        // Threads, the CPU's model and extra features (AVX-512) and the C library change no
+        // bit: the class ignores them.
         b.threads += 7;
         b.cpu_model = "another".into();
+        b.cpu_features.push("avx512f".into());
+        b.libc = "glibc 9.99".into();
         assert_eq!(a.class(), b.class());
-        b.cpu_features.push("avx512f-fake".into());
+        b.isa_level = "x86-64-v2".into();
         assert_ne!(a.class(), b.class());
         assert!(!a.cpu_features.is_empty());
         assert!(a.rustc.starts_with("rustc "));

@@ -194,3 +194,18 @@ state_root_interval = {sri}
     write(&path, config.as_bytes())?;
     Ok(path)
 }
+
+/// `qemu-x86_64` (Debian's `qemu-user`, which `scripts/setup-test-env.sh` installs), or
+/// `$QEMU_X86_64`: runs this engine's binaries as other x86-64 CPUs, for the portability tests.
+/// Panics, saying how to install it, when it is missing.
+pub fn qemu_x86_64() -> PathBuf {
+    let path = std::env::var_os("QEMU_X86_64")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/qemu-x86_64"));
+    assert!(
+        path.exists(),
+        "{} is missing: install qemu-user (scripts/setup-test-env.sh does) or set QEMU_X86_64",
+        path.display()
+    );
+    path
+}

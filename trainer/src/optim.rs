@@ -167,6 +167,30 @@ impl<B: Backend> Optimizer<B> {
     }
 }
 
+/// The largest change one AdamW step `step` (1-based) at learning rate `lr` can make to a
+/// parameter element through its gradient, whatever the gradients were: `lr · |m̂ₜ| / √v̂ₜ`
+/// is at most `lr · (1−β₁)/√(1−β₂) · √(Σ_{k<t} (β₁²/β₂)ᵏ) · √(1−β₂ᵗ)/(1−β₁ᵗ)` (Cauchy–Schwarz
+/// over the moments' sums). Two executions whose gradients differ only by rounding can therefore
+/// not drift apart by more than twice the sum of these over their steps, however the
+/// normalisation amplifies a gradient that is zero up to rounding. `None` for SGD, whose
+/// update has no such bound.
+pub fn max_gradient_step(spec: &OptimizerSpec, lr: f64, step: u64) -> Option<f64> {
+    let OptimizerSpec::Adamw(a) = spec else {
+        return None;
+    };
+    let t = step.clamp(1, i32::MAX as u64) as i32;
+    let r = a.beta1 * a.beta1 / a.beta2;
+    let series = if (r - 1.0).abs() < f64::EPSILON {
+        f64::from(t)
+    } else {
+        (1.0 - r.powi(t)) / (1.0 - r)
+    };
+    let ratio =
+        (1.0 - a.beta1) / (1.0 - a.beta2).sqrt() * series.sqrt() * (1.0 - a.beta2.powi(t)).sqrt()
+            / (1.0 - a.beta1.powi(t));
+    Some(lr * ratio)
+}
+
 /// Global L2 norm of the gradients: each gradient's sum of squares by [`sum_of_squares`] on
 /// the device, then `sqrt(Σ)` over parameters in the given order, in `f64` on the host.
 pub fn global_norm<B: Backend>(grads: &[Tensor<B, 1>]) -> f32 {
@@ -185,4 +209,66 @@ pub fn clip_factor(norm: f32, max_norm: Option<f64>) -> Option<f32> {
     let max = max_norm?;
     let factor = max / (f64::from(norm) + 1e-6);
     (factor < 1.0).then_some(factor as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AdamwSpec;
+
+    fn adamw() -> OptimizerSpec {
+        OptimizerSpec::Adamw(AdamwSpec {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 0.0,
+            weight_decay: 0.0,
+            grad_clip: None,
+        })
+    }
+
+    #[test]
+    fn no_gradient_sequence_moves_adamw_further_than_its_bound() {
+        let spec = adamw();
+        let OptimizerSpec::Adamw(a) = &spec else {
+            unreachable!()
+        };
+        assert!((max_gradient_step(&spec, 1.0, 1).expect("adamw") - 1.0).abs() < 1e-12);
+        // Gradient sequences, among them the worst case for the first moment: a long quiet
+        // stretch, then a burst of one sign.
+        let sequences: Vec<Vec<f64>> = vec![
+            vec![1.0; 200],
+            (0..200)
+                .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+                .collect(),
+            (0..200)
+                .map(|i| (0.77f64 * i as f64).sin() * 1e-9)
+                .collect(),
+            (0..200).map(|i| if i < 150 { 1e-6 } else { 1.0 }).collect(),
+            (0..200).map(|i| 0.9f64.powi(200 - i)).collect(),
+        ];
+        for g in &sequences {
+            let (mut m, mut v) = (0.0f64, 0.0f64);
+            for (i, &gi) in g.iter().enumerate() {
+                let t = i as u64 + 1;
+                m = a.beta1 * m + (1.0 - a.beta1) * gi;
+                v = a.beta2 * v + (1.0 - a.beta2) * gi * gi;
+                let m_hat = m / (1.0 - a.beta1.powi(t as i32));
+                let v_hat = v / (1.0 - a.beta2.powi(t as i32));
+                if v_hat == 0.0 {
+                    continue; // no gradient yet: no step
+                }
+                let step = m_hat.abs() / v_hat.sqrt();
+                let bound = max_gradient_step(&spec, 1.0, t).expect("adamw");
+                assert!(step <= bound * (1.0 + 1e-9), "t {t}: {step} > {bound}");
+            }
+        }
+        let sgd = OptimizerSpec::Sgd(crate::config::SgdSpec {
+            lr: 0.1,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            grad_clip: None,
+        });
+        assert_eq!(max_gradient_step(&sgd, 0.1, 3), None);
+    }
 }

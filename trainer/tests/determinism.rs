@@ -373,24 +373,24 @@ fn a_changed_input_shows_from_the_step_it_first_matters() {
     );
 }
 
-/// Ledger heads of fixed fixtures, recorded per environment class in `tests/golden.json`:
-/// any change of numerics anywhere in the engine changes them. `UPDATE_GOLDEN=1` records the
-/// current class's heads.
-#[test]
-fn golden_runs_match_their_recorded_ledger_heads() {
-    let t = tempfile::tempdir().expect("tmp");
-    let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden.json");
+/// Ledger heads and environment class of the golden fixtures (the tiny BERT and the MLP),
+/// trained by the `trainer` binary run through `prefix` (empty: natively; an emulator and its
+/// options otherwise), in `dir`.
+fn golden_heads(
+    dir: &Path,
+    prefix: &[&str],
+) -> (String, serde_json::Map<String, serde_json::Value>) {
     let mut heads = serde_json::Map::new();
     let mut class = String::new();
     for (name, cfg) in [
         (
             "tiny-bert",
-            fixtures::write_tiny_bert(&t.path().join("bert-in"), &FixtureOptions::default()),
+            fixtures::write_tiny_bert(&dir.join("bert-in"), &FixtureOptions::default()),
         ),
         (
             "mlp",
             fixtures::write_mlp(
-                &t.path().join("mlp-in"),
+                &dir.join("mlp-in"),
                 &FixtureOptions {
                     steps: 20,
                     ..Default::default()
@@ -398,11 +398,49 @@ fn golden_runs_match_their_recorded_ledger_heads() {
             ),
         ),
     ] {
-        let out = t.path().join(name);
-        train(&cfg.expect("fixture"), &out, &[]);
+        let cfg = cfg.expect("fixture");
+        let out = dir.join(name);
+        let (program, rest) = match prefix.split_first() {
+            Some((p, rest)) => (PathBuf::from(p), rest.to_vec()),
+            None => (PathBuf::from(env!("CARGO_BIN_EXE_trainer")), vec![]),
+        };
+        let mut args: Vec<&str> = rest;
+        if !prefix.is_empty() {
+            args.push(env!("CARGO_BIN_EXE_trainer"));
+        }
+        args.extend([
+            "run",
+            s(&cfg),
+            "--out",
+            s(&out),
+            "--quiet",
+            "--run-id",
+            "golden",
+        ]);
+        let o = Command::new(&program)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+        assert!(
+            o.status.success(),
+            "{} {args:?}: {}",
+            program.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
         heads.insert(name.into(), completion(&out).ledger_head.to_hex().into());
         class = manifest(&out).environment.class().to_hex();
     }
+    (class, heads)
+}
+
+/// Ledger heads of fixed fixtures, recorded per environment class in `tests/golden.json`:
+/// any change of numerics anywhere in the engine changes them. A class without recorded heads
+/// fails the test; `UPDATE_GOLDEN=1` records the current class's heads.
+#[test]
+fn golden_runs_match_their_recorded_ledger_heads() {
+    let t = tempfile::tempdir().expect("tmp");
+    let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden.json");
+    let (class, heads) = golden_heads(t.path(), &[]);
     let mut golden: serde_json::Value = std::fs::read(&golden_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -416,15 +454,32 @@ fn golden_runs_match_their_recorded_ledger_heads() {
         .expect("write");
         return;
     }
-    match golden.get(&class) {
-        Some(expected) => assert_eq!(
-            expected,
-            &serde_json::Value::Object(heads),
-            "ledger heads changed for environment class {class}: the engine's numerics changed"
-        ),
-        None => println!(
-            "no golden heads recorded for environment class {class}; this run's are {heads:?} \
-             (record them with UPDATE_GOLDEN=1)"
-        ),
-    }
+    let expected = golden.get(&class).unwrap_or_else(|| {
+        panic!(
+            "no golden heads recorded for environment class {class} (this run's: {heads:?}); \
+             a new class needs its heads recorded, with UPDATE_GOLDEN=1, on a machine of it"
+        )
+    });
+    assert_eq!(
+        expected,
+        &serde_json::Value::Object(heads),
+        "ledger heads changed for environment class {class}: the engine's numerics changed"
+    );
+}
+
+/// Portable numerics: the golden fixtures give the same ledger heads, in the same environment
+/// class, on this CPU and on another CPU model (QEMU's `max`: AVX2 and FMA, no AVX-512, other
+/// CPUID), each in its own process. On a machine with AVX-512 the native run also exercises
+/// the AVX-512 CPU the patches keep at 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn golden_runs_give_the_same_heads_natively_and_under_emulation() {
+    let t = tempfile::tempdir().expect("tmp");
+    let qemu = fixtures::qemu_x86_64();
+    let native = golden_heads(&t.path().join("native"), &[]);
+    let emulated = golden_heads(&t.path().join("emulated"), &[s(&qemu), "-cpu", "max"]);
+    assert_eq!(
+        native, emulated,
+        "(class, heads) natively vs under qemu -cpu max"
+    );
 }
