@@ -6,40 +6,22 @@
 
 use std::time::{Duration, Instant};
 
-use benchmarks::{Report, r3};
+use benchmarks::{DemoSession, DemoTraining, Report, r3};
 use snapshot_format::ledger::StepRecord;
 use snapshot_format::{Hash32, Store};
-use trainer::backend::Cpu;
-use trainer::base::BaseWeights;
-use trainer::config::{RunConfig, RunSpec};
-use trainer::data::Dataset;
-use trainer::demo;
-use trainer::model::bert::BertClassifier;
 use trainer::record::RunWriter;
 use trainer::run::is_checkpoint_step;
-use trainer::session::{PreparedData, Session};
-
-type Demo = Session<Cpu, BertClassifier<Cpu>>;
 
 struct Recorder {
     writer: RunWriter,
-    dataset: Dataset,
     capture: Duration,
     hash: Duration,
     checkpoint: Duration,
     checkpoints: u64,
 }
 
-fn step(
-    session: &mut Demo,
-    data: &PreparedData,
-    rec: Option<&mut Recorder>,
-    total: u64,
-    interval: u64,
-) {
-    let (epoch, ids) = session.next_batch();
-    let batch = data.batch::<Cpu>(&ids, session.device());
-    let out = session.train_step(&batch);
+fn step(demo: &DemoTraining, session: &mut DemoSession, rec: Option<&mut Recorder>, total: u64) {
+    let (epoch, ids, out) = demo.step(session);
     let Some(rec) = rec else { return };
     let t = Instant::now();
     let state = session.capture();
@@ -52,14 +34,14 @@ fn step(
         step: out.step,
         epoch,
         lr_bits: out.lr_bits,
-        batch_hash: rec.dataset.batch_hash(&ids),
+        batch_hash: demo.dataset.batch_hash(&ids),
         example_ids: ids,
         loss_bits: out.loss_bits,
         grad_norm_bits: out.grad_norm_bits,
         state_root: Some(root),
         prev_hash: rec.writer.head(),
     });
-    if is_checkpoint_step(out.step, total, interval) {
+    if is_checkpoint_step(out.step, total, demo.config.recording.checkpoint_interval) {
         let t = Instant::now();
         rec.writer
             .checkpoint(&state, &hashes, root)
@@ -76,49 +58,31 @@ fn main() {
         .unwrap_or(100);
     let block = 10;
     let tmp = tempfile::tempdir().expect("tmp");
-    let config_path = demo::write_assets(&tmp.path().join("assets"), steps).expect("assets");
-    let config = RunConfig::from_file(&config_path).expect("config");
-    let interval = config.recording.checkpoint_interval;
-    let dataset = Dataset::parse(
-        demo::DATASET,
-        "reviews.jsonl",
-        config.data.format,
-        &config.model,
-    )
-    .expect("data");
-    let base = BaseWeights::parse(&demo::base_model().expect("base"), "base").expect("base");
-    let spec = RunSpec::new(&config, &dataset, Some(&base));
-    let data = PreparedData::new(&dataset, &spec);
-    let device = burn::backend::flex::FlexDevice;
-    let new_session = || {
-        Demo::initial(spec.clone(), demo::model_config(), Some(&base), device)
-            .expect("session")
-            .0
-    };
-    let (mut off, mut on) = (new_session(), new_session());
+    let demo = DemoTraining::new(steps);
+    let interval = demo.config.recording.checkpoint_interval;
+    let (mut off, mut on) = (demo.session(), demo.session());
     let store = Store::create(tmp.path().join("run").to_str().expect("path")).expect("store");
     let mut rec = Recorder {
         writer: RunWriter::new(store, "bench", Hash32::ZERO, 1, None),
-        dataset: dataset.clone(),
         capture: Duration::ZERO,
         hash: Duration::ZERO,
         checkpoint: Duration::ZERO,
         checkpoints: 0,
     };
     // Warm-up outside the measurement: one step each, then restart from fresh sessions.
-    step(&mut new_session(), &data, None, steps, interval);
+    step(&demo, &mut demo.session(), None, steps);
     let (mut t_off, mut t_on) = (Duration::ZERO, Duration::ZERO);
     let mut done = 0;
     while done < steps {
         let n = block.min(steps - done);
         let t = Instant::now();
         for _ in 0..n {
-            step(&mut off, &data, None, steps, interval);
+            step(&demo, &mut off, None, steps);
         }
         t_off += t.elapsed();
         let t = Instant::now();
         for _ in 0..n {
-            step(&mut on, &data, Some(&mut rec), steps, interval);
+            step(&demo, &mut on, Some(&mut rec), steps);
         }
         t_on += t.elapsed();
         done += n;

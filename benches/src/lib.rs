@@ -6,6 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+/// The allocator of the `trainer` and `replay` binaries, so that benchmarks measure what they run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Time `f` `runs` times after one warm-up run; returns the median.
 pub fn median_time<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
     std::hint::black_box(f());
@@ -114,4 +118,75 @@ pub fn mb_per_s(bytes: u64, d: Duration) -> f64 {
 /// Round to 3 decimals, for JSON output.
 pub fn r3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// The demo model, data and spec, for benchmarks that train it without recording.
+#[allow(missing_debug_implementations)]
+pub struct DemoTraining {
+    pub spec: trainer::config::RunSpec,
+    pub config: trainer::config::RunConfig,
+    pub dataset: trainer::data::Dataset,
+    pub data: trainer::session::PreparedData,
+    base: trainer::base::BaseWeights,
+    _assets: tempfile::TempDir,
+}
+
+/// A training session of the demo model on the CPU.
+pub type DemoSession = trainer::session::Session<
+    trainer::backend::Cpu,
+    trainer::model::bert::BertClassifier<trainer::backend::Cpu>,
+>;
+
+impl DemoTraining {
+    /// The demo of `steps` steps (its spec, pinned base and shipped data).
+    pub fn new(steps: u64) -> Self {
+        use trainer::{base::BaseWeights, config, data::Dataset, demo};
+        let assets = tempfile::tempdir().expect("tmp");
+        let path = demo::write_assets(assets.path(), steps).expect("assets");
+        let config = config::RunConfig::from_file(&path).expect("config");
+        let dataset = Dataset::parse(
+            demo::DATASET,
+            "reviews.jsonl",
+            config.data.format,
+            &config.model,
+        )
+        .expect("data");
+        let base = BaseWeights::parse(&demo::base_model().expect("base"), "base").expect("base");
+        let spec = config::RunSpec::new(&config, &dataset, Some(&base));
+        let data = trainer::session::PreparedData::new(&dataset, &spec);
+        DemoTraining {
+            spec,
+            config,
+            dataset,
+            data,
+            base,
+            _assets: assets,
+        }
+    }
+
+    /// A fresh session at step 0.
+    pub fn session(&self) -> DemoSession {
+        DemoSession::initial(
+            self.spec.clone(),
+            trainer::demo::model_config(),
+            Some(&self.base),
+            burn::backend::flex::FlexDevice,
+        )
+        .expect("session")
+        .0
+    }
+
+    /// One training step of `session` (batch, forward, backward, optimizer), no recording:
+    /// the batch's epoch and example ids, and what the step produced.
+    pub fn step(
+        &self,
+        session: &mut DemoSession,
+    ) -> (u64, Vec<u64>, trainer::session::StepOutcome) {
+        let (epoch, ids) = session.next_batch();
+        let batch = self
+            .data
+            .batch::<trainer::backend::Cpu>(&ids, session.device());
+        let out = session.train_step(&batch);
+        (epoch, ids, out)
+    }
 }

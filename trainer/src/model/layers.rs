@@ -24,16 +24,19 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// Apply to `[..., in]`.
+    /// Apply to `[..., in]`. The leading dimensions are flattened into one, so that the
+    /// product is a single `[rows, in] × [in, out]` matrix multiply (the weight a transposed
+    /// view, not a copy) and its weight gradient a single `[in, rows] × [rows, out]` one, rather
+    /// than one product per batch element summed afterwards.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let w = self.weight.val().transpose();
-        let d_out = w.dims()[1];
-        let mut w_shape = [1usize; D];
-        w_shape[D - 2] = w.dims()[0];
-        w_shape[D - 1] = d_out;
-        let mut b_shape = [1usize; D];
-        b_shape[D - 1] = d_out;
-        x.matmul(w.reshape(w_shape)) + self.bias.val().reshape(b_shape)
+        let [d_in, d_out] = w.dims();
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = x.reshape([rows, d_in]).matmul(w) + self.bias.val().reshape([1, d_out]);
+        let mut out = dims;
+        out[D - 1] = d_out;
+        y.reshape(out)
     }
 }
 

@@ -31,6 +31,7 @@ compile_error!(
 
 mod backend;
 mod layout;
+mod parallel_elementwise;
 mod portable_math;
 mod qtensor;
 mod strided_index;
