@@ -114,6 +114,8 @@ fn input_mismatch(out: &mut String, m: &InputMismatch) {
 pub fn range(out: &mut String, r: &RangeResult) {
     let label = if r.segment > 0 {
         format!("segment {:<4}", r.segment)
+    } else if r.to_step == 0 {
+        "step 0      ".to_string()
     } else {
         "steps       ".to_string()
     };
@@ -122,11 +124,14 @@ pub fn range(out: &mut String, r: &RangeResult) {
         (false, Some(c)) => format!("checkpoint {c}"),
         (false, None) => "-".to_string(),
     };
+    let steps = if r.to_step == 0 {
+        String::new()
+    } else {
+        format!("steps {:>6}..={:<6}", r.from_step, r.to_step)
+    };
     let _ = writeln!(
         out,
-        "  {label} steps {:>6}..={:<6} {:<20} ({} steps replayed from {start}, {:.1} s)",
-        r.from_step,
-        r.to_step,
+        "  {label} {steps:<21} {:<20} ({} steps replayed from {start}, {:.1} s)",
         r.verdict.name(),
         r.steps_replayed,
         r.seconds

@@ -100,15 +100,14 @@ fn cuda_run_replayed_on_the_cpu_reports_environment_mismatch_and_the_differences
     let cfg = fixture(&t.path().join("in"));
     let r = t.path().join("run");
     train(&cfg, &r, &[]);
+    // Replayed across classes: every step compared, the differences judged against rounding.
     let v = verify(&r, &[], 1);
-    assert_eq!(v.verdict, Verdict::EnvironmentMismatch);
+    assert_eq!(v.verdict, Verdict::EnvironmentMismatch, "{:?}", v.ranges);
     assert!(
         v.environment
             .as_ref()
             .is_some_and(|e| e.differences.iter().any(|d| d.0 == "backend"))
     );
-    let v = verify(&r, &["--allow-environment-mismatch"], 1);
-    assert_eq!(v.verdict, Verdict::EnvironmentMismatch);
     let deltas: Vec<_> = v.ranges.iter().flat_map(|r| &r.deltas).collect();
     assert_eq!(deltas.len(), 16, "every step is compared and reported");
     let max_loss = deltas.iter().map(|d| d.loss_abs_diff).fold(0.0, f64::max);

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use e2e_tests::{replay_json, run, s, train};
 use replay::Verdict;
 use replay::check::CheckReport;
+use replay::commands::VerifyReport;
 use replay::signatures::Status;
 use snapshot_format::hash::file_hash;
 use snapshot_format::ledger::Segment;
@@ -184,6 +185,8 @@ fn history_rewritten_and_resigned_by_another_key_is_untrusted() {
             .iter()
             .all(|a| a.status == Status::UnknownSigner)
     );
+    let v: VerifyReport = replay_json(&["verify", s(&r), "--all", "--trusted-key", s(&pub_a)], 2);
+    assert_eq!(v.verdict, Verdict::UntrustedSigner);
 }
 
 #[test]
@@ -202,6 +205,8 @@ fn signature_moved_to_another_checkpoint_is_bad() {
         .expect("a bad signature");
     assert!(p.artefact.ends_with("step-000000000008.snap.sig"), "{p:?}");
     assert!(p.detail.contains("step 4"), "{p:?}");
+    let v: VerifyReport = replay_json(&["verify", s(&r), "--all", "--trusted-key", s(&pub_a)], 2);
+    assert_eq!(v.verdict, Verdict::BadSignature);
 }
 
 #[test]
