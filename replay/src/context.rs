@@ -62,6 +62,8 @@ pub struct RunContext {
     pub completion: Option<Completion>,
     /// The base model's bytes, when the spec pins one and the run's copy matches the pin.
     pub base: Option<Vec<u8>>,
+    /// The base model parsed (once, on first use).
+    base_parsed: std::sync::OnceLock<Result<Option<trainer::base::BaseWeights>, Problem>>,
     /// Who signed what, judged by the trust options the run was loaded with.
     pub signatures: SignatureReport,
     /// Limits for decoding this run's checkpoints: no state may decode to more than the spec's
@@ -113,6 +115,43 @@ impl RunContext {
             .enumerate()
             .map(|(i, w)| (i as u64 + 1, w[0], w[1]))
             .collect()
+    }
+
+    /// The base weights the spec pins, parsed (`None` when the spec pins none); a base model
+    /// that is absent, does not match its pin or does not parse is the problem that says so.
+    pub fn base_weights(
+        &self,
+    ) -> Result<Result<Option<&trainer::base::BaseWeights>, Problem>, CommandError> {
+        if self.base_parsed.get().is_none() {
+            let parsed = match (&self.spec.base, &self.base) {
+                (None, _) => Ok(None),
+                (Some(pin), Some(bytes)) => {
+                    match trainer::base::BaseWeights::parse(bytes, pin.run_key()) {
+                        Ok(w) => Ok(Some(w)),
+                        Err(e) => Err(crate::report::problem_of_trainer(e)?),
+                    }
+                }
+                (Some(pin), None) => {
+                    let kind = self
+                        .problems
+                        .iter()
+                        .find(|p| p.artefact == pin.run_key())
+                        .map(|p| p.kind)
+                        .unwrap_or(Verdict::Missing);
+                    Err(Problem::new(
+                        kind,
+                        pin.run_key(),
+                        "the pinned base model is not available as pinned",
+                    ))
+                }
+            };
+            let _ = self.base_parsed.set(parsed);
+        }
+        Ok(match self.base_parsed.get() {
+            Some(Ok(b)) => Ok(b.as_ref()),
+            Some(Err(p)) => Err(p.clone()),
+            None => Ok(None),
+        })
     }
 
     /// The state root the run commits to for the state after `step` (the manifest's initial
@@ -408,7 +447,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
     // The base model, against its pin.
     let base = match &spec.base {
         None => None,
-        Some(pin) => match store.get(layout::BASE_MODEL) {
+        Some(pin) => match store.get(pin.run_key()) {
             Ok(b) => {
                 bytes_read += b.len() as u64;
                 let found = snapshot_format::hash::file_hash(&b);
@@ -417,7 +456,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
                 } else {
                     problems.push(Problem::new(
                         Verdict::Tampered,
-                        layout::BASE_MODEL,
+                        pin.run_key(),
                         format!(
                             "BLAKE3 {found} does not match the spec's pinned {}",
                             pin.blake3
@@ -445,6 +484,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         checkpoints,
         completion,
         base,
+        base_parsed: std::sync::OnceLock::new(),
         signatures: SignatureReport::default(),
         limits,
         problems,

@@ -289,10 +289,12 @@ impl Job for CounterfactualJob<'_> {
             .as_ref()
             .ok_or_else(|| CommandError::Usage("the run's dataset did not load".into()))?;
         let prepared = PreparedData::new(dataset, &ctx.spec);
+        let base = ctx.base_weights()?.ok().flatten();
         let session = |state: &TrainingState, what: &str| {
             Session::<B, M>::from_state(
                 ctx.spec.clone(),
                 config.clone(),
+                base,
                 state,
                 device.clone(),
                 what,

@@ -247,7 +247,9 @@ pub fn problem_of_trainer(e: trainer::Error) -> Result<Problem, trainer::Error> 
         | trainer::Error::DatasetRow { path, detail, .. } => {
             Ok(Problem::new(Verdict::Corrupt, path, detail))
         }
-        trainer::Error::Config { path, detail } => Ok(Problem::new(Verdict::Corrupt, path, detail)),
+        trainer::Error::Config { path, detail } | trainer::Error::BaseModel { path, detail } => {
+            Ok(Problem::new(Verdict::Corrupt, path, detail))
+        }
         other => Err(other),
     }
 }

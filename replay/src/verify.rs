@@ -20,7 +20,6 @@ use snapshot_format::Hash32;
 use snapshot_format::layout;
 use snapshot_format::manifest::EnvironmentFingerprint;
 use trainer::backend::{DeviceSpec, Job, dispatch};
-use trainer::base::BaseWeights;
 use trainer::model::TrainableModel;
 use trainer::session::{PreparedData, Session, TrainingState};
 
@@ -342,27 +341,11 @@ pub(crate) fn rederive_initial<B: AutodiffBackend, M: TrainableModel<B>>(
     config: M::Config,
     device: B::Device,
 ) -> Result<Result<(Session<B, M>, TrainingState, Hash32), Problem>, CommandError> {
-    let base = match (&ctx.spec.base, &ctx.base) {
-        (None, _) => None,
-        (Some(_), Some(bytes)) => match BaseWeights::parse(bytes, layout::BASE_MODEL) {
-            Ok(w) => Some(w),
-            Err(e) => return Ok(Err(problem_of_trainer(e)?)),
-        },
-        (Some(_), None) => {
-            let kind = ctx
-                .problems
-                .iter()
-                .find(|p| p.artefact == layout::BASE_MODEL)
-                .map(|p| p.kind)
-                .unwrap_or(Verdict::Missing);
-            return Ok(Err(Problem::new(
-                kind,
-                layout::BASE_MODEL,
-                "the pinned base model is not available as pinned: step 0 cannot be re-derived",
-            )));
-        }
+    let base = match ctx.base_weights()? {
+        Ok(b) => b,
+        Err(p) => return Ok(Err(p)),
     };
-    let session = match Session::<B, M>::initial(ctx.spec.clone(), config, base.as_ref(), device) {
+    let session = match Session::<B, M>::initial(ctx.spec.clone(), config, base, device) {
         Ok((s, _)) => s,
         Err(e) => return Ok(Err(problem_of_trainer(e)?)),
     };
@@ -468,7 +451,10 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
             start_state = Some(st);
         }
         let key = layout::checkpoint(start);
-        match Session::<B, M>::restore(ctx.spec.clone(), config, &snap, device, &key) {
+        // Frozen parameters (a base under adapters) come from the pinned base; a base that is
+        // not available as pinned is reported by the restore when the model needs it.
+        let base = ctx.base_weights()?.ok().flatten();
+        match Session::<B, M>::restore(ctx.spec.clone(), config, base, &snap, device, &key) {
             Ok(s) => s,
             Err(e) => {
                 return Ok((

@@ -680,3 +680,35 @@ fn usage_errors_exit_3_and_a_closed_pipe_is_not_an_error() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = fixtures::write_tiny_llama(&t.path().join("in"), &FixtureOptions::default())
+        .expect("fixture");
+    let config = RunConfig::from_file(&cfg).expect("config");
+    let r = t.path().join("run");
+    let summary = run::start(&config, s(&r), &RunOptions::default()).expect("run");
+    assert!(summary.completed);
+    let c: CheckReport = json(&["check", s(&r)], 0);
+    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    let v: VerifyReport = json(&["verify", s(&r), "--all"], 0);
+    assert_eq!(v.verdict, Verdict::Verified, "{:?}", v.ranges);
+    assert_eq!(v.steps_replayed, 12);
+    let initial = v.ranges[0]
+        .initial_state
+        .as_ref()
+        .expect("step 0 re-derived");
+    assert_eq!(initial.rederived_root, initial.recorded_root);
+    let out = t.path().join("rb");
+    let rb: RollbackReport = json(&["rollback", s(&r), "--step", "6", "--out", s(&out)], 0);
+    assert_eq!(rb.verdict, Verdict::Recorded);
+    // A changed byte of the GGUF base fails every command.
+    let base = r.join(layout::BASE_MODEL_GGUF);
+    let mut bytes = std::fs::read(&base).expect("base");
+    let n = bytes.len();
+    bytes[n - 10] ^= 1;
+    std::fs::write(&base, bytes).expect("write");
+    let v: VerifyReport = json(&["verify", s(&r), "--segment", "2"], 2);
+    assert_eq!(v.verdict, Verdict::Tampered);
+}

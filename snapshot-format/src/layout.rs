@@ -9,8 +9,10 @@ pub const MANIFEST: &str = "manifest.json";
 pub const DATASET_MANIFEST: &str = "dataset/manifest.bin";
 /// A copy of the training dataset (JSON Lines), so that the run can be replayed on its own.
 pub const DATASET_DATA: &str = "dataset/examples.jsonl";
-/// A copy of the base model, when the run started from one.
+/// A copy of the base model, when the run started from one (safetensors).
 pub const BASE_MODEL: &str = "base/model.safetensors";
+/// A copy of the base model given as a GGUF file.
+pub const BASE_MODEL_GGUF: &str = "base/model.gguf";
 /// The completion record, written once at the end of a run.
 pub const COMPLETE: &str = "complete.json";
 /// Prefix of checkpoint snapshots.

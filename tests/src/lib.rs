@@ -181,6 +181,7 @@ pub fn forge_history(
         Session::<Cpu, BertClassifier<Cpu>>::from_state(
             spec.clone(),
             config.clone(),
+            None,
             state,
             device,
             "forged",

@@ -11,6 +11,7 @@ use crate::config::ModelSpec;
 use crate::error::{Error, Result};
 use crate::model::TrainableModel;
 use crate::model::bert::BertClassifier;
+use crate::model::llama::Llama;
 use crate::model::mlp::MlpClassifier;
 
 /// The CPU backend: burn-flex with autodiff.
@@ -97,6 +98,7 @@ pub(crate) fn with_model<B: AutodiffBackend, J: Job>(
     match model {
         ModelSpec::Bert(c) => Ok(job.run::<B, BertClassifier<B>>(c.clone(), device)),
         ModelSpec::Mlp(c) => Ok(job.run::<B, MlpClassifier<B>>(c.clone(), device)),
+        ModelSpec::Llama(c) => Ok(job.run::<B, Llama<B>>(c.clone(), device)),
         ModelSpec::Custom(c) => Err(Error::config(
             "model",
             format!(

@@ -52,6 +52,95 @@ pub struct BertConfig {
     pub init_std: f64,
 }
 
+/// A Llama-architecture decoder (Llama, Mistral, Qwen-style, SmolLM), trained with next-token
+/// cross-entropy. Parameter names and shapes follow Hugging Face's `LlamaForCausalLM`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaConfig {
+    pub vocab_size: u64,
+    pub hidden_size: u64,
+    pub intermediate_size: u64,
+    pub num_layers: u64,
+    pub num_heads: u64,
+    /// Key-value heads (grouped-query attention); `num_heads` for plain multi-head attention.
+    pub num_kv_heads: u64,
+    /// Positions the rotary embedding is defined for.
+    pub max_position: u64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    /// The output projection is the embedding matrix (no `lm_head.weight`).
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    /// Token that fills sequences up to `data.max_len` (never a target, never attended to).
+    #[serde(default)]
+    pub pad_token_id: u64,
+    /// Standard deviation of newly initialised weights.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+    /// Train low-rank adapters on these projections, the base frozen.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+}
+
+/// Low-rank adaptation (LoRA, as PEFT defines it): `W x + (alpha / rank) · B A dropout(x)` on
+/// each target projection, `A` `[rank, in]` drawn uniform in `±1/√in`, `B` `[out, rank]`
+/// zero; only `A` and `B` are trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: u64,
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    /// Among `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`.
+    pub targets: Vec<String>,
+}
+
+/// Projections LoRA can adapt.
+pub const LORA_TARGETS: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+impl LlamaConfig {
+    /// Dimension of one attention head.
+    pub fn head_dim(&self) -> u64 {
+        self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// `(name, in, out)` of the projections of one layer.
+    pub fn projections(&self) -> [(&'static str, u64, u64); 7] {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let kv = self.num_kv_heads * self.head_dim();
+        [
+            ("q_proj", h, h),
+            ("k_proj", h, kv),
+            ("v_proj", h, kv),
+            ("o_proj", h, h),
+            ("gate_proj", h, i),
+            ("up_proj", h, i),
+            ("down_proj", i, h),
+        ]
+    }
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_rms_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+
 /// A multi-layer perceptron over numeric features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +184,7 @@ fn empty_object() -> serde_json::Value {
 pub enum ModelSpec {
     Bert(BertConfig),
     Mlp(MlpConfig),
+    Llama(LlamaConfig),
     Custom(CustomModelSpec),
 }
 
@@ -111,13 +201,19 @@ impl ModelSpec {
         })
     }
 
-    /// Number of classes.
+    /// Number of classes (0 for a language model, whose examples carry no label).
     pub fn num_labels(&self) -> u64 {
         match self {
             ModelSpec::Bert(c) => c.num_labels,
             ModelSpec::Mlp(c) => c.num_labels,
+            ModelSpec::Llama(_) => 0,
             ModelSpec::Custom(c) => c.num_labels,
         }
+    }
+
+    /// Whether the model is a causal language model (trained on `lm` data).
+    pub fn is_language_model(&self) -> bool {
+        matches!(self, ModelSpec::Llama(_))
     }
 
     /// Vocabulary size of the tokenizer, for models of text.
@@ -125,6 +221,7 @@ impl ModelSpec {
         match self {
             ModelSpec::Bert(c) => Some(c.vocab_size),
             ModelSpec::Mlp(_) => None,
+            ModelSpec::Llama(c) => Some(c.vocab_size),
             ModelSpec::Custom(c) => c.vocab_size,
         }
     }
@@ -154,14 +251,45 @@ impl ModelSpec {
                 widths.push(c.num_labels);
                 Some(widths.windows(2).map(|w| linear(w[0], w[1])).sum())
             }
+            ModelSpec::Llama(c) => {
+                let (v, h) = (u128::from(c.vocab_size), u128::from(c.hidden_size));
+                let per_layer: u128 = c
+                    .projections()
+                    .iter()
+                    .map(|&(_, i, o)| u128::from(i) * u128::from(o))
+                    .sum::<u128>()
+                    + 2 * h;
+                let head = if c.tie_word_embeddings { 0 } else { v * h };
+                Some(v * h + u128::from(c.num_layers) * per_layer + h + head)
+            }
             ModelSpec::Custom(_) => None,
+        }
+    }
+
+    /// Number of parameters (elements) that are trained and so belong to the training state:
+    /// all of them, except under LoRA, where only the adapters are (the base stays frozen,
+    /// pinned by the base model's hash).
+    pub fn state_parameter_count(&self) -> Option<u128> {
+        match self {
+            ModelSpec::Llama(c) => match &c.lora {
+                Some(l) => Some(
+                    c.projections()
+                        .iter()
+                        .filter(|(name, _, _)| l.targets.iter().any(|t| t == name))
+                        .map(|&(_, i, o)| u128::from(l.rank) * u128::from(i + o))
+                        .sum::<u128>()
+                        * u128::from(c.num_layers),
+                ),
+                None => self.parameter_count(),
+            },
+            _ => self.parameter_count(),
         }
     }
 
     /// Number of input features, for models of features.
     pub fn input_size(&self) -> Option<u64> {
         match self {
-            ModelSpec::Bert(_) => None,
+            ModelSpec::Bert(_) | ModelSpec::Llama(_) => None,
             ModelSpec::Mlp(c) => Some(c.input_size),
             ModelSpec::Custom(c) => c.input_size,
         }
@@ -257,6 +385,11 @@ pub enum DataFormat {
     /// `{"tokens": [101, 2023, ..., 102], "label": 0}`: token ids from any tokenizer, applied
     /// before training (the ids are what the run commits to). Id 0 is padding.
     Tokens,
+    /// Language-model sequences: `{"tokens": [1, 9690, ...], "loss_mask": [0, 0, 1, ...]}`,
+    /// token ids (any below the vocabulary size) and which of them are targets of the
+    /// next-token loss (default: all but the first). `trainer tokenize` writes them from chat
+    /// or instruction data.
+    Lm,
 }
 
 /// Tokenizer for text datasets.
@@ -516,9 +649,10 @@ impl RunConfig {
             toml::from_str(text).map_err(|e| Error::config(source, e.to_string()))?;
         let mut sec = Sections { doc, source };
         let run = sec.required("run")?;
-        let model = match sec.tagged("model", &["bert", "mlp", "custom"])? {
+        let model = match sec.tagged("model", &["bert", "mlp", "llama", "custom"])? {
             (k, v) if k == "bert" => ModelSpec::Bert(sec.typed(v, "model")?),
             (k, v) if k == "mlp" => ModelSpec::Mlp(sec.typed(v, "model")?),
+            (k, v) if k == "llama" => ModelSpec::Llama(sec.typed(v, "model")?),
             (_, v) => ModelSpec::Custom(sec.typed(v, "model")?),
         };
         let optimizer = match sec.tagged("optimizer", &["adamw", "sgd"])? {
@@ -614,11 +748,32 @@ impl SpecParts<'_> {
         if s.warmup_steps > self.run.steps {
             return bad("schedule.warmup_steps", "exceeds run.steps");
         }
+        if (self.format == DataFormat::Lm) != self.model.is_language_model() {
+            return bad(
+                "data.format",
+                "\"lm\" data trains a language model (model.kind = \"llama\"), and a language \
+                 model trains on \"lm\" data",
+            );
+        }
         match (
             self.format,
             self.model.vocab_size(),
             self.model.input_size(),
         ) {
+            (DataFormat::Lm, _, _) => {
+                let max_position = match self.model {
+                    ModelSpec::Llama(l) => l.max_position,
+                    _ => u64::MAX,
+                };
+                match self.max_len {
+                    None => return bad("data.max_len", "required for lm data"),
+                    Some(l) if l < 2 => return bad("data.max_len", "must be at least 2"),
+                    Some(l) if l > max_position => {
+                        return bad("data.max_len", "exceeds model.max_position");
+                    }
+                    Some(_) => {}
+                }
+            }
             (DataFormat::Text | DataFormat::Tokens, Some(_), _) => {
                 let max_position = match self.model {
                     ModelSpec::Bert(b) => b.max_position,
@@ -735,6 +890,51 @@ fn validate_model(m: &ModelSpec) -> std::result::Result<(), String> {
             probability("model.dropout", m.dropout)?;
             finite_positive("model.init_std", m.init_std)
         }
+        ModelSpec::Llama(l) => {
+            for (k, v) in [
+                ("model.vocab_size", l.vocab_size),
+                ("model.hidden_size", l.hidden_size),
+                ("model.intermediate_size", l.intermediate_size),
+                ("model.num_layers", l.num_layers),
+                ("model.num_heads", l.num_heads),
+                ("model.num_kv_heads", l.num_kv_heads),
+                ("model.max_position", l.max_position),
+            ] {
+                positive(k, v)?;
+            }
+            if l.hidden_size % l.num_heads != 0 || l.head_dim() % 2 != 0 {
+                return Err(
+                    "model.hidden_size: must be num_heads times an even head dimension".into(),
+                );
+            }
+            if l.num_heads % l.num_kv_heads != 0 {
+                return Err("model.num_kv_heads: must divide model.num_heads".into());
+            }
+            if l.pad_token_id >= l.vocab_size {
+                return Err("model.pad_token_id: must be below model.vocab_size".into());
+            }
+            finite_positive("model.rope_theta", l.rope_theta)?;
+            finite_positive("model.rms_norm_eps", l.rms_norm_eps)?;
+            finite_positive("model.init_std", l.init_std)?;
+            if let Some(lora) = &l.lora {
+                positive("model.lora.rank", lora.rank)?;
+                finite_positive("model.lora.alpha", lora.alpha)?;
+                probability("model.lora.dropout", lora.dropout)?;
+                if lora.targets.is_empty() {
+                    return Err("model.lora.targets: name at least one projection".into());
+                }
+                if let Some(t) = lora
+                    .targets
+                    .iter()
+                    .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+                {
+                    return Err(format!(
+                        "model.lora.targets: {t:?} is not one of {LORA_TARGETS:?}"
+                    ));
+                }
+            }
+            Ok(())
+        }
         ModelSpec::Custom(c) => {
             if c.name.is_empty() {
                 return Err("model.name: must not be empty".into());
@@ -795,8 +995,22 @@ pub struct DataSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaseSpec {
-    /// `file_hash` of the safetensors file.
+    /// `file_hash` of the file.
     pub blake3: Hash32,
+    /// Its format (absent: safetensors, as in runs recorded before GGUF was read).
+    #[serde(default, skip_serializing_if = "is_safetensors")]
+    pub format: crate::base::BaseFormat,
+}
+
+fn is_safetensors(f: &crate::base::BaseFormat) -> bool {
+    *f == crate::base::BaseFormat::Safetensors
+}
+
+impl BaseSpec {
+    /// Where the run keeps its copy of the base model.
+    pub fn run_key(&self) -> &'static str {
+        self.format.run_key()
+    }
 }
 
 /// Everything that determines the bits of a run (the manifest's `spec`).
@@ -823,7 +1037,10 @@ impl RunSpec {
             numerics: NUMERICS_VERSION,
             run: config.run.clone(),
             model: config.model.clone(),
-            base: base.map(|w| BaseSpec { blake3: w.hash }),
+            base: base.map(|w| BaseSpec {
+                blake3: w.hash,
+                format: w.format,
+            }),
             data: DataSpec {
                 format: config.data.format,
                 max_len: config.data.max_len,
@@ -889,7 +1106,9 @@ impl RunSpec {
     /// model's architecture is known.
     pub fn state_bytes(&self) -> Option<u128> {
         let slots = crate::optim::slot_names(&self.optimizer, "").len() as u128;
-        self.model.parameter_count().map(|n| 4 * n * (1 + slots))
+        self.model
+            .state_parameter_count()
+            .map(|n| 4 * n * (1 + slots))
     }
 
     /// Learning rate of step `step` (1-based): linear warm-up from 0, then the decay, computed in

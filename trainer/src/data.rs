@@ -14,9 +14,23 @@ use crate::rng;
 /// One training example.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Example {
-    Text { text: String, label: u64 },
-    Features { features: Vec<f32>, label: u64 },
-    Tokens { tokens: Vec<u32>, label: u64 },
+    Text {
+        text: String,
+        label: u64,
+    },
+    Features {
+        features: Vec<f32>,
+        label: u64,
+    },
+    Tokens {
+        tokens: Vec<u32>,
+        label: u64,
+    },
+    /// A language-model sequence: token ids, and which of them are loss targets.
+    Lm {
+        tokens: Vec<u32>,
+        loss_mask: Vec<bool>,
+    },
 }
 
 impl Example {
@@ -26,13 +40,15 @@ impl Example {
             Example::Text { label, .. }
             | Example::Features { label, .. }
             | Example::Tokens { label, .. } => *label,
+            Example::Lm { .. } => 0,
         }
     }
 
     /// Canonical bytes (hashed into the example hash): for text, `"text" ‖ u64 len ‖ UTF-8 ‖
     /// u64 label`; for features, `"feat" ‖ u64 n ‖ n × f32 little-endian ‖ u64 label`; for
-    /// tokens, `"toks" ‖ u64 n ‖ n × u32 little-endian ‖ u64 label`. Other fields of a row do
-    /// not reach the model and are not hashed.
+    /// tokens, `"toks" ‖ u64 n ‖ n × u32 little-endian ‖ u64 label`; for a language-model
+    /// sequence, `"lmtk" ‖ u64 n ‖ n × u32 little-endian ‖ n × u8` (1 where the token is a loss
+    /// target). Other fields of a row do not reach the model and are not hashed.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut b = Vec::new();
         match self {
@@ -57,6 +73,14 @@ impl Example {
                     b.extend_from_slice(&id.to_le_bytes());
                 }
                 b.extend_from_slice(&label.to_le_bytes());
+            }
+            Example::Lm { tokens, loss_mask } => {
+                b.extend_from_slice(b"lmtk");
+                b.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
+                for id in tokens {
+                    b.extend_from_slice(&id.to_le_bytes());
+                }
+                b.extend(loss_mask.iter().map(|&m| u8::from(m)));
             }
         }
         b
@@ -84,6 +108,13 @@ struct FeatureRow {
 struct TokenRow {
     tokens: Vec<u64>,
     label: u64,
+}
+
+#[derive(Deserialize)]
+struct LmRow {
+    tokens: Vec<u64>,
+    #[serde(default)]
+    loss_mask: Option<Vec<u8>>,
 }
 
 /// A parsed dataset with its hashes.
@@ -168,8 +199,49 @@ impl Dataset {
                         label: r.label,
                     }
                 }
+                DataFormat::Lm => {
+                    let r: LmRow =
+                        serde_json::from_str(line).map_err(|e| row_err(e.to_string()))?;
+                    if r.tokens.len() < 2 {
+                        return Err(row_err("fewer than 2 tokens: nothing to predict".into()));
+                    }
+                    if let Some(&id) = r.tokens.iter().find(|&&id| id >= vocab_size) {
+                        return Err(row_err(format!(
+                            "token id {id} is not below model.vocab_size = {vocab_size}"
+                        )));
+                    }
+                    let loss_mask: Vec<bool> = match r.loss_mask {
+                        None => (0..r.tokens.len()).map(|i| i > 0).collect(),
+                        Some(m) if m.len() != r.tokens.len() => {
+                            return Err(row_err(format!(
+                                "{} loss_mask values for {} tokens",
+                                m.len(),
+                                r.tokens.len()
+                            )));
+                        }
+                        Some(m) => {
+                            if m.iter().any(|&v| v > 1) {
+                                return Err(row_err("loss_mask values must be 0 or 1".into()));
+                            }
+                            if m[0] == 1 {
+                                return Err(row_err(
+                                    "the first token cannot be a target (nothing precedes it)"
+                                        .into(),
+                                ));
+                            }
+                            m.iter().map(|&v| v == 1).collect()
+                        }
+                    };
+                    if !loss_mask.iter().any(|&m| m) {
+                        return Err(row_err("no token is a loss target".into()));
+                    }
+                    Example::Lm {
+                        tokens: r.tokens.iter().map(|&id| id as u32).collect(),
+                        loss_mask,
+                    }
+                }
             };
-            if ex.label() >= num_labels {
+            if !matches!(ex, Example::Lm { .. }) && ex.label() >= num_labels {
                 return Err(row_err(format!(
                     "label {} is not below model.num_labels = {num_labels}",
                     ex.label()

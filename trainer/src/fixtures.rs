@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{BertConfig, ModelSpec};
+use crate::config::{BertConfig, LlamaConfig, LoraConfig, ModelSpec};
 use crate::data::{HashTokenizer, special};
 use crate::demo;
 use crate::error::{Error, Result};
+use crate::model::{Init, init_values};
 use crate::rng;
 
 /// Knobs of a fixture.
@@ -155,6 +156,159 @@ path = "data.jsonl"
 format = "features"
 "#;
     write_config(dir, o, sections, "")
+}
+
+/// Architecture of the tiny Llama fixture: 2 layers, hidden 32, 4 query heads over 2 key-value
+/// heads, vocabulary 64, LoRA of rank 4 on the query, value and up projections.
+pub fn tiny_llama() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 64,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        max_position: 32,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: true,
+        pad_token_id: 2,
+        init_std: 0.02,
+        lora: Some(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.1,
+            targets: vec!["q_proj".into(), "v_proj".into(), "up_proj".into()],
+        }),
+    }
+}
+
+/// A GGUF file of a Llama model with weights drawn from `seed`, written as llama.cpp's
+/// converter writes one: GGUF tensor names, the query and key projections' rows permuted for
+/// its rotary layout, and a mix of tensor types (embedding Q8_0, projections Q4_1 and F16,
+/// norms F32). Returns the file's bytes.
+pub fn llama_gguf(c: &LlamaConfig, seed: u64) -> Vec<u8> {
+    use crate::gguf::{Value, WriteTensor, ggml_type, write};
+    let (h, v) = (c.hidden_size as usize, c.vocab_size as usize);
+    let normal = |name: &str, n: usize| init_values(Init::Normal { std: 0.5 }, seed, name, n);
+    let mut tensors = vec![WriteTensor {
+        name: "token_embd.weight".into(),
+        shape: vec![v, h],
+        ggml_type: ggml_type::Q8_0,
+        values: normal("embed", v * h),
+    }];
+    for l in 0..c.num_layers as usize {
+        let blk = |p: &str| format!("blk.{l}.{p}");
+        for (hf, gguf) in [
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "ffn_norm"),
+        ] {
+            tensors.push(WriteTensor {
+                name: blk(&format!("{gguf}.weight")),
+                shape: vec![h],
+                ggml_type: ggml_type::F32,
+                values: init_values(Init::Normal { std: 0.1 }, seed, &format!("{l}.{hf}"), h)
+                    .into_iter()
+                    .map(|x| 1.0 + x)
+                    .collect(),
+            });
+        }
+        for (name, d_in, d_out) in c.projections() {
+            let (gguf, heads) = match name {
+                "q_proj" => ("attn_q", Some(c.num_heads)),
+                "k_proj" => ("attn_k", Some(c.num_kv_heads)),
+                "v_proj" => ("attn_v", None),
+                "o_proj" => ("attn_output", None),
+                "gate_proj" => ("ffn_gate", None),
+                "up_proj" => ("ffn_up", None),
+                _ => ("ffn_down", None),
+            };
+            let (d_in, d_out) = (d_in as usize, d_out as usize);
+            let mut values = init_values(
+                Init::Normal {
+                    std: 1.0 / (d_in as f64).sqrt(),
+                },
+                seed,
+                &format!("{l}.{name}"),
+                d_in * d_out,
+            );
+            if let Some(heads) = heads {
+                values = crate::base::permute_rows(&values, d_out, d_in, heads as usize);
+            }
+            tensors.push(WriteTensor {
+                name: blk(&format!("{gguf}.weight")),
+                shape: vec![d_out, d_in],
+                ggml_type: if name == "v_proj" {
+                    ggml_type::F16
+                } else {
+                    ggml_type::Q4_1
+                },
+                values,
+            });
+        }
+    }
+    tensors.push(WriteTensor {
+        name: "output_norm.weight".into(),
+        shape: vec![h],
+        ggml_type: ggml_type::F32,
+        values: vec![1.0; h],
+    });
+    let u32v = |x: u64| Value::U32(x as u32);
+    write(
+        &[
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", u32v(c.num_layers)),
+            ("llama.embedding_length", u32v(c.hidden_size)),
+            ("llama.feed_forward_length", u32v(c.intermediate_size)),
+            ("llama.attention.head_count", u32v(c.num_heads)),
+            ("llama.attention.head_count_kv", u32v(c.num_kv_heads)),
+            ("llama.rope.freq_base", Value::F32(c.rope_theta as f32)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                Value::F32(c.rms_norm_eps as f32),
+            ),
+            ("llama.context_length", u32v(c.max_position)),
+        ],
+        &tensors,
+    )
+}
+
+/// Write the tiny Llama fixture (a GGUF base model, language-model rows of token ids whose
+/// second half is the target, a LoRA config) into `dir`; returns the config.
+pub fn write_tiny_llama(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
+    let c = tiny_llama();
+    let base = llama_gguf(&c, TINY_BASE_SEED);
+    let pin = snapshot_format::hash::file_hash(&base);
+    write(&dir.join("base.gguf"), &base)?;
+    let mut r = rng::stream(77, "fixture", 0);
+    let mut rows = String::new();
+    for i in 0..o.examples {
+        let len = 8 + rng::below(&mut r, 13) as usize;
+        let mut tokens: Vec<u64> = (0..len)
+            .map(|_| 3 + rng::below(&mut r, c.vocab_size - 3))
+            .collect();
+        if o.modify_example == Some(i) {
+            tokens[len - 1] = 3 + (tokens[len - 1] + 1 - 3) % (c.vocab_size - 3);
+        }
+        let mask: Vec<u8> = (0..len).map(|j| u8::from(j >= len / 2)).collect();
+        rows.push_str(&serde_json::json!({ "tokens": tokens, "loss_mask": mask }).to_string());
+        rows.push('\n');
+    }
+    write(&dir.join("data.jsonl"), rows.as_bytes())?;
+    let sections = format!(
+        r#"{model}
+[base]
+path = "base.gguf"
+blake3 = "{pin}"
+
+[data]
+path = "data.jsonl"
+format = "lm"
+max_len = 24
+"#,
+        model = ModelSpec::Llama(c).toml_section()?,
+    );
+    write_config(dir, o, &sections, "grad_clip = 1.0\n")
 }
 
 /// Write a fixture's `config.toml` into `dir` and return its path: `[run]`, then `sections`

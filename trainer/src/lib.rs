@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod fingerprint;
 pub mod fixtures;
+pub mod gguf;
 pub mod gpu;
 pub mod model;
 pub mod optim;

@@ -160,13 +160,14 @@ pub fn gradients<B: AutodiffBackend, M: Module<B>>(
     reader.out
 }
 
-struct Replacer<F> {
+struct Replacer<'a, F> {
     path: PathStack,
     namer: Namer,
+    trainable: &'a dyn Fn(&str) -> bool,
     f: F,
 }
 
-impl<B, F> ModuleMapper<B> for Replacer<F>
+impl<B, F> ModuleMapper<B> for Replacer<'_, F>
 where
     B: AutodiffBackend,
     F: FnMut(&str, Tensor<B::InnerBackend, 1>) -> Tensor<B::InnerBackend, 1>,
@@ -183,14 +184,19 @@ where
         let inner = tensor.inner();
         let dims = inner.dims();
         let n = dims.iter().product::<usize>();
-        let new = (self.f)(&name, inner.reshape([n])).reshape(dims);
-        Param::from_mapped_value(id, Tensor::from_inner(new).require_grad(), mapper)
+        let new = Tensor::from_inner((self.f)(&name, inner.reshape([n])).reshape(dims));
+        let new = if (self.trainable)(&name) {
+            new.require_grad()
+        } else {
+            new
+        };
+        Param::from_mapped_value(id, new, mapper)
     }
 }
 
 /// Replace every float parameter by `f(canonical name, current value flattened)`, reshaped
-/// back; the result is a fresh leaf that requires gradients.
-pub fn replace<B, M, F>(module: M, namer: Namer, f: F) -> M
+/// back; the result is a fresh leaf, which requires gradients when `trainable(name)`.
+pub fn replace<B, M, F>(module: M, namer: Namer, trainable: &dyn Fn(&str) -> bool, f: F) -> M
 where
     B: AutodiffBackend,
     M: Module<B>,
@@ -199,6 +205,7 @@ where
     module.map(&mut Replacer {
         path: PathStack::default(),
         namer,
+        trainable,
         f,
     })
 }

@@ -229,6 +229,8 @@ enum Start {
     Resume {
         manifest: Box<RunManifest>,
         snapshot: Box<Snapshot>,
+        /// The run's copy of its base model (frozen parameters come from it).
+        base: Option<BaseWeights>,
         segment: u64,
         head: Hash32,
     },
@@ -630,12 +632,14 @@ fn prepare_resume(location: &str, options: &RunOptions) -> Result<Resumption> {
             (snap, last_segment + 1, head)
         }
     };
+    let base = run_base(&store, &files.spec)?;
     Ok(Resumption::Train(Box::new(TrainJob {
         spec: files.spec,
         dataset: files.dataset,
         store,
         run_id: files.manifest.run_id.clone(),
         start: Start::Resume {
+            base,
             manifest: Box::new(files.manifest),
             snapshot: Box::new(snapshot),
             segment,
@@ -654,26 +658,29 @@ enum Resumption {
     Complete(Box<RunSummary>),
 }
 
+/// The run's copy of the base model its spec pins, checked against the pin.
+fn run_base(store: &Store, spec: &RunSpec) -> Result<Option<BaseWeights>> {
+    let Some(b) = &spec.base else {
+        return Ok(None);
+    };
+    let w = BaseWeights::parse(&store.get(b.run_key())?, b.run_key())?;
+    if w.hash != b.blake3 {
+        return Err(Error::BaseModelHashMismatch {
+            path: b.run_key().into(),
+            pinned: b.blake3.to_hex(),
+            found: w.hash.to_hex(),
+        });
+    }
+    Ok(Some(w))
+}
+
 fn scratch_job(
     store: Store,
     files: RunFiles,
     options: &RunOptions,
     signing_key: Option<ed25519_dalek::SigningKey>,
 ) -> Result<TrainJob> {
-    let base = match &files.spec.base {
-        None => None,
-        Some(b) => {
-            let w = BaseWeights::parse(&store.get(layout::BASE_MODEL)?, layout::BASE_MODEL)?;
-            if w.hash != b.blake3 {
-                return Err(Error::BaseModelHashMismatch {
-                    path: layout::BASE_MODEL.into(),
-                    pinned: b.blake3.to_hex(),
-                    found: w.hash.to_hex(),
-                });
-            }
-            Some(w)
-        }
-    };
+    let base = run_base(&store, &files.spec)?;
     Ok(TrainJob {
         spec: files.spec,
         dataset: files.dataset,
@@ -749,8 +756,8 @@ impl Job for TrainJob {
                 let store = &self.store;
                 store.put_once(layout::DATASET_MANIFEST, self.dataset.manifest.encode())?;
                 store.put_once(layout::DATASET_DATA, dataset_bytes.clone())?;
-                if let Some((_, bytes)) = base {
-                    store.put_once(layout::BASE_MODEL, bytes.clone())?;
+                if let Some((w, bytes)) = base {
+                    store.put_once(w.format.run_key(), bytes.clone())?;
                 }
                 let manifest_bytes = manifest.to_json();
                 store.put_once(layout::MANIFEST, manifest_bytes.clone())?;
@@ -811,12 +818,19 @@ impl Job for TrainJob {
             Start::Resume {
                 manifest,
                 snapshot,
+                base,
                 segment,
                 head,
             } => {
                 let key = layout::checkpoint(snapshot.header.state.step);
-                let session =
-                    Session::<B, M>::restore(self.spec.clone(), config, snapshot, device, &key)?;
+                let session = Session::<B, M>::restore(
+                    self.spec.clone(),
+                    config,
+                    base.as_ref(),
+                    snapshot,
+                    device,
+                    &key,
+                )?;
                 let writer = new_writer(
                     &self.store,
                     &self.run_id,

@@ -89,8 +89,21 @@ pub struct PreparedData {
 
 #[derive(Debug, Clone)]
 enum Inputs {
-    Tokens { ids: Vec<i64>, len: usize },
-    Features { values: Vec<f32>, dim: usize },
+    Tokens {
+        ids: Vec<i64>,
+        len: usize,
+    },
+    Features {
+        values: Vec<f32>,
+        dim: usize,
+    },
+    /// Sequences padded (or cut) to `len`: ids, attention and loss masks, row-major.
+    Lm {
+        ids: Vec<i64>,
+        attention: Vec<f32>,
+        loss: Vec<f32>,
+        len: usize,
+    },
 }
 
 impl PreparedData {
@@ -99,6 +112,36 @@ impl PreparedData {
         let num_labels = spec.model.num_labels() as usize;
         let labels = dataset.examples.iter().map(Example::label).collect();
         let inputs = match (spec.data.format, spec.model.vocab_size(), spec.data.max_len) {
+            (DataFormat::Lm, _, Some(len)) => {
+                let pad = match &spec.model {
+                    crate::config::ModelSpec::Llama(l) => l.pad_token_id as i64,
+                    _ => 0,
+                };
+                let len = len as usize;
+                let n = dataset.examples.len() * len;
+                let (mut ids, mut attention, mut loss) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for ex in &dataset.examples {
+                    if let Example::Lm { tokens, loss_mask } = ex {
+                        let kept = tokens.len().min(len);
+                        ids.extend(tokens[..kept].iter().map(|&t| i64::from(t)));
+                        ids.extend(std::iter::repeat_n(pad, len - kept));
+                        attention.extend(std::iter::repeat_n(1.0f32, kept));
+                        attention.extend(std::iter::repeat_n(0.0f32, len - kept));
+                        loss.extend(loss_mask[..kept].iter().map(|&m| f32::from(u8::from(m))));
+                        loss.extend(std::iter::repeat_n(0.0f32, len - kept));
+                    }
+                }
+                Inputs::Lm {
+                    ids,
+                    attention,
+                    loss,
+                    len,
+                }
+            }
             (DataFormat::Text | DataFormat::Tokens, Some(vocab_size), Some(len)) => {
                 let tok = HashTokenizer { vocab_size };
                 let len = len as usize;
@@ -111,7 +154,7 @@ impl PreparedData {
                             ids.extend(tokens[..kept].iter().map(|&id| i64::from(id)));
                             ids.extend(std::iter::repeat_n(special::PAD, len - kept));
                         }
-                        Example::Features { .. } => {}
+                        Example::Features { .. } | Example::Lm { .. } => {}
                     }
                 }
                 Inputs::Tokens { ids, len }
@@ -138,6 +181,39 @@ impl PreparedData {
     /// The batch of examples `ids`, on `device`.
     pub fn batch<B: Backend>(&self, ids: &[u64], device: &B::Device) -> Batch<B> {
         let n = ids.len();
+        if let Inputs::Lm {
+            ids: all,
+            attention,
+            loss,
+            len,
+        } = &self.inputs
+        {
+            let rows = |v: &[f32]| -> Vec<f32> {
+                ids.iter()
+                    .flat_map(|&i| v[i as usize * len..(i as usize + 1) * len].iter().copied())
+                    .collect()
+            };
+            let tok: Vec<i64> = ids
+                .iter()
+                .flat_map(|&i| {
+                    all[i as usize * len..(i as usize + 1) * len]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            return Batch {
+                input: BatchInput::Lm {
+                    ids: Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [n, *len]), device),
+                    attention: Tensor::from_data(
+                        TensorData::new(rows(attention), [n, *len]),
+                        device,
+                    ),
+                    loss: Tensor::from_data(TensorData::new(rows(loss), [n, *len]), device),
+                },
+                targets: Tensor::zeros([n, 1], device),
+                size: n,
+            };
+        }
         let mut targets = vec![0.0f32; n * self.num_labels];
         for (row, &i) in ids.iter().enumerate() {
             targets[row * self.num_labels + self.labels[i as usize] as usize] = 1.0;
@@ -159,6 +235,7 @@ impl PreparedData {
                     mask: Tensor::from_data(TensorData::new(mask, [n, *len]), device),
                 }
             }
+            Inputs::Lm { .. } => unreachable!("returned above"),
             Inputs::Features { values, dim } => {
                 let mut x = Vec::with_capacity(n * dim);
                 for &i in ids {
@@ -215,6 +292,8 @@ pub struct Session<B: AutodiffBackend, M: TrainableModel<B>> {
     order: DataOrder,
     /// Canonical names and element counts of the parameters, in visit order.
     params: Vec<(String, usize)>,
+    /// Those that are trained (all of them unless the model freezes some).
+    trainable: Vec<(String, usize)>,
 }
 
 fn param_table<B: AutodiffBackend, M: TrainableModel<B>>(
@@ -236,7 +315,78 @@ fn param_table<B: AutodiffBackend, M: TrainableModel<B>>(
         .collect())
 }
 
+/// Shapes of a model's parameters by name; every parameter (name, element count) in visit
+/// order; the trained ones.
+type ParamTables = (
+    HashMap<String, Vec<usize>>,
+    Vec<(String, usize)>,
+    Vec<(String, usize)>,
+);
+
+/// Initial values of the parameters of `table` (those `wanted` selects): from `base` where it
+/// has them (shapes must match), the others from their initialisation rule and the host
+/// streams. Also says which came from where.
+fn initial_values<B: AutodiffBackend, M: TrainableModel<B>>(
+    spec: &RunSpec,
+    config: &M::Config,
+    base: Option<&BaseWeights>,
+    shapes: &HashMap<String, Vec<usize>>,
+    table: &[(String, usize)],
+    wanted: impl Fn(&str) -> bool,
+) -> Result<(HashMap<String, Vec<f32>>, InitReport)> {
+    let mut report = InitReport::default();
+    let mut values: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut used_keys = std::collections::HashSet::new();
+    for (name, n) in table.iter().filter(|(name, _)| wanted(name)) {
+        let shape = &shapes[name];
+        match base.and_then(|b| b.get(name)) {
+            Some((key, t)) => {
+                let base_shape = &t.shape;
+                if base_shape != shape {
+                    return Err(Error::BaseModel {
+                        path: base.map(|b| b.source.clone()).unwrap_or_default(),
+                        detail: format!(
+                            "tensor {key:?} has shape {base_shape:?}; the model's {name:?} is {shape:?}"
+                        ),
+                    });
+                }
+                used_keys.insert(key.to_string());
+                values.insert(name.clone(), t.values.clone());
+                report.loaded.push(name.clone());
+            }
+            None => {
+                let rule = M::init_rule(config, name);
+                values.insert(name.clone(), init_values(rule, spec.run.seed, name, *n));
+                report.initialized.push(name.clone());
+            }
+        }
+    }
+    if let Some(b) = base {
+        report.unused = b
+            .tensors
+            .keys()
+            .filter(|k| !used_keys.contains(*k))
+            .cloned()
+            .collect();
+    }
+    Ok((values, report))
+}
+
 impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
+    /// The parameters of a freshly built model, and those that are trained.
+    fn tables(config: &M::Config, model: &M) -> Result<ParamTables> {
+        let shapes: HashMap<String, Vec<usize>> = params::list::<B, M>(model, M::canonical_name)
+            .into_iter()
+            .collect();
+        let table = param_table::<B, M>(model)?;
+        let trainable = table
+            .iter()
+            .filter(|(name, _)| M::trainable(config, name))
+            .cloned()
+            .collect();
+        Ok((shapes, table, trainable))
+    }
+
     /// The state before the first step: parameters from `base` where it has them (shapes must
     /// match), the others initialised from the host streams; optimizer state zero.
     pub fn initial(
@@ -246,52 +396,18 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         device: B::Device,
     ) -> Result<(Self, InitReport)> {
         let model = M::build(&config, &device);
-        let shapes: HashMap<String, Vec<usize>> = params::list::<B, M>(&model, M::canonical_name)
-            .into_iter()
-            .collect();
-        let table = param_table::<B, M>(&model)?;
-        let mut report = InitReport::default();
-        let mut values: HashMap<String, Vec<f32>> = HashMap::new();
-        let mut used_keys = std::collections::HashSet::new();
-        for (name, n) in &table {
-            let shape = &shapes[name];
-            match base.and_then(|b| b.get(name)) {
-                Some((key, t)) => {
-                    let base_shape = &t.shape;
-                    if base_shape != shape {
-                        return Err(Error::BaseModel {
-                            path: base.map(|b| b.source.clone()).unwrap_or_default(),
-                            detail: format!(
-                                "tensor {key:?} has shape {base_shape:?}; the model's {name:?} is {shape:?}"
-                            ),
-                        });
-                    }
-                    used_keys.insert(key.to_string());
-                    values.insert(name.clone(), t.values.clone());
-                    report.loaded.push(name.clone());
-                }
-                None => {
-                    let rule = M::init_rule(&config, name);
-                    values.insert(name.clone(), init_values(rule, spec.run.seed, name, *n));
-                    report.initialized.push(name.clone());
-                }
-            }
-        }
-        if let Some(b) = base {
-            report.unused = b
-                .tensors
-                .keys()
-                .filter(|k| !used_keys.contains(*k))
-                .cloned()
-                .collect();
-        }
+        let (shapes, table, trainable) = Self::tables(&config, &model)?;
+        let (mut values, report) =
+            initial_values::<B, M>(&spec, &config, base, &shapes, &table, |_| true)?;
         let dev = device.clone();
-        let model = params::replace::<B, M, _>(model, M::canonical_name, |name, current| {
-            let n = current.dims()[0];
-            let v = values.remove(name).unwrap_or_else(|| vec![0.0; n]);
-            Tensor::from_data(TensorData::new(v, [n]), &dev)
-        });
-        let optimizer = Optimizer::new(&spec.optimizer, &table, &device);
+        let is_trained = |name: &str| M::trainable(&config, name);
+        let model =
+            params::replace::<B, M, _>(model, M::canonical_name, &is_trained, |name, current| {
+                let n = current.dims()[0];
+                let v = values.remove(name).unwrap_or_else(|| vec![0.0; n]);
+                Tensor::from_data(TensorData::new(v, [n]), &dev)
+            });
+        let optimizer = Optimizer::new(&spec.optimizer, &trainable, &device);
         let order = DataOrder::new(spec.run.seed, spec.data.examples, spec.run.batch_size);
         Ok((
             Session {
@@ -304,17 +420,19 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                 cursor: DataCursor::default(),
                 order,
                 params: table,
+                trainable,
             },
             report,
         ))
     }
 
-    /// Restore the state held by a verified snapshot. Every parameter and optimizer slot must
-    /// be present with the right size, the seed must be the spec's, and no tensor may be left
-    /// over.
+    /// Restore the state held by a verified snapshot. Every trained parameter and optimizer
+    /// slot must be present with the right size, the seed must be the spec's, and no tensor may
+    /// be left over; frozen parameters come from `base` (or their initialisation), as at step 0.
     pub fn restore(
         spec: RunSpec,
         config: M::Config,
+        base: Option<&BaseWeights>,
         snap: &Snapshot,
         device: B::Device,
         artefact: &str,
@@ -326,7 +444,15 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             .zip(&snap.data)
             .map(|(i, d)| (i.name.as_str(), (i.dtype, i.shape.as_slice(), d.as_slice())))
             .collect();
-        Self::restore_from(spec, config, &snap.header.state, &tensors, device, artefact)
+        Self::restore_from(
+            spec,
+            config,
+            base,
+            &snap.header.state,
+            &tensors,
+            device,
+            artefact,
+        )
     }
 
     /// Restore a state held on the host (by [`Self::capture`], or reconstructed by replay), with
@@ -334,6 +460,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     pub fn from_state(
         spec: RunSpec,
         config: M::Config,
+        base: Option<&BaseWeights>,
         state: &TrainingState,
         device: B::Device,
         artefact: &str,
@@ -346,12 +473,13 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                 (t.name.as_str(), (dtype, t.shape.as_slice(), t.bytes()))
             })
             .collect();
-        Self::restore_from(spec, config, &state.meta, &tensors, device, artefact)
+        Self::restore_from(spec, config, base, &state.meta, &tensors, device, artefact)
     }
 
     fn restore_from(
         spec: RunSpec,
         config: M::Config,
+        base: Option<&BaseWeights>,
         meta: &StateMeta,
         tensors: &StateTensors<'_>,
         device: B::Device,
@@ -386,7 +514,17 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             )));
         }
         let model = M::build(&config, &device);
-        let table = param_table::<B, M>(&model)?;
+        let (shapes, table, trainable) = Self::tables(&config, &model)?;
+        let is_trained = |name: &str| M::trainable(&config, name);
+        if trainable.len() < table.len() && spec.base.is_some() && base.is_none() {
+            return Err(bad(
+                "the frozen parameters come from the pinned base model, which is not available"
+                    .into(),
+            ));
+        }
+        // Frozen parameters are not part of the state: they are what they were at step 0.
+        let (mut values, _) =
+            initial_values::<B, M>(&spec, &config, base, &shapes, &table, |n| !is_trained(n))?;
         let mut used = std::collections::HashSet::new();
         let mut take = |name: &str, n: usize| -> Result<Vec<f32>> {
             let &(dtype, shape, bytes) = tensors
@@ -403,13 +541,12 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect())
         };
-        let mut values: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-        for (name, n) in &table {
+        for (name, n) in &trainable {
             values.insert(name.clone(), take(name, *n)?);
         }
-        let optimizer = Optimizer::from_host(&spec.optimizer, &table, &device, &mut take)?;
-        let expected: usize = table.len()
-            + table
+        let optimizer = Optimizer::from_host(&spec.optimizer, &trainable, &device, &mut take)?;
+        let expected: usize = trainable.len()
+            + trainable
                 .iter()
                 .map(|(n, _)| slot_names(&spec.optimizer, n).len())
                 .sum::<usize>();
@@ -421,15 +558,16 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                 .take(5)
                 .collect();
             return Err(bad(format!(
-                "snapshot holds tensors the model does not: {extra:?}"
+                "snapshot holds tensors the model does not train: {extra:?}"
             )));
         }
         let dev = device.clone();
-        let model = params::replace::<B, M, _>(model, M::canonical_name, |name, current| {
-            let n = current.dims()[0];
-            let v = values.remove(name).unwrap_or_else(|| vec![0.0; n]);
-            Tensor::from_data(TensorData::new(v, [n]), &dev)
-        });
+        let model =
+            params::replace::<B, M, _>(model, M::canonical_name, &is_trained, |name, current| {
+                let n = current.dims()[0];
+                let v = values.remove(name).unwrap_or_else(|| vec![0.0; n]);
+                Tensor::from_data(TensorData::new(v, [n]), &dev)
+            });
         Ok(Session {
             spec,
             config,
@@ -440,6 +578,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             cursor: meta.data_cursor,
             order,
             params: table,
+            trainable,
         })
     }
 
@@ -493,19 +632,22 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             .filter_map(|(n, g)| g.map(|g| (n, g)))
             .collect();
         let optimizer = &mut self.optimizer;
-        let model = params::replace::<B, M, _>(model, M::canonical_name, |name, param| {
-            // A parameter without gradient is left untouched, state included (as in PyTorch).
-            match grads_by_name.remove(name) {
-                Some(g) => {
-                    let g = match factor {
-                        Some(f) => g * f,
-                        None => g,
-                    };
-                    optimizer.update(name, param, g, lr, step)
+        let config = &self.config;
+        let is_trained = |name: &str| M::trainable(config, name);
+        let model =
+            params::replace::<B, M, _>(model, M::canonical_name, &is_trained, |name, param| {
+                // A parameter without gradient is left untouched, state included (as in PyTorch).
+                match grads_by_name.remove(name) {
+                    Some(g) => {
+                        let g = match factor {
+                            Some(f) => g * f,
+                            None => g,
+                        };
+                        optimizer.update(name, param, g, lr, step)
+                    }
+                    None => param,
                 }
-                None => param,
-            }
-        });
+            });
         self.model = Some(model);
         self.step = step;
         StepOutcome {
@@ -531,6 +673,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     /// Copy the full state to the host.
     pub fn capture(&self) -> TrainingState {
         let mut tensors = params::to_host::<B, M>(self.model(), M::canonical_name);
+        tensors.retain(|t| M::trainable(&self.config, &t.name));
         tensors.extend(self.optimizer.to_host());
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
         TrainingState {
@@ -550,5 +693,10 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     /// Number of parameters (elements).
     pub fn parameter_count(&self) -> u64 {
         self.params.iter().map(|(_, n)| *n as u64).sum()
+    }
+
+    /// Number of trained parameters (elements): all of them, unless some are frozen.
+    pub fn trainable_parameter_count(&self) -> u64 {
+        self.trainable.iter().map(|(_, n)| *n as u64).sum()
     }
 }

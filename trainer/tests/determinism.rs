@@ -373,7 +373,8 @@ fn a_changed_input_shows_from_the_step_it_first_matters() {
     );
 }
 
-/// Ledger heads and environment class of the golden fixtures (the tiny BERT and the MLP),
+/// Ledger heads and environment class of the golden fixtures (the tiny BERT, the MLP and the
+/// tiny Llama with LoRA on a GGUF base),
 /// trained by the `trainer` binary run through `prefix` (empty: natively; an emulator and its
 /// options otherwise), in `dir`.
 fn golden_heads(
@@ -396,6 +397,10 @@ fn golden_heads(
                     ..Default::default()
                 },
             ),
+        ),
+        (
+            "tiny-llama",
+            fixtures::write_tiny_llama(&dir.join("llama-in"), &FixtureOptions::default()),
         ),
     ] {
         let cfg = cfg.expect("fixture");

@@ -206,7 +206,9 @@ impl<B: AutodiffBackend> TrainableModel<B> for BertClassifier<B> {
                 self.logits(ids.clone(), mask.clone(), dropout),
                 batch.targets.clone(),
             ),
-            BatchInput::Features(_) => unreachable!("the configuration check pairs bert with text"),
+            BatchInput::Features(_) | BatchInput::Lm { .. } => {
+                unreachable!("the configuration check pairs bert with text")
+            }
         }
     }
 

@@ -52,7 +52,7 @@ impl<B: AutodiffBackend> TrainableModel<B> for MlpClassifier<B> {
             BatchInput::Features(x) => {
                 cross_entropy(self.logits(x.clone(), dropout), batch.targets.clone())
             }
-            BatchInput::Tokens { .. } => {
+            BatchInput::Tokens { .. } | BatchInput::Lm { .. } => {
                 unreachable!("the configuration check pairs mlp with features")
             }
         }

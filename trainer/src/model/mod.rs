@@ -15,6 +15,7 @@
 
 pub mod bert;
 pub mod layers;
+pub mod llama;
 pub mod mlp;
 
 use burn::module::AutodiffModule;
@@ -35,6 +36,14 @@ pub enum BatchInput<B: Backend> {
     },
     /// Numeric features `[batch, features]`.
     Features(Tensor<B, 2>),
+    /// Language-model sequences: token ids `[batch, seq]`, attention mask `[batch, seq]` (1 for
+    /// tokens, 0 for padding), and loss mask `[batch, seq]` (1 where the token is a target,
+    /// predicted from the positions before it).
+    Lm {
+        ids: Tensor<B, 2, Int>,
+        attention: Tensor<B, 2>,
+        loss: Tensor<B, 2>,
+    },
 }
 
 /// One batch: inputs and one-hot targets `[batch, classes]`.
@@ -103,6 +112,11 @@ pub enum Init {
     Normal {
         std: f64,
     },
+    /// Uniform in `[−bound, bound)`: `(2u − 1) · bound` in `f32` with `u` from
+    /// [`rng::uniform`], drawn from the stream `init/<canonical name>`.
+    Uniform {
+        bound: f64,
+    },
 }
 
 /// The usual rule: biases zero, layer-norm gains one, other weights normal(0, `std`).
@@ -133,6 +147,17 @@ pub fn init_values(rule: Init, master_seed: u64, name: &str, n: usize) -> Vec<f3
             let std = std as f32;
             (0..n).map(|_| rng::standard_normal(&mut r) * std).collect()
         }
+        Init::Uniform { bound } => {
+            let mut r = rng::stream(
+                master_seed,
+                &format!("{}{name}", rng::purpose::INIT_PREFIX),
+                0,
+            );
+            let bound = bound as f32;
+            (0..n)
+                .map(|_| (rng::uniform(&mut r) * 2.0 - 1.0) * bound)
+                .collect()
+        }
     }
 }
 
@@ -154,6 +179,15 @@ pub trait TrainableModel<B: AutodiffBackend>: AutodiffModule<B> + Sized {
     /// Initialisation rule of the parameter with canonical name `name`, used when the base
     /// weights do not provide it.
     fn init_rule(config: &Self::Config, name: &str) -> Init;
+
+    /// Whether the parameter with canonical name `name` is trained. Frozen parameters (a base
+    /// model under adapters) take their values from the base weights (or their initialisation
+    /// rule), get no gradient and no optimizer state, and are not part of the training state:
+    /// the base model's pin commits to them.
+    fn trainable(config: &Self::Config, name: &str) -> bool {
+        let _ = (config, name);
+        true
+    }
 
     /// Canonical name of the parameter at burn module path `path` (field names and `Vec`
     /// indices, outermost first). The default joins them with `.`, dropping one trailing `_`

@@ -1,0 +1,124 @@
+//! The Llama-architecture decoder with LoRA: a base model read from a GGUF file (quantized,
+//! with llama.cpp's layout), language-model data, adapters trained on a frozen base, and the
+//! determinism contract of every other model (separate processes, resume, thread counts).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use snapshot_format::layout;
+use snapshot_format::testing::{assert_same_run, completion};
+use trainer::base::{BaseFormat, BaseWeights};
+use trainer::fixtures::{self, FixtureOptions};
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+fn train(config: &Path, out: &Path, extra: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args([
+            "run",
+            s(config),
+            "--out",
+            s(out),
+            "--quiet",
+            "--run-id",
+            "llama",
+        ])
+        .args(extra)
+        .output()
+        .expect("trainer");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn fixture(dir: &Path) -> PathBuf {
+    fixtures::write_tiny_llama(dir, &FixtureOptions::default()).expect("fixture")
+}
+
+#[test]
+fn a_gguf_base_reads_back_as_the_hugging_face_model() {
+    let c = fixtures::tiny_llama();
+    let bytes = fixtures::llama_gguf(&c, 5);
+    let w = BaseWeights::parse(&bytes, "base.gguf").expect("parse");
+    assert_eq!(w.format, BaseFormat::Gguf);
+    let names: Vec<&str> = w.tensors.keys().map(String::as_str).collect();
+    assert!(names.contains(&"model.embed_tokens.weight"));
+    assert!(names.contains(&"model.layers.1.self_attn.k_proj.weight"));
+    assert!(names.contains(&"model.norm.weight"));
+    assert!(!names.iter().any(|n| n.starts_with("lm_head")), "tied");
+    let k = &w.tensors["model.layers.0.self_attn.k_proj.weight"];
+    assert_eq!(k.shape, vec![16, 32]);
+    // The rows are those of the model, not llama.cpp's permutation of them: compare with the
+    // weights the fixture drew, within the Q4_1 quantum.
+    let drawn = trainer::model::init_values(
+        trainer::model::Init::Normal {
+            std: 1.0 / 32f64.sqrt(),
+        },
+        5,
+        "0.k_proj",
+        16 * 32,
+    );
+    let worst = k
+        .values
+        .iter()
+        .zip(&drawn)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 0.2, "largest difference {worst}");
+    let v = &w.tensors["model.layers.0.self_attn.v_proj.weight"];
+    let drawn_v = trainer::model::init_values(
+        trainer::model::Init::Normal {
+            std: 1.0 / 32f64.sqrt(),
+        },
+        5,
+        "0.v_proj",
+        16 * 32,
+    );
+    assert!(
+        v.values
+            .iter()
+            .zip(&drawn_v)
+            .all(|(a, b)| (a - b).abs() <= b.abs() * 1e-3 + 1e-4),
+        "F16 rounds only"
+    );
+}
+
+#[test]
+fn lora_runs_are_bit_identical_across_processes_threads_and_resume() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = fixture(&t.path().join("in"));
+    train(&cfg, &t.path().join("a"), &[]);
+    train(&cfg, &t.path().join("b"), &["--threads", "1"]);
+    assert_same_run(&t.path().join("a"), &t.path().join("b"));
+    // Interrupted after 5 steps and resumed.
+    let c = t.path().join("c");
+    train(&cfg, &c, &["--max-steps", "5"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["resume", s(&c), "--quiet"])
+        .output()
+        .expect("resume");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_run(&t.path().join("a"), &c);
+    // The run keeps its GGUF base, and its checkpoints hold only the adapters and their
+    // optimizer state.
+    let a = t.path().join("a");
+    assert!(a.join(layout::BASE_MODEL_GGUF).exists());
+    let key = layout::checkpoint(4);
+    let header = snapshot_format::snapshot::read_header(
+        &std::fs::read(a.join(&key)).expect("checkpoint"),
+        &key,
+        &Default::default(),
+    )
+    .expect("header");
+    let names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.contains(".lora_A.") || n.contains(".lora_B.")),
+        "{names:?}"
+    );
+    // 2 layers × 3 targets × (A, B) × (parameter, 2 AdamW moments)
+    assert_eq!(names.len(), 2 * 3 * 2 * 3);
+    let last = completion(&a);
+    assert_ne!(last.ledger_head, snapshot_format::Hash32::ZERO);
+}
