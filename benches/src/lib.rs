@@ -152,7 +152,7 @@ impl DemoTraining {
         )
         .expect("data");
         let base = BaseWeights::parse(&demo::base_model().expect("base"), "base").expect("base");
-        let spec = config::RunSpec::new(&config, &dataset, Some(&base));
+        let spec = config::RunSpec::new(&config, &dataset, Some(&base), None);
         let data = trainer::session::PreparedData::new(&dataset, &spec);
         DemoTraining {
             spec,

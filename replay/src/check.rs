@@ -124,15 +124,17 @@ fn check_one(ctx: &RunContext, step: u64, key: &str) -> Result<(Vec<Problem>, u6
 
 /// Objects in the run that the layout does not define (verification results excepted).
 fn unexpected_objects(ctx: &RunContext) -> Result<Vec<String>, CommandError> {
+    // The base model's key is the one of its format, as the spec records it.
+    let base = ctx.spec.base.as_ref().map(|b| b.run_key());
     let known = |k: &str| {
         [
             layout::MANIFEST,
             layout::DATASET_MANIFEST,
             layout::DATASET_DATA,
-            layout::BASE_MODEL,
             layout::COMPLETE,
         ]
         .contains(&k)
+            || Some(k) == base
             || layout::parse_checkpoint(k).is_some()
             || layout::parse_segment(k).is_some()
             || k.starts_with(layout::SIGNATURES)

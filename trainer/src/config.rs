@@ -387,9 +387,13 @@ pub enum DataFormat {
     Tokens,
     /// Language-model sequences: `{"tokens": [1, 9690, ...], "loss_mask": [0, 0, 1, ...]}`,
     /// token ids (any below the vocabulary size) and which of them are targets of the
-    /// next-token loss (default: all but the first). `trainer tokenize` writes them from chat
-    /// or instruction data.
+    /// next-token loss (default: all but the first).
     Lm,
+    /// Chat or instruction rows (`{"messages": [...]}` or `{"instruction", "input",
+    /// "output"}`), in a configuration only: `trainer run` renders them with the GGUF base
+    /// model's chat template and tokenizer into `lm` rows, the loss on the assistant's replies
+    /// (`trainer/src/chat.rs`); the run records those rows and how they were made.
+    Chat,
 }
 
 /// Tokenizer for text datasets.
@@ -748,19 +752,19 @@ impl SpecParts<'_> {
         if s.warmup_steps > self.run.steps {
             return bad("schedule.warmup_steps", "exceeds run.steps");
         }
-        if (self.format == DataFormat::Lm) != self.model.is_language_model() {
+        let format = match self.format {
+            DataFormat::Chat => DataFormat::Lm,
+            f => f,
+        };
+        if (format == DataFormat::Lm) != self.model.is_language_model() {
             return bad(
                 "data.format",
                 "\"lm\" data trains a language model (model.kind = \"llama\"), and a language \
                  model trains on \"lm\" data",
             );
         }
-        match (
-            self.format,
-            self.model.vocab_size(),
-            self.model.input_size(),
-        ) {
-            (DataFormat::Lm, _, _) => {
+        match (format, self.model.vocab_size(), self.model.input_size()) {
+            (DataFormat::Lm | DataFormat::Chat, _, _) => {
                 let max_position = match self.model {
                     ModelSpec::Llama(l) => l.max_position,
                     _ => u64::MAX,
@@ -989,6 +993,9 @@ pub struct DataSpec {
     pub examples: u64,
     /// Merkle root of the example hashes (the dataset manifest's root).
     pub dataset_root: Hash32,
+    /// How chat data was rendered and tokenized into these rows (absent for data given as is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<crate::chat::Conversion>,
 }
 
 /// Base weights as recorded in the spec.
@@ -1032,6 +1039,7 @@ impl RunSpec {
         config: &RunConfig,
         dataset: &crate::data::Dataset,
         base: Option<&crate::base::BaseWeights>,
+        conversion: Option<crate::chat::Conversion>,
     ) -> Self {
         RunSpec {
             numerics: NUMERICS_VERSION,
@@ -1042,11 +1050,15 @@ impl RunSpec {
                 format: w.format,
             }),
             data: DataSpec {
-                format: config.data.format,
+                format: match config.data.format {
+                    DataFormat::Chat => DataFormat::Lm,
+                    f => f,
+                },
                 max_len: config.data.max_len,
                 tokenizer: config.data.tokenizer,
                 examples: dataset.len(),
                 dataset_root: dataset.manifest.root,
+                conversion,
             },
             optimizer: config.optimizer.clone(),
             schedule: config.schedule.clone(),
@@ -1091,6 +1103,9 @@ impl RunSpec {
             schedule: &self.schedule,
         }
         .validate()?;
+        if self.data.format == DataFormat::Chat {
+            return Err("data.format: a run records chat data as \"lm\" rows".into());
+        }
         if self.data.examples < self.run.batch_size {
             return Err(format!(
                 "data.examples: {} examples, fewer than run.batch_size = {}",
@@ -1226,6 +1241,7 @@ lr = 0.001
                 tokenizer: TokenizerKind::Hash,
                 examples: 8,
                 dataset_root: Hash32::ZERO,
+                conversion: None,
             },
             optimizer: c.optimizer.clone(),
             schedule: c.schedule.clone(),

@@ -199,6 +199,12 @@ impl Dataset {
                         label: r.label,
                     }
                 }
+                DataFormat::Chat => {
+                    return Err(row_err(
+                        "chat rows are rendered into lm rows before they are parsed (trainer run does it)"
+                            .into(),
+                    ));
+                }
                 DataFormat::Lm => {
                     let r: LmRow =
                         serde_json::from_str(line).map_err(|e| row_err(e.to_string()))?;

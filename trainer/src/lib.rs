@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod base;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -11,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod fingerprint;
 pub mod fixtures;
+pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod model;

@@ -101,6 +101,32 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Greedy generation with a GGUF Llama model (the base model itself, no adapter): each
+    /// prompt as a user message in the model's chat template.
+    Generate {
+        /// The GGUF file.
+        #[arg(long)]
+        base: PathBuf,
+        /// A prompt (repeatable).
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
+        /// Most tokens to generate per prompt.
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// The prompt as plain text, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// Write the logits of each prompt's positions to DIR/prompt-N.f32 (little-endian f32,
+        /// `[prompt tokens, vocab]`), for comparison with another implementation.
+        #[arg(long)]
+        logits_dir: Option<PathBuf>,
+        /// Worker threads of the CPU backend (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print the generations as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the pin of each file (the `blake3` of a `[base]` section): its file hash, then its
     /// path.
     Hash {
@@ -152,6 +178,7 @@ fn render(s: &RunSummary, common: &Common, trusted_key: Option<&str>) -> String 
             "ledger_head": s.ledger_head,
             "state_root": s.state_root,
             "parameters": s.parameters,
+            "trained_parameters": s.trained_parameters,
             "steps_per_second": s.steps_per_second,
             "last_loss": s.last_loss,
             "bytes_written": s.bytes_written,
@@ -178,17 +205,28 @@ fn render(s: &RunSummary, common: &Common, trusted_key: Option<&str>) -> String 
         s.steps_per_second,
         rayon::current_num_threads()
     );
-    let _ = writeln!(out, "  parameters    {}", s.parameters);
-    if !s.init.loaded.is_empty() || !s.init.initialized.is_empty() {
+    if s.trained_parameters == s.parameters {
+        let _ = writeln!(out, "  parameters    {}", s.parameters);
+    } else {
         let _ = writeln!(
             out,
-            "  from base     {} tensors; newly initialised: {}",
+            "  parameters    {} ({} trained, the rest frozen)",
+            s.parameters, s.trained_parameters
+        );
+    }
+    if !s.init.loaded.is_empty() || !s.init.initialized.is_empty() {
+        // Name a few; `--json` lists them all.
+        const SHOWN: usize = 4;
+        let new = &s.init.initialized;
+        let named = match new.len() {
+            0 => "none".to_string(),
+            n if n <= SHOWN => new.join(", "),
+            n => format!("{}, … ({n} in all)", new[..SHOWN].join(", ")),
+        };
+        let _ = writeln!(
+            out,
+            "  from base     {} tensors; newly initialised: {named}",
             s.init.loaded.len(),
-            if s.init.initialized.is_empty() {
-                "none".to_string()
-            } else {
-                s.init.initialized.join(", ")
-            }
         );
     }
     let _ = writeln!(out, "  last loss     {:.4}", s.last_loss);
@@ -304,6 +342,50 @@ fn run(cli: Cli) -> Result<(), Error> {
                 "{}",
                 serde_json::json!({ "environment": f, "class": f.class() })
             );
+        }
+        Command::Generate {
+            base,
+            prompt,
+            max_new_tokens,
+            raw,
+            logits_dir,
+            threads,
+            json,
+        } => {
+            if let Some(n) = threads {
+                let _ = rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build_global();
+            }
+            let io = |path: &std::path::Path, source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            let bytes = std::fs::read(&base).map_err(|e| io(&base, e))?;
+            let name = base.display().to_string();
+            let out = trainer::generate::generate(&bytes, &name, &prompt, max_new_tokens, raw)?;
+            if let Some(dir) = &logits_dir {
+                std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+            }
+            for (i, g) in out.iter().enumerate() {
+                if let Some(dir) = &logits_dir {
+                    let path = dir.join(format!("prompt-{i}.f32"));
+                    let raw: Vec<u8> = g
+                        .prompt_logits
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect();
+                    std::fs::write(&path, raw).map_err(|e| io(&path, e))?;
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"prompt": prompt[i], "generation": g})
+                    );
+                } else {
+                    println!("> {}\n{}\n", prompt[i], g.text);
+                }
+            }
         }
         Command::Hash { files } => {
             for path in files {

