@@ -282,9 +282,11 @@ pub fn rollback(
     Ok(report)
 }
 
-/// Write `state` to `store` as `model.safetensors` (the parameters, Hugging Face names) and
-/// `state.snap` (the full state, an export snapshot whose parent is the committed root of step
-/// `parent`). Returns the names of those files and of the `report` the caller writes next.
+/// Write `state` to `store` as `model.safetensors` (the parameters, Hugging Face names; for a
+/// LoRA run the base with the adapter merged, and the adapter as PEFT writes it in
+/// `adapter_model.safetensors` and `adapter_config.json`) and `state.snap` (the full state, an
+/// export snapshot whose parent is the committed root of step `parent`). Returns the names of
+/// those files and of the `report` the caller writes next.
 pub(crate) fn export_state(
     store: &Store,
     ctx: &RunContext,
@@ -304,8 +306,37 @@ pub(crate) fn export_state(
             )
         })
         .collect();
-    let safetensors = trainer::base::to_safetensors(&params)?;
-    store.put_once("model.safetensors", safetensors)?;
+    let mut files = vec!["model.safetensors".to_string()];
+    // A LoRA run exports its adapter as PEFT does, and as model.safetensors the base with the
+    // adapter merged in: a plain checkpoint of the whole model.
+    let model = match &ctx.spec.model {
+        trainer::config::ModelSpec::Llama(c) if c.lora.is_some() => {
+            let base = match ctx.base_weights()? {
+                Ok(Some(b)) => b,
+                Ok(None) => return Err(CommandError::Usage("a LoRA run without a base".into())),
+                Err(p) => return Err(CommandError::Usage(format!("{}: {}", p.artefact, p.detail))),
+            };
+            let pin = ctx
+                .spec
+                .base
+                .as_ref()
+                .map(|b| b.blake3.to_string())
+                .unwrap_or_default();
+            let e = trainer::peft::lora_export(c, base, &format!("blake3:{pin}"), &params)?;
+            store.put_once(
+                "adapter_model.safetensors",
+                trainer::base::to_safetensors(&e.adapter)?,
+            )?;
+            put_json(store, "adapter_config.json", &e.adapter_config)?;
+            files.extend([
+                "adapter_model.safetensors".into(),
+                "adapter_config.json".into(),
+            ]);
+            e.merged
+        }
+        _ => params,
+    };
+    store.put_once("model.safetensors", trainer::base::to_safetensors(&model)?)?;
     let hashes = state.tensor_hashes();
     let provenance = Provenance {
         run_id: ctx.manifest.run_id.clone(),
@@ -323,11 +354,8 @@ pub(crate) fn export_state(
             )?
             .into_parts(),
     )?;
-    Ok(vec![
-        "model.safetensors".into(),
-        "state.snap".into(),
-        report.into(),
-    ])
+    files.extend(["state.snap".into(), report.into()]);
+    Ok(files)
 }
 
 /// Write `value` as pretty JSON to `key`, once.

@@ -681,6 +681,17 @@ fn usage_errors_exit_3_and_a_closed_pipe_is_not_an_error() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
 
+fn config_lora_rank(c: &RunConfig) -> u64 {
+    match &c.model {
+        trainer::config::ModelSpec::Llama(l) => l.lora.as_ref().map(|l| l.rank).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn names_contain(t: &safetensors::SafeTensors<'_>, name: &str) -> bool {
+    t.names().contains(&name)
+}
+
 #[test]
 fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
     let t = tempfile::tempdir().expect("tmp");
@@ -692,6 +703,11 @@ fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
     assert!(summary.completed);
     let c: CheckReport = json(&["check", s(&r)], 0);
     assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    assert!(
+        c.problems.is_empty(),
+        "the GGUF base is where the layout puts it: {:?}",
+        c.problems
+    );
     let v: VerifyReport = json(&["verify", s(&r), "--all"], 0);
     assert_eq!(v.verdict, Verdict::Verified, "{:?}", v.ranges);
     assert_eq!(v.steps_replayed, 12);
@@ -703,6 +719,49 @@ fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
     let out = t.path().join("rb");
     let rb: RollbackReport = json(&["rollback", s(&r), "--step", "6", "--out", s(&out)], 0);
     assert_eq!(rb.verdict, Verdict::Recorded);
+    // The adapter as PEFT names it, and the base with the adapter merged in.
+    let read = |dir: &Path, f: &str| std::fs::read(dir.join(f)).expect(f);
+    let adapter_bytes = read(&out, "adapter_model.safetensors");
+    let adapter = safetensors::SafeTensors::deserialize(&adapter_bytes).expect("adapter");
+    let names = adapter.names();
+    assert!(!names.is_empty());
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("base_model.model.model.layers.")
+                && (n.ends_with(".lora_A.weight") || n.ends_with(".lora_B.weight"))),
+        "{names:?}"
+    );
+    let peft: serde_json::Value =
+        serde_json::from_slice(&read(&out, "adapter_config.json")).expect("adapter_config");
+    assert_eq!(peft["peft_type"], "LORA");
+    assert_eq!(peft["r"], config_lora_rank(&config));
+    let merged_bytes = read(&out, "model.safetensors");
+    let merged = safetensors::SafeTensors::deserialize(&merged_bytes).expect("merged");
+    let base = trainer::base::BaseWeights::parse(&read(&r, layout::BASE_MODEL_GGUF), "base")
+        .expect("base");
+    let mut names: Vec<String> = merged.names().into_iter().map(String::from).collect();
+    names.sort();
+    assert_eq!(names, base.tensors.keys().cloned().collect::<Vec<_>>());
+    let values = |t: safetensors::tensor::TensorView<'_>| -> Vec<f32> {
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    // Adapted projections changed, the others are the base's bits.
+    let mut adapted = 0;
+    for (name, t) in &base.tensors {
+        let m = values(merged.tensor(name).expect("merged tensor"));
+        let stem = name.trim_end_matches(".weight");
+        if names_contain(&adapter, &format!("base_model.model.{stem}.lora_A.weight")) {
+            adapted += 1;
+            assert_ne!(m, t.values, "{name} merged");
+        } else {
+            assert_eq!(m, t.values, "{name} kept");
+        }
+    }
+    assert!(adapted > 0);
     // A changed byte of the GGUF base fails every command.
     let base = r.join(layout::BASE_MODEL_GGUF);
     let mut bytes = std::fs::read(&base).expect("base");

@@ -519,7 +519,8 @@ mod tests {
         assert_eq!(rows.len(), 2);
         let ids: Vec<u32> = serde_json::from_value(rows[0]["tokens"].clone()).expect("test data");
         assert!(tok.decode(&ids).contains("user\nadd\n\n1 2<|im_end|>"));
-        let mask: Vec<u8> = serde_json::from_value(rows[1]["loss_mask"].clone()).expect("test data");
+        let mask: Vec<u8> =
+            serde_json::from_value(rows[1]["loss_mask"].clone()).expect("test data");
         assert_eq!(
             mask.iter().filter(|&&m| m == 1).count(),
             2,
@@ -549,10 +550,7 @@ mod tests {
             let e = convert(&bytes, "d.jsonl", &tok, 40)
                 .expect_err("a bad row")
                 .to_string();
-            assert!(
-                e.contains("d.jsonl:2:") && e.contains(why),
-                "{e}"
-            );
+            assert!(e.contains("d.jsonl:2:") && e.contains(why), "{e}");
         }
     }
 }

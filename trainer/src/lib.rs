@@ -18,6 +18,7 @@ pub mod gpu;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod peft;
 pub mod record;
 pub mod rng;
 pub mod run;
