@@ -6,9 +6,10 @@ as llama.cpp permuted them and rotated in adjacent pairs (llama.cpp's "normal" r
 engine undoes the permutation and rotates Hugging Face's halves; both give the same attention
 scores, so agreement also checks the engine's un-permutation.
 
-Usage: reference.py MODEL.gguf GENERATIONS.jsonl LOGITS_DIR
+Usage: reference.py MODEL.gguf GENERATIONS.jsonl LOGITS_DIR [--rope-theta THETA]
 where GENERATIONS.jsonl is `trainer generate --json` output and LOGITS_DIR its --logits-dir.
 Prints one JSON line per prompt and exits 1 when the logits or the greedy tokens disagree.
+`--rope-theta` replaces the model's rotary base, to show that the comparison can tell.
 """
 
 import json
@@ -33,11 +34,11 @@ def rms(x, g, eps):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
 
 
-def forward(meta, w, ids):
+def forward(meta, w, ids, theta=None):
     nh = int(meta["llama.attention.head_count"])
     nkv = int(meta["llama.attention.head_count_kv"])
     eps = float(meta["llama.attention.layer_norm_rms_epsilon"])
-    theta = float(meta["llama.rope.freq_base"])
+    theta = theta or float(meta["llama.rope.freq_base"])
     layers = int(meta["llama.block_count"])
     x = w["token_embd.weight"][ids]
     s, h = x.shape
@@ -78,13 +79,14 @@ def forward(meta, w, ids):
 
 def main():
     model, generations, logits_dir = sys.argv[1:4]
+    theta = float(sys.argv[5]) if sys.argv[4:5] == ["--rope-theta"] else None
     meta, w = load(model)
     vocab = w["token_embd.weight"].shape[0]
     ok = True
     for i, line in enumerate(open(generations)):
         g = json.loads(line)["generation"]
         prompt, engine_tokens = g["prompt_tokens"], g["tokens"]
-        ref = forward(meta, w, np.array(prompt))
+        ref = forward(meta, w, np.array(prompt), theta)
         eng = np.fromfile(f"{logits_dir}/prompt-{i}.f32", dtype="<f4").reshape(len(prompt), vocab)
         diff = np.abs(eng.astype(np.float64) - ref)
         scale = np.abs(ref).max()
@@ -93,7 +95,7 @@ def main():
         ids = list(prompt)
         ref_tokens = []
         for _ in range(len(engine_tokens)):
-            nxt = int(forward(meta, w, np.array(ids))[-1].argmax())
+            nxt = int(forward(meta, w, np.array(ids), theta)[-1].argmax())
             ref_tokens.append(nxt)
             ids.append(nxt)
         agree = ref_tokens == engine_tokens

@@ -134,18 +134,100 @@ pub fn greedy(
     (out, prompt_logits)
 }
 
-/// Generate a reply to each prompt with the GGUF model in `bytes` (named `source`): the prompt
-/// as a user message in the model's chat template, or as plain text with `raw`.
+/// A LoRA adapter as PEFT writes it: `adapter_config.json` and `adapter_model.safetensors` in
+/// `dir`.
+#[derive(Debug)]
+pub struct PeftAdapter {
+    pub lora: crate::config::LoraConfig,
+    pub tensors: Vec<crate::peft::NamedTensor>,
+}
+
+impl PeftAdapter {
+    /// Read the adapter in `dir` (f32 tensors under PEFT's `base_model.model.` names).
+    pub fn read(dir: &std::path::Path) -> Result<Self> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let bad = |name: &str, detail: String| Error::BaseModel {
+            path: dir.join(name).display().to_string(),
+            detail,
+        };
+        const CONFIG: &str = "adapter_config.json";
+        const MODEL: &str = "adapter_model.safetensors";
+        let c: serde_json::Value =
+            serde_json::from_slice(&read(CONFIG)?).map_err(|e| bad(CONFIG, e.to_string()))?;
+        if c["peft_type"] != "LORA" || c["use_dora"] == true || c["use_rslora"] == true {
+            return Err(bad(
+                CONFIG,
+                "not a plain LoRA adapter (peft_type LORA, no DoRA, no rsLoRA)".into(),
+            ));
+        }
+        let lora = crate::config::LoraConfig {
+            rank: c["r"]
+                .as_u64()
+                .ok_or_else(|| bad(CONFIG, "no rank r".into()))?,
+            alpha: c["lora_alpha"]
+                .as_f64()
+                .ok_or_else(|| bad(CONFIG, "no lora_alpha".into()))?,
+            dropout: c["lora_dropout"].as_f64().unwrap_or(0.0),
+            targets: serde_json::from_value(c["target_modules"].clone())
+                .map_err(|e| bad(CONFIG, format!("target_modules: {e}")))?,
+        };
+        let bytes = read(MODEL)?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(MODEL, e.to_string()))?;
+        let mut tensors = Vec::new();
+        for (name, view) in st.tensors() {
+            let stem = name.strip_prefix(crate::peft::PEFT_PREFIX).ok_or_else(|| {
+                bad(
+                    MODEL,
+                    format!("{name}: not under {}", crate::peft::PEFT_PREFIX),
+                )
+            })?;
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(bad(
+                    MODEL,
+                    format!("{name} is {:?}; f32 adapters are read", view.dtype()),
+                ));
+            }
+            tensors.push((
+                stem.to_string(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            ));
+        }
+        Ok(PeftAdapter { lora, tensors })
+    }
+}
+
+/// Generate a reply to each prompt with the GGUF model in `bytes` (named `source`), with
+/// `adapter` merged into it when given: the prompt as a user message in the model's chat
+/// template, or as plain text with `raw`.
 pub fn generate(
     bytes: &[u8],
     source: &str,
+    adapter: Option<&PeftAdapter>,
     prompts: &[String],
     max_new: usize,
     raw: bool,
 ) -> Result<Vec<Generation>> {
-    let base = BaseWeights::parse(bytes, source)?;
+    let mut base = BaseWeights::parse(bytes, source)?;
     let tok = ChatTokenizer::from_gguf(&base)?;
-    let config = llama_config(&base)?;
+    let mut config = llama_config(&base)?;
+    if let Some(a) = adapter {
+        config.lora = Some(a.lora.clone());
+        let merged = crate::peft::lora_export(&config, &base, "", &a.tensors)?.merged;
+        config.lora = None;
+        for (name, _, bytes) in merged {
+            if let Some(t) = base.tensors.get_mut(&name) {
+                t.values = crate::peft::f32s(&bytes);
+            }
+        }
+    }
     let model = load(&config, &base)?;
     let mut stop = vec![tok.eos];
     stop.extend(tok.token(crate::chat::IM_END));

@@ -107,6 +107,10 @@ enum Command {
         /// The GGUF file.
         #[arg(long)]
         base: PathBuf,
+        /// A LoRA adapter directory as PEFT writes it (`adapter_config.json`,
+        /// `adapter_model.safetensors`; `replay rollback` exports one), merged into the base.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// A prompt (repeatable).
         #[arg(long, required = true)]
         prompt: Vec<String>,
@@ -345,6 +349,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Generate {
             base,
+            adapter,
             prompt,
             max_new_tokens,
             raw,
@@ -363,7 +368,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let bytes = std::fs::read(&base).map_err(|e| io(&base, e))?;
             let name = base.display().to_string();
-            let out = trainer::generate::generate(&bytes, &name, &prompt, max_new_tokens, raw)?;
+            let adapter = adapter
+                .as_deref()
+                .map(trainer::generate::PeftAdapter::read)
+                .transpose()?;
+            let out = trainer::generate::generate(
+                &bytes,
+                &name,
+                adapter.as_ref(),
+                &prompt,
+                max_new_tokens,
+                raw,
+            )?;
             if let Some(dir) = &logits_dir {
                 std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
             }

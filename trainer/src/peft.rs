@@ -26,7 +26,8 @@ pub struct LoraExport {
     pub merged: Vec<NamedTensor>,
 }
 
-fn f32s(bytes: &[u8]) -> Vec<f32> {
+/// Little-endian f32 values of `bytes`.
+pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
