@@ -306,37 +306,16 @@ pub(crate) fn export_state(
             )
         })
         .collect();
-    let mut files = vec!["model.safetensors".to_string()];
-    // A LoRA run exports its adapter as PEFT does, and as model.safetensors the base with the
-    // adapter merged in: a plain checkpoint of the whole model.
-    let model = match &ctx.spec.model {
-        trainer::config::ModelSpec::Llama(c) if c.lora.is_some() => {
-            let base = match ctx.base_weights()? {
-                Ok(Some(b)) => b,
-                Ok(None) => return Err(CommandError::Usage("a LoRA run without a base".into())),
-                Err(p) => return Err(CommandError::Usage(format!("{}: {}", p.artefact, p.detail))),
-            };
-            let pin = ctx
-                .spec
-                .base
-                .as_ref()
-                .map(|b| b.blake3.to_string())
-                .unwrap_or_default();
-            let e = trainer::peft::lora_export(c, base, &format!("blake3:{pin}"), &params)?;
-            store.put_once(
-                "adapter_model.safetensors",
-                trainer::base::to_safetensors(&e.adapter)?,
-            )?;
-            put_json(store, "adapter_config.json", &e.adapter_config)?;
-            files.extend([
-                "adapter_model.safetensors".into(),
-                "adapter_config.json".into(),
-            ]);
-            e.merged
-        }
-        _ => params,
+    let base = match ctx.base_weights()? {
+        Ok(b) => b,
+        Err(p) => return Err(CommandError::Usage(format!("{}: {}", p.artefact, p.detail))),
     };
-    store.put_once("model.safetensors", trainer::base::to_safetensors(&model)?)?;
+    let pin = ctx.spec.base.as_ref().map(|b| b.blake3);
+    let mut files = Vec::new();
+    for (name, bytes) in trainer::peft::export_files(&ctx.spec.model, base, pin, params)? {
+        store.put_once(&name, bytes)?;
+        files.push(name);
+    }
     let hashes = state.tensor_hashes();
     let provenance = Provenance {
         run_id: ctx.manifest.run_id.clone(),

@@ -762,6 +762,21 @@ fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
         }
     }
     assert!(adapted > 0);
+    // The trainer's export of the final state is the same bytes as a rollback to it.
+    let final_rb = t.path().join("rb-final");
+    let _: RollbackReport = json(
+        &["rollback", s(&r), "--step", "12", "--out", s(&final_rb)],
+        0,
+    );
+    let exported = t.path().join("export");
+    run::export_final(s(&r), s(&exported)).expect("export");
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "model.safetensors",
+    ] {
+        assert_eq!(read(&exported, f), read(&final_rb, f), "{f}");
+    }
     // A changed byte of the GGUF base fails every command.
     let base = r.join(layout::BASE_MODEL_GGUF);
     let mut bytes = std::fs::read(&base).expect("base");

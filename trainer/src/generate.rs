@@ -95,13 +95,63 @@ pub fn load(config: &LlamaConfig, base: &BaseWeights) -> Result<Llama<Cpu>> {
     ))
 }
 
-/// Greedy decoding of `prompt` (token ids): at each step the token of the largest logit (the
-/// lowest id among equal ones), until `max_new` tokens or a token of `stop`.
-pub fn greedy(
+/// Seeded sampling instead of greedy choice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature (> 0).
+    pub temperature: f64,
+    /// Seed of the sampling stream.
+    pub seed: u64,
+}
+
+/// Purpose of the sampling stream; its index is the position of the generated token.
+pub const SAMPLING_STREAM: &str = "generate/sample";
+
+/// The index of the largest value (the lowest index among equal ones).
+pub fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0 as u32
+}
+
+/// A token drawn from `softmax(row / temperature)`: weights `exp((l − max) / T)` in `f64`
+/// (`libm`), summed in index order; `u` uniform in [0, 1) from 53 bits of the stream
+/// `(seed, SAMPLING_STREAM, position)`; the first index whose running sum exceeds `u · total`.
+/// Defined by the logits' bits and the seed alone.
+pub fn sample(row: &[f32], s: Sampling, position: u64) -> u32 {
+    use rand_core::Rng;
+    let max = f64::from(row[argmax(row) as usize]);
+    let weights: Vec<f64> = row
+        .iter()
+        .map(|&l| libm::exp((f64::from(l) - max) / s.temperature))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut rng = crate::rng::stream(s.seed, SAMPLING_STREAM, position);
+    let u = (rng.next_u64() >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0);
+    let target = u * total;
+    let mut sum = 0.0;
+    for (i, w) in weights.iter().enumerate() {
+        sum += w;
+        if sum > target {
+            return i as u32;
+        }
+    }
+    argmax(row)
+}
+
+/// Decoding of `prompt` (token ids) with the key-value cache: at each step the token of the
+/// largest logit (greedy), or one drawn by `sampling`, until `max_new` tokens or a token of
+/// `stop`. Also returns the logits of the prompt's positions, computed in one pass without the
+/// cache.
+pub fn decode(
     model: &Llama<Cpu>,
     prompt: &[u32],
     max_new: usize,
     stop: &[u32],
+    sampling: Option<Sampling>,
 ) -> (Vec<u32>, Vec<f32>) {
     let device = burn::backend::flex::FlexDevice;
     let ids = |t: &[u32]| {
@@ -112,19 +162,15 @@ pub fn greedy(
         |logits: Tensor<Cpu, 3>| -> Vec<f32> { logits.into_data().to_vec().unwrap_or_default() };
     let prompt_logits = rows(model.logits(ids(prompt), None));
     let vocab = prompt_logits.len() / prompt.len().max(1);
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv { (i, v) } else { (bi, bv) }
-            })
-            .0 as u32
-    };
     let mut cache = KvCache::default();
     let mut last = rows(model.logits(ids(prompt), Some(&mut cache)));
     let mut out = Vec::new();
     while out.len() < max_new {
-        let next = argmax(&last[last.len() - vocab..]);
+        let row = &last[last.len() - vocab..];
+        let next = match sampling {
+            None => argmax(row),
+            Some(s) => sample(row, s, (prompt.len() + out.len()) as u64),
+        };
         out.push(next);
         if stop.contains(&next) {
             break;
@@ -206,7 +252,7 @@ impl PeftAdapter {
 
 /// Generate a reply to each prompt with the GGUF model in `bytes` (named `source`), with
 /// `adapter` merged into it when given: the prompt as a user message in the model's chat
-/// template, or as plain text with `raw`.
+/// template, or as plain text with `raw`; greedy, or drawn by `sampling`.
 pub fn generate(
     bytes: &[u8],
     source: &str,
@@ -214,6 +260,7 @@ pub fn generate(
     prompts: &[String],
     max_new: usize,
     raw: bool,
+    sampling: Option<Sampling>,
 ) -> Result<Vec<Generation>> {
     let mut base = BaseWeights::parse(bytes, source)?;
     let tok = ChatTokenizer::from_gguf(&base)?;
@@ -243,7 +290,7 @@ pub fn generate(
             if prompt_tokens.is_empty() {
                 return Err(Error::config("prompt", "an empty prompt has no tokens"));
             }
-            let (tokens, prompt_logits) = greedy(&model, &prompt_tokens, max_new, &stop);
+            let (tokens, prompt_logits) = decode(&model, &prompt_tokens, max_new, &stop, sampling);
             Ok(Generation {
                 text: tok.decode(&tokens),
                 prompt_tokens,
@@ -252,4 +299,28 @@ pub fn generate(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_is_a_function_of_the_logits_and_the_seed() {
+        let row: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let s = |seed, temperature| Sampling { temperature, seed };
+        let draw = |seed, t| {
+            (0..40)
+                .map(|p| sample(&row, s(seed, t), p))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(1, 1.0), draw(1, 1.0));
+        assert_ne!(draw(1, 1.0), draw(2, 1.0));
+        // A tiny temperature leaves only the tokens of the largest logit (tied here).
+        let top = row[argmax(&row) as usize];
+        assert!(draw(3, 1e-6).iter().all(|&t| row[t as usize] == top));
+        // At temperature 1 the draws spread over several tokens.
+        let distinct: std::collections::BTreeSet<u32> = draw(4, 1.0).into_iter().collect();
+        assert!(distinct.len() > 3, "{distinct:?}");
+    }
 }

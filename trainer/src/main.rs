@@ -63,6 +63,11 @@ enum Command {
         /// Run id (default: the config file's name and the start time).
         #[arg(long)]
         run_id: Option<String>,
+        /// When the run completes, export its final model into this directory
+        /// (`model.safetensors`; a LoRA run also PEFT's `adapter_model.safetensors` and
+        /// `adapter_config.json`, and the merged model as `model.safetensors`).
+        #[arg(long)]
+        export: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -73,6 +78,9 @@ enum Command {
         /// from an uninterrupted run, and replay will report it).
         #[arg(long)]
         allow_environment_mismatch: bool,
+        /// When the run completes, export its final model into this directory (as `run`).
+        #[arg(long)]
+        export: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -120,6 +128,12 @@ enum Command {
         /// The prompt as plain text, without the chat template.
         #[arg(long)]
         raw: bool,
+        /// Sample at this temperature instead of choosing the likeliest token (greedy).
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Seed of the sampling (with --temperature): the same seed, the same tokens.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Write the logits of each prompt's positions to DIR/prompt-N.f32 (little-endian f32,
         /// `[prompt tokens, vocab]`), for comparison with another implementation.
         #[arg(long)]
@@ -263,23 +277,29 @@ fn run(cli: Cli) -> Result<(), Error> {
             config,
             out,
             run_id,
+            export,
             common,
         } => {
             let c = RunConfig::from_file(&config)?;
             let mut o = options(&common)?;
             o.run_id = run_id;
+            check_export_target(export.as_deref())?;
             let s = run::start(&c, &out, &o)?;
             report(&s, &common, public_hex(&o).as_deref());
+            export_completed(&s, export.as_deref(), &common)?;
         }
         Command::Resume {
             run: location,
             allow_environment_mismatch,
+            export,
             common,
         } => {
             let mut o = options(&common)?;
             o.allow_environment_mismatch = allow_environment_mismatch;
+            check_export_target(export.as_deref())?;
             let s = run::resume(&location, &o)?;
             report(&s, &common, public_hex(&o).as_deref());
+            export_completed(&s, export.as_deref(), &common)?;
         }
         Command::Demo {
             out,
@@ -353,10 +373,25 @@ fn run(cli: Cli) -> Result<(), Error> {
             prompt,
             max_new_tokens,
             raw,
+            temperature,
+            seed,
             logits_dir,
             threads,
             json,
         } => {
+            let sampling = match temperature {
+                None => None,
+                Some(t) if t > 0.0 && t.is_finite() => Some(trainer::generate::Sampling {
+                    temperature: t,
+                    seed,
+                }),
+                Some(t) => {
+                    return Err(Error::config(
+                        "--temperature",
+                        format!("{t} is not a positive temperature"),
+                    ));
+                }
+            };
             if let Some(n) = threads {
                 let _ = rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
@@ -379,6 +414,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 &prompt,
                 max_new_tokens,
                 raw,
+                sampling,
             )?;
             if let Some(dir) = &logits_dir {
                 std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -461,6 +497,35 @@ mod keys {
         .map_err(|e| io(&pem_path, e))?;
         Ok(public)
     }
+}
+
+/// An export directory must be new or empty: checked before training, so that a finished run
+/// does not meet a conflict at its end.
+fn check_export_target(dir: Option<&str>) -> Result<(), Error> {
+    let Some(dir) = dir else { return Ok(()) };
+    let path = std::path::Path::new(dir);
+    let occupied = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied {
+        return Err(Error::config(
+            "--export",
+            format!("{dir} already holds files; exports are written once, into a new directory"),
+        ));
+    }
+    Ok(())
+}
+
+/// Export the final model of a completed run into `dir`, when one is named.
+fn export_completed(s: &RunSummary, dir: Option<&str>, common: &Common) -> Result<(), Error> {
+    let Some(dir) = dir else { return Ok(()) };
+    if !s.completed {
+        eprintln!("trainer: the run is not complete; nothing exported to {dir}");
+        return Ok(());
+    }
+    let files = run::export_final(&s.location, dir)?;
+    if !common.json {
+        eprintln!("exported {} to {dir}", files.join(", "));
+    }
+    Ok(())
 }
 
 fn public_hex(o: &RunOptions) -> Option<String> {

@@ -121,6 +121,42 @@ pub fn lora_export(
     })
 }
 
+/// The files of a model export, by name: `model.safetensors` (the parameters under Hugging Face
+/// names; for a LoRA run the base with the adapters merged) and, for a LoRA run,
+/// `adapter_model.safetensors` and `adapter_config.json` as PEFT writes them. `params` are the
+/// state's parameters (no optimizer state); `base` is the run's pinned base, `base_pin` its pin.
+pub fn export_files(
+    model: &crate::config::ModelSpec,
+    base: Option<&BaseWeights>,
+    base_pin: Option<snapshot_format::Hash32>,
+    params: Vec<NamedTensor>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    use crate::base::to_safetensors;
+    match model {
+        crate::config::ModelSpec::Llama(c) if c.lora.is_some() => {
+            let base = base.ok_or_else(|| {
+                Error::config("base", "a LoRA run's export needs its pinned base model")
+            })?;
+            let pin = format!(
+                "blake3:{}",
+                base_pin.map(|p| p.to_hex()).unwrap_or_default()
+            );
+            let e = lora_export(c, base, &pin, &params)?;
+            let mut config = serde_json::to_vec_pretty(&e.adapter_config).unwrap_or_default();
+            config.push(b'\n');
+            Ok(vec![
+                ("model.safetensors".into(), to_safetensors(&e.merged)?),
+                (
+                    "adapter_model.safetensors".into(),
+                    to_safetensors(&e.adapter)?,
+                ),
+                ("adapter_config.json".into(), config),
+            ])
+        }
+        _ => Ok(vec![("model.safetensors".into(), to_safetensors(&params)?)]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -678,6 +678,49 @@ enum Resumption {
 }
 
 /// The run's copy of the base model its spec pins, checked against the pin.
+/// Export the final state of the completed run at `location` into `out` (write-once objects):
+/// `model.safetensors`, and for a LoRA run PEFT's adapter files and the merged model
+/// ([`crate::peft::export_files`]). The final checkpoint must hash to the completion record's
+/// state root. Returns the names written.
+pub fn export_final(location: &str, out: &str) -> Result<Vec<String>> {
+    let store = Store::open(location)?;
+    let files = RunFiles::load(&store)?;
+    let c = Completion::from_json(&store.get(layout::COMPLETE)?, layout::COMPLETE)?;
+    let snap = read_checkpoint(&store, c.final_step)?;
+    if snap.header.state_root != c.final_state_root {
+        return Err(Error::Run {
+            store: store.location().to_string(),
+            detail: format!(
+                "the final checkpoint has root {}; the completion record says {}",
+                snap.header.state_root, c.final_state_root
+            ),
+        });
+    }
+    let params = snap
+        .header
+        .tensors
+        .iter()
+        .zip(&snap.data)
+        .filter(|(t, _)| !t.name.starts_with("optimizer."))
+        .map(|(t, d)| {
+            (
+                t.name.clone(),
+                t.shape.iter().map(|&d| d as usize).collect(),
+                d.to_vec(),
+            )
+        })
+        .collect();
+    let base = run_base(&store, &files.spec)?;
+    let pin = files.spec.base.as_ref().map(|b| b.blake3);
+    let target = Store::create(out)?;
+    let mut written = Vec::new();
+    for (name, bytes) in crate::peft::export_files(&files.spec.model, base.as_ref(), pin, params)? {
+        target.put_once(&name, bytes)?;
+        written.push(name);
+    }
+    Ok(written)
+}
+
 fn run_base(store: &Store, spec: &RunSpec) -> Result<Option<BaseWeights>> {
     let Some(b) = &spec.base else {
         return Ok(None);

@@ -87,7 +87,8 @@ fn a_gguf_base_reads_back_as_the_hugging_face_model() {
 fn lora_runs_are_bit_identical_across_processes_threads_and_resume() {
     let t = tempfile::tempdir().expect("tmp");
     let cfg = fixture(&t.path().join("in"));
-    train(&cfg, &t.path().join("a"), &[]);
+    let export = t.path().join("export");
+    train(&cfg, &t.path().join("a"), &["--export", s(&export)]);
     train(&cfg, &t.path().join("b"), &["--threads", "1"]);
     assert_same_run(&t.path().join("a"), &t.path().join("b"));
     // Interrupted after 5 steps and resumed.
@@ -121,4 +122,21 @@ fn lora_runs_are_bit_identical_across_processes_threads_and_resume() {
     assert_eq!(names.len(), 2 * 3 * 2 * 3);
     let last = completion(&a);
     assert_ne!(last.ledger_head, snapshot_format::Hash32::ZERO);
+    // The run exported its final adapter as PEFT does, and the merged model.
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "model.safetensors",
+    ] {
+        assert!(export.join(f).exists(), "{f}");
+    }
+    // An export directory that holds files is refused before anything is trained.
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["run", s(&cfg), "--out", s(&t.path().join("d")), "--quiet"])
+        .args(["--export", s(&export)])
+        .output()
+        .expect("trainer");
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds files"));
+    assert!(!t.path().join("d").join(layout::MANIFEST).exists());
 }
