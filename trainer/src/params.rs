@@ -91,6 +91,7 @@ pub fn list<B: Backend, M: Module<B>>(module: &M, namer: Namer) -> Vec<(String, 
 struct Copier<'a> {
     path: PathStack,
     namer: Namer,
+    keep: &'a dyn Fn(&str) -> bool,
     out: &'a mut Vec<HostTensor>,
 }
 
@@ -102,19 +103,25 @@ impl<B: Backend> ModuleVisitor<B> for Copier<'_> {
         self.path.exit();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.out.push(HostTensor::from_tensor(
-            (self.namer)(&self.path.0),
-            param.val(),
-        ));
+        let name = (self.namer)(&self.path.0);
+        if (self.keep)(&name) {
+            self.out.push(HostTensor::from_tensor(name, param.val()));
+        }
     }
 }
 
-/// Host copies of all float parameters, in visit order.
-pub fn to_host<B: Backend, M: Module<B>>(module: &M, namer: Namer) -> Vec<HostTensor> {
+/// Host copies of the float parameters whose canonical name `keep` accepts, in visit order
+/// (the others are not copied: a frozen base stays where it is).
+pub fn to_host<B: Backend, M: Module<B>>(
+    module: &M,
+    namer: Namer,
+    keep: &dyn Fn(&str) -> bool,
+) -> Vec<HostTensor> {
     let mut out = Vec::new();
     module.visit(&mut Copier {
         path: PathStack::default(),
         namer,
+        keep,
         out: &mut out,
     });
     out

@@ -672,8 +672,9 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
 
     /// Copy the full state to the host.
     pub fn capture(&self) -> TrainingState {
-        let mut tensors = params::to_host::<B, M>(self.model(), M::canonical_name);
-        tensors.retain(|t| M::trainable(&self.config, &t.name));
+        let mut tensors = params::to_host::<B, M>(self.model(), M::canonical_name, &|name| {
+            M::trainable(&self.config, name)
+        });
         tensors.extend(self.optimizer.to_host());
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
         TrainingState {

@@ -1,0 +1,356 @@
+//! LoRA on SmolLM2-135M-Instruct, the engine against PyTorch + PEFT, side by side in one run:
+//! the GGUF model (`examples/smollm2/run.sh` fetches it; `SMOLLM2_GGUF` names another copy),
+//! rank 8 on `q_proj` and `v_proj` (alpha 16, dropout 0.05), AdamW at 1e-3 with clipping, on the
+//! example's chat rows (the shipped reviews, rendered and tokenized by the model's own
+//! tokenizer), batch 4 × 80 tokens. For each at 1 and 2 threads: milliseconds per step (median
+//! after a warm-up), tokens per second, and whether the adapters are bit-identical across two
+//! runs and across thread counts; for the engine also what recording adds per step (capture and
+//! hash of the state) and the bytes of one checkpoint. PyTorch runs
+//! `benches/pytorch/lora_step.py` in the bench's venv (`scripts/bench.sh` creates it), on the
+//! engine's batches in the engine's order, so that both first losses (the base model's) agree.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use benchmarks::{Report, r3};
+use trainer::backend::Cpu;
+use trainer::base::BaseWeights;
+use trainer::config::{ModelSpec, RunConfig, RunSpec};
+use trainer::data::Dataset;
+use trainer::model::llama::Llama;
+use trainer::session::{PreparedData, Session};
+
+type LoraSession = Session<Cpu, Llama<Cpu>>;
+
+const WARMUP: u64 = 2;
+const BATCH: u64 = 4;
+const MAX_LEN: u64 = 80;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn gguf_path() -> PathBuf {
+    std::env::var_os("SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("BENCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/bench-venv/bin/python"))
+}
+
+/// The example's chat rows: the first 512 reviews as a question and a one-word answer.
+fn chat_rows() -> String {
+    let mut out = String::new();
+    for line in std::str::from_utf8(trainer::demo::DATASET)
+        .expect("utf-8")
+        .lines()
+        .take(512)
+    {
+        let r: serde_json::Value = serde_json::from_str(line).expect("review");
+        let answer = if r["label"] == 1 {
+            "positive"
+        } else {
+            "negative"
+        };
+        let question = format!(
+            "Is this review positive or negative? {}",
+            r["text"].as_str().unwrap_or_default()
+        );
+        let row = serde_json::json!({"messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer}]});
+        out.push_str(&row.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+struct Setup {
+    spec: RunSpec,
+    config: trainer::config::LlamaConfig,
+    base: BaseWeights,
+    data: PreparedData,
+}
+
+impl Setup {
+    fn session(&self) -> LoraSession {
+        LoraSession::initial(
+            self.spec.clone(),
+            self.config.clone(),
+            Some(&self.base),
+            burn::backend::flex::FlexDevice,
+        )
+        .expect("session")
+        .0
+    }
+
+    /// One step; its loss.
+    fn step(&self, s: &mut LoraSession) -> f32 {
+        let (_, ids) = s.next_batch();
+        let batch = self.data.batch::<Cpu>(&ids, s.device());
+        f32::from_bits(s.train_step(&batch).loss_bits)
+    }
+}
+
+/// What the engine measured at one thread count.
+struct Measured {
+    ms: f64,
+    roots: [String; 2],
+    record_ms: f64,
+    checkpoint_bytes: u64,
+    first_loss: f32,
+}
+
+/// Median ms per step on `threads` threads, the state roots after `check` steps of two fresh
+/// sessions, the recording work on the final state (ms to capture and hash it, bytes of its
+/// checkpoint) and the first step's loss.
+fn engine(setup: &Setup, threads: usize, steps: u64, check: u64) -> Measured {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    pool.install(|| {
+        let mut session = setup.session();
+        let mut times = Vec::new();
+        let mut first_loss = f32::NAN;
+        for i in 0..WARMUP + steps {
+            let t = Instant::now();
+            let loss = setup.step(&mut session);
+            if i == 0 {
+                first_loss = loss;
+            }
+            if i >= WARMUP {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let t = Instant::now();
+        let state = session.capture();
+        let hashes = state.tensor_hashes();
+        state.root(&hashes).expect("root");
+        let record_ms = t.elapsed().as_secs_f64() * 1e3;
+        let provenance = snapshot_format::snapshot::Provenance {
+            run_id: "bench".into(),
+            kind: snapshot_format::snapshot::SnapshotKind::Checkpoint,
+            parent: None,
+            producer: "bench".into(),
+        };
+        let bytes = state
+            .encode(&hashes, &provenance, Default::default())
+            .expect("encode")
+            .len();
+        let roots = [0, 1].map(|_| {
+            let mut s = setup.session();
+            for _ in 0..check {
+                setup.step(&mut s);
+            }
+            let state = s.capture();
+            state.root(&state.tensor_hashes()).expect("root").to_hex()
+        });
+        Measured {
+            ms: times[times.len() / 2],
+            roots,
+            record_ms,
+            checkpoint_bytes: bytes,
+            first_loss,
+        }
+    })
+}
+
+fn main() {
+    let steps: u64 = std::env::var("BENCH_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let check = 3;
+    let mut rep = Report::new("lora_versus_pytorch");
+    let gguf = gguf_path();
+    let Ok(bytes) = std::fs::read(&gguf) else {
+        rep.context(
+            "not run",
+            format!(
+                "{} is missing: run examples/smollm2/run.sh first",
+                gguf.display()
+            ),
+        );
+        rep.finish();
+        return;
+    };
+    let base = BaseWeights::parse(&bytes, "SmolLM2-135M-Instruct.Q4_1.gguf").expect("gguf");
+    let tok = trainer::chat::ChatTokenizer::from_gguf(&base).expect("tokenizer");
+    let (rows, conversion) = trainer::chat::convert(
+        chat_rows().as_bytes(),
+        "reviews.chat.jsonl",
+        &tok,
+        MAX_LEN as usize,
+    )
+    .expect("chat rows");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config_path = dir.path().join("run.toml");
+    let toml = format!(
+        r#"[run]
+seed = 7
+steps = {total}
+batch_size = {BATCH}
+
+[model]
+kind = "llama"
+vocab_size = 49152
+hidden_size = 576
+intermediate_size = 1536
+num_layers = 30
+num_heads = 9
+num_kv_heads = 3
+max_position = 8192
+rope_theta = 100000.0
+rms_norm_eps = 1e-5
+tie_word_embeddings = true
+pad_token_id = 2
+
+[model.lora]
+rank = 8
+alpha = 16.0
+dropout = 0.05
+targets = ["q_proj", "v_proj"]
+
+[base]
+path = "{gguf}"
+blake3 = "{pin}"
+
+[data]
+path = "rows.jsonl"
+format = "lm"
+max_len = {MAX_LEN}
+
+[optimizer]
+kind = "adamw"
+lr = 1e-3
+grad_clip = 1.0
+"#,
+        total = WARMUP + steps + check,
+        gguf = gguf.display(),
+        pin = base.hash,
+    );
+    std::fs::write(&config_path, toml).expect("config");
+    let config = RunConfig::from_file(&config_path).expect("config");
+    let dataset =
+        Dataset::parse(&rows, "rows.jsonl", config.data.format, &config.model).expect("dataset");
+    let spec = RunSpec::new(&config, &dataset, Some(&base), Some(conversion));
+    let ModelSpec::Llama(llama) = &config.model else {
+        unreachable!("written above")
+    };
+    let setup = Setup {
+        data: PreparedData::new(&dataset, &spec),
+        config: llama.clone(),
+        spec,
+        base,
+    };
+    // PyTorch trains on the engine's batches, in the engine's order: the first step's loss (the
+    // base model's, LoRA's B being zero) must then agree up to rounding.
+    let lines: Vec<&str> = std::str::from_utf8(&rows).expect("utf-8").lines().collect();
+    let mut ordered = String::new();
+    let mut order = setup.session();
+    for _ in 0..WARMUP + steps {
+        for id in order.next_batch().1 {
+            ordered.push_str(lines[id as usize]);
+            ordered.push('\n');
+        }
+    }
+    drop(order);
+    let rows_path = dir.path().join("batches.jsonl");
+    std::fs::write(&rows_path, ordered).expect("rows");
+    let tokens = (BATCH * MAX_LEN) as f64;
+    rep.context(
+        "model",
+        "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to f32)",
+    );
+    rep.context(
+        "lora",
+        "rank 8, alpha 16, dropout 0.05, q_proj + v_proj (460,800 trained)",
+    );
+    rep.context("batch", "4 sequences of 80 tokens (padded)");
+    rep.context("steps_timed", steps);
+    rep.context("check_steps", check);
+
+    let ours: Vec<_> = [1usize, 2]
+        .into_iter()
+        .map(|threads| (threads, engine(&setup, threads, steps, check)))
+        .collect();
+    let script = workspace().join("benches/pytorch/lora_step.py");
+    let torch: Option<serde_json::Value> = std::process::Command::new(python())
+        .arg(&script)
+        .arg(&gguf)
+        .arg(&rows_path)
+        .args([
+            "--max-len",
+            &MAX_LEN.to_string(),
+            "--batch",
+            &BATCH.to_string(),
+        ])
+        .args(["--threads", "1", "2", "--steps", &steps.to_string()])
+        .args(["--check-steps", &check.to_string()])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
+    match &torch {
+        Some(t) => rep.context("pytorch", t["torch"].clone()),
+        None => rep.context(
+            "pytorch",
+            format!(
+                "not run: {} could not run {}",
+                python().display(),
+                script.display()
+            ),
+        ),
+    }
+    let torch_ms = |threads: usize| -> Option<f64> {
+        torch.as_ref()?["ms_per_step"][threads.to_string()].as_f64()
+    };
+    let same_threads = ours[0].1.roots[0] == ours[1].1.roots[0];
+    for (threads, m) in &ours {
+        let mut row = vec![
+            ("ms/step", r3(m.ms).into()),
+            ("tokens/s", r3(tokens / m.ms * 1e3).into()),
+            ("identical across runs", (m.roots[0] == m.roots[1]).into()),
+            ("identical across 1 and 2 threads", same_threads.into()),
+            ("recording: capture + hash, ms", r3(m.record_ms).into()),
+            ("checkpoint bytes", m.checkpoint_bytes.into()),
+            ("first step's loss", f64::from(m.first_loss).into()),
+        ];
+        if let Some(t) = torch_ms(*threads) {
+            row.push(("× PyTorch's time", r3(m.ms / t).into()));
+        }
+        rep.row(&format!("engine, {threads} thread(s)"), &row);
+    }
+    if let Some(t) = &torch {
+        for threads in [1usize, 2] {
+            let key = threads.to_string();
+            let ms = torch_ms(threads).unwrap_or(f64::NAN);
+            rep.row(
+                &format!(
+                    "PyTorch {} + PEFT, {threads} thread(s)",
+                    t["torch"].as_str().unwrap_or("?")
+                ),
+                &[
+                    ("ms/step", r3(ms).into()),
+                    ("tokens/s", r3(tokens / ms * 1e3).into()),
+                    (
+                        "identical across runs",
+                        t["identical_across_runs"][&key].clone(),
+                    ),
+                    (
+                        "identical across 1 and 2 threads",
+                        t["identical_across_threads"].clone(),
+                    ),
+                    ("first step's loss", t["first_loss"].clone()),
+                ],
+            );
+        }
+    }
+    rep.finish();
+}
