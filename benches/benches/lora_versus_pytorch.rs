@@ -36,12 +36,6 @@ fn gguf_path() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
 
-fn python() -> PathBuf {
-    std::env::var_os("BENCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/bench-venv/bin/python"))
-}
-
 /// The example's chat rows: the first 512 reviews as a question and a one-word answer.
 fn chat_rows() -> String {
     let mut out = String::new();
@@ -192,46 +186,10 @@ fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     let config_path = dir.path().join("run.toml");
     let toml = format!(
-        r#"[run]
-seed = 7
-steps = {total}
-batch_size = {BATCH}
-
-[model]
-kind = "llama"
-vocab_size = 49152
-hidden_size = 576
-intermediate_size = 1536
-num_layers = 30
-num_heads = 9
-num_kv_heads = 3
-max_position = 8192
-rope_theta = 100000.0
-rms_norm_eps = 1e-5
-tie_word_embeddings = true
-pad_token_id = 2
-
-[model.lora]
-rank = 8
-alpha = 16.0
-dropout = 0.05
-targets = ["q_proj", "v_proj"]
-
-[base]
-path = "{gguf}"
-blake3 = "{pin}"
-
-[data]
-path = "rows.jsonl"
-format = "lm"
-max_len = {MAX_LEN}
-
-[optimizer]
-kind = "adamw"
-lr = 1e-3
-grad_clip = 1.0
-"#,
+        "[run]\nseed = 7\nsteps = {total}\nbatch_size = {BATCH}\n\n{model}\n[base]\npath = \"{gguf}\"\n\
+         blake3 = \"{pin}\"\n\n[data]\npath = \"rows.jsonl\"\nformat = \"lm\"\nmax_len = {MAX_LEN}\n",
         total = WARMUP + steps + check,
+        model = include_str!("../../examples/smollm2/model.toml"),
         gguf = gguf.display(),
         pin = base.hash,
     );
@@ -280,34 +238,25 @@ grad_clip = 1.0
         .into_iter()
         .map(|threads| (threads, engine(&setup, threads, steps, check)))
         .collect();
-    let script = workspace().join("benches/pytorch/lora_step.py");
-    let torch: Option<serde_json::Value> = std::process::Command::new(python())
-        .arg(&script)
-        .arg(&gguf)
-        .arg(&rows_path)
-        .args([
-            "--max-len",
-            &MAX_LEN.to_string(),
-            "--batch",
-            &BATCH.to_string(),
-        ])
-        .args(["--threads", "1", "2", "--steps", &steps.to_string()])
-        .args(["--check-steps", &check.to_string()])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
-    match &torch {
-        Some(t) => rep.context("pytorch", t["torch"].clone()),
-        None => rep.context(
-            "pytorch",
-            format!(
-                "not run: {} could not run {}",
-                python().display(),
-                script.display()
-            ),
-        ),
-    }
+    let torch = benchmarks::pytorch(
+        &mut rep,
+        "lora_step.py",
+        &[
+            gguf.as_os_str(),
+            rows_path.as_os_str(),
+            "--max-len".as_ref(),
+            MAX_LEN.to_string().as_ref(),
+            "--batch".as_ref(),
+            BATCH.to_string().as_ref(),
+            "--threads".as_ref(),
+            "1".as_ref(),
+            "2".as_ref(),
+            "--steps".as_ref(),
+            steps.to_string().as_ref(),
+            "--check-steps".as_ref(),
+            check.to_string().as_ref(),
+        ],
+    );
     let torch_ms = |threads: usize| -> Option<f64> {
         torch.as_ref()?["ms_per_step"][threads.to_string()].as_f64()
     };

@@ -42,15 +42,6 @@ fn engine(demo: &DemoTraining, threads: usize, steps: u64, check: u64) -> (f64, 
     })
 }
 
-fn python() -> std::path::PathBuf {
-    match std::env::var_os("BENCH_PYTHON") {
-        Some(p) => p.into(),
-        None => {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-venv/bin/python")
-        }
-    }
-}
-
 fn main() {
     let steps: u64 = std::env::var("BENCH_STEPS")
         .ok()
@@ -69,26 +60,19 @@ fn main() {
         let (ms, roots) = engine(&demo, threads, steps, check);
         ours.push((threads, ms, roots));
     }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pytorch/demo_step.py");
-    let torch: Option<serde_json::Value> = std::process::Command::new(python())
-        .arg(&script)
-        .args(["--threads", "1", "2", "--steps", &steps.to_string()])
-        .args(["--check-steps", &check.to_string()])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
-    match &torch {
-        Some(t) => rep.context("pytorch", t["torch"].clone()),
-        None => rep.context(
-            "pytorch",
-            format!(
-                "not run: {} could not run {}",
-                python().display(),
-                script.display()
-            ),
-        ),
-    }
+    let torch = benchmarks::pytorch(
+        &mut rep,
+        "demo_step.py",
+        &[
+            "--threads",
+            "1",
+            "2",
+            "--steps",
+            &steps.to_string(),
+            "--check-steps",
+            &check.to_string(),
+        ],
+    );
     let torch_ms = |threads: usize| -> Option<f64> {
         torch.as_ref()?["ms_per_step"][threads.to_string()].as_f64()
     };

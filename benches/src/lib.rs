@@ -115,6 +115,40 @@ pub fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
 
+/// Run the PyTorch reference `benches/pytorch/<script>` with `args` in the bench's venv
+/// (`target/bench-venv`, which `scripts/bench.sh` creates; `BENCH_PYTHON` names another
+/// Python) and record in `rep` which torch ran, or why none did. Returns the script's JSON.
+pub fn pytorch<S: AsRef<std::ffi::OsStr>>(
+    rep: &mut Report,
+    script: &str,
+    args: &[S],
+) -> Option<serde_json::Value> {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("BENCH_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| here.join("../target/bench-venv/bin/python"));
+    let script = here.join("pytorch").join(script);
+    let out: Option<serde_json::Value> = std::process::Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
+    match &out {
+        Some(t) => rep.context("pytorch", t["torch"].clone()),
+        None => rep.context(
+            "pytorch",
+            format!(
+                "not run: {} could not run {}",
+                python.display(),
+                script.display()
+            ),
+        ),
+    }
+    out
+}
+
 /// Round to 3 decimals, for JSON output.
 pub fn r3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0

@@ -79,32 +79,17 @@ for i, line in enumerate(open(sys.argv[1])):
         {"role": "assistant", "content": "positive" if r["label"] == 1 else "negative"}]}))
 PY
 pin=$("$trainer" hash "$gguf" | cut -d' ' -f1)
-cat > "$work/run.toml" <<TOML
+{
+  cat <<TOML
 # SmolLM2-135M-Instruct, LoRA on review classification as chat (written by examples/smollm2/run.sh).
 [run]
 seed = 7
 steps = $steps
 batch_size = 4
 
-[model]
-kind = "llama"
-vocab_size = 49152
-hidden_size = 576
-intermediate_size = 1536
-num_layers = 30
-num_heads = 9
-num_kv_heads = 3
-max_position = 8192
-rope_theta = 100000.0
-rms_norm_eps = 1e-5
-tie_word_embeddings = true
-pad_token_id = 2
-
-[model.lora]
-rank = 8
-alpha = 16.0
-dropout = 0.05
-targets = ["q_proj", "v_proj"]
+TOML
+  cat examples/smollm2/model.toml
+  cat <<TOML
 
 [base]
 path = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -115,14 +100,10 @@ path = "reviews.chat.jsonl"
 format = "chat"
 max_len = 80
 
-[optimizer]
-kind = "adamw"
-lr = 1e-3
-grad_clip = 1.0
-
 [recording]
 checkpoint_interval = 10
 TOML
+} > "$work/run.toml"
 
 if [ ! -f "$work/signing-key.pem" ]; then
   "$trainer" keygen --out "$work"

@@ -302,20 +302,8 @@ pub fn convert(
     tok: &ChatTokenizer,
     max_len: usize,
 ) -> Result<(Vec<u8>, Conversion)> {
-    let text = std::str::from_utf8(bytes).map_err(|e| Error::Dataset {
-        path: source.to_string(),
-        detail: format!("not UTF-8: {e}"),
-    })?;
     let mut out = String::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row_err = |detail: String| Error::DatasetRow {
-            path: source.to_string(),
-            line: i as u64 + 1,
-            detail,
-        };
+    crate::data::each_row(bytes, source, |line, row_err| {
         let row: Row = serde_json::from_str(line).map_err(|_| {
             row_err(
                 "expected {\"messages\": [{\"role\", \"content\"}, …]} or {\"instruction\", \"input\", \"output\"}"
@@ -368,7 +356,8 @@ pub fn convert(
         let mask: Vec<u8> = mask.iter().map(|&m| u8::from(m)).collect();
         out.push_str(&serde_json::json!({ "tokens": ids, "loss_mask": mask }).to_string());
         out.push('\n');
-    }
+        Ok(())
+    })?;
     let conversion = Conversion {
         from: "chat".into(),
         source_blake3: snapshot_format::hash::file_hash(bytes),

@@ -92,6 +92,31 @@ impl Example {
     }
 }
 
+/// Call `f` on each non-blank line of the JSON Lines in `bytes` (named `source` in errors),
+/// with a constructor of errors that name the file and the line.
+pub(crate) fn each_row(
+    bytes: &[u8],
+    source: &str,
+    mut f: impl FnMut(&str, &dyn Fn(String) -> Error) -> Result<()>,
+) -> Result<()> {
+    let text = std::str::from_utf8(bytes).map_err(|e| Error::Dataset {
+        path: source.to_string(),
+        detail: format!("not UTF-8: {e}"),
+    })?;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row_err = |detail: String| Error::DatasetRow {
+            path: source.to_string(),
+            line: i as u64 + 1,
+            detail,
+        };
+        f(line, &row_err)?;
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct TextRow {
     text: String,
@@ -137,23 +162,11 @@ impl Dataset {
         format: DataFormat,
         model: &ModelSpec,
     ) -> Result<Self> {
-        let text = std::str::from_utf8(bytes).map_err(|e| Error::Dataset {
-            path: source.to_string(),
-            detail: format!("not UTF-8: {e}"),
-        })?;
         let num_labels = model.num_labels();
         let input_size = model.input_size();
         let vocab_size = model.vocab_size().unwrap_or(0);
         let mut examples = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let row_err = |detail: String| Error::DatasetRow {
-                path: source.to_string(),
-                line: i as u64 + 1,
-                detail,
-            };
+        each_row(bytes, source, |line, row_err| {
             let ex = match format {
                 DataFormat::Text => {
                     let r: TextRow =
@@ -254,7 +267,8 @@ impl Dataset {
                 )));
             }
             examples.push(ex);
-        }
+            Ok(())
+        })?;
         if examples.is_empty() {
             return Err(Error::Dataset {
                 path: source.to_string(),
