@@ -130,6 +130,11 @@ impl RunWriter {
         self.head
     }
 
+    /// State root of the last checkpoint written (or continued from), if any.
+    pub fn last_checkpoint_root(&self) -> Option<Hash32> {
+        self.parent
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

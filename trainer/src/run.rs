@@ -967,7 +967,9 @@ fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
     let bar = progress_bar(&job.options, total, first);
     let started = Instant::now();
     let mut last_loss = f32::NAN;
-    let mut last_root = Hash32::ZERO;
+    // The state's root so far: that of the checkpoint the session starts from (a resumed run
+    // whose steps are all done completes with it).
+    let mut last_root = writer.last_checkpoint_root().unwrap_or(Hash32::ZERO);
     let limit = job
         .options
         .max_steps

@@ -204,15 +204,31 @@ fn assert_staging_files_are_not_objects(run: &Path) {
 #[test]
 fn sigkill_at_random_moments_then_resume_matches_the_uninterrupted_run() {
     let t = tempfile::tempdir().expect("tmp");
-    let o = FixtureOptions {
+    let cfg = tiny(&t.path().join("in"), kill_options());
+    kill_and_resume(&cfg, t.path());
+}
+
+#[test]
+fn a_lora_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = fixtures::write_tiny_llama(&t.path().join("in"), &kill_options()).expect("fixture");
+    kill_and_resume(&cfg, t.path());
+}
+
+fn kill_options() -> FixtureOptions {
+    FixtureOptions {
         steps: 60,
         checkpoint_interval: 5,
         ..Default::default()
-    };
-    let cfg = tiny(&t.path().join("in"), o);
-    let full = t.path().join("full");
+    }
+}
+
+/// Train `cfg` into `t/full`; then five times start it, SIGKILL it after a random part of that
+/// duration, check that nothing partial is visible, resume, and compare with the full run.
+fn kill_and_resume(cfg: &Path, t: &Path) {
+    let full = t.join("full");
     let started = std::time::Instant::now();
-    train(&cfg, &full, &[]);
+    train(cfg, &full, &[]);
     let duration = started.elapsed();
     let seed: u64 = std::env::var("KILL_SEED")
         .ok()
@@ -226,12 +242,12 @@ fn sigkill_at_random_moments_then_resume_matches_the_uninterrupted_run() {
     println!("KILL_SEED={seed} (reference run took {duration:?})");
     let mut r = trainer::rng::stream(seed, "kill", 0);
     for trial in 0..5 {
-        let dir = t.path().join(format!("killed-{trial}"));
+        let dir = t.join(format!("killed-{trial}"));
         let delay = duration.mul_f32(trainer::rng::uniform(&mut r));
         let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
             .args([
                 "run",
-                s(&cfg),
+                s(cfg),
                 "--out",
                 s(&dir),
                 "--quiet",
@@ -251,7 +267,7 @@ fn sigkill_at_random_moments_then_resume_matches_the_uninterrupted_run() {
                 ok(&["resume", s(&dir), "--quiet"]);
             } else {
                 // Killed before the manifest existed: starting again is the recovery.
-                train(&cfg, &dir, &[]);
+                train(cfg, &dir, &[]);
             }
         }
         assert_same_run(&full, &dir);
@@ -487,4 +503,20 @@ fn golden_runs_give_the_same_heads_natively_and_under_emulation() {
         native, emulated,
         "(class, heads) natively vs under qemu -cpu max"
     );
+}
+
+#[test]
+fn a_run_that_lost_its_completion_record_resumes_to_the_same_completion() {
+    // A kill between the final checkpoint and `complete.json` leaves every step done: resuming
+    // trains nothing and must write the completion record the uninterrupted run wrote.
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = fixtures::write_tiny_llama(&t.path().join("in"), &FixtureOptions::default())
+        .expect("fixture");
+    let full = t.path().join("full");
+    train(&cfg, &full, &[]);
+    let cut = t.path().join("cut");
+    snapshot_format::testing::copy_dir(&full, &cut).expect("copy");
+    std::fs::remove_file(cut.join(layout::COMPLETE)).expect("remove");
+    ok(&["resume", s(&cut), "--quiet"]);
+    assert_same_run(&full, &cut);
 }

@@ -140,3 +140,45 @@ fn lora_runs_are_bit_identical_across_processes_threads_and_resume() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("already holds files"));
     assert!(!t.path().join("d").join(layout::MANIFEST).exists());
 }
+
+#[test]
+fn a_safetensors_base_with_the_gguf_weights_trains_to_the_same_state() {
+    // Hugging Face's layout of a Llama checkpoint: the GGUF's tensors, dequantized, under the
+    // names the engine reads them by, in a safetensors file.
+    let t = tempfile::tempdir().expect("tmp");
+    let dir = t.path().join("in");
+    let cfg = fixture(&dir);
+    let gguf = BaseWeights::parse(&std::fs::read(dir.join("base.gguf")).expect("gguf"), "gguf")
+        .expect("parse");
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = gguf
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), t.shape.clone(), bytes)
+        })
+        .collect();
+    let st = trainer::base::to_safetensors(&tensors).expect("safetensors");
+    let pin = snapshot_format::hash::file_hash(&st);
+    std::fs::write(dir.join("model.safetensors"), &st).expect("write");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let gguf_pin = gguf.hash.to_string();
+    assert!(text.contains("path = \"base.gguf\"") && text.contains(&gguf_pin));
+    let st_cfg = dir.join("config-safetensors.toml");
+    std::fs::write(
+        &st_cfg,
+        text.replace("path = \"base.gguf\"", "path = \"model.safetensors\"")
+            .replace(&gguf_pin, &pin.to_string()),
+    )
+    .expect("config");
+    train(&cfg, &t.path().join("a"), &[]);
+    train(&st_cfg, &t.path().join("b"), &[]);
+    let (a, b) = (
+        completion(&t.path().join("a")),
+        completion(&t.path().join("b")),
+    );
+    assert_eq!(a.final_state_root, b.final_state_root);
+    // The runs differ only in what their specs pin: another base file, another history.
+    assert_ne!(a.ledger_head, b.ledger_head);
+    assert!(t.path().join("b").join(layout::BASE_MODEL).exists());
+}
