@@ -7,7 +7,7 @@ use crate::commands::{AuditReport, VerifyReport};
 use crate::compare::CompareReport;
 use crate::counterfactual::CounterfactualReport;
 use crate::inspect::{InspectReport, loss_text};
-use crate::provenance::ProvenanceReport;
+use crate::provenance::{ProvenanceReport, SearchReport};
 use crate::report::{Problem, Verdict};
 use crate::rollback::{DiffReport, RollbackReport};
 use crate::shard::CollectReport;
@@ -417,6 +417,46 @@ pub fn provenance(r: &ProvenanceReport) -> String {
             out,
             "  step {:>7}  epoch {:>3}  position {:>3}",
             u.step, u.epoch, u.position
+        );
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `provenance --match`.
+pub fn search(r: &SearchReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "provenance of {} in {}: {} of {} examples match ({})",
+        r.patterns
+            .iter()
+            .map(|p| format!("/{p}/"))
+            .collect::<Vec<_>>()
+            .join(" or "),
+        r.run,
+        r.matches.len(),
+        r.examples_searched,
+        if r.searched.is_empty() {
+            "nothing searched"
+        } else {
+            &r.searched
+        }
+    );
+    let _ = writeln!(out, "  dataset root {}", r.dataset_root);
+    problems(&mut out, &r.problems);
+    for m in &r.matches {
+        let steps: Vec<String> = m.uses.iter().map(|u| u.step.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "  example {:>6}  {}  {}",
+            m.example,
+            if steps.is_empty() {
+                "never used".to_string()
+            } else {
+                format!("steps {}", steps.join(", "))
+            },
+            m.excerpt
         );
     }
     verdict_line(&mut out, r.verdict);

@@ -193,12 +193,20 @@ enum Command {
         #[command(flatten)]
         trust: Trust,
     },
-    /// Every step whose batch contained an example.
+    /// Every step whose batch contained an example, or every example whose content matches a
+    /// pattern and the steps that used each.
     Provenance {
         run: String,
         /// Example id (its index in the dataset, counting non-blank lines from 0).
+        #[arg(long, required_unless_present_any = ["pattern", "match_file"], conflicts_with_all = ["pattern", "match_file"])]
+        example: Option<u64>,
+        /// A regular expression searched in each example's text (token ids decoded by the base
+        /// GGUF's tokenizer).
+        #[arg(long = "match")]
+        pattern: Option<String>,
+        /// A file of regular expressions, one per non-blank line; an example matches any.
         #[arg(long)]
-        example: u64,
+        match_file: Option<PathBuf>,
         /// Use this dataset file instead of the run's copy.
         #[arg(long)]
         dataset: Option<PathBuf>,
@@ -491,11 +499,34 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
         Command::Provenance {
             run,
             example,
+            pattern,
+            match_file,
             dataset,
             trust,
         } => {
-            let r = provenance::provenance(&run, example, &load_options(&g, dataset, &trust)?)?;
-            emit(&g, &r, || human::provenance(&r));
+            let load = load_options(&g, dataset, &trust)?;
+            if let Some(example) = example {
+                let r = provenance::provenance(&run, example, &load)?;
+                emit(&g, &r, || human::provenance(&r));
+                return Ok(r.verdict);
+            }
+            let mut patterns: Vec<String> = pattern.into_iter().collect();
+            if let Some(file) = match_file {
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    CommandError::Usage(format!("--match-file {}: {e}", file.display()))
+                })?;
+                patterns.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(String::from),
+                );
+            }
+            if patterns.is_empty() {
+                return Err(CommandError::Usage("no pattern to search for".into()));
+            }
+            let r = provenance::search(&run, &patterns, &load)?;
+            emit(&g, &r, || human::search(&r));
             Ok(r.verdict)
         }
         Command::Diff {

@@ -89,3 +89,162 @@ pub fn provenance(
     report.problems = assessment.problems().to_vec();
     Ok(report)
 }
+
+/// An example whose content matches a pattern of `provenance --match`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Match {
+    pub example: u64,
+    /// The example's committed hash.
+    pub hash: Hash32,
+    /// The searched text around the first match.
+    pub excerpt: String,
+    pub uses: Vec<Use>,
+}
+
+/// The JSON document of `replay provenance --match … --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchReport {
+    pub command: String,
+    pub run: String,
+    /// As for one example; `input_mismatch` when the searched data is not the committed data.
+    pub verdict: Verdict,
+    pub patterns: Vec<String>,
+    /// What was searched: `text`, or `decoded tokens` (ids decoded by the base GGUF's
+    /// tokenizer, the chat template's markup included).
+    pub searched: String,
+    /// The dataset root the search is a statement about (the committed one).
+    pub dataset_root: Hash32,
+    pub examples_searched: u64,
+    pub matches: Vec<Match>,
+    pub steps_scanned: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// The text of each example that `--match` searches, and what it is.
+fn searchable(
+    ctx: &crate::context::RunContext,
+    dataset: &trainer::data::Dataset,
+) -> Result<(&'static str, Vec<String>), CommandError> {
+    use trainer::data::Example;
+    let tokenizer = || -> Result<trainer::chat::ChatTokenizer, CommandError> {
+        let base = match ctx.base_weights()? {
+            Ok(Some(b)) if b.format == trainer::base::BaseFormat::Gguf => b,
+            _ => {
+                return Err(CommandError::Usage(
+                    "the run's examples are token ids and its base carries no tokenizer (a GGUF \
+                     base does): nothing to search as text"
+                        .into(),
+                ));
+            }
+        };
+        Ok(trainer::chat::ChatTokenizer::from_gguf(base)?)
+    };
+    let mut tok = None;
+    let mut kind = "text";
+    let mut texts = Vec::with_capacity(dataset.examples.len());
+    for ex in &dataset.examples {
+        texts.push(match ex {
+            Example::Text { text, .. } => text.clone(),
+            Example::Tokens { tokens, .. } | Example::Lm { tokens, .. } => {
+                kind = "decoded tokens";
+                if tok.is_none() {
+                    tok = Some(tokenizer()?);
+                }
+                tok.as_ref().map(|t| t.decode(tokens)).unwrap_or_default()
+            }
+            Example::Features { .. } => {
+                return Err(CommandError::Usage(
+                    "the run's examples are feature vectors: nothing to search as text".into(),
+                ));
+            }
+        });
+    }
+    Ok((kind, texts))
+}
+
+/// Up to 40 characters either side of `range` in `text`, on character boundaries.
+fn excerpt(text: &str, range: std::ops::Range<usize>) -> String {
+    let start = text[..range.start]
+        .char_indices()
+        .rev()
+        .nth(39)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let end = text[range.end..]
+        .char_indices()
+        .nth(40)
+        .map(|(i, _)| range.end + i)
+        .unwrap_or(text.len());
+    let mut out = String::new();
+    if start > 0 {
+        out.push('…');
+    }
+    out.push_str(&text[start..end].replace('\n', "⏎"));
+    if end < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Run `provenance --match`: the examples whose content matches any of `patterns` (regular
+/// expressions), each with the steps that used it.
+pub fn search(
+    location: &str,
+    patterns: &[String],
+    load: &LoadOptions,
+) -> Result<SearchReport, CommandError> {
+    let regexes = patterns
+        .iter()
+        .map(|p| {
+            regex::Regex::new(p).map_err(|e| CommandError::Usage(format!("pattern {p:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut report = SearchReport {
+        command: "provenance".into(),
+        run: location.into(),
+        verdict: Verdict::Ok,
+        patterns: patterns.to_vec(),
+        searched: String::new(),
+        dataset_root: Hash32::ZERO,
+        examples_searched: 0,
+        matches: vec![],
+        steps_scanned: 0,
+        problems: vec![],
+    };
+    let ctx = load_or_report!(location, load, report);
+    report.dataset_root = ctx.spec.data.dataset_root;
+    report.steps_scanned = ctx.records.len() as u64;
+    let mut assessment = Assessment::of(&ctx);
+    if let Some(dataset) = &ctx.dataset {
+        if dataset.manifest.root != ctx.spec.data.dataset_root {
+            // Not the data that trained the model: a search of it proves nothing about the run.
+            assessment.outcome(Verdict::InputMismatch);
+        }
+        let (kind, texts) = searchable(&ctx, dataset)?;
+        report.searched = kind.into();
+        report.examples_searched = texts.len() as u64;
+        let mut uses: std::collections::BTreeMap<u64, Vec<Use>> = Default::default();
+        for r in ctx.records.values() {
+            for (position, id) in r.example_ids.iter().enumerate() {
+                uses.entry(*id).or_default().push(Use {
+                    step: r.step,
+                    epoch: r.epoch,
+                    position: position as u64,
+                });
+            }
+        }
+        for (i, text) in texts.iter().enumerate() {
+            if let Some(m) = regexes.iter().find_map(|r| r.find(text)) {
+                report.matches.push(Match {
+                    example: i as u64,
+                    hash: dataset.manifest.example_hashes[i],
+                    excerpt: excerpt(text, m.range()),
+                    uses: uses.remove(&(i as u64)).unwrap_or_default(),
+                });
+            }
+        }
+    }
+    report.verdict = assessment.verdict(Claim::Integrity);
+    report.problems = assessment.problems().to_vec();
+    Ok(report)
+}

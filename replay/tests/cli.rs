@@ -10,7 +10,7 @@ use replay::commands::{AuditReport, VerifyReport, detection_probability};
 use replay::compare::CompareReport;
 use replay::counterfactual::CounterfactualReport;
 use replay::inspect::InspectReport;
-use replay::provenance::ProvenanceReport;
+use replay::provenance::{ProvenanceReport, SearchReport};
 use replay::rollback::{DiffReport, RollbackReport};
 use replay::shard::CollectReport;
 use replay::{Verdict, verify::RangeResult};
@@ -521,6 +521,67 @@ fn provenance_diff_and_inspect_agree_with_the_ledger() {
             .expect("svg")
             .starts_with("<svg")
     );
+}
+
+#[test]
+fn provenance_finds_examples_by_content_with_the_steps_that_used_them() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default());
+    // The expectation, from the run's copy of the data by plain substring search.
+    let texts: Vec<String> = std::fs::read_to_string(r.join(layout::DATASET_DATA))
+        .expect("data")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("row");
+            v["text"].as_str().expect("text").to_string()
+        })
+        .collect();
+    let having = |word: &str| -> Vec<u64> {
+        (0..texts.len() as u64)
+            .filter(|&i| texts[i as usize].contains(word))
+            .collect()
+    };
+    let truly = having("truly");
+    assert!(!truly.is_empty() && truly.len() < texts.len());
+    let p: SearchReport = json(&["provenance", s(&r), "--match", "truly"], 0);
+    assert_eq!(p.examples_searched, texts.len() as u64);
+    assert_eq!(
+        p.matches.iter().map(|m| m.example).collect::<Vec<_>>(),
+        truly
+    );
+    let recs = records(&r);
+    for m in &p.matches {
+        let steps: Vec<u64> = m.uses.iter().map(|u| u.step).collect();
+        assert_eq!(
+            steps,
+            uses_of(&recs, m.example, 12),
+            "example {}",
+            m.example
+        );
+        assert!(m.excerpt.contains("truly"));
+    }
+    let manifest = snapshot_format::dataset::DatasetManifest::decode(
+        &std::fs::read(r.join(layout::DATASET_MANIFEST)).expect("manifest"),
+        layout::DATASET_MANIFEST,
+    )
+    .expect("manifest");
+    assert_eq!(p.dataset_root, manifest.root);
+    // Several patterns from a file: an example matches any of them.
+    let file = t.path().join("patterns.txt");
+    std::fs::write(&file, "truly\n\nsturdy\n").expect("write");
+    let either: Vec<u64> = (0..texts.len() as u64)
+        .filter(|&i| texts[i as usize].contains("truly") || texts[i as usize].contains("sturdy"))
+        .collect();
+    let q: SearchReport = json(&["provenance", s(&r), "--match-file", s(&file)], 0);
+    assert_eq!(
+        q.matches.iter().map(|m| m.example).collect::<Vec<_>>(),
+        either
+    );
+    // A pattern that is not a regular expression is a usage error.
+    let out = replay(&["provenance", s(&r), "--match", "(unclosed", "--quiet"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(unclosed"));
 }
 
 /// An ed25519 key pair written as `trainer keygen` writes it: the private key's path and the
