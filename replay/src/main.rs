@@ -217,11 +217,15 @@ enum Command {
     Counterfactual {
         run: String,
         /// Example ids to remove (comma-separated, repeatable).
-        #[arg(long, value_delimiter = ',', required_unless_present = "without_file")]
+        #[arg(long, value_delimiter = ',', required_unless_present_any = ["without_file", "without_match"])]
         without: Vec<u64>,
         /// A file of example ids to remove, separated by whitespace or commas.
         #[arg(long)]
         without_file: Option<PathBuf>,
+        /// Remove every example whose content matches this regular expression (as
+        /// `provenance --match` finds them; repeatable).
+        #[arg(long)]
+        without_match: Vec<String>,
         /// Last step (default: the ledger's last).
         #[arg(long)]
         to: Option<u64>,
@@ -549,6 +553,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             run,
             without,
             without_file,
+            without_match,
             to,
             optimizer,
             out,
@@ -559,6 +564,29 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             let mut ids: std::collections::BTreeSet<u64> = without.into_iter().collect();
             if let Some(path) = without_file {
                 ids.extend(example_ids(&path)?);
+            }
+            if !without_match.is_empty() {
+                let found =
+                    provenance::search(&run, &without_match, &load_options(&g, None, &trust)?)?;
+                if !found.verdict.passed() {
+                    return Err(CommandError::Usage(format!(
+                        "the search for the examples to remove is {}: {}",
+                        found.verdict,
+                        human::search(&found)
+                    )));
+                }
+                if !g.quiet {
+                    eprintln!(
+                        "removing the {} of {} examples that match {}",
+                        found.matches.len(),
+                        found.examples_searched,
+                        without_match.join(" or ")
+                    );
+                }
+                ids.extend(found.matches.iter().map(|m| m.example));
+            }
+            if ids.is_empty() {
+                return Err(CommandError::Usage("no example to remove".into()));
             }
             let o = counterfactual::CounterfactualOptions {
                 without: ids,

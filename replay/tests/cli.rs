@@ -578,6 +578,35 @@ fn provenance_finds_examples_by_content_with_the_steps_that_used_them() {
         q.matches.iter().map(|m| m.example).collect::<Vec<_>>(),
         either
     );
+    // The counterfactual without the matching examples is the one without their ids.
+    let ids: Vec<String> = either.iter().map(u64::to_string).collect();
+    let by_ids: CounterfactualReport = json(
+        &[
+            "counterfactual",
+            s(&r),
+            "--without",
+            &ids.join(","),
+            "--to",
+            "8",
+        ],
+        0,
+    );
+    let by_match: CounterfactualReport = json(
+        &[
+            "counterfactual",
+            s(&r),
+            "--without-match",
+            "truly",
+            "--without-match",
+            "sturdy",
+            "--to",
+            "8",
+        ],
+        0,
+    );
+    assert_eq!(by_match.without, either);
+    assert_eq!(by_match.counterfactual_root, by_ids.counterfactual_root);
+    assert!(by_match.counterfactual_root.is_some());
     // A pattern that is not a regular expression is a usage error.
     let out = replay(&["provenance", s(&r), "--match", "(unclosed", "--quiet"]);
     assert_eq!(out.status.code(), Some(3));
