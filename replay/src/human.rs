@@ -6,6 +6,7 @@ use crate::check::CheckReport;
 use crate::commands::{AuditReport, VerifyReport};
 use crate::compare::CompareReport;
 use crate::counterfactual::CounterfactualReport;
+use crate::evaluate::EvaluateReport;
 use crate::inspect::{InspectReport, loss_text};
 use crate::provenance::{ProvenanceReport, SearchReport};
 use crate::report::{Problem, Verdict};
@@ -458,6 +459,68 @@ pub fn search(r: &SearchReport) -> String {
             },
             m.excerpt
         );
+    }
+    verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `evaluate`.
+pub fn evaluate(r: &EvaluateReport) -> String {
+    use trainer::probe::ProbeResult;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "evaluate {} at step {} on {} ({})",
+        r.run,
+        r.step,
+        r.probe,
+        r.probe_blake3.short()
+    );
+    environment(&mut out, &r.environment);
+    problems(&mut out, &r.problems);
+    if let Some(rr) = &r.replay {
+        range(&mut out, rr);
+    }
+    if let Some(root) = r.state_root {
+        let _ = writeln!(out, "  state root   {root}");
+    }
+    match &r.result {
+        Some(ProbeResult::Classifier { rows, accuracy }) => {
+            let wrong: Vec<String> = rows
+                .iter()
+                .filter(|c| c.label != c.predicted)
+                .map(|c| c.row.to_string())
+                .collect();
+            let _ = writeln!(
+                out,
+                "  accuracy     {:.4} ({} of {} rows as labelled)",
+                accuracy,
+                rows.len() - wrong.len(),
+                rows.len()
+            );
+            if !wrong.is_empty() {
+                let _ = writeln!(out, "  other label  rows {}", wrong.join(", "));
+            }
+        }
+        Some(ProbeResult::Generation { rows, match_rate }) => {
+            let matched = rows.iter().filter(|g| g.matched).count();
+            let _ = writeln!(
+                out,
+                "  match rate   {:.4} ({matched} of {} generations match their target)",
+                match_rate,
+                rows.len()
+            );
+            for g in rows {
+                let _ = writeln!(
+                    out,
+                    "  {} {:?} -> {:?}",
+                    if g.matched { "match" } else { "     " },
+                    g.prompt,
+                    g.generation
+                );
+            }
+        }
+        None => {}
     }
     verdict_line(&mut out, r.verdict);
     out

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod compare;
 pub mod context;
 pub mod counterfactual;
+pub mod evaluate;
 pub mod human;
 pub mod inspect;
 pub mod provenance;

@@ -14,7 +14,7 @@ use replay::context::LoadOptions;
 use replay::report::{CommandError, Verdict};
 use replay::shard::{self, Shard, ShardTarget};
 use replay::signatures::SignatureOptions;
-use replay::{check, compare, counterfactual, human, inspect, provenance, rollback};
+use replay::{check, compare, counterfactual, evaluate, human, inspect, provenance, rollback};
 use trainer::backend::DeviceSpec;
 
 /// mimalloc keeps freed blocks for reuse: the training step allocates and frees the same large
@@ -176,6 +176,26 @@ enum Command {
         /// Directory (or store URL) to write model.safetensors, state.snap and rollback.json.
         #[arg(long)]
         out: String,
+        #[command(flatten)]
+        reconstructing: Reconstructing,
+        #[command(flatten)]
+        replaying: Replaying,
+        #[command(flatten)]
+        trust: Trust,
+    },
+    /// Run a probe set through the model after a step: a classifier's predictions of labelled
+    /// rows (in the run's data format), or a language model's greedy generations of
+    /// `{"prompt", "target"}` rows and whether each matches its target pattern.
+    Evaluate {
+        run: String,
+        #[arg(long)]
+        step: u64,
+        /// JSON Lines of probe rows.
+        #[arg(long)]
+        probe: PathBuf,
+        /// Most tokens a language model generates per prompt.
+        #[arg(long, default_value_t = 24)]
+        max_new_tokens: usize,
         #[command(flatten)]
         reconstructing: Reconstructing,
         #[command(flatten)]
@@ -482,6 +502,22 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             let r = rollback::rollback(&run, step, &out, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::rollback(&r));
+            Ok(r.verdict)
+        }
+        Command::Evaluate {
+            run,
+            step,
+            probe,
+            max_new_tokens,
+            reconstructing,
+            replaying,
+            trust,
+        } => {
+            let o = reconstruct_options(&g, replaying, &reconstructing, &trust)?;
+            let bar = progress(&g, "steps");
+            let r = evaluate::evaluate(&run, step, &probe, max_new_tokens, &o, &bar)?;
+            bar.finish_and_clear();
+            emit(&g, &r, || human::evaluate(&r));
             Ok(r.verdict)
         }
         Command::Compare {

@@ -216,6 +216,55 @@ pub struct RollbackReport {
     pub files: Vec<String>,
 }
 
+/// The state after one step, reconstructed and judged (what `rollback` and `evaluate` share).
+#[derive(Debug)]
+pub(crate) struct StateAt {
+    pub state_root: Option<Hash32>,
+    pub committed_root: Option<Hash32>,
+    pub environment: EnvironmentCheck,
+    pub replay: Option<RangeResult>,
+    /// Every problem of the run and of the reconstruction counts.
+    pub verdict: Verdict,
+    pub problems: Vec<Problem>,
+    /// The state, only when the verdict passes.
+    pub state: Option<TrainingState>,
+}
+
+/// Reconstruct and judge the state after `step` of the run in `ctx`.
+pub(crate) fn state_at(
+    ctx: &RunContext,
+    step: u64,
+    o: &ReconstructOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<StateAt, CommandError> {
+    let last = ctx.records.keys().next_back().copied().unwrap_or(0);
+    if step > last {
+        return Err(CommandError::Usage(format!(
+            "--step {step}: the run's ledger ends at step {last}"
+        )));
+    }
+    let environment = environment_of(ctx, o)?;
+    let mut assessment = Assessment::of(ctx);
+    let r = reconstruct(ctx, &[step], o, environment.cross_class(), progress)?
+        .pop()
+        .ok_or_else(|| CommandError::Usage("nothing reconstructed".into()))?;
+    let claim = Claim::State {
+        rederived: r.rederived,
+    };
+    let (state_root, committed_root, replay) = (r.root, r.committed_root, r.replay.clone());
+    let state = r.fold_into(&mut assessment);
+    let verdict = assessment.verdict(claim);
+    Ok(StateAt {
+        state_root,
+        committed_root,
+        environment,
+        replay,
+        verdict,
+        problems: assessment.problems().to_vec(),
+        state: state.filter(|_| verdict.passed()),
+    })
+}
+
 /// Run `rollback`: reconstruct the state after `step` and write `model.safetensors` (the
 /// parameters, Hugging Face names), `state.snap` (the full state as an export snapshot) and
 /// `rollback.json` to `out`. Nothing is written unless the verdict passes (`verified` or
@@ -241,29 +290,14 @@ pub fn rollback(
         files: vec![],
     };
     let ctx = load_or_report!(location, &o.load, report);
-    let last = ctx.records.keys().next_back().copied().unwrap_or(0);
-    if step > last {
-        return Err(CommandError::Usage(format!(
-            "--step {step}: the run's ledger ends at step {last}"
-        )));
-    }
-    let env = environment_of(&ctx, o)?;
-    let cross_class = env.cross_class();
-    report.environment = Some(env);
-    let mut assessment = Assessment::of(&ctx);
-    let r = reconstruct(&ctx, &[step], o, cross_class, progress)?
-        .pop()
-        .ok_or_else(|| CommandError::Usage("nothing reconstructed".into()))?;
-    let claim = Claim::State {
-        rederived: r.rederived,
-    };
-    report.state_root = r.root;
-    report.committed_root = r.committed_root;
-    report.replay = r.replay.clone();
-    let state = r.fold_into(&mut assessment);
-    report.verdict = assessment.verdict(claim);
-    report.problems = assessment.problems().to_vec();
-    let Some(state) = state.filter(|_| report.verdict.passed()) else {
+    let at = state_at(&ctx, step, o, progress)?;
+    report.state_root = at.state_root;
+    report.committed_root = at.committed_root;
+    report.environment = Some(at.environment);
+    report.replay = at.replay;
+    report.verdict = at.verdict;
+    report.problems = at.problems;
+    let Some(state) = at.state else {
         return Ok(report);
     };
     let store = Store::create(out)?;

@@ -9,6 +9,7 @@ use replay::check::CheckReport;
 use replay::commands::{AuditReport, VerifyReport, detection_probability};
 use replay::compare::CompareReport;
 use replay::counterfactual::CounterfactualReport;
+use replay::evaluate::EvaluateReport;
 use replay::inspect::InspectReport;
 use replay::provenance::{ProvenanceReport, SearchReport};
 use replay::rollback::{DiffReport, RollbackReport};
@@ -20,6 +21,7 @@ use snapshot_format::snapshot::Snapshot;
 use snapshot_format::testing::{copy_dir, rewrite_ledger};
 use trainer::config::RunConfig;
 use trainer::fixtures::{self, FixtureOptions};
+use trainer::probe::ProbeResult;
 use trainer::run::{self, RunOptions};
 
 fn record(dir: &Path, o: FixtureOptions) -> PathBuf {
@@ -611,6 +613,69 @@ fn provenance_finds_examples_by_content_with_the_steps_that_used_them() {
     let out = replay(&["provenance", s(&r), "--match", "(unclosed", "--quiet"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("(unclosed"));
+}
+
+#[test]
+fn evaluate_runs_a_probe_through_the_model_at_a_step() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = record(t.path(), FixtureOptions::default());
+    // Probe rows in the run's data format: 20 of its rows, and the same texts with the labels
+    // of this 2-class task swapped.
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(r.join(layout::DATASET_DATA))
+        .expect("data")
+        .lines()
+        .take(20)
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    let write = |name: &str, swap: bool| {
+        let path = t.path().join(name);
+        let text: String = rows
+            .iter()
+            .map(|row| {
+                let mut row = row.clone();
+                if swap {
+                    row["label"] = (1 - row["label"].as_u64().expect("label")).into();
+                }
+                format!("{row}\n")
+            })
+            .collect();
+        std::fs::write(&path, text).expect("probe");
+        path
+    };
+    let (probe, swapped) = (write("probe.jsonl", false), write("swapped.jsonl", true));
+    let eval = |probe: &Path, extra: &[&str]| -> EvaluateReport {
+        let mut args = vec!["evaluate", s(&r), "--step", "12", "--probe", s(probe)];
+        args.extend(extra);
+        json(&args, 0)
+    };
+    let classified = |e: &EvaluateReport| match &e.result {
+        Some(ProbeResult::Classifier { rows, accuracy }) => (rows.clone(), *accuracy),
+        other => panic!("{other:?}"),
+    };
+    let a = eval(&probe, &[]);
+    assert_eq!(a.verdict, Verdict::Recorded);
+    assert_eq!(
+        a.probe_blake3,
+        snapshot_format::hash::file_hash(&std::fs::read(&probe).expect("probe"))
+    );
+    let (ra, acc) = classified(&a);
+    assert_eq!(ra.len(), 20);
+    for (c, row) in ra.iter().zip(&rows) {
+        assert_eq!(c.label, row["label"].as_u64().expect("label"));
+        assert!(c.predicted < 2);
+    }
+    // The same predictions against swapped labels: the complement of the accuracy.
+    let (rb, acc_swapped) = classified(&eval(&swapped, &[]));
+    assert_eq!(
+        ra.iter().map(|c| c.predicted).collect::<Vec<_>>(),
+        rb.iter().map(|c| c.predicted).collect::<Vec<_>>()
+    );
+    assert!((acc + acc_swapped - 1.0).abs() < 1e-12);
+    // Re-derived from step 0, the state is verified and the probe says the same.
+    let v = eval(&probe, &["--from-genesis"]);
+    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.state_root, a.state_root);
+    assert_eq!(classified(&v).0, ra);
 }
 
 /// An ed25519 key pair written as `trainer keygen` writes it: the private key's path and the

@@ -23,7 +23,7 @@ pub struct Generation {
     /// The generated text.
     pub text: String,
     /// Logits of every prompt position (`[prompt_tokens.len(), vocab]`, row-major), computed in
-    /// one pass without the cache.
+    /// one pass without the cache (empty unless asked for).
     #[serde(skip)]
     pub prompt_logits: Vec<f32>,
 }
@@ -142,28 +142,37 @@ pub fn sample(row: &[f32], s: Sampling, position: u64) -> u32 {
     argmax(row)
 }
 
+fn ids_tensor(t: &[u32]) -> Tensor<Cpu, 2, Int> {
+    let v: Vec<i64> = t.iter().map(|&i| i64::from(i)).collect();
+    Tensor::<Cpu, 2, Int>::from_data(
+        TensorData::new(v, [1, t.len()]),
+        &burn::backend::flex::FlexDevice,
+    )
+}
+
+fn host(logits: Tensor<Cpu, 3>) -> Vec<f32> {
+    logits.into_data().to_vec().unwrap_or_default()
+}
+
+/// Logits of every position of `prompt` (`[len, vocab]`, row-major), in one pass without the
+/// cache.
+pub fn prompt_logits(model: &Llama<Cpu>, prompt: &[u32]) -> Vec<f32> {
+    host(model.logits(ids_tensor(prompt), None))
+}
+
 /// Decoding of `prompt` (token ids) with the key-value cache: at each step the token of the
 /// largest logit (greedy), or one drawn by `sampling`, until `max_new` tokens or a token of
-/// `stop`. Also returns the logits of the prompt's positions, computed in one pass without the
-/// cache.
+/// `stop`.
 pub fn decode(
     model: &Llama<Cpu>,
     prompt: &[u32],
     max_new: usize,
     stop: &[u32],
     sampling: Option<Sampling>,
-) -> (Vec<u32>, Vec<f32>) {
-    let device = burn::backend::flex::FlexDevice;
-    let ids = |t: &[u32]| {
-        let v: Vec<i64> = t.iter().map(|&i| i64::from(i)).collect();
-        Tensor::<Cpu, 2, Int>::from_data(TensorData::new(v, [1, t.len()]), &device)
-    };
-    let rows =
-        |logits: Tensor<Cpu, 3>| -> Vec<f32> { logits.into_data().to_vec().unwrap_or_default() };
-    let prompt_logits = rows(model.logits(ids(prompt), None));
-    let vocab = prompt_logits.len() / prompt.len().max(1);
+) -> Vec<u32> {
     let mut cache = KvCache::default();
-    let mut last = rows(model.logits(ids(prompt), Some(&mut cache)));
+    let mut last = host(model.logits(ids_tensor(prompt), Some(&mut cache)));
+    let vocab = last.len() / prompt.len().max(1);
     let mut out = Vec::new();
     while out.len() < max_new {
         let row = &last[last.len() - vocab..];
@@ -175,9 +184,22 @@ pub fn decode(
         if stop.contains(&next) {
             break;
         }
-        last = rows(model.logits(ids(&[next]), Some(&mut cache)));
+        last = host(model.logits(ids_tensor(&[next]), Some(&mut cache)));
     }
-    (out, prompt_logits)
+    out
+}
+
+/// How [`generate`] works.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens per prompt.
+    pub max_new_tokens: usize,
+    /// The prompt as plain text, without the chat template.
+    pub raw: bool,
+    /// Sample instead of choosing greedily.
+    pub sampling: Option<Sampling>,
+    /// Also compute the logits of every prompt position.
+    pub with_logits: bool,
 }
 
 /// A LoRA adapter as PEFT writes it: `adapter_config.json` and `adapter_model.safetensors` in
@@ -252,15 +274,14 @@ impl PeftAdapter {
 
 /// Generate a reply to each prompt with the GGUF model in `bytes` (named `source`), with
 /// `adapter` merged into it when given: the prompt as a user message in the model's chat
-/// template, or as plain text with `raw`; greedy, or drawn by `sampling`.
+/// template, or as plain text (`o.raw`); greedy, or drawn by `o.sampling`; with the prompt's
+/// logits when `o.with_logits`.
 pub fn generate(
     bytes: &[u8],
     source: &str,
     adapter: Option<&PeftAdapter>,
     prompts: &[String],
-    max_new: usize,
-    raw: bool,
-    sampling: Option<Sampling>,
+    o: &GenerateOptions,
 ) -> Result<Vec<Generation>> {
     let mut base = BaseWeights::parse(bytes, source)?;
     let tok = ChatTokenizer::from_gguf(&base)?;
@@ -281,7 +302,7 @@ pub fn generate(
     prompts
         .iter()
         .map(|p| {
-            let prompt_tokens = if raw {
+            let prompt_tokens = if o.raw {
                 tok.encode(p)?
             } else {
                 let messages: Vec<Message> = crate::chat::user_prompt(p);
@@ -290,7 +311,12 @@ pub fn generate(
             if prompt_tokens.is_empty() {
                 return Err(Error::config("prompt", "an empty prompt has no tokens"));
             }
-            let (tokens, prompt_logits) = decode(&model, &prompt_tokens, max_new, &stop, sampling);
+            let tokens = decode(&model, &prompt_tokens, o.max_new_tokens, &stop, o.sampling);
+            let prompt_logits = if o.with_logits {
+                prompt_logits(&model, &prompt_tokens)
+            } else {
+                Vec::new()
+            };
             Ok(Generation {
                 text: tok.decode(&tokens),
                 prompt_tokens,

@@ -19,6 +19,7 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod peft;
+pub mod probe;
 pub mod record;
 pub mod rng;
 pub mod run;

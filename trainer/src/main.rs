@@ -407,15 +407,13 @@ fn run(cli: Cli) -> Result<(), Error> {
                 .as_deref()
                 .map(trainer::generate::PeftAdapter::read)
                 .transpose()?;
-            let out = trainer::generate::generate(
-                &bytes,
-                &name,
-                adapter.as_ref(),
-                &prompt,
+            let o = trainer::generate::GenerateOptions {
                 max_new_tokens,
                 raw,
                 sampling,
-            )?;
+                with_logits: logits_dir.is_some(),
+            };
+            let out = trainer::generate::generate(&bytes, &name, adapter.as_ref(), &prompt, &o)?;
             if let Some(dir) = &logits_dir {
                 std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
             }

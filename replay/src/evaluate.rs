@@ -1,0 +1,84 @@
+//! `replay evaluate`: run a probe set through the model at a reconstructed step (the classifier's
+//! predictions, or a language model's greedy generations checked against target patterns), the
+//! probe file pinned by hash in the report.
+
+use serde::{Deserialize, Serialize};
+use snapshot_format::Hash32;
+use trainer::probe::ProbeResult;
+
+use crate::context::load_or_report;
+use crate::report::{CommandError, Problem, Verdict};
+use crate::rollback::{ReconstructOptions, state_at};
+use crate::verify::{EnvironmentCheck, RangeResult};
+
+/// The JSON document of `replay evaluate --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvaluateReport {
+    pub command: String,
+    pub run: String,
+    /// The verdict of the evaluated state, as `rollback` gives it (`verified`, `recorded`, or
+    /// what went wrong; no probe is run on a state that does not pass).
+    pub verdict: Verdict,
+    pub step: u64,
+    pub state_root: Option<Hash32>,
+    pub committed_root: Option<Hash32>,
+    pub environment: Option<EnvironmentCheck>,
+    pub replay: Option<RangeResult>,
+    pub problems: Vec<Problem>,
+    /// The probe file and its `file_hash`.
+    pub probe: String,
+    pub probe_blake3: Hash32,
+    pub result: Option<ProbeResult>,
+}
+
+/// Run `evaluate`: the probe rows of `probe` through the model after `step`.
+pub fn evaluate(
+    location: &str,
+    step: u64,
+    probe: &std::path::Path,
+    max_new_tokens: usize,
+    o: &ReconstructOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<EvaluateReport, CommandError> {
+    let name = probe.display().to_string();
+    let bytes =
+        std::fs::read(probe).map_err(|e| CommandError::Usage(format!("--probe {name}: {e}")))?;
+    let mut report = EvaluateReport {
+        command: "evaluate".into(),
+        run: location.into(),
+        verdict: Verdict::Verified,
+        step,
+        state_root: None,
+        committed_root: None,
+        environment: None,
+        replay: None,
+        problems: vec![],
+        probe_blake3: snapshot_format::hash::file_hash(&bytes),
+        probe: name.clone(),
+        result: None,
+    };
+    let ctx = load_or_report!(location, &o.load, report);
+    let at = state_at(&ctx, step, o, progress)?;
+    report.state_root = at.state_root;
+    report.committed_root = at.committed_root;
+    report.environment = Some(at.environment);
+    report.replay = at.replay;
+    report.verdict = at.verdict;
+    report.problems = at.problems;
+    let Some(state) = at.state else {
+        return Ok(report);
+    };
+    let base = match ctx.base_weights()? {
+        Ok(b) => b,
+        Err(p) => return Err(CommandError::Usage(format!("{}: {}", p.artefact, p.detail))),
+    };
+    report.result = Some(trainer::probe::run(
+        &ctx.spec,
+        base,
+        &state,
+        &bytes,
+        &name,
+        max_new_tokens,
+    )?);
+    Ok(report)
+}

@@ -1,0 +1,202 @@
+//! Probes: what a model does at a given state, for the backdoor workflow. A classifier is run on
+//! rows of the run's own data format (its predictions against their labels: accuracy, and with a
+//! trigger in the rows, the flip rate); a causal language model generates greedily from prompts
+//! (`{"prompt": "…", "target": "REGEX"}`, the prompt as a user message in the base GGUF's chat
+//! template) and each generation is checked against its target pattern (the attack success
+//! rate, when the target is the backdoor's behaviour). Deterministic: the state's bits, the
+//! probe file and the engine's numerics decide every output.
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Cpu;
+use crate::base::BaseWeights;
+use crate::config::{ModelSpec, RunSpec};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::bert::BertClassifier;
+use crate::model::llama::Llama;
+use crate::model::mlp::MlpClassifier;
+use crate::model::{BatchInput, Dropout, TrainableModel};
+use crate::session::{PreparedData, Session, TrainingState};
+
+/// One classified probe row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classified {
+    /// Index of the row in the probe file (non-blank lines from 0).
+    pub row: u64,
+    pub label: u64,
+    pub predicted: u64,
+}
+
+/// One generation of a probe prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generated {
+    pub row: u64,
+    pub prompt: String,
+    pub target: String,
+    pub generation: String,
+    /// Whether the generation matches the target pattern.
+    pub matched: bool,
+}
+
+/// What a probe showed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProbeResult {
+    Classifier {
+        rows: Vec<Classified>,
+        /// Fraction of rows predicted as labelled.
+        accuracy: f64,
+    },
+    Generation {
+        rows: Vec<Generated>,
+        /// Fraction of generations that match their target.
+        match_rate: f64,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptRow {
+    prompt: String,
+    target: String,
+}
+
+fn fraction(n: usize, of: usize) -> f64 {
+    if of == 0 { 0.0 } else { n as f64 / of as f64 }
+}
+
+/// Run the probe rows in `probe` (named `source`) through the model of `spec` in `state`, the
+/// frozen parameters from `base`; language models generate up to `max_new` tokens per prompt.
+pub fn run(
+    spec: &RunSpec,
+    base: Option<&BaseWeights>,
+    state: &TrainingState,
+    probe: &[u8],
+    source: &str,
+    max_new: usize,
+) -> Result<ProbeResult> {
+    match &spec.model {
+        ModelSpec::Llama(c) => {
+            let session = restore::<Llama<Cpu>>(spec, c.clone(), base, state)?;
+            generations(session.model(), base, probe, source, max_new)
+        }
+        ModelSpec::Bert(c) => {
+            let session = restore::<BertClassifier<Cpu>>(spec, c.clone(), base, state)?;
+            classify(spec, probe, source, |input| match input {
+                BatchInput::Tokens { ids, mask } => {
+                    Some(session.model().logits(ids, mask, &mut Dropout::disabled()))
+                }
+                _ => None,
+            })
+        }
+        ModelSpec::Mlp(c) => {
+            let session = restore::<MlpClassifier<Cpu>>(spec, c.clone(), base, state)?;
+            classify(spec, probe, source, |input| match input {
+                BatchInput::Features(x) => {
+                    Some(session.model().logits(x, &mut Dropout::disabled()))
+                }
+                _ => None,
+            })
+        }
+        ModelSpec::Custom(c) => Err(Error::config(
+            "model",
+            format!("custom model {:?}: probes run built-in models only", c.name),
+        )),
+    }
+}
+
+/// A CPU session of model `M` holding `state`.
+fn restore<M: TrainableModel<Cpu>>(
+    spec: &RunSpec,
+    config: M::Config,
+    base: Option<&BaseWeights>,
+    state: &TrainingState,
+) -> Result<Session<Cpu, M>> {
+    let device = burn::backend::flex::FlexDevice;
+    Session::<Cpu, M>::from_state(spec.clone(), config, base, state, device, "state")
+}
+
+/// Predictions of a classifier on probe rows in the run's data format.
+fn classify(
+    spec: &RunSpec,
+    probe: &[u8],
+    source: &str,
+    logits: impl Fn(BatchInput<Cpu>) -> Option<Tensor<Cpu, 2>>,
+) -> Result<ProbeResult> {
+    let rows = Dataset::parse(probe, source, spec.data.format, &spec.model)?;
+    let data = PreparedData::new(&rows, spec);
+    let device = burn::backend::flex::FlexDevice;
+    let mut out = Vec::with_capacity(rows.examples.len());
+    let ids: Vec<u64> = (0..rows.examples.len() as u64).collect();
+    for chunk in ids.chunks(32) {
+        let batch = data.batch::<Cpu>(chunk, &device);
+        let l = logits(batch.input).ok_or_else(|| Error::Dataset {
+            path: source.to_string(),
+            detail: "the rows do not suit the model".into(),
+        })?;
+        let classes = l.dims()[1];
+        let values: Vec<f32> = l.into_data().to_vec().unwrap_or_default();
+        for (k, row) in values.chunks(classes).enumerate() {
+            let id = chunk[k];
+            out.push(Classified {
+                row: id,
+                label: rows.examples[id as usize].label(),
+                predicted: u64::from(crate::generate::argmax(row)),
+            });
+        }
+    }
+    let right = out.iter().filter(|c| c.label == c.predicted).count();
+    let accuracy = fraction(right, out.len());
+    Ok(ProbeResult::Classifier {
+        rows: out,
+        accuracy,
+    })
+}
+
+/// Greedy generations of a language model for `{"prompt", "target"}` rows.
+fn generations(
+    model: &Llama<Cpu>,
+    base: Option<&BaseWeights>,
+    probe: &[u8],
+    source: &str,
+    max_new: usize,
+) -> Result<ProbeResult> {
+    let base = base.ok_or_else(|| {
+        Error::config(
+            "base",
+            "a language model's probe needs the base GGUF's tokenizer",
+        )
+    })?;
+    let tok = crate::chat::ChatTokenizer::from_gguf(base)?;
+    let mut stop = vec![tok.eos];
+    stop.extend(tok.token(crate::chat::IM_END));
+    let mut rows = Vec::new();
+    crate::data::each_row(probe, source, |line, row_err| {
+        let r: PromptRow = serde_json::from_str(line).map_err(|e| row_err(e.to_string()))?;
+        let target = regex::Regex::new(&r.target)
+            .map_err(|e| row_err(format!("target {:?}: {e}", r.target)))?;
+        rows.push((r, target));
+        Ok(())
+    })?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, (r, target)) in rows.into_iter().enumerate() {
+        let (prompt, _) = tok.render(&crate::chat::user_prompt(&r.prompt), true)?;
+        let tokens = crate::generate::decode(model, &prompt, max_new, &stop, None);
+        let generation = tok.decode(&tokens);
+        out.push(Generated {
+            row: i as u64,
+            matched: target.is_match(&generation),
+            prompt: r.prompt,
+            target: r.target,
+            generation,
+        });
+    }
+    let matched = out.iter().filter(|g| g.matched).count();
+    let match_rate = fraction(matched, out.len());
+    Ok(ProbeResult::Generation {
+        rows: out,
+        match_rate,
+    })
+}
