@@ -16,6 +16,7 @@ use snapshot_format::snapshot::TensorView;
 use snapshot_format::{Hash32, Store};
 use trainer::backend::{Job, dispatch};
 use trainer::model::TrainableModel;
+use trainer::probe::ProbeResult;
 use trainer::session::{PreparedData, Session, TrainingState};
 
 use crate::context::{RunContext, load_or_report};
@@ -74,6 +75,9 @@ pub struct CounterfactualReport {
     pub problems: Vec<Problem>,
     pub out: Option<String>,
     pub files: Vec<String>,
+    /// The probe set through both models, when one was given.
+    #[serde(default)]
+    pub probe: Option<ProbeComparison>,
     pub seconds: f64,
 }
 
@@ -86,6 +90,19 @@ pub struct CounterfactualOptions {
     pub include_optimizer: bool,
     pub out: Option<String>,
     pub reconstruct: ReconstructOptions,
+    /// A probe set run through both end states (`evaluate`'s rows), and the most tokens a
+    /// language model generates per prompt.
+    pub probe: Option<std::path::PathBuf>,
+    pub max_new_tokens: usize,
+}
+
+/// The same probe set through the factual and the counterfactual model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeComparison {
+    pub probe: String,
+    pub probe_blake3: Hash32,
+    pub factual: ProbeResult,
+    pub counterfactual: ProbeResult,
 }
 
 /// Run `counterfactual`.
@@ -114,7 +131,16 @@ pub fn counterfactual(
         problems: vec![],
         out: None,
         files: vec![],
+        probe: None,
         seconds: 0.0,
+    };
+    let probe = match &o.probe {
+        Some(path) => Some((
+            path.display().to_string(),
+            std::fs::read(path)
+                .map_err(|e| CommandError::Usage(format!("--probe {}: {e}", path.display())))?,
+        )),
+        None => None,
     };
     let ctx = load_or_report!(location, &o.reconstruct.load, report);
     let last = ctx.records.keys().next_back().copied().unwrap_or(0);
@@ -223,6 +249,23 @@ pub fn counterfactual(
     report.counterfactual_root = Some(state.root(&state.tensor_hashes())?);
     let views = |s| compared_views(s, o.include_optimizer);
     report.tensors = diff_views(&views(&state), &views(&factual));
+    if let Some((name, bytes)) = &probe
+        && report.verdict.passed()
+    {
+        let base = match ctx.base_weights()? {
+            Ok(b) => b,
+            Err(p) => return Err(CommandError::Usage(format!("{}: {}", p.artefact, p.detail))),
+        };
+        let run = |s: &TrainingState| {
+            trainer::probe::run(&ctx.spec, base, s, bytes, name, o.max_new_tokens)
+        };
+        report.probe = Some(ProbeComparison {
+            probe: name.clone(),
+            probe_blake3: snapshot_format::hash::file_hash(bytes),
+            factual: run(&factual)?,
+            counterfactual: run(&state)?,
+        });
+    }
 
     if let Some(out) = &o.out
         && report.verdict.passed()

@@ -651,11 +651,36 @@ pub fn counterfactual(r: &CounterfactualReport) -> String {
         );
         tensors(&mut out, &r.tensors, "    ");
     }
+    if let Some(p) = &r.probe {
+        let _ = writeln!(
+            out,
+            "  probe        {} ({}): factual {} → counterfactual {}",
+            p.probe,
+            p.probe_blake3.short(),
+            probe_rate(&p.factual),
+            probe_rate(&p.counterfactual)
+        );
+    }
     if let Some(o) = &r.out {
         let _ = writeln!(out, "  wrote        {} in {o}", r.files.join(", "));
     }
     verdict_line(&mut out, r.verdict);
     out
+}
+
+/// A probe's headline figure: accuracy, or the share of generations that match their target.
+fn probe_rate(r: &trainer::probe::ProbeResult) -> String {
+    use trainer::probe::ProbeResult;
+    match r {
+        ProbeResult::Classifier { rows, accuracy } => {
+            let right = rows.iter().filter(|c| c.label == c.predicted).count();
+            format!("accuracy {accuracy:.4} ({right} of {})", rows.len())
+        }
+        ProbeResult::Generation { rows, match_rate } => {
+            let matched = rows.iter().filter(|g| g.matched).count();
+            format!("match rate {match_rate:.4} ({matched} of {})", rows.len())
+        }
+    }
 }
 
 /// `diff`.

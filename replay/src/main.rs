@@ -246,6 +246,13 @@ enum Command {
         /// `provenance --match` finds them; repeatable).
         #[arg(long)]
         without_match: Vec<String>,
+        /// Run this probe set (as `evaluate` reads it) through the factual and the
+        /// counterfactual model.
+        #[arg(long)]
+        probe: Option<PathBuf>,
+        /// Most tokens a language model generates per probe prompt.
+        #[arg(long, default_value_t = 24)]
+        max_new_tokens: usize,
         /// Last step (default: the ledger's last).
         #[arg(long)]
         to: Option<u64>,
@@ -590,6 +597,8 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             without,
             without_file,
             without_match,
+            probe,
+            max_new_tokens,
             to,
             optimizer,
             out,
@@ -630,6 +639,8 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
                 include_optimizer: optimizer,
                 out,
                 reconstruct: reconstruct_options(&g, replaying, &reconstructing, &trust)?,
+                probe,
+                max_new_tokens,
             };
             let bar = progress(&g, "steps");
             let r = counterfactual::counterfactual(&run, &o, &bar)?;

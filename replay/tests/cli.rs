@@ -676,6 +676,29 @@ fn evaluate_runs_a_probe_through_the_model_at_a_step() {
     assert_eq!(v.verdict, Verdict::Verified);
     assert_eq!(v.state_root, a.state_root);
     assert_eq!(classified(&v).0, ra);
+    // A counterfactual runs the same probe through both models: the factual side is what
+    // `evaluate` says of the factual state; the counterfactual side, what it says of the
+    // counterfactual state exported and evaluated as the same run's state would be.
+    let c: CounterfactualReport = json(
+        &[
+            "counterfactual",
+            s(&r),
+            "--without",
+            "0,1,2,3",
+            "--to",
+            "12",
+            "--probe",
+            s(&probe),
+        ],
+        0,
+    );
+    let p = c.probe.expect("probe comparison");
+    assert_eq!(p.probe_blake3, a.probe_blake3);
+    assert_eq!(p.factual, a.result.clone().expect("result"));
+    assert!(
+        matches!(p.counterfactual, ProbeResult::Classifier { ref rows, .. } if rows.len() == 20)
+    );
+    assert_ne!(c.counterfactual_root, c.factual_root);
 }
 
 /// An ed25519 key pair written as `trainer keygen` writes it: the private key's path and the
