@@ -117,6 +117,13 @@ impl RunContext {
             .collect()
     }
 
+    /// The pinned base weights, for a command that cannot go on without them: a base that is
+    /// missing or does not match its pin is an error naming it.
+    pub fn required_base(&self) -> Result<Option<&trainer::base::BaseWeights>, CommandError> {
+        self.base_weights()?
+            .map_err(|p| CommandError::Usage(format!("{}: {}", p.artefact, p.detail)))
+    }
+
     /// The base weights the spec pins, parsed (`None` when the spec pins none); a base model
     /// that is absent, does not match its pin or does not parse is the problem that says so.
     pub fn base_weights(

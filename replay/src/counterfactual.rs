@@ -252,10 +252,7 @@ pub fn counterfactual(
     if let Some((name, bytes)) = &probe
         && report.verdict.passed()
     {
-        let base = match ctx.base_weights()? {
-            Ok(b) => b,
-            Err(p) => return Err(CommandError::Usage(format!("{}: {}", p.artefact, p.detail))),
-        };
+        let base = ctx.required_base()?;
         let run = |s: &TrainingState| {
             trainer::probe::run(&ctx.spec, base, s, bytes, name, o.max_new_tokens)
         };

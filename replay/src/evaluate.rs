@@ -68,10 +68,7 @@ pub fn evaluate(
     let Some(state) = at.state else {
         return Ok(report);
     };
-    let base = match ctx.base_weights()? {
-        Ok(b) => b,
-        Err(p) => return Err(CommandError::Usage(format!("{}: {}", p.artefact, p.detail))),
-    };
+    let base = ctx.required_base()?;
     report.result = Some(trainer::probe::run(
         &ctx.spec,
         base,

@@ -340,10 +340,7 @@ pub(crate) fn export_state(
             )
         })
         .collect();
-    let base = match ctx.base_weights()? {
-        Ok(b) => b,
-        Err(p) => return Err(CommandError::Usage(format!("{}: {}", p.artefact, p.detail))),
-    };
+    let base = ctx.required_base()?;
     let pin = ctx.spec.base.as_ref().map(|b| b.blake3);
     let mut files = Vec::new();
     for (name, bytes) in trainer::peft::export_files(&ctx.spec.model, base, pin, params)? {
