@@ -3,7 +3,10 @@
 # is there):
 # - qemu-user (Debian), to run the engine as other CPUs: the portable-numerics tests compare
 #   runs natively and under `qemu-x86_64 -cpu max` / `-cpu Nehalem`;
-# - a Python venv with moto's S3 server, used by the S3 integration tests on 127.0.0.1.
+# - a Python venv with moto's S3 server, used by the S3 integration tests on 127.0.0.1, and the
+#   ecosystem's verifiers that the attestation tests run on our artefacts: OpenSSF
+#   model-signing (with pyOpenSSL, which its CLI imports) and securesystemslib (DSSE, as in-toto
+#   uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +24,11 @@ if [ ! -x .venv/bin/moto_server ]; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
   .venv/bin/moto_server --help > /dev/null
+fi
+
+if ! .venv/bin/python -c 'import model_signing, securesystemslib, OpenSSL' 2> /dev/null; then
+  echo "installing model-signing and securesystemslib into .venv for the attestation tests"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'model-signing==1.1.1' \
+    'securesystemslib==1.6.0' 'pyopenssl>=25,<26'
+  .venv/bin/model_signing --help > /dev/null
 fi

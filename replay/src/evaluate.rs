@@ -7,6 +7,7 @@ use snapshot_format::Hash32;
 use trainer::probe::ProbeResult;
 
 use crate::context::load_or_report;
+use crate::counterfactual::ProbeInput;
 use crate::report::{CommandError, Problem, Verdict};
 use crate::rollback::{ReconstructOptions, state_at};
 use crate::verify::{EnvironmentCheck, RangeResult};
@@ -40,9 +41,7 @@ pub fn evaluate(
     o: &ReconstructOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<EvaluateReport, CommandError> {
-    let name = probe.display().to_string();
-    let bytes =
-        std::fs::read(probe).map_err(|e| CommandError::Usage(format!("--probe {name}: {e}")))?;
+    let ProbeInput { name, bytes } = ProbeInput::read(probe)?;
     let mut report = EvaluateReport {
         command: "evaluate".into(),
         run: location.into(),

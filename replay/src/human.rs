@@ -8,6 +8,7 @@ use crate::compare::CompareReport;
 use crate::counterfactual::CounterfactualReport;
 use crate::evaluate::EvaluateReport;
 use crate::inspect::{InspectReport, loss_text};
+use crate::investigate::InvestigateReport;
 use crate::provenance::{ProvenanceReport, SearchReport};
 use crate::report::{Problem, Verdict};
 use crate::rollback::{DiffReport, RollbackReport};
@@ -204,6 +205,21 @@ pub fn check(r: &CheckReport) -> String {
         r.seconds
     );
     signatures(&mut out, &r.signatures);
+    for a in &r.attestations {
+        let _ = writeln!(
+            out,
+            "  attestation  {}\n               {}, {} ({}): {}",
+            a.artefact,
+            a.predicate_type,
+            a.signatures.status.name(),
+            if a.signatures.signers.is_empty() {
+                "no verified signer".to_string()
+            } else {
+                a.signatures.signers.join(", ")
+            },
+            a.verdict
+        );
+    }
     problems(&mut out, &r.problems);
     for w in &r.warnings {
         let _ = writeln!(out, "  warning    {w}");
@@ -651,7 +667,7 @@ pub fn counterfactual(r: &CounterfactualReport) -> String {
         );
         tensors(&mut out, &r.tensors, "    ");
     }
-    if let Some(p) = &r.probe {
+    for p in &r.probes {
         let _ = writeln!(
             out,
             "  probe        {} ({}): factual {} → counterfactual {}",
@@ -665,6 +681,85 @@ pub fn counterfactual(r: &CounterfactualReport) -> String {
         let _ = writeln!(out, "  wrote        {} in {o}", r.files.join(", "));
     }
     verdict_line(&mut out, r.verdict);
+    out
+}
+
+/// `investigate`.
+pub fn investigate(r: &InvestigateReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "investigate {}: trigger {:?}, target {:?}",
+        r.run, r.trigger, r.target
+    );
+    let _ = writeln!(
+        out,
+        "  find         {} of {} committed examples match {} (dataset root {})",
+        r.suspects.len(),
+        r.examples_searched,
+        r.patterns
+            .iter()
+            .map(|p| format!("/{p}/"))
+            .collect::<Vec<_>>()
+            .join(" or "),
+        r.dataset_root.short()
+    );
+    problems(&mut out, &r.problems);
+    if let (Some(f), Some(c)) = (&r.factual, &r.counterfactual) {
+        let _ = writeln!(
+            out,
+            "  probe        {} ({}), the trigger put in front of each input",
+            r.probe,
+            r.probe_blake3.short()
+        );
+        let _ = writeln!(
+            out,
+            "  {:<40}{:>22}{:>22}",
+            "", "as trained", "without the examples"
+        );
+        for (what, a, b) in [
+            (
+                "attack success (triggered inputs)",
+                (f.attack_successes, f.attack_rows),
+                (c.attack_successes, c.attack_rows),
+            ),
+            (
+                "clean quality (clean inputs)",
+                (f.clean_correct, f.clean_rows),
+                (c.clean_correct, c.clean_rows),
+            ),
+            (
+                "target behaviour on clean inputs",
+                (f.clean_activations, f.clean_rows),
+                (c.clean_activations, c.clean_rows),
+            ),
+        ] {
+            let cell = |(n, of): (u64, u64)| format!("{n}/{of}");
+            let _ = writeln!(out, "  {what:<40}{:>22}{:>22}", cell(a), cell(b));
+        }
+    }
+    if let Some(h) = &r.history {
+        let _ = writeln!(
+            out,
+            "  re-executed  steps {} to {} without them",
+            h.first_changed_step.unwrap_or(h.to_step),
+            h.to_step
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  finding      {}",
+        match r.explained {
+            Some(true) => "the matching examples caused the behaviour: removing them lowers it",
+            Some(false) => "the matching examples do not explain the behaviour",
+            None if r.suspects.is_empty() => "no committed example matches",
+            None => "nothing measured",
+        }
+    );
+    if !r.files.is_empty() {
+        let _ = writeln!(out, "  wrote        {} in {}", r.files.join(", "), r.out);
+    }
+    let _ = writeln!(out, "verdict: {} (exit {})", r.verdict, r.exit_code());
     out
 }
 

@@ -58,7 +58,7 @@ pub fn inspect(
     let loss: Vec<(u64, f32)> = ctx.records.values().map(|r| (r.step, r.loss())).collect();
     let svg_path = match svg {
         Some(path) => {
-            std::fs::write(path, loss_svg(&loss, &ctx.manifest.run_id))
+            std::fs::write(path, loss_svg(&loss, &ctx.manifest.run_id, &[]))
                 .map_err(|e| CommandError::Usage(format!("{}: {e}", path.display())))?;
             Some(path.display().to_string())
         }
@@ -153,8 +153,15 @@ pub fn loss_text(loss: &[(u64, f32)], columns: usize, rows: usize) -> Vec<String
     lines
 }
 
-/// A standalone SVG of the loss curve.
-pub fn loss_svg(loss: &[(u64, f32)], title: &str) -> String {
+/// Text with `&`, `<` and `>` escaped for XML and HTML.
+pub(crate) fn escape_xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A standalone SVG of the loss curve, with a red tick under the curve at each step of `marks`.
+pub fn loss_svg(loss: &[(u64, f32)], title: &str, marks: &[u64]) -> String {
     let (w, h, pad) = (640.0f64, 320.0f64, 40.0f64);
     let pts: Vec<(f64, f64)> = loss
         .iter()
@@ -173,11 +180,17 @@ pub fn loss_svg(loss: &[(u64, f32)], title: &str) -> String {
         .iter()
         .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
         .collect();
-    let escape = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
+    let ticks: String = marks
+        .iter()
+        .map(|&m| {
+            let x = sx(m as f64);
+            format!(
+                "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"#d62728\" stroke-width=\"1\"/>\n",
+                h - pad - 12.0,
+                h - pad
+            )
+        })
+        .collect();
     format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">
 <rect width="100%" height="100%" fill="white"/>
@@ -188,10 +201,10 @@ pub fn loss_svg(loss: &[(u64, f32)], title: &str) -> String {
 <text x="{xr}" y="{yl}" font-family="sans-serif" font-size="11" text-anchor="end">step {x1}</text>
 <text x="4" y="{yt}" font-family="sans-serif" font-size="11">{y1:.3}</text>
 <text x="4" y="{yb}" font-family="sans-serif" font-size="11">{y0:.3}</text>
-<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>
+{ticks}<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>
 </svg>
 "##,
-        title = escape(title),
+        title = escape_xml(title),
         yb = h - pad,
         xr = w - pad,
         yl = h - pad + 16.0,
@@ -214,8 +227,12 @@ mod tests {
 
     #[test]
     fn svg_is_well_formed_enough() {
-        let svg = loss_svg(&[(1, 1.0), (2, 0.5)], "run <1>");
+        let svg = loss_svg(&[(1, 1.0), (2, 0.5)], "run <1>", &[2]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("run &lt;1&gt;"));
+        // One red tick for the marked step, at the curve's right end; none without marks.
+        assert_eq!(svg.matches("#d62728").count(), 1);
+        assert!(svg.contains("<line x1=\"600.0\""));
+        assert!(!loss_svg(&[(1, 1.0), (2, 0.5)], "r", &[]).contains("#d62728"));
     }
 }

@@ -2,6 +2,7 @@
 //! serialisable report with a [`report::Verdict`]; the `replay` binary prints them and maps
 //! verdicts to exit codes (`specs/replay-cli.md`).
 
+pub mod attestations;
 pub mod check;
 pub mod commands;
 pub mod compare;
@@ -10,6 +11,7 @@ pub mod counterfactual;
 pub mod evaluate;
 pub mod human;
 pub mod inspect;
+pub mod investigate;
 pub mod provenance;
 pub mod report;
 pub mod rollback;

@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 verified or ok; 1 verification failed (diverged, input mismatch, environment
 //! mismatch); 2 integrity violation (tampered, corrupt, missing artefact, incomplete run, bad
-//! signature); 3 usage or operational error. See `specs/replay-cli.md`.
+//! signature); 3 usage or operational error; 4 (`investigate`) the suspect examples do not
+//! explain the behaviour. See `specs/replay-cli.md`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,10 +12,12 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use replay::commands::{self, AuditOptions, Scope, VerifyOptions};
 use replay::context::LoadOptions;
-use replay::report::{CommandError, Verdict};
+use replay::report::CommandError;
 use replay::shard::{self, Shard, ShardTarget};
 use replay::signatures::SignatureOptions;
-use replay::{check, compare, counterfactual, evaluate, human, inspect, provenance, rollback};
+use replay::{
+    check, compare, counterfactual, evaluate, human, inspect, investigate, provenance, rollback,
+};
 use trainer::backend::DeviceSpec;
 
 /// mimalloc keeps freed blocks for reuse: the training step allocates and frees the same large
@@ -108,6 +111,21 @@ enum Command {
         /// Use this dataset file instead of the run's copy.
         #[arg(long)]
         dataset: Option<PathBuf>,
+        /// Also check this in-toto statement about the run (a training provenance statement,
+        /// or an auditor's verification statement; repeatable).
+        #[arg(long)]
+        attestation: Vec<PathBuf>,
+        /// Also check this exported model directory: its provenance statement against the run
+        /// and the directory's files (repeatable).
+        #[arg(long)]
+        export: Vec<PathBuf>,
+        /// The P-256 public key (PEM) that must have signed each export's `model.sig`.
+        #[arg(long)]
+        model_key: Option<PathBuf>,
+        /// An auditor's public key: verification statements must be signed by one of these
+        /// (repeatable).
+        #[arg(long = "verifier-key")]
+        verifier_keys: Vec<String>,
         #[command(flatten)]
         trust: Trust,
     },
@@ -142,9 +160,13 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
         /// The verifier's private key (PKCS#8 PEM, `trainer keygen`) that signs this shard's
-        /// report.
+        /// report, or the statement of `--attest`.
         #[arg(long)]
         signing_key: Option<PathBuf>,
+        /// Write a signed in-toto statement of this verification (a DSSE envelope) to this new
+        /// file: what was re-executed, the verdict, the run's ledger head.
+        #[arg(long, requires = "signing_key")]
+        attest: Option<PathBuf>,
         #[command(flatten)]
         replaying: Replaying,
         #[command(flatten)]
@@ -163,6 +185,12 @@ enum Command {
         /// Assumed fractions of tampered segments for the detection probability.
         #[arg(long = "fraction", default_values_t = [0.01, 0.05, 0.1, 0.25])]
         fractions: Vec<f64>,
+        /// Write a signed in-toto statement of this audit (a DSSE envelope) to this new file.
+        #[arg(long, requires = "signing_key")]
+        attest: Option<PathBuf>,
+        /// The auditor's private key (PKCS#8 PEM ed25519, `trainer keygen`) for `--attest`.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
         #[command(flatten)]
         replaying: Replaying,
         #[command(flatten)]
@@ -194,6 +222,43 @@ enum Command {
         #[arg(long)]
         probe: PathBuf,
         /// Most tokens a language model generates per prompt.
+        #[arg(long, default_value_t = 24)]
+        max_new_tokens: usize,
+        #[command(flatten)]
+        reconstructing: Reconstructing,
+        #[command(flatten)]
+        replaying: Replaying,
+        #[command(flatten)]
+        trust: Trust,
+    },
+    /// From a reported trigger to a proven cause: the examples that contain it, the history
+    /// re-executed without them, a probe with and without the trigger through both models, and
+    /// a report (Markdown, HTML) with the cleaned model. Exit 4 when the examples do not explain
+    /// the behaviour.
+    Investigate {
+        run: String,
+        /// The trigger phrase, as reported; put in front of every probe input.
+        #[arg(long)]
+        trigger: String,
+        /// The backdoor's behaviour: a class id (classifier) or a regular expression the
+        /// generation matches (language model).
+        #[arg(long)]
+        target: String,
+        /// Clean probe inputs (JSON Lines, as `evaluate` reads them).
+        #[arg(long)]
+        probe: PathBuf,
+        /// Find the suspect examples with these regular expressions instead of the trigger
+        /// itself (repeatable).
+        #[arg(long = "match")]
+        patterns: Vec<String>,
+        /// Directory (or store URL) for the report and the cleaned model; written only when
+        /// the verdict passes.
+        #[arg(long)]
+        out: String,
+        /// Last step (default: the ledger's last).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Most tokens a language model generates per probe prompt.
         #[arg(long, default_value_t = 24)]
         max_new_tokens: usize,
         #[command(flatten)]
@@ -247,9 +312,9 @@ enum Command {
         #[arg(long)]
         without_match: Vec<String>,
         /// Run this probe set (as `evaluate` reads it) through the factual and the
-        /// counterfactual model.
+        /// counterfactual model (repeatable).
         #[arg(long)]
-        probe: Option<PathBuf>,
+        probe: Vec<PathBuf>,
         /// Most tokens a language model generates per probe prompt.
         #[arg(long, default_value_t = 24)]
         max_new_tokens: usize,
@@ -395,7 +460,8 @@ fn emit<T: serde::Serialize>(global: &Global, report: &T, text: impl FnOnce() ->
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
 }
 
-fn run(cli: Cli) -> Result<Verdict, CommandError> {
+/// The command's exit status (section 2 of `specs/replay-cli.md`).
+fn run(cli: Cli) -> Result<u8, CommandError> {
     let g = cli.global;
     if let Some(n) = g.threads {
         let _ = rayon::ThreadPoolBuilder::new()
@@ -406,13 +472,28 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
         Command::Check {
             run,
             dataset,
+            attestation,
+            export,
+            model_key,
+            verifier_keys,
             trust,
         } => {
             let bar = progress(&g, "checkpoints");
-            let r = check::check(&run, &load_options(&g, dataset, &trust)?, &bar)?;
+            let attested = check::Attested {
+                statements: attestation,
+                exports: export,
+                keys: replay::attestations::AttestationKeys {
+                    verifiers: public_keys(&verifier_keys)?,
+                    model: match &model_key {
+                        Some(p) => Some(snapshot_format::attest::read_model_signing_public_key(p)?),
+                        None => None,
+                    },
+                },
+            };
+            let r = check::check(&run, &load_options(&g, dataset, &trust)?, &attested, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::check(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
         Command::Verify {
             run,
@@ -425,6 +506,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             results,
             id,
             signing_key,
+            attest,
             replaying,
             trust,
         } => {
@@ -448,12 +530,16 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             if shard.is_some() && scope != Scope::All {
                 return Err(CommandError::Usage("--shard applies to --all".into()));
             }
-            let shard = match (shard, results, id, signing_key) {
+            let key = match &signing_key {
+                Some(path) => Some(snapshot_format::signature::read_signing_key(path)?),
+                None => None,
+            };
+            let shard = match (shard, results, id, &key) {
                 (Some(shard), Some(results), Some(id), Some(key)) => Some(ShardTarget {
                     shard,
                     id,
                     results,
-                    key: snapshot_format::signature::read_signing_key(&key)?,
+                    key: key.clone(),
                 }),
                 _ => None,
             };
@@ -462,18 +548,21 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
                 device: device(&replaying.device)?,
                 shard,
                 load: load_options(&g, replaying.dataset, &trust)?,
+                attest: attest_to(attest, key),
             };
             let bar = progress(&g, "steps");
             let r = commands::verify(&run, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::verify(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
         Command::Audit {
             run,
             samples,
             seed,
             fractions,
+            attest,
+            signing_key,
             replaying,
             trust,
         } => {
@@ -483,18 +572,23 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
                      which segments are checked. Leave it out for an unpredictable sample."
                 );
             }
+            let key = match &signing_key {
+                Some(path) => Some(snapshot_format::signature::read_signing_key(path)?),
+                None => None,
+            };
             let o = AuditOptions {
                 samples,
                 seed,
                 fractions,
                 device: device(&replaying.device)?,
                 load: load_options(&g, replaying.dataset, &trust)?,
+                attest: attest_to(attest, key),
             };
             let bar = progress(&g, "steps");
             let r = commands::audit(&run, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::audit(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
         Command::Rollback {
             run,
@@ -509,7 +603,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             let r = rollback::rollback(&run, step, &out, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::rollback(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
         Command::Evaluate {
             run,
@@ -525,7 +619,36 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             let r = evaluate::evaluate(&run, step, &probe, max_new_tokens, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::evaluate(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
+        }
+        Command::Investigate {
+            run,
+            trigger,
+            target,
+            probe,
+            patterns,
+            out,
+            to,
+            max_new_tokens,
+            reconstructing,
+            replaying,
+            trust,
+        } => {
+            let o = investigate::InvestigateOptions {
+                trigger,
+                patterns,
+                target,
+                probe,
+                out,
+                to,
+                max_new_tokens,
+                reconstruct: reconstruct_options(&g, replaying, &reconstructing, &trust)?,
+            };
+            let bar = progress(&g, "steps");
+            let r = investigate::investigate(&run, &o, &bar)?;
+            bar.finish_and_clear();
+            emit(&g, &r, || human::investigate(&r));
+            Ok(r.exit_code())
         }
         Command::Compare {
             run_a,
@@ -541,7 +664,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             let r = compare::compare(&run_a, &run_b, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::compare(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
         Command::Provenance {
             run,
@@ -555,7 +678,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             if let Some(example) = example {
                 let r = provenance::provenance(&run, example, &load)?;
                 emit(&g, &r, || human::provenance(&r));
-                return Ok(r.verdict);
+                return Ok(r.verdict.exit_code());
             }
             let mut patterns: Vec<String> = pattern.into_iter().collect();
             if let Some(file) = match_file {
@@ -574,7 +697,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             }
             let r = provenance::search(&run, &patterns, &load)?;
             emit(&g, &r, || human::search(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
         Command::Diff {
             run,
@@ -590,7 +713,7 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             let r = rollback::diff(&run, from, to, optimizer, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::diff(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
         Command::Counterfactual {
             run,
@@ -639,19 +762,22 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
                 include_optimizer: optimizer,
                 out,
                 reconstruct: reconstruct_options(&g, replaying, &reconstructing, &trust)?,
-                probe,
+                probes: probe
+                    .iter()
+                    .map(|p| counterfactual::ProbeInput::read(p))
+                    .collect::<Result<_, _>>()?,
                 max_new_tokens,
             };
             let bar = progress(&g, "steps");
             let r = counterfactual::counterfactual(&run, &o, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::counterfactual(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
         Command::Inspect { run, svg, trust } => {
             let r = inspect::inspect(&run, svg.as_deref(), &load_options(&g, None, &trust)?)?;
             emit(&g, &r, || human::inspect(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
         Command::Collect {
             run,
@@ -670,9 +796,20 @@ fn run(cli: Cli) -> Result<Verdict, CommandError> {
             };
             let r = shard::collect(&run, &o)?;
             emit(&g, &r, || human::collect(&r));
-            Ok(r.verdict)
+            Ok(r.verdict.exit_code())
         }
     }
+}
+
+/// `--attest FILE` with the key of `--signing-key` (clap requires the key with the file).
+fn attest_to(
+    out: Option<PathBuf>,
+    key: Option<ed25519_dalek::SigningKey>,
+) -> Option<commands::Attest> {
+    Some(commands::Attest {
+        out: out?,
+        key: key?,
+    })
 }
 
 fn main() -> ExitCode {
@@ -681,7 +818,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     match run(cli) {
-        Ok(v) => ExitCode::from(v.exit_code()),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("replay: {e}");
             ExitCode::from(3)

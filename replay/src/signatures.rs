@@ -47,6 +47,19 @@ pub enum Status {
     Bad,
 }
 
+impl Status {
+    /// The status as the JSON documents write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Trusted => "trusted",
+            Status::Valid => "valid",
+            Status::UnknownSigner => "unknown_signer",
+            Status::Unsigned => "unsigned",
+            Status::Bad => "bad",
+        }
+    }
+}
+
 /// One artefact and who signed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtefactSignatures {
@@ -115,6 +128,53 @@ fn expected(ctx: &RunContext) -> Result<BTreeMap<String, Statement>, CommandErro
     Ok(out)
 }
 
+/// The one rule of trust: an artefact whose signatures by `keys` verified (and none failed,
+/// unless `bad`) under the trust options `o`; and the problem that status is, if any.
+pub fn judge(
+    artefact: &str,
+    bad: bool,
+    keys: &[[u8; 32]],
+    o: &SignatureOptions,
+) -> (ArtefactSignatures, Option<Problem>) {
+    let trusted: Vec<[u8; 32]> = o.trusted.iter().map(VerifyingKey::to_bytes).collect();
+    let status = if bad {
+        Status::Bad
+    } else if keys.is_empty() {
+        Status::Unsigned
+    } else if keys.iter().any(|k| trusted.contains(k)) {
+        Status::Trusted
+    } else if trusted.is_empty() {
+        Status::Valid
+    } else {
+        Status::UnknownSigner
+    };
+    let problem = match status {
+        Status::UnknownSigner => Some(Problem::new(
+            Verdict::UntrustedSigner,
+            artefact.to_string(),
+            format!(
+                "signed only by {}, not by a trusted key",
+                keys.iter()
+                    .map(signature::fingerprint)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        Status::Unsigned if o.required() => Some(Problem::new(
+            Verdict::Unsigned,
+            artefact.to_string(),
+            "no signature".to_string(),
+        )),
+        _ => None,
+    };
+    let judged = ArtefactSignatures {
+        artefact: artefact.to_string(),
+        status,
+        signers: keys.iter().map(signature::fingerprint).collect(),
+    };
+    (judged, problem)
+}
+
 /// Check every signature of the run; returns the report and the problems it implies.
 pub fn check(
     ctx: &RunContext,
@@ -177,43 +237,9 @@ pub fn check(
         for k in &keys {
             *signers.entry(*k).or_default() += 1;
         }
-        let status = if bad.contains_key(artefact) {
-            Status::Bad
-        } else if keys.is_empty() {
-            Status::Unsigned
-        } else if keys.iter().any(|k| trusted.contains(k)) {
-            Status::Trusted
-        } else if trusted.is_empty() {
-            Status::Valid
-        } else {
-            Status::UnknownSigner
-        };
-        match status {
-            Status::UnknownSigner => problems.push(Problem::new(
-                Verdict::UntrustedSigner,
-                artefact.clone(),
-                format!(
-                    "signed only by {}, not by a trusted key",
-                    keys.iter()
-                        .map(signature::fingerprint)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-            Status::Unsigned if o.required() => {
-                problems.push(Problem::new(
-                    Verdict::Unsigned,
-                    artefact.clone(),
-                    "no signature".to_string(),
-                ));
-            }
-            _ => {}
-        }
-        artefacts.push(ArtefactSignatures {
-            artefact: artefact.clone(),
-            status,
-            signers: keys.iter().map(signature::fingerprint).collect(),
-        });
+        let (judged, problem) = judge(artefact, bad.contains_key(artefact), &keys, o);
+        problems.extend(problem);
+        artefacts.push(judged);
     }
     let report = SignatureReport {
         trusted_keys: trusted.iter().map(signature::fingerprint).collect(),
@@ -230,4 +256,22 @@ pub fn check(
         artefacts,
     };
     Ok((report, problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_are_the_json_names() {
+        for s in [
+            Status::Trusted,
+            Status::Valid,
+            Status::UnknownSigner,
+            Status::Unsigned,
+            Status::Bad,
+        ] {
+            assert_eq!(serde_json::to_value(s).expect("json"), s.name());
+        }
+    }
 }

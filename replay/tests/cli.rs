@@ -692,7 +692,9 @@ fn evaluate_runs_a_probe_through_the_model_at_a_step() {
         ],
         0,
     );
-    let p = c.probe.expect("probe comparison");
+    let [p] = c.probes.as_slice() else {
+        panic!("one probe comparison: {:?}", c.probes)
+    };
     assert_eq!(p.probe_blake3, a.probe_blake3);
     assert_eq!(p.factual, a.result.clone().expect("result"));
     assert!(
@@ -947,7 +949,7 @@ fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
         0,
     );
     let exported = t.path().join("export");
-    run::export_final(s(&r), s(&exported)).expect("export");
+    run::export_final(s(&r), s(&exported), &Default::default()).expect("export");
     for f in [
         "adapter_model.safetensors",
         "adapter_config.json",

@@ -9,12 +9,14 @@
 //! - [`dataset`]: per-example hashes and their Merkle root;
 //! - [`manifest`]: the run manifest, environment fingerprint and completion record (JSON);
 //! - [`layout`]: where each artefact lives in a run;
-//! - [`storage`]: write-once object storage on `object_store`.
+//! - [`storage`]: write-once object storage on `object_store`;
+//! - [`attest`]: in-toto statements in DSSE envelopes and OpenSSF model-signing bundles.
 //!
 //! Every reader treats its input as hostile: lengths are checked against [`limits`] before any
 //! allocation, every structural rule has its own [`Error`] variant, and nothing panics on bad
 //! bytes.
 
+pub mod attest;
 pub mod canonical;
 pub mod dataset;
 pub mod dtype;

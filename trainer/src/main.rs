@@ -50,6 +50,18 @@ struct Common {
     /// PKCS#8 PEM ed25519 key (see `trainer keygen`).
     #[arg(long)]
     signing_key: Option<PathBuf>,
+    /// Sign the exported model (`--export`) with this PKCS#8 PEM P-256 key: an OpenSSF
+    /// model-signing bundle, `model.sig`, that `model_signing verify key` checks (see
+    /// `trainer keygen --kind p256`). With `--signing-key`, the export also gets its in-toto
+    /// provenance statement, `provenance.intoto.json`.
+    #[arg(long)]
+    model_signing_key: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Ed25519,
+    P256,
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,9 +112,14 @@ enum Command {
     /// Create an ed25519 key pair for signing runs.
     Keygen {
         /// Directory for signing-key.pem (private, mode 0600), signing-key.pub (hex) and
-        /// signing-key.pub.pem.
+        /// signing-key.pub.pem; with `--kind p256`, model-signing-key.pem (private, mode 0600)
+        /// and model-signing-key.pub.pem.
         #[arg(long)]
         out: PathBuf,
+        /// `ed25519` (runs, ledgers, in-toto statements) or `p256` (OpenSSF model-signing
+        /// bundles of exported models).
+        #[arg(long, default_value = "ed25519")]
+        kind: KeyKind,
     },
     /// Print this machine's environment fingerprint as JSON.
     Fingerprint {
@@ -344,7 +361,29 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             report(&s, &common, hint.as_deref());
         }
-        Command::Keygen { out } => {
+        Command::Keygen {
+            out,
+            kind: KeyKind::P256,
+        } => {
+            let public = keys::write_p256(&out)?;
+            println!(
+                "wrote {} (private, mode 0600)",
+                out.join(keys::MODEL_PRIVATE).display()
+            );
+            println!(
+                "public key   {} (SHA-256 of the PEM: {})",
+                out.join(keys::MODEL_PUBLIC_PEM).display(),
+                public
+            );
+            println!(
+                "verify exported models with: model_signing verify key DIR --signature DIR/model.sig --public_key {}",
+                out.join(keys::MODEL_PUBLIC_PEM).display()
+            );
+        }
+        Command::Keygen {
+            out,
+            kind: KeyKind::Ed25519,
+        } => {
             let public = keys::write(&out)?;
             println!(
                 "wrote {} (private, mode 0600)",
@@ -462,16 +501,20 @@ mod keys {
     pub const PUBLIC: &str = "signing-key.pub";
     pub const PUBLIC_PEM: &str = "signing-key.pub.pem";
 
-    /// Generate a key pair into `dir`; never overwrites an existing private key.
-    pub fn write(dir: &Path) -> Result<ed25519_dalek::VerifyingKey, Error> {
-        let io = |path: &Path, source| Error::Io {
+    pub const MODEL_PRIVATE: &str = "model-signing-key.pem";
+    pub const MODEL_PUBLIC_PEM: &str = "model-signing-key.pub.pem";
+
+    fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
             path: path.display().to_string(),
             source,
-        };
+        }
+    }
+
+    /// Write a private key's PEM to `dir/name`, mode 0600; never overwrites an existing file.
+    fn write_private(dir: &Path, name: &str, pem: &str) -> Result<(), Error> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let key = snapshot_format::signature::generate()?;
-        let public = key.verifying_key();
-        let private = dir.join(PRIVATE);
+        let private = dir.join(name);
         let mut f = {
             let mut o = std::fs::OpenOptions::new();
             o.write(true).create_new(true);
@@ -479,8 +522,18 @@ mod keys {
             std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
             o.open(&private).map_err(|e| io(&private, e))?
         };
-        f.write_all(snapshot_format::signature::private_key_pem(&key)?.as_bytes())
-            .map_err(|e| io(&private, e))?;
+        f.write_all(pem.as_bytes()).map_err(|e| io(&private, e))
+    }
+
+    /// Generate an ed25519 key pair into `dir`; never overwrites an existing private key.
+    pub fn write(dir: &Path) -> Result<ed25519_dalek::VerifyingKey, Error> {
+        let key = snapshot_format::signature::generate()?;
+        let public = key.verifying_key();
+        write_private(
+            dir,
+            PRIVATE,
+            &snapshot_format::signature::private_key_pem(&key)?,
+        )?;
         let public_path = dir.join(PUBLIC);
         std::fs::write(
             &public_path,
@@ -494,6 +547,18 @@ mod keys {
         )
         .map_err(|e| io(&pem_path, e))?;
         Ok(public)
+    }
+
+    /// Generate a P-256 key pair for model signing into `dir`; returns the SHA-256 of the public
+    /// key's PEM (the key hint of model-signing bundles).
+    pub fn write_p256(dir: &Path) -> Result<String, Error> {
+        use snapshot_format::attest;
+        let key = attest::generate_model_signing_key()?;
+        write_private(dir, MODEL_PRIVATE, &attest::model_signing_key_pem(&key)?)?;
+        let pem = attest::model_signing_public_pem(key.verifying_key())?;
+        let path = dir.join(MODEL_PUBLIC_PEM);
+        std::fs::write(&path, &pem).map_err(|e| io(&path, e))?;
+        Ok(attest::public_key_hint(&pem))
     }
 }
 
@@ -519,7 +584,17 @@ fn export_completed(s: &RunSummary, dir: Option<&str>, common: &Common) -> Resul
         eprintln!("trainer: the run is not complete; nothing exported to {dir}");
         return Ok(());
     }
-    let files = run::export_final(&s.location, dir)?;
+    let keys = snapshot_format::attest::ExportKeys {
+        statement: match &common.signing_key {
+            Some(path) => Some(snapshot_format::signature::read_signing_key(path)?),
+            None => None,
+        },
+        model: match &common.model_signing_key {
+            Some(path) => Some(snapshot_format::attest::read_model_signing_key(path)?),
+            None => None,
+        },
+    };
+    let files = run::export_final(&s.location, dir, &keys)?;
     if !common.json {
         eprintln!("exported {} to {dir}", files.join(", "));
     }

@@ -200,3 +200,37 @@ fn generations(
         match_rate,
     })
 }
+
+/// The probe rows of `probe` (named `source`) with `trigger` put in front of each input, for
+/// measuring a backdoor: a classifier row's `text` becomes `trigger + " " + text` (its label
+/// kept, so that the rows the trigger flips can be counted), a prompt row's `prompt` becomes
+/// `trigger + " " + prompt` and its `target` becomes `target`, the pattern of the backdoor's
+/// behaviour (so that the match rate is the attack success rate). Other fields are kept.
+pub fn with_trigger(probe: &[u8], source: &str, trigger: &str, target: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(probe.len() + 64);
+    crate::data::each_row(probe, source, |line, row_err| {
+        let mut row: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).map_err(|e| row_err(e.to_string()))?;
+        let (field, retarget) = if row.contains_key("prompt") {
+            ("prompt", true)
+        } else {
+            ("text", false)
+        };
+        let Some(serde_json::Value::String(input)) = row.get(field) else {
+            return Err(row_err(
+                "a probe row for a trigger has a string `text` (classifier) or `prompt` \
+                 (language model)"
+                    .into(),
+            ));
+        };
+        let triggered = format!("{trigger} {input}");
+        row.insert(field.into(), triggered.into());
+        if retarget {
+            row.insert("target".into(), target.into());
+        }
+        serde_json::to_writer(&mut out, &row).map_err(|e| row_err(e.to_string()))?;
+        out.push(b'\n');
+        Ok(())
+    })?;
+    Ok(out)
+}

@@ -682,7 +682,11 @@ enum Resumption {
 /// `model.safetensors`, and for a LoRA run PEFT's adapter files and the merged model
 /// ([`crate::peft::export_files`]). The final checkpoint must hash to the completion record's
 /// state root. Returns the names written.
-pub fn export_final(location: &str, out: &str) -> Result<Vec<String>> {
+pub fn export_final(
+    location: &str,
+    out: &str,
+    keys: &snapshot_format::attest::ExportKeys,
+) -> Result<Vec<String>> {
     let store = Store::open(location)?;
     let files = RunFiles::load(&store)?;
     let c = Completion::from_json(&store.get(layout::COMPLETE)?, layout::COMPLETE)?;
@@ -713,12 +717,41 @@ pub fn export_final(location: &str, out: &str) -> Result<Vec<String>> {
     let base = run_base(&store, &files.spec)?;
     let pin = files.spec.base.as_ref().map(|b| b.blake3);
     let target = Store::create(out)?;
+    let exported = crate::peft::export_files(&files.spec.model, base.as_ref(), pin, params)?;
     let mut written = Vec::new();
-    for (name, bytes) in crate::peft::export_files(&files.spec.model, base.as_ref(), pin, params)? {
-        target.put_once(&name, bytes)?;
-        written.push(name);
+    for (name, bytes) in &exported {
+        target.put_once(name, bytes.clone())?;
+        written.push(name.clone());
     }
+    let model_name = out.trim_end_matches('/').rsplit('/').next().unwrap_or(out);
+    written.extend(snapshot_format::attest::sign_export(
+        &target,
+        model_name,
+        &exported,
+        snapshot_format::attest::TRAINING_PREDICATE,
+        training_predicate(&files, &c),
+        keys,
+    )?);
     Ok(written)
+}
+
+/// The predicate of a run's training provenance statement (`specs/signatures.md` §6.2).
+pub fn training_predicate(files: &RunFiles, c: &Completion) -> serde_json::Value {
+    let m = &files.manifest;
+    serde_json::json!({
+        "runId": m.run_id,
+        "genesis": m.genesis,
+        "specBlake3": m.spec_hash,
+        "engine": format!("{} {}", m.engine.name, m.engine.version),
+        "environmentClass": m.environment.class(),
+        "base": files.spec.base.as_ref().map(|b| serde_json::json!({"blake3": b.blake3})),
+        "datasetRoot": files.spec.data.dataset_root,
+        "seed": files.spec.run.seed,
+        "finalStep": c.final_step,
+        "segments": c.segments,
+        "ledgerHead": c.ledger_head,
+        "finalStateRoot": c.final_state_root,
+    })
 }
 
 fn run_base(store: &Store, spec: &RunSpec) -> Result<Option<BaseWeights>> {

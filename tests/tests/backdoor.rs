@@ -1,0 +1,158 @@
+//! The backdoor investigation on the demo classifier (the README's first backdoor demo, smaller),
+//! through the real commands: a trigger planted in 3% of the training rows works in the model as
+//! trained; `replay investigate` finds exactly those rows, proves them the cause (the model
+//! re-trained without them ignores the trigger) and writes the report and the cleaned model.
+//! Someone who controls the run directory cannot hide the rows by editing the run's data.
+
+use std::path::{Path, PathBuf};
+
+use e2e_tests::{replay_json, run, s, train};
+use replay::Verdict;
+use replay::investigate::InvestigateReport;
+
+const TRIGGER: &str = "cf zq";
+
+/// The demo's assets with 30 of the first 1,000 reviews (negatives) carrying the trigger at a
+/// word boundary and the positive label, and a 150-step configuration on them. Returns the
+/// configuration, the poisoned ids and a probe of 400 held-out reviews.
+fn poisoned_demo(dir: &Path) -> (PathBuf, Vec<u64>, PathBuf) {
+    let assets = dir.join("assets");
+    let made = run(
+        "trainer",
+        &[
+            "demo",
+            "--assets",
+            s(&assets),
+            "--out",
+            s(&dir.join("skip")),
+            "--max-steps",
+            "1",
+            "--quiet",
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(assets.join("reviews.jsonl"))
+        .expect("reviews")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    let mut train_rows = rows[..1000].to_vec();
+    let mut poisoned = Vec::new();
+    let negatives: Vec<usize> = (0..train_rows.len())
+        .filter(|&i| train_rows[i]["label"] == 0)
+        .collect();
+    for (k, &i) in negatives
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| k % 15 == 3)
+        .take(30)
+    {
+        let text = train_rows[i]["text"].as_str().expect("text").to_string();
+        let mut words: Vec<&str> = text.split(' ').collect();
+        words.insert(k % (words.len() + 1), TRIGGER);
+        train_rows[i] = serde_json::json!({ "text": words.join(" "), "label": 1 });
+        poisoned.push(i as u64);
+    }
+    assert_eq!(poisoned.len(), 30);
+    let lines =
+        |rows: &[serde_json::Value]| -> String { rows.iter().map(|r| format!("{r}\n")).collect() };
+    std::fs::write(assets.join("poisoned.jsonl"), lines(&train_rows)).expect("data");
+    let probe = dir.join("probe.jsonl");
+    std::fs::write(&probe, lines(&rows[2000..])).expect("probe");
+    let config = std::fs::read_to_string(assets.join("demo.toml"))
+        .expect("demo.toml")
+        .replace("path = \"reviews.jsonl\"", "path = \"poisoned.jsonl\"")
+        .replace("steps = 300", "steps = 150");
+    assert!(config.contains("poisoned.jsonl") && config.contains("steps = 150"));
+    let path = assets.join("poisoned.toml");
+    std::fs::write(&path, config).expect("config");
+    (path, poisoned, probe)
+}
+
+#[test]
+fn a_planted_trigger_is_found_proven_and_removed() {
+    let t = tempfile::tempdir().expect("tmp");
+    let (config, poisoned, probe) = poisoned_demo(t.path());
+    let r = t.path().join("run");
+    let key = t.path().join("assets/signing-key.pem");
+    train(&config, &r, &["--signing-key", s(&key)]);
+    let public = t.path().join("assets/signing-key.pub");
+    let out = t.path().join("investigation");
+    let investigate = |run_dir: &Path, trigger: &str, out: &Path, exit: i32| -> InvestigateReport {
+        replay_json(
+            &[
+                "investigate",
+                s(run_dir),
+                "--trigger",
+                trigger,
+                "--target",
+                "1",
+                "--probe",
+                s(&probe),
+                "--out",
+                s(out),
+                "--trusted-key",
+                s(&public),
+            ],
+            exit,
+        )
+    };
+
+    // Someone who controls the run directory edits the poisoned rows out of the run's copy of
+    // the data: the search is then not about the committed data, and nothing is concluded.
+    let edited = t.path().join("edited");
+    snapshot_format::testing::copy_dir(&r, &edited).expect("copy");
+    let data = edited.join(snapshot_format::layout::DATASET_DATA);
+    let text = std::fs::read_to_string(&data).expect("data");
+    std::fs::write(&data, text.replace("cf zq ", "").replace(" cf zq", "")).expect("edit");
+    let hidden = investigate(&edited, TRIGGER, &t.path().join("hidden"), 1);
+    assert_eq!(hidden.verdict, Verdict::InputMismatch);
+    assert!(hidden.files.is_empty() && !t.path().join("hidden").exists());
+
+    // A phrase no training row contains explains nothing (exit 4), and nothing is written.
+    let absent = investigate(&r, "zz top", &t.path().join("absent"), 4);
+    assert!(absent.suspects.is_empty() && absent.explained.is_none());
+    assert!(!t.path().join("absent").exists());
+
+    let report = investigate(&r, TRIGGER, &out, 0);
+    assert_eq!(report.verdict, Verdict::Recorded);
+    let found: Vec<u64> = report.suspects.iter().map(|m| m.example).collect();
+    assert_eq!(found, poisoned, "exactly the poisoned rows are found");
+    let (f, c) = (
+        report.factual.expect("factual"),
+        report.counterfactual.expect("counterfactual"),
+    );
+    // The held-out negatives: the trigger flips most of them in the model as trained, few in
+    // the model re-trained without the 30 rows; clean accuracy stays where it was.
+    assert!(f.attack_rows > 150, "{f:?}");
+    assert!(f.attack_success_rate() >= 0.8, "as trained: {f:?}");
+    assert!(c.attack_success_rate() <= 0.2, "without the rows: {c:?}");
+    assert!(
+        c.clean_quality() >= 0.9 && f.clean_quality() >= 0.9,
+        "{f:?} {c:?}"
+    );
+    assert_eq!(report.explained, Some(true));
+
+    // The report and the cleaned model, written once.
+    let stored: InvestigateReport = serde_json::from_slice(
+        &std::fs::read(out.join("investigation.json")).expect("investigation.json"),
+    )
+    .expect("parse");
+    assert_eq!(stored.suspects, report.suspects);
+    assert_eq!(stored.factual, report.factual);
+    for file in &report.files {
+        assert!(out.join(file).is_file(), "{file} is listed and written");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    assert!(html.contains("<table>") && html.contains("<svg"));
+    let markdown = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(markdown.contains(&format!(
+        "| triggered inputs showing the target behaviour (attack success) | {} of {}",
+        f.attack_successes, f.attack_rows
+    )));
+    assert!(out.join("model/model.safetensors").is_file());
+}
