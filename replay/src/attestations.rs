@@ -34,18 +34,64 @@ pub struct AttestationKeys {
     pub model: Option<p256::ecdsa::VerifyingKey>,
 }
 
-/// The run's own statement fields that an attestation must repeat.
-fn run_fields(ctx: &RunContext) -> Vec<(&'static str, serde_json::Value)> {
-    let mut fields = vec![
+/// The fields every statement about the run repeats, as the run has them.
+pub(crate) fn run_fields(ctx: &RunContext) -> Vec<(&'static str, serde_json::Value)> {
+    vec![
         ("runId", serde_json::json!(ctx.manifest.run_id)),
         ("genesis", serde_json::json!(ctx.manifest.genesis)),
         ("specBlake3", serde_json::json!(ctx.manifest.spec_hash)),
         ("datasetRoot", serde_json::json!(ctx.spec.data.dataset_root)),
-    ];
-    if let Some(c) = &ctx.completion {
-        fields.push(("finalStateRoot", serde_json::json!(c.final_state_root)));
+    ]
+}
+
+/// The head of the ledger as the statement's `ledgerStep` names it.
+fn ledger_head_at(ctx: &RunContext, predicate: &serde_json::Value) -> serde_json::Value {
+    let step = predicate["ledgerStep"].as_u64().unwrap_or(u64::MAX);
+    serde_json::json!(ctx.records.get(&step).map(|r| r.hash()))
+}
+
+/// The last step of the ledger and its head (`ledgerStep`, `ledgerHead` of a statement).
+pub(crate) fn ledger_point(ctx: &RunContext) -> (u64, snapshot_format::Hash32) {
+    ctx.records
+        .iter()
+        .next_back()
+        .map(|(s, r)| (*s, r.hash()))
+        .unwrap_or((0, snapshot_format::Hash32::ZERO))
+}
+
+/// Sign an export that replay wrote to `store` (`files`, read back as stored): its provenance
+/// statement (predicate `replayed-state`: the run's fields, the step, the state root and how
+/// the state was derived) with the ed25519 key, and `model.sig` with the P-256 key.
+pub(crate) fn attest_export(
+    store: &snapshot_format::Store,
+    ctx: &RunContext,
+    out: &str,
+    files: &[String],
+    state: serde_json::Value,
+    keys: &attest::ExportKeys,
+) -> Result<Vec<String>, CommandError> {
+    if keys.statement.is_none() && keys.model.is_none() {
+        return Ok(vec![]);
     }
-    fields
+    let exported = files
+        .iter()
+        .map(|f| Ok((f.clone(), store.get(f)?)))
+        .collect::<Result<Vec<_>, CommandError>>()?;
+    let mut predicate: serde_json::Map<String, serde_json::Value> = run_fields(ctx)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    if let serde_json::Value::Object(extra) = state {
+        predicate.extend(extra);
+    }
+    Ok(attest::sign_export(
+        store,
+        attest::model_name(out),
+        &exported,
+        attest::STATE_PREDICATE,
+        serde_json::Value::Object(predicate),
+        keys,
+    )?)
 }
 
 /// Check one in-toto statement file against the run: its signature and what it states.
@@ -89,11 +135,12 @@ pub fn check_statement(
         trusted: keys.verifiers.clone(),
         require: true,
     };
-    let trust = if statement.predicate_type == attest::VERIFICATION_PREDICATE {
-        &verifiers
-    } else {
-        o
-    };
+    let by_auditor = [
+        attest::VERIFICATION_PREDICATE,
+        attest::INVESTIGATION_PREDICATE,
+    ]
+    .contains(&statement.predicate_type.as_str());
+    let trust = if by_auditor { &verifiers } else { o };
     let altered = !opened.failed.is_empty();
     let (signatures, problem) = judge(path, altered, &signers, trust);
     if altered {
@@ -126,14 +173,20 @@ pub fn check_statement(
             if let Some(c) = &ctx.completion {
                 expect.push(("ledgerHead", serde_json::json!(c.ledger_head)));
                 expect.push(("finalStep", serde_json::json!(c.final_step)));
+                expect.push(("finalStateRoot", serde_json::json!(c.final_state_root)));
             }
         }
-        attest::VERIFICATION_PREDICATE => {
-            // The ledger may have grown since: the head it names must be the record it names.
-            expect.retain(|(k, _)| *k != "finalStateRoot");
-            let step = p["ledgerStep"].as_u64().unwrap_or(u64::MAX);
-            let head = ctx.records.get(&step).map(|r| r.hash());
-            expect.push(("ledgerHead", serde_json::json!(head)));
+        // The ledger may have grown since: the head it names must be the record it names.
+        attest::VERIFICATION_PREDICATE | attest::INVESTIGATION_PREDICATE => {
+            expect.push(("ledgerHead", ledger_head_at(ctx, p)));
+        }
+        attest::STATE_PREDICATE => {
+            // A rolled-back state is the one the ledger commits to at its step; a
+            // counterfactual state is a new one, which only its re-execution can confirm.
+            if p["derivation"]["kind"] == "rollback" {
+                let step = p["step"].as_u64().unwrap_or(u64::MAX);
+                expect.push(("stateRoot", serde_json::json!(ctx.committed_root(step))));
+            }
         }
         other => problems.push(Problem::new(
             Verdict::Corrupt,
@@ -298,12 +351,7 @@ pub fn write_verification(
     key: &ed25519_dalek::SigningKey,
     out: &std::path::Path,
 ) -> Result<(), CommandError> {
-    let (step, head) = ctx
-        .records
-        .iter()
-        .next_back()
-        .map(|(s, r)| (*s, r.hash()))
-        .unwrap_or((0, snapshot_format::Hash32::ZERO));
+    let (step, head) = ledger_point(ctx);
     let predicate = serde_json::json!({
         "runId": ctx.manifest.run_id,
         "genesis": ctx.manifest.genesis,

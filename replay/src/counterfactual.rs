@@ -19,6 +19,7 @@ use trainer::model::TrainableModel;
 use trainer::probe::ProbeResult;
 use trainer::session::{PreparedData, Session, TrainingState};
 
+use crate::attestations::attest_export;
 use crate::context::{RunContext, load_or_report};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
 use crate::rollback::{ReconstructOptions, environment_of, export_state, put_json, reconstruct};
@@ -93,6 +94,8 @@ pub struct CounterfactualOptions {
     /// language model generates per prompt.
     pub probes: Vec<ProbeInput>,
     pub max_new_tokens: usize,
+    /// Keys that sign the export (`--signing-key`, `--model-signing-key`).
+    pub keys: snapshot_format::attest::ExportKeys,
 }
 
 /// A probe set: its name (the file it came from, or what made it) and its rows.
@@ -291,6 +294,14 @@ pub fn counterfactual(
             }
         }
         put_json(&store, "counterfactual.json", &stored)?;
+        let state = serde_json::json!({
+            "step": to,
+            "stateRoot": report.counterfactual_root,
+            "verdict": report.verdict,
+            "derivation": {"kind": "counterfactual", "without": report.without},
+        });
+        let signed = attest_export(&store, &ctx, out, &report.files, state, &o.keys)?;
+        report.files.extend(signed);
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -33,6 +33,9 @@ pub struct InvestigateOptions {
     pub to: Option<u64>,
     pub max_new_tokens: usize,
     pub reconstruct: ReconstructOptions,
+    /// Keys that sign the cleaned model (as `counterfactual --out`) and, with the ed25519 key,
+    /// the findings (`investigation.intoto.json`).
+    pub keys: snapshot_format::attest::ExportKeys,
 }
 
 /// How a model behaves on the probe.
@@ -168,6 +171,7 @@ pub fn investigate(
             reconstruct: o.reconstruct.clone(),
             probes: vec![clean, triggered],
             max_new_tokens: o.max_new_tokens,
+            keys: o.keys.clone(),
         },
         progress,
     )?;
@@ -224,8 +228,82 @@ pub fn investigate(
             }
         }
         put_json(&store, "investigation.json", &stored)?;
+        if let Some(key) = &o.keys.statement {
+            store.put_once(
+                FINDINGS,
+                findings(location, &report, &store, key, &o.reconstruct)?,
+            )?;
+            report.files.push(FINDINGS.into());
+        }
     }
     Ok(report)
+}
+
+/// The signed statement of an investigation's findings.
+const FINDINGS: &str = "investigation.intoto.json";
+
+/// The findings as an in-toto statement (`specs/signatures.md` §6.3): the report's files as
+/// subjects, what was found and proved as predicate; signed with `key`.
+fn findings(
+    location: &str,
+    r: &InvestigateReport,
+    store: &Store,
+    key: &ed25519_dalek::SigningKey,
+    o: &ReconstructOptions,
+) -> Result<Vec<u8>, CommandError> {
+    use snapshot_format::attest;
+    let ctx = crate::context::load(location, &o.load)?
+        .map_err(|p| CommandError::Usage(format!("{}: {}", p.artefact, p.detail)))?;
+    let mut predicate: serde_json::Map<String, serde_json::Value> =
+        crate::attestations::run_fields(&ctx)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    let (step, head) = crate::attestations::ledger_point(&ctx);
+    let h = r.history.as_ref();
+    predicate.extend(
+        [
+            ("ledgerStep", serde_json::json!(step)),
+            ("ledgerHead", serde_json::json!(head)),
+            ("trigger", serde_json::json!(r.trigger)),
+            ("target", serde_json::json!(r.target)),
+            ("patterns", serde_json::json!(r.patterns)),
+            (
+                "suspects",
+                serde_json::json!(r.suspects.iter().map(|m| m.example).collect::<Vec<_>>()),
+            ),
+            ("probeBlake3", serde_json::json!(r.probe_blake3)),
+            ("factual", serde_json::json!(r.factual)),
+            ("counterfactual", serde_json::json!(r.counterfactual)),
+            ("explained", serde_json::json!(r.explained)),
+            ("verdict", serde_json::json!(r.verdict)),
+            ("toStep", serde_json::json!(h.map(|h| h.to_step))),
+            (
+                "factualStateRoot",
+                serde_json::json!(h.and_then(|h| h.factual_root)),
+            ),
+            (
+                "counterfactualStateRoot",
+                serde_json::json!(h.and_then(|h| h.counterfactual_root)),
+            ),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let subject = [
+        "report.md",
+        "report.html",
+        "timeline.svg",
+        "investigation.json",
+    ]
+    .iter()
+    .map(|f| Ok(attest::ResourceDescriptor::file(f, &store.get(f)?)))
+    .collect::<Result<Vec<_>, CommandError>>()?;
+    let statement = attest::Statement::new(
+        subject,
+        attest::INVESTIGATION_PREDICATE,
+        serde_json::Value::Object(predicate),
+    );
+    Ok(attest::sign_statement(&statement, key))
 }
 
 /// Every step that used a suspect example, in order, once.

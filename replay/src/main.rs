@@ -95,6 +95,33 @@ fn public_keys(keys: &[String]) -> Result<Vec<ed25519_dalek::VerifyingKey>, Comm
 }
 
 #[derive(Args, Debug, Clone)]
+struct Attesting {
+    /// Sign the export's in-toto provenance statement (`provenance.intoto.json`) with this
+    /// PKCS#8 PEM ed25519 key.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    /// Sign the exported model with this PKCS#8 PEM P-256 key as an OpenSSF model-signing
+    /// bundle (`model.sig`).
+    #[arg(long)]
+    model_signing_key: Option<PathBuf>,
+}
+
+impl Attesting {
+    fn keys(&self) -> Result<snapshot_format::attest::ExportKeys, CommandError> {
+        Ok(snapshot_format::attest::ExportKeys {
+            statement: match &self.signing_key {
+                Some(p) => Some(snapshot_format::signature::read_signing_key(p)?),
+                None => None,
+            },
+            model: match &self.model_signing_key {
+                Some(p) => Some(snapshot_format::attest::read_model_signing_key(p)?),
+                None => None,
+            },
+        })
+    }
+}
+
+#[derive(Args, Debug, Clone)]
 struct Reconstructing {
     /// Re-derive the states from step 0 (the pinned base weights and the seed) by replay, so
     /// that they are `verified`; by default they come from the nearest stored checkpoint and
@@ -205,6 +232,8 @@ enum Command {
         #[arg(long)]
         out: String,
         #[command(flatten)]
+        attesting: Attesting,
+        #[command(flatten)]
         reconstructing: Reconstructing,
         #[command(flatten)]
         replaying: Replaying,
@@ -261,6 +290,8 @@ enum Command {
         /// Most tokens a language model generates per probe prompt.
         #[arg(long, default_value_t = 24)]
         max_new_tokens: usize,
+        #[command(flatten)]
+        attesting: Attesting,
         #[command(flatten)]
         reconstructing: Reconstructing,
         #[command(flatten)]
@@ -328,6 +359,8 @@ enum Command {
         /// counterfactual.json; nothing is written unless the verdict passes.
         #[arg(long)]
         out: Option<String>,
+        #[command(flatten)]
+        attesting: Attesting,
         #[command(flatten)]
         reconstructing: Reconstructing,
         #[command(flatten)]
@@ -594,13 +627,15 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             run,
             step,
             out,
+            attesting,
             reconstructing,
             replaying,
             trust,
         } => {
             let o = reconstruct_options(&g, replaying, &reconstructing, &trust)?;
+            let keys = attesting.keys()?;
             let bar = progress(&g, "steps");
-            let r = rollback::rollback(&run, step, &out, &o, &bar)?;
+            let r = rollback::rollback(&run, step, &out, &o, &keys, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::rollback(&r));
             Ok(r.verdict.exit_code())
@@ -630,6 +665,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             out,
             to,
             max_new_tokens,
+            attesting,
             reconstructing,
             replaying,
             trust,
@@ -643,6 +679,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 to,
                 max_new_tokens,
                 reconstruct: reconstruct_options(&g, replaying, &reconstructing, &trust)?,
+                keys: attesting.keys()?,
             };
             let bar = progress(&g, "steps");
             let r = investigate::investigate(&run, &o, &bar)?;
@@ -725,6 +762,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             to,
             optimizer,
             out,
+            attesting,
             reconstructing,
             replaying,
             trust,
@@ -767,6 +805,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                     .map(|p| counterfactual::ProbeInput::read(p))
                     .collect::<Result<_, _>>()?,
                 max_new_tokens,
+                keys: attesting.keys()?,
             };
             let bar = progress(&g, "steps");
             let r = counterfactual::counterfactual(&run, &o, &bar)?;

@@ -7,6 +7,7 @@ use snapshot_format::{Hash32, Store};
 use trainer::backend::DeviceSpec;
 use trainer::session::TrainingState;
 
+use crate::attestations::attest_export;
 use crate::context::{LoadOptions, RunContext, load_or_report};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
 use crate::state::{self, TensorDiff};
@@ -274,6 +275,7 @@ pub fn rollback(
     step: u64,
     out: &str,
     o: &ReconstructOptions,
+    keys: &snapshot_format::attest::ExportKeys,
     progress: &indicatif::ProgressBar,
 ) -> Result<RollbackReport, CommandError> {
     let mut report = RollbackReport {
@@ -313,6 +315,14 @@ pub fn rollback(
         }
     }
     put_json(&store, "rollback.json", &stored)?;
+    let state = serde_json::json!({
+        "step": step,
+        "stateRoot": report.state_root,
+        "verdict": report.verdict,
+        "derivation": {"kind": "rollback"},
+    });
+    let signed = attest_export(&store, &ctx, out, &report.files, state, keys)?;
+    report.files.extend(signed);
     Ok(report)
 }
 

@@ -27,6 +27,11 @@ pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+js
 pub const TRAINING_PREDICATE: &str = "urn:training-replay-verifier:training-run:v1";
 /// Predicate type of this project's replay verification results (`specs/signatures.md` §6.3).
 pub const VERIFICATION_PREDICATE: &str = "urn:training-replay-verifier:replay-verification:v1";
+/// Predicate type of a state that replay reconstructed and exported (`rollback`,
+/// `counterfactual`; `specs/signatures.md` §6.2).
+pub const STATE_PREDICATE: &str = "urn:training-replay-verifier:replayed-state:v1";
+/// Predicate type of the findings of `replay investigate` (`specs/signatures.md` §6.3).
+pub const INVESTIGATION_PREDICATE: &str = "urn:training-replay-verifier:backdoor-investigation:v1";
 
 /// An in-toto ResourceDescriptor: a name and its digests by algorithm (lower-case hex).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,10 +422,17 @@ pub const PROVENANCE: &str = "provenance.intoto.json";
 
 /// Keys that sign an export: the in-toto provenance statement with an ed25519 key, the
 /// model-signing bundle with a P-256 key. Either may be absent.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ExportKeys {
     pub statement: Option<ed25519_dalek::SigningKey>,
     pub model: Option<p256::ecdsa::SigningKey>,
+}
+
+/// The model name of an export directory or store URL, as model_signing names a model: the
+/// last component of its path.
+pub fn model_name(out: &str) -> &str {
+    let trimmed = out.trim_end_matches('/');
+    trimmed.rsplit('/').next().unwrap_or(trimmed)
 }
 
 /// Write the attestations of an export's `files` (already in `store`): `provenance.intoto.json`

@@ -174,6 +174,44 @@ fn exported_models_and_statements_verify_with_the_ecosystems_tools() {
         c.attestations
     );
 
+    // A state that replay rolled back and exported carries the same attestations, and its
+    // stated root is checked against the ledger's record of its step.
+    let rolled = t.path().join("rollback-8");
+    let _: replay::rollback::RollbackReport = replay_json(
+        &[
+            "rollback",
+            s(&r),
+            "--step",
+            "8",
+            "--out",
+            s(&rolled),
+            "--signing-key",
+            s(&keys.join("signing-key.pem")),
+            "--model-signing-key",
+            s(&keys.join("model-signing-key.pem")),
+        ],
+        0,
+    );
+    let (ok, out) = model_signing_verify(&rolled, &model_pub);
+    assert!(ok, "model_signing rejected the rollback's bundle: {out}");
+    let c: CheckReport = replay_json(
+        &[
+            "check",
+            s(&r),
+            "--export",
+            s(&rolled),
+            "--model-key",
+            s(&model_pub),
+            "--trusted-key",
+            s(&trusted),
+        ],
+        0,
+    );
+    assert_eq!(
+        c.attestations[0].predicate_type,
+        "urn:training-replay-verifier:replayed-state:v1"
+    );
+
     // A wrong key: each tool refuses with its own error.
     let other = t.path().join("other");
     keygen(&other, "ed25519");

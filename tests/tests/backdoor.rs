@@ -97,6 +97,8 @@ fn a_planted_trigger_is_found_proven_and_removed() {
                 s(out),
                 "--trusted-key",
                 s(&public),
+                "--signing-key",
+                s(&key),
             ],
             exit,
         )
@@ -155,4 +157,33 @@ fn a_planted_trigger_is_found_proven_and_removed() {
         f.attack_successes, f.attack_rows
     )));
     assert!(out.join("model/model.safetensors").is_file());
+
+    // The signed findings, and the cleaned model's provenance, check against the run.
+    let c: replay::check::CheckReport = replay_json(
+        &[
+            "check",
+            s(&r),
+            "--attestation",
+            s(&out.join("investigation.intoto.json")),
+            "--verifier-key",
+            s(&public),
+            "--export",
+            s(&out.join("model")),
+            "--trusted-key",
+            s(&public),
+        ],
+        0,
+    );
+    let kinds: Vec<&str> = c
+        .attestations
+        .iter()
+        .map(|a| a.predicate_type.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "urn:training-replay-verifier:backdoor-investigation:v1",
+            "urn:training-replay-verifier:replayed-state:v1"
+        ]
+    );
 }

@@ -723,10 +723,9 @@ pub fn export_final(
         target.put_once(name, bytes.clone())?;
         written.push(name.clone());
     }
-    let model_name = out.trim_end_matches('/').rsplit('/').next().unwrap_or(out);
     written.extend(snapshot_format::attest::sign_export(
         &target,
-        model_name,
+        snapshot_format::attest::model_name(out),
         &exported,
         snapshot_format::attest::TRAINING_PREDICATE,
         training_predicate(&files, &c),
