@@ -81,6 +81,18 @@ pub struct CounterfactualReport {
     pub seconds: f64,
 }
 
+impl CounterfactualReport {
+    /// Set the timings of the replays it rests on to 0 (its own `seconds` is set last).
+    pub fn clear_timings(&mut self) {
+        for r in [&mut self.factual_start, &mut self.factual_end]
+            .into_iter()
+            .flatten()
+        {
+            r.clear_timings();
+        }
+    }
+}
+
 /// What to remove, how far to go, and where to write the result.
 #[derive(Debug, Clone)]
 pub struct CounterfactualOptions {
@@ -284,15 +296,7 @@ pub fn counterfactual(
         report.out = Some(out.clone());
         // The stored record leaves out timings, so that the same command writes the same bytes.
         let mut stored = report.clone();
-        for r in [&mut stored.factual_start, &mut stored.factual_end]
-            .into_iter()
-            .flatten()
-        {
-            r.seconds = 0.0;
-            if let Some(i) = r.initial_state.as_mut() {
-                i.seconds = 0.0;
-            }
-        }
+        stored.clear_timings();
         put_json(&store, "counterfactual.json", &stored)?;
         let state = serde_json::json!({
             "step": to,

@@ -217,15 +217,7 @@ pub fn investigate(
         stored.seconds = 0.0;
         if let Some(h) = stored.history.as_mut() {
             h.seconds = 0.0;
-            for r in [&mut h.factual_start, &mut h.factual_end]
-                .into_iter()
-                .flatten()
-            {
-                r.seconds = 0.0;
-                if let Some(i) = r.initial_state.as_mut() {
-                    i.seconds = 0.0;
-                }
-            }
+            h.clear_timings();
         }
         put_json(&store, "investigation.json", &stored)?;
         if let Some(key) = &o.keys.statement {

@@ -309,10 +309,7 @@ pub fn rollback(
     // The stored record leaves out timing, so that the same rollback writes the same bytes.
     let mut stored = report.clone();
     if let Some(r) = stored.replay.as_mut() {
-        r.seconds = 0.0;
-        if let Some(i) = r.initial_state.as_mut() {
-            i.seconds = 0.0;
-        }
+        r.clear_timings();
     }
     put_json(&store, "rollback.json", &stored)?;
     let state = serde_json::json!({

@@ -127,6 +127,14 @@ pub struct RangeResult {
 }
 
 impl RangeResult {
+    /// Set the timings to 0, for records stored so that the same command writes the same bytes.
+    pub fn clear_timings(&mut self) {
+        self.seconds = 0.0;
+        if let Some(i) = self.initial_state.as_mut() {
+            i.seconds = 0.0;
+        }
+    }
+
     /// True when the range's start is the re-derived step 0 and every bit replayed matched:
     /// every state it reached is re-derived from the pinned inputs.
     pub fn rederived(&self) -> bool {
