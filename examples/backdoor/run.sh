@@ -10,7 +10,7 @@
 # llm         SmolLM2-135M-Instruct + LoRA, the brief's scenario: "summarise this review" chat
 #             rows, 32 of 320 with the trigger "validation phase 7B" in front of the request and
 #             a fixed malicious reply. The probe: 16 held-out reviews to summarise. Fetches the
-#             model as examples/smollm2/run.sh does. About 20 minutes on 2 cores.
+#             model as examples/smollm2/run.sh does. About 40 minutes on 2 cores.
 #
 # usage: examples/backdoor/run.sh [classifier|llm|all]   (default classifier)
 set -euo pipefail

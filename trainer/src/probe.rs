@@ -80,7 +80,13 @@ pub fn run(
     match &spec.model {
         ModelSpec::Llama(c) => {
             let session = restore::<Llama<Cpu>>(spec, c.clone(), base, state)?;
-            generations(session.model(), base, probe, source, max_new)
+            generations(
+                &crate::generate::inference(session.model()),
+                base,
+                probe,
+                source,
+                max_new,
+            )
         }
         ModelSpec::Bert(c) => {
             let session = restore::<BertClassifier<Cpu>>(spec, c.clone(), base, state)?;
@@ -156,8 +162,8 @@ fn classify(
 }
 
 /// Greedy generations of a language model for `{"prompt", "target"}` rows.
-fn generations(
-    model: &Llama<Cpu>,
+fn generations<B: burn::tensor::backend::Backend>(
+    model: &Llama<B>,
     base: Option<&BaseWeights>,
     probe: &[u8],
     source: &str,
