@@ -156,7 +156,7 @@ fn main() {
             None,
             WriteOptions {
                 codec: Codec::Raw,
-                zstd_level: 3,
+                ..WriteOptions::default()
             },
         )
         .map(|e| e.len())

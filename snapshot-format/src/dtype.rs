@@ -109,6 +109,9 @@ pub enum Codec {
     Raw,
     /// Id 1: one zstd frame holding the raw bytes.
     Zstd,
+    /// Id 2: byte-grouped zstd, the bytes of each element position as separate planes in
+    /// chunks ([`crate::planes`]).
+    Planes,
 }
 
 impl Codec {
@@ -117,6 +120,7 @@ impl Codec {
         match self {
             Codec::Raw => 0,
             Codec::Zstd => 1,
+            Codec::Planes => 2,
         }
     }
 
@@ -125,6 +129,7 @@ impl Codec {
         match id {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
+            2 => Some(Codec::Planes),
             _ => None,
         }
     }
@@ -134,6 +139,7 @@ impl Codec {
         match self {
             Codec::Raw => "raw",
             Codec::Zstd => "zstd",
+            Codec::Planes => "planes",
         }
     }
 }
@@ -151,9 +157,9 @@ mod tests {
         }
         assert_eq!(DType::from_code(0), None);
         assert_eq!(DType::from_code(14), None);
-        for c in [Codec::Raw, Codec::Zstd] {
+        for c in [Codec::Raw, Codec::Zstd, Codec::Planes] {
             assert_eq!(Codec::from_id(c.id()), Some(c));
         }
-        assert_eq!(Codec::from_id(2), None);
+        assert_eq!(Codec::from_id(3), None);
     }
 }

@@ -3,6 +3,7 @@
 //! This crate knows no ML framework. It defines, and is the reference implementation of,
 //! `specs/snapshot-format.md`:
 //! - [`snapshot`]: checkpoint and export snapshots (named tensors plus typed metadata);
+//! - [`planes`]: the byte-grouped codec of snapshot tensors;
 //! - [`hash`]: canonical, domain-separated hashing (tensor hashes, state roots, batches,
 //!   Merkle roots);
 //! - [`ledger`]: hash-chained step records in write-once segments;
@@ -27,6 +28,7 @@ pub mod layout;
 pub mod ledger;
 pub mod limits;
 pub mod manifest;
+pub mod planes;
 pub mod signature;
 pub mod snapshot;
 pub mod storage;

@@ -225,11 +225,13 @@ impl TensorView<'_> {
 /// Writer settings. Compressed bytes may differ between zstd versions or levels; hashes never do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOptions {
-    /// Codec to try for every tensor. With [`Codec::Zstd`], a tensor whose compressed form is
-    /// not smaller than its raw bytes is stored raw.
+    /// Codec to try for every tensor. With [`Codec::Zstd`] or [`Codec::Planes`], a tensor whose
+    /// encoding is not smaller than its raw bytes is stored raw.
     pub codec: Codec,
-    /// zstd level (1..=22).
+    /// zstd level (1..=22), of the whole tensor (zstd) or of each plane (planes).
     pub zstd_level: i32,
+    /// Chunk size of [`Codec::Planes`], in raw bytes.
+    pub chunk_bytes: u32,
 }
 
 impl Default for WriteOptions {
@@ -237,6 +239,7 @@ impl Default for WriteOptions {
         WriteOptions {
             codec: Codec::Zstd,
             zstd_level: 3,
+            chunk_bytes: crate::planes::DEFAULT_CHUNK_BYTES,
         }
     }
 }
@@ -358,7 +361,7 @@ pub fn encode<'a>(
                 Some(h) => h[i],
                 None => t.hash(),
             };
-            let (codec, bytes) = encode_data(t.data, options);
+            let (codec, bytes) = encode_data(t.dtype, t.data, options);
             (h, codec, bytes)
         })
         .collect();
@@ -404,14 +407,26 @@ pub fn encode<'a>(
     Ok(Encoded { parts, state_root })
 }
 
-fn encode_data(data: &[u8], options: WriteOptions) -> (Codec, std::borrow::Cow<'_, [u8]>) {
-    match options.codec {
-        Codec::Raw => (Codec::Raw, std::borrow::Cow::Borrowed(data)),
-        Codec::Zstd => match zstd::bulk::compress(data, options.zstd_level) {
-            Ok(c) if c.len() < data.len() => (Codec::Zstd, std::borrow::Cow::Owned(c)),
-            // Incompressible (or a zstd failure, which cannot lose data: store raw).
-            _ => (Codec::Raw, std::borrow::Cow::Borrowed(data)),
-        },
+fn encode_data(
+    dtype: DType,
+    data: &[u8],
+    options: WriteOptions,
+) -> (Codec, std::borrow::Cow<'_, [u8]>) {
+    let encoded = match options.codec {
+        Codec::Raw => None,
+        // A zstd failure cannot lose data: the tensor is stored raw.
+        Codec::Zstd => zstd::bulk::compress(data, options.zstd_level).ok(),
+        Codec::Planes => Some(crate::planes::encode(
+            dtype,
+            data,
+            options.chunk_bytes,
+            options.zstd_level,
+        )),
+    };
+    match encoded {
+        Some(c) if c.len() < data.len() => (options.codec, std::borrow::Cow::Owned(c)),
+        // Incompressible: stored raw.
+        _ => (Codec::Raw, std::borrow::Cow::Borrowed(data)),
     }
 }
 
@@ -781,6 +796,7 @@ fn verify_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<()> {
     let mut sink = RawSink::new(t, artefact);
     match t.codec {
         Codec::Raw => sink.feed(encoded, true)?,
+        Codec::Planes => sink.feed(&decode_planes(t, encoded, artefact)?, true)?,
         Codec::Zstd => {
             let corrupt = |detail: String| Error::Decompress {
                 artefact: artefact.to_string(),
@@ -832,9 +848,20 @@ fn verify_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<()> {
     sink.finish()
 }
 
+fn decode_planes(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<Vec<u8>> {
+    let target = crate::planes::Target {
+        artefact,
+        tensor: &t.name,
+        dtype: t.dtype,
+        raw_len: t.raw_len,
+    };
+    crate::planes::decode(&target, encoded)
+}
+
 fn decode_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<Vec<u8>> {
     match t.codec {
         Codec::Raw => Ok(encoded.to_vec()),
+        Codec::Planes => decode_planes(t, encoded, artefact),
         Codec::Zstd => match zstd::zstd_safe::get_frame_content_size(encoded) {
             Ok(Some(declared)) if declared > t.raw_len => Err(Error::DecodedSizeExceeded {
                 artefact: artefact.to_string(),
@@ -988,6 +1015,11 @@ impl<R: Read> SnapshotReader<R> {
                 read_region(&mut region, &mut raw, artefact).map(|()| raw)
             }
             Codec::Zstd => decode_zstd(t, std::io::BufReader::new(&mut region), artefact),
+            Codec::Planes => {
+                let mut encoded = Vec::new();
+                read_region(&mut region, &mut encoded, artefact)
+                    .and_then(|()| decode_planes(t, &encoded, artefact))
+            }
         };
         // Drain what is left of the region, so that a short stream is reported as truncation
         // rather than as a decoding failure.

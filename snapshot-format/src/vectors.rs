@@ -29,6 +29,61 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// Chunk size of the planes vector: small, so that its tensors span several chunks.
+pub const PLANES_CHUNK_BYTES: u32 = 2048;
+
+/// The planes vector's F32 tensor `w`: element `i` is `((i * 37) % 101 - 50) / 1024`.
+pub fn planes_f32(i: u64) -> f32 {
+    ((i * 37) % 101) as f32 / 1024.0 - 50.0 / 1024.0
+}
+
+/// A snapshot of codec 2 (planes): `w`, F32 [3000] from [`planes_f32`] (six chunks, the last
+/// short), and `h`, BF16 [1500] holding the top halves of the same values' first 1,500.
+fn planes_snapshot() -> Result<(Vec<u8>, Hash32)> {
+    let w: Vec<u8> = (0..3000)
+        .flat_map(|i| planes_f32(i).to_le_bytes())
+        .collect();
+    let h: Vec<u8> = (0..1500)
+        .flat_map(|i| ((planes_f32(i).to_bits() >> 16) as u16).to_le_bytes())
+        .collect();
+    let tensors = [
+        TensorView {
+            name: "h",
+            dtype: DType::BF16,
+            shape: &[1500],
+            data: &h,
+        },
+        TensorView {
+            name: "w",
+            dtype: DType::F32,
+            shape: &[3000],
+            data: &w,
+        },
+    ];
+    let state = StateMeta {
+        step: 1,
+        ..StateMeta::default()
+    };
+    let provenance = Provenance {
+        run_id: "vector-run".into(),
+        kind: SnapshotKind::Checkpoint,
+        parent: None,
+        producer: "snapshot-format vectors".into(),
+    };
+    let encoded = snapshot::encode(
+        &state,
+        &provenance,
+        &tensors,
+        None,
+        WriteOptions {
+            codec: Codec::Planes,
+            zstd_level: 3,
+            chunk_bytes: PLANES_CHUNK_BYTES,
+        },
+    )?;
+    Ok((encoded.to_vec(), encoded.state_root))
+}
+
 /// Generate every vector file and `vectors.json`, which lists each file's BLAKE3 and the
 /// hashes the files commit to.
 pub fn generate() -> Result<Vec<VectorFile>> {
@@ -94,8 +149,10 @@ pub fn generate() -> Result<Vec<VectorFile>> {
         WriteOptions {
             codec: Codec::Zstd,
             zstd_level: 3,
+            ..WriteOptions::default()
         },
     )?;
+    let (planes, planes_root) = planes_snapshot()?;
 
     let examples: Vec<Hash32> = (0..5)
         .map(|i| hash::example_hash(format!("example-{i}").as_bytes()))
@@ -142,6 +199,10 @@ pub fn generate() -> Result<Vec<VectorFile>> {
             name: "dataset-v1.bin",
             bytes: dataset.encode(),
         },
+        VectorFile {
+            name: "snapshot-planes-v1.snap",
+            bytes: planes,
+        },
     ];
     let file_hashes: serde_json::Map<String, serde_json::Value> = files
         .iter()
@@ -157,6 +218,10 @@ pub fn generate() -> Result<Vec<VectorFile>> {
         "snapshot": {
             "state_root": snap.state_root,
             "tensor_hashes": tensors.iter().map(|t| (t.name.to_string(), t.hash())).collect::<std::collections::BTreeMap<_, _>>(),
+        },
+        "snapshot_planes": {
+            "state_root": planes_root,
+            "chunk_bytes": PLANES_CHUNK_BYTES,
         },
         "ledger": {
             "spec_hash": spec_hash,

@@ -114,9 +114,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
-    fn round_trips_through_both_readers(ts in tensors(), st in state(), zstd in any::<bool>()) {
-        let codec = if zstd { Codec::Zstd } else { Codec::Raw };
-        let options = WriteOptions { codec, zstd_level: 3 };
+    fn round_trips_through_both_readers(ts in tensors(), st in state(), codec in 0u16..3, chunk in 1u32..64) {
+        let codec = Codec::from_id(codec).expect("a known codec");
+        let options = WriteOptions { codec, zstd_level: 3, chunk_bytes: chunk };
         // Hand the writer its tensors in reverse order: it must sort them.
         let mut reversed = views(&ts);
         reversed.reverse();
@@ -153,13 +153,16 @@ proptest! {
     #[test]
     fn hashes_do_not_depend_on_codec_or_level(ts in tensors(), st in state()) {
         let raw = snapshot::encode(&st, &provenance(), &views(&ts), None,
-            WriteOptions { codec: Codec::Raw, zstd_level: 3 }).expect("raw");
+            WriteOptions { codec: Codec::Raw, ..WriteOptions::default() }).expect("raw");
         let z1 = snapshot::encode(&st, &provenance(), &views(&ts), None,
-            WriteOptions { codec: Codec::Zstd, zstd_level: 1 }).expect("zstd 1");
+            WriteOptions { codec: Codec::Zstd, zstd_level: 1, ..WriteOptions::default() }).expect("zstd 1");
         let z19 = snapshot::encode(&st, &provenance(), &views(&ts), None,
-            WriteOptions { codec: Codec::Zstd, zstd_level: 19 }).expect("zstd 19");
+            WriteOptions { codec: Codec::Zstd, zstd_level: 19, ..WriteOptions::default() }).expect("zstd 19");
+        let planes = snapshot::encode(&st, &provenance(), &views(&ts), None,
+            WriteOptions { codec: Codec::Planes, zstd_level: 1, chunk_bytes: 8 }).expect("planes");
         prop_assert_eq!(raw.state_root, z1.state_root);
         prop_assert_eq!(raw.state_root, z19.state_root);
+        prop_assert_eq!(raw.state_root, planes.state_root);
     }
 }
 
@@ -207,7 +210,7 @@ fn writer_matches_spec_encoder_byte_for_byte() {
         None,
         WriteOptions {
             codec: Codec::Raw,
-            zstd_level: 3,
+            ..WriteOptions::default()
         },
     )
     .expect("encode");

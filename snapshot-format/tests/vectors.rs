@@ -163,3 +163,83 @@ fn dataset_vector_matches_spec() {
     let m = DatasetManifest::decode(&read("dataset-v1.bin"), "vector").expect("decodes");
     assert_eq!(m.root.0, root);
 }
+
+/// Codec 2 decoded as specs/snapshot-format.md §3.3.1 describes it, written apart from the
+/// crate's decoder: chunk size, index, streams, planes interleaved, the sign bit rotated back.
+fn planes_by_spec(enc: &[u8], size: usize, raw_len: usize) -> Vec<u8> {
+    let chunk = u32::from_le_bytes(enc[..4].try_into().expect("4 bytes")) as usize;
+    assert_eq!(chunk % size, 0);
+    let n_chunks = raw_len.div_ceil(chunk);
+    let index = &enc[4..4 + n_chunks * size * 5];
+    let mut at = 4 + index.len();
+    let mut raw = Vec::with_capacity(raw_len);
+    for c in 0..n_chunks {
+        let m = (raw_len - c * chunk).min(chunk) / size;
+        let planes: Vec<Vec<u8>> = (0..size)
+            .map(|p| {
+                let e = &index[(c * size + p) * 5..][..5];
+                let len = u32::from_le_bytes(e[1..5].try_into().expect("4 bytes")) as usize;
+                let stream = &enc[at..at + len];
+                at += len;
+                match e[0] {
+                    0 => stream.to_vec(),
+                    1 => zstd::stream::decode_all(stream).expect("zstd frame"),
+                    other => panic!("method {other}"),
+                }
+            })
+            .collect();
+        for i in 0..m {
+            let mut v = 0u64;
+            for (p, plane) in planes.iter().enumerate() {
+                assert_eq!(plane.len(), m);
+                v |= (plane[i] as u64) << (8 * p);
+            }
+            let width = 8 * size as u32;
+            let v = (v >> 1) | ((v & 1) << (width - 1));
+            raw.extend_from_slice(&v.to_le_bytes()[..size]);
+        }
+    }
+    assert_eq!(at, enc.len(), "the streams end the encoding");
+    raw
+}
+
+#[test]
+fn planes_vector_matches_spec() {
+    let s = summary();
+    let bytes = read("snapshot-planes-v1.snap");
+    let header =
+        snapshot::read_header(&bytes, "vector", &ReadLimits::default()).expect("header reads");
+    let data = &bytes
+        [bytes.len() - snapshot_format::envelope::END_MARKER.len() - header.data_len() as usize..];
+    let w: Vec<u8> = (0..3000u64)
+        .flat_map(|i| snapshot_format::vectors::planes_f32(i).to_le_bytes())
+        .collect();
+    let h16: Vec<u8> = w
+        .chunks_exact(4)
+        .take(1500)
+        .flat_map(|f| [f[2], f[3]])
+        .collect();
+    let mut hashes = Vec::new();
+    for (t, expected) in header.tensors.iter().zip([&h16, &w]) {
+        assert_eq!(t.codec, snapshot_format::Codec::Planes, "{}", t.name);
+        let enc = &data[t.offset as usize..][..t.encoded_len as usize];
+        assert_eq!(
+            u32::from_le_bytes(enc[..4].try_into().expect("4 bytes")) as u64,
+            s["snapshot_planes"]["chunk_bytes"]
+                .as_u64()
+                .expect("chunk size")
+        );
+        let raw = planes_by_spec(enc, t.dtype.size() as usize, t.raw_len as usize);
+        assert!(
+            &raw == expected,
+            "{} decodes by the spec to its values",
+            t.name
+        );
+        hashes.push(common::tensor_hash(&t.name, t.dtype.code(), &t.shape, &raw));
+    }
+    let root = common::state_root(&common::state_meta(1, 0, 0, 0), &hashes);
+    assert_eq!(root, hex_of(&s["snapshot_planes"]["state_root"]));
+    // And the crate's own decoder agrees.
+    let snap = snapshot::decode(&bytes, "vector", &ReadLimits::default()).expect("decodes");
+    assert_eq!(snap.header.state_root.0, root);
+}

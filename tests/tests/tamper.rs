@@ -64,6 +64,54 @@ fn flipped_bit_in_a_checkpoint_tensor_is_corrupt() {
     assert_eq!(v.ranges[0].verdict, Verdict::Verified);
 }
 
+/// Runs recorded with each checkpoint codec (raw and zstd as older runs have them, planes as
+/// runs are written now) check and verify, and a flipped bit in a checkpoint's data section is
+/// corrupt whichever codec holds it.
+#[test]
+fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
+    for (name, codec) in [
+        ("raw", snapshot_format::Codec::Raw),
+        ("zstd", snapshot_format::Codec::Zstd),
+        ("planes", snapshot_format::Codec::Planes),
+    ] {
+        let t = tempfile::tempdir().expect("tmp");
+        let r = record(
+            t.path(),
+            FixtureOptions {
+                extra: format!("codec = {name:?}\n"),
+                ..FixtureOptions::default()
+            },
+        );
+        let key = layout::checkpoint(8);
+        let mut bytes = std::fs::read(r.join(&key)).expect("checkpoint");
+        let header = snapshot::read_header(&bytes, &key, &ReadLimits::default()).expect("header");
+        assert!(
+            header.tensors.iter().any(|t| t.codec == codec),
+            "{name}: some tensor is stored with the run's codec"
+        );
+        assert_eq!(check(&r, 0).verdict, Verdict::Ok, "{name}");
+        assert_eq!(verify(&r, 0).verdict, Verdict::Verified, "{name}");
+        // A byte of the largest tensor's encoding, so that it is one of the codec's own bytes.
+        let big = header
+            .tensors
+            .iter()
+            .filter(|t| t.codec == codec)
+            .max_by_key(|t| t.encoded_len)
+            .expect("a tensor of the codec");
+        let data_start = bytes.len() - 8 - header.data_len() as usize;
+        bytes[data_start + big.offset as usize + big.encoded_len as usize / 2] ^= 0x10;
+        std::fs::write(r.join(&key), bytes).expect("write");
+        let c = check(&r, 2);
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p.artefact == key && p.kind == Verdict::Corrupt),
+            "{name}: {:?}",
+            c.problems
+        );
+    }
+}
+
 #[test]
 fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     let t = tempfile::tempdir().expect("tmp");
