@@ -179,6 +179,7 @@ const METHODS: [Method; 5] = [
 ];
 
 fn main() {
+    trainer::alloc::keep_freed_pages();
     let all = rayon::current_num_threads();
     let tmp = tempfile::tempdir().expect("tmp");
     let config_path = demo::write_assets(&tmp.path().join("assets"), 200).expect("assets");

@@ -156,6 +156,7 @@ fn engine(setup: &Setup, threads: usize, steps: u64, check: u64) -> Measured {
 }
 
 fn main() {
+    trainer::alloc::keep_freed_pages();
     let steps: u64 = std::env::var("BENCH_STEPS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -73,6 +73,7 @@ fn check_against_baseline(dir: &Path) -> (u64, Duration, Duration) {
 }
 
 fn main() {
+    trainer::alloc::keep_freed_pages();
     let steps: u64 = std::env::var("BENCH_STEPS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -89,6 +89,7 @@ fn model() -> Vec<Tensor> {
 }
 
 fn main() {
+    trainer::alloc::keep_freed_pages();
     let tensors = model();
     let bytes: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
     let views: Vec<TensorView<'_>> = tensors

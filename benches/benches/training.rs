@@ -52,6 +52,7 @@ fn step(demo: &DemoTraining, session: &mut DemoSession, rec: Option<&mut Recorde
 }
 
 fn main() {
+    trainer::alloc::keep_freed_pages();
     let steps: u64 = std::env::var("BENCH_STEPS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -43,6 +43,7 @@ fn engine(demo: &DemoTraining, threads: usize, steps: u64, check: u64) -> (f64, 
 }
 
 fn main() {
+    trainer::alloc::keep_freed_pages();
     let steps: u64 = std::env::var("BENCH_STEPS")
         .ok()
         .and_then(|v| v.parse().ok())

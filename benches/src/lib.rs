@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-/// The allocator of the `trainer` and `replay` binaries, so that benchmarks measure what they run.
+/// The allocator of the `trainer` and `replay` binaries, so that benchmarks measure what they run
+/// (each benchmark's `main` also calls `trainer::alloc::keep_freed_pages`, as theirs do).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

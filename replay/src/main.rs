@@ -22,7 +22,8 @@ use trainer::backend::DeviceSpec;
 
 /// mimalloc keeps freed blocks for reuse: the training step allocates and frees the same large
 /// tensors every step, which glibc's allocator returns to the system and faults in again (a
-/// quarter of a step's time on the demo, measured). Allocation changes no bit.
+/// quarter of a step's time on the demo, measured). Allocation changes no bit. `main` also turns
+/// its purging of freed pages off ([`trainer::alloc`]).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -852,6 +853,7 @@ fn attest_to(
 }
 
 fn main() -> ExitCode {
+    trainer::alloc::keep_freed_pages();
     let cli = match trainer::cli::parse_or_exit::<Cli>() {
         Ok(c) => c,
         Err(code) => return code,

@@ -2,6 +2,7 @@
 //! given environment class, and a recorder that writes the run (manifest, dataset manifest,
 //! ledger, checkpoints) to a write-once store.
 
+pub mod alloc;
 pub mod backend;
 pub mod base;
 pub mod chat;

@@ -1,0 +1,52 @@
+//! Allocator settings of the `trainer` and `replay` binaries (and the benchmarks).
+//!
+//! Both use mimalloc, which keeps freed blocks for reuse. By default it still hands freed pages
+//! back to the operating system after a short delay ("purging"), and a training step frees and
+//! allocates the same large buffers every step (a language model's logits and their gradient
+//! alone are 75 MB at batch 4 × 96 tokens × 49,152 tokens of vocabulary), so each step faulted
+//! them in again and the kernel zeroed every page. Measured on SmolLM2-135M + LoRA (6 steps of
+//! the backdoor demo's run, 2 cores): 0.16–0.18 steps/s and 13–25 s of system time with
+//! purging, 0.24–0.25 steps/s and about 7 s with this setting, the same ledger head. Allocation
+//! changes no bit; the cost is that resident memory stays at its peak until the process ends
+//! (set `MIMALLOC_PURGE_DELAY`, in milliseconds, to purge again).
+
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (include/mimalloc.h): libmimalloc-sys
+/// 0.1.49 declares the options before and after it but not this one. The test below checks the
+/// index by the option's documented default.
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Turn mimalloc's purging off for this process, unless `MIMALLOC_PURGE_DELAY` in the
+/// environment already says what to do. Call it first thing in `main`.
+#[allow(unsafe_code)]
+pub fn keep_freed_pages() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: `mi_option_set` stores one option value; mimalloc allows it at any time, from any
+    // thread, and reads the purge delay each time it considers purging.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Index 15 is the purge delay: it reads mimalloc 3's default for it (1000 ms), where its
+    /// neighbours read 1 (eager commit delay) and 0 (NUMA nodes); and setting it is read back.
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_option_set_is_the_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reading and storing option values, allowed at any time.
+        unsafe {
+            assert_eq!(libmimalloc_sys::mi_option_get(PURGE_DELAY), 1000);
+            assert_eq!(libmimalloc_sys::mi_option_get(PURGE_DELAY - 1), 1);
+            assert_eq!(libmimalloc_sys::mi_option_get(PURGE_DELAY + 1), 0);
+        }
+        keep_freed_pages();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }, -1);
+    }
+}
