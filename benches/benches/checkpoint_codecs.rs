@@ -1,7 +1,9 @@
 //! Checkpoint codecs side by side on the same tensors: bytes kept and MB/s (encode, decode; one
 //! thread and all) of zstd level 3 per tensor (codec 1), byte-grouped planes (codec 2) at several
-//! levels and chunk sizes, XOR deltas against an earlier checkpoint of the same run, and ZipNN
-//! 0.5.4 (Python, in the bench venv, on the same bytes, full and delta mode).
+//! levels and chunk sizes, deltas against an earlier checkpoint of the same run (zstd and planes
+//! of the XOR, and codec 3 with either transform), and ZipNN 0.5.4 (Python, in the bench venv,
+//! on the same bytes, full and delta mode). Then delta chains as runs store them, for several
+//! keyframe intervals: bytes per checkpoint and the time to read the deepest one.
 //!
 //! The corpus: the F32 tensors (parameters and AdamW moments) of the demo's checkpoint at step
 //! 200, trained here with a checkpoint every 5 steps; deltas against its checkpoints 10, 25, 50
@@ -14,10 +16,11 @@ use std::time::Duration;
 
 use benchmarks::{Report, mb_per_s, median_time, r3};
 use rayon::prelude::*;
+use snapshot_format::delta::{CheckpointReader, Reference, Transform};
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::planes::{self, Target};
 use snapshot_format::snapshot::{self, Provenance, SnapshotKind, StateMeta, TensorView};
-use snapshot_format::{DType, layout};
+use snapshot_format::{Codec, DType, Store, layout};
 use trainer::config::{CheckpointCodec, RunConfig};
 use trainer::{demo, run};
 
@@ -47,25 +50,49 @@ impl Checkpoint {
         self.tensors.iter().map(|t| t.len() as u64).sum()
     }
 
-    /// This checkpoint's tensors XOR `reference`'s, tensor by tensor.
-    fn xor(&self, reference: &Checkpoint) -> Vec<Vec<u8>> {
-        assert_eq!(self.names, reference.names, "the same tensors");
-        self.tensors
-            .par_iter()
-            .zip(&reference.tensors)
-            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x ^ y).collect())
+    fn concat(&self) -> Vec<u8> {
+        self.tensors.concat()
+    }
+
+    /// Shapes of the tensors (each one-dimensional), for [`Self::views`].
+    fn shapes(&self) -> Vec<[u64; 1]> {
+        self.tensors.iter().map(|t| [t.len() as u64 / 4]).collect()
+    }
+
+    /// The tensors as a snapshot writer takes them.
+    fn views<'a>(&'a self, shapes: &'a [[u64; 1]]) -> Vec<TensorView<'a>> {
+        self.names
+            .iter()
+            .zip(&self.tensors)
+            .zip(shapes)
+            .map(|((name, data), shape)| TensorView {
+                name,
+                dtype: DType::F32,
+                shape,
+                data,
+            })
             .collect()
     }
 
-    fn concat(&self) -> Vec<u8> {
-        self.tensors.concat()
+    /// zstd-3 bytes of the tensors, one frame each: what runs wrote before codec 2.
+    fn zstd3_len(&self) -> u64 {
+        self.tensors
+            .par_iter()
+            .map(|t| zstd::bulk::compress(t, 3).expect("zstd").len() as u64)
+            .sum()
     }
 }
 
 #[derive(Clone, Copy)]
 enum Method {
     Zstd(i32),
-    Planes { level: i32, chunk: u32 },
+    Planes {
+        level: i32,
+        chunk: u32,
+    },
+    /// Codec 3 as the trainer writes it: the transform against the reference, as planes
+    /// (level 1, 256 KiB chunks), plus its 47-byte reference per tensor. Deltas only.
+    Delta(Transform),
 }
 
 impl Method {
@@ -75,33 +102,64 @@ impl Method {
             Method::Planes { level, chunk } => {
                 format!("planes zstd-{level}, {} KiB chunks (codec 2)", chunk >> 10)
             }
-        }
-    }
-
-    fn encode(self, t: &[u8]) -> Vec<u8> {
-        match self {
-            Method::Zstd(l) => zstd::bulk::compress(t, l).expect("zstd"),
-            Method::Planes { level, chunk } => planes::encode(DType::F32, t, chunk, level),
-        }
-    }
-
-    fn decode(self, e: &[u8], raw_len: usize) -> Vec<u8> {
-        match self {
-            Method::Zstd(_) => zstd::bulk::decompress(e, raw_len).expect("zstd"),
-            Method::Planes { .. } => {
-                let target = Target {
-                    artefact: "bench",
-                    tensor: "t",
-                    dtype: DType::F32,
-                    raw_len: raw_len as u64,
-                };
-                planes::decode(&target, e).expect("planes")
+            Method::Delta(Transform::Xor) => "delta, XOR as planes (codec 3, transform 0)".into(),
+            Method::Delta(Transform::Difference) => {
+                "delta, zigzag difference as planes (codec 3, transform 1)".into()
             }
         }
     }
+
+    fn planes_of(t: &[u8], dtype: DType) -> Vec<u8> {
+        planes::encode(dtype, t, planes::DEFAULT_CHUNK_BYTES, planes::DEFAULT_LEVEL)
+    }
+
+    fn unplanes(e: &[u8], dtype: DType, raw_len: usize) -> Vec<u8> {
+        let target = Target {
+            artefact: "bench",
+            tensor: "t",
+            dtype,
+            raw_len: raw_len as u64,
+        };
+        planes::decode(&target, e).expect("planes")
+    }
+
+    /// Encode `t`, against `r` when given (the XOR for codecs 1 and 2).
+    fn encode(self, t: &[u8], r: Option<&[u8]>) -> Vec<u8> {
+        let xor = |t: &[u8]| match r {
+            Some(r) => t.iter().zip(r).map(|(x, y)| x ^ y).collect(),
+            None => t.to_vec(),
+        };
+        match self {
+            Method::Zstd(l) => zstd::bulk::compress(&xor(t), l).expect("zstd"),
+            Method::Planes { level, chunk } => planes::encode(DType::F32, &xor(t), chunk, level),
+            Method::Delta(tr) => {
+                let moved = tr.forward(t, r.expect("a delta has a reference"), 4);
+                let mut out = vec![0u8; snapshot_format::delta::PREFIX_LEN];
+                out.extend(Self::planes_of(&moved, tr.inner_dtype(DType::F32)));
+                out
+            }
+        }
+    }
+
+    fn decode(self, e: &[u8], raw_len: usize, r: Option<&[u8]>) -> Vec<u8> {
+        let mut out = match self {
+            Method::Zstd(_) => zstd::bulk::decompress(e, raw_len).expect("zstd"),
+            Method::Planes { .. } => Self::unplanes(e, DType::F32, raw_len),
+            Method::Delta(tr) => {
+                let e = &e[snapshot_format::delta::PREFIX_LEN..];
+                let mut moved = Self::unplanes(e, tr.inner_dtype(DType::F32), raw_len);
+                tr.inverse(&mut moved, r.expect("a delta has a reference"), 4);
+                return moved;
+            }
+        };
+        if let Some(r) = r {
+            out.iter_mut().zip(r).for_each(|(x, y)| *x ^= y);
+        }
+        out
+    }
 }
 
-/// Encode and decode `tensors` (XORed with `reference`'s when given, which encode and decode
+/// Encode and decode `tensors` (against `reference`'s when given, which encode and decode
 /// include) with `method` on `threads` threads: (bytes out, encode time, decode time).
 fn measure(
     method: Method,
@@ -114,27 +172,26 @@ fn measure(
         .build()
         .expect("pool");
     pool.install(|| {
+        assert!(
+            reference.is_none_or(|r| r.names == tensors.names),
+            "the same tensors"
+        );
+        let reference_of = |i: usize| reference.map(|r| r.tensors[i].as_slice());
         let encode = || -> Vec<Vec<u8>> {
-            let input = match reference {
-                Some(r) => tensors.xor(r),
-                None => tensors.tensors.clone(),
-            };
-            input.par_iter().map(|t| method.encode(t)).collect()
+            tensors
+                .tensors
+                .par_iter()
+                .enumerate()
+                .map(|(i, t)| method.encode(t, reference_of(i)))
+                .collect()
         };
         let decode = |encoded: &[Vec<u8>]| -> Vec<Vec<u8>> {
-            let out: Vec<Vec<u8>> = encoded
+            encoded
                 .par_iter()
                 .zip(&tensors.tensors)
-                .map(|(e, t)| method.decode(e, t.len()))
-                .collect();
-            match reference {
-                Some(r) => out
-                    .par_iter()
-                    .zip(&r.tensors)
-                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x ^ y).collect())
-                    .collect(),
-                None => out,
-            }
+                .enumerate()
+                .map(|(i, (e, t))| method.decode(e, t.len(), reference_of(i)))
+                .collect()
         };
         let encoded = encode();
         assert!(
@@ -316,7 +373,16 @@ fn main() {
                 ],
             );
         };
-        for m in METHODS {
+        let deltas = [
+            Method::Delta(Transform::Xor),
+            Method::Delta(Transform::Difference),
+        ];
+        let methods = METHODS.iter().chain(if case.reference.is_some() {
+            &deltas[..]
+        } else {
+            &[]
+        });
+        for &m in methods {
             let (bytes, e1, d1) = measure(m, case.target, case.reference, 1);
             let (_, ea, da) = measure(m, case.target, case.reference, all);
             row(
@@ -353,19 +419,8 @@ fn main() {
 
     // replay check's work on each codec, as the trainer writes it: decode + verify a whole
     // snapshot of the full checkpoint, against BLAKE3 alone over the same raw bytes.
-    let shapes: Vec<[u64; 1]> = full.tensors.iter().map(|t| [t.len() as u64 / 4]).collect();
-    let views: Vec<TensorView<'_>> = full
-        .names
-        .iter()
-        .zip(&full.tensors)
-        .zip(&shapes)
-        .map(|((name, data), shape)| TensorView {
-            name,
-            dtype: DType::F32,
-            shape,
-            data,
-        })
-        .collect();
+    let shapes = full.shapes();
+    let views = full.views(&shapes);
     let provenance = Provenance {
         run_id: "bench".into(),
         kind: SnapshotKind::Checkpoint,
@@ -401,5 +456,91 @@ fn main() {
             ],
         );
     }
+    chains(
+        &mut rep,
+        &demo_run,
+        &provenance,
+        hash_only.as_secs_f64() / raw as f64,
+    );
     rep.finish();
+}
+
+/// Delta chains as a run stores them (codec 3, the trainer's settings), over the demo's
+/// checkpoints every 10 steps from 0 to 200, for several keyframe intervals K: bytes against
+/// raw and against zstd-3, the time to read the deepest checkpoint from a cold reader (it
+/// reads its whole chain), and `replay check`'s work on the K = 8 chain, every checkpoint in
+/// order. `hash_s_per_byte`: BLAKE3 alone, for the comparison.
+fn chains(rep: &mut Report, run: &Path, provenance: &Provenance, hash_s_per_byte: f64) {
+    let steps: Vec<u64> = (0..=200).step_by(10).collect();
+    let chain: Vec<Checkpoint> = steps.iter().map(|&s| Checkpoint::read(run, s)).collect();
+    let raw: u64 = chain.iter().map(Checkpoint::len).sum();
+    let today: u64 = chain.iter().map(Checkpoint::zstd3_len).sum();
+    let label = |k: u32| {
+        format!(
+            "chain of {} checkpoints every 10 steps, keyframe every {k}",
+            steps.len()
+        )
+    };
+    for k in [1u32, 2, 4, 8, 16, 32] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::create(dir.path().to_str().expect("utf-8")).expect("store");
+        let options = snapshot::WriteOptions {
+            keyframe_every: k,
+            ..CheckpointCodec::Delta.write_options()
+        };
+        assert_eq!(options.codec, Codec::Delta);
+        let mut reference: Option<Reference> = None;
+        let (mut bytes, mut deepest) = (0u64, (0u32, 0u64));
+        for (&step, c) in steps.iter().zip(&chain) {
+            let shapes = c.shapes();
+            let views = c.views(&shapes);
+            let meta = StateMeta {
+                step,
+                ..StateMeta::default()
+            };
+            let enc = snapshot::encode_against(
+                &meta,
+                provenance,
+                &views,
+                None,
+                options,
+                reference.as_ref(),
+            )
+            .expect("encode");
+            let depth = enc.depths.iter().copied().max().unwrap_or(0);
+            if depth >= deepest.0 {
+                deepest = (depth, step);
+            }
+            bytes += enc.len();
+            reference = Some(Reference::new(step, enc.state_root, &views, &enc.depths));
+            store
+                .put_new(&layout::checkpoint(step), enc.to_vec())
+                .expect("put");
+        }
+        let read = median_time(3, || {
+            let reader = CheckpointReader::new(store.clone(), ReadLimits::default());
+            reader.read(deepest.1).expect("read")
+        });
+        let mut row: Vec<(&str, serde_json::Value)> = vec![
+            ("ratio", r3(bytes as f64 / raw as f64).into()),
+            ("vs zstd-3 full", r3(bytes as f64 / today as f64).into()),
+            ("objects read for the deepest", (deepest.0 + 1).into()),
+            ("read deepest s", r3(read.as_secs_f64()).into()),
+        ];
+        if k == 8 {
+            let check = median_time(3, || {
+                let reader = CheckpointReader::new(store.clone(), ReadLimits::default());
+                for &step in &steps {
+                    let bytes = store.get(&layout::checkpoint(step)).expect("get");
+                    reader.verify(step, &bytes).expect("verify");
+                }
+            });
+            row.push(("check MB/s all", r3(mb_per_s(raw, check)).into()));
+            row.push((
+                "check vs BLAKE3 alone",
+                r3(hash_s_per_byte * raw as f64 / check.as_secs_f64()).into(),
+            ));
+        }
+        rep.row(&label(k), &row);
+    }
 }

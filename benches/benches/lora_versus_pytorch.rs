@@ -134,7 +134,7 @@ fn engine(setup: &Setup, threads: usize, steps: u64, check: u64) -> Measured {
             producer: "bench".into(),
         };
         let bytes = state
-            .encode(&hashes, &provenance, Default::default())
+            .encode(&hashes, &provenance, Default::default(), None)
             .expect("encode")
             .len();
         let roots = [0, 1].map(|_| {

@@ -8,7 +8,7 @@ use snapshot_format::ledger::Segment;
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::{Completion, RunManifest};
 use snapshot_format::snapshot::{self, SnapshotReader};
-use snapshot_format::testing::reseal;
+use snapshot_format::testing::{VectorReferences, reseal};
 
 fuzz_target!(|data: &[u8]| {
     parse(data);
@@ -24,6 +24,10 @@ fn parse(data: &[u8]) {
     // Keep the fuzzer's memory bounded: a valid header may declare large tensors.
     let limits = ReadLimits { max_decoded_bytes: 1 << 24 };
     let _ = snapshot::decode(data, "fuzz", &limits);
+    // Delta tensors resolved against the planes vector, as the delta vector's are.
+    static REFERENCES: std::sync::OnceLock<VectorReferences> = std::sync::OnceLock::new();
+    let references = REFERENCES.get_or_init(VectorReferences::new);
+    let _ = snapshot::decode_with(data, "fuzz", &limits, Some(references));
     let _ = snapshot::read_header(data, "fuzz", &limits);
     if let Ok(reader) = SnapshotReader::new(std::io::Cursor::new(data), "fuzz", &limits) {
         let _ = reader.finish();

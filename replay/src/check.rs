@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use snapshot_format::{layout, snapshot};
+use snapshot_format::layout;
 
 use crate::attestations::{AttestationCheck, AttestationKeys, check_export, check_statement};
 use crate::context::{self, LoadOptions, RunContext};
@@ -143,8 +143,9 @@ fn check_one(ctx: &RunContext, step: u64, key: &str) -> Result<(Vec<Problem>, u6
         Err(e) => return Ok((vec![problem_of(e)?], 0)),
     };
     let len = bytes.len() as u64;
-    // Every tensor is decoded and hashed, without keeping the values.
-    Ok(match snapshot::verify(&bytes, key, &ctx.limits) {
+    // Every tensor is decoded and hashed, without keeping the values (those of a delta chain
+    // are kept for the next delta).
+    Ok(match ctx.states.verify(step, &bytes) {
         Ok(header) => (
             crate::state::commitment_problems(ctx, step, key, &header),
             len,

@@ -69,6 +69,8 @@ pub struct RunContext {
     /// Limits for decoding this run's checkpoints: no state may decode to more than the spec's
     /// model implies.
     pub limits: ReadLimits,
+    /// Reads the run's checkpoints under `limits`, reconstructing delta chains.
+    pub states: snapshot_format::delta::CheckpointReader,
     /// Every problem found while loading, in the order found: artefacts, the hash chain, ledger
     /// bounds, the base model, signatures.
     pub problems: Vec<Problem>,
@@ -479,6 +481,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         },
     };
 
+    let states_store = store.clone();
     let mut ctx = RunContext {
         location: location.to_string(),
         store,
@@ -493,6 +496,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         base,
         base_parsed: std::sync::OnceLock::new(),
         signatures: SignatureReport::default(),
+        states: snapshot_format::delta::CheckpointReader::new(states_store, limits),
         limits,
         problems,
         bytes_read,

@@ -206,6 +206,9 @@ pub fn classify(e: &snapshot_format::Error) -> Option<Verdict> {
     }
     Some(match e {
         E::ObjectMissing { .. } => Verdict::Missing,
+        // A checkpoint that cannot be reconstructed is what its reference is: missing,
+        // corrupt or tampered.
+        E::DeltaReferenceUnavailable { source, .. } => return classify(source),
         E::ChainBroken { .. }
         | E::StepOutOfOrder { .. }
         | E::SpecHashMismatch { .. }

@@ -368,6 +368,7 @@ pub(crate) fn export_state(
                 &hashes,
                 &provenance,
                 snapshot_format::snapshot::WriteOptions::default(),
+                None,
             )?
             .into_parts(),
     )?;

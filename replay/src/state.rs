@@ -17,12 +17,8 @@ pub fn read_checked(
     step: u64,
 ) -> Result<Result<Snapshot, Vec<Problem>>, CommandError> {
     let key = layout::checkpoint(step);
-    let bytes = match ctx.store.get(&key) {
-        Ok(b) => b,
-        Err(e) => return Ok(Err(vec![problem_of(e)?])),
-    };
-    let snap = match snapshot::decode(&bytes, &key, &ctx.limits) {
-        Ok(s) => s,
+    let snap = match ctx.states.read(step) {
+        Ok(s) => std::sync::Arc::unwrap_or_clone(s),
         Err(e) => return Ok(Err(vec![problem_of(e)?])),
     };
     let problems = commitment_problems(ctx, step, &key, &snap.header);

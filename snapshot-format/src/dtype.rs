@@ -112,6 +112,9 @@ pub enum Codec {
     /// Id 2: byte-grouped zstd, the bytes of each element position as separate planes in
     /// chunks ([`crate::planes`]).
     Planes,
+    /// Id 3: XOR-delta against the tensor of the same name in an earlier checkpoint of the run,
+    /// named by step and state root, the XOR stored with an inner codec ([`crate::delta`]).
+    Delta,
 }
 
 impl Codec {
@@ -121,6 +124,7 @@ impl Codec {
             Codec::Raw => 0,
             Codec::Zstd => 1,
             Codec::Planes => 2,
+            Codec::Delta => 3,
         }
     }
 
@@ -130,6 +134,7 @@ impl Codec {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
             2 => Some(Codec::Planes),
+            3 => Some(Codec::Delta),
             _ => None,
         }
     }
@@ -140,6 +145,7 @@ impl Codec {
             Codec::Raw => "raw",
             Codec::Zstd => "zstd",
             Codec::Planes => "planes",
+            Codec::Delta => "delta",
         }
     }
 }
@@ -157,9 +163,9 @@ mod tests {
         }
         assert_eq!(DType::from_code(0), None);
         assert_eq!(DType::from_code(14), None);
-        for c in [Codec::Raw, Codec::Zstd, Codec::Planes] {
+        for c in [Codec::Raw, Codec::Zstd, Codec::Planes, Codec::Delta] {
             assert_eq!(Codec::from_id(c.id()), Some(c));
         }
-        assert_eq!(Codec::from_id(3), None);
+        assert_eq!(Codec::from_id(4), None);
     }
 }

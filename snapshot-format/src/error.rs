@@ -201,6 +201,35 @@ pub enum Error {
         tensor: String,
         detail: String,
     },
+    /// A delta tensor (codec 3) was read without access to the run's other checkpoints.
+    #[error(
+        "{artefact}: tensor {tensor:?} is a delta against {reference}, which this read cannot reach"
+    )]
+    DeltaWithoutReferences {
+        artefact: String,
+        tensor: String,
+        reference: String,
+    },
+    /// The checkpoint a delta is stored against could not be read or verified: this checkpoint
+    /// cannot be reconstructed.
+    #[error(
+        "{artefact}: cannot be reconstructed: its delta reference {reference} failed: {source}"
+    )]
+    DeltaReferenceUnavailable {
+        artefact: String,
+        reference: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// The reference a delta names does not fit it (another state root, a missing tensor, a
+    /// different dtype or shape, an inconsistent chain depth, a step that is not earlier).
+    #[error("{artefact}: tensor {tensor:?}: delta reference {reference} does not fit: {detail}")]
+    DeltaReferenceMismatch {
+        artefact: String,
+        tensor: String,
+        reference: String,
+        detail: String,
+    },
     /// A boolean tensor holds a byte other than 0 or 1.
     #[error(
         "{artefact}: bool tensor {tensor:?} holds the non-canonical byte {byte} at element {index}"
@@ -356,6 +385,9 @@ impl Error {
             | DecodedSizeExceeded { artefact, .. }
             | DecodedSizeShort { artefact, .. }
             | Decompress { artefact, .. }
+            | DeltaWithoutReferences { artefact, .. }
+            | DeltaReferenceUnavailable { artefact, .. }
+            | DeltaReferenceMismatch { artefact, .. }
             | NonCanonicalBool { artefact, .. }
             | TensorHashMismatch { artefact, .. }
             | StateRootMismatch { artefact, .. }
@@ -382,6 +414,10 @@ impl Error {
     /// True when the error means the artefact's bytes are damaged or were altered (as opposed
     /// to an operational failure such as a missing permission or an unreachable store).
     pub fn is_integrity_violation(&self) -> bool {
+        if let Error::DeltaReferenceUnavailable { source, .. } = self {
+            // Damaged if the reference is; an unreachable store is not damage.
+            return source.is_integrity_violation();
+        }
         !matches!(
             self,
             Error::InvalidLocation { .. }
@@ -392,6 +428,7 @@ impl Error {
                 | Error::ObjectExists { .. }
                 | Error::InvalidHash { .. }
                 | Error::InvalidKey { .. }
+                | Error::DeltaWithoutReferences { .. }
         )
     }
 }

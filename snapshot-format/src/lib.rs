@@ -4,6 +4,7 @@
 //! `specs/snapshot-format.md`:
 //! - [`snapshot`]: checkpoint and export snapshots (named tensors plus typed metadata);
 //! - [`planes`]: the byte-grouped codec of snapshot tensors;
+//! - [`delta`]: the XOR-delta codec and the reading of delta chains from a store;
 //! - [`hash`]: canonical, domain-separated hashing (tensor hashes, state roots, batches,
 //!   Merkle roots);
 //! - [`ledger`]: hash-chained step records in write-once segments;
@@ -20,6 +21,7 @@
 pub mod attest;
 pub mod canonical;
 pub mod dataset;
+pub mod delta;
 pub mod dtype;
 pub mod envelope;
 pub mod error;

@@ -19,6 +19,9 @@ pub const MAX_ELEMENTS: u64 = 1 << 40;
 pub const MAX_TENSOR_BYTES: u64 = 1 << 40;
 /// Default cap on the total decoded size of one snapshot (64 GiB); see [`ReadLimits`].
 pub const DEFAULT_MAX_DECODED_BYTES: u64 = 64 << 30;
+/// Longest XOR-delta chain: a delta tensor's depth (1 against a keyframe) is at most this, so
+/// reconstructing it reads at most `MAX_DELTA_DEPTH + 1` checkpoints.
+pub const MAX_DELTA_DEPTH: u32 = 64;
 /// Most records in one ledger segment.
 pub const MAX_RECORDS_PER_SEGMENT: u64 = 1 << 20;
 /// Most examples in one batch record.

@@ -215,7 +215,7 @@ impl Recording {
 }
 
 /// Checkpoint codecs a manifest may name.
-pub const RECORDING_CODECS: &[&str] = &["zstd", "raw", "planes"];
+pub const RECORDING_CODECS: &[&str] = &["zstd", "raw", "planes", "delta"];
 
 /// Spec hash: `BLAKE3-derive(SPEC, RFC 8785 canonical JSON of spec)`.
 pub fn spec_hash(spec: &serde_json::Value) -> Hash32 {

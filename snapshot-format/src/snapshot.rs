@@ -10,10 +10,12 @@
 //! [`SnapshotReader`] streams from any `Read`, holding one tensor at a time.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::canonical;
+use crate::delta::{DeltaRef, Reference, References};
 use crate::dtype::{Codec, DType};
 use crate::envelope::{self, SNAPSHOT};
 use crate::error::{Error, Result};
@@ -169,6 +171,8 @@ pub struct TensorInfo {
     pub raw_len: u64,
     /// Tensor hash (see [`hash::tensor_hash`]).
     pub hash: Hash32,
+    /// For a delta tensor (codec 3) read with its data section: the reference it names.
+    pub delta: Option<DeltaRef>,
 }
 
 /// A validated snapshot header.
@@ -230,8 +234,13 @@ pub struct WriteOptions {
     pub codec: Codec,
     /// zstd level (1..=22), of the whole tensor (zstd) or of each plane (planes).
     pub zstd_level: i32,
-    /// Chunk size of [`Codec::Planes`], in raw bytes.
+    /// Chunk size of [`Codec::Planes`] (and of a delta's planes), in raw bytes.
     pub chunk_bytes: u32,
+    /// With [`Codec::Delta`]: every this many checkpoints one is stored whole (a keyframe), so
+    /// that reading one reads at most this many objects. 1 stores no deltas.
+    pub keyframe_every: u32,
+    /// With [`Codec::Delta`]: how a tensor is taken against its reference.
+    pub delta_transform: crate::delta::Transform,
 }
 
 impl Default for WriteOptions {
@@ -240,6 +249,8 @@ impl Default for WriteOptions {
             codec: Codec::Zstd,
             zstd_level: 3,
             chunk_bytes: crate::planes::DEFAULT_CHUNK_BYTES,
+            keyframe_every: crate::delta::DEFAULT_KEYFRAME_EVERY,
+            delta_transform: crate::delta::DEFAULT_TRANSFORM,
         }
     }
 }
@@ -251,6 +262,9 @@ impl Default for WriteOptions {
 pub struct Encoded<'a> {
     pub parts: Vec<std::borrow::Cow<'a, [u8]>>,
     pub state_root: Hash32,
+    /// Chain depth of each tensor in name order: 0 when stored whole, `d` for a delta of
+    /// depth `d` (what [`crate::delta::Reference::new`] takes for the next checkpoint).
+    pub depths: Vec<u32>,
 }
 
 impl Encoded<'_> {
@@ -351,9 +365,29 @@ pub fn encode<'a>(
     hashes: Option<&[Hash32]>,
     options: WriteOptions,
 ) -> Result<Encoded<'a>> {
+    encode_against(state, provenance, tensors, hashes, options, None)
+}
+
+/// [`encode`], storing tensors as deltas against `reference` (an earlier checkpoint of the
+/// run) when `options.codec` is [`Codec::Delta`], the reference's chain is shorter than
+/// `options.keyframe_every - 1` and the reference holds a tensor of the same name, dtype and
+/// shape. Other tensors, and all of a keyframe, are stored as planes.
+pub fn encode_against<'a>(
+    state: &StateMeta,
+    provenance: &Provenance,
+    tensors: &[TensorView<'a>],
+    hashes: Option<&[Hash32]>,
+    options: WriteOptions,
+    reference: Option<&Reference>,
+) -> Result<Encoded<'a>> {
     let order = validate_views(tensors)?;
     state.validate(WRITER)?;
-    let encoded: Vec<(Hash32, Codec, std::borrow::Cow<'a, [u8]>)> = order
+    let reference = reference.filter(|r| {
+        options.codec == Codec::Delta
+            && r.step() < state.step
+            && r.max_depth().saturating_add(1) < options.keyframe_every
+    });
+    let encoded: Vec<(Hash32, Codec, std::borrow::Cow<'a, [u8]>, u32)> = order
         .par_iter()
         .map(|&i| {
             let t = &tensors[i];
@@ -361,13 +395,34 @@ pub fn encode<'a>(
                 Some(h) => h[i],
                 None => t.hash(),
             };
-            let (codec, bytes) = encode_data(t.dtype, t.data, options);
-            (h, codec, bytes)
+            let base = reference.and_then(|r| {
+                r.find(t.name)
+                    .filter(|b| b.dtype == t.dtype && b.shape == t.shape)
+                    .map(|b| (r, b))
+            });
+            match base {
+                Some((r, b)) => {
+                    let bytes = crate::delta::encode(
+                        options.delta_transform,
+                        r,
+                        b,
+                        t.dtype,
+                        t.data,
+                        options.chunk_bytes,
+                        options.zstd_level,
+                    );
+                    (h, Codec::Delta, std::borrow::Cow::Owned(bytes), b.depth + 1)
+                }
+                None => {
+                    let (codec, bytes) = encode_data(t.dtype, t.data, options);
+                    (h, codec, bytes, 0)
+                }
+            }
         })
         .collect();
     let mut offset = 0u64;
     let mut rows = Vec::with_capacity(order.len());
-    for (&i, (h, codec, bytes)) in order.iter().zip(&encoded) {
+    for (&i, (h, codec, bytes, _)) in order.iter().zip(&encoded) {
         let t = &tensors[i];
         rows.push(TableRow {
             name: t.name.to_string(),
@@ -381,7 +436,8 @@ pub fn encode<'a>(
         });
         offset += bytes.len() as u64;
     }
-    let sorted: Vec<Hash32> = encoded.iter().map(|(h, _, _)| *h).collect();
+    let sorted: Vec<Hash32> = encoded.iter().map(|(h, ..)| *h).collect();
+    let depths = encoded.iter().map(|(.., d)| *d).collect();
     let state_root = hash::state_root(&state.canonical_bytes(), &sorted);
     let header = StoredHeader {
         state: state.clone(),
@@ -402,9 +458,13 @@ pub fn encode<'a>(
         SNAPSHOT,
         &header_bytes,
     )));
-    parts.extend(encoded.into_iter().map(|(_, _, b)| b));
+    parts.extend(encoded.into_iter().map(|(_, _, b, _)| b));
     parts.push(std::borrow::Cow::Borrowed(&envelope::END_MARKER[..]));
-    Ok(Encoded { parts, state_root })
+    Ok(Encoded {
+        parts,
+        state_root,
+        depths,
+    })
 }
 
 fn encode_data(
@@ -416,15 +476,20 @@ fn encode_data(
         Codec::Raw => None,
         // A zstd failure cannot lose data: the tensor is stored raw.
         Codec::Zstd => zstd::bulk::compress(data, options.zstd_level).ok(),
-        Codec::Planes => Some(crate::planes::encode(
+        // A tensor without a reference (a keyframe, or new since the reference) as planes.
+        Codec::Planes | Codec::Delta => Some(crate::planes::encode(
             dtype,
             data,
             options.chunk_bytes,
             options.zstd_level,
         )),
     };
+    let codec = match options.codec {
+        Codec::Delta => Codec::Planes,
+        c => c,
+    };
     match encoded {
-        Some(c) if c.len() < data.len() => (options.codec, std::borrow::Cow::Owned(c)),
+        Some(c) if c.len() < data.len() => (codec, std::borrow::Cow::Owned(c)),
         // Incompressible: stored raw.
         _ => (Codec::Raw, std::borrow::Cow::Borrowed(data)),
     }
@@ -580,6 +645,7 @@ fn validate_header(
             encoded_len: row.encoded_len,
             raw_len: row.raw_len,
             hash: row.hash,
+            delta: None,
         });
     }
     if total_raw > limits.max_decoded_bytes {
@@ -620,7 +686,7 @@ fn parse_and_locate<'a>(
     artefact: &str,
     limits: &ReadLimits,
 ) -> Result<(Header, &'a [u8])> {
-    let header = parse_header(opened.version, opened.header, artefact, limits)?;
+    let mut header = parse_header(opened.version, opened.header, artefact, limits)?;
     if let Some(data_len) = opened.marked_payload_len()
         && let Some(t) = header
             .tensors
@@ -635,6 +701,12 @@ fn parse_and_locate<'a>(
         });
     }
     let data = opened.payload(header.data_len())?;
+    for t in &mut header.tensors {
+        if t.codec == Codec::Delta {
+            let enc = &data[t.offset as usize..(t.offset + t.encoded_len) as usize];
+            t.delta = Some(DeltaRef::parse(enc, artefact, &t.name)?.0);
+        }
+    }
     Ok((header, data))
 }
 
@@ -678,16 +750,32 @@ impl Snapshot {
 }
 
 /// Decode and verify a whole snapshot held in memory; tensors are decoded and hashed in
-/// parallel. On several bad tensors, the first in table order is reported.
+/// parallel. On several bad tensors, the first in table order is reported. A delta tensor is
+/// an error here ([`Error::DeltaWithoutReferences`]); see [`decode_with`].
 pub fn decode(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Snapshot> {
+    decode_with(bytes, artefact, limits, None)
+}
+
+/// [`decode`], resolving delta tensors through `refs` (each reference read once).
+pub fn decode_with(
+    bytes: &[u8],
+    artefact: &str,
+    limits: &ReadLimits,
+    refs: Option<&dyn References>,
+) -> Result<Snapshot> {
     let opened = envelope::open(SNAPSHOT, bytes, artefact)?;
     let (header, data_section) = parse_and_locate(&opened, artefact, limits)?;
+    let bases = resolve(&header, artefact, refs)?;
     let decoded: Vec<Result<Vec<u8>>> = header
         .tensors
         .par_iter()
-        .map(|t| {
+        .zip(&bases)
+        .map(|(t, base)| {
             let enc = &data_section[t.offset as usize..(t.offset + t.encoded_len) as usize];
-            let raw = decode_data(t, enc, artefact)?;
+            let raw = match base {
+                Some(base) => decode_delta(t, enc, base, artefact)?,
+                None => decode_data(t.codec, t, enc, artefact)?,
+            };
             verify_tensor(t, &raw, artefact)?;
             Ok(raw)
         })
@@ -699,10 +787,12 @@ pub fn decode(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Snaps
 /// Verify a whole snapshot held in memory without keeping its tensors: every check [`decode`]
 /// makes (table, sizes, decompression limits, canonical bools, every tensor hash, state root),
 /// with each tensor's decoded bytes streamed through a small buffer into its hash. For
-/// integrity checks that do not need the values.
+/// integrity checks that do not need the values. A delta tensor is an error here
+/// ([`Error::DeltaWithoutReferences`]); [`crate::delta::CheckpointReader::verify`] resolves it.
 pub fn verify(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Header> {
     let opened = envelope::open(SNAPSHOT, bytes, artefact)?;
     let (header, data_section) = parse_and_locate(&opened, artefact, limits)?;
+    resolve(&header, artefact, None)?;
     let results: Vec<Result<()>> = header
         .tensors
         .par_iter()
@@ -713,6 +803,110 @@ pub fn verify(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Heade
         .collect();
     results.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(header)
+}
+
+/// A delta tensor's reference: the checkpoint and the index of the tensor in it.
+type Base = (Arc<Snapshot>, usize);
+
+/// The reference tensor of each delta tensor of `header` (`None` for the others), each
+/// reference checkpoint read once through `refs` and checked against what the delta names:
+/// an earlier step, the state root, a tensor of the same name, dtype and shape, and a chain
+/// depth one more than that tensor's.
+fn resolve(
+    header: &Header,
+    artefact: &str,
+    refs: Option<&dyn References>,
+) -> Result<Vec<Option<Base>>> {
+    let mut read: Vec<(u64, Arc<Snapshot>)> = Vec::new();
+    let mut bases = Vec::with_capacity(header.tensors.len());
+    for t in &header.tensors {
+        let Some(d) = t.delta else {
+            bases.push(None);
+            continue;
+        };
+        let mismatch = |detail: String| Error::DeltaReferenceMismatch {
+            artefact: artefact.to_string(),
+            tensor: t.name.clone(),
+            reference: d.key(),
+            detail,
+        };
+        if d.step >= header.state.step {
+            return Err(mismatch(format!(
+                "the reference's step {} is not before this checkpoint's step {}",
+                d.step, header.state.step
+            )));
+        }
+        let Some(refs) = refs else {
+            return Err(Error::DeltaWithoutReferences {
+                artefact: artefact.to_string(),
+                tensor: t.name.clone(),
+                reference: d.key(),
+            });
+        };
+        let snap = match read.iter().find(|(s, _)| *s == d.step) {
+            Some((_, snap)) => snap.clone(),
+            None => {
+                let snap =
+                    refs.checkpoint(d.step)
+                        .map_err(|e| Error::DeltaReferenceUnavailable {
+                            artefact: artefact.to_string(),
+                            reference: d.key(),
+                            source: Box::new(e),
+                        })?;
+                read.push((d.step, snap.clone()));
+                snap
+            }
+        };
+        if snap.header.state_root != d.root {
+            return Err(mismatch(format!(
+                "its state root is {}, the delta names {}",
+                snap.header.state_root, d.root
+            )));
+        }
+        let Some(index) = snap.header.find(&t.name) else {
+            return Err(mismatch("it has no tensor of this name".into()));
+        };
+        let base = &snap.header.tensors[index];
+        if base.dtype != t.dtype || base.shape != t.shape {
+            return Err(mismatch(format!(
+                "its tensor is {:?} {:?}, this one {:?} {:?}",
+                base.dtype, base.shape, t.dtype, t.shape
+            )));
+        }
+        let expected = base.delta.map(|b| b.depth).unwrap_or(0) + 1;
+        if d.depth != expected {
+            return Err(mismatch(format!(
+                "chain depth {} where the reference's tensor makes it {expected}",
+                d.depth
+            )));
+        }
+        bases.push(Some((snap, index)));
+    }
+    Ok(bases)
+}
+
+/// Decode a delta tensor: its inner encoding, with the transform undone against the reference
+/// tensor's raw bytes.
+fn decode_delta(t: &TensorInfo, encoded: &[u8], base: &Base, artefact: &str) -> Result<Vec<u8>> {
+    let (delta, inner) = DeltaRef::parse(encoded, artefact, &t.name)?;
+    if delta.inner == Codec::Raw && inner.len() as u64 != t.raw_len {
+        return Err(Error::Decompress {
+            artefact: artefact.to_string(),
+            tensor: t.name.clone(),
+            detail: format!(
+                "delta: {} raw inner bytes for a tensor of {}",
+                inner.len(),
+                t.raw_len
+            ),
+        });
+    }
+    let mut as_inner = t.clone();
+    as_inner.dtype = delta.transform.inner_dtype(t.dtype);
+    let mut raw = decode_data(delta.inner, &as_inner, inner, artefact)?;
+    delta
+        .transform
+        .inverse(&mut raw, &base.0.data[base.1], t.dtype.size() as usize);
+    Ok(raw)
 }
 
 /// Checks raw bytes of one tensor as they arrive: length within the declared raw length,
@@ -796,6 +990,14 @@ fn verify_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<()> {
     let mut sink = RawSink::new(t, artefact);
     match t.codec {
         Codec::Raw => sink.feed(encoded, true)?,
+        // Refused by `resolve` before any tensor is verified; refused here too.
+        Codec::Delta => {
+            return Err(Error::DeltaWithoutReferences {
+                artefact: artefact.to_string(),
+                tensor: t.name.clone(),
+                reference: t.delta.map(|d| d.key()).unwrap_or_default(),
+            });
+        }
         Codec::Planes => sink.feed(&decode_planes(t, encoded, artefact)?, true)?,
         Codec::Zstd => {
             let corrupt = |detail: String| Error::Decompress {
@@ -858,10 +1060,16 @@ fn decode_planes(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<Vec<u
     crate::planes::decode(&target, encoded)
 }
 
-fn decode_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<Vec<u8>> {
-    match t.codec {
+/// Decode `encoded`, stored with `codec` (the tensor's own, or a delta's inner codec).
+fn decode_data(codec: Codec, t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<Vec<u8>> {
+    match codec {
         Codec::Raw => Ok(encoded.to_vec()),
         Codec::Planes => decode_planes(t, encoded, artefact),
+        Codec::Delta => Err(Error::Decompress {
+            artefact: artefact.to_string(),
+            tensor: t.name.clone(),
+            detail: "delta: a delta cannot be the inner codec of a delta".into(),
+        }),
         Codec::Zstd => match zstd::zstd_safe::get_frame_content_size(encoded) {
             Ok(Some(declared)) if declared > t.raw_len => Err(Error::DecodedSizeExceeded {
                 artefact: artefact.to_string(),
@@ -1019,6 +1227,18 @@ impl<R: Read> SnapshotReader<R> {
                 let mut encoded = Vec::new();
                 read_region(&mut region, &mut encoded, artefact)
                     .and_then(|()| decode_planes(t, &encoded, artefact))
+            }
+            // A streaming read has no other checkpoints to resolve the reference from.
+            Codec::Delta => {
+                let mut encoded = Vec::new();
+                read_region(&mut region, &mut encoded, artefact).and_then(|()| {
+                    let (delta, _) = DeltaRef::parse(&encoded, artefact, &t.name)?;
+                    Err(Error::DeltaWithoutReferences {
+                        artefact: artefact.clone(),
+                        tensor: t.name.clone(),
+                        reference: delta.key(),
+                    })
+                })
             }
         };
         // Drain what is left of the region, so that a short stream is reported as truncation

@@ -205,6 +205,48 @@ pub fn completion(run: &std::path::Path) -> crate::manifest::Completion {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Checkpoint `step` of the local run at `run`, decoded through its delta chain. Panics if it
+/// does not decode (for tests).
+pub fn checkpoint(run: &std::path::Path, step: u64) -> crate::snapshot::Snapshot {
+    let store = crate::Store::open(&run.to_string_lossy()).unwrap_or_else(|e| panic!("{e}"));
+    let reader = crate::delta::CheckpointReader::new(store, Default::default());
+    let snap = reader.read(step).unwrap_or_else(|e| panic!("{e}"));
+    drop(reader);
+    std::sync::Arc::unwrap_or_clone(snap)
+}
+
+/// Delta references for fuzzing the delta decoder: every step resolves to the planes test
+/// vector (the reference of the delta vector), so that mutants of the delta vector reach its
+/// whole decoder.
+#[derive(Debug)]
+pub struct VectorReferences(std::sync::Arc<crate::snapshot::Snapshot>);
+
+impl VectorReferences {
+    /// The planes vector, decoded. Panics if it does not decode (for tests and fuzzing).
+    pub fn new() -> Self {
+        let planes = crate::vectors::generate()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .find(|f| f.name == "snapshot-planes-v1.snap")
+            .unwrap_or_else(|| panic!("no planes vector"));
+        let snap = crate::snapshot::decode(&planes.bytes, planes.name, &Default::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        VectorReferences(std::sync::Arc::new(snap))
+    }
+}
+
+impl Default for VectorReferences {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl crate::delta::References for VectorReferences {
+    fn checkpoint(&self, _step: u64) -> crate::Result<std::sync::Arc<crate::snapshot::Snapshot>> {
+        Ok(self.0.clone())
+    }
+}
+
 /// Each checkpoint of the local run at `run` with the state root in its header, by name.
 pub fn checkpoint_roots(run: &std::path::Path) -> Vec<(String, crate::Hash32)> {
     objects(&run.join(crate::layout::CHECKPOINTS))

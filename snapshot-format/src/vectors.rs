@@ -1,9 +1,10 @@
-//! Reference test vectors: a snapshot, a ledger segment and a dataset manifest built from fixed
+//! Reference test vectors: snapshots (codecs 1, 2 and 3), a ledger segment and a dataset manifest built from fixed
 //! inputs. `cargo run -p snapshot-format --example gen-vectors` writes them to
 //! `snapshot-format/tests/vectors/`; tests check that regeneration changes nothing and that an
 //! encoder written from the spec alone reproduces their hashes.
 
 use crate::dataset::DatasetManifest;
+use crate::delta::{Reference, Transform};
 use crate::hash::{self, Hash32};
 use crate::ledger::{self, Segment, StepRecord};
 use crate::manifest;
@@ -37,51 +38,83 @@ pub fn planes_f32(i: u64) -> f32 {
     ((i * 37) % 101) as f32 / 1024.0 - 50.0 / 1024.0
 }
 
-/// A snapshot of codec 2 (planes): `w`, F32 [3000] from [`planes_f32`] (six chunks, the last
-/// short), and `h`, BF16 [1500] holding the top halves of the same values' first 1,500.
-fn planes_snapshot() -> Result<(Vec<u8>, Hash32)> {
-    let w: Vec<u8> = (0..3000)
-        .flat_map(|i| planes_f32(i).to_le_bytes())
-        .collect();
+/// The delta vector's `w`: [`planes_f32`] moved by `((i % 5) - 2) / 65536`.
+pub fn delta_f32(i: u64) -> f32 {
+    planes_f32(i) + ((i % 5) as f32 - 2.0) / 65536.0
+}
+
+/// The planes vector's tensors (`h`, `w`) from `f`: `w` F32 [3000], `h` BF16 [1500] holding the
+/// top halves of the first 1,500 values.
+fn vector_tensors(f: fn(u64) -> f32) -> (Vec<u8>, Vec<u8>) {
+    let w: Vec<u8> = (0..3000).flat_map(|i| f(i).to_le_bytes()).collect();
     let h: Vec<u8> = (0..1500)
-        .flat_map(|i| ((planes_f32(i).to_bits() >> 16) as u16).to_le_bytes())
+        .flat_map(|i| ((f(i).to_bits() >> 16) as u16).to_le_bytes())
         .collect();
-    let tensors = [
+    (h, w)
+}
+
+fn vector_views<'a>(h: &'a [u8], w: &'a [u8]) -> [TensorView<'a>; 2] {
+    [
         TensorView {
             name: "h",
             dtype: DType::BF16,
             shape: &[1500],
-            data: &h,
+            data: h,
         },
         TensorView {
             name: "w",
             dtype: DType::F32,
             shape: &[3000],
-            data: &w,
+            data: w,
         },
-    ];
-    let state = StateMeta {
-        step: 1,
-        ..StateMeta::default()
-    };
+    ]
+}
+
+/// A snapshot of codec 2 (planes) at step 1: `w`, F32 [3000] from [`planes_f32`] (six chunks,
+/// the last short), and `h`, BF16 [1500] holding the top halves of the same values' first
+/// 1,500; and a snapshot of codec 3 (delta, transform 1, planes inside) at step 2 against it,
+/// of the same tensors from [`delta_f32`].
+fn planes_and_delta_snapshots() -> Result<[(Vec<u8>, Hash32); 2]> {
+    let (h, w) = vector_tensors(planes_f32);
+    let tensors = vector_views(&h, &w);
     let provenance = Provenance {
         run_id: "vector-run".into(),
         kind: SnapshotKind::Checkpoint,
         parent: None,
         producer: "snapshot-format vectors".into(),
     };
-    let encoded = snapshot::encode(
-        &state,
-        &provenance,
-        &tensors,
+    let options = WriteOptions {
+        codec: Codec::Planes,
+        zstd_level: 3,
+        chunk_bytes: PLANES_CHUNK_BYTES,
+        ..WriteOptions::default()
+    };
+    let state = |step| StateMeta {
+        step,
+        ..StateMeta::default()
+    };
+    let first = snapshot::encode(&state(1), &provenance, &tensors, None, options)?;
+    let reference = Reference::new(1, first.state_root, &tensors, &first.depths);
+    let (h2, w2) = vector_tensors(delta_f32);
+    let second = snapshot::encode_against(
+        &state(2),
+        &Provenance {
+            parent: Some(first.state_root),
+            ..provenance
+        },
+        &vector_views(&h2, &w2),
         None,
         WriteOptions {
-            codec: Codec::Planes,
-            zstd_level: 3,
-            chunk_bytes: PLANES_CHUNK_BYTES,
+            codec: Codec::Delta,
+            delta_transform: Transform::Difference,
+            ..options
         },
+        Some(&reference),
     )?;
-    Ok((encoded.to_vec(), encoded.state_root))
+    Ok([
+        (first.to_vec(), first.state_root),
+        (second.to_vec(), second.state_root),
+    ])
 }
 
 /// Generate every vector file and `vectors.json`, which lists each file's BLAKE3 and the
@@ -152,7 +185,7 @@ pub fn generate() -> Result<Vec<VectorFile>> {
             ..WriteOptions::default()
         },
     )?;
-    let (planes, planes_root) = planes_snapshot()?;
+    let [(planes, planes_root), (delta, delta_root)] = planes_and_delta_snapshots()?;
 
     let examples: Vec<Hash32> = (0..5)
         .map(|i| hash::example_hash(format!("example-{i}").as_bytes()))
@@ -203,6 +236,10 @@ pub fn generate() -> Result<Vec<VectorFile>> {
             name: "snapshot-planes-v1.snap",
             bytes: planes,
         },
+        VectorFile {
+            name: "snapshot-delta-v1.snap",
+            bytes: delta,
+        },
     ];
     let file_hashes: serde_json::Map<String, serde_json::Value> = files
         .iter()
@@ -222,6 +259,10 @@ pub fn generate() -> Result<Vec<VectorFile>> {
         "snapshot_planes": {
             "state_root": planes_root,
             "chunk_bytes": PLANES_CHUNK_BYTES,
+        },
+        "snapshot_delta": {
+            "state_root": delta_root,
+            "reference": "snapshot-planes-v1.snap",
         },
         "ledger": {
             "spec_hash": spec_hash,

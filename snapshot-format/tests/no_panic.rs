@@ -7,7 +7,7 @@ use snapshot_format::dataset::DatasetManifest;
 use snapshot_format::ledger::Segment;
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::snapshot::{self, SnapshotReader};
-use snapshot_format::testing::reseal;
+use snapshot_format::testing::{VectorReferences, reseal};
 
 fn vectors() -> Vec<Vec<u8>> {
     snapshot_format::vectors::generate()
@@ -18,10 +18,13 @@ fn vectors() -> Vec<Vec<u8>> {
 }
 
 fn parse_everything(data: &[u8]) {
+    static REFERENCES: std::sync::OnceLock<VectorReferences> = std::sync::OnceLock::new();
     let limits = ReadLimits {
         max_decoded_bytes: 1 << 24,
     };
     let _ = snapshot::decode(data, "mutant", &limits);
+    let references = REFERENCES.get_or_init(VectorReferences::new);
+    let _ = snapshot::decode_with(data, "mutant", &limits, Some(references));
     let _ = snapshot::read_header(data, "mutant", &limits);
     if let Ok(r) = SnapshotReader::new(std::io::Cursor::new(data), "mutant", &limits) {
         let _ = r.finish();
@@ -83,7 +86,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn mutated_vectors_never_panic(which in 0usize..4, ms in prop::collection::vec(mutation(), 1..4)) {
+    fn mutated_vectors_never_panic(which in 0usize..5, ms in prop::collection::vec(mutation(), 1..4)) {
         let mut bytes = vectors().swap_remove(which);
         for m in &ms {
             bytes = apply(bytes, m);
@@ -94,7 +97,7 @@ proptest! {
     /// The same mutations with the header digest recomputed, as a writer would: the mutants
     /// get past the digest check and exercise the header parser itself.
     #[test]
-    fn mutated_and_resealed_vectors_never_panic(which in 0usize..4, ms in prop::collection::vec(mutation(), 1..4)) {
+    fn mutated_and_resealed_vectors_never_panic(which in 0usize..5, ms in prop::collection::vec(mutation(), 1..4)) {
         let mut bytes = vectors().swap_remove(which);
         for m in &ms {
             bytes = apply(bytes, m);

@@ -116,7 +116,7 @@ proptest! {
     #[test]
     fn round_trips_through_both_readers(ts in tensors(), st in state(), codec in 0u16..3, chunk in 1u32..64) {
         let codec = Codec::from_id(codec).expect("a known codec");
-        let options = WriteOptions { codec, zstd_level: 3, chunk_bytes: chunk };
+        let options = WriteOptions { codec, zstd_level: 3, chunk_bytes: chunk, ..WriteOptions::default() };
         // Hand the writer its tensors in reverse order: it must sort them.
         let mut reversed = views(&ts);
         reversed.reverse();
@@ -159,7 +159,7 @@ proptest! {
         let z19 = snapshot::encode(&st, &provenance(), &views(&ts), None,
             WriteOptions { codec: Codec::Zstd, zstd_level: 19, ..WriteOptions::default() }).expect("zstd 19");
         let planes = snapshot::encode(&st, &provenance(), &views(&ts), None,
-            WriteOptions { codec: Codec::Planes, zstd_level: 1, chunk_bytes: 8 }).expect("planes");
+            WriteOptions { codec: Codec::Planes, zstd_level: 1, chunk_bytes: 8, ..WriteOptions::default() }).expect("planes");
         prop_assert_eq!(raw.state_root, z1.state_root);
         prop_assert_eq!(raw.state_root, z19.state_root);
         prop_assert_eq!(raw.state_root, planes.state_root);

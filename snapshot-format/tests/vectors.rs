@@ -165,8 +165,9 @@ fn dataset_vector_matches_spec() {
 }
 
 /// Codec 2 decoded as specs/snapshot-format.md §3.3.1 describes it, written apart from the
-/// crate's decoder: chunk size, index, streams, planes interleaved, the sign bit rotated back.
-fn planes_by_spec(enc: &[u8], size: usize, raw_len: usize) -> Vec<u8> {
+/// crate's decoder: chunk size, index, streams, planes interleaved, the sign bit rotated back
+/// (for a float dtype, `rotated`).
+fn planes_by_spec(enc: &[u8], size: usize, raw_len: usize, rotated: bool) -> Vec<u8> {
     let chunk = u32::from_le_bytes(enc[..4].try_into().expect("4 bytes")) as usize;
     assert_eq!(chunk % size, 0);
     let n_chunks = raw_len.div_ceil(chunk);
@@ -195,7 +196,11 @@ fn planes_by_spec(enc: &[u8], size: usize, raw_len: usize) -> Vec<u8> {
                 v |= (plane[i] as u64) << (8 * p);
             }
             let width = 8 * size as u32;
-            let v = (v >> 1) | ((v & 1) << (width - 1));
+            let v = if rotated {
+                (v >> 1) | ((v & 1) << (width - 1))
+            } else {
+                v
+            };
             raw.extend_from_slice(&v.to_le_bytes()[..size]);
         }
     }
@@ -229,7 +234,7 @@ fn planes_vector_matches_spec() {
                 .as_u64()
                 .expect("chunk size")
         );
-        let raw = planes_by_spec(enc, t.dtype.size() as usize, t.raw_len as usize);
+        let raw = planes_by_spec(enc, t.dtype.size() as usize, t.raw_len as usize, true);
         assert!(
             &raw == expected,
             "{} decodes by the spec to its values",
@@ -242,4 +247,95 @@ fn planes_vector_matches_spec() {
     // And the crate's own decoder agrees.
     let snap = snapshot::decode(&bytes, "vector", &ReadLimits::default()).expect("decodes");
     assert_eq!(snap.header.state_root.0, root);
+}
+
+/// The F32 `w` and BF16 `h` of the planes (`f` = `planes_f32`) or delta (`delta_f32`) vector.
+fn vector_values(f: fn(u64) -> f32) -> (Vec<u8>, Vec<u8>) {
+    let w: Vec<u8> = (0..3000u64).flat_map(|i| f(i).to_le_bytes()).collect();
+    let h: Vec<u8> = w
+        .chunks_exact(4)
+        .take(1500)
+        .flat_map(|v| [v[2], v[3]])
+        .collect();
+    (h, w)
+}
+
+/// The delta vector (codec 3, §3.3.2) decoded from the spec alone against the planes vector:
+/// its 47-byte reference (step 1, the planes vector's root, depth 1, transform 1, inner planes),
+/// planes read as unsigned integers (not rotated), the zigzag difference added back.
+#[test]
+fn delta_vector_matches_spec() {
+    let s = summary();
+    let bytes = read("snapshot-delta-v1.snap");
+    let header =
+        snapshot::read_header(&bytes, "vector", &ReadLimits::default()).expect("header reads");
+    let data = &bytes
+        [bytes.len() - snapshot_format::envelope::END_MARKER.len() - header.data_len() as usize..];
+    let (h1, w1) = vector_values(snapshot_format::vectors::planes_f32);
+    let (h2, w2) = vector_values(snapshot_format::vectors::delta_f32);
+    let planes_root = hex_of(&s["snapshot_planes"]["state_root"]);
+    let mut hashes = Vec::new();
+    for (t, (base, expected)) in header.tensors.iter().zip([(&h1, &h2), (&w1, &w2)]) {
+        assert_eq!(t.codec, snapshot_format::Codec::Delta, "{}", t.name);
+        let enc = &data[t.offset as usize..][..t.encoded_len as usize];
+        assert_eq!(u64::from_le_bytes(enc[..8].try_into().expect("8")), 1);
+        assert_eq!(enc[8..40], planes_root);
+        assert_eq!(u32::from_le_bytes(enc[40..44].try_into().expect("4")), 1);
+        assert_eq!(enc[44], 1, "transform 1, difference");
+        assert_eq!(u16::from_le_bytes(enc[45..47].try_into().expect("2")), 2);
+        let size = t.dtype.size() as usize;
+        let x = planes_by_spec(&enc[47..], size, t.raw_len as usize, false);
+        let mut raw = Vec::with_capacity(x.len());
+        for (xe, be) in x.chunks_exact(size).zip(base.chunks_exact(size)) {
+            let mut xb = [0u8; 8];
+            xb[..size].copy_from_slice(xe);
+            let mut bb = [0u8; 8];
+            bb[..size].copy_from_slice(be);
+            let (xv, bv) = (u64::from_le_bytes(xb), u64::from_le_bytes(bb));
+            let mask = if size == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * size)) - 1
+            };
+            // d = (x >> 1) XOR -(x AND 1), modulo 2^(8s); r = b + d modulo 2^(8s).
+            let d = ((xv >> 1) ^ (xv & 1).wrapping_neg()) & mask;
+            let r = bv.wrapping_add(d) & mask;
+            raw.extend_from_slice(&r.to_le_bytes()[..size]);
+        }
+        assert!(
+            &raw == expected,
+            "{} decodes by the spec to its values",
+            t.name
+        );
+        hashes.push(common::tensor_hash(&t.name, t.dtype.code(), &t.shape, &raw));
+    }
+    let root = common::state_root(&common::state_meta(2, 0, 0, 0), &hashes);
+    assert_eq!(root, hex_of(&s["snapshot_delta"]["state_root"]));
+    // And the crate's own decoder agrees, given the planes vector as checkpoint 1, and refuses
+    // without it.
+    struct One(std::sync::Arc<snapshot::Snapshot>);
+    impl snapshot_format::delta::References for One {
+        fn checkpoint(
+            &self,
+            step: u64,
+        ) -> snapshot_format::Result<std::sync::Arc<snapshot::Snapshot>> {
+            assert_eq!(step, 1);
+            Ok(self.0.clone())
+        }
+    }
+    let reference = snapshot::decode(
+        &read("snapshot-planes-v1.snap"),
+        "vector",
+        &ReadLimits::default(),
+    )
+    .expect("decodes");
+    let snap = snapshot::decode_with(
+        &bytes,
+        "vector",
+        &ReadLimits::default(),
+        Some(&One(std::sync::Arc::new(reference))),
+    )
+    .expect("decodes");
+    assert_eq!(snap.header.state_root.0, root);
+    assert!(snapshot::decode(&bytes, "vector", &ReadLimits::default()).is_err());
 }

@@ -251,19 +251,34 @@ pub fn replace_checkpoint(
     provenance: &snapshot_format::snapshot::Provenance,
     tensors: &[snapshot_format::snapshot::TensorView<'_>],
 ) -> snapshot_format::Hash32 {
-    let forged = snapshot_format::snapshot::encode(
-        meta,
-        provenance,
-        tensors,
-        None,
-        snapshot_format::snapshot::WriteOptions::default(),
-    )
-    .expect("encode");
-    std::fs::write(
-        run.join(snapshot_format::layout::checkpoint(step)),
-        forged.to_vec(),
-    )
-    .expect("replace checkpoint");
+    use snapshot_format::{layout, snapshot};
+    // Later checkpoints stored as deltas would no longer reconstruct: the adversary stores
+    // them whole, with the same states (their roots, and so the ledger, unchanged).
+    let later: Vec<snapshot::Snapshot> = snapshot_format::testing::checkpoint_roots(run)
+        .iter()
+        .filter_map(|(name, _)| layout::parse_checkpoint(&format!("{}{name}", layout::CHECKPOINTS)))
+        .filter(|&s| s > step)
+        .map(|s| snapshot_format::testing::checkpoint(run, s))
+        .collect();
+    let forged =
+        snapshot::encode(meta, provenance, tensors, None, Default::default()).expect("encode");
+    std::fs::write(run.join(layout::checkpoint(step)), forged.to_vec())
+        .expect("replace checkpoint");
+    for snap in later {
+        let whole = snapshot::encode(
+            &snap.header.state,
+            &snap.header.provenance,
+            &snap.views(),
+            None,
+            Default::default(),
+        )
+        .expect("encode");
+        std::fs::write(
+            run.join(layout::checkpoint(snap.header.state.step)),
+            whole.to_vec(),
+        )
+        .expect("store whole");
+    }
     snapshot_format::testing::rewrite_ledger(run, |rec| {
         if rec.step == step {
             rec.state_root = Some(forged.state_root);
@@ -275,14 +290,7 @@ pub fn replace_checkpoint(
 
 /// The state stored in checkpoint `step` of the local run at `run`.
 pub fn stored_state(run: &Path, step: u64) -> trainer::session::TrainingState {
-    let key = snapshot_format::layout::checkpoint(step);
-    let snap = snapshot_format::snapshot::decode(
-        &std::fs::read(run.join(&key)).expect("checkpoint"),
-        &key,
-        &Default::default(),
-    )
-    .expect("decode");
-    replay::verify::state_of(&snap)
+    replay::verify::state_of(&snapshot_format::testing::checkpoint(run, step))
 }
 
 /// Add `delta` to element `index` of tensor `name` of `state`.

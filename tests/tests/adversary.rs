@@ -543,9 +543,7 @@ fn hostile_manifests_and_checkpoints_never_panic() {
         (
             "absurd data cursor in a checkpoint",
             Box::new(|r| {
-                let key = layout::checkpoint(4);
-                let bytes = std::fs::read(r.join(&key)).expect("read");
-                let snap = snapshot::decode(&bytes, &key, &Default::default()).expect("decode");
+                let snap = snapshot_format::testing::checkpoint(r, 4);
                 let mut meta = snap.header.state.clone();
                 meta.data_cursor.position = u64::MAX - 2;
                 replace_checkpoint(r, 4, &meta, &snap.header.provenance, &snap.views());
@@ -698,12 +696,7 @@ fn a_checkpoint_larger_than_the_model_is_refused() {
     let t = tempfile::tempdir().expect("tmp");
     let r = record(t.path(), None);
     let key = layout::checkpoint(4);
-    let snap = snapshot::decode(
-        &std::fs::read(r.join(&key)).expect("read"),
-        &key,
-        &Default::default(),
-    )
-    .expect("decode");
+    let snap = snapshot_format::testing::checkpoint(&r, 4);
     let extra = vec![0u8; 4096];
     let shape = [1024u64];
     let mut views = snap.views();

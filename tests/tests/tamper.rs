@@ -73,6 +73,7 @@ fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
         ("raw", snapshot_format::Codec::Raw),
         ("zstd", snapshot_format::Codec::Zstd),
         ("planes", snapshot_format::Codec::Planes),
+        ("delta", snapshot_format::Codec::Delta),
     ] {
         let t = tempfile::tempdir().expect("tmp");
         let r = record(
@@ -112,6 +113,46 @@ fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
     }
 }
 
+/// In a run stored as deltas (the default: checkpoint 0 whole, 4, 8 and 12 each a delta of the
+/// one before), a lost checkpoint takes every later one of its chain along: `check` names each
+/// of them and the reference it lost, and `verify` cannot start a segment from them.
+#[test]
+fn a_lost_delta_reference_makes_each_later_checkpoint_of_its_chain_unrecoverable() {
+    let t = tempfile::tempdir().expect("tmp");
+    let r = honest(t.path());
+    for step in [4u64, 8, 12] {
+        let key = layout::checkpoint(step);
+        let bytes = std::fs::read(r.join(&key)).expect("checkpoint");
+        let header = snapshot::read_header(&bytes, &key, &ReadLimits::default()).expect("header");
+        assert!(
+            header
+                .tensors
+                .iter()
+                .all(|t| t.delta.is_some_and(|d| d.step == step - 4)),
+            "{key}: every tensor a delta of the checkpoint before"
+        );
+    }
+    let lost = layout::checkpoint(4);
+    std::fs::remove_file(r.join(&lost)).expect("remove");
+    let c = check(&r, 2);
+    assert_eq!(c.verdict, Verdict::Missing);
+    for step in [8u64, 12] {
+        let key = layout::checkpoint(step);
+        assert!(
+            c.problems.iter().any(|p| p.artefact == key
+                && p.kind == Verdict::Missing
+                && p.detail.contains("cannot be reconstructed")
+                && p.detail.contains(&lost)),
+            "{key}: {:?}",
+            c.problems
+        );
+    }
+    // Segment 1 (steps 1-4) starts from checkpoint 0, a keyframe: it still verifies.
+    let v = verify(&r, 2);
+    assert_eq!(v.ranges[0].verdict, Verdict::Verified);
+    assert_ne!(v.verdict, Verdict::Verified);
+}
+
 #[test]
 fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     let t = tempfile::tempdir().expect("tmp");
@@ -126,12 +167,7 @@ fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     // The adversary re-labels the other run's checkpoint 8 as the victim's (run id, seed,
     // parent) and rewrites the ledger so that every hash is consistent again.
     let key = layout::checkpoint(8);
-    let theirs = snapshot::decode(
-        &std::fs::read(other.join(&key)).expect("read"),
-        &key,
-        &ReadLimits::default(),
-    )
-    .expect("decode");
+    let theirs = snapshot_format::testing::checkpoint(&other, 8);
     let mine = snapshot::read_header(
         &std::fs::read(victim.join(&key)).expect("read"),
         &key,

@@ -443,10 +443,13 @@ pub struct BaseSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckpointCodec {
-    /// Byte-grouped zstd (codec 2): each byte position of the elements as its own plane, so
-    /// that exponents and mantissas are compressed apart. The default: the smallest checkpoints
-    /// of the three (the `checkpoint_codecs` benchmark).
+    /// XOR-delta (codec 3) against the previous checkpoint, the XOR stored as planes, with a
+    /// keyframe (planes) every 8 checkpoints. The default: the smallest checkpoints (the
+    /// `checkpoint_codecs` benchmark).
     #[default]
+    Delta,
+    /// Byte-grouped zstd (codec 2): each byte position of the elements as its own plane, so
+    /// that exponents and mantissas are compressed apart; every checkpoint stands alone.
     Planes,
     /// zstd level 3 over each whole tensor (codec 1), the default of earlier runs.
     Zstd,
@@ -461,6 +464,7 @@ impl CheckpointCodec {
             CheckpointCodec::Zstd => "zstd",
             CheckpointCodec::Raw => "raw",
             CheckpointCodec::Planes => "planes",
+            CheckpointCodec::Delta => "delta",
         }
     }
 
@@ -470,20 +474,29 @@ impl CheckpointCodec {
             "zstd" => Some(CheckpointCodec::Zstd),
             "raw" => Some(CheckpointCodec::Raw),
             "planes" => Some(CheckpointCodec::Planes),
+            "delta" => Some(CheckpointCodec::Delta),
             _ => None,
         }
     }
 
-    /// Snapshot writer settings: zstd at level 3; planes at level 1 in 256 KiB chunks (both
-    /// chosen by the `checkpoint_codecs` benchmark).
+    /// Snapshot writer settings: zstd at level 3; planes (and a delta's planes) at level 1 in
+    /// 256 KiB chunks, a keyframe every 8 checkpoints (chosen by the `checkpoint_codecs`
+    /// benchmark).
     pub fn write_options(self) -> snapshot_format::snapshot::WriteOptions {
-        use snapshot_format::{Codec, planes, snapshot::WriteOptions};
+        use snapshot_format::{Codec, delta, planes, snapshot::WriteOptions};
+        let planes = WriteOptions {
+            codec: Codec::Planes,
+            zstd_level: planes::DEFAULT_LEVEL,
+            chunk_bytes: planes::DEFAULT_CHUNK_BYTES,
+            keyframe_every: delta::DEFAULT_KEYFRAME_EVERY,
+            delta_transform: delta::DEFAULT_TRANSFORM,
+        };
         match self {
-            CheckpointCodec::Planes => WriteOptions {
-                codec: Codec::Planes,
-                zstd_level: planes::DEFAULT_LEVEL,
-                chunk_bytes: planes::DEFAULT_CHUNK_BYTES,
+            CheckpointCodec::Delta => WriteOptions {
+                codec: Codec::Delta,
+                ..planes
             },
+            CheckpointCodec::Planes => planes,
             CheckpointCodec::Zstd => WriteOptions {
                 codec: Codec::Zstd,
                 ..WriteOptions::default()

@@ -2,10 +2,11 @@
 //! (segment `i` before checkpoint `i`), every object write-once.
 
 use ed25519_dalek::SigningKey;
+use snapshot_format::delta::Reference;
 use snapshot_format::ledger::{Segment, StepRecord};
 use snapshot_format::signature::{self, Statement, kind};
 use snapshot_format::snapshot::{Provenance, SnapshotKind, WriteOptions};
-use snapshot_format::{Hash32, Store, layout};
+use snapshot_format::{Codec, Hash32, Store, layout};
 
 use crate::error::Result;
 use crate::session::TrainingState;
@@ -68,6 +69,8 @@ pub struct RunWriter {
     parent: Option<Hash32>,
     bytes_written: u64,
     options: WriteOptions,
+    /// With the delta codec: the last checkpoint, which the next is encoded against.
+    reference: Option<Reference>,
     signer: Option<RunSigner>,
 }
 
@@ -102,6 +105,7 @@ impl RunWriter {
     ) -> Self {
         RunWriter {
             signer: None,
+            reference: None,
             options,
             store,
             run_id: run_id.to_string(),
@@ -112,6 +116,15 @@ impl RunWriter {
             parent,
             bytes_written: 0,
         }
+    }
+
+    /// Encode the next checkpoint against `reference` (the checkpoint a resumed run continues
+    /// from), when the codec stores deltas.
+    pub fn continuing_from(mut self, reference: impl FnOnce() -> Reference) -> Self {
+        if self.options.codec == Codec::Delta {
+            self.reference = Some(reference());
+        }
+        self
     }
 
     /// Sign every segment and checkpoint written from now on.
@@ -185,7 +198,9 @@ impl RunWriter {
             parent: self.parent,
             producer: self.producer.clone(),
         };
-        let encoded = state.encode(hashes, &provenance, self.options)?;
+        let encoded = state.encode(hashes, &provenance, self.options, self.reference.as_ref())?;
+        let next = (self.options.codec == Codec::Delta)
+            .then(|| Reference::new(state.meta.step, root, &state.views(), &encoded.depths));
         self.bytes_written += encoded.len();
         let key = layout::checkpoint(state.meta.step);
         self.store.put_once_parts(&key, encoded.into_parts())?;
@@ -193,6 +208,7 @@ impl RunWriter {
             s.sign(&self.store, &key, kind::CHECKPOINT, state.meta.step, root)?;
         }
         self.parent = Some(root);
+        self.reference = next;
         Ok(())
     }
 }

@@ -4,11 +4,13 @@
 //! rows, the base model's pinned hash, the store's write-once behaviour, and that the output
 //! holds no run yet.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use snapshot_format::dataset::DatasetManifest;
+use snapshot_format::delta::{CheckpointReader, Reference};
 use snapshot_format::ledger::{self, Segment, StepRecord};
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::{
@@ -170,14 +172,12 @@ pub fn is_checkpoint_step(step: u64, total: u64, interval: u64) -> bool {
     step == 0 || step == total || step.is_multiple_of(interval)
 }
 
-/// Read and decode a checkpoint.
+/// Read and decode a checkpoint (through its delta chain).
 pub fn read_checkpoint(store: &Store, step: u64) -> Result<Snapshot> {
-    let key = layout::checkpoint(step);
-    Ok(snapshot::decode(
-        &store.get(&key)?,
-        &key,
-        &ReadLimits::default(),
-    )?)
+    let reader = CheckpointReader::new(store.clone(), ReadLimits::default());
+    let snap = reader.read(step)?;
+    drop(reader);
+    Ok(Arc::try_unwrap(snap).unwrap_or_else(|shared| (*shared).clone()))
 }
 
 /// Read segments `1..=last` and check the chain from `genesis`; returns the records.
@@ -933,6 +933,7 @@ impl Job for TrainJob {
                     Some(snapshot.header.state_root),
                     &manifest.recording,
                 )
+                .continuing_from(|| Reference::from_snapshot((**snapshot).clone()))
                 .signed_by(self.signer(&manifest.genesis));
                 train_loop(
                     &self,

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use snapshot_format::Hash32;
+use snapshot_format::delta::Reference;
 use snapshot_format::snapshot::{
     self, DataCursor, Encoded, Provenance, RngState, Snapshot, StateMeta, TensorView, WriteOptions,
 };
@@ -54,19 +55,22 @@ impl TrainingState {
         )?)
     }
 
-    /// Encode as a snapshot, reusing the tensor hashes.
+    /// Encode as a snapshot, reusing the tensor hashes; with a delta codec, against
+    /// `reference` (the previous checkpoint).
     pub fn encode(
         &self,
         hashes: &[Hash32],
         provenance: &Provenance,
         options: WriteOptions,
+        reference: Option<&Reference>,
     ) -> Result<Encoded<'_>> {
-        Ok(snapshot::encode(
+        Ok(snapshot::encode_against(
             &self.meta,
             provenance,
             &self.views(),
             Some(hashes),
             options,
+            reference,
         )?)
     }
 

@@ -1,0 +1,793 @@
+//! Codec 3, delta: a checkpoint's tensor stored against the tensor of the same name in an
+//! earlier checkpoint of the run (its *reference*), as the XOR of the two or as the difference
+//! of their elements read as integers (zigzag-encoded), itself stored with an inner codec
+//! (planes, or raw when planes do not make it smaller).
+//!
+//! Consecutive checkpoints of a fine-tuning run share their signs, exponents and high mantissa
+//! bits, so either transform is mostly zero bytes and compresses far below either checkpoint.
+//! The difference beats the XOR where a small change carries across a mantissa byte (the
+//! `checkpoint_codecs` benchmark), and the reference writer uses it.
+//!
+//! Layout (specs/snapshot-format.md §3.3.2), integers little-endian:
+//!
+//! ```text
+//! u64 ref_step ‖ [u8; 32] ref_state_root ‖ u32 depth ‖ u8 transform ‖ u16 inner codec ‖ inner
+//! ```
+//!
+//! The reference is the checkpoint at `ref_step` (`ref_step` before this snapshot's step) whose
+//! state root is `ref_state_root`. `depth` is 1 when the reference's tensor is stored without
+//! delta (a keyframe), and one more than the reference tensor's depth otherwise, at most
+//! [`MAX_DELTA_DEPTH`]: reconstruction reads at most `depth + 1` objects, and a chain can
+//! neither loop nor grow without bound. Readers resolve references through [`References`];
+//! [`CheckpointReader`] resolves them from a run's store.
+
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::dtype::{Codec, DType};
+use crate::error::{Error, Result};
+use crate::hash::Hash32;
+use crate::layout;
+use crate::limits::{MAX_DELTA_DEPTH, ReadLimits};
+use crate::snapshot::{self, Header, Snapshot, TensorView};
+use crate::storage::Store;
+
+/// Bytes before the inner encoding.
+pub const PREFIX_LEN: usize = 8 + 32 + 4 + 1 + 2;
+
+/// How a delta tensor's bytes relate to its reference's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// 0: the XOR of the raw bytes; the inner codec sees the tensor's own dtype.
+    Xor,
+    /// 1: for each element, its raw bits minus the reference element's, as integers of the
+    /// element's width (wrapping), zigzag-encoded so that small changes of either sign are
+    /// small numbers; the inner codec sees them as unsigned integers of that width.
+    Difference,
+}
+
+impl Transform {
+    fn id(self) -> u8 {
+        match self {
+            Transform::Xor => 0,
+            Transform::Difference => 1,
+        }
+    }
+
+    fn from_id(id: u8) -> Option<Self> {
+        match id {
+            0 => Some(Transform::Xor),
+            1 => Some(Transform::Difference),
+            _ => None,
+        }
+    }
+
+    /// The dtype the inner codec encodes for a tensor of `dtype`.
+    pub fn inner_dtype(self, dtype: DType) -> DType {
+        match (self, dtype.size()) {
+            (Transform::Xor, _) => dtype,
+            (Transform::Difference, 8) => DType::U64,
+            (Transform::Difference, 4) => DType::U32,
+            (Transform::Difference, 2) => DType::U16,
+            (Transform::Difference, _) => DType::U8,
+        }
+    }
+
+    /// The transform of `data` against `base` (same length, elements of `size` bytes).
+    pub fn forward(self, data: &[u8], base: &[u8], size: usize) -> Vec<u8> {
+        let mut out = data.to_vec();
+        match self {
+            Transform::Xor => xor_into(&mut out, base),
+            Transform::Difference => per_width(&mut out, base, size, true),
+        }
+        out
+    }
+
+    /// Undo [`Self::forward`] in place: `data` holds the transform, `base` the reference.
+    pub fn inverse(self, data: &mut [u8], base: &[u8], size: usize) {
+        match self {
+            Transform::Xor => xor_into(data, base),
+            Transform::Difference => per_width(data, base, size, false),
+        }
+    }
+}
+
+/// Zigzag difference (`forward`) or its inverse, element by element, in parallel blocks. Blocks
+/// whose bytes are aligned for the element type (the usual case: allocations are) are read as
+/// words, which vectorises; others element by element from their bytes.
+fn per_width(data: &mut [u8], base: &[u8], size: usize, forward: bool) {
+    macro_rules! run {
+        ($u:ty, $i:ty) => {{
+            const W: usize = std::mem::size_of::<$u>();
+            const BLOCK: usize = W << 14;
+            let diff = |x: $u, y: $u| -> $u {
+                let d = x.wrapping_sub(y) as $i;
+                ((d << 1) ^ (d >> (W * 8 - 1))) as $u
+            };
+            let undo = |x: $u, y: $u| -> $u {
+                let d = ((x >> 1) as $i) ^ -((x & 1) as $i);
+                y.wrapping_add(d as $u)
+            };
+            data.par_chunks_mut(BLOCK)
+                .zip(base.par_chunks(BLOCK))
+                .for_each(|(d, b)| {
+                    if let (Ok(dw), Ok(bw)) = (
+                        bytemuck::try_cast_slice_mut::<u8, $u>(d),
+                        bytemuck::try_cast_slice::<u8, $u>(b),
+                    ) {
+                        if forward {
+                            for (x, y) in dw.iter_mut().zip(bw) {
+                                *x = diff(<$u>::from_le(*x), <$u>::from_le(*y)).to_le();
+                            }
+                        } else {
+                            for (x, y) in dw.iter_mut().zip(bw) {
+                                *x = undo(<$u>::from_le(*x), <$u>::from_le(*y)).to_le();
+                            }
+                        }
+                        return;
+                    }
+                    for (x, y) in d.chunks_exact_mut(W).zip(b.chunks_exact(W)) {
+                        let mut xb = [0u8; W];
+                        xb.copy_from_slice(x);
+                        let mut yb = [0u8; W];
+                        yb.copy_from_slice(y);
+                        let (xv, yv) = (<$u>::from_le_bytes(xb), <$u>::from_le_bytes(yb));
+                        let v = if forward { diff(xv, yv) } else { undo(xv, yv) };
+                        x.copy_from_slice(&v.to_le_bytes());
+                    }
+                })
+        }};
+    }
+    match size {
+        8 => run!(u64, i64),
+        4 => run!(u32, i32),
+        2 => run!(u16, i16),
+        _ => run!(u8, i8),
+    }
+}
+
+/// Keyframe interval of the reference writer: every 8th checkpoint is stored whole, so that
+/// reading any checkpoint reads at most 8 objects (the `checkpoint_codecs` benchmark: the
+/// average checkpoint is within a few percent of an endless chain's).
+pub const DEFAULT_KEYFRAME_EVERY: u32 = 8;
+
+/// The reference a delta tensor names, and how its XOR is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaRef {
+    /// Step of the reference checkpoint.
+    pub step: u64,
+    /// State root of the reference checkpoint.
+    pub root: Hash32,
+    /// Position in the chain: 1 against a keyframe tensor.
+    pub depth: u32,
+    /// How the stored bytes relate to the reference's.
+    pub transform: Transform,
+    /// Codec of the transformed bytes: raw, zstd or planes.
+    pub inner: Codec,
+}
+
+impl DeltaRef {
+    /// Store key of the reference checkpoint.
+    pub fn key(&self) -> String {
+        layout::checkpoint(self.step)
+    }
+
+    fn prefix(&self) -> [u8; PREFIX_LEN] {
+        let mut out = [0u8; PREFIX_LEN];
+        out[..8].copy_from_slice(&self.step.to_le_bytes());
+        out[8..40].copy_from_slice(&self.root.0);
+        out[40..44].copy_from_slice(&self.depth.to_le_bytes());
+        out[44] = self.transform.id();
+        out[45..47].copy_from_slice(&self.inner.id().to_le_bytes());
+        out
+    }
+
+    /// Split a codec-3 encoding into its reference and inner encoding, rejecting a prefix that
+    /// is short, a depth outside `1..=MAX_DELTA_DEPTH`, an unknown transform, or an inner codec
+    /// that is not raw, zstd or planes.
+    pub fn parse<'a>(
+        encoded: &'a [u8],
+        artefact: &str,
+        tensor: &str,
+    ) -> Result<(DeltaRef, &'a [u8])> {
+        let corrupt = |detail: String| Error::Decompress {
+            artefact: artefact.to_string(),
+            tensor: tensor.to_string(),
+            detail: format!("delta: {detail}"),
+        };
+        let Some((prefix, inner)) = encoded.split_first_chunk::<PREFIX_LEN>() else {
+            return Err(corrupt(format!(
+                "{} bytes, shorter than the {PREFIX_LEN}-byte reference",
+                encoded.len()
+            )));
+        };
+        let word = |range: std::ops::Range<usize>| &prefix[range];
+        let step = u64::from_le_bytes(word(0..8).try_into().unwrap_or_default());
+        let mut root = [0u8; 32];
+        root.copy_from_slice(word(8..40));
+        let depth = u32::from_le_bytes(word(40..44).try_into().unwrap_or_default());
+        let transform_id = prefix[44];
+        let inner_id = u16::from_le_bytes(word(45..47).try_into().unwrap_or_default());
+        if depth == 0 || depth > MAX_DELTA_DEPTH {
+            return Err(corrupt(format!(
+                "chain depth {depth} is outside 1..={MAX_DELTA_DEPTH}"
+            )));
+        }
+        let transform = Transform::from_id(transform_id)
+            .ok_or_else(|| corrupt(format!("transform {transform_id} is not 0 or 1")))?;
+        let inner_codec = match Codec::from_id(inner_id) {
+            Some(c @ (Codec::Raw | Codec::Zstd | Codec::Planes)) => c,
+            _ => return Err(corrupt(format!("inner codec {inner_id} is not 0, 1 or 2"))),
+        };
+        Ok((
+            DeltaRef {
+                step,
+                root: Hash32(root),
+                depth,
+                transform,
+                inner: inner_codec,
+            },
+            inner,
+        ))
+    }
+}
+
+/// XOR `other` into `data` (equal lengths), in parallel.
+fn xor_into(data: &mut [u8], other: &[u8]) {
+    const BLOCK: usize = 1 << 16;
+    data.par_chunks_mut(BLOCK)
+        .zip(other.par_chunks(BLOCK))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x ^= y));
+}
+
+/// One tensor of a [`Reference`].
+#[derive(Debug, Clone)]
+pub struct RefTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub data: Vec<u8>,
+    /// 0 when stored without delta.
+    pub depth: u32,
+}
+
+/// The checkpoint a writer encodes the next one against: its step, state root and raw tensors
+/// with their chain depths.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    step: u64,
+    root: Hash32,
+    /// Sorted by name.
+    tensors: Vec<RefTensor>,
+}
+
+impl Reference {
+    /// The state just written as checkpoint `step` with root `root`: `views` in any order,
+    /// `depths` the chain depth of each tensor in name order, as [`snapshot::Encoded::depths`]
+    /// reports them. The tensors are copied.
+    pub fn new(step: u64, root: Hash32, views: &[TensorView<'_>], depths: &[u32]) -> Self {
+        let mut sorted: Vec<&TensorView<'_>> = views.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(b.name));
+        let tensors = sorted
+            .into_iter()
+            .zip(depths.iter().copied().chain(std::iter::repeat(0)))
+            .map(|(v, depth)| RefTensor {
+                name: v.name.to_string(),
+                dtype: v.dtype,
+                shape: v.shape.to_vec(),
+                data: v.data.to_vec(),
+                depth,
+            })
+            .collect();
+        Reference {
+            step,
+            root,
+            tensors,
+        }
+    }
+
+    /// A decoded checkpoint (its tensors are moved, not copied).
+    pub fn from_snapshot(snapshot: Snapshot) -> Self {
+        let Snapshot { header, data } = snapshot;
+        let tensors = header
+            .tensors
+            .into_iter()
+            .zip(data)
+            .map(|(t, data)| RefTensor {
+                depth: t.delta.map(|d| d.depth).unwrap_or(0),
+                name: t.name,
+                dtype: t.dtype,
+                shape: t.shape,
+                data,
+            })
+            .collect();
+        Reference {
+            step: header.state.step,
+            root: header.state_root,
+            tensors,
+        }
+    }
+
+    /// Step of the reference checkpoint.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// State root of the reference checkpoint.
+    pub fn root(&self) -> Hash32 {
+        self.root
+    }
+
+    /// The tensor called `name`.
+    pub fn find(&self, name: &str) -> Option<&RefTensor> {
+        self.tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.tensors[i])
+    }
+
+    /// Deepest chain among the tensors (0 for a keyframe).
+    pub fn max_depth(&self) -> u32 {
+        self.tensors.iter().map(|t| t.depth).max().unwrap_or(0)
+    }
+}
+
+/// The transform the reference writer uses (the `checkpoint_codecs` benchmark).
+pub const DEFAULT_TRANSFORM: Transform = Transform::Difference;
+
+/// Encode `data` (a tensor of `dtype`) as a delta against `base` (same dtype and length), the
+/// transform stored as planes at `level` in chunks of `chunk_bytes`, or raw when that is not
+/// smaller.
+pub(crate) fn encode(
+    transform: Transform,
+    reference: &Reference,
+    base: &RefTensor,
+    dtype: DType,
+    data: &[u8],
+    chunk_bytes: u32,
+    level: i32,
+) -> Vec<u8> {
+    let moved = transform.forward(data, &base.data, dtype.size() as usize);
+    let planes = crate::planes::encode(transform.inner_dtype(dtype), &moved, chunk_bytes, level);
+    let (inner, body) = if planes.len() < moved.len() {
+        (Codec::Planes, planes)
+    } else {
+        (Codec::Raw, moved)
+    };
+    let delta = DeltaRef {
+        step: reference.step,
+        root: reference.root,
+        depth: base.depth + 1,
+        transform,
+        inner,
+    };
+    let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
+    out.extend_from_slice(&delta.prefix());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Where a reader finds the checkpoints that delta tensors name.
+pub trait References {
+    /// The decoded and verified checkpoint stored at `step` (its state root is checked by the
+    /// caller against the one the delta names).
+    fn checkpoint(&self, step: u64) -> Result<Arc<Snapshot>>;
+}
+
+/// Reads a run's checkpoints from its store, reconstructing delta chains: each reference is
+/// read (and verified) once while it is among the few most recently decoded.
+#[derive(Debug)]
+pub struct CheckpointReader {
+    store: Store,
+    limits: ReadLimits,
+    recent: Mutex<Vec<(u64, Arc<Snapshot>)>>,
+}
+
+/// Decoded checkpoints kept for the deltas that follow them.
+const RECENT: usize = 3;
+
+impl CheckpointReader {
+    /// A reader of the checkpoints in `store`, each decoded under `limits`.
+    pub fn new(store: Store, limits: ReadLimits) -> Self {
+        CheckpointReader {
+            store,
+            limits,
+            recent: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn cached(&self, step: u64) -> Option<Arc<Snapshot>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .iter()
+            .find(|(s, _)| *s == step)
+            .map(|(_, snap)| snap.clone())
+    }
+
+    fn keep(&self, step: u64, snap: Arc<Snapshot>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|(s, _)| *s != step);
+        recent.push((step, snap));
+        if recent.len() > RECENT {
+            recent.remove(0);
+        }
+    }
+
+    /// Decode `bytes`, the checkpoint stored at `step`, resolving its references.
+    fn decode(&self, step: u64, bytes: &[u8]) -> Result<Arc<Snapshot>> {
+        let key = layout::checkpoint(step);
+        let snap = Arc::new(snapshot::decode_with(
+            bytes,
+            &key,
+            &self.limits,
+            Some(self),
+        )?);
+        self.keep(step, snap.clone());
+        Ok(snap)
+    }
+
+    /// The checkpoint at `step`, decoded with every tensor hash and the state root verified
+    /// (through its whole delta chain).
+    pub fn read(&self, step: u64) -> Result<Arc<Snapshot>> {
+        if let Some(snap) = self.cached(step) {
+            return Ok(snap);
+        }
+        let bytes = self.store.get(&layout::checkpoint(step))?;
+        self.decode(step, &bytes)
+    }
+
+    /// Verify `bytes`, the checkpoint stored at `step`, as [`snapshot::verify`] does; a
+    /// checkpoint with delta tensors is decoded through its chain (and kept for the next).
+    pub fn verify(&self, step: u64, bytes: &[u8]) -> Result<Header> {
+        let key = layout::checkpoint(step);
+        let header = snapshot::read_header(bytes, &key, &self.limits)?;
+        if header.tensors.iter().any(|t| t.delta.is_some()) {
+            Ok(self.decode(step, bytes)?.header.clone())
+        } else {
+            snapshot::verify(bytes, &key, &self.limits)
+        }
+    }
+}
+
+impl References for CheckpointReader {
+    fn checkpoint(&self, step: u64) -> Result<Arc<Snapshot>> {
+        self.read(step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Provenance, SnapshotKind, StateMeta, WriteOptions};
+
+    /// The state after `step`: two F32 tensors drifting a little each step, and a counter.
+    fn state(step: u64) -> Vec<(String, DType, Vec<u64>, Vec<u8>)> {
+        let w: Vec<u8> = (0..5000u32)
+            .flat_map(|i| {
+                ((i as f32).sin() * 0.02 + step as f32 * 1e-5 * (i % 7) as f32).to_le_bytes()
+            })
+            .collect();
+        let b: Vec<u8> = (0..40u32)
+            .flat_map(|i| (i as f32 * 0.5 - step as f32 * 1e-3).to_le_bytes())
+            .collect();
+        vec![
+            ("w".into(), DType::F32, vec![50, 100], w),
+            ("b".into(), DType::F32, vec![40], b),
+            (
+                "n".into(),
+                DType::I64,
+                vec![],
+                (step as i64).to_le_bytes().to_vec(),
+            ),
+        ]
+    }
+
+    fn views(s: &[(String, DType, Vec<u64>, Vec<u8>)]) -> Vec<TensorView<'_>> {
+        s.iter()
+            .map(|(n, d, sh, data)| TensorView {
+                name: n,
+                dtype: *d,
+                shape: sh,
+                data,
+            })
+            .collect()
+    }
+
+    fn options(keyframe_every: u32) -> WriteOptions {
+        WriteOptions {
+            codec: Codec::Delta,
+            zstd_level: 1,
+            chunk_bytes: 4096,
+            keyframe_every,
+            delta_transform: DEFAULT_TRANSFORM,
+        }
+    }
+
+    /// Checkpoints 0..n written as a chain, as (bytes, depths) by step.
+    fn chain(n: u64, keyframe_every: u32) -> Vec<(Vec<u8>, Vec<u32>)> {
+        chain_with(n, keyframe_every, DEFAULT_TRANSFORM)
+    }
+
+    fn chain_with(n: u64, keyframe_every: u32, transform: Transform) -> Vec<(Vec<u8>, Vec<u32>)> {
+        let mut reference: Option<Reference> = None;
+        let mut out = Vec::new();
+        for step in 0..n {
+            let s = state(step);
+            let v = views(&s);
+            let meta = StateMeta {
+                step,
+                ..StateMeta::default()
+            };
+            let prov = Provenance {
+                run_id: "delta-test".into(),
+                kind: SnapshotKind::Checkpoint,
+                parent: reference.as_ref().map(Reference::root),
+                producer: "test".into(),
+            };
+            let enc = snapshot::encode_against(
+                &meta,
+                &prov,
+                &v,
+                None,
+                WriteOptions {
+                    delta_transform: transform,
+                    ..options(keyframe_every)
+                },
+                reference.as_ref(),
+            )
+            .expect("encode");
+            reference = Some(Reference::new(step, enc.state_root, &v, &enc.depths));
+            out.push((enc.to_vec(), enc.depths.clone()));
+        }
+        out
+    }
+
+    fn run_store(objects: &[(Vec<u8>, Vec<u32>)]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path().to_str().expect("utf-8")).expect("store");
+        for (step, (bytes, _)) in objects.iter().enumerate() {
+            store
+                .put_new(&layout::checkpoint(step as u64), bytes.clone())
+                .expect("put");
+        }
+        (dir, store)
+    }
+
+    #[test]
+    fn a_chain_round_trips_with_a_keyframe_every_k() {
+        let objects = chain(7, 3);
+        let depths: Vec<u32> = objects.iter().map(|(_, d)| d[2]).collect();
+        // Tensor "w" (third in name order): keyframe, 1, 2, keyframe, 1, 2, keyframe.
+        assert_eq!(depths, [0, 1, 2, 0, 1, 2, 0]);
+        let (_dir, store) = run_store(&objects);
+        let reader = CheckpointReader::new(store, ReadLimits::default());
+        for step in (0..7u64).rev() {
+            let snap = reader.read(step).expect("reconstructs");
+            let expected = state(step);
+            for (name, _, _, data) in &expected {
+                assert_eq!(snap.tensor(name).expect("tensor").1, data.as_slice());
+            }
+            assert_eq!(
+                reader
+                    .verify(step, &objects[step as usize].0)
+                    .expect("verifies"),
+                snap.header
+            );
+        }
+        // A delta is smaller than the keyframe it follows.
+        assert!(objects[1].0.len() < objects[0].0.len());
+    }
+
+    #[test]
+    fn a_delta_needs_its_reference() {
+        let objects = chain(2, 8);
+        let key = layout::checkpoint(1);
+        for err in [
+            snapshot::decode(&objects[1].0, &key, &ReadLimits::default()).map(|_| ()),
+            snapshot::verify(&objects[1].0, &key, &ReadLimits::default()).map(|_| ()),
+        ] {
+            match err {
+                Err(Error::DeltaWithoutReferences { reference, .. }) => {
+                    assert_eq!(reference, layout::checkpoint(0))
+                }
+                other => panic!("expected DeltaWithoutReferences, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_reference_makes_every_later_delta_unrecoverable() {
+        let objects = chain(4, 8);
+        let (dir, store) = run_store(&objects);
+        std::fs::remove_file(dir.path().join(layout::checkpoint(1))).expect("remove");
+        let reader = CheckpointReader::new(store, ReadLimits::default());
+        assert!(reader.read(0).is_ok());
+        for step in [2u64, 3] {
+            let err = reader.read(step).expect_err("unrecoverable");
+            assert!(err.is_integrity_violation(), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(&layout::checkpoint(step)), "{text}");
+            assert!(text.contains(&layout::checkpoint(1)), "{text}");
+            assert!(text.contains("missing"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_reference_with_another_root_is_refused() {
+        let objects = chain(2, 8);
+        // Step 0 replaced by a checkpoint of other content (state of step 0 with "n" changed).
+        let mut forged = state(0);
+        forged[2].3 = 99i64.to_le_bytes().to_vec();
+        let v = views(&forged);
+        let enc = snapshot::encode(
+            &StateMeta::default(),
+            &Provenance {
+                run_id: "delta-test".into(),
+                kind: SnapshotKind::Checkpoint,
+                parent: None,
+                producer: "test".into(),
+            },
+            &v,
+            None,
+            options(8),
+        )
+        .expect("encode");
+        assert_ne!(enc.to_vec(), objects[0].0);
+        let (_dir, store) = run_store(&[(enc.to_vec(), vec![]), objects[1].clone()]);
+        let reader = CheckpointReader::new(store, ReadLimits::default());
+        match reader.read(1) {
+            Err(Error::DeltaReferenceMismatch { detail, .. }) => {
+                assert!(detail.contains("state root"), "{detail}")
+            }
+            other => panic!("expected DeltaReferenceMismatch, got {other:?}"),
+        }
+    }
+
+    /// Bytes that are not aligned for their element type take the byte-wise path, with the
+    /// same result as the word path.
+    #[test]
+    fn the_difference_is_the_same_aligned_or_not() {
+        let old: Vec<u8> = (0..4099u32).map(|i| (i * 7 % 251) as u8).collect();
+        let new: Vec<u8> = (0..4099u32).map(|i| (i * 13 % 241) as u8).collect();
+        for size in [2usize, 4, 8] {
+            let n = 4096 / size * size;
+            let aligned = Transform::Difference.forward(&new[..n], &old[..n], size);
+            let mut shifted_new = vec![0u8; n + 1];
+            shifted_new[1..].copy_from_slice(&new[..n]);
+            let mut shifted_old = vec![0u8; n + 1];
+            shifted_old[1..].copy_from_slice(&old[..n]);
+            let mut data = shifted_new.clone();
+            per_width(&mut data[1..], &shifted_old[1..], size, true);
+            assert_eq!(&data[1..], aligned.as_slice(), "size {size}");
+            per_width(&mut data[1..], &shifted_old[1..], size, false);
+            assert_eq!(&data[1..], &new[..n], "size {size}");
+        }
+    }
+
+    /// References held in memory, by step.
+    struct Held(Vec<Arc<Snapshot>>);
+
+    impl References for Held {
+        fn checkpoint(&self, step: u64) -> Result<Arc<Snapshot>> {
+            self.0
+                .iter()
+                .find(|s| s.header.state.step == step)
+                .cloned()
+                .ok_or_else(|| Error::ObjectMissing {
+                    store: "memory".into(),
+                    key: layout::checkpoint(step),
+                })
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Both transforms, every element width, any bytes (changed or not), any chunk size:
+        /// the delta decodes to exactly the tensor, against exactly its reference.
+        #[test]
+        fn both_transforms_round_trip(
+            dtype in proptest::sample::select(vec![DType::F64, DType::F32, DType::BF16, DType::I16, DType::U8, DType::I64]),
+            pairs in proptest::collection::vec((proptest::num::u8::ANY, proptest::num::u8::ANY, proptest::bool::ANY), 0..600),
+            xor in proptest::bool::ANY,
+            chunk in 1u32..200,
+        ) {
+            let size = dtype.size() as usize;
+            let n = pairs.len() / size * size;
+            let old: Vec<u8> = pairs[..n].iter().map(|p| p.0).collect();
+            // Some bytes unchanged, others arbitrary.
+            let new: Vec<u8> = pairs[..n].iter().map(|p| if p.2 { p.0 } else { p.1 }).collect();
+            let shape = [(n / size) as u64];
+            let meta = |step| StateMeta { step, ..StateMeta::default() };
+            let prov = Provenance {
+                run_id: "p".into(),
+                kind: SnapshotKind::Checkpoint,
+                parent: None,
+                producer: "test".into(),
+            };
+            let old_view = [TensorView { name: "t", dtype, shape: &shape, data: &old }];
+            let first = snapshot::encode(&meta(1), &prov, &old_view, None, options(8)).expect("encode");
+            let reference = Reference::new(1, first.state_root, &old_view, &first.depths);
+            let transform = if xor { Transform::Xor } else { Transform::Difference };
+            let mut back = transform.forward(&new, &old, size);
+            transform.inverse(&mut back, &old, size);
+            proptest::prop_assert_eq!(&back, &new);
+            // Through the writer and the reader, as a snapshot whose tensor is this delta.
+            let new_view = [TensorView { name: "t", dtype, shape: &shape, data: &new }];
+            let o = WriteOptions { chunk_bytes: chunk, delta_transform: transform, ..options(8) };
+            let second = snapshot::encode_against(&meta(2), &prov, &new_view, None, o, Some(&reference)).expect("encode");
+            let header = snapshot::read_header(&second.to_vec(), "2", &ReadLimits::default()).expect("header");
+            if n > 0 {
+                proptest::prop_assert_eq!(header.tensors[0].delta.map(|d| d.transform), Some(transform));
+            }
+            let held = Held(vec![Arc::new(snapshot::decode(&first.to_vec(), "1", &ReadLimits::default()).expect("decode"))]);
+            let snap = snapshot::decode_with(&second.to_vec(), "2", &ReadLimits::default(), Some(&held)).expect("decode");
+            proptest::prop_assert_eq!(&snap.data[0], &new);
+        }
+    }
+
+    #[test]
+    fn an_xor_chain_decodes_through_the_reader() {
+        let objects = chain_with(4, 8, Transform::Xor);
+        let (_dir, store) = run_store(&objects);
+        let reader = CheckpointReader::new(store, ReadLimits::default());
+        for step in 0..4u64 {
+            let snap = reader.read(step).expect("reconstructs");
+            for t in &snap.header.tensors {
+                if step > 0 {
+                    assert_eq!(t.delta.map(|d| d.transform), Some(Transform::Xor));
+                }
+            }
+            for (name, _, _, data) in &state(step) {
+                assert_eq!(snap.tensor(name).expect("tensor").1, data.as_slice());
+            }
+        }
+    }
+
+    /// Offset of tensor `name`'s encoding within the object.
+    fn tensor_offset(bytes: &[u8], name: &str) -> usize {
+        let h = snapshot::read_header(bytes, "t", &ReadLimits::default()).expect("header");
+        let t = &h.tensors[h.find(name).expect("tensor")];
+        let data_start = bytes.len() - crate::envelope::END_MARKER.len() - h.data_len() as usize;
+        data_start + t.offset as usize
+    }
+
+    #[test]
+    fn damaged_deltas_are_specific_errors() {
+        let objects = chain(3, 8);
+        let at = tensor_offset(&objects[2].0, "w");
+        let cases: [(usize, u8, &str); 4] = [
+            // depth 2 -> 3: does not follow the reference's tensor (depth 1).
+            (at + 40, 3, "chain depth"),
+            // depth 0: outside the allowed range.
+            (at + 40, 0, "outside"),
+            // transform 7: unknown.
+            (at + 44, 7, "transform"),
+            // inner codec 3: a delta inside a delta.
+            (at + 45, 3, "inner codec"),
+        ];
+        for (offset, byte, expected) in cases {
+            let mut bad = objects.clone();
+            bad[2].0[offset] = byte;
+            let (_dir, store) = run_store(&bad);
+            let reader = CheckpointReader::new(store, ReadLimits::default());
+            let err = reader.read(2).expect_err("refused").to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        // A flipped bit in the XOR bytes: the tensor hash no longer matches.
+        let mut bad = objects.clone();
+        let last = at + PREFIX_LEN + 20;
+        bad[2].0[last] ^= 0x10;
+        let (_dir, store) = run_store(&bad);
+        let reader = CheckpointReader::new(store, ReadLimits::default());
+        let err = reader.read(2).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                Error::TensorHashMismatch { .. } | Error::Decompress { .. }
+            ),
+            "{err:?}"
+        );
+    }
+}
