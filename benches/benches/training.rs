@@ -1,19 +1,27 @@
 //! Cost of recording, on the demo model and data: the same training loop with recording off
 //! (batches, forward, backward, optimizer) and on (plus, every step, copying the full state to
 //! the host, hashing it into a state root and appending a ledger record; every 50 steps, a
-//! ledger segment and a zstd checkpoint written to a local store). The two loops advance in
-//! alternating blocks so that drift of the machine affects both alike.
+//! ledger segment and a checkpoint in the default codec written to a local store), with the
+//! checkpoints written on the training thread and in the background. The three loops advance
+//! in alternating blocks so that drift of the machine affects all alike.
 
 use std::time::{Duration, Instant};
 
 use benchmarks::{DemoSession, DemoTraining, Report, r3};
 use snapshot_format::ledger::StepRecord;
 use snapshot_format::{Hash32, Store};
+use trainer::config::CheckpointCodec;
 use trainer::record::RunWriter;
 use trainer::run::is_checkpoint_step;
 
 struct Recorder {
     writer: RunWriter,
+    spent: Spent,
+}
+
+/// Where a recorder's time went.
+#[derive(Default)]
+struct Spent {
     capture: Duration,
     hash: Duration,
     checkpoint: Duration,
@@ -25,11 +33,11 @@ fn step(demo: &DemoTraining, session: &mut DemoSession, rec: Option<&mut Recorde
     let Some(rec) = rec else { return };
     let t = Instant::now();
     let state = session.capture();
-    rec.capture += t.elapsed();
+    rec.spent.capture += t.elapsed();
     let t = Instant::now();
     let hashes = state.tensor_hashes();
     let root = state.root(&hashes).expect("root");
-    rec.hash += t.elapsed();
+    rec.spent.hash += t.elapsed();
     rec.writer.record(StepRecord {
         step: out.step,
         epoch,
@@ -46,8 +54,28 @@ fn step(demo: &DemoTraining, session: &mut DemoSession, rec: Option<&mut Recorde
         rec.writer
             .checkpoint(&state, &hashes, root)
             .expect("checkpoint");
-        rec.checkpoint += t.elapsed();
-        rec.checkpoints += 1;
+        rec.spent.checkpoint += t.elapsed();
+        rec.spent.checkpoints += 1;
+    }
+}
+
+fn recorder(dir: &std::path::Path, background: bool) -> Recorder {
+    let store = Store::create(dir.to_str().expect("path")).expect("store");
+    let writer = RunWriter::with_options(
+        store,
+        "bench",
+        Hash32::ZERO,
+        1,
+        None,
+        CheckpointCodec::default().write_options(),
+    );
+    Recorder {
+        writer: if background {
+            writer.in_background().expect("writer thread")
+        } else {
+            writer
+        },
+        spent: Spent::default(),
     }
 }
 
@@ -61,35 +89,47 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tmp");
     let demo = DemoTraining::new(steps);
     let interval = demo.config.recording.checkpoint_interval;
-    let (mut off, mut on) = (demo.session(), demo.session());
-    let store = Store::create(tmp.path().join("run").to_str().expect("path")).expect("store");
-    let mut rec = Recorder {
-        writer: RunWriter::new(store, "bench", Hash32::ZERO, 1, None),
-        capture: Duration::ZERO,
-        hash: Duration::ZERO,
-        checkpoint: Duration::ZERO,
-        checkpoints: 0,
-    };
+    let (mut off, mut here, mut away) = (demo.session(), demo.session(), demo.session());
+    let mut recs = [
+        recorder(&tmp.path().join("here"), false),
+        recorder(&tmp.path().join("away"), true),
+    ];
     // Warm-up outside the measurement: one step each, then restart from fresh sessions.
     step(&demo, &mut demo.session(), None, steps);
-    let (mut t_off, mut t_on) = (Duration::ZERO, Duration::ZERO);
+    let mut t = [Duration::ZERO; 3];
     let mut done = 0;
     while done < steps {
         let n = block.min(steps - done);
-        let t = Instant::now();
-        for _ in 0..n {
-            step(&demo, &mut off, None, steps);
+        let [rec_here, rec_away] = &mut recs;
+        let variants: [(&mut DemoSession, Option<&mut Recorder>); 3] = [
+            (&mut off, None),
+            (&mut here, Some(rec_here)),
+            (&mut away, Some(rec_away)),
+        ];
+        for (i, (session, mut rec)) in variants.into_iter().enumerate() {
+            let started = Instant::now();
+            for _ in 0..n {
+                step(&demo, session, rec.as_deref_mut(), steps);
+            }
+            t[i] += started.elapsed();
         }
-        t_off += t.elapsed();
-        let t = Instant::now();
-        for _ in 0..n {
-            step(&demo, &mut on, Some(&mut rec), steps);
-        }
-        t_on += t.elapsed();
         done += n;
     }
+    // The background writer's last checkpoint counts: wait for it.
+    let [rec_here, rec_away] = recs;
+    let mut finished: Vec<Spent> = Vec::new();
+    for (i, rec) in [(1, rec_here), (2, rec_away)] {
+        let started = Instant::now();
+        rec.writer.finish().expect("checkpoints stored");
+        let waited = started.elapsed();
+        t[i] += waited;
+        let mut spent = rec.spent;
+        spent.checkpoint += waited;
+        finished.push(spent);
+    }
     let per = |d: Duration| d.as_secs_f64() * 1e3 / steps as f64;
-    let overhead = (t_on.as_secs_f64() - t_off.as_secs_f64()) / t_off.as_secs_f64() * 100.0;
+    let overhead =
+        |d: Duration| (d.as_secs_f64() - t[0].as_secs_f64()) / t[0].as_secs_f64() * 100.0;
     let mut rep = Report::new("training");
     rep.context(
         "model",
@@ -108,48 +148,61 @@ fn main() {
     );
     rep.context("steps_per_variant", steps);
     rep.context("checkpoint_interval", interval);
-    rep.context("checkpoints_written", rec.checkpoints);
+    rep.context("codec", CheckpointCodec::default().name());
+    rep.context("checkpoints_written", finished[0].checkpoints);
     rep.context("rayon_threads", rayon_threads());
     rep.row(
         "recording off",
         &[
-            ("ms/step", r3(per(t_off)).into()),
-            ("steps/s", r3(steps as f64 / t_off.as_secs_f64()).into()),
+            ("ms/step", r3(per(t[0])).into()),
+            ("steps/s", r3(steps as f64 / t[0].as_secs_f64()).into()),
         ],
     );
-    rep.row(
-        "recording on (state root every step, checkpoint every 50)",
-        &[
-            ("ms/step", r3(per(t_on)).into()),
-            ("steps/s", r3(steps as f64 / t_on.as_secs_f64()).into()),
-            ("overhead %", r3(overhead).into()),
-        ],
-    );
-    rep.row(
-        "  of which: copy state to host",
-        &[("ms/step", r3(per(rec.capture)).into())],
-    );
-    rep.row(
-        "  of which: hash tensors + state root",
-        &[("ms/step", r3(per(rec.hash)).into())],
-    );
-    rep.row(
-        "  of which: segment + checkpoint writes (amortised)",
-        &[("ms/step", r3(per(rec.checkpoint)).into())],
-    );
+    for (rec, (i, how)) in finished.iter().zip([
+        (1, "checkpoints written on the training thread"),
+        (
+            2,
+            "checkpoints written in the background (the trainer's way)",
+        ),
+    ]) {
+        rep.row(
+            &format!("recording on (state root every step, checkpoint every {interval}), {how}"),
+            &[
+                ("ms/step", r3(per(t[i])).into()),
+                ("steps/s", r3(steps as f64 / t[i].as_secs_f64()).into()),
+                ("overhead %", r3(overhead(t[i])).into()),
+            ],
+        );
+        rep.row(
+            "  of which: copy state to host",
+            &[("ms/step", r3(per(rec.capture)).into())],
+        );
+        rep.row(
+            "  of which: hash tensors + state root",
+            &[("ms/step", r3(per(rec.hash)).into())],
+        );
+        rep.row(
+            "  of which: time in checkpoint() and the final wait (amortised)",
+            &[("ms/step", r3(per(rec.checkpoint)).into())],
+        );
+    }
     rep.finish();
-    // Both loops trained identically: recording must not change the training itself.
+    // The three loops trained identically: recording must not change the training itself.
+    let bits = |s: &DemoSession| {
+        s.capture()
+            .tensors
+            .iter()
+            .map(|t| t.bytes().to_vec())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
-        off.capture()
-            .tensors
-            .iter()
-            .map(|t| t.bytes().to_vec())
-            .collect::<Vec<_>>(),
-        on.capture()
-            .tensors
-            .iter()
-            .map(|t| t.bytes().to_vec())
-            .collect::<Vec<_>>(),
+        bits(&off),
+        bits(&here),
+        "recording changed the trained state"
+    );
+    assert_eq!(
+        bits(&off),
+        bits(&away),
         "recording changed the trained state"
     );
 }

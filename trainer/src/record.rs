@@ -55,7 +55,9 @@ impl RunSigner {
     }
 }
 
-/// Accumulates ledger records and writes segments and checkpoints.
+/// Accumulates ledger records and writes segments and checkpoints, on the caller's thread or,
+/// after [`RunWriter::in_background`], on a writer thread that encodes and stores each
+/// checkpoint while training goes on.
 #[derive(Debug)]
 pub struct RunWriter {
     store: Store,
@@ -67,11 +69,102 @@ pub struct RunWriter {
     head: Hash32,
     /// State root of the last checkpoint written.
     parent: Option<Hash32>,
-    bytes_written: u64,
+    signer: Option<RunSigner>,
+    sink: Sink,
+}
+
+/// Where segments and checkpoints are written.
+#[derive(Debug)]
+enum Sink {
+    Here(Box<Writes>),
+    /// `None` once the thread has stopped on an error (already returned).
+    Background(Option<Worker>),
+}
+
+/// A writer thread and the channel that hands it one checkpoint at a time: a send waits until
+/// the thread has finished the previous checkpoint, so at most one is in flight (memory stays
+/// bounded by one copy of the state, plus the delta reference).
+#[derive(Debug)]
+struct Worker {
+    jobs: std::sync::mpsc::SyncSender<Job<'static>>,
+    thread: std::thread::JoinHandle<Result<Writes>>,
+}
+
+/// A segment (if records are pending) and the checkpoint that ends it, written in this order.
+struct Job<'a> {
+    segment: Option<Segment>,
+    state: std::borrow::Cow<'a, TrainingState>,
+    hashes: std::borrow::Cow<'a, [Hash32]>,
+    root: Hash32,
+    provenance: Provenance,
+}
+
+/// What writing needs: the store, the codec settings, the signer, and for deltas the last
+/// checkpoint.
+#[derive(Debug)]
+struct Writes {
+    store: Store,
     options: WriteOptions,
     /// With the delta codec: the last checkpoint, which the next is encoded against.
     reference: Option<Reference>,
     signer: Option<RunSigner>,
+    bytes_written: u64,
+}
+
+impl Writes {
+    fn write(&mut self, job: Job<'_>) -> Result<()> {
+        if let Some(segment) = job.segment {
+            let bytes = segment.encode();
+            self.bytes_written += bytes.len() as u64;
+            let key = layout::segment(segment.index);
+            self.store.put_once(&key, bytes)?;
+            if let Some(s) = &self.signer {
+                s.sign(
+                    &self.store,
+                    &key,
+                    kind::SEGMENT,
+                    segment.last_step(),
+                    segment.head(),
+                )?;
+            }
+        }
+        let state = &*job.state;
+        let encoded = state.encode(
+            &job.hashes,
+            &job.provenance,
+            self.options,
+            self.reference.as_ref(),
+        )?;
+        let next = (self.options.codec == Codec::Delta)
+            .then(|| Reference::new(state.meta.step, job.root, &state.views(), &encoded.depths));
+        self.bytes_written += encoded.len();
+        let key = layout::checkpoint(state.meta.step);
+        self.store.put_once_parts(&key, encoded.into_parts())?;
+        if let Some(s) = &self.signer {
+            s.sign(
+                &self.store,
+                &key,
+                kind::CHECKPOINT,
+                state.meta.step,
+                job.root,
+            )?;
+        }
+        self.reference = next;
+        Ok(())
+    }
+}
+
+impl Worker {
+    /// Stop taking checkpoints and wait for the one in flight; the thread's result.
+    fn join(self) -> Result<Writes> {
+        drop(self.jobs);
+        self.thread.join().unwrap_or_else(|_| {
+            Err(crate::error::Error::Run {
+                store: String::new(),
+                detail: "the checkpoint writer thread panicked".into(),
+            })
+        })
+    }
 }
 
 impl RunWriter {
@@ -105,8 +198,13 @@ impl RunWriter {
     ) -> Self {
         RunWriter {
             signer: None,
-            reference: None,
-            options,
+            sink: Sink::Here(Box::new(Writes {
+                store: store.clone(),
+                options,
+                reference: None,
+                signer: None,
+                bytes_written: 0,
+            })),
             store,
             run_id: run_id.to_string(),
             producer: format!("trainer {}", env!("CARGO_PKG_VERSION")),
@@ -114,23 +212,52 @@ impl RunWriter {
             pending: Vec::new(),
             head,
             parent,
-            bytes_written: 0,
         }
     }
 
     /// Encode the next checkpoint against `reference` (the checkpoint a resumed run continues
-    /// from), when the codec stores deltas.
+    /// from), when the codec stores deltas. Before [`Self::in_background`].
     pub fn continuing_from(mut self, reference: impl FnOnce() -> Reference) -> Self {
-        if self.options.codec == Codec::Delta {
-            self.reference = Some(reference());
+        if let Sink::Here(w) = &mut self.sink
+            && w.options.codec == Codec::Delta
+        {
+            w.reference = Some(reference());
         }
         self
     }
 
-    /// Sign every segment and checkpoint written from now on.
+    /// Sign every segment and checkpoint written from now on. Before [`Self::in_background`].
     pub fn signed_by(mut self, signer: Option<RunSigner>) -> Self {
+        if let Sink::Here(w) = &mut self.sink {
+            w.signer = signer.clone();
+        }
         self.signer = signer;
         self
+    }
+
+    /// Write segments and checkpoints from now on on a thread of their own: [`Self::checkpoint`]
+    /// hands over a copy of the state and returns, waiting only while the previous checkpoint
+    /// is still being written. Call [`Self::finish`] before anything that names the last
+    /// checkpoint (the completion record).
+    pub fn in_background(mut self) -> Result<Self> {
+        if let Sink::Here(w) = std::mem::replace(&mut self.sink, Sink::Background(None)) {
+            let (jobs, rx) = std::sync::mpsc::sync_channel::<Job<'static>>(0);
+            let mut writes = *w;
+            let thread = std::thread::Builder::new()
+                .name("checkpoint-writer".into())
+                .spawn(move || {
+                    for job in rx {
+                        writes.write(job)?;
+                    }
+                    Ok(writes)
+                })
+                .map_err(|e| crate::error::Error::Run {
+                    store: self.store.location().to_string(),
+                    detail: format!("cannot start the checkpoint writer thread: {e}"),
+                })?;
+            self.sink = Sink::Background(Some(Worker { jobs, thread }));
+        }
+        Ok(self)
     }
 
     /// The signer, if the run is signed.
@@ -153,9 +280,20 @@ impl RunWriter {
         &self.store
     }
 
-    /// Bytes written to the store so far by this writer.
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes_written
+    /// Wait until every segment and checkpoint handed over is stored; the bytes written.
+    pub fn finish(mut self) -> Result<u64> {
+        match std::mem::replace(&mut self.sink, Sink::Background(None)) {
+            Sink::Here(w) => Ok(w.bytes_written),
+            Sink::Background(Some(worker)) => Ok(worker.join()?.bytes_written),
+            Sink::Background(None) => Err(Self::stopped(&self.store)),
+        }
+    }
+
+    fn stopped(store: &Store) -> crate::error::Error {
+        crate::error::Error::Run {
+            store: store.location().to_string(),
+            detail: "the checkpoint writer stopped on an earlier error".into(),
+        }
     }
 
     /// Append a record (its `prev_hash` must be [`Self::head`]).
@@ -165,50 +303,172 @@ impl RunWriter {
         self.pending.push(record);
     }
 
-    /// Write the pending records as the next segment, then the checkpoint of `state`.
+    /// Write the pending records as the next segment, then the checkpoint of `state` (in the
+    /// background after [`Self::in_background`], from a copy of `state`).
     pub fn checkpoint(
         &mut self,
         state: &TrainingState,
         hashes: &[Hash32],
         root: Hash32,
     ) -> Result<()> {
-        if !self.pending.is_empty() {
+        let segment = (!self.pending.is_empty()).then(|| {
             let segment = Segment {
                 index: self.segment,
                 records: std::mem::take(&mut self.pending),
             };
-            let bytes = segment.encode();
-            self.bytes_written += bytes.len() as u64;
-            let key = layout::segment(self.segment);
-            self.store.put_once(&key, bytes)?;
-            if let Some(s) = &self.signer {
-                s.sign(
-                    &self.store,
-                    &key,
-                    kind::SEGMENT,
-                    segment.last_step(),
-                    segment.head(),
-                )?;
-            }
             self.segment += 1;
-        }
+            segment
+        });
         let provenance = Provenance {
             run_id: self.run_id.clone(),
             kind: SnapshotKind::Checkpoint,
             parent: self.parent,
             producer: self.producer.clone(),
         };
-        let encoded = state.encode(hashes, &provenance, self.options, self.reference.as_ref())?;
-        let next = (self.options.codec == Codec::Delta)
-            .then(|| Reference::new(state.meta.step, root, &state.views(), &encoded.depths));
-        self.bytes_written += encoded.len();
-        let key = layout::checkpoint(state.meta.step);
-        self.store.put_once_parts(&key, encoded.into_parts())?;
-        if let Some(s) = &self.signer {
-            s.sign(&self.store, &key, kind::CHECKPOINT, state.meta.step, root)?;
-        }
         self.parent = Some(root);
-        self.reference = next;
-        Ok(())
+        let job = Job {
+            segment,
+            state: std::borrow::Cow::Borrowed(state),
+            hashes: std::borrow::Cow::Borrowed(hashes),
+            root,
+            provenance,
+        };
+        match &mut self.sink {
+            Sink::Here(w) => w.write(job),
+            Sink::Background(slot) => {
+                let Some(worker) = slot.as_ref() else {
+                    return Err(Self::stopped(&self.store));
+                };
+                let owned = Job {
+                    segment: job.segment,
+                    state: std::borrow::Cow::Owned(job.state.into_owned()),
+                    hashes: std::borrow::Cow::Owned(job.hashes.into_owned()),
+                    root,
+                    provenance: job.provenance,
+                };
+                if worker.jobs.send(owned).is_ok() {
+                    return Ok(());
+                }
+                // The thread stopped on an error: that error is the answer.
+                match slot.take().map(Worker::join) {
+                    Some(Err(e)) => Err(e),
+                    _ => Err(Self::stopped(&self.store)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RunWriter {
+    /// A writer dropped without [`Self::finish`] (an error elsewhere) still lets the checkpoint
+    /// in flight complete: no object is left half-written by the process itself.
+    fn drop(&mut self) {
+        if let Sink::Background(slot) = &mut self.sink
+            && let Some(worker) = slot.take()
+        {
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::HostTensor;
+    use burn::tensor::TensorData;
+    use snapshot_format::snapshot::StateMeta;
+
+    /// The state after `step`: two tensors drifting with the step.
+    fn state(step: u64) -> TrainingState {
+        let tensor = |name: &str, n: usize, scale: f32| {
+            let values: Vec<f32> = (0..n)
+                .map(|i| (i as f32 * 0.37).sin() * scale + step as f32 * 1e-4)
+                .collect();
+            HostTensor {
+                name: name.into(),
+                shape: vec![n as u64],
+                data: TensorData::new(values, [n]),
+            }
+        };
+        TrainingState {
+            meta: StateMeta {
+                step,
+                ..StateMeta::default()
+            },
+            tensors: vec![tensor("a", 3000, 0.02), tensor("b", 40, 1.0)],
+        }
+    }
+
+    /// Write checkpoints 0, 5, 10 and 15 (records in between) with `writer`; the bytes written.
+    fn write_run(mut writer: RunWriter) -> Result<u64> {
+        for step in 0..=15u64 {
+            if step > 0 {
+                writer.record(StepRecord {
+                    step,
+                    epoch: 0,
+                    lr_bits: 0,
+                    example_ids: vec![step],
+                    batch_hash: Hash32::ZERO,
+                    loss_bits: 0,
+                    grad_norm_bits: 0,
+                    state_root: None,
+                    prev_hash: writer.head(),
+                });
+            }
+            if step % 5 == 0 {
+                let s = state(step);
+                let hashes = s.tensor_hashes();
+                let root = s.root(&hashes)?;
+                writer.checkpoint(&s, &hashes, root)?;
+            }
+        }
+        writer.finish()
+    }
+
+    fn writer(dir: &std::path::Path) -> RunWriter {
+        let store = Store::create(dir.to_str().expect("utf-8")).expect("store");
+        RunWriter::with_options(
+            store,
+            "t",
+            Hash32::ZERO,
+            1,
+            None,
+            crate::config::CheckpointCodec::default().write_options(),
+        )
+    }
+
+    #[test]
+    fn background_and_foreground_writers_store_the_same_objects() {
+        let t = tempfile::tempdir().expect("tmp");
+        let (here, away) = (t.path().join("here"), t.path().join("away"));
+        let a = write_run(writer(&here)).expect("foreground");
+        let b = write_run(writer(&away).in_background().expect("thread")).expect("background");
+        assert_eq!(a, b);
+        for dir in [layout::CHECKPOINTS, layout::LEDGER] {
+            let (x, y) = (
+                snapshot_format::testing::objects(&here.join(dir)),
+                snapshot_format::testing::objects(&away.join(dir)),
+            );
+            assert_eq!(x.len(), if dir == layout::LEDGER { 3 } else { 4 });
+            assert!(x == y, "{dir} differ");
+        }
+    }
+
+    /// A write that fails on the writer thread (here: a checkpoint already stored with other
+    /// content) is returned by the next call, and nothing is overwritten.
+    #[test]
+    fn a_failed_background_write_is_returned() {
+        let t = tempfile::tempdir().expect("tmp");
+        let dir = t.path().join("run");
+        let key = layout::checkpoint(5);
+        std::fs::create_dir_all(dir.join(layout::CHECKPOINTS)).expect("dir");
+        std::fs::write(dir.join(&key), b"someone else's").expect("write");
+        let err = write_run(writer(&dir).in_background().expect("thread"))
+            .expect_err("the conflict is reported");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(
+            std::fs::read(dir.join(&key)).expect("read"),
+            b"someone else's"
+        );
     }
 }

@@ -989,10 +989,12 @@ fn progress_bar(options: &RunOptions, total: u64, done: u64) -> ProgressBar {
 fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
     job: &TrainJob,
     mut session: Session<B, M>,
-    mut writer: RunWriter,
+    writer: RunWriter,
     recording: &Recording,
     init: InitReport,
 ) -> Result<RunSummary> {
+    // Checkpoints are encoded and stored while training goes on.
+    let mut writer = writer.in_background()?;
     let spec = &job.spec;
     let total = spec.run.steps;
     let first = session.step();
@@ -1048,19 +1050,23 @@ fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
     let elapsed = started.elapsed().as_secs_f64();
     let final_step = session.step();
     let completed = final_step == total;
+    let head = writer.head();
+    let signer = writer.signer().cloned();
+    // Every checkpoint stored before the completion record names the last one.
+    let bytes_written = writer.finish()?;
     if completed {
         let completion = Completion {
             run_id: job.run_id.clone(),
             final_step,
             segments: segment_ending_at(total, recording.checkpoint_interval),
-            ledger_head: writer.head(),
+            ledger_head: head,
             final_state_root: last_root,
         };
         let bytes = completion.to_json();
-        writer.store().put_once(layout::COMPLETE, bytes.clone())?;
-        if let Some(s) = writer.signer() {
+        job.store.put_once(layout::COMPLETE, bytes.clone())?;
+        if let Some(s) = &signer {
             s.sign(
-                writer.store(),
+                &job.store,
                 layout::COMPLETE,
                 kind::COMPLETION,
                 final_step,
@@ -1076,7 +1082,7 @@ fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
         final_step,
         total_steps: total,
         completed,
-        ledger_head: writer.head(),
+        ledger_head: head,
         state_root: last_root,
         parameters: session.parameter_count(),
         trained_parameters: session.trainable_parameter_count(),
@@ -1087,7 +1093,7 @@ fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
         },
         last_loss,
         init,
-        bytes_written: writer.bytes_written(),
+        bytes_written,
         signed_by: job
             .signing_key
             .as_ref()
