@@ -52,7 +52,7 @@ fn step(demo: &DemoTraining, session: &mut DemoSession, rec: Option<&mut Recorde
     if is_checkpoint_step(out.step, total, demo.config.recording.checkpoint_interval) {
         let t = Instant::now();
         rec.writer
-            .checkpoint(&state, &hashes, root)
+            .checkpoint(state, hashes, root)
             .expect("checkpoint");
         rec.spent.checkpoint += t.elapsed();
         rec.spent.checkpoints += 1;

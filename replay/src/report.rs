@@ -209,7 +209,9 @@ pub fn classify(e: &snapshot_format::Error) -> Option<Verdict> {
         // A checkpoint that cannot be reconstructed is what its reference is: missing,
         // corrupt or tampered.
         E::DeltaReferenceUnavailable { source, .. } => return classify(source),
+        // A well-formed reference other than the one the delta was encoded against.
         E::ChainBroken { .. }
+        | E::DeltaReferenceMismatch { .. }
         | E::StepOutOfOrder { .. }
         | E::SpecHashMismatch { .. }
         | E::DatasetRootMismatch { .. }

@@ -1,6 +1,8 @@
 //! Stored states: checkpoints read and checked against the run's commitments, and the
 //! per-tensor difference between two states.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use snapshot_format::snapshot::{self, Snapshot, TensorView};
 use snapshot_format::{DType, layout};
@@ -15,10 +17,10 @@ use crate::report::{CommandError, Problem, Verdict, problem_of};
 pub fn read_checked(
     ctx: &RunContext,
     step: u64,
-) -> Result<Result<Snapshot, Vec<Problem>>, CommandError> {
+) -> Result<Result<Arc<Snapshot>, Vec<Problem>>, CommandError> {
     let key = layout::checkpoint(step);
     let snap = match ctx.states.read(step) {
-        Ok(s) => std::sync::Arc::unwrap_or_clone(s),
+        Ok(s) => s,
         Err(e) => return Ok(Err(vec![problem_of(e)?])),
     };
     let problems = commitment_problems(ctx, step, &key, &snap.header);

@@ -414,15 +414,9 @@ impl CheckpointReader {
         }
     }
 
-    /// Decode `bytes`, the checkpoint stored at `step`, resolving its references.
-    fn decode(&self, step: u64, bytes: &[u8]) -> Result<Arc<Snapshot>> {
-        let key = layout::checkpoint(step);
-        let snap = Arc::new(snapshot::decode_with(
-            bytes,
-            &key,
-            &self.limits,
-            Some(self),
-        )?);
+    /// Decode `located`, the checkpoint stored at `step`, resolving its references.
+    fn decode(&self, step: u64, located: snapshot::Located<'_>) -> Result<Arc<Snapshot>> {
+        let snap = Arc::new(located.decode(Some(self))?);
         self.keep(step, snap.clone());
         Ok(snap)
     }
@@ -434,18 +428,27 @@ impl CheckpointReader {
             return Ok(snap);
         }
         let bytes = self.store.get(&layout::checkpoint(step))?;
-        self.decode(step, &bytes)
+        let key = layout::checkpoint(step);
+        self.decode(step, snapshot::locate(&bytes, &key, &self.limits)?)
+    }
+
+    /// The checkpoint at `step`, as [`CheckpointReader::read`] gives it, owned: the reader is
+    /// dropped first, so that the snapshot is moved out rather than copied.
+    pub fn take(self, step: u64) -> Result<Snapshot> {
+        let snap = self.read(step)?;
+        drop(self);
+        Ok(Arc::unwrap_or_clone(snap))
     }
 
     /// Verify `bytes`, the checkpoint stored at `step`, as [`snapshot::verify`] does; a
     /// checkpoint with delta tensors is decoded through its chain (and kept for the next).
     pub fn verify(&self, step: u64, bytes: &[u8]) -> Result<Header> {
         let key = layout::checkpoint(step);
-        let header = snapshot::read_header(bytes, &key, &self.limits)?;
-        if header.tensors.iter().any(|t| t.delta.is_some()) {
-            Ok(self.decode(step, bytes)?.header.clone())
+        let located = snapshot::locate(bytes, &key, &self.limits)?;
+        if located.has_deltas() {
+            Ok(self.decode(step, located)?.header.clone())
         } else {
-            snapshot::verify(bytes, &key, &self.limits)
+            located.verify()
         }
     }
 }

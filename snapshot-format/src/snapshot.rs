@@ -763,25 +763,7 @@ pub fn decode_with(
     limits: &ReadLimits,
     refs: Option<&dyn References>,
 ) -> Result<Snapshot> {
-    let opened = envelope::open(SNAPSHOT, bytes, artefact)?;
-    let (header, data_section) = parse_and_locate(&opened, artefact, limits)?;
-    let bases = resolve(&header, artefact, refs)?;
-    let decoded: Vec<Result<Vec<u8>>> = header
-        .tensors
-        .par_iter()
-        .zip(&bases)
-        .map(|(t, base)| {
-            let enc = &data_section[t.offset as usize..(t.offset + t.encoded_len) as usize];
-            let raw = match base {
-                Some(base) => decode_delta(t, enc, base, artefact)?,
-                None => decode_data(t.codec, t, enc, artefact)?,
-            };
-            verify_tensor(t, &raw, artefact)?;
-            Ok(raw)
-        })
-        .collect();
-    let data = decoded.into_iter().collect::<Result<Vec<_>>>()?;
-    Ok(Snapshot { header, data })
+    locate(bytes, artefact, limits)?.decode(refs)
 }
 
 /// Verify a whole snapshot held in memory without keeping its tensors: every check [`decode`]
@@ -790,19 +772,78 @@ pub fn decode_with(
 /// integrity checks that do not need the values. A delta tensor is an error here
 /// ([`Error::DeltaWithoutReferences`]); [`crate::delta::CheckpointReader::verify`] resolves it.
 pub fn verify(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Header> {
+    locate(bytes, artefact, limits)?.verify()
+}
+
+/// An in-memory snapshot whose envelope and header are checked and whose data section is
+/// located, not yet decoded: [`locate`] parses once, then the caller decodes or verifies.
+#[derive(Debug)]
+pub struct Located<'a> {
+    /// The validated header (delta references parsed).
+    pub header: Header,
+    data: &'a [u8],
+    artefact: &'a str,
+}
+
+/// Open `bytes`, validate the header and locate the data section, as [`read_header`] does.
+pub fn locate<'a>(bytes: &'a [u8], artefact: &'a str, limits: &ReadLimits) -> Result<Located<'a>> {
     let opened = envelope::open(SNAPSHOT, bytes, artefact)?;
-    let (header, data_section) = parse_and_locate(&opened, artefact, limits)?;
-    resolve(&header, artefact, None)?;
-    let results: Vec<Result<()>> = header
-        .tensors
-        .par_iter()
-        .map(|t| {
-            let enc = &data_section[t.offset as usize..(t.offset + t.encoded_len) as usize];
-            verify_data(t, enc, artefact)
+    let (header, data) = parse_and_locate(&opened, artefact, limits)?;
+    Ok(Located {
+        header,
+        data,
+        artefact,
+    })
+}
+
+impl Located<'_> {
+    fn encoded(&self, t: &TensorInfo) -> &[u8] {
+        &self.data[t.offset as usize..(t.offset + t.encoded_len) as usize]
+    }
+
+    /// Whether any tensor is stored as a delta against another checkpoint.
+    pub fn has_deltas(&self) -> bool {
+        self.header.tensors.iter().any(|t| t.delta.is_some())
+    }
+
+    /// Decode and verify every tensor in parallel, resolving delta tensors through `refs`.
+    pub fn decode(self, refs: Option<&dyn References>) -> Result<Snapshot> {
+        let artefact = self.artefact;
+        let bases = resolve(&self.header, artefact, refs)?;
+        let decoded: Vec<Result<Vec<u8>>> = self
+            .header
+            .tensors
+            .par_iter()
+            .zip(&bases)
+            .map(|(t, base)| {
+                let enc = self.encoded(t);
+                let raw = match base {
+                    Some(base) => decode_delta(t, enc, base, artefact)?,
+                    None => decode_data(t.codec, t, enc, artefact)?,
+                };
+                verify_tensor(t, &raw, artefact)?;
+                Ok(raw)
+            })
+            .collect();
+        let data = decoded.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(Snapshot {
+            header: self.header,
+            data,
         })
-        .collect();
-    results.into_iter().collect::<Result<Vec<()>>>()?;
-    Ok(header)
+    }
+
+    /// Verify every tensor without keeping its values (see [`verify`]).
+    pub fn verify(self) -> Result<Header> {
+        resolve(&self.header, self.artefact, None)?;
+        let results: Vec<Result<()>> = self
+            .header
+            .tensors
+            .par_iter()
+            .map(|t| verify_data(t, self.encoded(t), self.artefact))
+            .collect();
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(self.header)
+    }
 }
 
 /// A delta tensor's reference: the checkpoint and the index of the tensor in it.

@@ -209,10 +209,9 @@ pub fn completion(run: &std::path::Path) -> crate::manifest::Completion {
 /// does not decode (for tests).
 pub fn checkpoint(run: &std::path::Path, step: u64) -> crate::snapshot::Snapshot {
     let store = crate::Store::open(&run.to_string_lossy()).unwrap_or_else(|e| panic!("{e}"));
-    let reader = crate::delta::CheckpointReader::new(store, Default::default());
-    let snap = reader.read(step).unwrap_or_else(|e| panic!("{e}"));
-    drop(reader);
-    std::sync::Arc::unwrap_or_clone(snap)
+    crate::delta::CheckpointReader::new(store, Default::default())
+        .take(step)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Delta references for fuzzing the delta decoder: every step resolves to the planes test

@@ -172,7 +172,7 @@ pub fn forge_history(
     .signed_by(signer);
     if from == 0 {
         writer
-            .checkpoint(&start, &hashes, root)
+            .checkpoint(start.clone(), hashes, root)
             .expect("checkpoint 0");
     }
     let config = trainer::fixtures::tiny_bert();
@@ -213,9 +213,7 @@ pub fn forge_history(
             prev_hash: writer.head(),
         });
         if is_checkpoint_step(step, total, interval) {
-            writer
-                .checkpoint(&state, &hashes, root)
-                .expect("checkpoint");
+            writer.checkpoint(state, hashes, root).expect("checkpoint");
         }
     }
     let completion = Completion {

@@ -153,6 +153,68 @@ fn a_lost_delta_reference_makes_each_later_checkpoint_of_its_chain_unrecoverable
     assert_ne!(v.verdict, Verdict::Verified);
 }
 
+/// The adversary swaps checkpoint 4 for another run's state (relabelled, the ledger rewritten to
+/// commit to it) but leaves checkpoints 8 and 12 as they are: deltas encoded against the
+/// original checkpoint 4. Checkpoint 4 passes every integrity check; each dependent names the
+/// state root it was encoded against, so `check` reports both as `tampered`, naming the
+/// reference, and replay still finds the swap.
+#[test]
+fn a_swapped_delta_reference_makes_its_dependents_tampered() {
+    let t = tempfile::tempdir().expect("tmp");
+    let victim = honest(&t.path().join("victim"));
+    let other = record(
+        &t.path().join("other"),
+        FixtureOptions {
+            seed: 12,
+            ..Default::default()
+        },
+    );
+    let key = layout::checkpoint(4);
+    let mine = snapshot_format::testing::checkpoint(&victim, 4);
+    let theirs = snapshot_format::testing::checkpoint(&other, 4);
+    let mut meta = theirs.header.state.clone();
+    meta.rng.master_seed = mine.header.state.rng.master_seed;
+    let forged = snapshot::encode(
+        &meta,
+        &mine.header.provenance,
+        &theirs.views(),
+        None,
+        Default::default(),
+    )
+    .expect("encode");
+    std::fs::write(victim.join(&key), forged.to_vec()).expect("swap checkpoint 4");
+    snapshot_format::testing::rewrite_ledger(&victim, |rec| {
+        if rec.step == 4 {
+            rec.state_root = Some(forged.state_root);
+        }
+    })
+    .expect("rewrite ledger");
+
+    let c = check(&victim, 2);
+    assert_eq!(c.verdict, Verdict::Tampered, "{:?}", c.problems);
+    assert!(
+        !c.problems.iter().any(|p| p.artefact == key),
+        "checkpoint 4 itself is consistent: {:?}",
+        c.problems
+    );
+    for step in [8u64, 12] {
+        let dependent = layout::checkpoint(step);
+        assert!(
+            c.problems.iter().any(|p| p.artefact == dependent
+                && p.kind == Verdict::Tampered
+                && p.detail.contains(&key)),
+            "{dependent}: {:?}",
+            c.problems
+        );
+    }
+    // Re-executing steps 1-4 from checkpoint 0 does not reach the swapped state; segment 3
+    // cannot start from checkpoint 8.
+    let v = verify(&victim, 2);
+    assert_eq!(v.ranges[2].verdict, Verdict::Tampered);
+    let d = v.ranges[0].divergence.as_ref().expect("segment 1 diverges");
+    assert_eq!((d.step, d.field.as_str()), (4, "state_root"));
+}
+
 #[test]
 fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     let t = tempfile::tempdir().expect("tmp");

@@ -83,18 +83,18 @@ enum Sink {
 
 /// A writer thread and the channel that hands it one checkpoint at a time: a send waits until
 /// the thread has finished the previous checkpoint, so at most one is in flight (memory stays
-/// bounded by one copy of the state, plus the delta reference).
+/// bounded by the state in flight, plus the delta reference).
 #[derive(Debug)]
 struct Worker {
-    jobs: std::sync::mpsc::SyncSender<Job<'static>>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
     thread: std::thread::JoinHandle<Result<Writes>>,
 }
 
 /// A segment (if records are pending) and the checkpoint that ends it, written in this order.
-struct Job<'a> {
+struct Job {
     segment: Option<Segment>,
-    state: std::borrow::Cow<'a, TrainingState>,
-    hashes: std::borrow::Cow<'a, [Hash32]>,
+    state: TrainingState,
+    hashes: Vec<Hash32>,
     root: Hash32,
     provenance: Provenance,
 }
@@ -112,7 +112,7 @@ struct Writes {
 }
 
 impl Writes {
-    fn write(&mut self, job: Job<'_>) -> Result<()> {
+    fn write(&mut self, job: Job) -> Result<()> {
         if let Some(segment) = job.segment {
             let bytes = segment.encode();
             self.bytes_written += bytes.len() as u64;
@@ -128,7 +128,7 @@ impl Writes {
                 )?;
             }
         }
-        let state = &*job.state;
+        let state = &job.state;
         let encoded = state.encode(
             &job.hashes,
             &job.provenance,
@@ -236,12 +236,12 @@ impl RunWriter {
     }
 
     /// Write segments and checkpoints from now on on a thread of their own: [`Self::checkpoint`]
-    /// hands over a copy of the state and returns, waiting only while the previous checkpoint
+    /// hands the state over and returns, waiting only while the previous checkpoint
     /// is still being written. Call [`Self::finish`] before anything that names the last
     /// checkpoint (the completion record).
     pub fn in_background(mut self) -> Result<Self> {
         if let Sink::Here(w) = std::mem::replace(&mut self.sink, Sink::Background(None)) {
-            let (jobs, rx) = std::sync::mpsc::sync_channel::<Job<'static>>(0);
+            let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(0);
             let mut writes = *w;
             let thread = std::thread::Builder::new()
                 .name("checkpoint-writer".into())
@@ -304,11 +304,12 @@ impl RunWriter {
     }
 
     /// Write the pending records as the next segment, then the checkpoint of `state` (in the
-    /// background after [`Self::in_background`], from a copy of `state`).
+    /// background after [`Self::in_background`]); `hashes` are its tensor hashes and `root` its
+    /// state root.
     pub fn checkpoint(
         &mut self,
-        state: &TrainingState,
-        hashes: &[Hash32],
+        state: TrainingState,
+        hashes: Vec<Hash32>,
         root: Hash32,
     ) -> Result<()> {
         let segment = (!self.pending.is_empty()).then(|| {
@@ -328,8 +329,8 @@ impl RunWriter {
         self.parent = Some(root);
         let job = Job {
             segment,
-            state: std::borrow::Cow::Borrowed(state),
-            hashes: std::borrow::Cow::Borrowed(hashes),
+            state,
+            hashes,
             root,
             provenance,
         };
@@ -339,14 +340,7 @@ impl RunWriter {
                 let Some(worker) = slot.as_ref() else {
                     return Err(Self::stopped(&self.store));
                 };
-                let owned = Job {
-                    segment: job.segment,
-                    state: std::borrow::Cow::Owned(job.state.into_owned()),
-                    hashes: std::borrow::Cow::Owned(job.hashes.into_owned()),
-                    root,
-                    provenance: job.provenance,
-                };
-                if worker.jobs.send(owned).is_ok() {
+                if worker.jobs.send(job).is_ok() {
                     return Ok(());
                 }
                 // The thread stopped on an error: that error is the answer.
@@ -419,7 +413,7 @@ mod tests {
                 let s = state(step);
                 let hashes = s.tensor_hashes();
                 let root = s.root(&hashes)?;
-                writer.checkpoint(&s, &hashes, root)?;
+                writer.checkpoint(s, hashes, root)?;
             }
         }
         writer.finish()

@@ -4,7 +4,6 @@
 //! rows, the base model's pinned hash, the store's write-once behaviour, and that the output
 //! holds no run yet.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -174,10 +173,7 @@ pub fn is_checkpoint_step(step: u64, total: u64, interval: u64) -> bool {
 
 /// Read and decode a checkpoint (through its delta chain).
 pub fn read_checkpoint(store: &Store, step: u64) -> Result<Snapshot> {
-    let reader = CheckpointReader::new(store.clone(), ReadLimits::default());
-    let snap = reader.read(step)?;
-    drop(reader);
-    Ok(Arc::try_unwrap(snap).unwrap_or_else(|shared| (*shared).clone()))
+    Ok(CheckpointReader::new(store.clone(), ReadLimits::default()).take(step)?)
 }
 
 /// Read segments `1..=last` and check the chain from `genesis`; returns the records.
@@ -868,7 +864,7 @@ impl Job for TrainJob {
                 let mut writer =
                     new_writer(store, &self.run_id, manifest.genesis, 1, None, recording)
                         .signed_by(signer);
-                writer.checkpoint(&state, &hashes, root)?;
+                writer.checkpoint(state, hashes, root)?;
                 train_loop(&self, session, writer, recording, report)
             }
             Start::Scratch { base, manifest } => {
@@ -906,7 +902,7 @@ impl Job for TrainJob {
                     &manifest.recording,
                 )
                 .signed_by(signer);
-                writer.checkpoint(&state, &hashes, root)?;
+                writer.checkpoint(state, hashes, root)?;
                 train_loop(&self, session, writer, &manifest.recording, report)
             }
             Start::Resume {
@@ -1036,10 +1032,10 @@ fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
             prev_hash: writer.head(),
         };
         writer.record(record);
-        if let Some((state, hashes, root)) = &captured {
-            last_root = *root;
+        if let Some((state, hashes, root)) = captured {
+            last_root = root;
             if checkpoint {
-                writer.checkpoint(state, hashes, *root)?;
+                writer.checkpoint(state, hashes, root)?;
             }
         }
         last_loss = f32::from_bits(out.loss_bits);
