@@ -42,8 +42,14 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Run a workspace binary; returns its output.
 pub fn run(name: &str, args: &[&str]) -> std::process::Output {
+    run_with(name, args, &[])
+}
+
+/// [`run`] with extra environment variables (a test store's endpoint and credentials).
+pub fn run_with(name: &str, args: &[&str], env: &[(String, String)]) -> std::process::Output {
     Command::new(binary(name))
         .args(args)
+        .envs(env.iter().cloned())
         .output()
         .unwrap_or_else(|e| panic!("{name} {args:?}: {e}"))
 }
@@ -68,9 +74,18 @@ pub fn train(config: &Path, out: &Path, extra: &[&str]) {
 /// `replay ARGS… --json --quiet`: checks the exit status and that standard output is one JSON
 /// document on one line, and parses it.
 pub fn replay_json<T: serde::de::DeserializeOwned>(args: &[&str], exit: i32) -> T {
+    replay_json_with(args, exit, &[])
+}
+
+/// [`replay_json`] with extra environment variables.
+pub fn replay_json_with<T: serde::de::DeserializeOwned>(
+    args: &[&str],
+    exit: i32,
+    env: &[(String, String)],
+) -> T {
     let mut full = args.to_vec();
     full.extend(["--json", "--quiet"]);
-    let out = run("replay", &full);
+    let out = run_with("replay", &full, env);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

@@ -214,6 +214,62 @@ fn a_lora_run_killed_at_random_moments_resumes_to_the_uninterrupted_run() {
     kill_and_resume(&cfg, t.path());
 }
 
+/// Kill the trainer while the background writer is in the middle of storing a checkpoint (its
+/// staging file exists), then resume: the checkpoint being written never becomes visible
+/// half-written, the ledger never names it, and the resumed run is the uninterrupted one.
+#[test]
+fn sigkill_during_a_background_checkpoint_write_then_resume_matches_the_uninterrupted_run() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = tiny(&t.path().join("in"), kill_options());
+    let full = t.path().join("full");
+    train(&cfg, &full, &[]);
+    let mut hits = 0;
+    for attempt in 0..10 {
+        let dir = t.path().join(format!("killed-{attempt}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["run", s(&cfg), "--out", s(&dir), "--quiet"])
+            .args(["--run-id", "test-run"])
+            .spawn()
+            .expect("spawn");
+        // Checkpoint 0 is written before training starts, later ones in the background: aim
+        // at a different one each attempt.
+        let target = layout::checkpoint(5 * (attempt % 11 + 1));
+        let target = target.strip_prefix(layout::CHECKPOINTS).expect("prefix");
+        let writing = |dir: &Path| {
+            std::fs::read_dir(dir.join("checkpoints"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .find(|n| is_staging(n) && n.starts_with(target))
+        };
+        let caught = loop {
+            if let Some(name) = writing(&dir) {
+                let _ = child.kill();
+                break Some(name);
+            }
+            if child.try_wait().expect("wait").is_some() {
+                break None;
+            }
+        };
+        child.wait().expect("wait");
+        let Some(name) = caught else {
+            println!("attempt {attempt}: the run finished before a write was caught");
+            continue;
+        };
+        println!("attempt {attempt}: killed while writing {name}");
+        hits += 1;
+        assert_no_partial_objects(&dir);
+        assert_staging_files_are_not_objects(&dir);
+        ok(&["resume", s(&dir), "--quiet"]);
+        assert_same_run(&full, &dir);
+        if hits == 3 {
+            break;
+        }
+    }
+    assert!(hits > 0, "no kill landed during a checkpoint write");
+}
+
 fn kill_options() -> FixtureOptions {
     FixtureOptions {
         steps: 60,
