@@ -7,6 +7,7 @@ use snapshot_format::dataset::DatasetManifest;
 use snapshot_format::ledger::Segment;
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::{Completion, RunManifest};
+use snapshot_format::parts::PartIndex;
 use snapshot_format::snapshot::{self, SnapshotReader};
 use snapshot_format::testing::{VectorReferences, reseal};
 
@@ -34,6 +35,7 @@ fn parse(data: &[u8]) {
     }
     let _ = Segment::decode(data, "fuzz");
     let _ = DatasetManifest::decode(data, "fuzz");
+    let _ = PartIndex::decode(data, "fuzz");
     let _ = RunManifest::from_json(data, "fuzz");
     let _ = Completion::from_json(data, "fuzz");
 }

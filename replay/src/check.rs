@@ -176,7 +176,7 @@ fn unexpected_objects(ctx: &RunContext) -> Result<Vec<String>, CommandError> {
         .store
         .list("")?
         .into_iter()
-        .filter(|(k, _)| !known(k))
-        .map(|(k, _)| format!("unexpected object {k}"))
+        .filter(|k| !known(k))
+        .map(|k| format!("unexpected object {k}"))
         .collect())
 }

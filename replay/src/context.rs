@@ -356,7 +356,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         .map_err(|e| LoadFailure::from_format(e, location))?;
     let mut indices: Vec<u64> = listed
         .iter()
-        .filter_map(|(k, _)| layout::parse_segment(k))
+        .filter_map(|k| layout::parse_segment(k))
         .collect();
     indices.sort_unstable();
     let completion = match store

@@ -205,7 +205,7 @@ pub fn classify(e: &snapshot_format::Error) -> Option<Verdict> {
         return None;
     }
     Some(match e {
-        E::ObjectMissing { .. } => Verdict::Missing,
+        E::ObjectMissing { .. } | E::PartMissing { .. } => Verdict::Missing,
         // A checkpoint that cannot be reconstructed is what its reference is: missing,
         // corrupt or tampered.
         E::DeltaReferenceUnavailable { source, .. } => return classify(source),

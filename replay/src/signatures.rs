@@ -185,7 +185,7 @@ pub fn check(
     let mut problems = Vec::new();
     let mut valid: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
     let mut bad: BTreeMap<String, String> = BTreeMap::new();
-    for (key, _) in ctx.store.list(layout::SIGNATURES)? {
+    for key in ctx.store.list(layout::SIGNATURES)? {
         let Some(artefact) = signature::artefact_of(&key).map(str::to_string) else {
             problems.push(Problem::new(
                 Verdict::Corrupt,

@@ -323,6 +323,21 @@ pub enum Error {
     /// A write-once object already exists with different content.
     #[error("{store}: object {key:?} already exists with different content; refusing to overwrite")]
     ObjectConflict { store: String, key: String },
+    /// A part of an object stored in parts is missing.
+    #[error("{store}: object {key:?} is incomplete: its part {part} is missing")]
+    PartMissing {
+        store: String,
+        key: String,
+        part: String,
+    },
+    /// A part of an object stored in parts is not what its index names.
+    #[error("{store}: object {key:?}: part {part} {detail}")]
+    PartMismatch {
+        store: String,
+        key: String,
+        part: String,
+        detail: String,
+    },
     /// A write-once object already exists.
     #[error("{store}: object {key:?} already exists; write-once objects are never replaced")]
     ObjectExists { store: String, key: String },
@@ -400,6 +415,8 @@ impl Error {
             | BadSignature { artefact, .. }
             | Io { artefact, .. } => Some(artefact),
             ObjectMissing { key, .. }
+            | PartMissing { key, .. }
+            | PartMismatch { key, .. }
             | ObjectConflict { key, .. }
             | ObjectExists { key, .. }
             | PermissionDenied { key, .. }

@@ -38,6 +38,8 @@ pub mod context {
     pub const ENVIRONMENT_CLASS: &str = "training-replay-verifier v1 environment class";
     /// Any file hashed as opaque bytes (a base model's safetensors, a dataset file).
     pub const FILE: &str = "training-replay-verifier v1 file";
+    /// One part of an object stored in parts, over its bytes.
+    pub const PART: &str = "training-replay-verifier v1 object part";
 }
 
 /// A 32-byte BLAKE3 output. Displayed and serialised to JSON as 64 lowercase hex digits;

@@ -4,7 +4,7 @@
 //! `specs/snapshot-format.md`:
 //! - [`snapshot`]: checkpoint and export snapshots (named tensors plus typed metadata);
 //! - [`planes`]: the byte-grouped codec of snapshot tensors;
-//! - [`delta`]: the XOR-delta codec and the reading of delta chains from a store;
+//! - [`delta`]: the delta codec and the reading of delta chains from a store;
 //! - [`hash`]: canonical, domain-separated hashing (tensor hashes, state roots, batches,
 //!   Merkle roots);
 //! - [`ledger`]: hash-chained step records in write-once segments;
@@ -12,6 +12,7 @@
 //! - [`manifest`]: the run manifest, environment fingerprint and completion record (JSON);
 //! - [`layout`]: where each artefact lives in a run;
 //! - [`storage`]: write-once object storage on `object_store`;
+//! - [`parts`]: objects larger than one write, stored as parts published by an index;
 //! - [`attest`]: in-toto statements in DSSE envelopes and OpenSSF model-signing bundles.
 //!
 //! Every reader treats its input as hostile: lengths are checked against [`limits`] before any
@@ -30,6 +31,7 @@ pub mod layout;
 pub mod ledger;
 pub mod limits;
 pub mod manifest;
+pub mod parts;
 pub mod planes;
 pub mod signature;
 pub mod snapshot;

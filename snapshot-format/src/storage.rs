@@ -9,6 +9,9 @@
 //! - [`Store::probe_write_once`] checks that the store really refuses a second create, and is
 //!   run before any training writes: some S3-compatible servers silently overwrite.
 //! - Reads of absent objects give [`Error::ObjectMissing`] naming the key.
+//! - An object larger than the store accepts in one write (S3: 5 GiB) is written in parts and
+//!   published by a part index created last ([`crate::parts`]); reads reassemble it and check
+//!   every part. Parts are never listed.
 //!
 //! The API is synchronous; an internal tokio runtime drives `object_store`.
 
@@ -21,6 +24,15 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::error::{Error, Result};
 use crate::layout;
+use crate::parts::{self, Part, PartIndex};
+
+/// The largest object S3 accepts in one PUT.
+pub const S3_MAX_PUT_BYTES: u64 = 5 << 30;
+/// The largest block blob Azure accepts in one Put Blob.
+pub const AZURE_MAX_PUT_BYTES: u64 = 5000 << 20;
+/// Environment variable that lowers the size above which objects are written in parts (at
+/// least [`parts::MIN_PART_BYTES`]); for tests and for stores with a lower limit.
+pub const MAX_PUT_ENV: &str = "RV_MAX_PUT_BYTES";
 
 /// What [`Store::put_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +50,8 @@ pub struct Store {
     prefix: Path,
     location: String,
     runtime: Arc<tokio::runtime::Runtime>,
+    /// Objects larger than this are written in parts.
+    max_put: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -172,12 +186,36 @@ impl Store {
             }
             other => return Err(invalid(format!("unsupported scheme {other:?}"))),
         };
+        let limit = match scheme.as_str() {
+            "s3" | "s3a" => S3_MAX_PUT_BYTES,
+            "az" | "abfs" | "abfss" => AZURE_MAX_PUT_BYTES,
+            _ => u64::MAX,
+        };
+        let max_put = match std::env::var(MAX_PUT_ENV) {
+            Err(_) => limit,
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n >= parts::MIN_PART_BYTES => n.min(limit),
+                _ => {
+                    return Err(invalid(format!(
+                        "{MAX_PUT_ENV}={v:?}: expected a number of bytes of at least {}",
+                        parts::MIN_PART_BYTES
+                    )));
+                }
+            },
+        };
         Ok(Store {
             inner,
             prefix,
             location: location.to_string(),
             runtime,
+            max_put,
         })
+    }
+
+    /// Write objects larger than `bytes` in parts (at least [`parts::MIN_PART_BYTES`]).
+    pub fn with_max_put_bytes(mut self, bytes: u64) -> Store {
+        self.max_put = bytes.max(parts::MIN_PART_BYTES);
+        self
     }
 
     /// Wrap an existing object store (a decorator, a test double) at `prefix`.
@@ -194,6 +232,7 @@ impl Store {
             })?,
             location: location.to_string(),
             runtime: runtime()?,
+            max_put: u64::MAX,
         })
     }
 
@@ -252,16 +291,66 @@ impl Store {
         }
     }
 
-    /// Read a whole object.
+    /// Read a whole object (reassembled from its parts when it was written in parts, each
+    /// part checked against the index).
     pub fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let stored = self.get_stored(key)?;
+        if parts::looks_like_index(&stored) {
+            self.assemble(key, &stored)
+        } else {
+            Ok(stored.to_vec())
+        }
+    }
+
+    /// The bytes stored at `key` as they are.
+    fn get_stored(&self, key: &str) -> Result<bytes::Bytes> {
         let path = self.path(key)?;
         self.runtime
             .block_on(async {
                 let r = self.inner.get(&path).await?;
                 r.bytes().await
             })
-            .map(|b| b.to_vec())
             .map_err(|e| self.map_err(key, "get", e))
+    }
+
+    /// The object at `key` from its part index `index`.
+    fn assemble(&self, key: &str, index: &[u8]) -> Result<Vec<u8>> {
+        let index = PartIndex::decode(index, key)?;
+        let mut out = Vec::new();
+        for p in &index.parts {
+            let part = parts::part_key(key, &p.hash);
+            let mismatch = |detail: String| Error::PartMismatch {
+                store: self.location.clone(),
+                key: key.to_string(),
+                part: part.clone(),
+                detail,
+            };
+            let bytes = match self.get_stored(&part) {
+                Ok(b) => b,
+                Err(Error::ObjectMissing { .. }) => {
+                    return Err(Error::PartMissing {
+                        store: self.location.clone(),
+                        key: key.to_string(),
+                        part,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            if bytes.len() as u64 != p.len {
+                return Err(mismatch(format!(
+                    "holds {} bytes, the index declares {}",
+                    bytes.len(),
+                    p.len
+                )));
+            }
+            if parts::part_hash([bytes.as_ref()]) != p.hash {
+                return Err(mismatch(
+                    "does not hash to the name the index gives it".into(),
+                ));
+            }
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out)
     }
 
     /// Read a whole object, or `None` if it does not exist.
@@ -288,18 +377,90 @@ impl Store {
         self.put_new_parts(key, vec![bytes])
     }
 
-    /// Create an object from parts written back to back (no concatenation in memory).
-    pub fn put_new_parts(&self, key: &str, parts: Vec<Vec<u8>>) -> Result<()> {
+    /// Create an object from pieces written back to back (no concatenation in memory). An
+    /// object larger than the store accepts in one write, or one that begins as a part index
+    /// does, is written in parts and published by its index.
+    pub fn put_new_parts(&self, key: &str, pieces: Vec<Vec<u8>>) -> Result<()> {
+        let pieces: Vec<bytes::Bytes> = pieces.into_iter().map(bytes::Bytes::from).collect();
+        let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let first = pieces.iter().find(|p| !p.is_empty());
+        if len <= self.max_put && !first.is_some_and(|p| parts::looks_like_index(p)) {
+            return self.put_conditional(key, pieces);
+        }
+        // An existing object makes the create fail anyway: do not upload its parts first (a
+        // resumed run re-deriving a large checkpoint). The index's conditional create still
+        // decides a race.
+        if self.exists(key)? {
+            return Err(Error::ObjectExists {
+                store: self.location.clone(),
+                key: key.to_string(),
+            });
+        }
+        let split = split(pieces, self.max_put);
+        if split.len() > parts::MAX_PARTS {
+            return Err(Error::Store {
+                store: self.location.clone(),
+                key: key.to_string(),
+                op: "create",
+                detail: format!(
+                    "{len} bytes would take {} parts of {} bytes (at most {} allowed)",
+                    split.len(),
+                    self.max_put,
+                    parts::MAX_PARTS
+                ),
+            });
+        }
+        let mut index = PartIndex {
+            len,
+            parts: Vec::with_capacity(split.len()),
+        };
+        for slices in split {
+            let hash = parts::part_hash(slices.iter().map(|b| b.as_ref()));
+            let part_len = slices.iter().map(|b| b.len() as u64).sum();
+            self.create_part(&parts::part_key(key, &hash), slices, &hash)?;
+            index.parts.push(Part {
+                len: part_len,
+                hash,
+            });
+        }
+        self.put_conditional(key, vec![bytes::Bytes::from(index.encode())])
+    }
+
+    /// Conditionally create the object at `key` from `pieces`, as they are.
+    fn put_conditional(&self, key: &str, pieces: Vec<bytes::Bytes>) -> Result<()> {
         let path = self.path(key)?;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        let payload: PutPayload = parts.into_iter().map(bytes::Bytes::from).collect();
+        let payload: PutPayload = pieces.into_iter().collect();
         self.runtime
             .block_on(self.inner.put_opts(&path, payload, opts))
             .map(|_| ())
             .map_err(|e| self.map_err(key, "create", e))
+    }
+
+    /// Create a part named by its hash; an existing part (left by an interrupted write of the
+    /// same object) is accepted only when its bytes have that hash.
+    fn create_part(
+        &self,
+        key: &str,
+        slices: Vec<bytes::Bytes>,
+        hash: &crate::Hash32,
+    ) -> Result<()> {
+        match self.put_conditional(key, slices) {
+            Err(Error::ObjectExists { .. }) => {
+                if parts::part_hash([self.get_stored(key)?.as_ref()]) == *hash {
+                    Ok(())
+                } else {
+                    Err(Error::ObjectConflict {
+                        store: self.location.clone(),
+                        key: key.to_string(),
+                    })
+                }
+            }
+            other => other,
+        }
     }
 
     /// Create an object, or accept an identical existing one. A different existing object is
@@ -333,15 +494,16 @@ impl Store {
         }
     }
 
-    /// Keys (relative to this store) of all objects under `dir`, sorted, with their sizes.
-    pub fn list(&self, dir: &str) -> Result<Vec<(String, u64)>> {
+    /// Keys (relative to this store) of all objects under `dir`, sorted. Parts of objects
+    /// written in parts are not objects and are not listed.
+    pub fn list(&self, dir: &str) -> Result<Vec<String>> {
         let path = self.path(dir)?;
         let prefix_parts = self.prefix.parts().count();
         let metas: Vec<object_store::ObjectMeta> = self
             .runtime
             .block_on(self.inner.list(Some(&path)).try_collect())
             .map_err(|e| self.map_err(dir, "list", e))?;
-        let mut out: Vec<(String, u64)> = metas
+        let mut out: Vec<String> = metas
             .into_iter()
             .map(|m| {
                 let rel: Vec<String> = m
@@ -350,8 +512,9 @@ impl Store {
                     .skip(prefix_parts)
                     .map(|p| p.as_ref().to_string())
                     .collect();
-                (rel.join("/"), m.size)
+                rel.join("/")
             })
+            .filter(|k| !parts::is_part_key(k))
             .collect();
         out.sort();
         Ok(out)
@@ -414,4 +577,27 @@ fn parse_path(path: &str) -> std::result::Result<Path, String> {
         return Err(format!("{path:?}: relative components are not allowed"));
     }
     Path::parse(trimmed).map_err(|e| e.to_string())
+}
+
+/// `pieces` regrouped into parts of at most `max` bytes each (slices of the same buffers).
+fn split(pieces: Vec<bytes::Bytes>, max: u64) -> Vec<Vec<bytes::Bytes>> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut room = max;
+    for mut piece in pieces {
+        while !piece.is_empty() {
+            let take = room.min(piece.len());
+            current.push(piece.split_to(take));
+            room -= take;
+            if room == 0 {
+                out.push(std::mem::take(&mut current));
+                room = max;
+            }
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }

@@ -290,7 +290,11 @@ pub fn assert_same_run(a: &std::path::Path, b: &std::path::Path) {
 pub fn assert_store_contract(store: &crate::Store) {
     use crate::{Error, PutOutcome};
     store.probe_write_once().expect("honours write-once");
-    assert_eq!(store.list("").expect("list"), vec![], "the probe cleans up");
+    assert_eq!(
+        store.list("").expect("list"),
+        Vec::<String>::new(),
+        "the probe cleans up"
+    );
 
     store.put_new("a/b.bin", b"one".to_vec()).expect("create");
     let e = store
@@ -331,14 +335,7 @@ pub fn assert_store_contract(store: &crate::Store) {
     assert!(store.exists("a/b.bin").expect("exists"));
     assert!(!store.exists("a/zzz").expect("exists"));
 
-    let keys = |prefix: &str| -> Vec<String> {
-        store
-            .list(prefix)
-            .expect("list")
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect()
-    };
+    let keys = |prefix: &str| -> Vec<String> { store.list(prefix).expect("list") };
     assert_eq!(keys("a"), ["a/b.bin", "a/c.bin"]);
     assert_eq!(
         keys(""),
@@ -381,4 +378,113 @@ pub fn assert_one_winner_of_concurrent_creates(store: &crate::Store, key: &str) 
         "{results:?}"
     );
     assert_eq!(store.get(key).expect("get"), vec![winners[0] as u8; 4096]);
+}
+
+/// Raw access to a store's bytes behind its API, to play the adversary or the crash: write the
+/// bytes at a key as they are (`Some`), or delete the key (`None`).
+pub type Tamper<'a> = &'a dyn Fn(&str, Option<&[u8]>);
+
+/// Panics unless `store`, which writes objects of more than `max_put` bytes in parts, keeps the
+/// storage contract for them: such an object round-trips, is listed once (its parts never),
+/// is write-once (a second create fails, an identical one is accepted, a different one is a
+/// conflict that leaves it whole), a write interrupted before its index leaves no object and
+/// can be completed; an object that begins as an index does round-trips. With `tamper`, a
+/// missing part, a part with other bytes and a hostile index are each a specific error naming
+/// the object.
+pub fn assert_parts_contract(store: &crate::Store, max_put: usize, tamper: Option<Tamper<'_>>) {
+    use crate::parts::{PART_INDEX, Part, PartIndex, part_hash, part_key};
+    use crate::{Error, PutOutcome};
+    let object = |seed: &[u8], len: usize| {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(seed)
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    };
+    let key = "checkpoints/big.snap";
+    let big = object(b"big", 3 * max_put + 123);
+    store
+        .put_new_parts(key, vec![big[..1000].to_vec(), big[1000..].to_vec()])
+        .expect("create in parts");
+    assert_eq!(store.get(key).expect("get"), big, "round trip");
+    assert_eq!(store.list("").expect("list"), [key], "parts are not listed");
+    let e = store.put_new(key, big.clone()).expect_err("second create");
+    assert!(matches!(&e, Error::ObjectExists { .. }), "{e}");
+    let same = store.put_once(key, big.clone()).expect("identical");
+    assert_eq!(same, PutOutcome::AlreadyPresent);
+    let mut other = big.clone();
+    other[2 * max_put + 5] ^= 1;
+    let e = store.put_once(key, other).expect_err("conflict");
+    assert!(matches!(&e, Error::ObjectConflict { .. }), "{e}");
+    assert_eq!(
+        store.get(key).expect("get"),
+        big,
+        "a conflict leaves it whole"
+    );
+
+    let mut lookalike = PART_INDEX.magic.to_vec();
+    lookalike.extend_from_slice(b"not an index");
+    store
+        .put_new("dataset/lookalike.bin", lookalike.clone())
+        .expect("create");
+    assert_eq!(store.get("dataset/lookalike.bin").expect("get"), lookalike);
+
+    let Some(tamper) = tamper else { return };
+    // The index as specified, computed here: consecutive parts of `max_put` bytes.
+    let index = PartIndex {
+        len: big.len() as u64,
+        parts: big
+            .chunks(max_put)
+            .map(|c| Part {
+                len: c.len() as u64,
+                hash: part_hash([c]),
+            })
+            .collect(),
+    };
+    let parts: Vec<String> = index.parts.iter().map(|p| part_key(key, &p.hash)).collect();
+    assert_eq!(parts.len(), 4);
+    // A write interrupted after its parts: no object, nothing listed; writing again completes.
+    tamper(key, None);
+    assert!(matches!(store.get(key), Err(Error::ObjectMissing { .. })));
+    assert!(store.list("").expect("list").iter().all(|k| k != key));
+    store.put_new(key, big.clone()).expect("complete the write");
+    assert_eq!(store.get(key).expect("get"), big);
+    // The stored index is the one computed here.
+    tamper(key, Some(&index.encode()));
+    assert_eq!(store.get(key).expect("get"), big);
+
+    tamper(&parts[1], None);
+    let e = store.get(key).expect_err("missing part");
+    assert!(
+        matches!(&e, Error::PartMissing { key: k, part, .. } if k == key && *part == parts[1]),
+        "{e}"
+    );
+    tamper(&parts[1], Some(&big[..max_put]));
+    let e = store.get(key).expect_err("other bytes");
+    assert!(
+        matches!(&e, Error::PartMismatch { key: k, .. } if k == key),
+        "{e}"
+    );
+    let hostile = PartIndex {
+        len: 1 << 50,
+        parts: vec![Part {
+            len: 1 << 50,
+            hash: part_hash([b"nowhere".as_slice()]),
+        }],
+    };
+    tamper(key, Some(&hostile.encode()));
+    let e = store.get(key).expect_err("hostile index");
+    assert!(
+        matches!(&e, Error::PartMissing { key: k, .. } if k == key),
+        "{e}"
+    );
+    let mut damaged = index.encode();
+    damaged[20] ^= 1;
+    tamper(key, Some(&damaged));
+    let e = store.get(key).expect_err("damaged index");
+    assert!(
+        matches!(&e, Error::HeaderDigestMismatch { artefact, .. } if artefact == key),
+        "{e}"
+    );
 }

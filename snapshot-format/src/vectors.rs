@@ -119,6 +119,30 @@ fn planes_and_delta_snapshots() -> Result<[(Vec<u8>, Hash32); 2]> {
 
 /// Generate every vector file and `vectors.json`, which lists each file's BLAKE3 and the
 /// hashes the files commit to.
+/// Length of the object of the part-index vector, and the size of its parts.
+pub const PARTED_LEN: u64 = 10_000;
+pub const PART_BYTES: u64 = 4096;
+
+/// Byte `i` of the object of the part-index vector.
+pub fn parted_byte(i: u64) -> u8 {
+    (i.wrapping_mul(7).wrapping_add(3) % 256) as u8
+}
+
+/// The index of the object of [`parted_byte`]s stored in parts of [`PART_BYTES`].
+fn part_index() -> crate::parts::PartIndex {
+    let object: Vec<u8> = (0..PARTED_LEN).map(parted_byte).collect();
+    crate::parts::PartIndex {
+        len: PARTED_LEN,
+        parts: object
+            .chunks(PART_BYTES as usize)
+            .map(|c| crate::parts::Part {
+                len: c.len() as u64,
+                hash: crate::parts::part_hash([c]),
+            })
+            .collect(),
+    }
+}
+
 pub fn generate() -> Result<Vec<VectorFile>> {
     let embeddings = f32_bytes(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
     let bias = f32_bytes(&[0.25, -0.5, f32::MIN_POSITIVE]);
@@ -240,6 +264,10 @@ pub fn generate() -> Result<Vec<VectorFile>> {
             name: "snapshot-delta-v1.snap",
             bytes: delta,
         },
+        VectorFile {
+            name: "part-index-v1.bin",
+            bytes: part_index().encode(),
+        },
     ];
     let file_hashes: serde_json::Map<String, serde_json::Value> = files
         .iter()
@@ -273,6 +301,10 @@ pub fn generate() -> Result<Vec<VectorFile>> {
         "dataset": {
             "example_hashes": examples,
             "root": dataset.root,
+        },
+        "part_index": {
+            "object_len": PARTED_LEN,
+            "part_bytes": PART_BYTES,
         },
     });
     let mut json = serde_json::to_vec_pretty(&summary).unwrap_or_default();

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use snapshot_format::dataset::DatasetManifest;
 use snapshot_format::ledger::Segment;
 use snapshot_format::limits::ReadLimits;
+use snapshot_format::parts::PartIndex;
 use snapshot_format::snapshot::{self, SnapshotReader};
 use snapshot_format::testing::{VectorReferences, reseal};
 
@@ -31,6 +32,7 @@ fn parse_everything(data: &[u8]) {
     }
     let _ = Segment::decode(data, "mutant");
     let _ = DatasetManifest::decode(data, "mutant");
+    let _ = PartIndex::decode(data, "mutant");
 }
 
 #[derive(Debug, Clone)]
@@ -86,7 +88,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn mutated_vectors_never_panic(which in 0usize..5, ms in prop::collection::vec(mutation(), 1..4)) {
+    fn mutated_vectors_never_panic(which in 0usize..6, ms in prop::collection::vec(mutation(), 1..4)) {
         let mut bytes = vectors().swap_remove(which);
         for m in &ms {
             bytes = apply(bytes, m);
@@ -97,7 +99,7 @@ proptest! {
     /// The same mutations with the header digest recomputed, as a writer would: the mutants
     /// get past the digest check and exercise the header parser itself.
     #[test]
-    fn mutated_and_resealed_vectors_never_panic(which in 0usize..5, ms in prop::collection::vec(mutation(), 1..4)) {
+    fn mutated_and_resealed_vectors_never_panic(which in 0usize..6, ms in prop::collection::vec(mutation(), 1..4)) {
         let mut bytes = vectors().swap_remove(which);
         for m in &ms {
             bytes = apply(bytes, m);

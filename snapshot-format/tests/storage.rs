@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
+use snapshot_format::parts::MIN_PART_BYTES;
 use snapshot_format::testing::{
-    OverwritingStore, assert_one_winner_of_concurrent_creates, assert_store_contract,
+    OverwritingStore, assert_one_winner_of_concurrent_creates, assert_parts_contract,
+    assert_store_contract,
 };
 use snapshot_format::{Error, Store};
 
@@ -29,6 +31,23 @@ fn memory_store_honours_the_contract_and_is_shared_by_name() {
     assert_eq!(again.get("a/b.bin").expect("shared"), b"one");
     let other = Store::open("memory://contract/run-2").expect("other prefix");
     assert!(other.get("a/b.bin").is_err());
+}
+
+#[test]
+fn objects_over_the_single_write_limit_are_stored_in_parts() {
+    let max = MIN_PART_BYTES;
+    let (_dir, store) = local();
+    assert_store_contract(&store.with_max_put_bytes(max));
+    let (dir, store) = local();
+    let root = dir.path().to_path_buf();
+    let tamper = move |key: &str, bytes: Option<&[u8]>| {
+        let path = root.join(key);
+        match bytes {
+            Some(b) => std::fs::write(&path, b).expect("write"),
+            None => std::fs::remove_file(&path).expect("remove"),
+        }
+    };
+    assert_parts_contract(&store.with_max_put_bytes(max), max as usize, Some(&tamper));
 }
 
 #[test]

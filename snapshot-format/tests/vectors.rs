@@ -339,3 +339,33 @@ fn delta_vector_matches_spec() {
     assert_eq!(snap.header.state_root.0, root);
     assert!(snapshot::decode(&bytes, "vector", &ReadLimits::default()).is_err());
 }
+
+/// The part index (§7.1) of 10,000 bytes `(7i + 3) mod 256` in parts of 4,096 bytes, encoded
+/// from the spec alone: the vector is exactly those bytes, and the crate reads it back.
+#[test]
+fn part_index_vector_matches_spec() {
+    let s = summary();
+    let len = s["part_index"]["object_len"].as_u64().expect("len");
+    let part = s["part_index"]["part_bytes"].as_u64().expect("part") as usize;
+    let object: Vec<u8> = (0..len).map(|i| ((7 * i + 3) % 256) as u8).collect();
+    let mut header = Vec::new();
+    put_u64(&mut header, len);
+    put_u64(&mut header, object.chunks(part).count() as u64);
+    for c in object.chunks(part) {
+        put_u64(&mut header, c.len() as u64);
+        header.extend_from_slice(&h("training-replay-verifier v1 object part", c));
+    }
+    let mut expected = b"\x89RVPART\n".to_vec();
+    expected.extend_from_slice(&1u16.to_le_bytes());
+    expected.extend_from_slice(&0u16.to_le_bytes());
+    expected.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    expected.extend_from_slice(&header);
+    let digest = h(common::CTX_ENVELOPE, &expected);
+    expected.extend_from_slice(&digest);
+    expected.extend_from_slice(&common::END_MARKER);
+    let stored = read("part-index-v1.bin");
+    assert_eq!(stored, expected);
+    let index = snapshot_format::parts::PartIndex::decode(&stored, "vector").expect("decodes");
+    assert_eq!(index.parts.len(), 3);
+    assert_eq!(index.len, len);
+}

@@ -367,12 +367,12 @@ impl Moto {
         }
     }
 
-    /// Create a bucket (an HTTP PUT on `/<bucket>`).
-    pub fn create_bucket(&self, bucket: &str) {
+    /// Send one HTTP request without a body; the whole response.
+    fn request(&self, method: &str, target: &str) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
         write!(
             s,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         )
         .expect("send");
@@ -380,8 +380,25 @@ impl Moto {
         s.read_to_string(&mut response).expect("response");
         assert!(
             response.starts_with("HTTP/1.1 200"),
-            "create bucket: {response}"
+            "{method} {target}: {response}"
         );
+        response
+    }
+
+    /// Create a bucket (an HTTP PUT on `/<bucket>`).
+    pub fn create_bucket(&self, bucket: &str) {
+        self.request("PUT", &format!("/{bucket}"));
+    }
+
+    /// The keys stored in `bucket` under `prefix` as the server holds them (up to 1,000),
+    /// bypassing the storage layer.
+    pub fn raw_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let response = self.request("GET", &format!("/{bucket}?list-type=2&prefix={prefix}"));
+        response
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
     }
 
     /// `object_store` configuration for this server.

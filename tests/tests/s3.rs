@@ -7,7 +7,11 @@ use replay::Verdict;
 use replay::check::CheckReport;
 use replay::commands::VerifyReport;
 use replay::rollback::RollbackReport;
-use snapshot_format::testing::{assert_one_winner_of_concurrent_creates, assert_store_contract};
+use snapshot_format::parts::MIN_PART_BYTES;
+use snapshot_format::storage::MAX_PUT_ENV;
+use snapshot_format::testing::{
+    assert_one_winner_of_concurrent_creates, assert_parts_contract, assert_store_contract,
+};
 use snapshot_format::{Store, layout};
 use trainer::fixtures::{self, FixtureOptions};
 
@@ -22,6 +26,23 @@ fn s3_store_honours_the_storage_contract() {
     let moto = Moto::start();
     moto.create_bucket("runs");
     assert_store_contract(&open(&moto, "s3://runs/team/run-1"));
+}
+
+#[test]
+fn s3_objects_over_the_single_put_limit_are_stored_in_parts() {
+    let moto = Moto::start();
+    moto.create_bucket("parts");
+    let store = open(&moto, "s3://parts/run").with_max_put_bytes(MIN_PART_BYTES);
+    assert_parts_contract(&store, MIN_PART_BYTES as usize, None);
+    let stored = moto.raw_keys("parts", "run/");
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|k| k.starts_with("run/.parts/checkpoints/big.snap/"))
+            .count(),
+        4,
+        "four parts beside the index, none left by the refused writes: {stored:?}"
+    );
 }
 
 #[test]
@@ -40,9 +61,9 @@ fn s3_missing_bucket_is_a_clear_error() {
     assert!(e.to_string().contains("manifest.json"), "{e}");
 }
 
-/// `trainer ARGS…` against the moto server; must succeed.
-fn trainer_ok(moto: &Moto, args: &[&str]) {
-    let out = run_with("trainer", args, &moto.env());
+/// `trainer ARGS…` with `env`; must succeed.
+fn trainer_ok(env: &[(String, String)], args: &[&str]) {
+    let out = run_with("trainer", args, env);
     assert!(
         out.status.success(),
         "trainer {args:?}: {}",
@@ -50,7 +71,7 @@ fn trainer_ok(moto: &Moto, args: &[&str]) {
     );
 }
 
-/// A whole run on S3: trained into a bucket, killed by SIGKILL after its first checkpoints,
+/// A whole run on S3, its checkpoints written in parts: trained into a bucket, killed by SIGKILL after its first checkpoints,
 /// resumed from `s3://`, then checked, verified and rolled back (re-derived from genesis) from `s3://`; its completion
 /// record (ledger head, final state root) is that of the same run written to a local
 /// directory, and every checkpoint in the bucket decodes.
@@ -67,6 +88,9 @@ fn a_run_on_s3_survives_sigkill_and_verifies_from_s3() {
     train(&cfg, &local, &["--run-id", "s3-run"]);
 
     let moto = Moto::start();
+    // Objects over 64 KiB (every checkpoint) go up in parts.
+    let mut env = moto.env();
+    env.push((MAX_PUT_ENV.to_string(), (64 << 10).to_string()));
     moto.create_bucket("runs");
     let url = "s3://runs/team/s3-run";
     let store = open(&moto, url);
@@ -80,7 +104,7 @@ fn a_run_on_s3_survives_sigkill_and_verifies_from_s3() {
             "--run-id",
             "s3-run",
         ])
-        .envs(moto.env())
+        .envs(env.iter().cloned())
         .spawn()
         .expect("spawn trainer");
     // Kill once the second checkpoint is stored (training is then under way).
@@ -100,7 +124,7 @@ fn a_run_on_s3_survives_sigkill_and_verifies_from_s3() {
         store.get_opt(layout::COMPLETE).expect("get").is_none(),
         "killed before completion"
     );
-    trainer_ok(&moto, &["resume", url, "--quiet"]);
+    trainer_ok(&env, &["resume", url, "--quiet"]);
 
     let stored = store.get(layout::COMPLETE).expect("completion on s3");
     let expected = std::fs::read(local.join(layout::COMPLETE)).expect("local completion");
@@ -114,7 +138,14 @@ fn a_run_on_s3_survives_sigkill_and_verifies_from_s3() {
         reader.read(step).expect("every checkpoint decodes");
     }
 
-    let env = moto.env();
+    let parted = moto.raw_keys("runs", "team/s3-run/.parts/checkpoints/");
+    for step in (4..=24).step_by(4) {
+        let key = format!("team/s3-run/.parts/{}/", layout::checkpoint(step));
+        assert!(
+            parted.iter().filter(|k| k.starts_with(&key)).count() > 1,
+            "checkpoint {step} stored in parts: {parted:?}"
+        );
+    }
     let c: CheckReport = replay_json_with(&["check", url], 0, &env);
     assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
     let v: VerifyReport = replay_json_with(&["verify", url, "--all"], 0, &env);

@@ -155,7 +155,7 @@ pub fn checkpoint_steps(store: &Store) -> Result<Vec<u64>> {
     let mut steps: Vec<u64> = store
         .list(layout::CHECKPOINTS)?
         .iter()
-        .filter_map(|(k, _)| layout::parse_checkpoint(k))
+        .filter_map(|k| layout::parse_checkpoint(k))
         .collect();
     steps.sort_unstable();
     Ok(steps)
@@ -409,7 +409,7 @@ fn manifest_signers(store: &Store, manifest: &RunManifest) -> Result<Vec<[u8; 32
         hash: file_hash(&store.get(layout::MANIFEST)?),
     };
     let mut keys = Vec::new();
-    for (key, _) in store.list(layout::SIGNATURES)? {
+    for key in store.list(layout::SIGNATURES)? {
         if signature::artefact_of(&key) != Some(layout::MANIFEST) {
             continue;
         }
@@ -483,7 +483,7 @@ fn complete_signatures(store: &Store, files: &RunFiles, signer: &RunSigner) -> R
     let segments = store
         .list(layout::LEDGER)?
         .iter()
-        .filter_map(|(k, _)| layout::parse_segment(k))
+        .filter_map(|k| layout::parse_segment(k))
         .max()
         .unwrap_or(0);
     let records = read_ledger(store, manifest.genesis, segments)?;
