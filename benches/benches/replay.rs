@@ -4,8 +4,9 @@
 //!   50, training and recording 50 steps), and `replay verify --segment 2` replays it (loading
 //!   checkpoint 50, re-executing and checking 50 steps, comparing the final state);
 //! - `replay check` (every artefact decoded and cross-checked, every tensor hash verified)
-//!   against reading every byte of the run and hashing it with BLAKE3, for a run with zstd
-//!   checkpoints (the default) and the same run with raw checkpoints.
+//!   against reading every byte of the run and hashing it with BLAKE3, for the same run (a
+//!   checkpoint every tenth of the steps) stored with each checkpoint codec: delta (the
+//!   default, chains of up to 8), planes, zstd and raw.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -107,19 +108,22 @@ fn main() {
     let v_seg2 = verify_segment(2);
     let v_seg1 = verify_segment(1);
 
-    let raw_out = tmp.path().join("run-raw");
-    let mut raw_config = config.clone();
-    raw_config.recording.codec = CheckpointCodec::Raw;
-    run::start(
-        &raw_config,
-        raw_out.to_str().expect("utf-8"),
-        &RunOptions::default(),
-    )
-    .expect("raw run");
-    let checks = [
-        ("zstd", check_against_baseline(&out)),
-        ("raw", check_against_baseline(&raw_out)),
-    ];
+    let checks: Vec<(&str, (u64, Duration, Duration))> = [
+        ("delta", CheckpointCodec::Delta),
+        ("planes", CheckpointCodec::Planes),
+        ("zstd", CheckpointCodec::Zstd),
+        ("raw", CheckpointCodec::Raw),
+    ]
+    .into_iter()
+    .map(|(name, codec)| {
+        let dir = tmp.path().join(format!("run-{name}"));
+        let mut c = config.clone();
+        c.recording.codec = codec;
+        c.recording.checkpoint_interval = (steps / 10).max(1);
+        run::start(&c, dir.to_str().expect("utf-8"), &RunOptions::default()).expect("run");
+        (name, check_against_baseline(&dir))
+    })
+    .collect();
 
     let mut rep = Report::new("replay");
     rep.context(
@@ -127,6 +131,13 @@ fn main() {
         "demo BERT-style classifier (2.7M parameters), state root every step",
     );
     rep.context("steps_per_segment", half);
+    rep.context(
+        "check_runs",
+        format!(
+            "{steps} steps, a checkpoint every {} steps",
+            (steps / 10).max(1)
+        ),
+    );
     let secs = |d: Duration| r3(d.as_secs_f64());
     rep.row(
         "segment 2: trainer resume (load checkpoint, train + record)",

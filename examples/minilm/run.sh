@@ -8,10 +8,12 @@
 # tokenized here, with the model's own tokenizer.json; the run commits to the token ids.
 #
 # usage: examples/minilm/run.sh [STEPS]   (default 60; about 2 s per step on 2 cores)
+#        CHECKPOINT_INTERVAL=50 examples/minilm/run.sh 100   (default interval 20)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 steps=${1:-60}
+interval=${CHECKPOINT_INTERVAL:-20}
 work=target/minilm
 mkdir -p "$work"
 if [ ! -x "$work/venv/bin/python" ]; then
@@ -80,7 +82,7 @@ decay = "linear"
 warmup_steps = 6
 
 [recording]
-checkpoint_interval = 20
+checkpoint_interval = $interval
 TOML
 
 if [ ! -f "$work/signing-key.pem" ]; then

@@ -1,7 +1,6 @@
 //! `replay check`: the integrity of every artefact and of the chain, without re-executing any
 //! step. Reports every problem found.
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use snapshot_format::layout;
 
@@ -111,43 +110,51 @@ pub fn check(
     })
 }
 
-/// Decode every checkpoint (in parallel) and compare each with what the run commits to.
+/// Decode every checkpoint and compare each with what the run commits to. Checkpoints are
+/// verified in step order, each one's tensors in parallel, while the next one is fetched: a
+/// delta's reference is then the checkpoint just verified, which the reader keeps decoded, so
+/// no chain is decoded twice.
 fn check_checkpoints(
     ctx: &RunContext,
     progress: &indicatif::ProgressBar,
 ) -> Result<(Vec<Problem>, u64), CommandError> {
     progress.set_length(ctx.checkpoints.len() as u64);
-    let results: Vec<Result<(Vec<Problem>, u64), CommandError>> = ctx
-        .checkpoints
-        .par_iter()
-        .map(|&step| {
-            let key = layout::checkpoint(step);
-            let out = check_one(ctx, step, &key);
-            progress.inc(1);
-            out
-        })
-        .collect();
+    let fetch = |step: u64| ctx.store.get(&layout::checkpoint(step));
     let mut problems = Vec::new();
     let mut bytes = 0;
-    for r in results {
-        let (p, b) = r?;
+    let mut next = ctx.checkpoints.first().map(|&step| fetch(step));
+    for (i, &step) in ctx.checkpoints.iter().enumerate() {
+        let fetched = next.take().expect("fetched with the one before");
+        let (checked, following) = rayon::join(
+            || check_one(ctx, step, fetched),
+            || ctx.checkpoints.get(i + 1).map(|&s| fetch(s)),
+        );
+        next = following;
+        let (p, b) = checked?;
         problems.extend(p);
         bytes += b;
+        progress.inc(1);
     }
     Ok((problems, bytes))
 }
 
-fn check_one(ctx: &RunContext, step: u64, key: &str) -> Result<(Vec<Problem>, u64), CommandError> {
-    let bytes = match ctx.store.get(key) {
+/// Verify checkpoint `step` from its fetched bytes.
+fn check_one(
+    ctx: &RunContext,
+    step: u64,
+    fetched: snapshot_format::Result<Vec<u8>>,
+) -> Result<(Vec<Problem>, u64), CommandError> {
+    let bytes = match fetched {
         Ok(b) => b,
         Err(e) => return Ok((vec![problem_of(e)?], 0)),
     };
     let len = bytes.len() as u64;
+    let key = layout::checkpoint(step);
     // Every tensor is decoded and hashed, without keeping the values (those of a delta chain
     // are kept for the next delta).
     Ok(match ctx.states.verify(step, &bytes) {
         Ok(header) => (
-            crate::state::commitment_problems(ctx, step, key, &header),
+            crate::state::commitment_problems(ctx, step, &key, &header),
             len,
         ),
         Err(e) => (vec![problem_of(e)?], len),

@@ -443,8 +443,8 @@ pub struct BaseSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckpointCodec {
-    /// XOR-delta (codec 3) against the previous checkpoint, the XOR stored as planes, with a
-    /// keyframe (planes) every 8 checkpoints. The default: the smallest checkpoints (the
+    /// Delta (codec 3) against the previous checkpoint: each element's difference from the
+    /// reference's, stored as planes, with a keyframe (planes) every 8 checkpoints. The default: the smallest checkpoints (the
     /// `checkpoint_codecs` benchmark).
     #[default]
     Delta,
