@@ -123,6 +123,23 @@ impl Store {
             Some((s, r)) => (s.to_ascii_lowercase(), r),
             None => ("file".to_string(), location),
         };
+        let limit = match scheme.as_str() {
+            "s3" | "s3a" => S3_MAX_PUT_BYTES,
+            "az" | "abfs" | "abfss" => AZURE_MAX_PUT_BYTES,
+            _ => u64::MAX,
+        };
+        let max_put = match std::env::var(MAX_PUT_ENV) {
+            Err(_) => limit,
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n >= parts::MIN_PART_BYTES => n.min(limit),
+                _ => {
+                    return Err(invalid(format!(
+                        "{MAX_PUT_ENV}={v:?}: expected a number of bytes of at least {}",
+                        parts::MIN_PART_BYTES
+                    )));
+                }
+            },
+        };
         let runtime = runtime()?;
         let (inner, prefix): (Arc<dyn ObjectStore>, Path) = match scheme.as_str() {
             "file" => {
@@ -185,23 +202,6 @@ impl Store {
                 (store, parse_path(path).map_err(invalid)?)
             }
             other => return Err(invalid(format!("unsupported scheme {other:?}"))),
-        };
-        let limit = match scheme.as_str() {
-            "s3" | "s3a" => S3_MAX_PUT_BYTES,
-            "az" | "abfs" | "abfss" => AZURE_MAX_PUT_BYTES,
-            _ => u64::MAX,
-        };
-        let max_put = match std::env::var(MAX_PUT_ENV) {
-            Err(_) => limit,
-            Ok(v) => match v.trim().parse::<u64>() {
-                Ok(n) if n >= parts::MIN_PART_BYTES => n.min(limit),
-                _ => {
-                    return Err(invalid(format!(
-                        "{MAX_PUT_ENV}={v:?}: expected a number of bytes of at least {}",
-                        parts::MIN_PART_BYTES
-                    )));
-                }
-            },
         };
         Ok(Store {
             inner,

@@ -215,6 +215,94 @@ fn a_swapped_delta_reference_makes_its_dependents_tampered() {
     assert_eq!((d.step, d.field.as_str()), (4, "state_root"));
 }
 
+/// A run whose checkpoints the trainer stored in parts (a store with a 16 KiB write limit)
+/// checks and verifies; a deleted part makes its checkpoint `missing` and a part with a flipped
+/// bit makes it `corrupt`, each naming the checkpoint and the part, and the deltas that depend
+/// on it unrecoverable.
+#[test]
+fn a_checkpoint_stored_in_parts_loses_or_damages_a_part_visibly() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = fixtures::write_tiny_bert(&t.path().join("in"), &FixtureOptions::default())
+        .expect("fixture");
+    let r = t.path().join("run");
+    let env = [(
+        snapshot_format::storage::MAX_PUT_ENV.to_string(),
+        "16384".to_string(),
+    )];
+    let out = e2e_tests::run_with(
+        "trainer",
+        &[
+            "run",
+            s(&cfg),
+            "--out",
+            s(&r),
+            "--quiet",
+            "--run-id",
+            "victim",
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = layout::checkpoint(8);
+    let parts_dir = r.join(".parts").join(&key);
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(&parts_dir)
+        .expect("checkpoint 8 is stored in parts")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    parts.sort();
+    assert!(parts.len() > 1, "{parts:?}");
+    assert_eq!(check(&r, 0).verdict, Verdict::Ok);
+    assert_eq!(verify(&r, 0).verdict, Verdict::Verified);
+
+    let part = &parts[parts.len() / 2];
+    let name = part
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let bytes = std::fs::read(part).expect("part");
+    std::fs::remove_file(part).expect("remove");
+    let c = check(&r, 2);
+    assert_eq!(c.verdict, Verdict::Missing, "{:?}", c.problems);
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.artefact == key && p.kind == Verdict::Missing && p.detail.contains(&name)),
+        "{:?}",
+        c.problems
+    );
+    let dependent = layout::checkpoint(12);
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.artefact == dependent && p.detail.contains(&key)),
+        "{:?}",
+        c.problems
+    );
+
+    let mut flipped = bytes;
+    flipped[100] ^= 0x08;
+    std::fs::write(part, flipped).expect("write");
+    let c = check(&r, 2);
+    assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.artefact == key && p.kind == Verdict::Corrupt && p.detail.contains(&name)),
+        "{:?}",
+        c.problems
+    );
+    assert!(
+        c.warnings.is_empty(),
+        "parts are not unexpected objects: {:?}",
+        c.warnings
+    );
+}
+
 #[test]
 fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     let t = tempfile::tempdir().expect("tmp");

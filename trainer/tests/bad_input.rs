@@ -157,6 +157,27 @@ fn store_without_write_once_is_refused_before_training() {
 }
 
 #[test]
+fn a_part_size_below_the_minimum_is_refused_before_anything_is_written() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = fixture(t.path());
+    let out = t.path().join("run");
+    for bad in ["100", "lots"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["run", s(&cfg), "--out", s(&out), "--quiet"])
+            .env(snapshot_format::storage::MAX_PUT_ENV, bad)
+            .output()
+            .expect("start trainer");
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{bad}: {err}");
+        assert!(
+            err.contains(snapshot_format::storage::MAX_PUT_ENV) && err.contains("4096"),
+            "{bad}: {err}"
+        );
+        assert!(!out.exists(), "{bad}: the output directory is not even created");
+    }
+}
+
+#[test]
 fn unknown_or_absent_devices_are_clear_errors() {
     let t = tempfile::tempdir().expect("tmp");
     let cfg = fixture(t.path());
