@@ -375,8 +375,9 @@ pub trait References {
     fn checkpoint(&self, step: u64) -> Result<Arc<Snapshot>>;
 }
 
-/// Reads a run's checkpoints from its store, reconstructing delta chains: each reference is
-/// read (and verified) once while it is among the few most recently decoded.
+/// Reads a run's checkpoints from its store, reconstructing delta chains. The last checkpoint
+/// decoded is kept: reading checkpoints in step order (as `check`, `verify` and `rollback` do)
+/// decodes each one once, with at most two states in memory.
 #[derive(Debug)]
 pub struct CheckpointReader {
     store: Store,
@@ -385,7 +386,7 @@ pub struct CheckpointReader {
 }
 
 /// Decoded checkpoints kept for the deltas that follow them.
-const RECENT: usize = 3;
+const RECENT: usize = 1;
 
 impl CheckpointReader {
     /// A reader of the checkpoints in `store`, each decoded under `limits`.

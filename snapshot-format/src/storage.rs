@@ -298,7 +298,7 @@ impl Store {
         if parts::looks_like_index(&stored) {
             self.assemble(key, &stored)
         } else {
-            Ok(stored.to_vec())
+            Ok(Vec::from(stored))
         }
     }
 

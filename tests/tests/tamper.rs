@@ -34,6 +34,20 @@ fn verify(r: &Path, exit: i32) -> VerifyReport {
     replay(&["verify", s(r), "--all"], exit)
 }
 
+/// An honest run, and another run of the same fixture with another seed (the adversary's
+/// source of well-formed states).
+fn victim_and_other(t: &Path) -> (PathBuf, PathBuf) {
+    let victim = honest(&t.join("victim"));
+    let other = record(
+        &t.join("other"),
+        FixtureOptions {
+            seed: 12,
+            ..Default::default()
+        },
+    );
+    (victim, other)
+}
+
 fn honest(t: &Path) -> PathBuf {
     let r = record(t, FixtureOptions::default());
     assert_eq!(check(&r, 0).verdict, Verdict::Ok);
@@ -161,14 +175,7 @@ fn a_lost_delta_reference_makes_each_later_checkpoint_of_its_chain_unrecoverable
 #[test]
 fn a_swapped_delta_reference_makes_its_dependents_tampered() {
     let t = tempfile::tempdir().expect("tmp");
-    let victim = honest(&t.path().join("victim"));
-    let other = record(
-        &t.path().join("other"),
-        FixtureOptions {
-            seed: 12,
-            ..Default::default()
-        },
-    );
+    let (victim, other) = victim_and_other(t.path());
     let key = layout::checkpoint(4);
     let mine = snapshot_format::testing::checkpoint(&victim, 4);
     let theirs = snapshot_format::testing::checkpoint(&other, 4);
@@ -306,14 +313,7 @@ fn a_checkpoint_stored_in_parts_loses_or_damages_a_part_visibly() {
 #[test]
 fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     let t = tempfile::tempdir().expect("tmp");
-    let victim = honest(&t.path().join("victim"));
-    let other = record(
-        &t.path().join("other"),
-        FixtureOptions {
-            seed: 12,
-            ..Default::default()
-        },
-    );
+    let (victim, other) = victim_and_other(t.path());
     // The adversary re-labels the other run's checkpoint 8 as the victim's (run id, seed,
     // parent) and rewrites the ledger so that every hash is consistent again.
     let key = layout::checkpoint(8);

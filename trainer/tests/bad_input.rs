@@ -173,7 +173,10 @@ fn a_part_size_below_the_minimum_is_refused_before_anything_is_written() {
             err.contains(snapshot_format::storage::MAX_PUT_ENV) && err.contains("4096"),
             "{bad}: {err}"
         );
-        assert!(!out.exists(), "{bad}: the output directory is not even created");
+        assert!(
+            !out.exists(),
+            "{bad}: the output directory is not even created"
+        );
     }
 }
 
