@@ -18,9 +18,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::layout;
@@ -33,6 +34,8 @@ pub const AZURE_MAX_PUT_BYTES: u64 = 5000 << 20;
 /// Environment variable that lowers the size above which objects are written in parts (at
 /// least [`parts::MIN_PART_BYTES`]); for tests and for stores with a lower limit.
 pub const MAX_PUT_ENV: &str = "RV_MAX_PUT_BYTES";
+/// Parts of one object uploaded at once.
+const PARALLEL_UPLOADS: usize = 4;
 
 /// What [`Store::put_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,19 +413,27 @@ impl Store {
                 ),
             });
         }
-        let mut index = PartIndex {
+        // Parts are hashed in parallel, then uploaded a few at a time; the index lists them in
+        // order.
+        let hashes: Vec<crate::Hash32> = split
+            .par_iter()
+            .map(|slices| parts::part_hash(slices.iter().map(|b| b.as_ref())))
+            .collect();
+        let parts: Vec<Result<Part>> = self.runtime.block_on(
+            futures::stream::iter(split.into_iter().zip(hashes))
+                .map(|(slices, hash)| async move {
+                    let len = slices.iter().map(|b| b.len() as u64).sum();
+                    self.create_part(&parts::part_key(key, &hash), slices, &hash)
+                        .await?;
+                    Ok(Part { len, hash })
+                })
+                .buffered(PARALLEL_UPLOADS)
+                .collect(),
+        );
+        let index = PartIndex {
             len,
-            parts: Vec::with_capacity(split.len()),
+            parts: parts.into_iter().collect::<Result<_>>()?,
         };
-        for slices in split {
-            let hash = parts::part_hash(slices.iter().map(|b| b.as_ref()));
-            let part_len = slices.iter().map(|b| b.len() as u64).sum();
-            self.create_part(&parts::part_key(key, &hash), slices, &hash)?;
-            index.parts.push(Part {
-                len: part_len,
-                hash,
-            });
-        }
         self.put_conditional(key, vec![bytes::Bytes::from(index.encode())])
     }
 
@@ -442,15 +453,25 @@ impl Store {
 
     /// Create a part named by its hash; an existing part (left by an interrupted write of the
     /// same object) is accepted only when its bytes have that hash.
-    fn create_part(
+    async fn create_part(
         &self,
         key: &str,
         slices: Vec<bytes::Bytes>,
         hash: &crate::Hash32,
     ) -> Result<()> {
-        match self.put_conditional(key, slices) {
-            Err(Error::ObjectExists { .. }) => {
-                if parts::part_hash([self.get_stored(key)?.as_ref()]) == *hash {
+        let path = self.path(key)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let payload: PutPayload = slices.into_iter().collect();
+        match self.inner.put_opts(&path, payload, opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = async { self.inner.get(&path).await?.bytes().await }
+                    .await
+                    .map_err(|e| self.map_err(key, "get", e))?;
+                if parts::part_hash([existing.as_ref()]) == *hash {
                     Ok(())
                 } else {
                     Err(Error::ObjectConflict {
@@ -459,7 +480,7 @@ impl Store {
                     })
                 }
             }
-            other => other,
+            Err(e) => Err(self.map_err(key, "create", e)),
         }
     }
 
