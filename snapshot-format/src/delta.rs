@@ -382,11 +382,9 @@ pub trait References {
 pub struct CheckpointReader {
     store: Store,
     limits: ReadLimits,
-    recent: Mutex<Vec<(u64, Arc<Snapshot>)>>,
+    /// The last checkpoint decoded, for the delta that follows it.
+    last: Mutex<Option<(u64, Arc<Snapshot>)>>,
 }
-
-/// Decoded checkpoints kept for the deltas that follow them.
-const RECENT: usize = 1;
 
 impl CheckpointReader {
     /// A reader of the checkpoints in `store`, each decoded under `limits`.
@@ -394,25 +392,19 @@ impl CheckpointReader {
         CheckpointReader {
             store,
             limits,
-            recent: Mutex::new(Vec::new()),
+            last: Mutex::new(None),
         }
     }
 
     fn cached(&self, step: u64) -> Option<Arc<Snapshot>> {
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent
-            .iter()
-            .find(|(s, _)| *s == step)
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|(s, _)| *s == step)
             .map(|(_, snap)| snap.clone())
     }
 
     fn keep(&self, step: u64, snap: Arc<Snapshot>) {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.retain(|(s, _)| *s != step);
-        recent.push((step, snap));
-        if recent.len() > RECENT {
-            recent.remove(0);
-        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((step, snap));
     }
 
     /// Decode `located`, the checkpoint stored at `step`, resolving its references.
@@ -428,8 +420,8 @@ impl CheckpointReader {
         if let Some(snap) = self.cached(step) {
             return Ok(snap);
         }
-        let bytes = self.store.get(&layout::checkpoint(step))?;
         let key = layout::checkpoint(step);
+        let bytes = self.store.get(&key)?;
         self.decode(step, snapshot::locate(&bytes, &key, &self.limits)?)
     }
 

@@ -307,12 +307,13 @@ impl Store {
 
     /// The bytes stored at `key` as they are.
     fn get_stored(&self, key: &str) -> Result<bytes::Bytes> {
+        self.runtime.block_on(self.fetch(key))
+    }
+
+    async fn fetch(&self, key: &str) -> Result<bytes::Bytes> {
         let path = self.path(key)?;
-        self.runtime
-            .block_on(async {
-                let r = self.inner.get(&path).await?;
-                r.bytes().await
-            })
+        async { self.inner.get(&path).await?.bytes().await }
+            .await
             .map_err(|e| self.map_err(key, "get", e))
     }
 
@@ -439,14 +440,19 @@ impl Store {
 
     /// Conditionally create the object at `key` from `pieces`, as they are.
     fn put_conditional(&self, key: &str, pieces: Vec<bytes::Bytes>) -> Result<()> {
+        self.runtime.block_on(self.create_object(key, pieces))
+    }
+
+    async fn create_object(&self, key: &str, pieces: Vec<bytes::Bytes>) -> Result<()> {
         let path = self.path(key)?;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
         let payload: PutPayload = pieces.into_iter().collect();
-        self.runtime
-            .block_on(self.inner.put_opts(&path, payload, opts))
+        self.inner
+            .put_opts(&path, payload, opts)
+            .await
             .map(|_| ())
             .map_err(|e| self.map_err(key, "create", e))
     }
@@ -459,19 +465,9 @@ impl Store {
         slices: Vec<bytes::Bytes>,
         hash: &crate::Hash32,
     ) -> Result<()> {
-        let path = self.path(key)?;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let payload: PutPayload = slices.into_iter().collect();
-        match self.inner.put_opts(&path, payload, opts).await {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let existing = async { self.inner.get(&path).await?.bytes().await }
-                    .await
-                    .map_err(|e| self.map_err(key, "get", e))?;
-                if parts::part_hash([existing.as_ref()]) == *hash {
+        match self.create_object(key, slices).await {
+            Err(Error::ObjectExists { .. }) => {
+                if parts::part_hash([self.fetch(key).await?.as_ref()]) == *hash {
                     Ok(())
                 } else {
                     Err(Error::ObjectConflict {
@@ -480,7 +476,7 @@ impl Store {
                     })
                 }
             }
-            Err(e) => Err(self.map_err(key, "create", e)),
+            other => other,
         }
     }
 

@@ -26,6 +26,19 @@ fn record(dir: &Path, o: FixtureOptions) -> PathBuf {
     out
 }
 
+/// Panics unless `c` reports a problem of verdict `kind` with `artefact` whose detail mentions
+/// `detail`.
+#[track_caller]
+fn assert_problem(c: &CheckReport, artefact: &str, kind: Verdict, detail: &str) {
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.artefact == artefact && p.kind == kind && p.detail.contains(detail)),
+        "no {kind:?} problem with {artefact} mentioning {detail:?}: {:?}",
+        c.problems
+    );
+}
+
 fn check(r: &Path, exit: i32) -> CheckReport {
     replay(&["check", s(r)], exit)
 }
@@ -65,13 +78,7 @@ fn flipped_bit_in_a_checkpoint_tensor_is_corrupt() {
     std::fs::write(r.join(&key), bytes).expect("write");
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Corrupt);
-    assert!(
-        c.problems
-            .iter()
-            .any(|p| p.artefact == key && p.kind == Verdict::Corrupt),
-        "{:?}",
-        c.problems
-    );
+    assert_problem(&c, &key, Verdict::Corrupt, "");
     let v = verify(&r, 2);
     assert_eq!(v.verdict, Verdict::Corrupt);
     // Segment 1 does not touch checkpoint 8 and still verifies.
@@ -117,13 +124,7 @@ fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
         bytes[data_start + big.offset as usize + big.encoded_len as usize / 2] ^= 0x10;
         std::fs::write(r.join(&key), bytes).expect("write");
         let c = check(&r, 2);
-        assert!(
-            c.problems
-                .iter()
-                .any(|p| p.artefact == key && p.kind == Verdict::Corrupt),
-            "{name}: {:?}",
-            c.problems
-        );
+        assert_problem(&c, &key, Verdict::Corrupt, "");
     }
 }
 
@@ -152,14 +153,8 @@ fn a_lost_delta_reference_makes_each_later_checkpoint_of_its_chain_unrecoverable
     assert_eq!(c.verdict, Verdict::Missing);
     for step in [8u64, 12] {
         let key = layout::checkpoint(step);
-        assert!(
-            c.problems.iter().any(|p| p.artefact == key
-                && p.kind == Verdict::Missing
-                && p.detail.contains("cannot be reconstructed")
-                && p.detail.contains(&lost)),
-            "{key}: {:?}",
-            c.problems
-        );
+        assert_problem(&c, &key, Verdict::Missing, "cannot be reconstructed");
+        assert_problem(&c, &key, Verdict::Missing, &lost);
     }
     // Segment 1 (steps 1-4) starts from checkpoint 0, a keyframe: it still verifies.
     let v = verify(&r, 2);
@@ -206,13 +201,7 @@ fn a_swapped_delta_reference_makes_its_dependents_tampered() {
     );
     for step in [8u64, 12] {
         let dependent = layout::checkpoint(step);
-        assert!(
-            c.problems.iter().any(|p| p.artefact == dependent
-                && p.kind == Verdict::Tampered
-                && p.detail.contains(&key)),
-            "{dependent}: {:?}",
-            c.problems
-        );
+        assert_problem(&c, &dependent, Verdict::Tampered, &key);
     }
     // Re-executing steps 1-4 from checkpoint 0 does not reach the swapped state; segment 3
     // cannot start from checkpoint 8.
@@ -275,34 +264,15 @@ fn a_checkpoint_stored_in_parts_loses_or_damages_a_part_visibly() {
     std::fs::remove_file(part).expect("remove");
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Missing, "{:?}", c.problems);
-    assert!(
-        c.problems
-            .iter()
-            .any(|p| p.artefact == key && p.kind == Verdict::Missing && p.detail.contains(&name)),
-        "{:?}",
-        c.problems
-    );
-    let dependent = layout::checkpoint(12);
-    assert!(
-        c.problems
-            .iter()
-            .any(|p| p.artefact == dependent && p.detail.contains(&key)),
-        "{:?}",
-        c.problems
-    );
+    assert_problem(&c, &key, Verdict::Missing, &name);
+    assert_problem(&c, &layout::checkpoint(12), Verdict::Missing, &key);
 
     let mut flipped = bytes;
     flipped[100] ^= 0x08;
     std::fs::write(part, flipped).expect("write");
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
-    assert!(
-        c.problems
-            .iter()
-            .any(|p| p.artefact == key && p.kind == Verdict::Corrupt && p.detail.contains(&name)),
-        "{:?}",
-        c.problems
-    );
+    assert_problem(&c, &key, Verdict::Corrupt, &name);
     assert!(
         c.warnings.is_empty(),
         "parts are not unexpected objects: {:?}",
