@@ -111,54 +111,32 @@ pub fn check(
 }
 
 /// Decode every checkpoint and compare each with what the run commits to. Checkpoints are
-/// verified in step order, each one's tensors in parallel, while the next one is fetched: a
-/// delta's reference is then the checkpoint just verified, which the reader keeps decoded, so
-/// no chain is decoded twice.
+/// streamed from the store in step order (never held whole in their encoded form), each
+/// window of tensors decoded in parallel: a delta's reference is then the checkpoint just
+/// verified, which the reader keeps decoded, so no chain is decoded twice.
 fn check_checkpoints(
     ctx: &RunContext,
     progress: &indicatif::ProgressBar,
 ) -> Result<(Vec<Problem>, u64), CommandError> {
     progress.set_length(ctx.checkpoints.len() as u64);
-    let fetch = |step: u64| ctx.store.get(&layout::checkpoint(step));
+    // A run of delta checkpoints needs each one's values for the next; others need none (a
+    // wrong hint costs a second read, never a check).
+    let keep = ctx.manifest.recording.codec == "delta";
     let mut problems = Vec::new();
     let mut bytes = 0;
-    let mut next = ctx.checkpoints.first().map(|&step| fetch(step));
-    for (i, &step) in ctx.checkpoints.iter().enumerate() {
-        let fetched = next.take().expect("fetched with the one before");
-        let (checked, following) = rayon::join(
-            || check_one(ctx, step, fetched),
-            || ctx.checkpoints.get(i + 1).map(|&s| fetch(s)),
-        );
-        next = following;
-        let (p, b) = checked?;
-        problems.extend(p);
-        bytes += b;
+    for &step in &ctx.checkpoints {
+        let key = layout::checkpoint(step);
+        let (checked, read) = ctx.states.check(step, keep);
+        match checked {
+            Ok(header) => {
+                problems.extend(crate::state::commitment_problems(ctx, step, &key, &header))
+            }
+            Err(e) => problems.push(problem_of(e)?),
+        }
+        bytes += read;
         progress.inc(1);
     }
     Ok((problems, bytes))
-}
-
-/// Verify checkpoint `step` from its fetched bytes.
-fn check_one(
-    ctx: &RunContext,
-    step: u64,
-    fetched: snapshot_format::Result<Vec<u8>>,
-) -> Result<(Vec<Problem>, u64), CommandError> {
-    let bytes = match fetched {
-        Ok(b) => b,
-        Err(e) => return Ok((vec![problem_of(e)?], 0)),
-    };
-    let len = bytes.len() as u64;
-    let key = layout::checkpoint(step);
-    // Every tensor is decoded and hashed, without keeping the values (those of a delta chain
-    // are kept for the next delta).
-    Ok(match ctx.states.verify(step, &bytes) {
-        Ok(header) => (
-            crate::state::commitment_problems(ctx, step, &key, &header),
-            len,
-        ),
-        Err(e) => (vec![problem_of(e)?], len),
-    })
 }
 
 /// Objects in the run that the layout does not define (verification results excepted).

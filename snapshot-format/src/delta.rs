@@ -31,7 +31,7 @@ use crate::hash::Hash32;
 use crate::layout;
 use crate::limits::{MAX_DELTA_DEPTH, ReadLimits};
 use crate::snapshot::{self, Header, Snapshot, TensorView};
-use crate::storage::Store;
+use crate::storage::{ObjectReader, Store};
 
 /// Bytes before the inner encoding.
 pub const PREFIX_LEN: usize = 8 + 32 + 4 + 1 + 2;
@@ -77,30 +77,58 @@ impl Transform {
     /// The transform of `data` against `base` (same length, elements of `size` bytes).
     pub fn forward(self, data: &[u8], base: &[u8], size: usize) -> Vec<u8> {
         let mut out = data.to_vec();
-        match self {
-            Transform::Xor => xor_into(&mut out, base),
-            Transform::Difference => per_width(&mut out, base, size, true),
-        }
+        in_blocks(&mut out, base, size, |d, b| match self {
+            Transform::Xor => xor_into(d, b),
+            Transform::Difference => per_width(d, b, size, Op::Difference),
+        });
         out
     }
 
     /// Undo [`Self::forward`] in place: `data` holds the transform, `base` the reference.
     pub fn inverse(self, data: &mut [u8], base: &[u8], size: usize) {
-        match self {
-            Transform::Xor => xor_into(data, base),
-            Transform::Difference => per_width(data, base, size, false),
-        }
+        in_blocks(data, base, size, |d, b| match self {
+            Transform::Xor => xor_into(d, b),
+            Transform::Difference => per_width(d, b, size, Op::Undo),
+        });
+    }
+
+    /// Undo [`Self::forward`] into the reference: `base` holds the reference and becomes the
+    /// tensor, `data` holds the transform.
+    pub fn inverse_into_base(self, base: &mut [u8], data: &[u8], size: usize) {
+        in_blocks(base, data, size, |b, d| match self {
+            Transform::Xor => xor_into(b, d),
+            Transform::Difference => per_width(b, d, size, Op::UndoIntoBase),
+        });
     }
 }
 
-/// Zigzag difference (`forward`) or its inverse, element by element, in parallel blocks. Blocks
-/// whose bytes are aligned for the element type (the usual case: allocations are) are read as
-/// words, which vectorises; others element by element from their bytes.
-fn per_width(data: &mut [u8], base: &[u8], size: usize, forward: bool) {
+/// `f` over `target` and `other` (equal lengths) in parallel blocks of whole elements.
+fn in_blocks(target: &mut [u8], other: &[u8], size: usize, f: impl Fn(&mut [u8], &[u8]) + Sync) {
+    let block = size.max(1) << 14;
+    target
+        .par_chunks_mut(block)
+        .zip(other.par_chunks(block))
+        .for_each(|(t, o)| f(t, o));
+}
+
+/// What [`per_width`] computes into its target, element by element.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// target = zigzag(target - other)
+    Difference,
+    /// target = other + unzigzag(target)
+    Undo,
+    /// target = target + unzigzag(other)
+    UndoIntoBase,
+}
+
+/// Zigzag difference or its inverse ([`Op`]) over elements of `size` bytes. Slices whose bytes
+/// are aligned for the element type (the usual case: allocations are) are read as words, which
+/// vectorises; others element by element from their bytes.
+fn per_width(target: &mut [u8], other: &[u8], size: usize, op: Op) {
     macro_rules! run {
         ($u:ty, $i:ty) => {{
             const W: usize = std::mem::size_of::<$u>();
-            const BLOCK: usize = W << 14;
             let diff = |x: $u, y: $u| -> $u {
                 let d = x.wrapping_sub(y) as $i;
                 ((d << 1) ^ (d >> (W * 8 - 1))) as $u
@@ -109,34 +137,40 @@ fn per_width(data: &mut [u8], base: &[u8], size: usize, forward: bool) {
                 let d = ((x >> 1) as $i) ^ -((x & 1) as $i);
                 y.wrapping_add(d as $u)
             };
-            data.par_chunks_mut(BLOCK)
-                .zip(base.par_chunks(BLOCK))
-                .for_each(|(d, b)| {
-                    if let (Ok(dw), Ok(bw)) = (
-                        bytemuck::try_cast_slice_mut::<u8, $u>(d),
-                        bytemuck::try_cast_slice::<u8, $u>(b),
+            let f = |t: $u, o: $u| -> $u {
+                match op {
+                    Op::Difference => diff(t, o),
+                    Op::Undo => undo(t, o),
+                    Op::UndoIntoBase => undo(o, t),
+                }
+            };
+            macro_rules! words {
+                ($f:expr) => {
+                    if let (Ok(tw), Ok(ow)) = (
+                        bytemuck::try_cast_slice_mut::<u8, $u>(target),
+                        bytemuck::try_cast_slice::<u8, $u>(other),
                     ) {
-                        if forward {
-                            for (x, y) in dw.iter_mut().zip(bw) {
-                                *x = diff(<$u>::from_le(*x), <$u>::from_le(*y)).to_le();
-                            }
-                        } else {
-                            for (x, y) in dw.iter_mut().zip(bw) {
-                                *x = undo(<$u>::from_le(*x), <$u>::from_le(*y)).to_le();
-                            }
+                        for (x, y) in tw.iter_mut().zip(ow) {
+                            *x = $f(<$u>::from_le(*x), <$u>::from_le(*y)).to_le();
                         }
                         return;
                     }
-                    for (x, y) in d.chunks_exact_mut(W).zip(b.chunks_exact(W)) {
-                        let mut xb = [0u8; W];
-                        xb.copy_from_slice(x);
-                        let mut yb = [0u8; W];
-                        yb.copy_from_slice(y);
-                        let (xv, yv) = (<$u>::from_le_bytes(xb), <$u>::from_le_bytes(yb));
-                        let v = if forward { diff(xv, yv) } else { undo(xv, yv) };
-                        x.copy_from_slice(&v.to_le_bytes());
-                    }
-                })
+                };
+            }
+            // One loop per operation, so that each vectorises.
+            match op {
+                Op::Difference => words!(diff),
+                Op::Undo => words!(undo),
+                Op::UndoIntoBase => words!(|t, o| undo(o, t)),
+            }
+            for (x, y) in target.chunks_exact_mut(W).zip(other.chunks_exact(W)) {
+                let mut xb = [0u8; W];
+                xb.copy_from_slice(x);
+                let mut yb = [0u8; W];
+                yb.copy_from_slice(y);
+                let v = f(<$u>::from_le_bytes(xb), <$u>::from_le_bytes(yb));
+                x.copy_from_slice(&v.to_le_bytes());
+            }
         }};
     }
     match size {
@@ -233,12 +267,9 @@ impl DeltaRef {
     }
 }
 
-/// XOR `other` into `data` (equal lengths), in parallel.
+/// XOR `other` into `data` (equal lengths).
 fn xor_into(data: &mut [u8], other: &[u8]) {
-    const BLOCK: usize = 1 << 16;
-    data.par_chunks_mut(BLOCK)
-        .zip(other.par_chunks(BLOCK))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x ^= y));
+    data.iter_mut().zip(other).for_each(|(x, y)| *x ^= y);
 }
 
 /// One tensor of a [`Reference`].
@@ -371,13 +402,15 @@ pub(crate) fn encode(
 /// Where a reader finds the checkpoints that delta tensors name.
 pub trait References {
     /// The decoded and verified checkpoint stored at `step` (its state root is checked by the
-    /// caller against the one the delta names).
+    /// caller against the one the delta names). A checkpoint handed over unshared may be
+    /// emptied tensor by tensor as its deltas are decoded.
     fn checkpoint(&self, step: u64) -> Result<Arc<Snapshot>>;
 }
 
-/// Reads a run's checkpoints from its store, reconstructing delta chains. The last checkpoint
-/// decoded is kept: reading checkpoints in step order (as `check`, `verify` and `rollback` do)
-/// decodes each one once, with at most two states in memory.
+/// Reads a run's checkpoints from its store, streaming them and reconstructing delta chains.
+/// The last checkpoint read is kept: reading checkpoints in step order (as `check`, `verify`
+/// and `rollback` do) decodes each one once. While a delta checkpoint is decoded its
+/// reference's tensors are freed as they are used, so `check` holds about one state.
 #[derive(Debug)]
 pub struct CheckpointReader {
     store: Store,
@@ -396,33 +429,29 @@ impl CheckpointReader {
         }
     }
 
-    fn cached(&self, step: u64) -> Option<Arc<Snapshot>> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.as_ref()
-            .filter(|(s, _)| *s == step)
-            .map(|(_, snap)| snap.clone())
+    /// The kept checkpoint if it is the one at `step`; `take` moves it out of the reader.
+    fn cached(&self, step: u64, take: bool) -> Option<Arc<Snapshot>> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_ref() {
+            Some((s, _)) if *s == step && take => last.take().map(|(_, snap)| snap),
+            Some((s, snap)) if *s == step => Some(snap.clone()),
+            _ => None,
+        }
     }
 
-    fn keep(&self, step: u64, snap: Arc<Snapshot>) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((step, snap));
-    }
-
-    /// Decode `located`, the checkpoint stored at `step`, resolving its references.
-    fn decode(&self, step: u64, located: snapshot::Located<'_>) -> Result<Arc<Snapshot>> {
-        let snap = Arc::new(located.decode(Some(self))?);
-        self.keep(step, snap.clone());
-        Ok(snap)
+    fn keep(&self, step: u64, snap: &Arc<Snapshot>) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((step, snap.clone()));
     }
 
     /// The checkpoint at `step`, decoded with every tensor hash and the state root verified
     /// (through its whole delta chain).
     pub fn read(&self, step: u64) -> Result<Arc<Snapshot>> {
-        if let Some(snap) = self.cached(step) {
+        if let Some(snap) = self.cached(step, false) {
             return Ok(snap);
         }
-        let key = layout::checkpoint(step);
-        let bytes = self.store.get(&key)?;
-        self.decode(step, snapshot::locate(&bytes, &key, &self.limits)?)
+        let snap = self.stream(step).0?;
+        self.keep(step, &snap);
+        Ok(snap)
     }
 
     /// The checkpoint at `step`, as [`CheckpointReader::read`] gives it, owned: the reader is
@@ -433,22 +462,56 @@ impl CheckpointReader {
         Ok(Arc::unwrap_or_clone(snap))
     }
 
-    /// Verify `bytes`, the checkpoint stored at `step`, as [`snapshot::verify`] does; a
-    /// checkpoint with delta tensors is decoded through its chain (and kept for the next).
-    pub fn verify(&self, step: u64, bytes: &[u8]) -> Result<Header> {
-        let key = layout::checkpoint(step);
-        let located = snapshot::locate(bytes, &key, &self.limits)?;
-        if located.has_deltas() {
-            Ok(self.decode(step, located)?.header.clone())
-        } else {
-            located.verify()
+    /// Check the checkpoint stored at `step` as [`CheckpointReader::read`] does, reading it
+    /// from the store even when it was read before: the verified header, and the bytes read
+    /// (on failure too). With `keep` (a run of delta checkpoints), the decoded checkpoint is
+    /// kept for the delta that follows; without, tensors that are not deltas are hashed
+    /// without keeping their values. Either way every check is made; `keep` only saves
+    /// reading the checkpoint again when a delta names it.
+    pub fn check(&self, step: u64, keep: bool) -> (Result<Header>, u64) {
+        if keep {
+            let (snap, bytes) = self.stream(step);
+            let header = snap.map(|snap| {
+                self.keep(step, &snap);
+                snap.header.clone()
+            });
+            return (header, bytes);
         }
+        self.with_object(step, |reader| reader.verify_all(Some(self)))
+    }
+
+    /// Stream checkpoint `step` from the store (the encoded object is never held whole) and
+    /// decode and verify it, resolving its references; with the bytes read.
+    fn stream(&self, step: u64) -> (Result<Arc<Snapshot>>, u64) {
+        let (snap, bytes) = self.with_object(step, |reader| reader.decode_all(Some(self)));
+        (snap.map(Arc::new), bytes)
+    }
+
+    /// `f` of a streaming reader of checkpoint `step`, and the bytes it read.
+    fn with_object<T>(
+        &self,
+        step: u64,
+        f: impl FnOnce(snapshot::SnapshotReader<&mut ObjectReader>) -> Result<T>,
+    ) -> (Result<T>, u64) {
+        let key = layout::checkpoint(step);
+        let mut object = match self.store.reader(&key) {
+            Ok(object) => object,
+            Err(e) => return (Err(e), 0),
+        };
+        let result = snapshot::SnapshotReader::new(&mut object, &key, &self.limits).and_then(f);
+        (result, object.bytes_read())
     }
 }
 
+/// As a delta's reference, the kept checkpoint is handed over, not shared: the decoder frees
+/// each of its tensors once the delta tensor is decoded (deltas name the checkpoint before
+/// theirs, which is needed once).
 impl References for CheckpointReader {
     fn checkpoint(&self, step: u64) -> Result<Arc<Snapshot>> {
-        self.read(step)
+        match self.cached(step, true) {
+            Some(snap) => Ok(snap),
+            None => self.stream(step).0,
+        }
     }
 }
 
@@ -564,15 +627,39 @@ mod tests {
             for (name, _, _, data) in &expected {
                 assert_eq!(snap.tensor(name).expect("tensor").1, data.as_slice());
             }
-            assert_eq!(
-                reader
-                    .verify(step, &objects[step as usize].0)
-                    .expect("verifies"),
-                snap.header
-            );
+            let (checked, bytes) = reader.check(step, true);
+            assert_eq!(checked.expect("verifies"), snap.header);
+            assert_eq!(bytes, objects[step as usize].0.len() as u64);
         }
         // A delta is smaller than the keyframe it follows.
         assert!(objects[1].0.len() < objects[0].0.len());
+    }
+
+    #[test]
+    fn a_streamed_read_in_small_windows_decodes_what_a_whole_read_does() {
+        let objects = chain(5, 8);
+        let (_dir, store) = run_store(&objects);
+        let reader = CheckpointReader::new(store.clone(), ReadLimits::default());
+        for step in 0..5u64 {
+            let key = layout::checkpoint(step);
+            let whole = snapshot::decode_with(
+                &objects[step as usize].0,
+                &key,
+                &ReadLimits::default(),
+                Some(&reader),
+            )
+            .expect("whole");
+            // One byte per window: every tensor is a window of its own.
+            let streamed = snapshot::SnapshotReader::new(
+                store.reader(&key).expect("reader"),
+                &key,
+                &ReadLimits::default(),
+            )
+            .and_then(|r| r.decode_in_windows(Some(&reader), 1))
+            .expect("streamed");
+            assert_eq!(streamed.header, whole.header);
+            assert_eq!(streamed.data, whole.data);
+        }
     }
 
     #[test]
@@ -654,11 +741,22 @@ mod tests {
             let mut shifted_old = vec![0u8; n + 1];
             shifted_old[1..].copy_from_slice(&old[..n]);
             let mut data = shifted_new.clone();
-            per_width(&mut data[1..], &shifted_old[1..], size, true);
+            per_width(&mut data[1..], &shifted_old[1..], size, Op::Difference);
             assert_eq!(&data[1..], aligned.as_slice(), "size {size}");
-            per_width(&mut data[1..], &shifted_old[1..], size, false);
+            // Undone into the reference, unaligned then aligned: the new bytes.
+            let mut base = shifted_old.clone();
+            per_width(&mut base[1..], &data[1..], size, Op::UndoIntoBase);
+            assert_eq!(&base[1..], &new[..n], "size {size}");
+            let mut base = old[..n].to_vec();
+            Transform::Difference.inverse_into_base(&mut base, &aligned, size);
+            assert_eq!(base, &new[..n], "size {size}");
+            per_width(&mut data[1..], &shifted_old[1..], size, Op::Undo);
             assert_eq!(&data[1..], &new[..n], "size {size}");
         }
+        let xor = Transform::Xor.forward(&new, &old, 1);
+        let mut base = old.clone();
+        Transform::Xor.inverse_into_base(&mut base, &xor, 1);
+        assert_eq!(base, new);
     }
 
     /// References held in memory, by step.

@@ -274,12 +274,7 @@ pub fn read_close<R: Read>(r: &mut R, artefact: &str, offset: u64) -> Result<()>
             Ok(0) => break,
             Ok(n) => extra += n as u64,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(Error::Io {
-                    artefact: artefact.to_string(),
-                    source,
-                });
-            }
+            Err(source) => return Err(Error::from_io(artefact, source)),
         }
     }
     if extra != 0 {
@@ -305,12 +300,7 @@ pub fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], artefact: &str, offset: u6
             }
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(Error::Io {
-                    artefact: artefact.to_string(),
-                    source,
-                });
-            }
+            Err(source) => return Err(Error::from_io(artefact, source)),
         }
     }
     Ok(())

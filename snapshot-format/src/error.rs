@@ -370,6 +370,29 @@ pub enum Error {
 }
 
 impl Error {
+    /// An I/O error while reading `artefact`. An error of this crate carried through `Read`
+    /// (by a streaming store read: a missing part, a failed fetch) is given back as it was.
+    pub(crate) fn from_io(artefact: &str, source: std::io::Error) -> Error {
+        if !source.get_ref().is_some_and(|e| e.is::<Error>()) {
+            return Error::Io {
+                artefact: artefact.to_string(),
+                source,
+            };
+        }
+        match source.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(e)) => *e,
+            // Not reached: the check above saw an error of this crate.
+            Some(Err(other)) => Error::Io {
+                artefact: artefact.to_string(),
+                source: std::io::Error::other(other),
+            },
+            None => Error::Io {
+                artefact: artefact.to_string(),
+                source: std::io::Error::other("an I/O error without its cause"),
+            },
+        }
+    }
+
     /// The artefact or store key the error concerns, where it names one.
     pub fn artefact(&self) -> Option<&str> {
         use Error::*;

@@ -115,6 +115,24 @@ impl Target<'_> {
 /// Decode a planes encoding into the tensor's raw canonical bytes, checking every length the
 /// layout implies before allocating or decompressing.
 pub fn decode(t: &Target<'_>, encoded: &[u8]) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; t.raw_len as usize];
+    decode_into(t, encoded, &mut out, None)?;
+    Ok(out)
+}
+
+/// How [`decode_into`] combines each decoded chunk with what `out` holds: called with the
+/// chunk of `out` and the decoded bytes for it.
+pub type Combine<'a> = &'a (dyn Fn(&mut [u8], &[u8]) + Sync);
+
+/// [`decode`] into `out` (`raw_len` bytes): the decoded bytes replace `out`'s, or, with
+/// `combine`, each chunk is decoded into a scratch buffer of the worker and combined into
+/// `out` (a delta undone in place against its reference, without a buffer for the tensor).
+pub fn decode_into(
+    t: &Target<'_>,
+    encoded: &[u8],
+    out: &mut [u8],
+    combine: Option<Combine<'_>>,
+) -> Result<()> {
     let size = t.dtype.size() as usize;
     let Some((head, rest)) = encoded.split_first_chunk::<4>() else {
         return Err(t.corrupt("shorter than its 4-byte chunk size"));
@@ -155,7 +173,13 @@ pub fn decode(t: &Target<'_>, encoded: &[u8]) -> Result<Vec<u8>> {
             body.len() - offset
         )));
     }
-    let mut out = vec![0u8; t.raw_len as usize];
+    if out.len() as u64 != t.raw_len {
+        return Err(t.corrupt(format!(
+            "{} bytes to decode into for a tensor of {}",
+            out.len(),
+            t.raw_len
+        )));
+    }
     out.par_chunks_mut(chunk)
         .zip(planes.par_chunks(size))
         .try_for_each(|(raw, streams)| {
@@ -164,13 +188,24 @@ pub fn decode(t: &Target<'_>, encoded: &[u8]) -> Result<Vec<u8>> {
             for &(method, stream) in streams {
                 decoded.push(decode_plane(t, method, stream, m)?);
             }
-            join(t.dtype, &decoded, raw);
+            match combine {
+                None => join(t.dtype, &decoded, raw),
+                Some(combine) => SCRATCH.with(|cell| {
+                    let mut scratch = cell.borrow_mut();
+                    scratch.resize(raw.len(), 0);
+                    join(t.dtype, &decoded, &mut scratch);
+                    combine(raw, &scratch);
+                }),
+            }
             Ok(())
         })?;
-    Ok(out)
+    Ok(())
 }
 
 thread_local! {
+    /// A worker's decoded chunk before [`decode_into`] combines it (reused: no page is faulted
+    /// in per chunk).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
 }

@@ -770,7 +770,7 @@ pub fn decode_with(
 /// makes (table, sizes, decompression limits, canonical bools, every tensor hash, state root),
 /// with each tensor's decoded bytes streamed through a small buffer into its hash. For
 /// integrity checks that do not need the values. A delta tensor is an error here
-/// ([`Error::DeltaWithoutReferences`]); [`crate::delta::CheckpointReader::verify`] resolves it.
+/// ([`Error::DeltaWithoutReferences`]); [`crate::delta::CheckpointReader::check`] resolves it.
 pub fn verify(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Header> {
     locate(bytes, artefact, limits)?.verify()
 }
@@ -809,21 +809,19 @@ impl Located<'_> {
     /// Decode and verify every tensor in parallel, resolving delta tensors through `refs`.
     pub fn decode(self, refs: Option<&dyn References>) -> Result<Snapshot> {
         let artefact = self.artefact;
-        let bases = resolve(&self.header, artefact, refs)?;
+        let mut bases = Bases::new(refs);
+        let bases = self
+            .header
+            .tensors
+            .iter()
+            .map(|t| bases.base(&self.header, t, artefact, false))
+            .collect::<Result<Vec<_>>>()?;
         let decoded: Vec<Result<Vec<u8>>> = self
             .header
             .tensors
             .par_iter()
-            .zip(&bases)
-            .map(|(t, base)| {
-                let enc = self.encoded(t);
-                let raw = match base {
-                    Some(base) => decode_delta(t, enc, base, artefact)?,
-                    None => decode_data(t.codec, t, enc, artefact)?,
-                };
-                verify_tensor(t, &raw, artefact)?;
-                Ok(raw)
-            })
+            .zip(bases)
+            .map(|(t, base)| decode_tensor(t, self.encoded(t).into(), base, artefact))
             .collect();
         let data = decoded.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(Snapshot {
@@ -834,7 +832,10 @@ impl Located<'_> {
 
     /// Verify every tensor without keeping its values (see [`verify`]).
     pub fn verify(self) -> Result<Header> {
-        resolve(&self.header, self.artefact, None)?;
+        let mut bases = Bases::new(None);
+        for t in &self.header.tensors {
+            bases.base(&self.header, t, self.artefact, false)?;
+        }
         let results: Vec<Result<()>> = self
             .header
             .tensors
@@ -849,21 +850,44 @@ impl Located<'_> {
 /// A delta tensor's reference: the checkpoint and the index of the tensor in it.
 type Base = (Arc<Snapshot>, usize);
 
-/// The reference tensor of each delta tensor of `header` (`None` for the others), each
-/// reference checkpoint read once through `refs` and checked against what the delta names:
-/// an earlier step, the state root, a tensor of the same name, dtype and shape, and a chain
-/// depth one more than that tensor's.
-fn resolve(
-    header: &Header,
-    artefact: &str,
-    refs: Option<&dyn References>,
-) -> Result<Vec<Option<Base>>> {
-    let mut read: Vec<(u64, Arc<Snapshot>)> = Vec::new();
-    let mut bases = Vec::with_capacity(header.tensors.len());
-    for t in &header.tensors {
+/// A delta tensor's reference as its decoder gets it: shared, or handed over (moved out of a
+/// reference checkpoint that nobody else holds) to become the decoded tensor in place.
+enum BaseData {
+    Shared(Base),
+    Owned(Vec<u8>),
+}
+
+/// The references of one snapshot's delta tensors, each reference checkpoint read once
+/// through `refs`.
+struct Bases<'r> {
+    refs: Option<&'r dyn References>,
+    read: Vec<(u64, Arc<Snapshot>)>,
+}
+
+impl<'r> Bases<'r> {
+    fn new(refs: Option<&'r dyn References>) -> Self {
+        Bases {
+            refs,
+            read: Vec::new(),
+        }
+    }
+
+    /// The reference tensor of `t`, a tensor of the snapshot with `header` (`None` when it is
+    /// not a delta), checked against what the delta names: an earlier step, the state root, a
+    /// tensor of the same name, dtype and shape, and a chain depth one more than that
+    /// tensor's. With `hand_over`, the tensor is moved out of a reference checkpoint nobody
+    /// else holds: a streaming read of a delta checkpoint then holds about one state, not two,
+    /// and allocates no buffer for its delta tensors. Each reference tensor serves one delta
+    /// tensor (names are unique), so none is needed again.
+    fn base(
+        &mut self,
+        header: &Header,
+        t: &TensorInfo,
+        artefact: &str,
+        hand_over: bool,
+    ) -> Result<Option<BaseData>> {
         let Some(d) = t.delta else {
-            bases.push(None);
-            continue;
+            return Ok(None);
         };
         let mismatch = |detail: String| Error::DeltaReferenceMismatch {
             artefact: artefact.to_string(),
@@ -877,15 +901,15 @@ fn resolve(
                 d.step, header.state.step
             )));
         }
-        let Some(refs) = refs else {
+        let Some(refs) = self.refs else {
             return Err(Error::DeltaWithoutReferences {
                 artefact: artefact.to_string(),
                 tensor: t.name.clone(),
                 reference: d.key(),
             });
         };
-        let snap = match read.iter().find(|(s, _)| *s == d.step) {
-            Some((_, snap)) => snap.clone(),
+        let at = match self.read.iter().position(|(s, _)| *s == d.step) {
+            Some(at) => at,
             None => {
                 let snap =
                     refs.checkpoint(d.step)
@@ -894,10 +918,11 @@ fn resolve(
                             reference: d.key(),
                             source: Box::new(e),
                         })?;
-                read.push((d.step, snap.clone()));
-                snap
+                self.read.push((d.step, snap));
+                self.read.len() - 1
             }
         };
+        let snap = &mut self.read[at].1;
         if snap.header.state_root != d.root {
             return Err(mismatch(format!(
                 "its state root is {}, the delta names {}",
@@ -921,14 +946,33 @@ fn resolve(
                 d.depth
             )));
         }
-        bases.push(Some((snap, index)));
+        if hand_over && let Some(held) = Arc::get_mut(snap) {
+            return Ok(Some(BaseData::Owned(std::mem::take(&mut held.data[index]))));
+        }
+        Ok(Some(BaseData::Shared((snap.clone(), index))))
     }
-    Ok(bases)
+}
+
+/// Decode one tensor's `encoded` bytes (against `base` when it is a delta) and verify them.
+fn decode_tensor(
+    t: &TensorInfo,
+    encoded: std::borrow::Cow<'_, [u8]>,
+    base: Option<BaseData>,
+    artefact: &str,
+) -> Result<Vec<u8>> {
+    let raw = match base {
+        Some(base) => decode_delta(t, &encoded, base, artefact)?,
+        // Raw bytes already read are the tensor: moved, not copied.
+        None if t.codec == Codec::Raw => encoded.into_owned(),
+        None => decode_data(t.codec, t, &encoded, artefact)?,
+    };
+    verify_tensor(t, &raw, artefact)?;
+    Ok(raw)
 }
 
 /// Decode a delta tensor: its inner encoding, with the transform undone against the reference
-/// tensor's raw bytes.
-fn decode_delta(t: &TensorInfo, encoded: &[u8], base: &Base, artefact: &str) -> Result<Vec<u8>> {
+/// tensor's raw bytes; a reference handed over becomes the tensor, in place.
+fn decode_delta(t: &TensorInfo, encoded: &[u8], base: BaseData, artefact: &str) -> Result<Vec<u8>> {
     let (delta, inner) = DeltaRef::parse(encoded, artefact, &t.name)?;
     if delta.inner == Codec::Raw && inner.len() as u64 != t.raw_len {
         return Err(Error::Decompress {
@@ -943,11 +987,36 @@ fn decode_delta(t: &TensorInfo, encoded: &[u8], base: &Base, artefact: &str) -> 
     }
     let mut as_inner = t.clone();
     as_inner.dtype = delta.transform.inner_dtype(t.dtype);
-    let mut raw = decode_data(delta.inner, &as_inner, inner, artefact)?;
-    delta
-        .transform
-        .inverse(&mut raw, &base.0.data[base.1], t.dtype.size() as usize);
-    Ok(raw)
+    let size = t.dtype.size() as usize;
+    match base {
+        BaseData::Shared((snap, index)) => {
+            let mut raw = decode_data(delta.inner, &as_inner, inner, artefact)?;
+            delta.transform.inverse(&mut raw, &snap.data[index], size);
+            Ok(raw)
+        }
+        BaseData::Owned(mut raw) if delta.inner == Codec::Planes => {
+            let target = crate::planes::Target {
+                artefact,
+                tensor: &t.name,
+                dtype: as_inner.dtype,
+                raw_len: t.raw_len,
+            };
+            let undo = |b: &mut [u8], d: &[u8]| delta.transform.inverse_into_base(b, d, size);
+            crate::planes::decode_into(&target, inner, &mut raw, Some(&undo))?;
+            Ok(raw)
+        }
+        BaseData::Owned(mut raw) => {
+            let decoded;
+            let moved = if delta.inner == Codec::Raw {
+                inner
+            } else {
+                decoded = decode_data(delta.inner, &as_inner, inner, artefact)?;
+                &decoded
+            };
+            delta.transform.inverse_into_base(&mut raw, moved, size);
+            Ok(raw)
+        }
+    }
 }
 
 /// Checks raw bytes of one tensor as they arrive: length within the declared raw length,
@@ -1031,7 +1100,7 @@ fn verify_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<()> {
     let mut sink = RawSink::new(t, artefact);
     match t.codec {
         Codec::Raw => sink.feed(encoded, true)?,
-        // Refused by `resolve` before any tensor is verified; refused here too.
+        // Refused when its reference is looked up, before it is verified; refused here too.
         Codec::Delta => {
             return Err(Error::DeltaWithoutReferences {
                 artefact: artefact.to_string(),
@@ -1218,8 +1287,12 @@ fn verify_tensor(t: &TensorInfo, raw: &[u8], artefact: &str) -> Result<()> {
     Ok(())
 }
 
+/// Encoded bytes [`SnapshotReader::decode_all`] gathers before decoding them in parallel (at
+/// least one tensor).
+pub const STREAM_WINDOW_BYTES: u64 = 16 << 20;
+
 /// Streaming reader: verifies the header on construction, then yields one verified tensor at
-/// a time. Memory use is one tensor plus the header.
+/// a time (memory: one tensor plus the header), or decodes the whole snapshot in windows.
 #[derive(Debug)]
 pub struct SnapshotReader<R: Read> {
     inner: R,
@@ -1249,54 +1322,117 @@ impl<R: Read> SnapshotReader<R> {
         &self.header
     }
 
-    /// Decode and verify the next tensor; `None` after the last.
-    pub fn next_tensor(&mut self) -> Result<Option<(&TensorInfo, Vec<u8>)>> {
-        let Some(t) = self.header.tensors.get(self.next) else {
+    /// Read the next tensor's encoded bytes, a delta's reference parsed into the table;
+    /// `None` after the last.
+    fn read_encoded(&mut self) -> Result<Option<(usize, Vec<u8>)>> {
+        let index = self.next;
+        let Some(t) = self.header.tensors.get(index) else {
             return Ok(None);
         };
         self.next += 1;
         let artefact = &self.artefact;
-        let start = self.offset;
-        let mut region = (&mut self.inner).take(t.encoded_len);
-        let decoded = match t.codec {
-            Codec::Raw => {
-                let mut raw = Vec::new();
-                read_region(&mut region, &mut raw, artefact).map(|()| raw)
-            }
-            Codec::Zstd => decode_zstd(t, std::io::BufReader::new(&mut region), artefact),
-            Codec::Planes => {
-                let mut encoded = Vec::new();
-                read_region(&mut region, &mut encoded, artefact)
-                    .and_then(|()| decode_planes(t, &encoded, artefact))
-            }
-            // A streaming read has no other checkpoints to resolve the reference from.
-            Codec::Delta => {
-                let mut encoded = Vec::new();
-                read_region(&mut region, &mut encoded, artefact).and_then(|()| {
-                    let (delta, _) = DeltaRef::parse(&encoded, artefact, &t.name)?;
-                    Err(Error::DeltaWithoutReferences {
-                        artefact: artefact.clone(),
-                        tensor: t.name.clone(),
-                        reference: delta.key(),
-                    })
-                })
-            }
-        };
-        // Drain what is left of the region, so that a short stream is reported as truncation
-        // rather than as a decoding failure.
-        let mut rest = Vec::new();
-        read_region(&mut region, &mut rest, artefact)?;
-        if region.limit() != 0 {
+        let mut encoded = Vec::with_capacity(t.encoded_len.min(STREAM_WINDOW_BYTES) as usize);
+        read_region(
+            &mut (&mut self.inner).take(t.encoded_len),
+            &mut encoded,
+            artefact,
+        )?;
+        if (encoded.len() as u64) < t.encoded_len {
             return Err(Error::Truncated {
                 artefact: artefact.clone(),
-                needed: start + t.encoded_len,
-                available: start + t.encoded_len - region.limit(),
+                needed: self.offset + t.encoded_len,
+                available: self.offset + encoded.len() as u64,
             });
         }
-        let raw = decoded?;
         self.offset += t.encoded_len;
-        verify_tensor(t, &raw, artefact)?;
+        if t.codec == Codec::Delta {
+            let delta = DeltaRef::parse(&encoded, artefact, &t.name)?.0;
+            self.header.tensors[index].delta = Some(delta);
+        }
+        Ok(Some((index, encoded)))
+    }
+
+    /// Decode and verify the next tensor; `None` after the last. A delta tensor is an error
+    /// ([`Error::DeltaWithoutReferences`]); [`SnapshotReader::decode_all`] resolves it.
+    pub fn next_tensor(&mut self) -> Result<Option<(&TensorInfo, Vec<u8>)>> {
+        let Some((index, encoded)) = self.read_encoded()? else {
+            return Ok(None);
+        };
+        let t = &self.header.tensors[index];
+        let base = Bases::new(None).base(&self.header, t, &self.artefact, false)?;
+        let raw = decode_tensor(t, encoded.into(), base, &self.artefact)?;
         Ok(Some((t, raw)))
+    }
+
+    /// Read, decode and verify the whole snapshot, resolving delta tensors through `refs`,
+    /// then check the end marker. Tensors are gathered into windows of about
+    /// [`STREAM_WINDOW_BYTES`] encoded bytes and each window is decoded in parallel: the
+    /// encoded snapshot is never held whole.
+    pub fn decode_all(self, refs: Option<&dyn References>) -> Result<Snapshot> {
+        self.decode_in_windows(refs, STREAM_WINDOW_BYTES)
+    }
+
+    /// [`SnapshotReader::decode_all`] without keeping the tensors' values: each tensor that is
+    /// not a delta is hashed as it decodes, through a small buffer ([`verify`]'s checks).
+    pub fn verify_all(self, refs: Option<&dyn References>) -> Result<Header> {
+        Ok(self.windows(refs, STREAM_WINDOW_BYTES, false)?.0)
+    }
+
+    /// [`SnapshotReader::decode_all`] with windows of about `window_bytes`.
+    pub(crate) fn decode_in_windows(
+        self,
+        refs: Option<&dyn References>,
+        window_bytes: u64,
+    ) -> Result<Snapshot> {
+        let (header, data) = self.windows(refs, window_bytes, true)?;
+        Ok(Snapshot { header, data })
+    }
+
+    /// Read and verify every tensor, window by window, and the end marker; with `keep`, the
+    /// decoded values of every tensor, in table order.
+    fn windows(
+        mut self,
+        refs: Option<&dyn References>,
+        window_bytes: u64,
+        keep: bool,
+    ) -> Result<(Header, Vec<Vec<u8>>)> {
+        let mut bases = Bases::new(refs);
+        let mut data = Vec::with_capacity(if keep { self.header.tensors.len() } else { 0 });
+        loop {
+            let mut window = Vec::new();
+            let mut gathered = 0;
+            while gathered < window_bytes {
+                let Some((index, encoded)) = self.read_encoded()? else {
+                    break;
+                };
+                gathered += encoded.len() as u64;
+                let t = &self.header.tensors[index];
+                let base = bases.base(&self.header, t, &self.artefact, true)?;
+                window.push((index, encoded, base));
+            }
+            if window.is_empty() {
+                break;
+            }
+            let (tensors, artefact) = (&self.header.tensors, &self.artefact);
+            let decoded: Vec<Result<Vec<u8>>> = window
+                .into_par_iter()
+                .map(|(i, encoded, base)| {
+                    let t = &tensors[i];
+                    if !keep && base.is_none() {
+                        return verify_data(t, &encoded, artefact).map(|()| Vec::new());
+                    }
+                    decode_tensor(t, encoded.into(), base, artefact)
+                })
+                .collect();
+            for raw in decoded {
+                let raw = raw?;
+                if keep {
+                    data.push(raw);
+                }
+            }
+        }
+        envelope::read_close(&mut self.inner, &self.artefact, self.offset)?;
+        Ok((self.header, data))
     }
 
     /// After the last tensor: check the end marker and that nothing follows.
@@ -1308,8 +1444,7 @@ impl<R: Read> SnapshotReader<R> {
 }
 
 fn read_region<R: Read>(r: &mut R, out: &mut Vec<u8>, artefact: &str) -> Result<()> {
-    r.read_to_end(out).map(|_| ()).map_err(|source| Error::Io {
-        artefact: artefact.to_string(),
-        source,
-    })
+    r.read_to_end(out)
+        .map(|_| ())
+        .map_err(|source| Error::from_io(artefact, source))
 }

@@ -16,11 +16,14 @@
 //! The API is synchronous; an internal tokio runtime drives `object_store`.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -36,6 +39,15 @@ pub const AZURE_MAX_PUT_BYTES: u64 = 5000 << 20;
 pub const MAX_PUT_ENV: &str = "RV_MAX_PUT_BYTES";
 /// Parts of one object uploaded at once.
 const PARALLEL_UPLOADS: usize = 4;
+/// The largest part a writer makes (smaller when the store's single-write limit is): a
+/// streaming read holds a part while it checks it, and one more it fetches ahead.
+pub const MAX_WRITTEN_PART_BYTES: u64 = 64 << 20;
+/// Parts a streaming read fetches ahead of the one being read.
+const PARTS_AHEAD: usize = 1;
+/// A streaming read of a remote object gathers its bytes into buffers of this size, and
+/// fetches up to `BUFFERS_AHEAD` of them ahead of the reader.
+const BUFFER_BYTES: usize = 4 << 20;
+const BUFFERS_AHEAD: usize = 4;
 
 /// What [`Store::put_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,47 +273,133 @@ impl Store {
     }
 
     fn map_err(&self, key: &str, op: &'static str, e: object_store::Error) -> Error {
-        let store = self.location.clone();
-        let key = key.to_string();
-        match e {
-            object_store::Error::NotFound { .. } => Error::ObjectMissing { store, key },
-            object_store::Error::AlreadyExists { .. } => Error::ObjectExists { store, key },
-            object_store::Error::PermissionDenied { source, .. }
-            | object_store::Error::Unauthenticated { source, .. } => Error::PermissionDenied {
-                store,
-                key,
-                op,
-                detail: source.to_string(),
-            },
-            other => {
-                let detail = other.to_string();
-                if detail.contains("ermission denied") {
-                    Error::PermissionDenied {
-                        store,
-                        key,
-                        op,
-                        detail,
-                    }
-                } else {
-                    Error::Store {
-                        store,
-                        key,
-                        op,
-                        detail,
-                    }
-                }
-            }
-        }
+        store_error(&self.location, key, op, e)
     }
 
     /// Read a whole object (reassembled from its parts when it was written in parts, each
     /// part checked against the index).
     pub fn get(&self, key: &str) -> Result<Vec<u8>> {
         let stored = self.get_stored(key)?;
-        if parts::looks_like_index(&stored) {
-            self.assemble(key, &stored)
+        if !parts::looks_like_index(&stored) {
+            return Ok(Vec::from(stored));
+        }
+        let index = PartIndex::decode(&stored, key)?;
+        let mut out = Vec::new();
+        let mut reader = self.parts_reader(key, index)?;
+        read_all(&mut reader, &mut out, key)?;
+        Ok(out)
+    }
+
+    /// Read an object as a stream, without holding it whole. An object stored in parts is
+    /// read part by part, each part checked against its index before any of its bytes are
+    /// given out, the next part fetched meanwhile; a remote object is fetched a few buffers
+    /// ahead of the reader; a local file is read directly. Errors of this crate (a missing or
+    /// damaged part, a failed fetch) come through `Read` as I/O errors that carry them, which
+    /// the snapshot readers give back unchanged.
+    pub fn reader(&self, key: &str) -> Result<ObjectReader> {
+        let path = self.path(key)?;
+        let got = self
+            .runtime
+            .block_on(self.inner.get(&path))
+            .map_err(|e| self.map_err(key, "get", e))?;
+        let range = got.range.clone();
+        let len = range.end - range.start;
+        let mut rest: Box<dyn Read + Send> = match got.payload {
+            GetResultPayload::File(mut file, _) => {
+                file.seek(std::io::SeekFrom::Start(range.start))
+                    .map_err(|source| Error::from_io(key, source))?;
+                Box::new(file.take(len))
+            }
+            GetResultPayload::Stream(stream) => Box::new(self.forward(key, stream, len)),
+        };
+        // As many bytes as it takes to tell a part index from an object.
+        let magic = parts::PART_INDEX.magic.len();
+        let mut head = Vec::with_capacity(magic);
+        read_all(&mut (&mut rest).take(magic as u64), &mut head, key)?;
+        let inner: Box<dyn Read + Send> = if parts::looks_like_index(&head) {
+            read_all(&mut rest, &mut head, key)?;
+            Box::new(self.parts_reader(key, PartIndex::decode(&head, key)?)?)
         } else {
-            Ok(Vec::from(stored))
+            Box::new(std::io::Cursor::new(head).chain(rest))
+        };
+        Ok(ObjectReader { inner, read: 0 })
+    }
+
+    /// The bytes of a remote object's `stream` (of `len` bytes), gathered into buffers by a
+    /// task on the store's runtime, a few buffers ahead of the reader.
+    fn forward(
+        &self,
+        key: &str,
+        mut stream: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+        len: u64,
+    ) -> Arriving {
+        let (tx, rx) = tokio::sync::mpsc::channel(BUFFERS_AHEAD);
+        let (location, owned_key) = (self.location.clone(), key.to_string());
+        self.runtime.spawn(async move {
+            let mut gathered = bytes::BytesMut::new();
+            while let Some(item) = stream.next().await {
+                let chunk = match item {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(store_error(&location, &owned_key, "get", e)))
+                            .await;
+                        return;
+                    }
+                };
+                gathered.extend_from_slice(&chunk);
+                if gathered.len() >= BUFFER_BYTES
+                    && tx.send(Ok(gathered.split().freeze())).await.is_err()
+                {
+                    return;
+                }
+            }
+            if !gathered.is_empty() {
+                let _ = tx.send(Ok(gathered.freeze())).await;
+            }
+        });
+        self.arriving(key, rx, len)
+    }
+
+    /// The object at `key` from its part `index`: a task on the store's runtime fetches the
+    /// parts in order, checks each against the index and sends it on, one part ahead.
+    fn parts_reader(&self, key: &str, index: PartIndex) -> Result<Arriving> {
+        let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
+        let parts = index
+            .parts
+            .iter()
+            .map(|p| {
+                let part = parts::part_key(key, &p.hash);
+                Ok((self.path(&part)?, part, *p))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (inner, location, owned_key) =
+            (self.inner.clone(), self.location.clone(), key.to_string());
+        self.runtime.spawn(async move {
+            for (path, part, p) in parts {
+                let checked = fetch_part(inner.as_ref(), &location, &owned_key, &path, part, p);
+                let result = checked.await;
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(self.arriving(key, rx, index.len))
+    }
+
+    fn arriving(
+        &self,
+        key: &str,
+        rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>,
+        len: u64,
+    ) -> Arriving {
+        Arriving {
+            rx,
+            current: bytes::Bytes::new(),
+            remaining: len,
+            store: self.location.clone(),
+            key: key.to_string(),
         }
     }
 
@@ -315,46 +413,6 @@ impl Store {
         async { self.inner.get(&path).await?.bytes().await }
             .await
             .map_err(|e| self.map_err(key, "get", e))
-    }
-
-    /// The object at `key` from its part index `index`.
-    fn assemble(&self, key: &str, index: &[u8]) -> Result<Vec<u8>> {
-        let index = PartIndex::decode(index, key)?;
-        let mut out = Vec::new();
-        for p in &index.parts {
-            let part = parts::part_key(key, &p.hash);
-            let mismatch = |detail: String| Error::PartMismatch {
-                store: self.location.clone(),
-                key: key.to_string(),
-                part: part.clone(),
-                detail,
-            };
-            let bytes = match self.get_stored(&part) {
-                Ok(b) => b,
-                Err(Error::ObjectMissing { .. }) => {
-                    return Err(Error::PartMissing {
-                        store: self.location.clone(),
-                        key: key.to_string(),
-                        part,
-                    });
-                }
-                Err(e) => return Err(e),
-            };
-            if bytes.len() as u64 != p.len {
-                return Err(mismatch(format!(
-                    "holds {} bytes, the index declares {}",
-                    bytes.len(),
-                    p.len
-                )));
-            }
-            if parts::part_hash([bytes.as_ref()]) != p.hash {
-                return Err(mismatch(
-                    "does not hash to the name the index gives it".into(),
-                ));
-            }
-            out.extend_from_slice(&bytes);
-        }
-        Ok(out)
     }
 
     /// Read a whole object, or `None` if it does not exist.
@@ -400,7 +458,8 @@ impl Store {
                 key: key.to_string(),
             });
         }
-        let split = split(pieces, self.max_put);
+        let part_bytes = self.max_put.min(MAX_WRITTEN_PART_BYTES);
+        let split = split(pieces, part_bytes);
         if split.len() > parts::MAX_PARTS {
             return Err(Error::Store {
                 store: self.location.clone(),
@@ -409,7 +468,7 @@ impl Store {
                 detail: format!(
                     "{len} bytes would take {} parts of {} bytes (at most {} allowed)",
                     split.len(),
-                    self.max_put,
+                    part_bytes,
                     parts::MAX_PARTS
                 ),
             });
@@ -584,6 +643,153 @@ impl Store {
             _ => Err(not_honoured(
                 "the first object's content was replaced".into(),
             )),
+        }
+    }
+}
+
+/// A part fetched and checked against what the index of the object at `key` says of it.
+async fn fetch_part(
+    inner: &dyn ObjectStore,
+    location: &str,
+    key: &str,
+    path: &Path,
+    part: String,
+    p: Part,
+) -> Result<bytes::Bytes> {
+    let bytes = match async { inner.get(path).await?.bytes().await }.await {
+        Ok(b) => b,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Error::PartMissing {
+                store: location.to_string(),
+                key: key.to_string(),
+                part,
+            });
+        }
+        Err(e) => return Err(store_error(location, &part, "get", e)),
+    };
+    let mismatch = |detail: String| Error::PartMismatch {
+        store: location.to_string(),
+        key: key.to_string(),
+        part: part.clone(),
+        detail,
+    };
+    if bytes.len() as u64 != p.len {
+        return Err(mismatch(format!(
+            "holds {} bytes, the index declares {}",
+            bytes.len(),
+            p.len
+        )));
+    }
+    if parts::part_hash([bytes.as_ref()]) != p.hash {
+        return Err(mismatch(
+            "does not hash to the name the index gives it".into(),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Read `reader` to its end into `out`, the errors it carries given back as they were.
+fn read_all(reader: &mut impl Read, out: &mut Vec<u8>, key: &str) -> Result<()> {
+    reader
+        .read_to_end(out)
+        .map(|_| ())
+        .map_err(|source| Error::from_io(key, source))
+}
+
+/// A streaming read of one object ([`Store::reader`]).
+pub struct ObjectReader {
+    inner: Box<dyn Read + Send>,
+    read: u64,
+}
+
+impl std::fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("read", &self.read)
+            .finish()
+    }
+}
+
+impl ObjectReader {
+    /// Bytes of the object read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Bytes sent by a task on the store's runtime: buffers in order, or the error that ends them.
+/// A stream that stops short of the object's length is an error too.
+struct Arriving {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+    remaining: u64,
+    store: String,
+    key: String,
+}
+
+impl Read for Arriving {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None if self.remaining == 0 => return Ok(0),
+                None => {
+                    return Err(std::io::Error::other(Error::Store {
+                        store: self.store.clone(),
+                        key: self.key.clone(),
+                        op: "get",
+                        detail: format!("the read stopped {} bytes short", self.remaining),
+                    }));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        self.remaining = self.remaining.saturating_sub(n as u64);
+        Ok(n)
+    }
+}
+
+/// The error for `op` on the object at `key` of the store at `location`.
+fn store_error(location: &str, key: &str, op: &'static str, e: object_store::Error) -> Error {
+    let store = location.to_string();
+    let key = key.to_string();
+    match e {
+        object_store::Error::NotFound { .. } => Error::ObjectMissing { store, key },
+        object_store::Error::AlreadyExists { .. } => Error::ObjectExists { store, key },
+        object_store::Error::PermissionDenied { source, .. }
+        | object_store::Error::Unauthenticated { source, .. } => Error::PermissionDenied {
+            store,
+            key,
+            op,
+            detail: source.to_string(),
+        },
+        other => {
+            let detail = other.to_string();
+            if detail.contains("ermission denied") {
+                Error::PermissionDenied {
+                    store,
+                    key,
+                    op,
+                    detail,
+                }
+            } else {
+                Error::Store {
+                    store,
+                    key,
+                    op,
+                    detail,
+                }
+            }
         }
     }
 }

@@ -335,11 +335,21 @@ pub fn assert_store_contract(store: &crate::Store) {
     assert!(store.exists("a/b.bin").expect("exists"));
     assert!(!store.exists("a/zzz").expect("exists"));
 
+    // Streaming reads: a missing object is the same error; an object of several of the
+    // reader's buffers comes back whole.
+    let e = store.reader("missing/x.snap").expect_err("missing");
+    assert!(matches!(&e, Error::ObjectMissing { .. }), "{e}");
+    let big: Vec<u8> = (0..9_000_001u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    store.put_new("a/big.bin", big.clone()).expect("create");
+    assert_eq!(read_streaming(store, "a/big.bin"), big);
+
     let keys = |prefix: &str| -> Vec<String> { store.list(prefix).expect("list") };
-    assert_eq!(keys("a"), ["a/b.bin", "a/c.bin"]);
+    assert_eq!(keys("a"), ["a/b.bin", "a/big.bin", "a/c.bin"]);
     assert_eq!(
         keys(""),
-        ["a/b.bin", "a/c.bin"],
+        ["a/b.bin", "a/big.bin", "a/c.bin"],
         "keys are relative to the run root"
     );
 }
@@ -384,16 +394,29 @@ pub fn assert_one_winner_of_concurrent_creates(store: &crate::Store, key: &str) 
 /// bytes at a key as they are (`Some`), or delete the key (`None`).
 pub type Tamper<'a> = &'a dyn Fn(&str, Option<&[u8]>);
 
+/// The object at `key`, read through [`crate::Store::reader`].
+fn read_streaming(store: &crate::Store, key: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    store
+        .reader(key)
+        .expect("reader")
+        .read_to_end(&mut out)
+        .expect("streamed read");
+    out
+}
+
 /// Panics unless `store`, which writes objects of more than `max_put` bytes in parts, keeps the
 /// storage contract for them: such an object round-trips, is listed once (its parts never),
 /// is write-once (a second create fails, an identical one is accepted, a different one is a
 /// conflict that leaves it whole), a write interrupted before its index leaves no object and
 /// can be completed; an object that begins as an index does round-trips. With `tamper`, a
 /// missing part, a part with other bytes and a hostile index are each a specific error naming
-/// the object.
+/// the object, and a streaming read gives out the parts before a missing one.
 pub fn assert_parts_contract(store: &crate::Store, max_put: usize, tamper: Option<Tamper<'_>>) {
     use crate::parts::{PART_INDEX, Part, PartIndex, part_hash, part_key};
     use crate::{Error, PutOutcome};
+    use std::io::Read;
     let object = |seed: &[u8], len: usize| {
         let mut out = vec![0u8; len];
         blake3::Hasher::new()
@@ -408,6 +431,7 @@ pub fn assert_parts_contract(store: &crate::Store, max_put: usize, tamper: Optio
         .put_new_parts(key, vec![big[..1000].to_vec(), big[1000..].to_vec()])
         .expect("create in parts");
     assert_eq!(store.get(key).expect("get"), big, "round trip");
+    assert_eq!(read_streaming(store, key), big, "streamed round trip");
     assert_eq!(store.list("").expect("list"), [key], "parts are not listed");
     let e = store.put_new(key, big.clone()).expect_err("second create");
     assert!(matches!(&e, Error::ObjectExists { .. }), "{e}");
@@ -429,6 +453,7 @@ pub fn assert_parts_contract(store: &crate::Store, max_put: usize, tamper: Optio
         .put_new("dataset/lookalike.bin", lookalike.clone())
         .expect("create");
     assert_eq!(store.get("dataset/lookalike.bin").expect("get"), lookalike);
+    assert_eq!(read_streaming(store, "dataset/lookalike.bin"), lookalike);
 
     let Some(tamper) = tamper else { return };
     // The index as specified, computed here: consecutive parts of `max_put` bytes.
@@ -458,6 +483,25 @@ pub fn assert_parts_contract(store: &crate::Store, max_put: usize, tamper: Optio
     let e = store.get(key).expect_err("missing part");
     assert!(
         matches!(&e, Error::PartMissing { key: k, part, .. } if k == key && *part == parts[1]),
+        "{e}"
+    );
+    // A streaming read gives out the first part before it reaches the missing one, whose
+    // error then comes through `Read` as the store's own.
+    let mut reader = store.reader(key).expect("reader");
+    let mut first = vec![0u8; max_put];
+    reader
+        .read_exact(&mut first)
+        .expect("the first part arrives");
+    assert_eq!(first, big[..max_put]);
+    let e = reader
+        .read_to_end(&mut Vec::new())
+        .expect_err("missing part");
+    let e = e
+        .into_inner()
+        .and_then(|e| e.downcast::<Error>().ok())
+        .expect("carries the store's error");
+    assert!(
+        matches!(&*e, Error::PartMissing { part, .. } if *part == parts[1]),
         "{e}"
     );
     tamper(&parts[1], Some(&big[..max_put]));
