@@ -519,6 +519,7 @@ impl References for CheckpointReader {
 mod tests {
     use super::*;
     use crate::snapshot::{Provenance, SnapshotKind, StateMeta, WriteOptions};
+    use crate::storage::PutOutcome;
 
     /// The state after `step`: two F32 tensors drifting a little each step, and a counter.
     fn state(step: u64) -> Vec<(String, DType, Vec<u64>, Vec<u8>)> {
@@ -611,6 +612,81 @@ mod tests {
                 .expect("put");
         }
         (dir, store)
+    }
+
+    /// A checkpoint encoded as a stream (in windows of any size) is the object encoded whole,
+    /// and written in parts as it is produced it reads back as that object; written again it
+    /// is found identical, and other bytes are a conflict that leaves it whole.
+    #[test]
+    fn a_streamed_encoding_is_the_whole_encoding() {
+        let (s0, s1) = (state(0), state(1));
+        let meta = StateMeta {
+            step: 1,
+            ..StateMeta::default()
+        };
+        let prov = Provenance {
+            run_id: "delta-test".into(),
+            kind: SnapshotKind::Checkpoint,
+            parent: None,
+            producer: "test".into(),
+        };
+        let reference = Reference::new(0, Hash32([7; 32]), &views(&s0), &[0, 0, 0]);
+        let whole = snapshot::encode_against(
+            &meta,
+            &prov,
+            &views(&s1),
+            None,
+            options(8),
+            Some(&reference),
+        )
+        .expect("encode");
+        for window in [1, 100, u64::MAX] {
+            let mut data = Vec::new();
+            let v = views(&s1);
+            let plan =
+                snapshot::Plan::new(&meta, &v, None, options(8), Some(&reference)).expect("plan");
+            let streamed = plan
+                .stream(&prov, window, &mut |b| {
+                    data.extend_from_slice(b);
+                    Ok(())
+                })
+                .expect("stream");
+            assert_eq!(
+                [streamed.head.clone(), data].concat(),
+                whole.to_vec(),
+                "window {window}"
+            );
+            assert_eq!(streamed.depths, whole.depths);
+            assert_eq!(streamed.state_root, whole.state_root);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path().to_str().expect("utf-8"))
+            .expect("store")
+            .with_max_put_bytes(4096);
+        let put = |object: Vec<u8>| {
+            store.put_once_streamed("checkpoints/x.snap", |sink| {
+                for piece in object[100..].chunks(1000) {
+                    sink(piece)?;
+                }
+                Ok((object[..100].to_vec(), ()))
+            })
+        };
+        assert_eq!(put(whole.to_vec()).expect("create").0, PutOutcome::Created);
+        assert_eq!(
+            store.get("checkpoints/x.snap").expect("get"),
+            whole.to_vec()
+        );
+        assert_eq!(
+            put(whole.to_vec()).expect("again").0,
+            PutOutcome::AlreadyPresent
+        );
+        let mut other = whole.to_vec();
+        other[150] ^= 1;
+        assert!(matches!(put(other), Err(Error::ObjectConflict { .. })));
+        assert_eq!(
+            store.get("checkpoints/x.snap").expect("get"),
+            whole.to_vec()
+        );
     }
 
     #[test]

@@ -380,91 +380,222 @@ pub fn encode_against<'a>(
     options: WriteOptions,
     reference: Option<&Reference>,
 ) -> Result<Encoded<'a>> {
-    let order = validate_views(tensors)?;
-    state.validate(WRITER)?;
-    let reference = reference.filter(|r| {
-        options.codec == Codec::Delta
-            && r.step() < state.step
-            && r.max_depth().saturating_add(1) < options.keyframe_every
-    });
-    let encoded: Vec<(Hash32, Codec, std::borrow::Cow<'a, [u8]>, u32)> = order
-        .par_iter()
-        .map(|&i| {
-            let t = &tensors[i];
-            let h = match hashes {
-                Some(h) => h[i],
-                None => t.hash(),
-            };
-            let base = reference.and_then(|r| {
-                r.find(t.name)
-                    .filter(|b| b.dtype == t.dtype && b.shape == t.shape)
-                    .map(|b| (r, b))
-            });
-            match base {
-                Some((r, b)) => {
-                    let bytes = crate::delta::encode(
-                        options.delta_transform,
-                        r,
-                        b,
-                        t.dtype,
-                        t.data,
-                        options.chunk_bytes,
-                        options.zstd_level,
-                    );
-                    (h, Codec::Delta, std::borrow::Cow::Owned(bytes), b.depth + 1)
-                }
-                None => {
-                    let (codec, bytes) = encode_data(t.dtype, t.data, options);
-                    (h, codec, bytes, 0)
-                }
-            }
-        })
-        .collect();
-    let mut offset = 0u64;
-    let mut rows = Vec::with_capacity(order.len());
-    for (&i, (h, codec, bytes, _)) in order.iter().zip(&encoded) {
-        let t = &tensors[i];
-        rows.push(TableRow {
-            name: t.name.to_string(),
-            dtype: t.dtype.code(),
-            shape: t.shape.to_vec(),
-            codec: codec.id(),
-            offset,
-            encoded_len: bytes.len() as u64,
-            raw_len: t.data.len() as u64,
-            hash: *h,
-        });
-        offset += bytes.len() as u64;
-    }
-    let sorted: Vec<Hash32> = encoded.iter().map(|(h, ..)| *h).collect();
-    let depths = encoded.iter().map(|(.., d)| *d).collect();
-    let state_root = hash::state_root(&state.canonical_bytes(), &sorted);
-    let header = StoredHeader {
-        state: state.clone(),
-        provenance: provenance.clone(),
-        state_root,
-        tensors: rows,
-    };
-    let header_bytes = canonical::encode(&header);
-    if header_bytes.len() > crate::limits::MAX_HEADER_BYTES {
-        return Err(Error::HeaderTooLarge {
-            artefact: WRITER.into(),
-            declared: header_bytes.len() as u64,
-            max: crate::limits::MAX_HEADER_BYTES as u64,
-        });
-    }
+    let plan = Plan::new(state, tensors, hashes, options, reference)?;
+    let encoded: Vec<EncodedTensor<'a>> = plan.order.par_iter().map(|&i| plan.tensor(i)).collect();
+    let (head, state_root, depths) = plan.head(provenance, &encoded)?;
     let mut parts = Vec::with_capacity(encoded.len() + 2);
-    parts.push(std::borrow::Cow::Owned(envelope::head(
-        SNAPSHOT,
-        &header_bytes,
-    )));
-    parts.extend(encoded.into_iter().map(|(_, _, b, _)| b));
+    parts.push(std::borrow::Cow::Owned(head));
+    parts.extend(encoded.into_iter().map(|e| e.bytes));
     parts.push(std::borrow::Cow::Borrowed(&envelope::END_MARKER[..]));
     Ok(Encoded {
         parts,
         state_root,
         depths,
     })
+}
+
+/// Raw bytes [`encode_streaming`] encodes at once (in parallel) before handing them on.
+pub const STREAM_ENCODE_BYTES: u64 = 64 << 20;
+
+/// A snapshot encoded by [`encode_streaming`]: everything but its data section, which went to
+/// the sink.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    /// Preamble, header and digest: the object's first bytes, known last.
+    pub head: Vec<u8>,
+    pub state_root: Hash32,
+    /// As [`Encoded::depths`].
+    pub depths: Vec<u32>,
+}
+
+/// [`encode_against`] without holding the encoded snapshot: tensors are encoded in name order,
+/// [`STREAM_ENCODE_BYTES`] of raw bytes at a time in parallel, and their encodings, then the
+/// end marker, are handed to `sink` in object order as they are made. The head, which
+/// precedes them in the object but depends on all of them, is returned last. The object's
+/// bytes are those [`encode_against`] gives.
+pub fn encode_streaming(
+    state: &StateMeta,
+    provenance: &Provenance,
+    tensors: &[TensorView<'_>],
+    hashes: Option<&[Hash32]>,
+    options: WriteOptions,
+    reference: Option<&Reference>,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<Streamed> {
+    let plan = Plan::new(state, tensors, hashes, options, reference)?;
+    plan.stream(provenance, STREAM_ENCODE_BYTES, sink)
+}
+
+impl Plan<'_, '_> {
+    /// [`encode_streaming`] with windows of `window_bytes` raw bytes.
+    pub(crate) fn stream(
+        &self,
+        provenance: &Provenance,
+        window_bytes: u64,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Streamed> {
+        let (plan, tensors) = (self, self.tensors);
+        let mut done: Vec<EncodedTensor<'_>> = Vec::with_capacity(plan.order.len());
+        let mut rest = plan.order.as_slice();
+        while !rest.is_empty() {
+            let mut raw = 0;
+            let n = rest
+                .iter()
+                .take_while(|&&i| {
+                    let go = raw == 0 || raw < window_bytes;
+                    raw += tensors[i].data.len() as u64;
+                    go
+                })
+                .count();
+            let (window, after) = rest.split_at(n);
+            rest = after;
+            let encoded: Vec<EncodedTensor<'_>> =
+                window.par_iter().map(|&i| plan.tensor(i)).collect();
+            for mut e in encoded {
+                sink(&e.bytes)?;
+                // Only lengths, hashes and codecs are needed from here on.
+                e.len = e.bytes.len() as u64;
+                e.bytes = std::borrow::Cow::Borrowed(&[]);
+                done.push(e);
+            }
+        }
+        sink(&envelope::END_MARKER)?;
+        let (head, state_root, depths) = plan.head(provenance, &done)?;
+        Ok(Streamed {
+            head,
+            state_root,
+            depths,
+        })
+    }
+}
+
+/// One tensor as the writer encoded it.
+struct EncodedTensor<'a> {
+    hash: Hash32,
+    codec: Codec,
+    bytes: std::borrow::Cow<'a, [u8]>,
+    /// The encoding's length (kept when the bytes have been handed on).
+    len: u64,
+    depth: u32,
+}
+
+/// What a writer encodes: the tensors in name order, and against what.
+pub(crate) struct Plan<'p, 'a> {
+    state: &'p StateMeta,
+    tensors: &'p [TensorView<'a>],
+    hashes: Option<&'p [Hash32]>,
+    options: WriteOptions,
+    reference: Option<&'p Reference>,
+    order: Vec<usize>,
+}
+
+impl<'p, 'a> Plan<'p, 'a> {
+    pub(crate) fn new(
+        state: &'p StateMeta,
+        tensors: &'p [TensorView<'a>],
+        hashes: Option<&'p [Hash32]>,
+        options: WriteOptions,
+        reference: Option<&'p Reference>,
+    ) -> Result<Self> {
+        let order = validate_views(tensors)?;
+        state.validate(WRITER)?;
+        let reference = reference.filter(|r| {
+            options.codec == Codec::Delta
+                && r.step() < state.step
+                && r.max_depth().saturating_add(1) < options.keyframe_every
+        });
+        Ok(Plan {
+            state,
+            tensors,
+            hashes,
+            options,
+            reference,
+            order,
+        })
+    }
+
+    /// Encode tensor `i`: as a delta when the reference holds a tensor of its name, dtype and
+    /// shape, otherwise with the codec of the options.
+    fn tensor(&self, i: usize) -> EncodedTensor<'a> {
+        let t = &self.tensors[i];
+        let hash = match self.hashes {
+            Some(h) => h[i],
+            None => t.hash(),
+        };
+        let base = self.reference.and_then(|r| {
+            r.find(t.name)
+                .filter(|b| b.dtype == t.dtype && b.shape == t.shape)
+                .map(|b| (r, b))
+        });
+        let (codec, bytes, depth) = match base {
+            Some((r, b)) => {
+                let bytes = crate::delta::encode(
+                    self.options.delta_transform,
+                    r,
+                    b,
+                    t.dtype,
+                    t.data,
+                    self.options.chunk_bytes,
+                    self.options.zstd_level,
+                );
+                (Codec::Delta, std::borrow::Cow::Owned(bytes), b.depth + 1)
+            }
+            None => {
+                let (codec, bytes) = encode_data(t.dtype, t.data, self.options);
+                (codec, bytes, 0)
+            }
+        };
+        EncodedTensor {
+            hash,
+            codec,
+            len: bytes.len() as u64,
+            bytes,
+            depth,
+        }
+    }
+
+    /// The head (preamble, header, digest) for `encoded`, the tensors in name order; with the
+    /// state root and the chain depths.
+    fn head(
+        &self,
+        provenance: &Provenance,
+        encoded: &[EncodedTensor<'_>],
+    ) -> Result<(Vec<u8>, Hash32, Vec<u32>)> {
+        let mut offset = 0u64;
+        let mut rows = Vec::with_capacity(self.order.len());
+        for (&i, e) in self.order.iter().zip(encoded) {
+            let t = &self.tensors[i];
+            rows.push(TableRow {
+                name: t.name.to_string(),
+                dtype: t.dtype.code(),
+                shape: t.shape.to_vec(),
+                codec: e.codec.id(),
+                offset,
+                encoded_len: e.len,
+                raw_len: t.data.len() as u64,
+                hash: e.hash,
+            });
+            offset += e.len;
+        }
+        let sorted: Vec<Hash32> = encoded.iter().map(|e| e.hash).collect();
+        let depths = encoded.iter().map(|e| e.depth).collect();
+        let state_root = hash::state_root(&self.state.canonical_bytes(), &sorted);
+        let header = StoredHeader {
+            state: self.state.clone(),
+            provenance: provenance.clone(),
+            state_root,
+            tensors: rows,
+        };
+        let header_bytes = canonical::encode(&header);
+        if header_bytes.len() > crate::limits::MAX_HEADER_BYTES {
+            return Err(Error::HeaderTooLarge {
+                artefact: WRITER.into(),
+                declared: header_bytes.len() as u64,
+                max: crate::limits::MAX_HEADER_BYTES as u64,
+            });
+        }
+        Ok((envelope::head(SNAPSHOT, &header_bytes), state_root, depths))
+    }
 }
 
 fn encode_data(

@@ -42,6 +42,9 @@ const PARALLEL_UPLOADS: usize = 4;
 /// The largest part a writer makes (smaller when the store's single-write limit is): a
 /// streaming read holds a part while it checks it, and one more it fetches ahead.
 pub const MAX_WRITTEN_PART_BYTES: u64 = 64 << 20;
+/// Objects expected to be larger than this (or than the store's single-write size) are
+/// written as they are produced, never held whole ([`Store::streams_above`]).
+pub const STREAM_WRITES_ABOVE: u64 = 1 << 30;
 /// Parts a streaming read fetches ahead of the one being read.
 const PARTS_AHEAD: usize = 1;
 /// A streaming read of a remote object gathers its bytes into buffers of this size, and
@@ -225,6 +228,13 @@ impl Store {
             runtime,
             max_put,
         })
+    }
+
+    /// The size above which a writer should produce an object into
+    /// [`Store::put_once_streamed`] rather than hold it whole: [`STREAM_WRITES_ABOVE`], or the
+    /// store's single-write size when that is smaller (such an object goes in parts anyway).
+    pub fn streams_above(&self) -> u64 {
+        self.max_put.min(STREAM_WRITES_ABOVE)
     }
 
     /// Write objects larger than `bytes` in parts (at least [`parts::MIN_PART_BYTES`]).
@@ -458,20 +468,9 @@ impl Store {
                 key: key.to_string(),
             });
         }
-        let part_bytes = self.max_put.min(MAX_WRITTEN_PART_BYTES);
-        let split = split(pieces, part_bytes);
+        let split = split(pieces, self.max_put.min(MAX_WRITTEN_PART_BYTES));
         if split.len() > parts::MAX_PARTS {
-            return Err(Error::Store {
-                store: self.location.clone(),
-                key: key.to_string(),
-                op: "create",
-                detail: format!(
-                    "{len} bytes would take {} parts of {} bytes (at most {} allowed)",
-                    split.len(),
-                    part_bytes,
-                    parts::MAX_PARTS
-                ),
-            });
+            return Err(self.too_many_parts(key, len, split.len()));
         }
         // Parts are hashed in parallel, then uploaded a few at a time; the index lists them in
         // order.
@@ -555,18 +554,102 @@ impl Store {
         let digest = hasher.finalize();
         match self.put_new_parts(key, parts) {
             Ok(()) => Ok(PutOutcome::Created),
+            Err(Error::ObjectExists { .. }) => self.compare_existing(key, &[], digest),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Store::put_once`] for an object produced as it is written: `write` hands the object's
+    /// bytes after its first ones to the sink it is given, in order, then returns the first
+    /// ones (`head`, known last) with a value of its own. The bytes go up in parts of at most
+    /// 64 MiB (or the store's single-write size) as they arrive, a few uploads at a time, and
+    /// the object is published by its part index, the head its first part (specs/snapshot-
+    /// format.md §7.1): the whole object is never held. An existing object is not uploaded
+    /// again: the bytes are only hashed and compared with it.
+    pub fn put_once_streamed<T>(
+        &self,
+        key: &str,
+        write: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<(Vec<u8>, T)>,
+    ) -> Result<(PutOutcome, T)> {
+        let mut parts = PartWriter {
+            store: self,
+            key: key.to_string(),
+            part_bytes: usize::try_from(self.max_put.min(MAX_WRITTEN_PART_BYTES))
+                .unwrap_or(usize::MAX),
+            buffer: Vec::new(),
+            parts: Vec::new(),
+            uploads: std::collections::VecDeque::new(),
+            upload: !self.exists(key)?,
+            digest: blake3::Hasher::new(),
+            len: 0,
+        };
+        let (head, value) = write(&mut |bytes| parts.write(bytes))?;
+        let digest = parts.digest.finalize();
+        if !parts.upload {
+            return Ok((self.compare_existing(key, &head, digest)?, value));
+        }
+        let data = parts.finish()?;
+        let head_part = Part {
+            len: head.len() as u64,
+            hash: parts::part_hash([head.as_slice()]),
+        };
+        self.runtime.block_on(self.create_part(
+            &parts::part_key(key, &head_part.hash),
+            vec![bytes::Bytes::from(head)],
+            &head_part.hash,
+        ))?;
+        let index = PartIndex {
+            len: head_part.len + data.iter().map(|p| p.len).sum::<u64>(),
+            parts: std::iter::once(head_part).chain(data).collect(),
+        };
+        if index.parts.len() > parts::MAX_PARTS {
+            return Err(self.too_many_parts(key, index.len, index.parts.len()));
+        }
+        let outcome = match self.put_conditional(key, vec![bytes::Bytes::from(index.encode())]) {
+            Ok(()) => PutOutcome::Created,
             Err(Error::ObjectExists { .. }) => {
-                let existing = self.get(key)?;
-                if blake3::hash(&existing) == digest {
-                    Ok(PutOutcome::AlreadyPresent)
+                let existing = self.get_stored(key)?;
+                if existing.as_ref() == index.encode().as_slice() {
+                    PutOutcome::AlreadyPresent
                 } else {
-                    Err(Error::ObjectConflict {
+                    return Err(Error::ObjectConflict {
                         store: self.location.clone(),
                         key: key.to_string(),
-                    })
+                    });
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        Ok((outcome, value))
+    }
+
+    /// Whether the object at `key` is `head` followed by bytes with BLAKE3 `digest`: it is
+    /// read as a stream, never whole.
+    fn compare_existing(&self, key: &str, head: &[u8], digest: blake3::Hash) -> Result<PutOutcome> {
+        let mut reader = self.reader(key)?;
+        let mut first = Vec::with_capacity(head.len());
+        read_all(&mut (&mut reader).take(head.len() as u64), &mut first, key)?;
+        let mut hasher = blake3::Hasher::new();
+        std::io::copy(&mut reader, &mut hasher).map_err(|source| Error::from_io(key, source))?;
+        if first == head && hasher.finalize() == digest {
+            Ok(PutOutcome::AlreadyPresent)
+        } else {
+            Err(Error::ObjectConflict {
+                store: self.location.clone(),
+                key: key.to_string(),
+            })
+        }
+    }
+
+    fn too_many_parts(&self, key: &str, len: u64, parts: usize) -> Error {
+        Error::Store {
+            store: self.location.clone(),
+            key: key.to_string(),
+            op: "create",
+            detail: format!(
+                "{len} bytes would take {parts} parts (at most {} allowed)",
+                parts::MAX_PARTS
+            ),
         }
     }
 
@@ -644,6 +727,91 @@ impl Store {
                 "the first object's content was replaced".into(),
             )),
         }
+    }
+}
+
+/// The data parts of an object being written by [`Store::put_once_streamed`].
+struct PartWriter<'s> {
+    store: &'s Store,
+    key: String,
+    part_bytes: usize,
+    buffer: Vec<u8>,
+    /// The parts uploaded or uploading, in order.
+    parts: Vec<Part>,
+    uploads: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>>,
+    /// False when the object exists: its bytes are then only hashed.
+    upload: bool,
+    digest: blake3::Hasher,
+    len: u64,
+}
+
+impl PartWriter<'_> {
+    fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        self.digest.update(bytes);
+        self.len += bytes.len() as u64;
+        if !self.upload {
+            return Ok(());
+        }
+        while !bytes.is_empty() {
+            let take = (self.part_bytes - self.buffer.len()).min(bytes.len());
+            self.buffer.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buffer.len() == self.part_bytes {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Upload the buffer as the next part, with at most `PARALLEL_UPLOADS` in flight.
+    fn send(&mut self) -> Result<()> {
+        let bytes = bytes::Bytes::from(std::mem::take(&mut self.buffer));
+        let part = Part {
+            len: bytes.len() as u64,
+            hash: parts::part_hash([bytes.as_ref()]),
+        };
+        self.parts.push(part);
+        if self.parts.len() >= parts::MAX_PARTS {
+            return Err(self
+                .store
+                .too_many_parts(&self.key, self.len, self.parts.len() + 1));
+        }
+        while self.uploads.len() >= PARALLEL_UPLOADS {
+            self.wait_oldest()?;
+        }
+        let (store, key) = (self.store.clone(), parts::part_key(&self.key, &part.hash));
+        self.uploads.push_back(
+            self.store
+                .runtime
+                .spawn(async move { store.create_part(&key, vec![bytes], &part.hash).await }),
+        );
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> Result<()> {
+        let Some(upload) = self.uploads.pop_front() else {
+            return Ok(());
+        };
+        self.store
+            .runtime
+            .block_on(upload)
+            .map_err(|e| Error::Store {
+                store: self.store.location.clone(),
+                key: self.key.clone(),
+                op: "create",
+                detail: format!("a part upload stopped: {e}"),
+            })?
+    }
+
+    /// Upload what is left and wait for every upload; the data parts in order.
+    fn finish(&mut self) -> Result<Vec<Part>> {
+        if !self.buffer.is_empty() {
+            self.send()?;
+        }
+        while !self.uploads.is_empty() {
+            self.wait_oldest()?;
+        }
+        Ok(std::mem::take(&mut self.parts))
     }
 }
 

@@ -5,7 +5,7 @@ use ed25519_dalek::SigningKey;
 use snapshot_format::delta::Reference;
 use snapshot_format::ledger::{Segment, StepRecord};
 use snapshot_format::signature::{self, Statement, kind};
-use snapshot_format::snapshot::{Provenance, SnapshotKind, WriteOptions};
+use snapshot_format::snapshot::{self, Provenance, SnapshotKind, WriteOptions};
 use snapshot_format::{Codec, Hash32, Store, layout};
 
 use crate::error::Result;
@@ -129,17 +129,43 @@ impl Writes {
             }
         }
         let state = &job.state;
-        let encoded = state.encode(
-            &job.hashes,
-            &job.provenance,
-            self.options,
-            self.reference.as_ref(),
-        )?;
-        let next = (self.options.codec == Codec::Delta)
-            .then(|| Reference::new(state.meta.step, job.root, &state.views(), &encoded.depths));
-        self.bytes_written += encoded.len();
         let key = layout::checkpoint(state.meta.step);
-        self.store.put_once_parts(&key, encoded.into_parts())?;
+        let raw: u64 = state.tensors.iter().map(|t| t.bytes().len() as u64).sum();
+        let depths = if raw > self.store.streams_above() {
+            // A large checkpoint goes up in parts as it is encoded, never whole in memory.
+            let (views, reference) = (state.views(), self.reference.as_ref());
+            let mut written = 0u64;
+            let (_, streamed) = self.store.put_once_streamed(&key, |sink| {
+                let streamed = snapshot::encode_streaming(
+                    &state.meta,
+                    &job.provenance,
+                    &views,
+                    Some(&job.hashes),
+                    self.options,
+                    reference,
+                    &mut |bytes| {
+                        written += bytes.len() as u64;
+                        sink(bytes)
+                    },
+                )?;
+                Ok((streamed.head.clone(), streamed))
+            })?;
+            self.bytes_written += written + streamed.head.len() as u64;
+            streamed.depths
+        } else {
+            let encoded = state.encode(
+                &job.hashes,
+                &job.provenance,
+                self.options,
+                self.reference.as_ref(),
+            )?;
+            self.bytes_written += encoded.len();
+            let depths = encoded.depths.clone();
+            self.store.put_once_parts(&key, encoded.into_parts())?;
+            depths
+        };
+        let next = (self.options.codec == Codec::Delta)
+            .then(|| Reference::new(state.meta.step, job.root, &state.views(), &depths));
         if let Some(s) = &self.signer {
             s.sign(
                 &self.store,
