@@ -2,8 +2,9 @@
 //! (batches, forward, backward, optimizer) and on (plus, every step, copying the full state to
 //! the host, hashing it into a state root and appending a ledger record; every 50 steps, a
 //! ledger segment and a checkpoint in the default codec written to a local store), with the
-//! checkpoints written on the training thread and in the background. The three loops advance
-//! in alternating blocks so that drift of the machine affects all alike.
+//! checkpoints written on the training thread and in the background, and with state roots
+//! every 10 steps only (the default for large models). The four loops advance in alternating
+//! blocks so that drift of the machine affects all alike.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ use trainer::run::is_checkpoint_step;
 
 struct Recorder {
     writer: RunWriter,
+    /// A state root every this many steps (and at every checkpoint); the state is copied and
+    /// hashed only then.
+    root_every: u64,
     spent: Spent,
 }
 
@@ -31,13 +35,17 @@ struct Spent {
 fn step(demo: &DemoTraining, session: &mut DemoSession, rec: Option<&mut Recorder>, total: u64) {
     let (epoch, ids, out) = demo.step(session);
     let Some(rec) = rec else { return };
-    let t = Instant::now();
-    let state = session.capture();
-    rec.spent.capture += t.elapsed();
-    let t = Instant::now();
-    let hashes = state.tensor_hashes();
-    let root = state.root(&hashes).expect("root");
-    rec.spent.hash += t.elapsed();
+    let checkpoint = is_checkpoint_step(out.step, total, demo.config.recording.checkpoint_interval);
+    let captured = (checkpoint || out.step.is_multiple_of(rec.root_every)).then(|| {
+        let t = Instant::now();
+        let state = session.capture();
+        rec.spent.capture += t.elapsed();
+        let t = Instant::now();
+        let hashes = state.tensor_hashes();
+        let root = state.root(&hashes).expect("root");
+        rec.spent.hash += t.elapsed();
+        (state, hashes, root)
+    });
     rec.writer.record(StepRecord {
         step: out.step,
         epoch,
@@ -46,10 +54,10 @@ fn step(demo: &DemoTraining, session: &mut DemoSession, rec: Option<&mut Recorde
         example_ids: ids,
         loss_bits: out.loss_bits,
         grad_norm_bits: out.grad_norm_bits,
-        state_root: Some(root),
+        state_root: captured.as_ref().map(|(.., root)| *root),
         prev_hash: rec.writer.head(),
     });
-    if is_checkpoint_step(out.step, total, demo.config.recording.checkpoint_interval) {
+    if let Some((state, hashes, root)) = captured.filter(|_| checkpoint) {
         let t = Instant::now();
         rec.writer
             .checkpoint(state, hashes, root)
@@ -59,7 +67,7 @@ fn step(demo: &DemoTraining, session: &mut DemoSession, rec: Option<&mut Recorde
     }
 }
 
-fn recorder(dir: &std::path::Path, background: bool) -> Recorder {
+fn recorder(dir: &std::path::Path, background: bool, root_every: u64) -> Recorder {
     let store = Store::create(dir.to_str().expect("path")).expect("store");
     let writer = RunWriter::with_options(
         store,
@@ -75,6 +83,7 @@ fn recorder(dir: &std::path::Path, background: bool) -> Recorder {
         } else {
             writer
         },
+        root_every,
         spent: Spent::default(),
     }
 }
@@ -89,22 +98,31 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tmp");
     let demo = DemoTraining::new(steps);
     let interval = demo.config.recording.checkpoint_interval;
-    let (mut off, mut here, mut away) = (demo.session(), demo.session(), demo.session());
+    // State roots every 10 steps: the default for models of 50M parameters or more.
+    let sparse_roots = trainer::config::LARGE_MODEL_STATE_ROOT_INTERVAL;
+    let (mut off, mut here, mut away, mut sparse) = (
+        demo.session(),
+        demo.session(),
+        demo.session(),
+        demo.session(),
+    );
     let mut recs = [
-        recorder(&tmp.path().join("here"), false),
-        recorder(&tmp.path().join("away"), true),
+        recorder(&tmp.path().join("here"), false, 1),
+        recorder(&tmp.path().join("away"), true, 1),
+        recorder(&tmp.path().join("sparse"), true, sparse_roots),
     ];
     // Warm-up outside the measurement: one step each, then restart from fresh sessions.
     step(&demo, &mut demo.session(), None, steps);
-    let mut t = [Duration::ZERO; 3];
+    let mut t = [Duration::ZERO; 4];
     let mut done = 0;
     while done < steps {
         let n = block.min(steps - done);
-        let [rec_here, rec_away] = &mut recs;
-        let variants: [(&mut DemoSession, Option<&mut Recorder>); 3] = [
+        let [rec_here, rec_away, rec_sparse] = &mut recs;
+        let variants: [(&mut DemoSession, Option<&mut Recorder>); 4] = [
             (&mut off, None),
             (&mut here, Some(rec_here)),
             (&mut away, Some(rec_away)),
+            (&mut sparse, Some(rec_sparse)),
         ];
         for (i, (session, mut rec)) in variants.into_iter().enumerate() {
             let started = Instant::now();
@@ -116,9 +134,9 @@ fn main() {
         done += n;
     }
     // The background writer's last checkpoint counts: wait for it.
-    let [rec_here, rec_away] = recs;
+    let [rec_here, rec_away, rec_sparse] = recs;
     let mut finished: Vec<Spent> = Vec::new();
-    for (i, rec) in [(1, rec_here), (2, rec_away)] {
+    for (i, rec) in [(1, rec_here), (2, rec_away), (3, rec_sparse)] {
         let started = Instant::now();
         rec.writer.finish().expect("checkpoints stored");
         let waited = started.elapsed();
@@ -158,15 +176,25 @@ fn main() {
             ("steps/s", r3(steps as f64 / t[0].as_secs_f64()).into()),
         ],
     );
-    for (rec, (i, how)) in finished.iter().zip([
-        (1, "checkpoints written on the training thread"),
+    for (rec, (i, roots, how)) in finished.iter().zip([
+        (1, 1, "checkpoints written on the training thread"),
         (
             2,
+            1,
             "checkpoints written in the background (the trainer's way)",
         ),
+        (
+            3,
+            sparse_roots,
+            "checkpoints written in the background (the default above 50M parameters)",
+        ),
     ]) {
+        let roots = match roots {
+            1 => "every step".to_string(),
+            n => format!("every {n} steps"),
+        };
         rep.row(
-            &format!("recording on (state root every step, checkpoint every {interval}), {how}"),
+            &format!("recording on (state root {roots}, checkpoint every {interval}), {how}"),
             &[
                 ("ms/step", r3(per(t[i])).into()),
                 ("steps/s", r3(steps as f64 / t[i].as_secs_f64()).into()),
@@ -203,6 +231,11 @@ fn main() {
     assert_eq!(
         bits(&off),
         bits(&away),
+        "recording changed the trained state"
+    );
+    assert_eq!(
+        bits(&off),
+        bits(&sparse),
         "recording changed the trained state"
     );
 }
