@@ -595,7 +595,7 @@ impl Store {
         };
         self.runtime.block_on(self.create_part(
             &parts::part_key(key, &head_part.hash),
-            vec![bytes::Bytes::from(head)],
+            vec![bytes::Bytes::copy_from_slice(&head)],
             &head_part.hash,
         ))?;
         let index = PartIndex {
@@ -605,19 +605,10 @@ impl Store {
         if index.parts.len() > parts::MAX_PARTS {
             return Err(self.too_many_parts(key, index.len, index.parts.len()));
         }
+        // Another writer may have published the object meanwhile: compared as any existing one.
         let outcome = match self.put_conditional(key, vec![bytes::Bytes::from(index.encode())]) {
             Ok(()) => PutOutcome::Created,
-            Err(Error::ObjectExists { .. }) => {
-                let existing = self.get_stored(key)?;
-                if existing.as_ref() == index.encode().as_slice() {
-                    PutOutcome::AlreadyPresent
-                } else {
-                    return Err(Error::ObjectConflict {
-                        store: self.location.clone(),
-                        key: key.to_string(),
-                    });
-                }
-            }
+            Err(Error::ObjectExists { .. }) => self.compare_existing(key, &head, digest)?,
             Err(e) => return Err(e),
         };
         Ok((outcome, value))
