@@ -1,8 +1,8 @@
 //! `replay inspect`: a summary of a run, with its loss curve as text or SVG.
 
 use serde::{Deserialize, Serialize};
+use snapshot_format::Hash32;
 use snapshot_format::manifest::EnvironmentFingerprint;
-use snapshot_format::{Hash32, layout, snapshot};
 
 use crate::context::{self, LoadOptions};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
@@ -43,18 +43,13 @@ pub fn inspect(
 ) -> Result<InspectReport, CommandError> {
     let ctx = context::load(location, load)?
         .map_err(|p| CommandError::Usage(format!("{}: {}", p.artefact, p.detail)))?;
-    let parameters = ctx
-        .store
-        .get(&layout::checkpoint(0))
-        .ok()
-        .and_then(|b| snapshot::read_header(&b, "checkpoint 0", &ctx.limits).ok())
-        .map(|h| {
-            h.tensors
-                .iter()
-                .filter(|t| !t.name.starts_with("optimizer."))
-                .map(|t| t.shape.iter().product::<u64>())
-                .sum()
-        });
+    let parameters = ctx.states.header(0).ok().map(|h| {
+        h.tensors
+            .iter()
+            .filter(|t| !t.name.starts_with("optimizer."))
+            .map(|t| t.shape.iter().product::<u64>())
+            .sum()
+    });
     let loss: Vec<(u64, f32)> = ctx.records.values().map(|r| (r.step, r.loss())).collect();
     let svg_path = match svg {
         Some(path) => {

@@ -462,6 +462,14 @@ impl CheckpointReader {
         Ok(Arc::unwrap_or_clone(snap))
     }
 
+    /// The verified header of the checkpoint stored at `step`, read from the start of the
+    /// object alone: its tensors are neither read nor checked.
+    pub fn header(&self, step: u64) -> Result<Header> {
+        let key = layout::checkpoint(step);
+        let reader = snapshot::SnapshotReader::new(self.store.reader(&key)?, &key, &self.limits)?;
+        Ok(reader.header().clone())
+    }
+
     /// Check the checkpoint stored at `step` as [`CheckpointReader::read`] does, reading it
     /// from the store even when it was read before: the verified header, and the bytes read
     /// (on failure too). With `keep` (a run of delta checkpoints), the decoded checkpoint is

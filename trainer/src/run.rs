@@ -15,7 +15,7 @@ use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::{
     Completion, Engine, EnvironmentFingerprint, Recording, RunManifest, spec_hash,
 };
-use snapshot_format::snapshot::{self, Snapshot};
+use snapshot_format::snapshot::Snapshot;
 use snapshot_format::{Hash32, Store, layout};
 
 use crate::backend::{DeviceSpec, Job, dispatch};
@@ -504,6 +504,7 @@ fn complete_signatures(store: &Store, files: &RunFiles, signer: &RunSigner) -> R
         )?;
         signed += 1;
     }
+    let checkpoints = CheckpointReader::new(store.clone(), ReadLimits::default());
     for step in checkpoint_steps(store)? {
         let committed = match step {
             0 => Some(manifest.initial_state_root),
@@ -513,7 +514,8 @@ fn complete_signatures(store: &Store, files: &RunFiles, signer: &RunSigner) -> R
                 .and_then(|r| r.state_root),
         };
         let key = layout::checkpoint(step);
-        let header = snapshot::read_header(&store.get(&key)?, &key, &ReadLimits::default())?;
+        // The header alone: its state root is what a checkpoint's signature states.
+        let header = checkpoints.header(step)?;
         if committed == Some(header.state_root) {
             signer.sign(store, &key, kind::CHECKPOINT, step, header.state_root)?;
             signed += 1;
@@ -561,8 +563,8 @@ fn finish_complete(
     let signer = RunSigner::new(key.clone(), &manifest.run_id, manifest.genesis);
     complete_signatures(store, files, &signer)?;
     let c = Completion::from_json(&store.get(layout::COMPLETE)?, layout::COMPLETE)?;
-    let last = layout::checkpoint(c.final_step);
-    let header = snapshot::read_header(&store.get(&last)?, &last, &ReadLimits::default())?;
+    let header =
+        CheckpointReader::new(store.clone(), ReadLimits::default()).header(c.final_step)?;
     let trained = header
         .tensors
         .iter()
