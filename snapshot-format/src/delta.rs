@@ -746,6 +746,48 @@ mod tests {
         }
     }
 
+    /// A checkpoint's header is read from the start of the object alone: with its last part
+    /// gone, the header still reads while the checkpoint does not.
+    #[test]
+    fn a_header_is_read_from_the_start_of_the_object_alone() {
+        let objects = chain(1, 8);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path().to_str().expect("utf-8"))
+            .expect("store")
+            .with_max_put_bytes(4096);
+        let key = layout::checkpoint(0);
+        store.put_new(&key, objects[0].0.clone()).expect("put");
+        let parts: Vec<std::path::PathBuf> = walk(&dir.path().join(crate::parts::PARTS_DIR));
+        assert!(parts.len() > 2, "{parts:?}");
+        let index = crate::parts::PartIndex::decode(
+            &std::fs::read(dir.path().join(&key)).expect("index"),
+            &key,
+        )
+        .expect("index");
+        let last = index.parts.last().expect("parts").hash.to_string();
+        let gone = parts
+            .iter()
+            .find(|p| p.ends_with(&last))
+            .expect("last part");
+        std::fs::remove_file(gone).expect("remove");
+        let reader = CheckpointReader::new(store, ReadLimits::default());
+        let header = reader.header(0).expect("header");
+        assert_eq!(header.state.step, 0);
+        assert!(matches!(reader.read(0), Err(Error::PartMissing { .. })));
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).expect("dir").flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+
     #[test]
     fn a_delta_needs_its_reference() {
         let objects = chain(2, 8);
