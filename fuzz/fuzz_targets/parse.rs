@@ -33,6 +33,12 @@ fn parse(data: &[u8]) {
     if let Ok(reader) = SnapshotReader::new(std::io::Cursor::new(data), "fuzz", &limits) {
         let _ = reader.finish();
     }
+    // Streamed, each reference handed over: deltas undone in place in a copy of it.
+    static HANDED: std::sync::OnceLock<VectorReferences> = std::sync::OnceLock::new();
+    let handed = HANDED.get_or_init(VectorReferences::handing_over);
+    if let Ok(reader) = SnapshotReader::new(std::io::Cursor::new(data), "fuzz", &limits) {
+        let _ = reader.decode_all(Some(handed));
+    }
     let _ = Segment::decode(data, "fuzz");
     let _ = DatasetManifest::decode(data, "fuzz");
     let _ = PartIndex::decode(data, "fuzz");

@@ -216,9 +216,13 @@ pub fn checkpoint(run: &std::path::Path, step: u64) -> crate::snapshot::Snapshot
 
 /// Delta references for fuzzing the delta decoder: every step resolves to the planes test
 /// vector (the reference of the delta vector), so that mutants of the delta vector reach its
-/// whole decoder.
+/// whole decoder. Shared by default; [`VectorReferences::handing_over`] gives a fresh unshared
+/// copy each time, which the streaming decoder undoes deltas into, in place.
 #[derive(Debug)]
-pub struct VectorReferences(std::sync::Arc<crate::snapshot::Snapshot>);
+pub struct VectorReferences {
+    planes: std::sync::Arc<crate::snapshot::Snapshot>,
+    hand_over: bool,
+}
 
 impl VectorReferences {
     /// The planes vector, decoded. Panics if it does not decode (for tests and fuzzing).
@@ -230,7 +234,18 @@ impl VectorReferences {
             .unwrap_or_else(|| panic!("no planes vector"));
         let snap = crate::snapshot::decode(&planes.bytes, planes.name, &Default::default())
             .unwrap_or_else(|e| panic!("{e}"));
-        VectorReferences(std::sync::Arc::new(snap))
+        VectorReferences {
+            planes: std::sync::Arc::new(snap),
+            hand_over: false,
+        }
+    }
+
+    /// References that hand over a copy of the planes vector nobody else holds.
+    pub fn handing_over() -> Self {
+        VectorReferences {
+            hand_over: true,
+            ..Self::new()
+        }
     }
 }
 
@@ -242,7 +257,11 @@ impl Default for VectorReferences {
 
 impl crate::delta::References for VectorReferences {
     fn checkpoint(&self, _step: u64) -> crate::Result<std::sync::Arc<crate::snapshot::Snapshot>> {
-        Ok(self.0.clone())
+        Ok(if self.hand_over {
+            std::sync::Arc::new((*self.planes).clone())
+        } else {
+            self.planes.clone()
+        })
     }
 }
 

@@ -30,6 +30,12 @@ fn parse_everything(data: &[u8]) {
     if let Ok(r) = SnapshotReader::new(std::io::Cursor::new(data), "mutant", &limits) {
         let _ = r.finish();
     }
+    // Streamed, each reference handed over: deltas undone in place in a copy of it.
+    static HANDED: std::sync::OnceLock<VectorReferences> = std::sync::OnceLock::new();
+    let handed = HANDED.get_or_init(VectorReferences::handing_over);
+    if let Ok(r) = SnapshotReader::new(std::io::Cursor::new(data), "mutant", &limits) {
+        let _ = r.decode_all(Some(handed));
+    }
     let _ = Segment::decode(data, "mutant");
     let _ = DatasetManifest::decode(data, "mutant");
     let _ = PartIndex::decode(data, "mutant");

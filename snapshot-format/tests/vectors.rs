@@ -313,14 +313,20 @@ fn delta_vector_matches_spec() {
     assert_eq!(root, hex_of(&s["snapshot_delta"]["state_root"]));
     // And the crate's own decoder agrees, given the planes vector as checkpoint 1, and refuses
     // without it.
-    struct One(std::sync::Arc<snapshot::Snapshot>);
+    // `One(reference, true)` hands over an unshared copy, which a streaming read undoes each
+    // delta into, in place.
+    struct One(std::sync::Arc<snapshot::Snapshot>, bool);
     impl snapshot_format::delta::References for One {
         fn checkpoint(
             &self,
             step: u64,
         ) -> snapshot_format::Result<std::sync::Arc<snapshot::Snapshot>> {
             assert_eq!(step, 1);
-            Ok(self.0.clone())
+            Ok(if self.1 {
+                std::sync::Arc::new((*self.0).clone())
+            } else {
+                self.0.clone()
+            })
         }
     }
     let reference = snapshot::decode(
@@ -333,11 +339,21 @@ fn delta_vector_matches_spec() {
         &bytes,
         "vector",
         &ReadLimits::default(),
-        Some(&One(std::sync::Arc::new(reference))),
+        Some(&One(std::sync::Arc::new(reference.clone()), false)),
     )
     .expect("decodes");
     assert_eq!(snap.header.state_root.0, root);
     assert!(snapshot::decode(&bytes, "vector", &ReadLimits::default()).is_err());
+    // Streamed with the reference handed over (each delta undone in place in it): the same.
+    let streamed = snapshot::SnapshotReader::new(
+        std::io::Cursor::new(&bytes),
+        "vector",
+        &ReadLimits::default(),
+    )
+    .and_then(|r| r.decode_all(Some(&One(std::sync::Arc::new(reference), true))))
+    .expect("decodes streamed");
+    assert_eq!(streamed.header.state_root.0, root);
+    assert_eq!(streamed.data, snap.data);
 }
 
 /// The part index (§7.1) of 10,000 bytes `(7i + 3) mod 256` in parts of 4,096 bytes, encoded
