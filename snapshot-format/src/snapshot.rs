@@ -932,11 +932,6 @@ impl Located<'_> {
         &self.data[t.offset as usize..(t.offset + t.encoded_len) as usize]
     }
 
-    /// Whether any tensor is stored as a delta against another checkpoint.
-    pub fn has_deltas(&self) -> bool {
-        self.header.tensors.iter().any(|t| t.delta.is_some())
-    }
-
     /// Decode and verify every tensor in parallel, resolving delta tensors through `refs`.
     pub fn decode(self, refs: Option<&dyn References>) -> Result<Snapshot> {
         let artefact = self.artefact;

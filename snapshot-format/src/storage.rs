@@ -27,6 +27,7 @@ use object_store::{
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::hash::{DomainHasher, context};
 use crate::layout;
 use crate::parts::{self, Part, PartIndex};
 
@@ -283,7 +284,37 @@ impl Store {
     }
 
     fn map_err(&self, key: &str, op: &'static str, e: object_store::Error) -> Error {
-        store_error(&self.location, key, op, e)
+        let store = self.location.clone();
+        let key = key.to_string();
+        match e {
+            object_store::Error::NotFound { .. } => Error::ObjectMissing { store, key },
+            object_store::Error::AlreadyExists { .. } => Error::ObjectExists { store, key },
+            object_store::Error::PermissionDenied { source, .. }
+            | object_store::Error::Unauthenticated { source, .. } => Error::PermissionDenied {
+                store,
+                key,
+                op,
+                detail: source.to_string(),
+            },
+            other => {
+                let detail = other.to_string();
+                if detail.contains("ermission denied") {
+                    Error::PermissionDenied {
+                        store,
+                        key,
+                        op,
+                        detail,
+                    }
+                } else {
+                    Error::Store {
+                        store,
+                        key,
+                        op,
+                        detail,
+                    }
+                }
+            }
+        }
     }
 
     /// Read a whole object (reassembled from its parts when it was written in parts, each
@@ -295,7 +326,7 @@ impl Store {
         }
         let index = PartIndex::decode(&stored, key)?;
         let mut out = Vec::new();
-        let mut reader = self.parts_reader(key, index)?;
+        let mut reader = self.parts_reader(key, index);
         read_all(&mut reader, &mut out, key)?;
         Ok(out)
     }
@@ -328,7 +359,7 @@ impl Store {
         read_all(&mut (&mut rest).take(magic as u64), &mut head, key)?;
         let inner: Box<dyn Read + Send> = if parts::looks_like_index(&head) {
             read_all(&mut rest, &mut head, key)?;
-            Box::new(self.parts_reader(key, PartIndex::decode(&head, key)?)?)
+            Box::new(self.parts_reader(key, PartIndex::decode(&head, key)?))
         } else {
             Box::new(std::io::Cursor::new(head).chain(rest))
         };
@@ -344,16 +375,14 @@ impl Store {
         len: u64,
     ) -> Arriving {
         let (tx, rx) = tokio::sync::mpsc::channel(BUFFERS_AHEAD);
-        let (location, owned_key) = (self.location.clone(), key.to_string());
+        let (store, owned_key) = (self.clone(), key.to_string());
         self.runtime.spawn(async move {
             let mut gathered = bytes::BytesMut::new();
             while let Some(item) = stream.next().await {
                 let chunk = match item {
                     Ok(chunk) => chunk,
                     Err(e) => {
-                        let _ = tx
-                            .send(Err(store_error(&location, &owned_key, "get", e)))
-                            .await;
+                        let _ = tx.send(Err(store.map_err(&owned_key, "get", e))).await;
                         return;
                     }
                 };
@@ -373,29 +402,19 @@ impl Store {
 
     /// The object at `key` from its part `index`: a task on the store's runtime fetches the
     /// parts in order, checks each against the index and sends it on, one part ahead.
-    fn parts_reader(&self, key: &str, index: PartIndex) -> Result<Arriving> {
+    fn parts_reader(&self, key: &str, index: PartIndex) -> Arriving {
         let (tx, rx) = tokio::sync::mpsc::channel(PARTS_AHEAD);
-        let parts = index
-            .parts
-            .iter()
-            .map(|p| {
-                let part = parts::part_key(key, &p.hash);
-                Ok((self.path(&part)?, part, *p))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let (inner, location, owned_key) =
-            (self.inner.clone(), self.location.clone(), key.to_string());
+        let (store, owned_key, len) = (self.clone(), key.to_string(), index.len);
         self.runtime.spawn(async move {
-            for (path, part, p) in parts {
-                let checked = fetch_part(inner.as_ref(), &location, &owned_key, &path, part, p);
-                let result = checked.await;
+            for p in index.parts {
+                let result = store.fetch_part(&owned_key, p).await;
                 let failed = result.is_err();
                 if tx.send(result).await.is_err() || failed {
                     return;
                 }
             }
         });
-        Ok(self.arriving(key, rx, index.len))
+        self.arriving(key, rx, len)
     }
 
     fn arriving(
@@ -416,6 +435,41 @@ impl Store {
     /// The bytes stored at `key` as they are.
     fn get_stored(&self, key: &str) -> Result<bytes::Bytes> {
         self.runtime.block_on(self.fetch(key))
+    }
+
+    /// Part `p` of the object at `key`, checked against what the object's index says of it.
+    async fn fetch_part(&self, key: &str, p: Part) -> Result<bytes::Bytes> {
+        let part = parts::part_key(key, &p.hash);
+        let bytes = match self.fetch(&part).await {
+            Ok(b) => b,
+            Err(Error::ObjectMissing { .. }) => {
+                return Err(Error::PartMissing {
+                    store: self.location.clone(),
+                    key: key.to_string(),
+                    part,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let mismatch = |detail: String| Error::PartMismatch {
+            store: self.location.clone(),
+            key: key.to_string(),
+            part: part.clone(),
+            detail,
+        };
+        if bytes.len() as u64 != p.len {
+            return Err(mismatch(format!(
+                "holds {} bytes, the index declares {}",
+                bytes.len(),
+                p.len
+            )));
+        }
+        if parts::part_hash([bytes.as_ref()]) != p.hash {
+            return Err(mismatch(
+                "does not hash to the name the index gives it".into(),
+            ));
+        }
+        Ok(bytes)
     }
 
     async fn fetch(&self, key: &str) -> Result<bytes::Bytes> {
@@ -546,15 +600,14 @@ impl Store {
 
     /// [`Store::put_once`] for an object given as parts.
     pub fn put_once_parts(&self, key: &str, parts: Vec<Vec<u8>>) -> Result<PutOutcome> {
-        // Remember only a digest for comparing with an existing object.
-        let mut hasher = blake3::Hasher::new();
-        for p in &parts {
-            hasher.update(p);
-        }
-        let digest = hasher.finalize();
+        // Remember only a hash for comparing with an existing object.
+        let whole = Part {
+            len: parts.iter().map(|p| p.len() as u64).sum(),
+            hash: parts::part_hash(parts.iter().map(Vec::as_slice)),
+        };
         match self.put_new_parts(key, parts) {
             Ok(()) => Ok(PutOutcome::Created),
-            Err(Error::ObjectExists { .. }) => self.compare_existing(key, &[], digest),
+            Err(Error::ObjectExists { .. }) => self.compare_existing(key, &[whole]),
             Err(e) => Err(e),
         }
     }
@@ -565,7 +618,7 @@ impl Store {
     /// 64 MiB (or the store's single-write size) as they arrive, a few uploads at a time, and
     /// the object is published by its part index, the head its first part (specs/snapshot-
     /// format.md §7.1): the whole object is never held. An existing object is not uploaded
-    /// again: the bytes are only hashed and compared with it.
+    /// again: its parts are only hashed and compared with it.
     pub fn put_once_streamed<T>(
         &self,
         key: &str,
@@ -580,49 +633,55 @@ impl Store {
             parts: Vec::new(),
             uploads: std::collections::VecDeque::new(),
             upload: !self.exists(key)?,
-            digest: blake3::Hasher::new(),
             len: 0,
         };
         let (head, value) = write(&mut |bytes| parts.write(bytes))?;
-        let digest = parts.digest.finalize();
-        if !parts.upload {
-            return Ok((self.compare_existing(key, &head, digest)?, value));
-        }
         let data = parts.finish()?;
         let head_part = Part {
             len: head.len() as u64,
             hash: parts::part_hash([head.as_slice()]),
         };
-        self.runtime.block_on(self.create_part(
-            &parts::part_key(key, &head_part.hash),
-            vec![bytes::Bytes::copy_from_slice(&head)],
-            &head_part.hash,
-        ))?;
         let index = PartIndex {
             len: head_part.len + data.iter().map(|p| p.len).sum::<u64>(),
             parts: std::iter::once(head_part).chain(data).collect(),
         };
+        if !parts.upload {
+            return Ok((self.compare_existing(key, &index.parts)?, value));
+        }
         if index.parts.len() > parts::MAX_PARTS {
             return Err(self.too_many_parts(key, index.len, index.parts.len()));
         }
+        self.runtime.block_on(self.create_part(
+            &parts::part_key(key, &head_part.hash),
+            vec![bytes::Bytes::from(head)],
+            &head_part.hash,
+        ))?;
         // Another writer may have published the object meanwhile: compared as any existing one.
         let outcome = match self.put_conditional(key, vec![bytes::Bytes::from(index.encode())]) {
             Ok(()) => PutOutcome::Created,
-            Err(Error::ObjectExists { .. }) => self.compare_existing(key, &head, digest)?,
+            Err(Error::ObjectExists { .. }) => self.compare_existing(key, &index.parts)?,
             Err(e) => return Err(e),
         };
         Ok((outcome, value))
     }
 
-    /// Whether the object at `key` is `head` followed by bytes with BLAKE3 `digest`: it is
-    /// read as a stream, never whole.
-    fn compare_existing(&self, key: &str, head: &[u8], digest: blake3::Hash) -> Result<PutOutcome> {
+    /// Whether the object at `key` is, piece after piece, bytes of the lengths and part hashes
+    /// in `expected`, and nothing more: it is read as a stream, never whole.
+    fn compare_existing(&self, key: &str, expected: &[Part]) -> Result<PutOutcome> {
         let mut reader = self.reader(key)?;
-        let mut first = Vec::with_capacity(head.len());
-        read_all(&mut (&mut reader).take(head.len() as u64), &mut first, key)?;
-        let mut hasher = blake3::Hasher::new();
-        std::io::copy(&mut reader, &mut hasher).map_err(|source| Error::from_io(key, source))?;
-        if first == head && hasher.finalize() == digest {
+        let mut same = true;
+        for p in expected {
+            let mut hasher = DomainHasher::new(context::PART);
+            let copied =
+                std::io::copy(&mut (&mut reader).take(p.len), &mut HashWriter(&mut hasher))
+                    .map_err(|source| Error::from_io(key, source))?;
+            same &= copied == p.len && hasher.finish() == p.hash;
+        }
+        let mut more = [0u8; 1];
+        let trailing = reader
+            .read(&mut more)
+            .map_err(|source| Error::from_io(key, source))?;
+        if same && trailing == 0 {
             Ok(PutOutcome::AlreadyPresent)
         } else {
             Err(Error::ObjectConflict {
@@ -730,19 +789,14 @@ struct PartWriter<'s> {
     /// The parts uploaded or uploading, in order.
     parts: Vec<Part>,
     uploads: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>>,
-    /// False when the object exists: its bytes are then only hashed.
+    /// False when the object exists: its parts are then only hashed.
     upload: bool,
-    digest: blake3::Hasher,
     len: u64,
 }
 
 impl PartWriter<'_> {
     fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
-        self.digest.update(bytes);
         self.len += bytes.len() as u64;
-        if !self.upload {
-            return Ok(());
-        }
         while !bytes.is_empty() {
             let take = (self.part_bytes - self.buffer.len()).min(bytes.len());
             self.buffer.extend_from_slice(&bytes[..take]);
@@ -754,7 +808,8 @@ impl PartWriter<'_> {
         Ok(())
     }
 
-    /// Upload the buffer as the next part, with at most `PARALLEL_UPLOADS` in flight.
+    /// Upload the buffer as the next part, with at most `PARALLEL_UPLOADS` in flight (only
+    /// hash it when the object exists).
     fn send(&mut self) -> Result<()> {
         let bytes = bytes::Bytes::from(std::mem::take(&mut self.buffer));
         let part = Part {
@@ -766,6 +821,9 @@ impl PartWriter<'_> {
             return Err(self
                 .store
                 .too_many_parts(&self.key, self.len, self.parts.len() + 1));
+        }
+        if !self.upload {
+            return Ok(());
         }
         while self.uploads.len() >= PARALLEL_UPLOADS {
             self.wait_oldest()?;
@@ -806,45 +864,18 @@ impl PartWriter<'_> {
     }
 }
 
-/// A part fetched and checked against what the index of the object at `key` says of it.
-async fn fetch_part(
-    inner: &dyn ObjectStore,
-    location: &str,
-    key: &str,
-    path: &Path,
-    part: String,
-    p: Part,
-) -> Result<bytes::Bytes> {
-    let bytes = match async { inner.get(path).await?.bytes().await }.await {
-        Ok(b) => b,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(Error::PartMissing {
-                store: location.to_string(),
-                key: key.to_string(),
-                part,
-            });
-        }
-        Err(e) => return Err(store_error(location, &part, "get", e)),
-    };
-    let mismatch = |detail: String| Error::PartMismatch {
-        store: location.to_string(),
-        key: key.to_string(),
-        part: part.clone(),
-        detail,
-    };
-    if bytes.len() as u64 != p.len {
-        return Err(mismatch(format!(
-            "holds {} bytes, the index declares {}",
-            bytes.len(),
-            p.len
-        )));
+/// Bytes written into a domain hasher.
+struct HashWriter<'h>(&'h mut DomainHasher);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.bytes(buf);
+        Ok(buf.len())
     }
-    if parts::part_hash([bytes.as_ref()]) != p.hash {
-        return Err(mismatch(
-            "does not hash to the name the index gives it".into(),
-        ));
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
-    Ok(bytes)
 }
 
 /// Read `reader` to its end into `out`, the errors it carries given back as they were.
@@ -915,41 +946,6 @@ impl Read for Arriving {
         buf[..n].copy_from_slice(&self.current.split_to(n));
         self.remaining = self.remaining.saturating_sub(n as u64);
         Ok(n)
-    }
-}
-
-/// The error for `op` on the object at `key` of the store at `location`.
-fn store_error(location: &str, key: &str, op: &'static str, e: object_store::Error) -> Error {
-    let store = location.to_string();
-    let key = key.to_string();
-    match e {
-        object_store::Error::NotFound { .. } => Error::ObjectMissing { store, key },
-        object_store::Error::AlreadyExists { .. } => Error::ObjectExists { store, key },
-        object_store::Error::PermissionDenied { source, .. }
-        | object_store::Error::Unauthenticated { source, .. } => Error::PermissionDenied {
-            store,
-            key,
-            op,
-            detail: source.to_string(),
-        },
-        other => {
-            let detail = other.to_string();
-            if detail.contains("ermission denied") {
-                Error::PermissionDenied {
-                    store,
-                    key,
-                    op,
-                    detail,
-                }
-            } else {
-                Error::Store {
-                    store,
-                    key,
-                    op,
-                    detail,
-                }
-            }
-        }
     }
 }
 
