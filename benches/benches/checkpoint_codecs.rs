@@ -98,9 +98,10 @@ impl Method {
     fn label(self) -> String {
         match self {
             Method::Zstd(l) => format!("zstd-{l} per tensor (codec 1)"),
-            Method::Planes { level, chunk } => {
-                format!("planes zstd-{level}, {} KiB chunks (codec 2)", chunk >> 10)
-            }
+            Method::Planes { level, chunk } => format!(
+                "planes zstd-{level} (exponent plane zstd-fastest), {} KiB chunks (codec 2)",
+                chunk >> 10
+            ),
             Method::Delta(Transform::Xor) => "delta, XOR as planes (codec 3, transform 0)".into(),
             Method::Delta(Transform::Difference) => {
                 "delta, zigzag difference as planes (codec 3, transform 1)".into()

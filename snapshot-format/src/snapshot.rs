@@ -232,7 +232,8 @@ pub struct WriteOptions {
     /// Codec to try for every tensor. With [`Codec::Zstd`] or [`Codec::Planes`], a tensor whose
     /// encoding is not smaller than its raw bytes is stored raw.
     pub codec: Codec,
-    /// zstd level (1..=22), of the whole tensor (zstd) or of each plane (planes).
+    /// zstd level of the whole tensor (zstd) or of each plane (planes; a float's exponent plane
+    /// is at [`crate::planes::EXPONENT_LEVEL`]).
     pub zstd_level: i32,
     /// Chunk size of [`Codec::Planes`] (and of a delta's planes), in raw bytes.
     pub chunk_bytes: u32,
