@@ -480,8 +480,8 @@ impl CheckpointCodec {
     }
 
     /// Snapshot writer settings: zstd at level 3; planes (and a delta's planes) at level 1 in
-    /// 256 KiB chunks, a keyframe every 8 checkpoints (chosen by the `checkpoint_codecs`
-    /// benchmark).
+    /// 256 KiB chunks (a float's exponent plane at `planes::EXPONENT_LEVEL`), a keyframe every
+    /// 8 checkpoints (chosen by the `checkpoint_codecs` benchmark).
     pub fn write_options(self) -> snapshot_format::snapshot::WriteOptions {
         use snapshot_format::{Codec, delta, planes, snapshot::WriteOptions};
         let planes = WriteOptions {
