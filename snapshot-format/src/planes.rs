@@ -331,17 +331,8 @@ fn join(dtype: DType, planes: &[Vec<u8>], raw: &mut [u8]) {
 
 fn split_n<const N: usize>(chunk: &[u8], rotate: bool) -> Vec<Vec<u8>> {
     let m = chunk.len() / N;
-    let mut planes = vec![vec![0u8; m]; N];
-    let mut outs: [&mut [u8]; N] = {
-        let mut rest = planes.as_mut_slice();
-        std::array::from_fn(|_| {
-            let (first, tail) = std::mem::take(&mut rest)
-                .split_first_mut()
-                .expect("N planes");
-            rest = tail;
-            &mut first[..m]
-        })
-    };
+    let mut planes: [Vec<u8>; N] = std::array::from_fn(|_| vec![0u8; m]);
+    let mut outs = planes.each_mut().map(|p| &mut p[..m]);
     // One pass over the elements, each read as an integer and rotated whole: the compiler
     // unrolls the byte loop (N is a constant), and each plane is written in order.
     for (i, e) in chunk.chunks_exact(N).enumerate() {
@@ -355,7 +346,7 @@ fn split_n<const N: usize>(chunk: &[u8], rotate: bool) -> Vec<Vec<u8>> {
             out[i] = (v >> (8 * p)) as u8;
         }
     }
-    planes
+    planes.into()
 }
 
 fn join_n<const N: usize>(planes: &[Vec<u8>], raw: &mut [u8], rotate: bool) {
