@@ -3,6 +3,7 @@
 # is there):
 # - qemu-user (Debian), to run the engine as other CPUs: the portable-numerics tests compare
 #   runs natively and under `qemu-x86_64 -cpu max` / `-cpu Nehalem`;
+# - strace (Debian), to count the files a command opens;
 # - a Python venv with moto's S3 server, used by the S3 integration tests on 127.0.0.1, and the
 #   ecosystem's verifiers that the attestation tests run on our artefacts: OpenSSF
 #   model-signing (with pyOpenSSL, which its CLI imports) and securesystemslib (DSSE, as in-toto
@@ -17,6 +18,16 @@ if [ "$(uname -m)" = x86_64 ] && [ ! -x /usr/bin/qemu-x86_64 ] && [ -z "${QEMU_X
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user > /dev/null \
     || { $sudo apt-get update -q > /dev/null \
          && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user > /dev/null; }
+fi
+
+# strace: the test that `replay investigate` reads the run once counts the files it opens.
+if ! command -v strace > /dev/null; then
+  echo "installing strace for the test that counts what replay reads"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace > /dev/null \
+    || { $sudo apt-get update -q > /dev/null \
+         && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace > /dev/null; }
 fi
 
 if [ ! -x .venv/bin/moto_server ]; then

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn parse(data: &[u8]) {
     // Keep the fuzzer's memory bounded: a valid header may declare large tensors.
-    let limits = ReadLimits { max_decoded_bytes: 1 << 24 };
+    let limits = ReadLimits::up_to(1 << 24);
     let _ = snapshot::decode(data, "fuzz", &limits);
     // Delta tensors resolved against the planes vector, as the delta vector's are.
     static REFERENCES: std::sync::OnceLock<VectorReferences> = std::sync::OnceLock::new();
@@ -44,4 +44,7 @@ fn parse(data: &[u8]) {
     let _ = PartIndex::decode(data, "fuzz");
     let _ = RunManifest::from_json(data, "fuzz");
     let _ = Completion::from_json(data, "fuzz");
+    // As a run's stored objects: a checkpoint read through its chain (a reference cycle when
+    // the input names itself), and an object whose part index may name its parts many times.
+    snapshot_format::testing::read_through_store(data);
 }

@@ -1,15 +1,25 @@
 //! Standard attestations of a run (`specs/signatures.md` §6): the verification statement an
-//! auditor writes (`verify`/`audit --attest`), and the checks `replay check` makes of the
-//! statements and model-signing bundles it is given (who signed them, under the one rule of
-//! trust in `signatures::judge`, and whether what they state is this run).
+//! auditor writes (`verify`/`audit --attest`), the signing of replay's exports, and the checks
+//! `replay check` makes of the statements, exports and model-signing bundles it is given.
+//!
+//! A statement is judged twice. By its signer, under the role its predicate type gives the
+//! signer ([`Role`]: the run's own signer for training provenance; a verifier named with
+//! `--verifier-key`, never the run's signer, for everything replay claims), through the one rule
+//! of trust in [`judge`]. And by what it says: every field that names the run must be this
+//! run's, every claim about the ledger must hold against the ledger as it stands, the files it
+//! names must hash as it says, and a failure it states (a verification that diverged, an
+//! investigation whose verdict failed) is a failure of the check, with the stated verdict.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use snapshot_format::attest::{self, ResourceDescriptor, Statement};
-use snapshot_format::signature;
+use snapshot_format::{Hash32, Store, signature};
 
 use crate::context::RunContext;
-use crate::report::{CommandError, Problem, Verdict};
-use crate::signatures::{ArtefactSignatures, SignatureOptions, judge};
+use crate::investigate::Behaviour;
+use crate::report::{CommandError, Problem, Verdict, problem_of};
+use crate::signatures::{ArtefactSignatures, Role, SignatureOptions, judge};
 use crate::verify::{EnvironmentCheck, RangeResult};
 
 /// What `check` found of one attestation.
@@ -18,52 +28,87 @@ pub struct AttestationCheck {
     /// The file (or, for a model-signing bundle, the bundle and the directory).
     pub artefact: String,
     pub predicate_type: String,
-    /// Who signed it, judged as the run's artefacts are (verification statements: against
-    /// `--verifier-key`).
+    /// Who signed it, judged under its role: training provenance as the run's artefacts are,
+    /// replay's statements against `--verifier-key`.
     pub signatures: ArtefactSignatures,
-    /// `ok`, or the worst of its problems.
+    /// What the statement claims (absent when it could not be read).
+    pub stated: Option<Stated>,
+    /// `ok`, or the worst of its problems (a failure it states included).
     pub verdict: Verdict,
+}
+
+/// What a statement claims about the run, as `check` read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stated {
+    /// What made the claim: `training`, `verify`, `audit`, `rollback`, `counterfactual` or
+    /// `investigate`.
+    pub by: String,
+    /// The verdict it states (none for training provenance).
+    pub verdict: Option<Verdict>,
+    /// The step of the ledger it speaks of (the ledger's last when it was made; a state's
+    /// step).
+    pub step: u64,
+    /// Steps re-executed (verification statements).
+    pub steps_replayed: Option<u64>,
+    /// Ranges re-executed, each with its verdict (verification statements).
+    pub ranges: Vec<StatedRange>,
+    /// Whether the suspects explain the behaviour (investigations).
+    pub explained: Option<bool>,
+}
+
+/// One range of a verification statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatedRange {
+    pub segment: u64,
+    pub from_step: u64,
+    pub to_step: u64,
+    pub verdict: Verdict,
+    pub rederived_from_step0: bool,
 }
 
 /// Keys `check` is given for attestations beyond the trust options of the run.
 #[derive(Debug, Clone, Default)]
 pub struct AttestationKeys {
-    /// Auditors' keys: verification statements must be signed by one of them.
+    /// Verifiers' keys (`--verifier-key`): replay's statements must be signed by one of them.
     pub verifiers: Vec<ed25519_dalek::VerifyingKey>,
     /// The P-256 key of an export's `model.sig`.
     pub model: Option<p256::ecdsa::VerifyingKey>,
 }
 
 /// The fields every statement about the run repeats, as the run has them.
-pub(crate) fn run_fields(ctx: &RunContext) -> Vec<(&'static str, serde_json::Value)> {
-    vec![
+fn run_fields(ctx: &RunContext) -> serde_json::Map<String, serde_json::Value> {
+    [
         ("runId", serde_json::json!(ctx.manifest.run_id)),
         ("genesis", serde_json::json!(ctx.manifest.genesis)),
         ("specBlake3", serde_json::json!(ctx.manifest.spec_hash)),
         ("datasetRoot", serde_json::json!(ctx.spec.data.dataset_root)),
     ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
-/// The head of the ledger as the statement's `ledgerStep` names it.
-fn ledger_head_at(ctx: &RunContext, predicate: &serde_json::Value) -> serde_json::Value {
-    let step = predicate["ledgerStep"].as_u64().unwrap_or(u64::MAX);
-    serde_json::json!(ctx.records.get(&step).map(|r| r.hash()))
-}
-
-/// The last step of the ledger and its head (`ledgerStep`, `ledgerHead` of a statement).
-pub(crate) fn ledger_point(ctx: &RunContext) -> (u64, snapshot_format::Hash32) {
-    ctx.records
-        .iter()
-        .next_back()
-        .map(|(s, r)| (*s, r.hash()))
-        .unwrap_or((0, snapshot_format::Hash32::ZERO))
+/// A predicate of replay's: the run's fields, the ledger's point (`ledgerStep`, `ledgerHead`,
+/// the last record when the statement is made), and `rest`.
+pub(crate) fn predicate(
+    ctx: &RunContext,
+    rest: serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut p = run_fields(ctx);
+    let (step, head) = ctx.ledger_point();
+    p.insert("ledgerStep".into(), serde_json::json!(step));
+    p.insert("ledgerHead".into(), serde_json::json!(head));
+    if let serde_json::Value::Object(rest) = rest {
+        p.extend(rest);
+    }
+    p
 }
 
 /// Sign an export that replay wrote to `store` (`files`, read back as stored): its provenance
 /// statement (predicate `replayed-state`: the run's fields, the step, the state root and how
 /// the state was derived) with the ed25519 key, and `model.sig` with the P-256 key.
 pub(crate) fn attest_export(
-    store: &snapshot_format::Store,
+    store: &Store,
     ctx: &RunContext,
     out: &str,
     files: &[String],
@@ -77,30 +122,208 @@ pub(crate) fn attest_export(
         .iter()
         .map(|f| Ok((f.clone(), store.get(f)?)))
         .collect::<Result<Vec<_>, CommandError>>()?;
-    let mut predicate: serde_json::Map<String, serde_json::Value> = run_fields(ctx)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    if let serde_json::Value::Object(extra) = state {
-        predicate.extend(extra);
-    }
     Ok(attest::sign_export(
         store,
         attest::model_name(out),
         &exported,
         attest::STATE_PREDICATE,
-        serde_json::Value::Object(predicate),
+        serde_json::Value::Object(predicate(ctx, state)),
         keys,
     )?)
 }
 
-/// Check one in-toto statement file against the run: its signature and what it states.
+/// The fields that name the run, as a statement states them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunClaim {
+    run_id: String,
+    genesis: Hash32,
+    spec_blake3: Hash32,
+    dataset_root: Hash32,
+}
+
+/// A training provenance statement's claims (`specs/signatures.md` §6.2).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TrainingClaim {
+    #[serde(flatten)]
+    run: RunClaim,
+    final_step: u64,
+    ledger_head: Hash32,
+    final_state_root: Hash32,
+}
+
+/// A verification statement's claims (§6.3).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerificationClaim {
+    #[serde(flatten)]
+    run: RunClaim,
+    ledger_step: u64,
+    ledger_head: Hash32,
+    command: String,
+    verdict: Verdict,
+    steps_replayed: u64,
+    ranges: Vec<RangeClaim>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RangeClaim {
+    segment: u64,
+    from_step: u64,
+    to_step: u64,
+    verdict: Verdict,
+    rederived_from_step0: bool,
+}
+
+/// A replayed state's claims (§6.2, exports of `rollback` and `counterfactual`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateClaim {
+    #[serde(flatten)]
+    run: RunClaim,
+    ledger_step: u64,
+    ledger_head: Hash32,
+    step: u64,
+    state_root: Option<Hash32>,
+    verdict: Verdict,
+    derivation: Derivation,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Derivation {
+    Rollback,
+    Counterfactual { without: Vec<u64> },
+}
+
+/// An investigation's findings (§6.3).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InvestigationClaim {
+    #[serde(flatten)]
+    run: RunClaim,
+    ledger_step: u64,
+    ledger_head: Hash32,
+    suspects: Vec<u64>,
+    factual: Option<Behaviour>,
+    counterfactual: Option<Behaviour>,
+    explained: Option<bool>,
+    verdict: Verdict,
+    to_step: Option<u64>,
+    factual_state_root: Option<Hash32>,
+}
+
+/// The role whose key may sign a statement of `predicate_type`; `None` for a type replay does
+/// not check.
+fn role_of(predicate_type: &str) -> Option<Role> {
+    match predicate_type {
+        attest::TRAINING_PREDICATE => Some(Role::Trainer),
+        attest::VERIFICATION_PREDICATE
+        | attest::STATE_PREDICATE
+        | attest::INVESTIGATION_PREDICATE => Some(Role::Verifier),
+        _ => None,
+    }
+}
+
+/// The findings about one statement: its problems, built against one artefact.
+struct Findings<'a> {
+    path: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Findings<'_> {
+    fn add(&mut self, kind: Verdict, detail: String) {
+        self.problems
+            .push(Problem::new(kind, self.path.to_string(), detail));
+    }
+
+    /// The statement's run fields against the run.
+    fn run(&mut self, ctx: &RunContext, c: &RunClaim) {
+        let fields = [
+            ("runId", c.run_id == ctx.manifest.run_id),
+            ("genesis", c.genesis == ctx.manifest.genesis),
+            ("specBlake3", c.spec_blake3 == ctx.manifest.spec_hash),
+            ("datasetRoot", c.dataset_root == ctx.spec.data.dataset_root),
+        ];
+        for (field, equal) in fields {
+            if !equal {
+                self.add(
+                    Verdict::Tampered,
+                    format!(
+                        "states {field} of another run (this run's is {})",
+                        run_fields(ctx)[field]
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The head the statement gives the ledger after `step` against the ledger's.
+    fn head(&mut self, ctx: &RunContext, field: &str, step: u64, head: Hash32) {
+        match ctx.head_at(step) {
+            Some(h) if h == head => {}
+            Some(h) => self.add(
+                Verdict::Tampered,
+                format!("states {field} {head} at step {step}; the run's ledger has {h} (its history differs from the one the statement is about)"),
+            ),
+            None => self.add(
+                Verdict::Tampered,
+                format!("states the ledger at step {step}; the run's ledger has no record of that step"),
+            ),
+        }
+    }
+
+    /// A failure the statement states is a failure of the check, with the stated verdict.
+    fn stated_verdict(&mut self, what: &str, verdict: Verdict) {
+        if !verdict.passed() {
+            self.add(
+                verdict,
+                format!("states that {what} ended {verdict}: a failure it reports counts as one"),
+            );
+        }
+    }
+
+    /// Examples the statement names (as `what`) must be the dataset's.
+    fn examples(&mut self, ctx: &RunContext, what: &str, ids: &[u64]) {
+        let examples = ctx.spec.data.examples;
+        if let Some(id) = ids.iter().find(|&&id| id >= examples) {
+            self.add(
+                Verdict::Tampered,
+                format!("names {what} example {id}, beyond the dataset's {examples} examples"),
+            );
+        }
+    }
+
+    fn corrupt(&mut self, detail: String) {
+        self.add(Verdict::Corrupt, detail);
+    }
+}
+
+/// Parse a predicate of type `T`, a missing or malformed field being a finding.
+fn claim<T: serde::de::DeserializeOwned>(f: &mut Findings, p: &serde_json::Value) -> Option<T> {
+    match serde_json::from_value(p.clone()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            f.corrupt(format!(
+                "the statement's predicate is not one replay wrote: {e}"
+            ));
+            None
+        }
+    }
+}
+
+/// Check one in-toto statement file against the run: who signed it, under its role, and what
+/// it states. `dir` is the directory the statement was read from: the files an investigation
+/// names are re-hashed there.
 pub fn check_statement(
     ctx: &RunContext,
     o: &SignatureOptions,
     keys: &AttestationKeys,
     path: &str,
     bytes: &[u8],
+    dir: Option<&std::path::Path>,
 ) -> (AttestationCheck, Vec<Problem>) {
     let run_signers: Vec<ed25519_dalek::VerifyingKey> = ctx
         .signatures
@@ -109,44 +332,45 @@ pub fn check_statement(
         .filter_map(|s| signature::read_public_key(&s.public_key).ok())
         .collect();
     let mut candidates = o.trusted.clone();
-    candidates.extend(run_signers);
+    candidates.extend(run_signers.iter().copied());
     candidates.extend(keys.verifiers.iter().copied());
-    let mut problems = Vec::new();
+    let mut f = Findings {
+        path,
+        problems: Vec::new(),
+    };
     let opened = match attest::open_statement(bytes, path, &candidates) {
         Ok(o) => o,
         Err(e) => {
-            let p = Problem::new(Verdict::Corrupt, path.to_string(), e.to_string());
+            f.corrupt(e.to_string());
             let (signatures, _) = judge(path, true, &[], o);
             return (
                 AttestationCheck {
                     artefact: path.into(),
                     predicate_type: String::new(),
                     signatures,
+                    stated: None,
                     verdict: Verdict::Corrupt,
                 },
-                vec![p],
+                f.problems,
             );
         }
     };
     let statement = &opened.statement;
-    let signers: Vec<[u8; 32]> = opened.signers.iter().map(|k| k.to_bytes()).collect();
-    // Verification statements are an auditor's: trusted when a named verifier key signed them.
-    let verifiers = SignatureOptions {
-        trusted: keys.verifiers.clone(),
-        require: true,
+    let role = role_of(&statement.predicate_type);
+    let trust = match role {
+        Some(Role::Verifier) => SignatureOptions::verifier(&keys.verifiers),
+        _ => o.clone(),
     };
-    let by_auditor = [
-        attest::VERIFICATION_PREDICATE,
-        attest::INVESTIGATION_PREDICATE,
-    ]
-    .contains(&statement.predicate_type.as_str());
-    let trust = if by_auditor { &verifiers } else { o };
+    // A key that signed the run itself never counts as its verifier.
+    let (own, signers): (Vec<_>, Vec<_>) =
+        opened.signers.iter().map(|k| k.to_bytes()).partition(|k| {
+            trust.role == Role::Verifier && run_signers.iter().any(|r| r.to_bytes() == *k)
+        });
     let altered = !opened.failed.is_empty();
-    let (signatures, problem) = judge(path, altered, &signers, trust);
+    let (signatures, problem) = judge(path, altered, &signers, &trust);
     if altered {
-        problems.push(Problem::new(
+        f.add(
             Verdict::BadSignature,
-            path.to_string(),
             format!(
                 "the signature by {} does not verify: the statement was altered after signing",
                 opened
@@ -156,63 +380,331 @@ pub fn check_statement(
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-        ));
-    } else if signers.is_empty() && opened.unverified > 0 {
-        problems.push(Problem::new(
+        );
+    } else if signers.is_empty() && !own.is_empty() {
+        f.add(
             Verdict::UntrustedSigner,
-            path.to_string(),
-            "signed by a key that is neither trusted nor one that signed the run".to_string(),
-        ));
+            format!(
+                "signed by {}, which signed the run itself: a run's own signer cannot attest \
+                 what replay found of it; name the verifier's key with --verifier-key",
+                own.iter()
+                    .map(signature::fingerprint)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    } else if signers.is_empty() && opened.unverified > 0 {
+        f.add(
+            Verdict::UntrustedSigner,
+            format!(
+                "signed by a key that is not {}",
+                match trust.role {
+                    Role::Trainer => "trusted, nor one that signed the run",
+                    Role::Verifier => "a verifier key named with --verifier-key",
+                }
+            ),
+        );
     } else {
-        problems.extend(problem);
+        f.problems.extend(problem);
     }
-    let p = &statement.predicate;
-    let mut expect = run_fields(ctx);
-    match statement.predicate_type.as_str() {
-        attest::TRAINING_PREDICATE => {
-            if let Some(c) = &ctx.completion {
-                expect.push(("ledgerHead", serde_json::json!(c.ledger_head)));
-                expect.push(("finalStep", serde_json::json!(c.final_step)));
-                expect.push(("finalStateRoot", serde_json::json!(c.final_state_root)));
-            }
-        }
-        // The ledger may have grown since: the head it names must be the record it names.
-        attest::VERIFICATION_PREDICATE | attest::INVESTIGATION_PREDICATE => {
-            expect.push(("ledgerHead", ledger_head_at(ctx, p)));
-        }
-        attest::STATE_PREDICATE => {
-            // A rolled-back state is the one the ledger commits to at its step; a
-            // counterfactual state is a new one, which only its re-execution can confirm.
-            if p["derivation"]["kind"] == "rollback" {
-                let step = p["step"].as_u64().unwrap_or(u64::MAX);
-                expect.push(("stateRoot", serde_json::json!(ctx.committed_root(step))));
-            }
-        }
-        other => problems.push(Problem::new(
-            Verdict::Corrupt,
-            path.to_string(),
-            format!("predicate type {other:?} is not one that replay checks"),
-        )),
-    }
-    for (field, want) in expect {
-        if p[field] != want {
-            problems.push(Problem::new(
-                Verdict::Tampered,
-                path.to_string(),
-                format!("states {field} = {}, the run has {want}", p[field]),
+    let stated = match role {
+        None => {
+            f.corrupt(format!(
+                "predicate type {:?} is not one that replay checks",
+                statement.predicate_type
             ));
+            None
         }
-    }
-    let verdict = worst(&problems);
+        Some(_) => judge_content(ctx, &mut f, statement, dir),
+    };
+    let verdict = worst(&f.problems);
     (
         AttestationCheck {
             artefact: path.into(),
             predicate_type: statement.predicate_type.clone(),
             signatures,
+            stated,
             verdict,
         },
-        problems,
+        f.problems,
     )
+}
+
+/// What `statement` claims, each claim checked against the run.
+fn judge_content(
+    ctx: &RunContext,
+    f: &mut Findings,
+    statement: &Statement,
+    dir: Option<&std::path::Path>,
+) -> Option<Stated> {
+    let p = &statement.predicate;
+    match statement.predicate_type.as_str() {
+        attest::TRAINING_PREDICATE => {
+            let c: TrainingClaim = claim(f, p)?;
+            f.run(ctx, &c.run);
+            f.head(ctx, "ledgerHead", c.final_step, c.ledger_head);
+            if let Some(done) = &ctx.completion
+                && (done.final_step, done.ledger_head, done.final_state_root)
+                    != (c.final_step, c.ledger_head, c.final_state_root)
+            {
+                f.add(
+                    Verdict::Tampered,
+                    format!(
+                        "states finalStep {}, finalStateRoot {}; the run's completion record has {} and {}",
+                        c.final_step, c.final_state_root, done.final_step, done.final_state_root
+                    ),
+                );
+            }
+            Some(Stated {
+                by: "training".into(),
+                verdict: None,
+                step: c.final_step,
+                steps_replayed: None,
+                ranges: vec![],
+                explained: None,
+            })
+        }
+        attest::VERIFICATION_PREDICATE => {
+            let c: VerificationClaim = claim(f, p)?;
+            f.run(ctx, &c.run);
+            f.head(ctx, "ledgerHead", c.ledger_step, c.ledger_head);
+            let subject = [ResourceDescriptor {
+                name: format!("run:{}", c.run.run_id),
+                digest: [("blake3".to_string(), c.ledger_head.to_string())].into(),
+            }];
+            if statement.subject != subject {
+                f.add(
+                    Verdict::Tampered,
+                    "its subject is not the run and the ledger head its predicate states".into(),
+                );
+            }
+            verification_content(ctx, f, &c);
+            Some(Stated {
+                by: c.command.clone(),
+                verdict: Some(c.verdict),
+                step: c.ledger_step,
+                steps_replayed: Some(c.steps_replayed),
+                ranges: c
+                    .ranges
+                    .iter()
+                    .map(|r| StatedRange {
+                        segment: r.segment,
+                        from_step: r.from_step,
+                        to_step: r.to_step,
+                        verdict: r.verdict,
+                        rederived_from_step0: r.rederived_from_step0,
+                    })
+                    .collect(),
+                explained: None,
+            })
+        }
+        attest::STATE_PREDICATE => {
+            let c: StateClaim = claim(f, p)?;
+            f.run(ctx, &c.run);
+            f.head(ctx, "ledgerHead", c.ledger_step, c.ledger_head);
+            if c.step > c.ledger_step {
+                f.add(
+                    Verdict::Tampered,
+                    format!(
+                        "states a state after step {}, beyond the ledger it names",
+                        c.step
+                    ),
+                );
+            }
+            // A rolled-back state is the one the ledger commits to at its step; a
+            // counterfactual state is a new one, which only its re-execution can confirm.
+            let by = match c.derivation {
+                Derivation::Rollback => {
+                    if c.state_root.is_none() || c.state_root != ctx.committed_root(c.step) {
+                        f.add(
+                            Verdict::Tampered,
+                            format!(
+                                "states stateRoot {} for step {}; the run commits to {}",
+                                json_text(&c.state_root),
+                                c.step,
+                                json_text(&ctx.committed_root(c.step))
+                            ),
+                        );
+                    }
+                    "rollback"
+                }
+                Derivation::Counterfactual { without } => {
+                    f.examples(ctx, "removed", &without);
+                    "counterfactual"
+                }
+            };
+            f.stated_verdict(by, c.verdict);
+            Some(Stated {
+                by: by.into(),
+                verdict: Some(c.verdict),
+                step: c.step,
+                steps_replayed: None,
+                ranges: vec![],
+                explained: None,
+            })
+        }
+        attest::INVESTIGATION_PREDICATE => {
+            let c: InvestigationClaim = claim(f, p)?;
+            f.run(ctx, &c.run);
+            f.head(ctx, "ledgerHead", c.ledger_step, c.ledger_head);
+            investigation_content(ctx, f, &c);
+            files_content(f, statement, dir);
+            Some(Stated {
+                by: "investigate".into(),
+                verdict: Some(c.verdict),
+                step: c.ledger_step,
+                steps_replayed: None,
+                ranges: vec![],
+                explained: c.explained,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A verification statement's ranges against the run's segments and its own verdict.
+fn verification_content(ctx: &RunContext, f: &mut Findings, c: &VerificationClaim) {
+    if !["verify", "audit"].contains(&c.command.as_str()) {
+        f.corrupt(format!(
+            "states command {:?}, not verify or audit",
+            c.command
+        ));
+    }
+    if c.ranges.is_empty() {
+        f.corrupt("states no range re-executed".into());
+    }
+    let segments = ctx.segment_ranges();
+    for r in &c.ranges {
+        if r.from_step > r.to_step || r.to_step > c.ledger_step {
+            f.add(
+                Verdict::Tampered,
+                format!(
+                    "states steps {}..={}, outside the ledger up to step {} it names",
+                    r.from_step, r.to_step, c.ledger_step
+                ),
+            );
+        }
+        if r.segment > 0
+            && !segments
+                .iter()
+                .any(|&(k, a, b)| k == r.segment && (a + 1, b) == (r.from_step, r.to_step))
+        {
+            f.add(
+                Verdict::Tampered,
+                format!(
+                    "states segment {} as steps {}..={}, which is not that segment of this run",
+                    r.segment, r.from_step, r.to_step
+                ),
+            );
+        }
+        if r.rederived_from_step0 && r.from_step > 1 {
+            f.corrupt(format!(
+                "states steps {}..={} re-derived from step 0",
+                r.from_step, r.to_step
+            ));
+        }
+        if !r.verdict.passed() && c.verdict.passed() {
+            f.corrupt(format!(
+                "states verdict {} although its range {}..={} is {}",
+                c.verdict, r.from_step, r.to_step, r.verdict
+            ));
+        }
+    }
+    f.stated_verdict(&format!("its {}", c.command), c.verdict);
+}
+
+/// An investigation's findings against the run and against themselves.
+fn investigation_content(ctx: &RunContext, f: &mut Findings, c: &InvestigationClaim) {
+    f.stated_verdict("the investigation", c.verdict);
+    if let (Some(fact), Some(counter)) = (&c.factual, &c.counterfactual) {
+        let explained =
+            fact.attack_successes > 0 && counter.attack_successes < fact.attack_successes;
+        if c.explained != Some(explained) {
+            f.corrupt(format!(
+                "states explained = {}, but its own counts ({} of {} triggered rows before, {} \
+                 after) make it {explained}",
+                json_text(&c.explained),
+                fact.attack_successes,
+                fact.attack_rows,
+                counter.attack_successes
+            ));
+        }
+    }
+    if let Some(to) = c.to_step {
+        if to > c.ledger_step {
+            f.add(
+                Verdict::Tampered,
+                format!("states a history up to step {to}, beyond the ledger it names"),
+            );
+        } else if c.factual_state_root.is_some() && c.factual_state_root != ctx.committed_root(to) {
+            f.add(
+                Verdict::Tampered,
+                format!(
+                    "states factualStateRoot {} after step {to}; the run commits to {}",
+                    json_text(&c.factual_state_root),
+                    json_text(&ctx.committed_root(to))
+                ),
+            );
+        }
+    }
+    f.examples(ctx, "suspect", &c.suspects);
+}
+
+/// The files a statement names as its subjects, re-hashed from `dir` (the directory it was
+/// read from): each must be there, a regular file, with every digest the statement gives.
+fn files_content(f: &mut Findings, statement: &Statement, dir: Option<&std::path::Path>) {
+    let Some(dir) = dir else {
+        return;
+    };
+    let store = match Store::open(&dir.display().to_string()) {
+        Ok(s) => s,
+        Err(e) => {
+            f.add(Verdict::Missing, format!("its files cannot be read: {e}"));
+            return;
+        }
+    };
+    for subject in &statement.subject {
+        let plain = !subject.name.is_empty()
+            && !subject.name.starts_with('/')
+            && subject
+                .name
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !plain {
+            f.corrupt(format!(
+                "names the file {:?}, not a path inside its directory",
+                subject.name
+            ));
+            continue;
+        }
+        match store.get(&subject.name) {
+            Ok(bytes) => {
+                let found = ResourceDescriptor::file(&subject.name, &bytes);
+                let differs = subject
+                    .digest
+                    .iter()
+                    .any(|(alg, d)| found.digest.get(alg) != Some(d));
+                if differs || subject.digest.is_empty() {
+                    f.add(
+                        Verdict::Tampered,
+                        format!(
+                            "{}: its bytes are not the ones the statement names",
+                            subject.name
+                        ),
+                    );
+                }
+            }
+            Err(e) => match problem_of(e) {
+                Ok(p) => f.add(p.kind, format!("{}: {}", subject.name, p.detail)),
+                Err(e) => f.add(Verdict::Missing, format!("{}: {e}", subject.name)),
+            },
+        }
+    }
+}
+
+/// A JSON value as text (`null` for none).
+fn json_text<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 /// The worst verdict of `problems` (`ok` when there are none).
@@ -220,22 +712,21 @@ fn worst(problems: &[Problem]) -> Verdict {
     problems
         .iter()
         .map(|p| p.kind)
-        .max_by_key(|v| v.exit_code())
-        .unwrap_or(Verdict::Ok)
+        .fold(Verdict::Ok, Verdict::worst)
 }
 
 /// Check an exported model directory against the run: its provenance statement (as
-/// [`check_statement`]) and that the statement's subjects are the directory's files, and with a
-/// P-256 key, its model-signing bundle over those files.
+/// [`check_statement`]), that the statement's subjects are exactly the directory's files
+/// (every file in the tree, by relative path and digest; links and special files refused), and
+/// with a P-256 key, its model-signing bundle as `model_signing verify` judges it.
 pub fn check_export(
     ctx: &RunContext,
     o: &SignatureOptions,
     keys: &AttestationKeys,
     dir: &std::path::Path,
 ) -> Result<(Vec<AttestationCheck>, Vec<Problem>), CommandError> {
-    let files = read_dir_files(dir)?;
+    let (files, mut problems) = read_tree(dir, ctx.limits)?;
     let mut checks = Vec::new();
-    let mut problems = Vec::new();
     let model: Vec<(String, Vec<u8>)> = files
         .iter()
         .filter(|(n, _)| n != attest::PROVENANCE && n != attest::MODEL_SIGNATURE)
@@ -249,22 +740,40 @@ pub fn check_export(
             "the export carries no provenance statement".to_string(),
         )),
         Some((_, bytes)) => {
-            let (mut check, mut found) = check_statement(ctx, o, keys, &provenance, bytes);
+            let (mut check, mut found) = check_statement(ctx, o, keys, &provenance, bytes, None);
             if let Ok(opened) = attest::open_statement(bytes, &provenance, &[]) {
-                let mut subjects = opened.statement.subject.clone();
-                subjects.sort_by(|a, b| a.name.cmp(&b.name));
-                let actual: Vec<ResourceDescriptor> = model
+                let stated: BTreeMap<&str, &ResourceDescriptor> = opened
+                    .statement
+                    .subject
                     .iter()
-                    .map(|(n, b)| ResourceDescriptor::file(n, b))
+                    .map(|d| (d.name.as_str(), d))
                     .collect();
-                if subjects != actual {
+                let mut differences = Vec::new();
+                for (name, bytes) in &model {
+                    match stated.get(name.as_str()) {
+                        None => differences.push(format!("{name} is not stated")),
+                        Some(d) if **d != ResourceDescriptor::file(name, bytes) => {
+                            differences.push(format!("{name} differs"))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                for name in stated.keys() {
+                    if !model.iter().any(|(n, _)| n == name) {
+                        differences.push(format!("{name} is absent"));
+                    }
+                }
+                if !differences.is_empty() || stated.len() != opened.statement.subject.len() {
                     found.push(Problem::new(
                         Verdict::Tampered,
                         provenance.clone(),
                         format!(
-                            "the statement's subjects are not the directory's files ({} stated, {} present, or a digest differs)",
-                            subjects.len(),
-                            actual.len()
+                            "the statement's subjects are not the directory's files: {}",
+                            if differences.is_empty() {
+                                "a file is stated twice".to_string()
+                            } else {
+                                differences.join(", ")
+                            }
                         ),
                     ));
                 }
@@ -311,6 +820,7 @@ pub fn check_export(
                 },
                 signers: vec![format!("p256:{}", &hint[..16.min(hint.len())])],
             },
+            stated: None,
             verdict: worst(&found),
         });
         problems.extend(found);
@@ -318,19 +828,40 @@ pub fn check_export(
     Ok((checks, problems))
 }
 
-/// Every regular file directly in `dir`, by name, sorted.
-fn read_dir_files(dir: &std::path::Path) -> Result<Vec<(String, Vec<u8>)>, CommandError> {
-    let err = |e: std::io::Error| CommandError::Usage(format!("--export {}: {e}", dir.display()));
+/// The files of a directory: each path relative to it, and its bytes.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// Every file of the directory tree at `dir`, by path relative to it (`/`-separated), sorted,
+/// each read under `limits`; a symbolic link or special file anywhere in the tree is a problem
+/// naming it, and is never opened.
+fn read_tree(
+    dir: &std::path::Path,
+    limits: snapshot_format::limits::ReadLimits,
+) -> Result<(Files, Vec<Problem>), CommandError> {
+    let usage =
+        |e: snapshot_format::Error| CommandError::Usage(format!("--export {}: {e}", dir.display()));
+    if !dir.is_dir() {
+        return Err(CommandError::Usage(format!(
+            "--export {}: not a directory",
+            dir.display()
+        )));
+    }
+    let store = Store::open(&dir.display().to_string())
+        .map_err(usage)?
+        .with_limits(limits);
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(err)? {
-        let entry = entry.map_err(err)?;
-        if entry.file_type().map_err(err)?.is_file() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            files.push((name, std::fs::read(entry.path()).map_err(err)?));
+    let mut problems = Vec::new();
+    for key in store.list("").map_err(usage)? {
+        match store.get(&key) {
+            Ok(bytes) => files.push((key, bytes)),
+            Err(e) => {
+                let mut p = problem_of(e).map_err(usage)?;
+                p.artefact = dir.join(&key).display().to_string();
+                problems.push(p);
+            }
         }
     }
-    files.sort();
-    Ok(files)
+    Ok((files, problems))
 }
 
 /// The verification statement of a `verify` or `audit`: what was re-executed and found, about
@@ -351,35 +882,36 @@ pub fn write_verification(
     key: &ed25519_dalek::SigningKey,
     out: &std::path::Path,
 ) -> Result<(), CommandError> {
-    let (step, head) = ledger_point(ctx);
-    let predicate = serde_json::json!({
-        "runId": ctx.manifest.run_id,
-        "genesis": ctx.manifest.genesis,
-        "specBlake3": ctx.manifest.spec_hash,
-        "datasetRoot": ctx.spec.data.dataset_root,
-        "ledgerStep": step,
-        "ledgerHead": head,
-        "command": v.command,
-        "verdict": v.verdict,
-        "stepsReplayed": v.steps_replayed,
-        "ranges": v.ranges.iter().map(|r| serde_json::json!({
-            "segment": r.segment,
-            "fromStep": r.from_step,
-            "toStep": r.to_step,
-            "verdict": r.verdict,
-            "rederivedFromStep0": r.rederived(),
-        })).collect::<Vec<_>>(),
-        "environment": v.environment.map(|e| serde_json::json!({
-            "runClass": e.run_class,
-            "verifierClass": e.here_class,
-        })),
-        "verifier": format!("replay {}", env!("CARGO_PKG_VERSION")),
-    });
+    let predicate = predicate(
+        ctx,
+        serde_json::json!({
+            "command": v.command,
+            "verdict": v.verdict,
+            "stepsReplayed": v.steps_replayed,
+            "ranges": v.ranges.iter().map(|r| serde_json::json!({
+                "segment": r.segment,
+                "fromStep": r.from_step,
+                "toStep": r.to_step,
+                "verdict": r.verdict,
+                "rederivedFromStep0": r.rederived(),
+            })).collect::<Vec<_>>(),
+            "environment": v.environment.map(|e| serde_json::json!({
+                "runClass": e.run_class,
+                "verifierClass": e.here_class,
+            })),
+            "verifier": format!("replay {}", env!("CARGO_PKG_VERSION")),
+        }),
+    );
+    let (_, head) = ctx.ledger_point();
     let subject = vec![ResourceDescriptor {
         name: format!("run:{}", ctx.manifest.run_id),
         digest: [("blake3".to_string(), head.to_string())].into(),
     }];
-    let statement = Statement::new(subject, attest::VERIFICATION_PREDICATE, predicate);
+    let statement = Statement::new(
+        subject,
+        attest::VERIFICATION_PREDICATE,
+        serde_json::Value::Object(predicate),
+    );
     // Written once: an existing file (an earlier audit's statement) is never replaced.
     let err = |e: std::io::Error| CommandError::Usage(format!("--attest {}: {e}", out.display()));
     let mut f = std::fs::OpenOptions::new()

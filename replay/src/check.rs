@@ -80,9 +80,15 @@ pub fn check(
     let mut attestations = Vec::new();
     for path in &attested.statements {
         let name = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| CommandError::Usage(format!("--attestation {name}: {e}")))?;
-        let (c, problems) = check_statement(&ctx, &options.trust, &attested.keys, &name, &bytes);
+        let bytes = crate::report::read_document(path, "--attestation")?;
+        let (c, problems) = check_statement(
+            &ctx,
+            &options.trust,
+            &attested.keys,
+            &name,
+            &bytes,
+            path.parent(),
+        );
         attestations.push(c);
         problems.into_iter().for_each(|p| assessment.problem(p));
     }

@@ -66,6 +66,10 @@ pub struct VerifyReport {
     pub command: String,
     pub run: String,
     pub genesis: Hash32,
+    /// The last step of the ledger as it was verified, and the head after it: the history this
+    /// report is about (a shard's report is collected only while the run still has it).
+    pub ledger_step: u64,
+    pub ledger_head: Hash32,
     pub verdict: Verdict,
     /// `all`, `segment N` or `steps A..=B`.
     pub scope: String,
@@ -95,6 +99,8 @@ impl VerifyReport {
             command: "verify".into(),
             run: location.into(),
             genesis: Hash32::ZERO,
+            ledger_step: 0,
+            ledger_head: Hash32::ZERO,
             verdict: problem.kind,
             scope,
             environment: None,
@@ -206,10 +212,13 @@ pub fn verify(
     let (env, results) = replay(&ctx, &ranges, o.device, &mut assessment, progress)?;
     let steps_replayed = results.iter().map(|r| r.steps_replayed).sum();
     let seconds = started.elapsed().as_secs_f64();
+    let (ledger_step, ledger_head) = ctx.ledger_point();
     let mut report = VerifyReport {
         command: "verify".into(),
         run: location.into(),
         genesis: ctx.manifest.genesis,
+        ledger_step,
+        ledger_head,
         verdict: assessment.verdict(Claim::Replay),
         scope: scope_text(o.scope),
         environment: Some(env),

@@ -48,6 +48,8 @@ pub struct RunContext {
     pub location: String,
     pub store: Store,
     pub manifest: RunManifest,
+    /// `file_hash` of the manifest's bytes as read (what its signature signs).
+    pub manifest_hash: Hash32,
     pub spec: RunSpec,
     /// The dataset manifest, if it decoded and matches the spec's root.
     pub dataset_manifest: Option<DatasetManifest>,
@@ -60,6 +62,8 @@ pub struct RunContext {
     /// Steps of the checkpoints present.
     pub checkpoints: Vec<u64>,
     pub completion: Option<Completion>,
+    /// `file_hash` of the completion record's bytes as read, when it decoded.
+    pub completion_hash: Option<Hash32>,
     /// The base model's bytes, when the spec pins one and the run's copy matches the pin.
     pub base: Option<Vec<u8>>,
     /// The base model parsed (once, on first use).
@@ -173,6 +177,25 @@ impl RunContext {
         }
     }
 
+    /// The ledger's head after `step`: the hash of its record of `step`, or the genesis for
+    /// step 0 (what the first record chains to); `None` when the ledger has no such record.
+    pub fn head_at(&self, step: u64) -> Option<Hash32> {
+        if step == 0 {
+            Some(self.manifest.genesis)
+        } else {
+            self.records.get(&step).map(StepRecord::hash)
+        }
+    }
+
+    /// The last step of the ledger and the head after it.
+    pub fn ledger_point(&self) -> (u64, Hash32) {
+        self.records
+            .iter()
+            .next_back()
+            .map(|(s, r)| (*s, r.hash()))
+            .unwrap_or((0, self.manifest.genesis))
+    }
+
     /// Problems that make steps `..=to` unreplayable: problems of the manifest, the dataset
     /// manifest, and of the ledger up to `to` (the chain into the range must hold). Signature
     /// findings do not stop replay (they count toward every verdict all the same).
@@ -254,6 +277,8 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         ))
     })?;
     let limits = decode_limits(&spec, options.max_decoded_bytes).map_err(LoadFailure::Command)?;
+    // Every object read from here on is bounded by its class (`layout::max_bytes`).
+    let store = store.with_limits(limits);
 
     let mut problems = Vec::new();
 
@@ -288,9 +313,8 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
     let (data_name, data_bytes) = match &options.dataset {
         Some(path) => (
             path.display().to_string(),
-            std::fs::read(path).map_err(|e| {
-                LoadFailure::Command(CommandError::Usage(format!("{}: {e}", path.display())))
-            }),
+            snapshot_format::storage::read_file(path, limits.max_object_bytes)
+                .map_err(|e| LoadFailure::Command(CommandError::Usage(format!("--dataset {e}")))),
         ),
         None => (
             layout::DATASET_DATA.to_string(),
@@ -359,18 +383,19 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         .filter_map(|k| layout::parse_segment(k))
         .collect();
     indices.sort_unstable();
-    let completion = match store
-        .get_opt(layout::COMPLETE)
-        .map_err(|e| LoadFailure::from_format(e, location))?
-    {
-        None => None,
-        Some(b) => {
+    let (completion, completion_hash) = match store.get_opt(layout::COMPLETE) {
+        Ok(None) => (None, None),
+        Err(e) => {
+            note(&mut problems, e, location)?;
+            (None, None)
+        }
+        Ok(Some(b)) => {
             bytes_read += b.len() as u64;
             match Completion::from_json(&b, layout::COMPLETE) {
-                Ok(c) => Some(c),
+                Ok(c) => (Some(c), Some(snapshot_format::hash::file_hash(&b))),
                 Err(e) => {
                     note(&mut problems, e, location)?;
-                    None
+                    (None, None)
                 }
             }
         }
@@ -485,6 +510,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
     let mut ctx = RunContext {
         location: location.to_string(),
         store,
+        manifest_hash: snapshot_format::hash::file_hash(&manifest_bytes),
         manifest,
         spec,
         dataset_manifest,
@@ -493,6 +519,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         segments,
         checkpoints,
         completion,
+        completion_hash,
         base,
         base_parsed: std::sync::OnceLock::new(),
         signatures: SignatureReport::default(),
@@ -509,9 +536,10 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
     Ok(ctx)
 }
 
-/// Decoding limits for the run's states: at most the bytes the spec's model implies (its
+/// Reading limits for the run: its states at most the bytes the spec's model implies (its
 /// parameters and the optimizer's slots, `f32`), so that a checkpoint that declares larger
-/// tensors is refused before anything is allocated for them.
+/// tensors is refused before anything is allocated for them; any other object (the dataset,
+/// the base model) at most `max` bytes (`--max-decoded-bytes`).
 fn decode_limits(spec: &RunSpec, max: Option<u64>) -> Result<ReadLimits, CommandError> {
     let cap = max.unwrap_or(snapshot_format::limits::DEFAULT_MAX_DECODED_BYTES);
     let implied = spec.state_bytes().unwrap_or(u128::from(cap));
@@ -523,6 +551,7 @@ fn decode_limits(spec: &RunSpec, max: Option<u64>) -> Result<ReadLimits, Command
     }
     Ok(ReadLimits {
         max_decoded_bytes: implied as u64,
+        max_object_bytes: cap,
     })
 }
 

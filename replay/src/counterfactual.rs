@@ -21,7 +21,7 @@ use trainer::session::{PreparedData, Session, TrainingState};
 
 use crate::attestations::attest_export;
 use crate::context::{RunContext, load_or_report};
-use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
+use crate::report::{Assessment, Claim, CommandError, Problem, Verdict, read_document};
 use crate::rollback::{ReconstructOptions, environment_of, export_state, put_json, reconstruct};
 use crate::state::{TensorDiff, diff_views};
 use crate::verify::{EnvironmentCheck, InputMismatch, RangeResult, input_mismatch};
@@ -121,8 +121,7 @@ impl ProbeInput {
     /// The probe rows of a file.
     pub fn read(path: &std::path::Path) -> Result<Self, CommandError> {
         let name = path.display().to_string();
-        let bytes =
-            std::fs::read(path).map_err(|e| CommandError::Usage(format!("--probe {name}: {e}")))?;
+        let bytes = read_document(path, "--probe")?;
         Ok(Self { name, bytes })
     }
 }
@@ -142,30 +141,47 @@ pub fn counterfactual(
     o: &CounterfactualOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<CounterfactualReport, CommandError> {
-    let started = std::time::Instant::now();
-    let mut report = CounterfactualReport {
-        command: "counterfactual".into(),
-        run: location.into(),
-        verdict: Verdict::Verified,
-        without: o.without.iter().copied().collect(),
-        to_step: 0,
-        environment: None,
-        first_changed_step: None,
-        factual_start: None,
-        factual_end: None,
-        steps: vec![],
-        factual_root: None,
-        counterfactual_root: None,
-        examples: vec![],
-        tensors: vec![],
-        input_mismatch: None,
-        problems: vec![],
-        out: None,
-        files: vec![],
-        probes: vec![],
-        seconds: 0.0,
-    };
+    let mut report = CounterfactualReport::new(location, o);
     let ctx = load_or_report!(location, &o.reconstruct.load, report);
+    counterfactual_in(&ctx, o, progress)
+}
+
+impl CounterfactualReport {
+    /// The report of a counterfactual of the run at `location`, before anything is found.
+    fn new(location: &str, o: &CounterfactualOptions) -> Self {
+        CounterfactualReport {
+            command: "counterfactual".into(),
+            run: location.into(),
+            verdict: Verdict::Verified,
+            without: o.without.iter().copied().collect(),
+            to_step: 0,
+            environment: None,
+            first_changed_step: None,
+            factual_start: None,
+            factual_end: None,
+            steps: vec![],
+            factual_root: None,
+            counterfactual_root: None,
+            examples: vec![],
+            tensors: vec![],
+            input_mismatch: None,
+            problems: vec![],
+            out: None,
+            files: vec![],
+            probes: vec![],
+            seconds: 0.0,
+        }
+    }
+}
+
+/// [`counterfactual`] of a loaded run.
+pub fn counterfactual_in(
+    ctx: &RunContext,
+    o: &CounterfactualOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<CounterfactualReport, CommandError> {
+    let started = std::time::Instant::now();
+    let mut report = CounterfactualReport::new(&ctx.location, o);
     let last = ctx.records.keys().next_back().copied().unwrap_or(0);
     let to = o.to.unwrap_or(last);
     report.to_step = to;
@@ -188,10 +204,10 @@ pub fn counterfactual(
         }
         _ => {}
     }
-    let env = environment_of(&ctx, &o.reconstruct)?;
+    let env = environment_of(ctx, &o.reconstruct)?;
     let cross_class = env.cross_class();
     report.environment = Some(env);
-    let mut assessment = Assessment::of(&ctx);
+    let mut assessment = Assessment::of(ctx);
     // The ledger up to `to` must be whole: its batches are the history being changed.
     if !ctx.problems_before(to).is_empty() {
         report.verdict = assessment.verdict(Claim::State { rederived: false });
@@ -211,7 +227,7 @@ pub fn counterfactual(
         Some(f) => vec![f - 1, to],
         None => vec![to],
     };
-    let states = reconstruct(&ctx, &steps, &o.reconstruct, cross_class, progress)?;
+    let states = reconstruct(ctx, &steps, &o.reconstruct, cross_class, progress)?;
     let rederived = states.iter().all(|r| r.rederived);
     let all_matched = states.iter().all(|r| r.outcome == Verdict::Verified);
     let mut confirmed = Vec::new();
@@ -246,7 +262,7 @@ pub fn counterfactual(
     progress.set_position(0);
     progress.set_length(first.map(|f| to + 1 - f).unwrap_or(0));
     let job = CounterfactualJob {
-        ctx: &ctx,
+        ctx,
         start: start.as_ref(),
         factual: &factual,
         without: &o.without,
@@ -292,7 +308,7 @@ pub fn counterfactual(
     {
         let store = Store::create(out)?;
         let parent = first.map(|f| f - 1).or(Some(to));
-        report.files = export_state(&store, &ctx, &state, parent, "counterfactual.json")?;
+        report.files = export_state(&store, ctx, &state, parent, "counterfactual.json")?;
         report.out = Some(out.clone());
         // The stored record leaves out timings, so that the same command writes the same bytes.
         let mut stored = report.clone();
@@ -304,7 +320,7 @@ pub fn counterfactual(
             "verdict": report.verdict,
             "derivation": {"kind": "counterfactual", "without": report.without},
         });
-        let signed = attest_export(&store, &ctx, out, &report.files, state, &o.keys)?;
+        let signed = attest_export(&store, ctx, out, &report.files, state, &o.keys)?;
         report.files.extend(signed);
     }
     report.seconds = started.elapsed().as_secs_f64();

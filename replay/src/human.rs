@@ -219,6 +219,9 @@ pub fn check(r: &CheckReport) -> String {
             },
             a.verdict
         );
+        if let Some(st) = &a.stated {
+            stated(&mut out, st);
+        }
     }
     problems(&mut out, &r.problems);
     for w in &r.warnings {
@@ -226,6 +229,40 @@ pub fn check(r: &CheckReport) -> String {
     }
     verdict_line(&mut out, r.verdict);
     out
+}
+
+/// What a statement claims, in one line and a line per range.
+fn stated(out: &mut String, st: &crate::attestations::Stated) {
+    let mut line = format!("               states: {} at step {}", st.by, st.step);
+    if let Some(v) = st.verdict {
+        line += &format!(", verdict {v}");
+    }
+    if let Some(n) = st.steps_replayed {
+        line += &format!(", {n} steps replayed");
+    }
+    if let Some(e) = st.explained {
+        line += &format!(", explained {e}");
+    }
+    let _ = writeln!(out, "{line}");
+    for r in &st.ranges {
+        let _ = writeln!(
+            out,
+            "                 {} steps {:>6}..={:<6} {}{}",
+            if r.segment == 0 {
+                "steps     ".to_string()
+            } else {
+                format!("segment {:<2}", r.segment)
+            },
+            r.from_step,
+            r.to_step,
+            r.verdict,
+            if r.rederived_from_step0 {
+                " (from step 0 re-derived)"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 /// `verify`.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::{Hash32, Store};
 use trainer::probe::ProbeResult;
 
+use crate::context::RunContext;
 use crate::counterfactual::{CounterfactualOptions, CounterfactualReport, ProbeInput};
 use crate::provenance::Match;
 use crate::report::{CommandError, Problem, Verdict};
@@ -114,7 +115,8 @@ impl InvestigateReport {
     }
 }
 
-/// Run `investigate`.
+/// Run `investigate`. The run is loaded once: the search, the re-executed history, the report
+/// and the signed findings all come from that one load.
 pub fn investigate(
     location: &str,
     o: &InvestigateOptions,
@@ -131,38 +133,46 @@ pub fn investigate(
     } else {
         o.patterns.clone()
     };
-    let summary = crate::inspect::inspect(location, None, &o.reconstruct.load)?;
-    let search = crate::provenance::search(location, &patterns, &o.reconstruct.load)?;
     let mut report = InvestigateReport {
         command: "investigate".into(),
         run: location.into(),
-        verdict: search.verdict,
-        run_id: summary.run_id.clone(),
-        ledger_head: summary.ledger_head,
+        verdict: Verdict::Ok,
+        run_id: String::new(),
+        ledger_head: None,
         trigger: o.trigger.clone(),
         target: o.target.clone(),
         patterns,
-        dataset_root: search.dataset_root,
-        examples_searched: search.examples_searched,
-        suspects: search.matches,
+        dataset_root: Hash32::ZERO,
+        examples_searched: 0,
+        suspects: vec![],
         probe: clean.name.clone(),
         probe_blake3: snapshot_format::hash::file_hash(&clean.bytes),
         factual: None,
         counterfactual: None,
         explained: None,
         history: None,
-        problems: search.problems,
+        problems: vec![],
         out: o.out.clone(),
         files: vec![],
         seconds: 0.0,
     };
+    let ctx = crate::context::load_or_report!(location, &o.reconstruct.load, report);
+    let search = crate::provenance::search_in(&ctx, &report.patterns)?;
+    report.verdict = search.verdict;
+    report.run_id = ctx.manifest.run_id.clone();
+    report.ledger_head = ctx.records.values().next_back().map(|r| r.hash());
+    report.dataset_root = search.dataset_root;
+    report.examples_searched = search.examples_searched;
+    report.suspects = search.matches;
+    report.problems = search.problems;
+    let loss: Vec<(u64, f32)> = ctx.records.values().map(|r| (r.step, r.loss())).collect();
     if !report.verdict.passed() || report.suspects.is_empty() {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
     let model_dir = format!("{}/model", o.out.trim_end_matches('/'));
-    let history = crate::counterfactual::counterfactual(
-        location,
+    let history = crate::counterfactual::counterfactual_in(
+        &ctx,
         &CounterfactualOptions {
             without: report.suspects.iter().map(|m| m.example).collect(),
             to: o.to,
@@ -195,9 +205,9 @@ pub fn investigate(
     report.seconds = started.elapsed().as_secs_f64();
     if report.verdict.passed() {
         let store = Store::create(&o.out)?;
-        let markdown = markdown(&report, &summary.loss);
+        let markdown = markdown(&report, &loss);
         let figure = crate::inspect::loss_svg(
-            &summary.loss,
+            &loss,
             &format!("{}, the suspect examples' uses marked", report.run_id),
             &suspect_steps(&report.suspects),
         );
@@ -221,10 +231,7 @@ pub fn investigate(
         }
         put_json(&store, "investigation.json", &stored)?;
         if let Some(key) = &o.keys.statement {
-            store.put_once(
-                FINDINGS,
-                findings(location, &report, &store, key, &o.reconstruct)?,
-            )?;
+            store.put_once(FINDINGS, findings(&ctx, &report, &store, key)?)?;
             report.files.push(FINDINGS.into());
         }
     }
@@ -237,49 +244,29 @@ const FINDINGS: &str = "investigation.intoto.json";
 /// The findings as an in-toto statement (`specs/signatures.md` §6.3): the report's files as
 /// subjects, what was found and proved as predicate; signed with `key`.
 fn findings(
-    location: &str,
+    ctx: &RunContext,
     r: &InvestigateReport,
     store: &Store,
     key: &ed25519_dalek::SigningKey,
-    o: &ReconstructOptions,
 ) -> Result<Vec<u8>, CommandError> {
     use snapshot_format::attest;
-    let ctx = crate::context::load(location, &o.load)?
-        .map_err(|p| CommandError::Usage(format!("{}: {}", p.artefact, p.detail)))?;
-    let mut predicate: serde_json::Map<String, serde_json::Value> =
-        crate::attestations::run_fields(&ctx)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-    let (step, head) = crate::attestations::ledger_point(&ctx);
     let h = r.history.as_ref();
-    predicate.extend(
-        [
-            ("ledgerStep", serde_json::json!(step)),
-            ("ledgerHead", serde_json::json!(head)),
-            ("trigger", serde_json::json!(r.trigger)),
-            ("target", serde_json::json!(r.target)),
-            ("patterns", serde_json::json!(r.patterns)),
-            (
-                "suspects",
-                serde_json::json!(r.suspects.iter().map(|m| m.example).collect::<Vec<_>>()),
-            ),
-            ("probeBlake3", serde_json::json!(r.probe_blake3)),
-            ("factual", serde_json::json!(r.factual)),
-            ("counterfactual", serde_json::json!(r.counterfactual)),
-            ("explained", serde_json::json!(r.explained)),
-            ("verdict", serde_json::json!(r.verdict)),
-            ("toStep", serde_json::json!(h.map(|h| h.to_step))),
-            (
-                "factualStateRoot",
-                serde_json::json!(h.and_then(|h| h.factual_root)),
-            ),
-            (
-                "counterfactualStateRoot",
-                serde_json::json!(h.and_then(|h| h.counterfactual_root)),
-            ),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
+    let predicate = crate::attestations::predicate(
+        ctx,
+        serde_json::json!({
+            "trigger": r.trigger,
+            "target": r.target,
+            "patterns": r.patterns,
+            "suspects": r.suspects.iter().map(|m| m.example).collect::<Vec<_>>(),
+            "probeBlake3": r.probe_blake3,
+            "factual": r.factual,
+            "counterfactual": r.counterfactual,
+            "explained": r.explained,
+            "verdict": r.verdict,
+            "toStep": h.map(|h| h.to_step),
+            "factualStateRoot": h.and_then(|h| h.factual_root),
+            "counterfactualStateRoot": h.and_then(|h| h.counterfactual_root),
+        }),
     );
     let subject = [
         "report.md",

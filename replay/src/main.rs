@@ -84,6 +84,7 @@ impl Trust {
         Ok(SignatureOptions {
             trusted: public_keys(&self.trusted_keys)?,
             require: self.require_signatures,
+            role: Default::default(),
         })
     }
 }
@@ -460,10 +461,15 @@ fn reconstruct_options(
     })
 }
 
+/// A text file the user named for `option`, read as [`replay::report::read_document`] reads it.
+fn text_document(path: &std::path::Path, option: &str) -> Result<String, CommandError> {
+    String::from_utf8(replay::report::read_document(path, option)?)
+        .map_err(|_| CommandError::Usage(format!("{option} {}: not UTF-8 text", path.display())))
+}
+
 /// Example ids listed in a file, separated by whitespace or commas.
 fn example_ids(path: &std::path::Path) -> Result<Vec<u64>, CommandError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CommandError::Usage(format!("--without-file {}: {e}", path.display())))?;
+    let text = text_document(path, "--without-file")?;
     text.split(|c: char| c.is_whitespace() || c == ',')
         .filter(|w| !w.is_empty())
         .map(|w| {
@@ -512,19 +518,28 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             verifier_keys,
             trust,
         } => {
+            let load = load_options(&g, dataset, &trust)?;
+            let verifiers = public_keys(&verifier_keys)?;
+            if let Some(k) = verifiers.iter().find(|k| load.trust.trusted.contains(k)) {
+                return Err(CommandError::Usage(format!(
+                    "--verifier-key {}: also named with --trusted-key; a run's own signer \
+                     cannot be its verifier",
+                    snapshot_format::signature::fingerprint(&k.to_bytes())
+                )));
+            }
             let bar = progress(&g, "checkpoints");
             let attested = check::Attested {
                 statements: attestation,
                 exports: export,
                 keys: replay::attestations::AttestationKeys {
-                    verifiers: public_keys(&verifier_keys)?,
+                    verifiers,
                     model: match &model_key {
                         Some(p) => Some(snapshot_format::attest::read_model_signing_public_key(p)?),
                         None => None,
                     },
                 },
             };
-            let r = check::check(&run, &load_options(&g, dataset, &trust)?, &attested, &bar)?;
+            let r = check::check(&run, &load, &attested, &bar)?;
             bar.finish_and_clear();
             emit(&g, &r, || human::check(&r));
             Ok(r.verdict.exit_code())
@@ -720,9 +735,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             }
             let mut patterns: Vec<String> = pattern.into_iter().collect();
             if let Some(file) = match_file {
-                let text = std::fs::read_to_string(&file).map_err(|e| {
-                    CommandError::Usage(format!("--match-file {}: {e}", file.display()))
-                })?;
+                let text = text_document(&file, "--match-file")?;
                 patterns.extend(
                     text.lines()
                         .map(str::trim)

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
-use crate::context::{LoadOptions, load_or_report};
+use crate::context::{LoadOptions, RunContext, load_or_report};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
 
 /// One use of the example.
@@ -193,34 +193,52 @@ pub fn search(
     patterns: &[String],
     load: &LoadOptions,
 ) -> Result<SearchReport, CommandError> {
-    let regexes = patterns
+    compile(patterns)?;
+    let mut report = SearchReport::new(location, patterns);
+    let ctx = load_or_report!(location, load, report);
+    search_in(&ctx, patterns)
+}
+
+/// The regular expressions of `patterns`; one that does not compile is a usage error.
+fn compile(patterns: &[String]) -> Result<Vec<regex::Regex>, CommandError> {
+    patterns
         .iter()
         .map(|p| {
             regex::Regex::new(p).map_err(|e| CommandError::Usage(format!("pattern {p:?}: {e}")))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut report = SearchReport {
-        command: "provenance".into(),
-        run: location.into(),
-        verdict: Verdict::Ok,
-        patterns: patterns.to_vec(),
-        searched: String::new(),
-        dataset_root: Hash32::ZERO,
-        examples_searched: 0,
-        matches: vec![],
-        steps_scanned: 0,
-        problems: vec![],
-    };
-    let ctx = load_or_report!(location, load, report);
+        .collect()
+}
+
+impl SearchReport {
+    fn new(location: &str, patterns: &[String]) -> Self {
+        SearchReport {
+            command: "provenance".into(),
+            run: location.into(),
+            verdict: Verdict::Ok,
+            patterns: patterns.to_vec(),
+            searched: String::new(),
+            dataset_root: Hash32::ZERO,
+            examples_searched: 0,
+            matches: vec![],
+            steps_scanned: 0,
+            problems: vec![],
+        }
+    }
+}
+
+/// [`search`] in a loaded run.
+pub fn search_in(ctx: &RunContext, patterns: &[String]) -> Result<SearchReport, CommandError> {
+    let regexes = compile(patterns)?;
+    let mut report = SearchReport::new(&ctx.location, patterns);
     report.dataset_root = ctx.spec.data.dataset_root;
     report.steps_scanned = ctx.records.len() as u64;
-    let mut assessment = Assessment::of(&ctx);
+    let mut assessment = Assessment::of(ctx);
     if let Some(dataset) = &ctx.dataset {
         if dataset.manifest.root != ctx.spec.data.dataset_root {
             // Not the data that trained the model: a search of it proves nothing about the run.
             assessment.outcome(Verdict::InputMismatch);
         }
-        let (kind, texts) = searchable(&ctx, dataset)?;
+        let (kind, texts) = searchable(ctx, dataset)?;
         report.searched = kind.into();
         report.examples_searched = texts.len() as u64;
         let mut uses: std::collections::BTreeMap<u64, Vec<Use>> = Default::default();

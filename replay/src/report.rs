@@ -212,6 +212,7 @@ pub fn classify(e: &snapshot_format::Error) -> Option<Verdict> {
         // A well-formed reference other than the one the delta was encoded against.
         E::ChainBroken { .. }
         | E::DeltaReferenceMismatch { .. }
+        | E::MisplacedCheckpoint { .. }
         | E::StepOutOfOrder { .. }
         | E::SpecHashMismatch { .. }
         | E::DatasetRootMismatch { .. }
@@ -257,6 +258,13 @@ pub fn problem_of_trainer(e: trainer::Error) -> Result<Problem, trainer::Error> 
         }
         other => Err(other),
     }
+}
+
+/// A file the user named for `option` (a probe, a statement, a list of ids): a regular file of
+/// at most [`snapshot_format::limits::MAX_DOCUMENT_BYTES`], or a usage error.
+pub fn read_document(path: &std::path::Path, option: &str) -> Result<Vec<u8>, CommandError> {
+    snapshot_format::storage::read_file(path, snapshot_format::limits::MAX_DOCUMENT_BYTES)
+        .map_err(|e| CommandError::Usage(format!("{option} {e}")))
 }
 
 /// An error that stops a command: operational or usage (exit 3).

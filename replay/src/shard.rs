@@ -357,5 +357,38 @@ fn read_shard(
             format!("the report covers segment {}, not this shard's", r.segment),
         )));
     }
+    // The report is about the history it replayed: the run must still have that history, up
+    // to the head of every segment it verified and of the ledger as it stood.
+    let rewritten = |what: String, step: u64, head: Option<snapshot_format::Hash32>| {
+        let now = ctx.head_at(step);
+        (now != head).then(|| {
+            Problem::new(
+                Verdict::Tampered,
+                key,
+                format!(
+                    "the shard verified {what} ending in {}; the run's ledger {} (its history                      was rewritten after the shard ran)",
+                    head.map(|h| h.to_string()).unwrap_or_else(|| "nothing".into()),
+                    match now {
+                        Some(h) => format!("now has {h} at step {step}"),
+                        None => format!("has no record of step {step}"),
+                    }
+                ),
+            )
+        })
+    };
+    let checks = report
+        .ranges
+        .iter()
+        .map(|r| (format!("segment {}", r.segment), r.to_step, r.head))
+        .chain(std::iter::once((
+            format!("the ledger up to step {}", report.ledger_step),
+            report.ledger_step,
+            Some(report.ledger_head),
+        )));
+    for (what, step, head) in checks {
+        if let Some(p) = rewritten(what, step, head) {
+            return Ok(Err(p));
+        }
+    }
     Ok(Ok(report))
 }

@@ -5,21 +5,46 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
-use snapshot_format::hash::file_hash;
 use snapshot_format::signature::{self, Signed, Statement, kind};
 use snapshot_format::{Hash32, layout};
 
 use crate::context::RunContext;
 use crate::report::{CommandError, Problem, Verdict, problem_of};
 
+/// Who may sign a claim (`specs/signatures.md` §4, §6.5): the role decides which keys the
+/// user names for it and whether a signature by a key nobody named can pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// The run's signer (the training team): the run's artefacts and its training provenance.
+    /// Trusted under `--trusted-key`; with no key named, any valid signature is `valid`.
+    #[default]
+    Trainer,
+    /// A verifier (an auditor, an investigator): statements of what replay re-executed,
+    /// reconstructed or found. Trusted only under a key named with `--verifier-key`, and never
+    /// a key that signed the run itself: a run cannot vouch for its own verification.
+    Verifier,
+}
+
+impl Role {
+    /// The keys of this role, as the user names them.
+    fn named(self) -> &'static str {
+        match self {
+            Role::Trainer => "a trusted key (--trusted-key)",
+            Role::Verifier => "a verifier key (--verifier-key)",
+        }
+    }
+}
+
 /// What to trust and require.
 #[derive(Debug, Clone, Default)]
 pub struct SignatureOptions {
-    /// Keys whose signatures are trusted (`--trusted-key`). Naming one requires every artefact
-    /// to carry a valid signature by one of them.
+    /// Keys whose signatures are trusted for the role (`--trusted-key`, `--verifier-key`).
+    /// Naming one requires every artefact to carry a valid signature by one of them.
     pub trusted: Vec<VerifyingKey>,
     /// Every artefact must be validly signed, by anyone (`--require-signatures`).
     pub require: bool,
+    /// Whose signatures these options judge.
+    pub role: Role,
 }
 
 impl SignatureOptions {
@@ -27,7 +52,16 @@ impl SignatureOptions {
     /// named (a trust list that an artefact can satisfy by carrying no signature at all would
     /// let anyone strip the signatures of a rewritten history).
     pub fn required(&self) -> bool {
-        self.require || !self.trusted.is_empty()
+        self.require || !self.trusted.is_empty() || self.role == Role::Verifier
+    }
+
+    /// The options that judge a verifier's statement: signed by one of `verifiers`, required.
+    pub fn verifier(verifiers: &[VerifyingKey]) -> Self {
+        SignatureOptions {
+            trusted: verifiers.to_vec(),
+            require: true,
+            role: Role::Verifier,
+        }
     }
 }
 
@@ -95,8 +129,9 @@ impl SignatureReport {
     }
 }
 
-/// The statements the run's artefacts must be signed under, by artefact key.
-fn expected(ctx: &RunContext) -> Result<BTreeMap<String, Statement>, CommandError> {
+/// The statements the run's artefacts must be signed under, by artefact key, from the bytes
+/// the run was loaded from.
+fn expected(ctx: &RunContext) -> BTreeMap<String, Statement> {
     let st = |kind: &str, step: u64, hash: Hash32| Statement {
         kind: kind.to_string(),
         run_id: ctx.manifest.run_id.clone(),
@@ -105,10 +140,9 @@ fn expected(ctx: &RunContext) -> Result<BTreeMap<String, Statement>, CommandErro
         hash,
     };
     let mut out = BTreeMap::new();
-    let manifest = ctx.store.get(layout::MANIFEST)?;
     out.insert(
         layout::MANIFEST.to_string(),
-        st(kind::MANIFEST, 0, file_hash(&manifest)),
+        st(kind::MANIFEST, 0, ctx.manifest_hash),
     );
     for s in ctx.segments.values() {
         out.insert(s.key.clone(), st(kind::SEGMENT, s.last_step, s.head));
@@ -118,18 +152,19 @@ fn expected(ctx: &RunContext) -> Result<BTreeMap<String, Statement>, CommandErro
             out.insert(layout::checkpoint(c), st(kind::CHECKPOINT, c, root));
         }
     }
-    if let Some(c) = &ctx.completion {
-        let bytes = ctx.store.get(layout::COMPLETE)?;
+    if let (Some(c), Some(hash)) = (&ctx.completion, ctx.completion_hash) {
         out.insert(
             layout::COMPLETE.to_string(),
-            st(kind::COMPLETION, c.final_step, file_hash(&bytes)),
+            st(kind::COMPLETION, c.final_step, hash),
         );
     }
-    Ok(out)
+    out
 }
 
 /// The one rule of trust: an artefact whose signatures by `keys` verified (and none failed,
-/// unless `bad`) under the trust options `o`; and the problem that status is, if any.
+/// unless `bad`) under the trust options `o`; and the problem that status is, if any. A
+/// verifier's claim is never merely `valid`: without a verifier key that signed it, it is
+/// `unknown_signer`.
 pub fn judge(
     artefact: &str,
     bad: bool,
@@ -143,7 +178,7 @@ pub fn judge(
         Status::Unsigned
     } else if keys.iter().any(|k| trusted.contains(k)) {
         Status::Trusted
-    } else if trusted.is_empty() {
+    } else if trusted.is_empty() && o.role == Role::Trainer {
         Status::Valid
     } else {
         Status::UnknownSigner
@@ -153,11 +188,12 @@ pub fn judge(
             Verdict::UntrustedSigner,
             artefact.to_string(),
             format!(
-                "signed only by {}, not by a trusted key",
+                "signed only by {}, not by {}",
                 keys.iter()
                     .map(signature::fingerprint)
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                o.role.named()
             ),
         )),
         Status::Unsigned if o.required() => Some(Problem::new(
@@ -180,7 +216,7 @@ pub fn check(
     ctx: &RunContext,
     o: &SignatureOptions,
 ) -> Result<(SignatureReport, Vec<Problem>), CommandError> {
-    let expected = expected(ctx)?;
+    let expected = expected(ctx);
     let trusted: Vec<[u8; 32]> = o.trusted.iter().map(VerifyingKey::to_bytes).collect();
     let mut problems = Vec::new();
     let mut valid: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();

@@ -123,6 +123,9 @@ pub struct RangeResult {
     pub final_tensors: Vec<TensorDiff>,
     /// How the differences compare with floating-point noise (another class, when they exist).
     pub noise: Option<NoiseJudgement>,
+    /// The ledger's head after `to_step` as it was replayed (the hash of that record; the
+    /// genesis for step 0): which history the verdict is about.
+    pub head: Option<Hash32>,
     pub seconds: f64,
 }
 
@@ -230,7 +233,11 @@ pub fn replay_ranges(
         cross_class,
         progress,
     };
-    dispatch(device, &ctx.spec.model, job)?
+    let mut replayed = dispatch(device, &ctx.spec.model, job)??;
+    for (r, _) in &mut replayed {
+        r.head = ctx.head_at(r.to_step);
+    }
+    Ok(replayed)
 }
 
 struct VerifyJob<'a> {
@@ -298,6 +305,7 @@ pub(crate) fn unverifiable(r: &Range, problems: Vec<Problem>, default: Verdict) 
         deltas: vec![],
         final_tensors: vec![],
         noise: None,
+        head: None,
         seconds: 0.0,
     }
 }
@@ -405,6 +413,7 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
         deltas: vec![],
         final_tensors: vec![],
         noise: None,
+        head: None,
         seconds: 0.0,
     };
     let mut captured: Vec<TrainingState> = Vec::new();

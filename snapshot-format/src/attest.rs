@@ -254,7 +254,7 @@ pub fn read_model_signing_key(path: &std::path::Path) -> Result<p256::ecdsa::Sig
         source_name: path.display().to_string(),
         detail,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    let text = crate::signature::read_key_text(path).map_err(|e| invalid(e.to_string()))?;
     p256::ecdsa::SigningKey::from_pkcs8_pem(&text)
         .map_err(|e| invalid(format!("not a PKCS#8 PEM P-256 private key ({e})")))
 }
@@ -266,7 +266,7 @@ pub fn read_model_signing_public_key(path: &std::path::Path) -> Result<p256::ecd
         source_name: path.display().to_string(),
         detail,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    let text = crate::signature::read_key_text(path).map_err(|e| invalid(e.to_string()))?;
     p256::ecdsa::VerifyingKey::from_public_key_pem(&text)
         .map_err(|e| invalid(format!("not a PEM P-256 public key ({e})")))
 }
@@ -345,10 +345,26 @@ pub fn model_signing_bundle(
     Ok(json)
 }
 
+/// Paths `model_signing` leaves out of a model by default (`ignore_git_paths`).
+const GIT_PATHS: [&str; 4] = [".git", ".gitattributes", ".github", ".gitignore"];
+
+/// Whether `path` is `ignored` or lies under it.
+fn under(path: &str, ignored: &str) -> bool {
+    let ignored = ignored.trim_end_matches('/');
+    path == ignored
+        || path
+            .strip_prefix(ignored)
+            .is_some_and(|r| r.starts_with('/'))
+}
+
 /// Check a model-signing bundle against the files of a model directory and a P-256 key, as
-/// model_signing does: the key hint, the signature over the DSSE payload, the statement's root
-/// digest over its resources, and the resources against the files (none missing, none extra
-/// beyond `ignore_paths`, every digest equal). The error names the first difference.
+/// `model_signing verify key` does: the key hint, the signature over the DSSE payload, a
+/// statement of one subject whose root digest is the SHA-256 of its resources' digests in the
+/// order listed, a `files` serialization over SHA-256 without symbolic links, and then its
+/// manifest (each resource's path and digest) equal to the directory's: every file of `files`
+/// (paths relative to the directory, `/`-separated, the whole tree) but those under its
+/// `ignore_paths` and git's, none missing, none extra, every digest equal. The error names the
+/// differences.
 pub fn verify_model_signing_bundle(
     bundle: &[u8],
     artefact: &str,
@@ -389,27 +405,82 @@ pub fn verify_model_signing_bundle(
         .map_err(|_| bad("the signature does not verify with this key".into()))?;
     let signed: Statement =
         serde_json::from_slice(&payload).map_err(|e| json(format!("statement: {e}")))?;
-    let ignore: Vec<String> =
-        serde_json::from_value(signed.predicate["serialization"]["ignore_paths"].clone())
-            .unwrap_or_default();
-    let present: Vec<(String, Vec<u8>)> = files
+    if signed.predicate_type != MODEL_SIGNING_PREDICATE {
+        return Err(json(format!("predicate type {:?}", signed.predicate_type)));
+    }
+    let [subject] = signed.subject.as_slice() else {
+        return Err(json(format!(
+            "{} subjects; a model-signing statement has one",
+            signed.subject.len()
+        )));
+    };
+    let serialization = &signed.predicate["serialization"];
+    if serialization["method"] != "files"
+        || serialization["hash_type"] != "sha256"
+        || serialization["allow_symlinks"] != false
+    {
+        return Err(json(format!(
+            "serialization {serialization}: only files hashed with SHA-256, without symbolic \
+             links, are checked"
+        )));
+    }
+    let ignore: Vec<String> = serde_json::from_value(serialization["ignore_paths"].clone())
+        .map_err(|e| json(format!("ignore_paths: {e}")))?;
+    #[derive(Deserialize)]
+    struct Resource {
+        name: String,
+        algorithm: String,
+        digest: String,
+    }
+    let resources: Vec<Resource> = serde_json::from_value(signed.predicate["resources"].clone())
+        .map_err(|e| json(format!("resources: {e}")))?;
+    // The root digest over the resources as listed: the manifest is the one signed.
+    let mut root = Sha256::new();
+    let mut expected = BTreeMap::new();
+    for r in &resources {
+        let digest = hex::decode(&r.digest)
+            .ok()
+            .filter(|d| d.len() == 32 && r.algorithm == "sha256")
+            .ok_or_else(|| json(format!("resource {:?}: not a SHA-256 digest", r.name)))?;
+        root.update(&digest);
+        if expected
+            .insert(r.name.as_str(), r.digest.as_str())
+            .is_some()
+        {
+            return Err(json(format!("resource {:?} is listed twice", r.name)));
+        }
+    }
+    if subject.digest.get("sha256").map(String::as_str) != Some(&hex::encode(root.finalize())) {
+        return Err(bad(
+            "the manifest is inconsistent: its resources do not hash to its root digest".into(),
+        ));
+    }
+    let actual: BTreeMap<&str, String> = files
         .iter()
-        .filter(|(name, _)| !ignore.iter().any(|i| i == name))
-        .cloned()
+        .filter(|(name, _)| {
+            !ignore
+                .iter()
+                .map(String::as_str)
+                .chain(GIT_PATHS)
+                .any(|i| under(name, i))
+        })
+        .map(|(name, bytes)| (name.as_str(), hex::encode(Sha256::digest(bytes))))
         .collect();
-    let ignore: Vec<&str> = ignore.iter().map(String::as_str).collect();
-    let name = signed
-        .subject
-        .first()
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
-    let actual = model_signing_statement(&name, &present, &ignore);
-    if actual.subject != signed.subject {
-        let resources = |s: &Statement| s.predicate["resources"].clone();
+    let mut differences = Vec::new();
+    for (name, digest) in &actual {
+        match expected.get(name) {
+            None => differences.push(format!("{name} is not signed")),
+            Some(d) if d != digest => differences.push(format!("{name} differs")),
+            Some(_) => {}
+        }
+    }
+    for name in expected.keys().filter(|n| !actual.contains_key(*n)) {
+        differences.push(format!("{name} is missing"));
+    }
+    if !differences.is_empty() {
         return Err(bad(format!(
-            "the model's files differ from the signed manifest: signed {}, found {}",
-            resources(&signed),
-            resources(&actual)
+            "the model's files differ from the signed manifest: {}",
+            differences.join(", ")
         )));
     }
     Ok(())

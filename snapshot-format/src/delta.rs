@@ -465,9 +465,8 @@ impl CheckpointReader {
     /// The verified header of the checkpoint stored at `step`, read from the start of the
     /// object alone: its tensors are neither read nor checked.
     pub fn header(&self, step: u64) -> Result<Header> {
-        let key = layout::checkpoint(step);
-        let reader = snapshot::SnapshotReader::new(self.store.reader(&key)?, &key, &self.limits)?;
-        Ok(reader.header().clone())
+        self.with_object(step, |reader| Ok(reader.header().clone()))
+            .0
     }
 
     /// Check the checkpoint stored at `step` as [`CheckpointReader::read`] does, reading it
@@ -485,17 +484,41 @@ impl CheckpointReader {
             });
             return (header, bytes);
         }
-        self.with_object(step, |reader| reader.verify_all(Some(self)))
+        let refs = self.references(&layout::checkpoint(step));
+        self.with_object(step, |reader| reader.verify_all(Some(&refs)))
+    }
+
+    /// The references of the checkpoint `key` (read here, or whole by a caller), resolved
+    /// from the store as [`CheckpointReader::read`] resolves them.
+    pub fn references(&self, key: &str) -> impl References + '_ {
+        Chain {
+            reader: self,
+            objects: MAX_CHAIN_OBJECTS - 1,
+            of: key.to_string(),
+        }
     }
 
     /// Stream checkpoint `step` from the store (the encoded object is never held whole) and
     /// decode and verify it, resolving its references; with the bytes read.
     fn stream(&self, step: u64) -> (Result<Arc<Snapshot>>, u64) {
-        let (snap, bytes) = self.with_object(step, |reader| reader.decode_all(Some(self)));
+        self.stream_within(step, MAX_CHAIN_OBJECTS)
+    }
+
+    /// [`CheckpointReader::stream`] reading at most `objects` checkpoints for it, this one
+    /// included: the references it names are resolved within `objects - 1`.
+    fn stream_within(&self, step: u64, objects: u64) -> (Result<Arc<Snapshot>>, u64) {
+        let refs = Chain {
+            reader: self,
+            objects: objects.saturating_sub(1),
+            of: layout::checkpoint(step),
+        };
+        let (snap, bytes) = self.with_object(step, |reader| reader.decode_all(Some(&refs)));
         (snap.map(Arc::new), bytes)
     }
 
-    /// `f` of a streaming reader of checkpoint `step`, and the bytes it read.
+    /// `f` of a streaming reader of checkpoint `step`, and the bytes it read. The object must
+    /// hold the checkpoint of `step`: one stored under another step's key is refused before
+    /// any of its tensors (or the references they name) is read.
     fn with_object<T>(
         &self,
         step: u64,
@@ -506,20 +529,52 @@ impl CheckpointReader {
             Ok(object) => object,
             Err(e) => return (Err(e), 0),
         };
-        let result = snapshot::SnapshotReader::new(&mut object, &key, &self.limits).and_then(f);
+        let result =
+            snapshot::SnapshotReader::new(&mut object, &key, &self.limits).and_then(|reader| {
+                match reader.header().state.step {
+                    found if found != step => Err(Error::MisplacedCheckpoint {
+                        artefact: key.clone(),
+                        expected: step,
+                        found,
+                    }),
+                    _ => f(reader),
+                }
+            });
         (result, object.bytes_read())
     }
+}
+
+/// The most checkpoints one read may touch: a tensor of depth `MAX_DELTA_DEPTH` and the
+/// checkpoints of its chain down to the keyframe.
+const MAX_CHAIN_OBJECTS: u64 = MAX_DELTA_DEPTH as u64 + 1;
+
+/// The references of one checkpoint being read: each is read from its own key (so it holds
+/// that step, [`CheckpointReader::with_object`]) within what is left of the chain's budget of
+/// objects. Steps strictly decrease along a chain and the budget is fixed, so no data can make
+/// a read loop or recurse deeper than [`MAX_CHAIN_OBJECTS`].
+struct Chain<'r> {
+    reader: &'r CheckpointReader,
+    /// Checkpoints the references may still read.
+    objects: u64,
+    /// The checkpoint whose references these are.
+    of: String,
 }
 
 /// As a delta's reference, the kept checkpoint is handed over, not shared: the decoder frees
 /// each of its tensors once the delta tensor is decoded (deltas name the checkpoint before
 /// theirs, which is needed once).
-impl References for CheckpointReader {
+impl References for Chain<'_> {
     fn checkpoint(&self, step: u64) -> Result<Arc<Snapshot>> {
-        match self.cached(step, true) {
-            Some(snap) => Ok(snap),
-            None => self.stream(step).0,
+        if let Some(snap) = self.reader.cached(step, true) {
+            return Ok(snap);
         }
+        if self.objects == 0 {
+            return Err(Error::ChainTooDeep {
+                artefact: self.of.clone(),
+                max: MAX_CHAIN_OBJECTS,
+            });
+        }
+        self.reader.stream_within(step, self.objects).0
     }
 }
 
@@ -620,6 +675,96 @@ mod tests {
                 .expect("put");
         }
         (dir, store)
+    }
+
+    /// The error a chain of `DeltaReferenceUnavailable` ends in.
+    fn innermost(mut e: &Error) -> &Error {
+        while let Error::DeltaReferenceUnavailable { source, .. } = e {
+            e = source;
+        }
+        e
+    }
+
+    /// A checkpoint object stored under another step's key holds what it holds, not what its
+    /// key says: refused as misplaced before any reference it names is read, so no copy or
+    /// swap of checkpoint files can make a read follow a chain back to itself.
+    #[test]
+    fn a_checkpoint_under_another_steps_key_is_misplaced() {
+        let mut objects = chain(5, 8);
+        // Checkpoint 3 names checkpoint 2 as its reference; a copy of it at 2's key names 2
+        // again: a cycle for a reader that trusts the object's own step.
+        objects[2] = objects[3].clone();
+        let (_dir, store) = run_store(&objects);
+        let reader = CheckpointReader::new(store, ReadLimits::default());
+        for e in [
+            reader.read(2).expect_err("misplaced"),
+            reader.header(2).expect_err("misplaced"),
+            reader.check(2, false).0.expect_err("misplaced"),
+        ] {
+            assert!(
+                matches!(
+                    e,
+                    Error::MisplacedCheckpoint {
+                        expected: 2,
+                        found: 3,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        for step in [3u64, 4] {
+            let e = reader.read(step).expect_err("unrecoverable");
+            assert!(
+                matches!(e, Error::DeltaReferenceUnavailable { .. })
+                    && matches!(
+                        innermost(&e),
+                        Error::MisplacedCheckpoint { expected: 2, .. }
+                    ),
+                "{step}: {e}"
+            );
+        }
+        assert!(reader.read(1).is_ok(), "the chain below the copy is intact");
+    }
+
+    /// However many checkpoints a chain spans and whatever depths its deltas claim, a read
+    /// touches at most `MAX_DELTA_DEPTH + 1` of them.
+    #[test]
+    fn no_read_follows_a_chain_beyond_its_budget() {
+        let n = MAX_CHAIN_OBJECTS + 5;
+        let mut objects = chain(n, u32::MAX);
+        // Each delta claims depth 1: a lie found only where the chain is checked, below.
+        for (step, (bytes, _)) in objects.iter_mut().enumerate().skip(1) {
+            let key = layout::checkpoint(step as u64);
+            // The table alone: a delta's prefix (depth 65 and more here) is not parsed yet.
+            let header = snapshot::SnapshotReader::new(
+                std::io::Cursor::new(&*bytes),
+                &key,
+                &ReadLimits::default(),
+            )
+            .expect("header")
+            .header()
+            .clone();
+            let data: u64 = header.tensors.iter().map(|t| t.encoded_len).sum();
+            let start = bytes.len() as u64 - crate::envelope::END_MARKER.len() as u64 - data;
+            for t in header.tensors.iter().filter(|t| t.codec == Codec::Delta) {
+                let at = (start + t.offset) as usize + 40;
+                bytes[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+            }
+        }
+        let (_dir, store) = run_store(&objects);
+        let reader = CheckpointReader::new(store, ReadLimits::default());
+        let e = reader.read(n - 1).expect_err("too long a chain");
+        assert!(
+            matches!(innermost(&e), Error::ChainTooDeep { max, .. } if *max == MAX_CHAIN_OBJECTS),
+            "{e}"
+        );
+        // Within the budget, the lie itself is what the read reports.
+        let e = reader.read(3).expect_err("a depth that does not fit");
+        assert!(
+            matches!(innermost(&e), Error::DeltaReferenceMismatch { .. }),
+            "{e}"
+        );
     }
 
     /// A checkpoint encoded as a stream (in windows of any size) is the object encoded whole,
@@ -730,7 +875,7 @@ mod tests {
                 &objects[step as usize].0,
                 &key,
                 &ReadLimits::default(),
-                Some(&reader),
+                Some(&reader.references(&key)),
             )
             .expect("whole");
             // One byte per window: every tensor is a window of its own.
@@ -739,7 +884,7 @@ mod tests {
                 &key,
                 &ReadLimits::default(),
             )
-            .and_then(|r| r.decode_in_windows(Some(&reader), 1))
+            .and_then(|r| r.decode_in_windows(Some(&reader.references(&key)), 1))
             .expect("streamed");
             assert_eq!(streamed.header, whole.header);
             assert_eq!(streamed.data, whole.data);

@@ -170,6 +170,17 @@ pub enum Error {
         end: u64,
         data_len: u64,
     },
+    /// A tensor's encoding is longer than its codec allows (codecs 1 and 2: its raw length;
+    /// codec 3: its raw length and the reference prefix).
+    #[error(
+        "{artefact}: tensor {tensor:?}: encoded length {encoded} exceeds the {max} bytes its codec allows"
+    )]
+    EncodedTooLarge {
+        artefact: String,
+        tensor: String,
+        encoded: u64,
+        max: u64,
+    },
     /// The total decoded size of a snapshot exceeds the reader's limit.
     #[error("{artefact}: decoded size {declared} exceeds the reader's limit of {max} bytes")]
     DecodedTooLarge {
@@ -230,6 +241,19 @@ pub enum Error {
         reference: String,
         detail: String,
     },
+    /// A checkpoint object holds the state after another step than the one its key names: a
+    /// checkpoint copied or moved under another key.
+    #[error(
+        "{artefact}: holds the checkpoint of step {found}, not of step {expected} as its key says"
+    )]
+    MisplacedCheckpoint {
+        artefact: String,
+        expected: u64,
+        found: u64,
+    },
+    /// Reconstructing a checkpoint would read more checkpoints than a delta chain may span.
+    #[error("{artefact}: its delta chain is longer than {max} checkpoints (MAX_DELTA_DEPTH + 1)")]
+    ChainTooDeep { artefact: String, max: u64 },
     /// A boolean tensor holds a byte other than 0 or 1.
     #[error(
         "{artefact}: bool tensor {tensor:?} holds the non-canonical byte {byte} at element {index}"
@@ -338,6 +362,25 @@ pub enum Error {
         part: String,
         detail: String,
     },
+    /// The object is larger than its class allows ([`crate::layout::max_bytes`]): refused
+    /// before any of it is read.
+    #[error("{store}: object {key:?} holds {size} bytes, above the {max} its kind allows")]
+    ObjectTooLarge {
+        store: String,
+        key: String,
+        size: u64,
+        max: u64,
+    },
+    /// The object is not a regular file of the store's directory (a symbolic link, a FIFO, a
+    /// device, a socket, or a path through one): never opened.
+    #[error(
+        "{store}: object {key:?} is {what}, not a regular file; a run is read from regular files only"
+    )]
+    NotRegularFile {
+        store: String,
+        key: String,
+        what: String,
+    },
     /// A write-once object already exists.
     #[error("{store}: object {key:?} already exists; write-once objects are never replaced")]
     ObjectExists { store: String, key: String },
@@ -420,6 +463,9 @@ impl Error {
             | HoleBeforeTensor { artefact, .. }
             | TensorOutOfRange { artefact, .. }
             | DecodedTooLarge { artefact, .. }
+            | EncodedTooLarge { artefact, .. }
+            | MisplacedCheckpoint { artefact, .. }
+            | ChainTooDeep { artefact, .. }
             | DecodedSizeExceeded { artefact, .. }
             | DecodedSizeShort { artefact, .. }
             | Decompress { artefact, .. }
@@ -440,6 +486,8 @@ impl Error {
             ObjectMissing { key, .. }
             | PartMissing { key, .. }
             | PartMismatch { key, .. }
+            | ObjectTooLarge { key, .. }
+            | NotRegularFile { key, .. }
             | ObjectConflict { key, .. }
             | ObjectExists { key, .. }
             | PermissionDenied { key, .. }

@@ -39,6 +39,32 @@ pub fn signature(key: &str) -> String {
     format!("{SIGNATURES}{key}.sig")
 }
 
+/// The most bytes the object at `key` may hold (`specs/snapshot-format.md` §8): a store reads
+/// no object beyond its class's bound, and refuses it before reading any of it. The class is
+/// the key's: JSON artefacts, signatures, ledger segments, the dataset manifest and snapshots
+/// have bounds from the format; a snapshot's follows from the decoded bytes `limits` admit;
+/// anything else (the dataset's data, a base model, an exported model file) is bounded by
+/// `limits.max_object_bytes`. Part indexes are bounded by the object they publish.
+pub fn max_bytes(key: &str, limits: &crate::limits::ReadLimits) -> u64 {
+    use crate::limits::*;
+    let name = key.rsplit('/').next().unwrap_or(key);
+    if key == MANIFEST || key == COMPLETE {
+        MAX_JSON_BYTES
+    } else if key == DATASET_MANIFEST {
+        MAX_DATASET_MANIFEST_BYTES
+    } else if name.ends_with(".sig") {
+        MAX_SIGNATURE_BYTES
+    } else if name.ends_with(".seg") {
+        MAX_ENVELOPE_BYTES
+    } else if name.ends_with(".snap") {
+        limits.max_snapshot_bytes()
+    } else if name.ends_with(".json") {
+        MAX_DOCUMENT_BYTES
+    } else {
+        limits.max_object_bytes
+    }
+}
+
 /// The step of a checkpoint key, if `key` is one.
 pub fn parse_checkpoint(key: &str) -> Option<u64> {
     parse_numbered(key, CHECKPOINTS, "step-", ".snap", 12)
@@ -71,5 +97,29 @@ mod tests {
         assert_eq!(parse_checkpoint("checkpoints/step-50.snap"), None);
         assert_eq!(parse_segment("ledger/segment-00000x.seg"), None);
         assert_eq!(signature(MANIFEST), "signatures/manifest.json.sig");
+    }
+
+    #[test]
+    fn every_class_of_object_has_its_bound() {
+        use crate::limits::*;
+        let limits = ReadLimits::up_to(1 << 20);
+        let cases = [
+            (MANIFEST.to_string(), MAX_JSON_BYTES),
+            (COMPLETE.to_string(), MAX_JSON_BYTES),
+            (DATASET_MANIFEST.to_string(), MAX_DATASET_MANIFEST_BYTES),
+            (signature(&checkpoint(4)), MAX_SIGNATURE_BYTES),
+            (segment(2), MAX_ENVELOPE_BYTES),
+            (checkpoint(4), limits.max_snapshot_bytes()),
+            (
+                "verifications/x/shard-0-of-2.json".into(),
+                MAX_DOCUMENT_BYTES,
+            ),
+            (DATASET_DATA.to_string(), 1 << 20),
+            (BASE_MODEL_GGUF.to_string(), 1 << 20),
+        ];
+        for (key, max) in cases {
+            assert_eq!(max_bytes(&key, &limits), max, "{key}");
+        }
+        assert!(limits.max_snapshot_bytes() > 1 << 20);
     }
 }

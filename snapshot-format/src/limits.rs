@@ -3,7 +3,12 @@
 //! A reader that meets a value above one of these limits rejects the object with a specific
 //! error ([`crate::Error::HeaderTooLarge`], [`crate::Error::TooManyTensors`],
 //! [`crate::Error::RankTooLarge`], [`crate::Error::LengthOverflow`],
-//! [`crate::Error::DecodedTooLarge`]) and allocates nothing on the strength of the bad value.
+//! [`crate::Error::DecodedTooLarge`], [`crate::Error::EncodedTooLarge`],
+//! [`crate::Error::ObjectTooLarge`]) and allocates nothing on the strength of the bad value.
+//!
+//! Whole objects are bounded too: the store refuses to read an object larger than its class
+//! allows ([`crate::layout::max_bytes`]) before reading any of it, whatever its parts or its
+//! file system claim.
 
 /// Largest header (snapshot header, ledger segment, dataset manifest) a reader accepts.
 pub const MAX_HEADER_BYTES: usize = 64 << 20;
@@ -27,17 +32,59 @@ pub const MAX_RECORDS_PER_SEGMENT: u64 = 1 << 20;
 /// Most examples in one batch record.
 pub const MAX_BATCH_EXAMPLES: u64 = 1 << 20;
 
+/// Most examples a dataset manifest may list (its payload is 32 bytes per example).
+pub const MAX_EXAMPLES: u64 = 1 << 26;
+/// Largest JSON artefact of a run: the manifest (which holds the spec) and the completion
+/// record.
+pub const MAX_JSON_BYTES: u64 = 16 << 20;
+/// Largest signature object (`signatures/…`, a shard report's `.sig`).
+pub const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
+/// Largest document a verifier reads whole: in-toto statements, shard reports, replay's own
+/// JSON reports.
+pub const MAX_DOCUMENT_BYTES: u64 = 256 << 20;
+/// Largest enveloped object without payload (ledger segments, part indexes): a header of at
+/// most [`MAX_HEADER_BYTES`] and the envelope's fixed bytes.
+pub const MAX_ENVELOPE_BYTES: u64 = MAX_HEADER_BYTES as u64 + crate::envelope::OVERHEAD;
+/// Largest dataset manifest: an envelope whose payload holds [`MAX_EXAMPLES`] hashes.
+pub const MAX_DATASET_MANIFEST_BYTES: u64 = MAX_ENVELOPE_BYTES + 32 * MAX_EXAMPLES;
+/// Most bytes a delta tensor's encoding may have beyond its raw length: the reference prefix
+/// (the inner encoding is never longer than the raw bytes).
+pub const MAX_DELTA_OVERHEAD: u64 = crate::delta::PREFIX_LEN as u64;
+
 /// Limits a caller may tighten for one read (a verifier on a small machine, say).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadLimits {
     /// Total decoded bytes of all tensors of one snapshot.
     pub max_decoded_bytes: u64,
+    /// Largest object of a class without a bound of its own (a dataset, a base model, an
+    /// exported model file): the most bytes a reader holds for one artefact.
+    pub max_object_bytes: u64,
 }
 
 impl Default for ReadLimits {
     fn default() -> Self {
         ReadLimits {
             max_decoded_bytes: DEFAULT_MAX_DECODED_BYTES,
+            max_object_bytes: DEFAULT_MAX_DECODED_BYTES,
         }
+    }
+}
+
+impl ReadLimits {
+    /// Limits whose snapshots and objects are both bounded by `max` bytes.
+    pub fn up_to(max: u64) -> Self {
+        ReadLimits {
+            max_decoded_bytes: max,
+            max_object_bytes: max,
+        }
+    }
+
+    /// Largest snapshot object these limits admit: a header of at most [`MAX_HEADER_BYTES`],
+    /// tensors whose raw bytes add up to at most `max_decoded_bytes`, each encoding no longer
+    /// than its raw bytes (a delta's by its reference prefix), and the envelope's fixed bytes.
+    pub fn max_snapshot_bytes(&self) -> u64 {
+        MAX_ENVELOPE_BYTES
+            .saturating_add(self.max_decoded_bytes)
+            .saturating_add(MAX_DELTA_OVERHEAD.saturating_mul(MAX_TENSORS))
     }
 }

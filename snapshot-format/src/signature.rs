@@ -212,13 +212,19 @@ pub fn public_key_pem(key: &VerifyingKey) -> Result<String> {
         })
 }
 
+/// The text of a key file: a regular file of at most [`MAX_SIGNATURE_BYTES`], UTF-8.
+pub fn read_key_text(path: &Path) -> Result<String> {
+    let bytes = crate::storage::read_file(path, crate::limits::MAX_SIGNATURE_BYTES)?;
+    String::from_utf8(bytes).map_err(|_| Error::InvalidKey {
+        source_name: path.display().to_string(),
+        detail: "not UTF-8 text".into(),
+    })
+}
+
 /// Read a PKCS#8 PEM signing key.
 pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        artefact: name.clone(),
-        source,
-    })?;
+    let text = read_key_text(path)?;
     SigningKey::from_pkcs8_pem(&text).map_err(|e| Error::InvalidKey {
         source_name: name,
         detail: format!("not a PKCS#8 PEM ed25519 private key ({e})"),
@@ -240,7 +246,7 @@ pub fn read_public_key(spec: &str) -> Result<VerifyingKey> {
     if let Some(k) = from_hex(spec) {
         return Ok(k);
     }
-    let text = std::fs::read_to_string(spec).map_err(|e| {
+    let text = read_key_text(Path::new(spec)).map_err(|e| {
         invalid(format!(
             "neither 64 hexadecimal digits nor a readable key file ({e})"
         ))

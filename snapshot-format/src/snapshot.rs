@@ -742,6 +742,23 @@ fn validate_header(
                 raw: row.raw_len,
             });
         }
+        // No encoding is longer than the raw bytes (writers store a tensor raw when a codec
+        // does not make it smaller), but for a delta's reference prefix: a header cannot make
+        // a reader gather more encoded bytes than the decoded limit allows.
+        let max_encoded = match codec {
+            Codec::Delta => row
+                .raw_len
+                .saturating_add(crate::limits::MAX_DELTA_OVERHEAD),
+            _ => row.raw_len,
+        };
+        if row.encoded_len > max_encoded {
+            return Err(Error::EncodedTooLarge {
+                artefact: a(),
+                tensor: row.name.clone(),
+                encoded: row.encoded_len,
+                max: max_encoded,
+            });
+        }
         if row.offset < expected_offset {
             return Err(Error::OverlappingTensors {
                 artefact: a(),

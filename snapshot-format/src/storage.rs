@@ -9,6 +9,13 @@
 //! - [`Store::probe_write_once`] checks that the store really refuses a second create, and is
 //!   run before any training writes: some S3-compatible servers silently overwrite.
 //! - Reads of absent objects give [`Error::ObjectMissing`] naming the key.
+//! - Reads are bounded: an object larger than its class allows ([`layout::max_bytes`] under
+//!   the store's [`ReadLimits`]) is [`Error::ObjectTooLarge`], refused from its size (the file
+//!   system's, the server's, or its part index's) before any of it is read.
+//! - A local store reads regular files of its own directory only: a symbolic link, a FIFO, a
+//!   device or a socket at a key (or on the way to it) is [`Error::NotRegularFile`] and is
+//!   never opened, so no object can block a read or lead outside the run. Listing does not
+//!   follow links either.
 //! - An object larger than the store accepts in one write (S3: 5 GiB) is written in parts and
 //!   published by a part index created last ([`crate::parts`]); reads reassemble it and check
 //!   every part. Parts are never listed.
@@ -29,6 +36,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::hash::{DomainHasher, context};
 use crate::layout;
+use crate::limits::ReadLimits;
 use crate::parts::{self, Part, PartIndex};
 
 /// The largest object S3 accepts in one PUT.
@@ -71,6 +79,10 @@ pub struct Store {
     runtime: Arc<tokio::runtime::Runtime>,
     /// Objects larger than this are written in parts.
     max_put: u64,
+    /// Bounds of the objects read ([`layout::max_bytes`]).
+    limits: ReadLimits,
+    /// The directory of a local store: its objects are read as regular files only.
+    local: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
@@ -160,6 +172,7 @@ impl Store {
             },
         };
         let runtime = runtime()?;
+        let mut local = None;
         let (inner, prefix): (Arc<dyn ObjectStore>, Path) = match scheme.as_str() {
             "file" => {
                 if rest.is_empty() {
@@ -181,6 +194,7 @@ impl Store {
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| invalid(e.to_string()))?
                     .with_fsync(true);
+                local = Some(dir);
                 (Arc::new(fs), Path::default())
             }
             "memory" => {
@@ -228,6 +242,8 @@ impl Store {
             location: location.to_string(),
             runtime,
             max_put,
+            limits: ReadLimits::default(),
+            local,
         })
     }
 
@@ -242,6 +258,17 @@ impl Store {
     pub fn with_max_put_bytes(mut self, bytes: u64) -> Store {
         self.max_put = bytes.max(parts::MIN_PART_BYTES);
         self
+    }
+
+    /// Read objects under `limits` ([`layout::max_bytes`] bounds each by its key).
+    pub fn with_limits(mut self, limits: ReadLimits) -> Store {
+        self.limits = limits;
+        self
+    }
+
+    /// The most bytes the object at `key` may hold here.
+    pub fn max_bytes(&self, key: &str) -> u64 {
+        layout::max_bytes(key, &self.limits)
     }
 
     /// Wrap an existing object store (a decorator, a test double) at `prefix`.
@@ -259,6 +286,8 @@ impl Store {
             location: location.to_string(),
             runtime: runtime()?,
             max_put: u64::MAX,
+            limits: ReadLimits::default(),
+            local: None,
         })
     }
 
@@ -320,11 +349,12 @@ impl Store {
     /// Read a whole object (reassembled from its parts when it was written in parts, each
     /// part checked against the index).
     pub fn get(&self, key: &str) -> Result<Vec<u8>> {
-        let stored = self.get_stored(key)?;
+        let max = self.max_bytes(key);
+        let stored = self.runtime.block_on(self.fetch(key, max))?;
         if !parts::looks_like_index(&stored) {
             return Ok(Vec::from(stored));
         }
-        let index = PartIndex::decode(&stored, key)?;
+        let index = self.bounded_index(&stored, key, max)?;
         let mut out = Vec::new();
         let mut reader = self.parts_reader(key, index);
         read_all(&mut reader, &mut out, key)?;
@@ -338,11 +368,8 @@ impl Store {
     /// damaged part, a failed fetch) come through `Read` as I/O errors that carry them, which
     /// the snapshot readers give back unchanged.
     pub fn reader(&self, key: &str) -> Result<ObjectReader> {
-        let path = self.path(key)?;
-        let got = self
-            .runtime
-            .block_on(self.inner.get(&path))
-            .map_err(|e| self.map_err(key, "get", e))?;
+        let max = self.max_bytes(key);
+        let got = self.runtime.block_on(self.open_object(key, max))?;
         let range = got.range.clone();
         let len = range.end - range.start;
         let mut rest: Box<dyn Read + Send> = match got.payload {
@@ -359,7 +386,7 @@ impl Store {
         read_all(&mut (&mut rest).take(magic as u64), &mut head, key)?;
         let inner: Box<dyn Read + Send> = if parts::looks_like_index(&head) {
             read_all(&mut rest, &mut head, key)?;
-            Box::new(self.parts_reader(key, PartIndex::decode(&head, key)?))
+            Box::new(self.parts_reader(key, self.bounded_index(&head, key, max)?))
         } else {
             Box::new(std::io::Cursor::new(head).chain(rest))
         };
@@ -432,15 +459,34 @@ impl Store {
         }
     }
 
-    /// The bytes stored at `key` as they are.
-    fn get_stored(&self, key: &str) -> Result<bytes::Bytes> {
-        self.runtime.block_on(self.fetch(key))
+    /// The part index stored at `key`, for an object of at most `max` bytes.
+    fn bounded_index(&self, stored: &[u8], key: &str, max: u64) -> Result<PartIndex> {
+        let index = PartIndex::decode(stored, key)?;
+        if index.len > max {
+            return Err(self.too_large(key, index.len, max));
+        }
+        Ok(index)
+    }
+
+    fn too_large(&self, key: &str, size: u64, max: u64) -> Error {
+        Error::ObjectTooLarge {
+            store: self.location.clone(),
+            key: key.to_string(),
+            size,
+            max,
+        }
     }
 
     /// Part `p` of the object at `key`, checked against what the object's index says of it.
     async fn fetch_part(&self, key: &str, p: Part) -> Result<bytes::Bytes> {
         let part = parts::part_key(key, &p.hash);
-        let bytes = match self.fetch(&part).await {
+        let mismatch = |detail: String| Error::PartMismatch {
+            store: self.location.clone(),
+            key: key.to_string(),
+            part: part.clone(),
+            detail,
+        };
+        let bytes = match self.fetch(&part, p.len).await {
             Ok(b) => b,
             Err(Error::ObjectMissing { .. }) => {
                 return Err(Error::PartMissing {
@@ -449,13 +495,13 @@ impl Store {
                     part,
                 });
             }
+            Err(Error::ObjectTooLarge { size, .. }) => {
+                return Err(mismatch(format!(
+                    "holds {size} bytes, the index declares {}",
+                    p.len
+                )));
+            }
             Err(e) => return Err(e),
-        };
-        let mismatch = |detail: String| Error::PartMismatch {
-            store: self.location.clone(),
-            key: key.to_string(),
-            part: part.clone(),
-            detail,
         };
         if bytes.len() as u64 != p.len {
             return Err(mismatch(format!(
@@ -472,11 +518,65 @@ impl Store {
         Ok(bytes)
     }
 
-    async fn fetch(&self, key: &str) -> Result<bytes::Bytes> {
-        let path = self.path(key)?;
-        async { self.inner.get(&path).await?.bytes().await }
+    /// The bytes stored at `key` as they are, at most `max` of them.
+    async fn fetch(&self, key: &str, max: u64) -> Result<bytes::Bytes> {
+        self.open_object(key, max)
+            .await?
+            .bytes()
             .await
             .map_err(|e| self.map_err(key, "get", e))
+    }
+
+    /// Start reading the object stored at `key`: a local one only when it is a regular file of
+    /// the store's directory, and any only when it holds at most `max` bytes (known before a
+    /// byte is read).
+    async fn open_object(&self, key: &str, max: u64) -> Result<object_store::GetResult> {
+        let path = self.path(key)?;
+        self.regular_file(key, &path)?;
+        let got = self
+            .inner
+            .get(&path)
+            .await
+            .map_err(|e| self.map_err(key, "get", e))?;
+        let len = got.range.end - got.range.start;
+        if len > max {
+            return Err(self.too_large(key, len, max));
+        }
+        Ok(got)
+    }
+
+    /// For a local store, that the object at `path` is a regular file reached through
+    /// directories only (an absent one is left to the store to report). The file system is
+    /// asked without following links.
+    fn regular_file(&self, key: &str, path: &Path) -> Result<()> {
+        let Some(root) = &self.local else {
+            return Ok(());
+        };
+        let parts: Vec<_> = path.parts().collect();
+        let mut fs_path = root.clone();
+        for (i, part) in parts.iter().enumerate() {
+            fs_path.push(part.as_ref());
+            let kind = match std::fs::symlink_metadata(&fs_path) {
+                Ok(m) => m.file_type(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => return Err(Error::from_io(key, source)),
+            };
+            let last = i + 1 == parts.len();
+            if (last && kind.is_file()) || (!last && kind.is_dir()) {
+                continue;
+            }
+            let what = describe(kind);
+            return Err(Error::NotRegularFile {
+                store: self.location.clone(),
+                key: key.to_string(),
+                what: if last {
+                    what.to_string()
+                } else {
+                    format!("reached through {what} ({})", fs_path.display())
+                },
+            });
+        }
+        Ok(())
     }
 
     /// Read a whole object, or `None` if it does not exist.
@@ -577,9 +677,10 @@ impl Store {
         slices: Vec<bytes::Bytes>,
         hash: &crate::Hash32,
     ) -> Result<()> {
+        let len = slices.iter().map(|b| b.len() as u64).sum();
         match self.create_object(key, slices).await {
             Err(Error::ObjectExists { .. }) => {
-                if parts::part_hash([self.fetch(key).await?.as_ref()]) == *hash {
+                if parts::part_hash([self.fetch(key, len).await?.as_ref()]) == *hash {
                     Ok(())
                 } else {
                     Err(Error::ObjectConflict {
@@ -708,6 +809,9 @@ impl Store {
     pub fn list(&self, dir: &str) -> Result<Vec<String>> {
         let path = self.path(dir)?;
         let prefix_parts = self.prefix.parts().count();
+        if let Some(root) = &self.local {
+            return self.list_local(root, &path, prefix_parts);
+        }
         let metas: Vec<object_store::ObjectMeta> = self
             .runtime
             .block_on(self.inner.list(Some(&path)).try_collect())
@@ -725,6 +829,55 @@ impl Store {
             })
             .filter(|k| !parts::is_part_key(k))
             .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// [`Store::list`] of a local store: every entry under `path` that is not a directory
+    /// (regular files, and links or special files, which reading then refuses by name),
+    /// without following links, parts and the store's own staging files left out.
+    fn list_local(
+        &self,
+        root: &std::path::Path,
+        path: &Path,
+        prefix_parts: usize,
+    ) -> Result<Vec<String>> {
+        let io = |e: std::io::Error| Error::from_io(&self.location, e);
+        let mut start = root.to_path_buf();
+        let mut key: Vec<String> = Vec::new();
+        for part in path.parts() {
+            start.push(part.as_ref());
+            key.push(part.as_ref().to_string());
+        }
+        let mut out = Vec::new();
+        let mut pending = match std::fs::symlink_metadata(&start) {
+            Ok(m) if m.is_dir() => vec![(start, key)],
+            _ => vec![],
+        };
+        while let Some((dir, key)) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    return Err(Error::Store {
+                        store: self.location.clone(),
+                        key: format!("{}/{}", key.join("/"), name.to_string_lossy()),
+                        op: "list",
+                        detail: "a file name that is not UTF-8".into(),
+                    });
+                };
+                if name == parts::PARTS_DIR || is_staging_file(name) {
+                    continue;
+                }
+                let mut child = key.clone();
+                child.push(name.to_string());
+                if entry.file_type().map_err(io)?.is_dir() {
+                    pending.push((entry.path(), child));
+                } else {
+                    out.push(child[prefix_parts.min(child.len())..].join("/"));
+                }
+            }
+        }
         out.sort();
         Ok(out)
     }
@@ -947,6 +1100,79 @@ impl Read for Arriving {
         self.remaining = self.remaining.saturating_sub(n as u64);
         Ok(n)
     }
+}
+
+/// Read the file at `path` (a path the user gave: links are followed), which must be a regular
+/// file of at most `max` bytes; both are checked before it is opened, so that a FIFO or a
+/// device never blocks the reader and no size is read beyond the bound.
+pub fn read_file(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
+    let name = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|source| Error::from_io(&name, source))?;
+    let (store, key) = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(file)) => (
+            dir.display().to_string(),
+            file.to_string_lossy().into_owned(),
+        ),
+        _ => (name.clone(), String::new()),
+    };
+    if !meta.is_file() {
+        return Err(Error::NotRegularFile {
+            store,
+            key,
+            what: describe(meta.file_type()).to_string(),
+        });
+    }
+    if meta.len() > max {
+        return Err(Error::ObjectTooLarge {
+            store,
+            key,
+            size: meta.len(),
+            max,
+        });
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut out))
+        .map_err(|source| Error::from_io(&name, source))?;
+    if out.len() as u64 > max {
+        return Err(Error::ObjectTooLarge {
+            store,
+            key,
+            size: out.len() as u64,
+            max,
+        });
+    }
+    Ok(out)
+}
+
+/// What a file-system entry that is not a regular file is, in words.
+fn describe(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device";
+        }
+    }
+    if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
+/// A file `object_store` writes an object to before moving it into place (`<name>#<digits>`),
+/// left behind by a writer that was stopped: not an object.
+fn is_staging_file(name: &str) -> bool {
+    matches!(name.rsplit_once('#'), Some((_, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn parse_path(path: &str) -> std::result::Result<Path, String> {

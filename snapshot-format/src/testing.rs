@@ -539,9 +539,26 @@ pub fn assert_parts_contract(store: &crate::Store, max_put: usize, tamper: Optio
     tamper(key, Some(&hostile.encode()));
     let e = store.get(key).expect_err("hostile index");
     assert!(
-        matches!(&e, Error::PartMissing { key: k, .. } if k == key),
+        matches!(&e, Error::ObjectTooLarge { key: k, size, .. } if k == key && *size == 1 << 50),
         "{e}"
     );
+    // An index that names one genuine part a million times: refused from its declared size
+    // before a part is fetched, whole or streamed, by a store bounded as a verifier bounds it.
+    let amplified = PartIndex {
+        len: max_put as u64 * crate::parts::MAX_PARTS as u64,
+        parts: vec![index.parts[0]; crate::parts::MAX_PARTS],
+    };
+    tamper(key, Some(&amplified.encode()));
+    let bounded = store
+        .clone()
+        .with_limits(crate::limits::ReadLimits::up_to(4 * max_put as u64));
+    let e = bounded.get(key).expect_err("amplified index");
+    assert!(
+        matches!(&e, Error::ObjectTooLarge { key: k, .. } if k == key),
+        "{e}"
+    );
+    let e = bounded.reader(key).expect_err("amplified index, streamed");
+    assert!(matches!(&e, Error::ObjectTooLarge { .. }), "{e}");
     let mut damaged = index.encode();
     damaged[20] ^= 1;
     tamper(key, Some(&damaged));
@@ -550,4 +567,73 @@ pub fn assert_parts_contract(store: &crate::Store, max_put: usize, tamper: Optio
         matches!(&e, Error::HeaderDigestMismatch { artefact, .. } if artefact == key),
         "{e}"
     );
+}
+
+/// Read `data` the ways a verifier reads a run's objects from its store (for the fuzz target
+/// and the no-panic test), every read under limits of 16 MiB: as checkpoint 2 of a run whose
+/// checkpoint 1 is the planes vector; as two copies of itself at checkpoints 1 and 2 (a delta
+/// then names its own object: a reference cycle); and as the object at a key whose parts are
+/// those of the part-index vector, so that an index among the inputs may name them in any
+/// order and any number of times. Errors are expected; a panic, a hang or a read beyond the
+/// limits is not.
+pub fn read_through_store(data: &[u8]) {
+    use crate::limits::ReadLimits;
+    use object_store::ObjectStoreExt;
+    use std::io::Read;
+    let limits = ReadLimits::up_to(1 << 24);
+    let store = |objects: Vec<(String, Vec<u8>)>| -> Option<crate::Store> {
+        let memory = std::sync::Arc::new(InMemory::new());
+        for (key, bytes) in objects {
+            let path = Path::from(key);
+            futures::executor::block_on(memory.put(&path, PutPayload::from(bytes))).ok()?;
+        }
+        crate::Store::from_object_store(memory, "", "memory://read-through")
+            .ok()
+            .map(|s| s.with_limits(limits))
+    };
+    let checkpoint = crate::layout::checkpoint;
+    static PLANES: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let planes = PLANES.get_or_init(|| {
+        crate::vectors::generate()
+            .ok()?
+            .into_iter()
+            .find(|f| f.name == "snapshot-planes-v1.snap")
+            .map(|f| f.bytes)
+    });
+    let mut runs = vec![vec![
+        (checkpoint(1), data.to_vec()),
+        (checkpoint(2), data.to_vec()),
+    ]];
+    if let Some(planes) = planes {
+        runs.push(vec![
+            (checkpoint(1), planes.clone()),
+            (checkpoint(2), data.to_vec()),
+        ]);
+    }
+    for objects in runs {
+        let Some(s) = store(objects) else { continue };
+        let reader = crate::delta::CheckpointReader::new(s, limits);
+        let _ = reader.header(2);
+        let _ = reader.check(2, false);
+        let _ = reader.read(2);
+        let _ = reader.read(1);
+    }
+    let key = crate::layout::DATASET_DATA;
+    let object: Vec<u8> = (0..crate::vectors::PARTED_LEN)
+        .map(crate::vectors::parted_byte)
+        .collect();
+    let mut objects: Vec<(String, Vec<u8>)> = object
+        .chunks(crate::vectors::PART_BYTES as usize)
+        .map(|c| {
+            let hash = crate::parts::part_hash([c]);
+            (crate::parts::part_key(key, &hash), c.to_vec())
+        })
+        .collect();
+    objects.push((key.to_string(), data.to_vec()));
+    if let Some(s) = store(objects) {
+        let _ = s.get(key);
+        if let Ok(mut r) = s.reader(key) {
+            let _ = std::io::copy(&mut (&mut r).take(1 << 25), &mut std::io::sink());
+        }
+    }
 }

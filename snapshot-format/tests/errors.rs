@@ -379,22 +379,21 @@ fn rejects_length_overflow() {
 }
 
 #[test]
-fn rejects_offset_plus_length_overflow() {
-    let mut s = RawSnapshot::valid();
-    // A zstd row may declare any encoded length: make offset + length overflow.
-    s.rows[1].codec = 1;
-    s.rows[1].encoded_len = u64::MAX - 5;
-    let e = decode(&s.to_bytes());
-    assert!(
-        matches!(
-            e,
-            Error::LengthOverflow {
-                what: "offset + encoded length",
-                ..
-            }
-        ),
-        "{e}"
-    );
+fn rejects_an_encoding_longer_than_its_codec_allows() {
+    // No encoding is longer than the raw bytes but for a delta's 47-byte prefix: a header
+    // cannot make a reader gather more than the decoded limit allows (and offsets cannot
+    // overflow).
+    for (codec, encoded, max) in [(1u16, 4, 3), (2, u64::MAX - 5, 3), (3, 3 + 48, 3 + 47)] {
+        let mut s = RawSnapshot::valid();
+        s.rows[1].codec = codec;
+        s.rows[1].encoded_len = encoded;
+        let e = decode(&s.to_bytes());
+        assert!(
+            matches!(&e, Error::EncodedTooLarge { tensor, encoded: n, max: m, .. }
+                if tensor == "b" && *n == encoded && *m == max),
+            "codec {codec}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -483,10 +482,10 @@ fn rejects_out_of_range_tensor() {
     // so the table is lying rather than the file being cut short.
     let mut s = RawSnapshot::valid();
     s.rows[1].codec = 1;
-    s.rows[1].encoded_len = 1000;
+    s.data.truncate(17);
     let e = decode(&s.to_bytes());
     assert!(
-        matches!(&e, Error::TensorOutOfRange { tensor, end: 1016, data_len: 19, .. } if tensor == "b"),
+        matches!(&e, Error::TensorOutOfRange { tensor, end: 19, data_len: 17, .. } if tensor == "b"),
         "{e}"
     );
 }
@@ -494,9 +493,7 @@ fn rejects_out_of_range_tensor() {
 #[test]
 fn rejects_snapshot_over_callers_decoded_limit() {
     let bytes = RawSnapshot::valid().to_bytes();
-    let limits = ReadLimits {
-        max_decoded_bytes: 10,
-    };
+    let limits = ReadLimits::up_to(10);
     let e = snapshot::decode(&bytes, NAME, &limits).expect_err("over limit");
     assert!(
         matches!(
@@ -521,24 +518,24 @@ fn with_zstd_b(frame: Vec<u8>, raw: &[u8], declared_shape: &[u64]) -> RawSnapsho
 
 #[test]
 fn rejects_decompression_bomb_declared_in_frame() {
-    // 16 raw bytes declared; the frame holds (and declares) 1 MiB.
+    // 256 raw bytes declared; the frame (shorter than that) holds and declares 1 MiB.
     let big = vec![0u8; 1 << 20];
-    let s = with_zstd_b(zstd_frame(&big), &[0; 16], &[16]);
+    let s = with_zstd_b(zstd_frame(&big), &[0; 256], &[256]);
     let e = decode(&s.to_bytes());
     assert!(
-        matches!(e, Error::DecodedSizeExceeded { declared: 16, .. }),
+        matches!(e, Error::DecodedSizeExceeded { declared: 256, .. }),
         "{e}"
     );
 }
 
 #[test]
 fn rejects_decompression_bomb_without_declared_size() {
-    // The frame does not declare its size: the reader must stop after 16 + 1 bytes.
+    // The frame does not declare its size: the reader must stop after 256 + 1 bytes.
     let big = vec![0u8; 1 << 20];
-    let s = with_zstd_b(zstd_frame_without_size(&big), &[0; 16], &[16]);
+    let s = with_zstd_b(zstd_frame_without_size(&big), &[0; 256], &[256]);
     let e = decode(&s.to_bytes());
     assert!(
-        matches!(e, Error::DecodedSizeExceeded { declared: 16, .. }),
+        matches!(e, Error::DecodedSizeExceeded { declared: 256, .. }),
         "{e}"
     );
     assert!(matches!(
@@ -549,13 +546,13 @@ fn rejects_decompression_bomb_without_declared_size() {
 
 #[test]
 fn rejects_short_decoded_tensor() {
-    let s = with_zstd_b(zstd_frame_without_size(&[1; 8]), &[1; 16], &[16]);
+    let s = with_zstd_b(zstd_frame_without_size(&[1; 8]), &[1; 64], &[64]);
     let e = decode(&s.to_bytes());
     assert!(
         matches!(
             e,
             Error::DecodedSizeShort {
-                declared: 16,
+                declared: 64,
                 found: 8,
                 ..
             }
@@ -566,7 +563,7 @@ fn rejects_short_decoded_tensor() {
 
 #[test]
 fn rejects_corrupt_zstd_stream() {
-    let s = with_zstd_b(b"definitely not zstd".to_vec(), &[1; 16], &[16]);
+    let s = with_zstd_b(b"definitely not zstd".to_vec(), &[1; 64], &[64]);
     assert!(matches!(decode(&s.to_bytes()), Error::Decompress { .. }));
     assert!(matches!(stream(&s.to_bytes()), Error::Decompress { .. }));
 }

@@ -20,9 +20,7 @@ fn vectors() -> Vec<Vec<u8>> {
 
 fn parse_everything(data: &[u8]) {
     static REFERENCES: std::sync::OnceLock<VectorReferences> = std::sync::OnceLock::new();
-    let limits = ReadLimits {
-        max_decoded_bytes: 1 << 24,
-    };
+    let limits = ReadLimits::up_to(1 << 24);
     let _ = snapshot::decode(data, "mutant", &limits);
     let references = REFERENCES.get_or_init(VectorReferences::new);
     let _ = snapshot::decode_with(data, "mutant", &limits, Some(references));
@@ -39,6 +37,7 @@ fn parse_everything(data: &[u8]) {
     let _ = Segment::decode(data, "mutant");
     let _ = DatasetManifest::decode(data, "mutant");
     let _ = PartIndex::decode(data, "mutant");
+    snapshot_format::testing::read_through_store(data);
 }
 
 #[derive(Debug, Clone)]

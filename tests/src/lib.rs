@@ -134,10 +134,16 @@ pub fn forge_history(
         manifest.recording.checkpoint_interval,
         spec.run.steps,
     );
+    // An artefact removed takes its signatures along (the forger signs the new one afresh).
+    let signers: Vec<PathBuf> = std::fs::read_dir(run.join(layout::SIGNATURES))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
     let remove = |key: String| {
-        let p = run.join(key);
-        if p.exists() {
-            std::fs::remove_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let signatures = signers.iter().map(|d| d.join(format!("{key}.sig")));
+        for p in std::iter::once(run.join(&key)).chain(signatures) {
+            if p.exists() {
+                std::fs::remove_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            }
         }
     };
     for step in trainer::run::checkpoint_steps(&store).expect("checkpoints") {

@@ -174,8 +174,11 @@ fn exported_models_and_statements_verify_with_the_ecosystems_tools() {
         c.attestations
     );
 
-    // A state that replay rolled back and exported carries the same attestations, and its
-    // stated root is checked against the ledger's record of its step.
+    // A state that replay rolled back and exported carries the same attestations, signed by
+    // whoever ran replay (a verifier, not the run's signer), and its stated root is checked
+    // against the ledger's record of its step.
+    let verifier = t.path().join("verifier");
+    keygen(&verifier, "ed25519");
     let rolled = t.path().join("rollback-8");
     let _: replay::rollback::RollbackReport = replay_json(
         &[
@@ -186,7 +189,7 @@ fn exported_models_and_statements_verify_with_the_ecosystems_tools() {
             "--out",
             s(&rolled),
             "--signing-key",
-            s(&keys.join("signing-key.pem")),
+            s(&verifier.join("signing-key.pem")),
             "--model-signing-key",
             s(&keys.join("model-signing-key.pem")),
         ],
@@ -194,8 +197,8 @@ fn exported_models_and_statements_verify_with_the_ecosystems_tools() {
     );
     let (ok, out) = model_signing_verify(&rolled, &model_pub);
     assert!(ok, "model_signing rejected the rollback's bundle: {out}");
-    let c: CheckReport = replay_json(
-        &[
+    let check_rolled = |extra: &[&str], exit: i32| -> CheckReport {
+        let mut args = vec![
             "check",
             s(&r),
             "--export",
@@ -204,13 +207,19 @@ fn exported_models_and_statements_verify_with_the_ecosystems_tools() {
             s(&model_pub),
             "--trusted-key",
             s(&trusted),
-        ],
-        0,
-    );
+        ];
+        args.extend_from_slice(extra);
+        replay_json(&args, exit)
+    };
+    let c = check_rolled(&["--verifier-key", s(&verifier.join("signing-key.pub"))], 0);
     assert_eq!(
         c.attestations[0].predicate_type,
         "urn:training-replay-verifier:replayed-state:v1"
     );
+    assert_eq!(c.attestations[0].signatures.status, Status::Trusted);
+    // A replayed state is a verifier's claim: without a verifier key named it is not trusted.
+    let c = check_rolled(&[], 2);
+    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
 
     // A wrong key: each tool refuses with its own error.
     let other = t.path().join("other");

@@ -81,6 +81,11 @@ fn a_planted_trigger_is_found_proven_and_removed() {
     let key = t.path().join("assets/signing-key.pem");
     train(&config, &r, &["--signing-key", s(&key)]);
     let public = t.path().join("assets/signing-key.pub");
+    // The investigator signs with a key of its own: what replay found is a verifier's claim.
+    let investigator = t.path().join("investigator");
+    let made = run("trainer", &["keygen", "--out", s(&investigator)]);
+    assert!(made.status.success());
+    let investigator_key = investigator.join("signing-key.pem");
     let out = t.path().join("investigation");
     let investigate = |run_dir: &Path, trigger: &str, out: &Path, exit: i32| -> InvestigateReport {
         replay_json(
@@ -98,7 +103,7 @@ fn a_planted_trigger_is_found_proven_and_removed() {
                 "--trusted-key",
                 s(&public),
                 "--signing-key",
-                s(&key),
+                s(&investigator_key),
             ],
             exit,
         )
@@ -166,7 +171,7 @@ fn a_planted_trigger_is_found_proven_and_removed() {
             "--attestation",
             s(&out.join("investigation.intoto.json")),
             "--verifier-key",
-            s(&public),
+            s(&investigator.join("signing-key.pub")),
             "--export",
             s(&out.join("model")),
             "--trusted-key",

@@ -156,10 +156,15 @@ fn a_lost_delta_reference_makes_each_later_checkpoint_of_its_chain_unrecoverable
         assert_problem(&c, &key, Verdict::Missing, "cannot be reconstructed");
         assert_problem(&c, &key, Verdict::Missing, &lost);
     }
-    // Segment 1 (steps 1-4) starts from checkpoint 0, a keyframe: it still verifies.
+    // Segment 1 (steps 1-4) starts from checkpoint 0, a keyframe: it still verifies; the
+    // segments that start at the lost checkpoint or at one it took along are `missing`.
     let v = verify(&r, 2);
-    assert_eq!(v.ranges[0].verdict, Verdict::Verified);
-    assert_ne!(v.verdict, Verdict::Verified);
+    assert_eq!(v.verdict, Verdict::Missing);
+    let verdicts: Vec<Verdict> = v.ranges.iter().map(|x| x.verdict).collect();
+    assert_eq!(
+        verdicts,
+        [Verdict::Verified, Verdict::Missing, Verdict::Missing]
+    );
 }
 
 /// The adversary swaps checkpoint 4 for another run's state (relabelled, the ledger rewritten to
@@ -307,6 +312,12 @@ fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     let d = seg2.divergence.as_ref().expect("segment 2 diverges");
     assert_eq!((d.step, d.field.as_str()), (8, "state_root"));
     assert_eq!(seg2.verdict, Verdict::Diverged);
+    // The tensors that differ from the swapped-in state are listed, largest first.
+    assert!(
+        d.tensors.first().is_some_and(|x| x.differing > 0),
+        "{:?}",
+        d.tensors
+    );
     let seg3 = &v.ranges[2];
     assert_eq!(
         seg3.divergence.as_ref().map(|d| d.step),
@@ -412,6 +423,10 @@ fn deleted_tail_of_a_completed_run_is_reported() {
     }
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Incomplete, "{:?}", c.problems);
+    // Verifying only the intact first segment does not make the run whole.
+    let v: VerifyReport = replay(&["verify", s(&r), "--segment", "1"], 2);
+    assert_eq!(v.verdict, Verdict::Incomplete);
+    assert_eq!(v.ranges[0].verdict, Verdict::Verified);
 }
 
 #[test]
@@ -422,13 +437,8 @@ fn truncated_checkpoint_is_corrupt() {
     let bytes = std::fs::read(r.join(&key)).expect("read");
     std::fs::write(r.join(&key), &bytes[..bytes.len() / 2]).expect("truncate");
     let c = check(&r, 2);
-    assert!(
-        c.problems
-            .iter()
-            .any(|p| p.artefact == key && p.detail.contains("truncated")),
-        "{:?}",
-        c.problems
-    );
+    assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
+    assert_problem(&c, &key, Verdict::Corrupt, "truncated");
     assert_eq!(verify(&r, 2).verdict, Verdict::Corrupt);
 }
 
