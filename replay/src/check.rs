@@ -87,7 +87,10 @@ pub fn check(
             &attested.keys,
             &name,
             &bytes,
-            path.parent(),
+            Some(match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => std::path::Path::new("."),
+            }),
         );
         attestations.push(c);
         problems.into_iter().for_each(|p| assessment.problem(p));

@@ -158,28 +158,6 @@ fn only_a_named_verifier_may_attest_and_only_to_the_ledger() {
     let (intruder, intruder_pub) = ed25519(&t.path().join("intruder"));
     let r = record(t.path(), Some(&trainer_key), &[]);
 
-    // The genuine auditor's statement: trusted under the auditor's key, and what it states is
-    // shown.
-    let genuine = t.path().join("audit.intoto.json");
-    attest(&r, &["--segment", "1"], &auditor, &genuine, 0);
-    let c = check(
-        &r,
-        &[
-            "--attestation",
-            s(&genuine),
-            "--verifier-key",
-            s(&auditor_pub),
-        ],
-        0,
-    );
-    let stated = c.attestations[0].stated.as_ref().expect("stated");
-    assert_eq!(stated.verdict, Some(Verdict::Verified));
-    assert_eq!(stated.step, 12);
-    assert!(stated.ranges[0].rederived_from_step0, "{stated:?}");
-    // Without a verifier key named, no signature makes it trusted.
-    let c = check(&r, &["--attestation", s(&genuine)], 2);
-    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
-
     // The trainer vouches for its own run.
     let own = t.path().join("own.intoto.json");
     attest(&r, &["--segment", "1"], &trainer_key, &own, 0);
@@ -208,6 +186,28 @@ fn only_a_named_verifier_may_attest_and_only_to_the_ledger() {
         ],
     );
     assert_eq!(both.status.code(), Some(3));
+
+    // The genuine auditor's statement: trusted under the auditor's key, and what it states is
+    // shown.
+    let genuine = t.path().join("audit.intoto.json");
+    attest(&r, &["--segment", "1"], &auditor, &genuine, 0);
+    let c = check(
+        &r,
+        &[
+            "--attestation",
+            s(&genuine),
+            "--verifier-key",
+            s(&auditor_pub),
+        ],
+        0,
+    );
+    let stated = c.attestations[0].stated.as_ref().expect("stated");
+    assert_eq!(stated.verdict, Some(Verdict::Verified));
+    assert_eq!(stated.step, 12);
+    assert!(stated.ranges[0].rederived_from_step0, "{stated:?}");
+    // Without a verifier key named, no signature makes it trusted.
+    let c = check(&r, &["--attestation", s(&genuine)], 2);
+    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
 
     // An intruder's key that signed an artefact inside the run directory.
     let intruder_key = signature::read_signing_key(&intruder).expect("key");
@@ -291,6 +291,7 @@ fn shard_reports_of_a_rewritten_history_are_not_collected() {
     let r = record(t.path(), Some(&trainer_key), &[]);
     let results = t.path().join("results");
     let id = "5e1f0c2a9b7d4e83";
+    let mut reports = Vec::new();
     for shard in ["0/2", "1/2"] {
         let v: VerifyReport = replay_json(
             &[
@@ -308,8 +309,7 @@ fn shard_reports_of_a_rewritten_history_are_not_collected() {
             ],
             0,
         );
-        assert_eq!(v.ledger_step, 12);
-        assert!(v.ranges.iter().all(|x| x.head.is_some()), "{:?}", v.ranges);
+        reports.push(v);
     }
     let collect = |exit: i32| -> CollectReport {
         replay_json(
@@ -358,6 +358,11 @@ fn shard_reports_of_a_rewritten_history_are_not_collected() {
         "{:?}",
         c.problems
     );
+    // What binds them: each report names the ledger it verified and each range's head.
+    for v in &reports {
+        assert_eq!(v.ledger_step, 12);
+        assert!(v.ranges.iter().all(|x| x.head.is_some()), "{:?}", v.ranges);
+    }
 }
 
 /// Class 4: exports are checked as `model_signing` checks them. Three changes to a signed
