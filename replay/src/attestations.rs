@@ -56,6 +56,20 @@ pub struct Stated {
     pub explained: Option<bool>,
 }
 
+impl Stated {
+    /// A claim by `by` about the ledger at `step`, with `verdict`, and nothing more.
+    fn new(by: &str, verdict: Option<Verdict>, step: u64) -> Self {
+        Stated {
+            by: by.into(),
+            verdict,
+            step,
+            steps_replayed: None,
+            ranges: vec![],
+            explained: None,
+        }
+    }
+}
+
 /// One range of a verification statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatedRange {
@@ -455,14 +469,7 @@ fn judge_content(
                     ),
                 );
             }
-            Some(Stated {
-                by: "training".into(),
-                verdict: None,
-                step: c.final_step,
-                steps_replayed: None,
-                ranges: vec![],
-                explained: None,
-            })
+            Some(Stated::new("training", None, c.final_step))
         }
         attest::VERIFICATION_PREDICATE => {
             let c: VerificationClaim = claim(f, p)?;
@@ -480,9 +487,6 @@ fn judge_content(
             }
             verification_content(ctx, f, &c);
             Some(Stated {
-                by: c.command.clone(),
-                verdict: Some(c.verdict),
-                step: c.ledger_step,
                 steps_replayed: Some(c.steps_replayed),
                 ranges: c
                     .ranges
@@ -495,7 +499,7 @@ fn judge_content(
                         rederived_from_step0: r.rederived_from_step0,
                     })
                     .collect(),
-                explained: None,
+                ..Stated::new(&c.command, Some(c.verdict), c.ledger_step)
             })
         }
         attest::STATE_PREDICATE => {
@@ -534,14 +538,7 @@ fn judge_content(
                 }
             };
             f.stated_verdict(by, c.verdict);
-            Some(Stated {
-                by: by.into(),
-                verdict: Some(c.verdict),
-                step: c.step,
-                steps_replayed: None,
-                ranges: vec![],
-                explained: None,
-            })
+            Some(Stated::new(by, Some(c.verdict), c.step))
         }
         attest::INVESTIGATION_PREDICATE => {
             let c: InvestigationClaim = claim(f, p)?;
@@ -550,12 +547,8 @@ fn judge_content(
             investigation_content(ctx, f, &c);
             files_content(f, statement, dir);
             Some(Stated {
-                by: "investigate".into(),
-                verdict: Some(c.verdict),
-                step: c.ledger_step,
-                steps_replayed: None,
-                ranges: vec![],
                 explained: c.explained,
+                ..Stated::new("investigate", Some(c.verdict), c.ledger_step)
             })
         }
         _ => None,

@@ -101,6 +101,23 @@ pub fn replay_json_with<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("replay {full:?}: {e}: {stdout}"))
 }
 
+/// Panics unless `problems` holds one of verdict `kind` about `artefact` whose detail mentions
+/// `detail`.
+#[track_caller]
+pub fn assert_problem(
+    problems: &[replay::report::Problem],
+    artefact: &str,
+    kind: replay::Verdict,
+    detail: &str,
+) {
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.artefact == artefact && p.kind == kind && p.detail.contains(detail)),
+        "no {kind:?} problem with {artefact} mentioning {detail:?}: {problems:?}"
+    );
+}
+
 /// An adversary's history for the local tiny-BERT fixture run at `run`
 /// ([`trainer::fixtures::tiny_bert`]), recorded consistently from `start`, the state after
 /// step `start.meta.step`: every artefact after that step is removed, training goes on honestly

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_tests::{binary, s, train};
+use e2e_tests::{assert_problem, binary, s, train};
 use replay::Verdict;
 use replay::check::CheckReport;
 use replay::commands::VerifyReport;
@@ -26,6 +26,12 @@ fn record(dir: &Path) -> PathBuf {
     let out = dir.join("run");
     train(&cfg, &out, &["--run-id", "victim"]);
     out
+}
+
+/// A copy of the run at `run` in `dir`, for one attack.
+fn copy_of(run: &Path, dir: &Path) -> PathBuf {
+    snapshot_format::testing::copy_dir(run, dir).expect("copy");
+    dir.to_path_buf()
 }
 
 /// `replay ARGS… --json --quiet` under a 4 GB address-space limit, killed if it runs for more
@@ -71,17 +77,6 @@ fn check(r: &Path, exit: i32) -> CheckReport {
     report.expect("report")
 }
 
-#[track_caller]
-fn assert_problem(c: &CheckReport, artefact: &str, kind: Verdict, detail: &str) {
-    assert!(
-        c.problems
-            .iter()
-            .any(|p| p.artefact == artefact && p.kind == kind && p.detail.contains(detail)),
-        "no {kind:?} problem with {artefact} mentioning {detail:?}: {:?}",
-        c.problems
-    );
-}
-
 /// Class 5: checkpoint 12 (a delta of checkpoint 8) copied over checkpoint 8. Checkpoint 12
 /// names 8 as its reference, and what is stored at 8's key names 8 again: a reader that
 /// compared a reference with the object's own claim rather than the key it read it from would
@@ -96,12 +91,17 @@ fn a_checkpoint_under_another_steps_key_is_tampered() {
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Tampered, "{:?}", c.problems);
     assert_problem(
-        &c,
+        &c.problems,
         &eight,
         Verdict::Tampered,
         "holds the checkpoint of step 12",
     );
-    assert_problem(&c, &twelve, Verdict::Tampered, "cannot be reconstructed");
+    assert_problem(
+        &c.problems,
+        &twelve,
+        Verdict::Tampered,
+        "cannot be reconstructed",
+    );
 
     let (code, v, out) = replay::<VerifyReport>(&["verify", s(&r), "--all"]);
     assert_eq!(code, Some(2), "{out}");
@@ -136,18 +136,14 @@ fn sparse(r: &Path, key: &str, len: u64) {
 fn oversized_and_amplified_objects_are_refused_before_they_are_read() {
     let t = tempfile::tempdir().expect("tmp");
     let honest = record(t.path());
-    let copy = |name: &str| -> PathBuf {
-        let dir = t.path().join(name);
-        snapshot_format::testing::copy_dir(&honest, &dir).expect("copy");
-        dir
-    };
+    let copy = |name: &str| copy_of(&honest, &t.path().join(name));
 
     let r = copy("manifest");
     sparse(&r, layout::MANIFEST, 1 << 40);
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
     assert_problem(
-        &c,
+        &c.problems,
         layout::MANIFEST,
         Verdict::Corrupt,
         "1099511627776 bytes",
@@ -156,13 +152,18 @@ fn oversized_and_amplified_objects_are_refused_before_they_are_read() {
     let r = copy("segment");
     sparse(&r, &layout::segment(2), 1 << 40);
     let c = check(&r, 2);
-    assert_problem(&c, &layout::segment(2), Verdict::Corrupt, "above the");
+    assert_problem(
+        &c.problems,
+        &layout::segment(2),
+        Verdict::Corrupt,
+        "above the",
+    );
 
     let r = copy("dataset");
     sparse(&r, layout::DATASET_DATA, 1 << 40);
     let c = check(&r, 2);
     assert_problem(
-        &c,
+        &c.problems,
         layout::DATASET_DATA,
         Verdict::Corrupt,
         "1099511627776 bytes",
@@ -187,7 +188,7 @@ fn oversized_and_amplified_objects_are_refused_before_they_are_read() {
     };
     std::fs::write(r.join(&key), index.encode()).expect("index");
     let c = check(&r, 2);
-    assert_problem(&c, &key, Verdict::Corrupt, "68719476736 bytes");
+    assert_problem(&c.problems, &key, Verdict::Corrupt, "68719476736 bytes");
     let (code, v, out) = replay::<VerifyReport>(&["verify", s(&r), "--segment", "1"]);
     assert_eq!(code, Some(2), "{out}");
     assert_eq!(v.expect("report").verdict, Verdict::Corrupt);
@@ -199,11 +200,7 @@ fn oversized_and_amplified_objects_are_refused_before_they_are_read() {
 fn links_and_fifos_in_the_run_are_refused_by_name() {
     let t = tempfile::tempdir().expect("tmp");
     let honest = record(t.path());
-    let copy = |name: &str| -> PathBuf {
-        let dir = t.path().join(name);
-        snapshot_format::testing::copy_dir(&honest, &dir).expect("copy");
-        dir
-    };
+    let copy = |name: &str| copy_of(&honest, &t.path().join(name));
     let mkfifo = |p: &Path| {
         std::fs::remove_file(p).expect("rm");
         let ok = Command::new("mkfifo").arg(p).status().expect("mkfifo");
@@ -214,13 +211,18 @@ fn links_and_fifos_in_the_run_are_refused_by_name() {
     mkfifo(&r.join(layout::checkpoint(4)));
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
-    assert_problem(&c, &layout::checkpoint(4), Verdict::Corrupt, "a FIFO");
+    assert_problem(
+        &c.problems,
+        &layout::checkpoint(4),
+        Verdict::Corrupt,
+        "a FIFO",
+    );
 
     let r = copy("fifo-manifest");
     mkfifo(&r.join(layout::MANIFEST));
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
-    assert_problem(&c, layout::MANIFEST, Verdict::Corrupt, "a FIFO");
+    assert_problem(&c.problems, layout::MANIFEST, Verdict::Corrupt, "a FIFO");
 
     let r = copy("links");
     std::fs::remove_file(r.join(layout::DATASET_DATA)).expect("rm");
@@ -231,10 +233,15 @@ fn links_and_fifos_in_the_run_are_refused_by_name() {
     std::os::unix::fs::symlink(&outside, r.join(layout::COMPLETE)).expect("ln");
     let c = check(&r, 2);
     assert_problem(
-        &c,
+        &c.problems,
         layout::DATASET_DATA,
         Verdict::Corrupt,
         "a symbolic link",
     );
-    assert_problem(&c, layout::COMPLETE, Verdict::Corrupt, "a symbolic link");
+    assert_problem(
+        &c.problems,
+        layout::COMPLETE,
+        Verdict::Corrupt,
+        "a symbolic link",
+    );
 }

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use e2e_tests::{
-    forge_history, nudge, replace_checkpoint, replay_json as replay, s, stored_state, train,
+    assert_problem, forge_history, nudge, replace_checkpoint, replay_json as replay, s,
+    stored_state, train,
 };
 use replay::Verdict;
 use replay::check::CheckReport;
@@ -24,19 +25,6 @@ fn record(dir: &Path, o: FixtureOptions) -> PathBuf {
     let out = dir.join("run");
     train(&cfg, &out, &["--run-id", "victim"]);
     out
-}
-
-/// Panics unless `c` reports a problem of verdict `kind` with `artefact` whose detail mentions
-/// `detail`.
-#[track_caller]
-fn assert_problem(c: &CheckReport, artefact: &str, kind: Verdict, detail: &str) {
-    assert!(
-        c.problems
-            .iter()
-            .any(|p| p.artefact == artefact && p.kind == kind && p.detail.contains(detail)),
-        "no {kind:?} problem with {artefact} mentioning {detail:?}: {:?}",
-        c.problems
-    );
 }
 
 fn check(r: &Path, exit: i32) -> CheckReport {
@@ -78,7 +66,7 @@ fn flipped_bit_in_a_checkpoint_tensor_is_corrupt() {
     std::fs::write(r.join(&key), bytes).expect("write");
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Corrupt);
-    assert_problem(&c, &key, Verdict::Corrupt, "");
+    assert_problem(&c.problems, &key, Verdict::Corrupt, "");
     let v = verify(&r, 2);
     assert_eq!(v.verdict, Verdict::Corrupt);
     // Segment 1 does not touch checkpoint 8 and still verifies.
@@ -124,7 +112,7 @@ fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
         bytes[data_start + big.offset as usize + big.encoded_len as usize / 2] ^= 0x10;
         std::fs::write(r.join(&key), bytes).expect("write");
         let c = check(&r, 2);
-        assert_problem(&c, &key, Verdict::Corrupt, "");
+        assert_problem(&c.problems, &key, Verdict::Corrupt, "");
     }
 }
 
@@ -153,8 +141,13 @@ fn a_lost_delta_reference_makes_each_later_checkpoint_of_its_chain_unrecoverable
     assert_eq!(c.verdict, Verdict::Missing);
     for step in [8u64, 12] {
         let key = layout::checkpoint(step);
-        assert_problem(&c, &key, Verdict::Missing, "cannot be reconstructed");
-        assert_problem(&c, &key, Verdict::Missing, &lost);
+        assert_problem(
+            &c.problems,
+            &key,
+            Verdict::Missing,
+            "cannot be reconstructed",
+        );
+        assert_problem(&c.problems, &key, Verdict::Missing, &lost);
     }
     // Segment 1 (steps 1-4) starts from checkpoint 0, a keyframe: it still verifies; the
     // segments that start at the lost checkpoint or at one it took along are `missing`.
@@ -206,7 +199,7 @@ fn a_swapped_delta_reference_makes_its_dependents_tampered() {
     );
     for step in [8u64, 12] {
         let dependent = layout::checkpoint(step);
-        assert_problem(&c, &dependent, Verdict::Tampered, &key);
+        assert_problem(&c.problems, &dependent, Verdict::Tampered, &key);
     }
     // Re-executing steps 1-4 from checkpoint 0 does not reach the swapped state; segment 3
     // cannot start from checkpoint 8.
@@ -269,15 +262,15 @@ fn a_checkpoint_stored_in_parts_loses_or_damages_a_part_visibly() {
     std::fs::remove_file(part).expect("remove");
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Missing, "{:?}", c.problems);
-    assert_problem(&c, &key, Verdict::Missing, &name);
-    assert_problem(&c, &layout::checkpoint(12), Verdict::Missing, &key);
+    assert_problem(&c.problems, &key, Verdict::Missing, &name);
+    assert_problem(&c.problems, &layout::checkpoint(12), Verdict::Missing, &key);
 
     let mut flipped = bytes;
     flipped[100] ^= 0x08;
     std::fs::write(part, flipped).expect("write");
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
-    assert_problem(&c, &key, Verdict::Corrupt, &name);
+    assert_problem(&c.problems, &key, Verdict::Corrupt, &name);
     assert!(
         c.warnings.is_empty(),
         "parts are not unexpected objects: {:?}",
@@ -438,7 +431,7 @@ fn truncated_checkpoint_is_corrupt() {
     std::fs::write(r.join(&key), &bytes[..bytes.len() / 2]).expect("truncate");
     let c = check(&r, 2);
     assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
-    assert_problem(&c, &key, Verdict::Corrupt, "truncated");
+    assert_problem(&c.problems, &key, Verdict::Corrupt, "truncated");
     assert_eq!(verify(&r, 2).verdict, Verdict::Corrupt);
 }
 
