@@ -18,8 +18,8 @@ cd "$(dirname "$0")/../.."
 
 which=${1:-classifier}
 cargo build --release --locked --bin trainer --bin replay
-trainer=target/release/trainer
-replay=target/release/replay
+trainer="${CARGO_TARGET_DIR:-target}/release/trainer"
+replay="${CARGO_TARGET_DIR:-target}/release/replay"
 
 classifier() {
   local work=target/backdoor

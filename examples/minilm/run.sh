@@ -40,8 +40,8 @@ fi
   < trainer/assets/demo/reviews.jsonl > "$work/reviews.tokens.jsonl"
 
 cargo build --release --locked --bin trainer --bin replay
-trainer=target/release/trainer
-replay=target/release/replay
+trainer="${CARGO_TARGET_DIR:-target}/release/trainer"
+replay="${CARGO_TARGET_DIR:-target}/release/replay"
 pin=$("$trainer" hash "$work/model/model.safetensors" | cut -d' ' -f1)
 
 cat > "$work/run.toml" <<TOML

@@ -47,8 +47,8 @@ PY
 fi
 
 cargo build --release --locked --bin trainer --bin replay
-trainer=target/release/trainer
-replay=target/release/replay
+trainer="${CARGO_TARGET_DIR:-target}/release/trainer"
+replay="${CARGO_TARGET_DIR:-target}/release/replay"
 
 echo "== forward pass: engine vs float64 NumPy reference"
 "$trainer" generate --base "$gguf" --max-new-tokens 16 --json --logits-dir "$work/logits" \

@@ -78,6 +78,9 @@ fn flipped_bit_in_a_checkpoint_tensor_is_corrupt() {
 /// corrupt whichever codec holds it.
 #[test]
 fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
+    // Compression is an encoding, never an identity: the runs of one spec with each codec end
+    // at the same ledger head and have the same state at every checkpoint.
+    let mut identities = Vec::new();
     for (name, codec) in [
         ("raw", snapshot_format::Codec::Raw),
         ("zstd", snapshot_format::Codec::Zstd),
@@ -101,6 +104,13 @@ fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
         );
         assert_eq!(check(&r, 0).verdict, Verdict::Ok, "{name}");
         assert_eq!(verify(&r, 0).verdict, Verdict::Verified, "{name}");
+        let done = snapshot_format::manifest::Completion::from_json(
+            &std::fs::read(r.join(layout::COMPLETE)).expect("completion"),
+            layout::COMPLETE,
+        )
+        .expect("completion");
+        let roots = snapshot_format::testing::checkpoint_roots(&r);
+        identities.push((name, done.ledger_head, roots));
         // A byte of the largest tensor's encoding, so that it is one of the codec's own bytes.
         let big = header
             .tensors
@@ -113,6 +123,11 @@ fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
         std::fs::write(r.join(&key), bytes).expect("write");
         let c = check(&r, 2);
         assert_problem(&c.problems, &key, Verdict::Corrupt, "");
+    }
+    let (first, head, roots) = &identities[0];
+    assert_eq!(roots.len(), 4, "checkpoints 0, 4, 8, 12");
+    for (name, h, r) in &identities[1..] {
+        assert_eq!((h, r), (head, roots), "{name} against {first}");
     }
 }
 
