@@ -18,10 +18,11 @@ use benchmarks::{Report, mb_per_s, median_time, r3};
 use rayon::prelude::*;
 use snapshot_format::delta::{CheckpointReader, Reference, Transform};
 use snapshot_format::limits::ReadLimits;
+use snapshot_format::manifest::CheckpointCodec;
 use snapshot_format::planes::{self, Target};
 use snapshot_format::snapshot::{self, Provenance, SnapshotKind, StateMeta, TensorView};
 use snapshot_format::{Codec, DType, Store, layout};
-use trainer::config::{CheckpointCodec, RunConfig};
+use trainer::config::RunConfig;
 use trainer::{demo, run};
 
 /// The F32 tensors of one checkpoint, in table order.

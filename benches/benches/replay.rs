@@ -18,8 +18,9 @@ use indicatif::ProgressBar;
 use replay::Verdict;
 use replay::commands::{Scope, VerifyOptions};
 use replay::context::LoadOptions;
+use snapshot_format::manifest::CheckpointCodec;
 use trainer::backend::DeviceSpec;
-use trainer::config::{CheckpointCodec, RunConfig};
+use trainer::config::RunConfig;
 use trainer::demo;
 use trainer::run::{self, RunOptions};
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use benchmarks::{DemoSession, DemoTraining, Report, r3};
 use snapshot_format::ledger::StepRecord;
+use snapshot_format::manifest::CheckpointCodec;
 use snapshot_format::{Hash32, Store};
-use trainer::config::CheckpointCodec;
 use trainer::record::RunWriter;
 use trainer::run::is_checkpoint_step;
 

@@ -130,7 +130,7 @@ fn check_checkpoints(
     progress.set_length(ctx.checkpoints.len() as u64);
     // A run of delta checkpoints needs each one's values for the next; others need none (a
     // wrong hint costs a second read, never a check).
-    let keep = ctx.manifest.recording.codec == "delta";
+    let keep = ctx.manifest.recording.codec == snapshot_format::manifest::CheckpointCodec::Delta;
     let mut problems = Vec::new();
     let mut bytes = 0;
     for &step in &ctx.checkpoints {

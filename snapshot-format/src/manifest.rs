@@ -25,13 +25,76 @@ pub struct Recording {
     pub checkpoint_interval: u64,
     /// Ledger records carry a state root every this many steps (and at every checkpoint).
     pub state_root_interval: u64,
-    /// Codec of checkpoint tensors: `zstd` (smaller) or `raw` (faster to check).
-    #[serde(default = "default_codec")]
-    pub codec: String,
+    /// Codec of checkpoint tensors.
+    #[serde(default = "codec_before_the_field")]
+    pub codec: CheckpointCodec,
 }
 
-fn default_codec() -> String {
-    "zstd".into()
+/// The codec of manifests written before `recording.codec` existed.
+fn codec_before_the_field() -> CheckpointCodec {
+    CheckpointCodec::Zstd
+}
+
+/// How a run stores its checkpoints' tensors: a configuration's `[recording] codec` and the
+/// manifest's `recording.codec`, one type from the configuration file to the writer, named in
+/// JSON and TOML as written here (`delta`, `planes`, `zstd`, `raw`); any other name is refused
+/// where it is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointCodec {
+    /// Delta (codec 3) against the previous checkpoint: each element's difference from the
+    /// reference's, stored as planes, with a keyframe (planes) every 8 checkpoints. The default: the smallest checkpoints (the
+    /// `checkpoint_codecs` benchmark).
+    #[default]
+    Delta,
+    /// Byte-grouped zstd (codec 2): each byte position of the elements as its own plane, so
+    /// that exponents and mantissas are compressed apart; every checkpoint stands alone.
+    Planes,
+    /// zstd level 3 over each whole tensor (codec 1), the default of earlier runs.
+    Zstd,
+    /// Raw bytes: `replay check` runs at the speed of reading and hashing.
+    Raw,
+}
+
+impl CheckpointCodec {
+    /// Name recorded in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointCodec::Zstd => "zstd",
+            CheckpointCodec::Raw => "raw",
+            CheckpointCodec::Planes => "planes",
+            CheckpointCodec::Delta => "delta",
+        }
+    }
+
+    /// Snapshot writer settings: zstd at level 3; planes (and a delta's planes) at level 1 in
+    /// 256 KiB chunks (a float's exponent plane at `planes::EXPONENT_LEVEL`), a keyframe every
+    /// 8 checkpoints (chosen by the `checkpoint_codecs` benchmark).
+    pub fn write_options(self) -> crate::snapshot::WriteOptions {
+        use crate::{Codec, delta, planes, snapshot::WriteOptions};
+        let planes = WriteOptions {
+            codec: Codec::Planes,
+            zstd_level: planes::DEFAULT_LEVEL,
+            chunk_bytes: planes::DEFAULT_CHUNK_BYTES,
+            keyframe_every: delta::DEFAULT_KEYFRAME_EVERY,
+            delta_transform: delta::DEFAULT_TRANSFORM,
+        };
+        match self {
+            CheckpointCodec::Delta => WriteOptions {
+                codec: Codec::Delta,
+                ..planes
+            },
+            CheckpointCodec::Planes => planes,
+            CheckpointCodec::Zstd => WriteOptions {
+                codec: Codec::Zstd,
+                ..WriteOptions::default()
+            },
+            CheckpointCodec::Raw => WriteOptions {
+                codec: Codec::Raw,
+                ..WriteOptions::default()
+            },
+        }
+    }
 }
 
 /// A GPU's identity, for runs on CUDA.
@@ -196,7 +259,7 @@ pub fn check_exact_integers(value: &serde_json::Value) -> std::result::Result<()
 }
 
 impl Recording {
-    /// Intervals of at least 1 and a known codec.
+    /// Intervals of at least 1 (the codec is one of [`CheckpointCodec`]'s by its type).
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.checkpoint_interval == 0 {
             return Err("recording.checkpoint_interval: must be at least 1".into());
@@ -204,18 +267,9 @@ impl Recording {
         if self.state_root_interval == 0 {
             return Err("recording.state_root_interval: must be at least 1".into());
         }
-        if !RECORDING_CODECS.contains(&self.codec.as_str()) {
-            return Err(format!(
-                "recording.codec: {:?} is not one of {RECORDING_CODECS:?}",
-                self.codec
-            ));
-        }
         Ok(())
     }
 }
-
-/// Checkpoint codecs a manifest may name.
-pub const RECORDING_CODECS: &[&str] = &["zstd", "raw", "planes", "delta"];
 
 /// Spec hash: `BLAKE3-derive(SPEC, RFC 8785 canonical JSON of spec)`.
 pub fn spec_hash(spec: &serde_json::Value) -> Hash32 {
@@ -306,6 +360,28 @@ fn to_pretty_json<T: Serialize>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_codec_is_one_of_four_names_and_zstd_when_absent() {
+        let recording = |codec: &str| {
+            serde_json::from_str::<Recording>(&format!(
+                r#"{{"checkpoint_interval": 4, "state_root_interval": 1{codec}}}"#
+            ))
+        };
+        for (name, codec) in [
+            ("delta", CheckpointCodec::Delta),
+            ("planes", CheckpointCodec::Planes),
+            ("zstd", CheckpointCodec::Zstd),
+            ("raw", CheckpointCodec::Raw),
+        ] {
+            let r = recording(&format!(r#", "codec": "{name}""#)).expect(name);
+            assert_eq!(r.codec, codec);
+            assert_eq!(serde_json::to_value(codec).expect("json"), name);
+            assert_eq!(codec.name(), name);
+        }
+        assert_eq!(recording("").expect("absent").codec, CheckpointCodec::Zstd);
+        assert!(recording(r#", "codec": "lz4""#).is_err());
+    }
 
     #[test]
     fn spec_hash_ignores_key_order_and_whitespace_but_not_values() {

@@ -439,76 +439,6 @@ pub struct BaseSection {
     pub blake3: String,
 }
 
-/// How checkpoint tensors are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckpointCodec {
-    /// Delta (codec 3) against the previous checkpoint: each element's difference from the
-    /// reference's, stored as planes, with a keyframe (planes) every 8 checkpoints. The default: the smallest checkpoints (the
-    /// `checkpoint_codecs` benchmark).
-    #[default]
-    Delta,
-    /// Byte-grouped zstd (codec 2): each byte position of the elements as its own plane, so
-    /// that exponents and mantissas are compressed apart; every checkpoint stands alone.
-    Planes,
-    /// zstd level 3 over each whole tensor (codec 1), the default of earlier runs.
-    Zstd,
-    /// Raw bytes: `replay check` runs at the speed of reading and hashing.
-    Raw,
-}
-
-impl CheckpointCodec {
-    /// Name recorded in the manifest.
-    pub fn name(self) -> &'static str {
-        match self {
-            CheckpointCodec::Zstd => "zstd",
-            CheckpointCodec::Raw => "raw",
-            CheckpointCodec::Planes => "planes",
-            CheckpointCodec::Delta => "delta",
-        }
-    }
-
-    /// The codec recorded in a manifest.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "zstd" => Some(CheckpointCodec::Zstd),
-            "raw" => Some(CheckpointCodec::Raw),
-            "planes" => Some(CheckpointCodec::Planes),
-            "delta" => Some(CheckpointCodec::Delta),
-            _ => None,
-        }
-    }
-
-    /// Snapshot writer settings: zstd at level 3; planes (and a delta's planes) at level 1 in
-    /// 256 KiB chunks (a float's exponent plane at `planes::EXPONENT_LEVEL`), a keyframe every
-    /// 8 checkpoints (chosen by the `checkpoint_codecs` benchmark).
-    pub fn write_options(self) -> snapshot_format::snapshot::WriteOptions {
-        use snapshot_format::{Codec, delta, planes, snapshot::WriteOptions};
-        let planes = WriteOptions {
-            codec: Codec::Planes,
-            zstd_level: planes::DEFAULT_LEVEL,
-            chunk_bytes: planes::DEFAULT_CHUNK_BYTES,
-            keyframe_every: delta::DEFAULT_KEYFRAME_EVERY,
-            delta_transform: delta::DEFAULT_TRANSFORM,
-        };
-        match self {
-            CheckpointCodec::Delta => WriteOptions {
-                codec: Codec::Delta,
-                ..planes
-            },
-            CheckpointCodec::Planes => planes,
-            CheckpointCodec::Zstd => WriteOptions {
-                codec: Codec::Zstd,
-                ..WriteOptions::default()
-            },
-            CheckpointCodec::Raw => WriteOptions {
-                codec: Codec::Raw,
-                ..WriteOptions::default()
-            },
-        }
-    }
-}
-
 /// `[recording]`: does not change the bits of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -517,7 +447,7 @@ pub struct RecordingSection {
     pub checkpoint_interval: u64,
     /// Codec of checkpoint tensors: zstd, planes (byte-grouped zstd) or raw (no decoding).
     #[serde(default)]
-    pub codec: CheckpointCodec,
+    pub codec: snapshot_format::manifest::CheckpointCodec,
     /// State root in the ledger every this many steps (and at every checkpoint). Default:
     /// every step for models under [`LARGE_MODEL_PARAMETERS`], every
     /// [`LARGE_MODEL_STATE_ROOT_INTERVAL`] steps above.
@@ -546,7 +476,7 @@ impl Default for RecordingSection {
     fn default() -> Self {
         RecordingSection {
             checkpoint_interval: default_checkpoint_interval(),
-            codec: CheckpointCodec::default(),
+            codec: Default::default(),
             state_root_interval: None,
         }
     }

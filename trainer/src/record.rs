@@ -453,7 +453,7 @@ mod tests {
             Hash32::ZERO,
             1,
             None,
-            crate::config::CheckpointCodec::default().write_options(),
+            snapshot_format::manifest::CheckpointCodec::default().write_options(),
         )
     }
 

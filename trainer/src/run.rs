@@ -20,7 +20,7 @@ use snapshot_format::{Hash32, Store, layout};
 
 use crate::backend::{DeviceSpec, Job, dispatch};
 use crate::base::BaseWeights;
-use crate::config::{CheckpointCodec, DataFormat, RecordingSection, RunConfig, RunSpec};
+use crate::config::{DataFormat, RecordingSection, RunConfig, RunSpec};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::TrainableModel;
@@ -823,7 +823,7 @@ impl Job for TrainJob {
                     checkpoint_interval: recording.checkpoint_interval,
                     state_root_interval: recording
                         .state_root_interval_for(session.parameter_count()),
-                    codec: recording.codec.name().into(),
+                    codec: recording.codec,
                 };
                 let spec_value = self.spec.to_value();
                 let spec_hash = spec_hash(&spec_value);
@@ -954,14 +954,13 @@ fn new_writer(
     parent: Option<Hash32>,
     recording: &Recording,
 ) -> RunWriter {
-    let codec = CheckpointCodec::from_name(&recording.codec).unwrap_or_default();
     RunWriter::with_options(
         store.clone(),
         run_id,
         head,
         next_segment,
         parent,
-        codec.write_options(),
+        recording.codec.write_options(),
     )
 }
 
