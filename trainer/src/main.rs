@@ -127,8 +127,8 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
-    /// Greedy generation with a GGUF Llama model (the base model itself, no adapter): each
-    /// prompt as a user message in the model's chat template.
+    /// Generation with a GGUF Llama model, alone or with a LoRA adapter merged in (greedy, or
+    /// sampled with a seed): each prompt as a user message in the model's chat template.
     Generate {
         /// The GGUF file.
         #[arg(long)]
