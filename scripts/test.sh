@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 scripts/setup-test-env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The CUDA path compiles and passes the lints too (checked, not linked: no GPU here; its tests
+# run on a GPU machine with scripts/gpu-check.sh).
+cargo clippy --workspace --all-targets --locked --features trainer/cuda,replay/cuda,e2e-tests/cuda \
+  -- -D warnings
 scripts/check-no-autotune.sh
 for s in scripts/*.sh examples/*/*.sh; do bash -n "$s"; done
 python3 -m py_compile examples/minilm/tokenize_reviews.py examples/minilm/check_forward.py
