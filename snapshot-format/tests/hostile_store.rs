@@ -119,11 +119,20 @@ fn links_and_special_files_are_never_opened() {
     assert!(listed.contains(&"ledger".to_string()), "{listed:?}");
     assert!(listed.contains(&layout::checkpoint(4)), "{listed:?}");
     assert!(s.list(layout::LEDGER).expect("list").is_empty());
-    // A FIFO given by path is refused without being opened.
+    // A FIFO given by path is refused without being opened, a file over the bound unread.
     let fifo = dir.path().join(layout::MANIFEST);
     let e = within_a_minute(move || snapshot_format::storage::read_file(&fifo, 1 << 20))
         .expect_err("a FIFO");
     assert!(matches!(&e, Error::NotRegularFile { .. }), "{e}");
+    let big = outside.path().join("statement.json");
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len(1 << 40))
+        .expect("sparse file");
+    let e = snapshot_format::storage::read_file(&big, 1 << 20).expect_err("too large");
+    assert!(
+        matches!(&e, Error::ObjectTooLarge { size, max, .. } if *size == 1 << 40 && *max == 1 << 20),
+        "{e}"
+    );
 }
 
 #[test]
