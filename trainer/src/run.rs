@@ -584,7 +584,10 @@ fn finish_complete(
         parameters: trained,
         trained_parameters: trained,
         steps_per_second: 0.0,
-        last_loss: f32::NAN,
+        // The loss of the ledger's last step, as recorded.
+        last_loss: read_ledger(store, manifest.genesis, c.segments)?
+            .last()
+            .map_or(f32::NAN, StepRecord::loss),
         init: InitReport::default(),
         bytes_written: 0,
         signed_by: Some(signature::fingerprint(&key.verifying_key().to_bytes())),
