@@ -431,30 +431,8 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
                 continue;
             }
         };
-        let expected_first = (i - 1) * interval + 1;
-        if seg.index != i || seg.first_step() != expected_first {
-            problems.push(Problem::new(
-                Verdict::Tampered,
-                key.clone(),
-                format!(
-                    "holds segment {} from step {}; expected segment {i} from step {expected_first}",
-                    seg.index,
-                    seg.first_step()
-                ),
-            ));
-        }
-        if let Some(h) = head
-            && seg.continues() != h
-        {
-            problems.push(Problem::new(
-                Verdict::Tampered,
-                key.clone(),
-                format!(
-                    "hash chain broken at step {}: prev_hash {}, the previous record hashes to {h}",
-                    seg.first_step(),
-                    seg.continues()
-                ),
-            ));
+        if let Err(e) = seg.check_link(i, interval, head, &key) {
+            note(&mut problems, e, location)?;
         }
         head = Some(seg.head());
         segments.insert(

@@ -213,6 +213,7 @@ pub fn classify(e: &snapshot_format::Error) -> Option<Verdict> {
         E::ChainBroken { .. }
         | E::DeltaReferenceMismatch { .. }
         | E::MisplacedCheckpoint { .. }
+        | E::SegmentMisplaced { .. }
         | E::StepOutOfOrder { .. }
         | E::SpecHashMismatch { .. }
         | E::DatasetRootMismatch { .. }

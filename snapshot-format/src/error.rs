@@ -299,6 +299,18 @@ pub enum Error {
         expected: Hash32,
         found: Hash32,
     },
+    /// A segment is not where the run's layout puts it: another index, or another first step
+    /// than `(index − 1) × checkpoint_interval + 1`.
+    #[error(
+        "{artefact}: holds segment {index} from step {first_step}; expected segment {expected_index} from step {expected_first_step}"
+    )]
+    SegmentMisplaced {
+        artefact: String,
+        index: u64,
+        first_step: u64,
+        expected_index: u64,
+        expected_first_step: u64,
+    },
     /// A segment holds no records, or too many.
     #[error("{artefact}: segment holds {count} records (allowed 1..={max})")]
     BadRecordCount {
@@ -477,6 +489,7 @@ impl Error {
             | StateRootMismatch { artefact, .. }
             | StepOutOfOrder { artefact, .. }
             | ChainBroken { artefact, .. }
+            | SegmentMisplaced { artefact, .. }
             | BadRecordCount { artefact, .. }
             | DatasetRootMismatch { artefact, .. }
             | Json { artefact, .. }

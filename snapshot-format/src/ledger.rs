@@ -91,6 +91,42 @@ impl Segment {
             .unwrap_or(Hash32::ZERO)
     }
 
+    /// Check this segment's place in a run whose checkpoints are every `interval` steps, as
+    /// segment `index` (stored at `artefact`): segment `index` starts at step
+    /// `(index − 1) × interval + 1` and continues from `head`, the hash of the record before
+    /// it (the genesis for segment 1; `None` when the segment before could not be read, and
+    /// only the place is checked). The one rule of the chain, for every reader of a ledger.
+    pub fn check_link(
+        &self,
+        index: u64,
+        interval: u64,
+        head: Option<Hash32>,
+        artefact: &str,
+    ) -> Result<()> {
+        let first = index
+            .saturating_sub(1)
+            .saturating_mul(interval)
+            .saturating_add(1);
+        if self.index != index || self.first_step() != first {
+            return Err(Error::SegmentMisplaced {
+                artefact: artefact.to_string(),
+                index: self.index,
+                first_step: self.first_step(),
+                expected_index: index,
+                expected_first_step: first,
+            });
+        }
+        match head {
+            Some(h) if self.continues() != h => Err(Error::ChainBroken {
+                artefact: artefact.to_string(),
+                step: self.first_step(),
+                expected: h,
+                found: self.continues(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Encode as a segment object.
     pub fn encode(&self) -> Vec<u8> {
         envelope::encode(LEDGER_SEGMENT, &canonical::encode(self), &[])
@@ -172,6 +208,47 @@ mod tests {
             out.push(r);
         }
         out
+    }
+
+    /// Segment 2 of a run with a checkpoint every 4 steps: steps 5 to 8, after segment 1's.
+    #[test]
+    fn a_segment_links_only_in_its_place() {
+        let genesis = Hash32([1; 32]);
+        let one = Segment {
+            index: 1,
+            records: chain(1, 4, genesis),
+        };
+        let two = Segment {
+            index: 2,
+            records: chain(5, 4, one.head()),
+        };
+        one.check_link(1, 4, Some(genesis), "s1")
+            .expect("segment 1");
+        two.check_link(2, 4, Some(one.head()), "s2")
+            .expect("segment 2");
+        two.check_link(2, 4, None, "s2").expect("its place alone");
+        let misplaced = [
+            two.check_link(3, 4, Some(one.head()), "s2"),
+            two.check_link(2, 5, Some(one.head()), "s2"),
+        ];
+        for e in misplaced {
+            assert!(
+                matches!(
+                    e,
+                    Err(Error::SegmentMisplaced {
+                        index: 2,
+                        first_step: 5,
+                        ..
+                    })
+                ),
+                "{e:?}"
+            );
+        }
+        let e = two.check_link(2, 4, Some(genesis), "s2");
+        assert!(
+            matches!(e, Err(Error::ChainBroken { step: 5, .. })),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -182,7 +182,7 @@ pub fn forge_history(
         std::fs::write(run.join(layout::MANIFEST), manifest.to_json()).expect("manifest");
         manifest.genesis
     } else {
-        trainer::run::read_ledger(&store, manifest.genesis, kept_segments)
+        trainer::run::read_ledger(&store, &manifest, kept_segments)
             .expect("ledger")
             .last()
             .map(StepRecord::hash)

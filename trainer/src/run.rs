@@ -176,33 +176,16 @@ pub fn read_checkpoint(store: &Store, step: u64) -> Result<Snapshot> {
     Ok(CheckpointReader::new(store.clone(), ReadLimits::default()).take(step)?)
 }
 
-/// Read segments `1..=last` and check the chain from `genesis`; returns the records.
-pub fn read_ledger(store: &Store, genesis: Hash32, last: u64) -> Result<Vec<StepRecord>> {
+/// Read segments `1..=last` of the run of `manifest`, each checked in its place of the chain
+/// from the genesis ([`Segment::check_link`]); returns the records.
+pub fn read_ledger(store: &Store, manifest: &RunManifest, last: u64) -> Result<Vec<StepRecord>> {
+    let interval = manifest.recording.checkpoint_interval;
     let mut records: Vec<StepRecord> = Vec::new();
-    let mut head = genesis;
+    let mut head = manifest.genesis;
     for i in 1..=last {
         let key = layout::segment(i);
         let seg = Segment::decode(&store.get(&key)?, &key)?;
-        let expected_first = records.last().map(|r| r.step + 1).unwrap_or(1);
-        if seg.index != i || seg.first_step() != expected_first {
-            return Err(Error::Run {
-                store: store.location().to_string(),
-                detail: format!(
-                    "{key}: holds segment {} from step {}, expected segment {i} from step {expected_first}",
-                    seg.index,
-                    seg.first_step()
-                ),
-            });
-        }
-        if seg.continues() != head {
-            return Err(snapshot_format::Error::ChainBroken {
-                artefact: key,
-                step: seg.first_step(),
-                expected: head,
-                found: seg.continues(),
-            }
-            .into());
-        }
+        seg.check_link(i, interval, Some(head), &key)?;
         head = seg.head();
         records.extend(seg.records);
     }
@@ -486,7 +469,7 @@ fn complete_signatures(store: &Store, files: &RunFiles, signer: &RunSigner) -> R
         .filter_map(|k| layout::parse_segment(k))
         .max()
         .unwrap_or(0);
-    let records = read_ledger(store, manifest.genesis, segments)?;
+    let records = read_ledger(store, manifest, segments)?;
     let interval = manifest.recording.checkpoint_interval;
     for seg in records
         .chunk_by(|a, b| segment_ending_at(a.step, interval) == segment_ending_at(b.step, interval))
@@ -585,7 +568,7 @@ fn finish_complete(
         trained_parameters: trained,
         steps_per_second: 0.0,
         // The loss of the ledger's last step, as recorded.
-        last_loss: read_ledger(store, manifest.genesis, c.segments)?
+        last_loss: read_ledger(store, manifest, c.segments)?
             .last()
             .map_or(f32::NAN, StepRecord::loss),
         init: InitReport::default(),
@@ -630,7 +613,7 @@ fn prepare_resume(location: &str, options: &RunOptions) -> Result<Resumption> {
         Some(step) => {
             let snap = read_checkpoint(&store, step)?;
             let last_segment = segment_ending_at(step, interval);
-            let records = read_ledger(&store, files.manifest.genesis, last_segment)?;
+            let records = read_ledger(&store, &files.manifest, last_segment)?;
             let committed = match records.last() {
                 Some(r) => r.state_root,
                 None => Some(files.manifest.initial_state_root),
