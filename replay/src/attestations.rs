@@ -328,16 +328,25 @@ fn claim<T: serde::de::DeserializeOwned>(f: &mut Findings, p: &serde_json::Value
     }
 }
 
-/// Check one in-toto statement file against the run: who signed it, under its role, and what
-/// it states. `dir` is the directory the statement was read from: the files an investigation
-/// names are re-hashed there.
+/// What the files a statement names as its subjects must be.
+#[derive(Debug, Clone, Copy)]
+pub enum Subjects<'a> {
+    /// The directory the statement was read from: the files an investigation names are
+    /// re-hashed there.
+    Beside(&'a std::path::Path),
+    /// Exactly these files, by path and digest (an export's provenance: the export's files).
+    Exactly(&'a [(String, Vec<u8>)]),
+}
+
+/// Check one in-toto statement file against the run: who signed it, under its role, what it
+/// states, and the files it names.
 pub fn check_statement(
     ctx: &RunContext,
     o: &SignatureOptions,
     keys: &AttestationKeys,
     path: &str,
     bytes: &[u8],
-    dir: Option<&std::path::Path>,
+    subjects: Subjects,
 ) -> (AttestationCheck, Vec<Problem>) {
     let run_signers: Vec<ed25519_dalek::VerifyingKey> = ctx
         .signatures
@@ -429,7 +438,16 @@ pub fn check_statement(
             ));
             None
         }
-        Some(_) => judge_content(ctx, &mut f, statement, dir),
+        Some(_) => {
+            let dir = match subjects {
+                Subjects::Beside(dir) => Some(dir),
+                Subjects::Exactly(files) => {
+                    exact_subjects(&mut f, statement, files);
+                    None
+                }
+            };
+            judge_content(ctx, &mut f, statement, dir)
+        }
     };
     let verdict = worst(&f.problems);
     (
@@ -695,6 +713,43 @@ fn files_content(f: &mut Findings, statement: &Statement, dir: Option<&std::path
     }
 }
 
+/// The statement's subjects against exactly `files`: each stated, none absent, every digest
+/// equal, none stated twice.
+fn exact_subjects(f: &mut Findings, statement: &Statement, files: &[(String, Vec<u8>)]) {
+    let stated: BTreeMap<&str, &ResourceDescriptor> = statement
+        .subject
+        .iter()
+        .map(|d| (d.name.as_str(), d))
+        .collect();
+    let mut differences = Vec::new();
+    for (name, bytes) in files {
+        match stated.get(name.as_str()) {
+            None => differences.push(format!("{name} is not stated")),
+            Some(d) if **d != ResourceDescriptor::file(name, bytes) => {
+                differences.push(format!("{name} differs"))
+            }
+            Some(_) => {}
+        }
+    }
+    for name in stated.keys() {
+        if !files.iter().any(|(n, _)| n == name) {
+            differences.push(format!("{name} is absent"));
+        }
+    }
+    if stated.len() != statement.subject.len() {
+        differences.push("a file is stated twice".into());
+    }
+    if !differences.is_empty() {
+        f.add(
+            Verdict::Tampered,
+            format!(
+                "the statement's subjects are not the directory's files: {}",
+                differences.join(", ")
+            ),
+        );
+    }
+}
+
 /// A JSON value as text (`null` for none).
 fn json_text<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
@@ -733,45 +788,8 @@ pub fn check_export(
             "the export carries no provenance statement".to_string(),
         )),
         Some((_, bytes)) => {
-            let (mut check, mut found) = check_statement(ctx, o, keys, &provenance, bytes, None);
-            if let Ok(opened) = attest::open_statement(bytes, &provenance, &[]) {
-                let stated: BTreeMap<&str, &ResourceDescriptor> = opened
-                    .statement
-                    .subject
-                    .iter()
-                    .map(|d| (d.name.as_str(), d))
-                    .collect();
-                let mut differences = Vec::new();
-                for (name, bytes) in &model {
-                    match stated.get(name.as_str()) {
-                        None => differences.push(format!("{name} is not stated")),
-                        Some(d) if **d != ResourceDescriptor::file(name, bytes) => {
-                            differences.push(format!("{name} differs"))
-                        }
-                        Some(_) => {}
-                    }
-                }
-                for name in stated.keys() {
-                    if !model.iter().any(|(n, _)| n == name) {
-                        differences.push(format!("{name} is absent"));
-                    }
-                }
-                if !differences.is_empty() || stated.len() != opened.statement.subject.len() {
-                    found.push(Problem::new(
-                        Verdict::Tampered,
-                        provenance.clone(),
-                        format!(
-                            "the statement's subjects are not the directory's files: {}",
-                            if differences.is_empty() {
-                                "a file is stated twice".to_string()
-                            } else {
-                                differences.join(", ")
-                            }
-                        ),
-                    ));
-                }
-            }
-            check.verdict = worst(&found);
+            let (check, found) =
+                check_statement(ctx, o, keys, &provenance, bytes, Subjects::Exactly(&model));
             checks.push(check);
             problems.extend(found);
         }

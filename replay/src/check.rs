@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use snapshot_format::layout;
 
-use crate::attestations::{AttestationCheck, AttestationKeys, check_export, check_statement};
+use crate::attestations::{
+    AttestationCheck, AttestationKeys, Subjects, check_export, check_statement,
+};
 use crate::context::{self, LoadOptions, RunContext};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict, problem_of};
 use crate::signatures::SignatureReport;
@@ -87,7 +89,7 @@ pub fn check(
             &attested.keys,
             &name,
             &bytes,
-            Some(match path.parent() {
+            Subjects::Beside(match path.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() => dir,
                 _ => std::path::Path::new("."),
             }),

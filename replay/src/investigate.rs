@@ -160,7 +160,7 @@ pub fn investigate(
     let search = crate::provenance::search_in(&ctx, &report.patterns)?;
     report.verdict = search.verdict;
     report.run_id = ctx.manifest.run_id.clone();
-    report.ledger_head = ctx.records.values().next_back().map(|r| r.hash());
+    report.ledger_head = Some(ctx.ledger_point().1);
     report.dataset_root = search.dataset_root;
     report.examples_searched = search.examples_searched;
     report.suspects = search.matches;
