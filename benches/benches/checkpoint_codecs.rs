@@ -16,12 +16,14 @@ use std::time::Duration;
 
 use benchmarks::{Report, mb_per_s, median_time, r3};
 use rayon::prelude::*;
-use snapshot_format::delta::{CheckpointReader, Reference, Transform};
+use run_store::CheckpointReader;
+use run_store::Store;
+use snapshot_format::delta::{Reference, Transform};
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::CheckpointCodec;
 use snapshot_format::planes::{self, Target};
 use snapshot_format::snapshot::{self, Provenance, SnapshotKind, StateMeta, TensorView};
-use snapshot_format::{Codec, DType, Store, layout};
+use snapshot_format::{Codec, DType, layout};
 use trainer::config::RunConfig;
 use trainer::{demo, run};
 
@@ -34,7 +36,7 @@ struct Checkpoint {
 impl Checkpoint {
     fn read(run: &Path, step: u64) -> Self {
         // Through its delta chain, as a run stores it.
-        let snap = snapshot_format::testing::checkpoint(run, step);
+        let snap = run_store::testing::checkpoint(run, step);
         let (names, tensors) = snap
             .header
             .tensors

@@ -9,11 +9,12 @@
 use std::time::{Duration, Instant};
 
 use benchmarks::{DemoSession, DemoTraining, Report, r3};
+use run_store::Store;
+use snapshot_format::Hash32;
+use snapshot_format::layout::is_checkpoint_step;
 use snapshot_format::ledger::StepRecord;
 use snapshot_format::manifest::CheckpointCodec;
-use snapshot_format::{Hash32, Store};
 use trainer::record::RunWriter;
-use trainer::run::is_checkpoint_step;
 
 struct Recorder {
     writer: RunWriter,

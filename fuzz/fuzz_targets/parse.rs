@@ -9,7 +9,7 @@ use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::{Completion, RunManifest};
 use snapshot_format::parts::PartIndex;
 use snapshot_format::snapshot::{self, SnapshotReader};
-use snapshot_format::testing::{VectorReferences, reseal};
+use run_store::testing::{VectorReferences, reseal};
 
 fuzz_target!(|data: &[u8]| {
     parse(data);
@@ -46,5 +46,5 @@ fn parse(data: &[u8]) {
     let _ = Completion::from_json(data, "fuzz");
     // As a run's stored objects: a checkpoint read through its chain (a reference cycle when
     // the input names itself), and an object whose part index may name its parts many times.
-    snapshot_format::testing::read_through_store(data);
+    run_store::testing::read_through_store(data);
 }

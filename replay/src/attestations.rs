@@ -12,9 +12,11 @@
 
 use std::collections::BTreeMap;
 
+use run_store::Store;
+use run_trust::attest::{self, ResourceDescriptor, Statement};
+use run_trust::signature;
 use serde::{Deserialize, Serialize};
-use snapshot_format::attest::{self, ResourceDescriptor, Statement};
-use snapshot_format::{Hash32, Store, signature};
+use snapshot_format::Hash32;
 
 use crate::context::RunContext;
 use crate::investigate::Behaviour;
@@ -136,14 +138,19 @@ pub(crate) fn attest_export(
         .iter()
         .map(|f| Ok((f.clone(), store.get(f)?)))
         .collect::<Result<Vec<_>, CommandError>>()?;
-    Ok(attest::sign_export(
-        store,
+    let attestations = attest::export_attestations(
         attest::model_name(out),
         &exported,
         attest::STATE_PREDICATE,
         serde_json::Value::Object(predicate(ctx, state)),
         keys,
-    )?)
+    )?;
+    let mut written = Vec::new();
+    for (name, bytes) in attestations {
+        store.put_once(&name, bytes)?;
+        written.push(name);
+    }
+    Ok(written)
 }
 
 /// The fields that name the run, as a statement states them.

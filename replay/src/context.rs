@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use run_store::Store;
 use snapshot_format::dataset::DatasetManifest;
-use snapshot_format::ledger::{Segment, StepRecord};
+use snapshot_format::layout::segment_ending_at;
+use snapshot_format::ledger::StepRecord;
 use snapshot_format::manifest::{Completion, RunManifest};
-use snapshot_format::{Hash32, Store, layout};
+use snapshot_format::{Hash32, layout};
 use trainer::config::RunSpec;
 use trainer::data::Dataset;
-use trainer::run::segment_ending_at;
 
 use crate::report::{CommandError, Problem, Verdict, problem_of};
 use crate::signatures::{SignatureOptions, SignatureReport};
@@ -74,7 +75,7 @@ pub struct RunContext {
     /// model implies.
     pub limits: ReadLimits,
     /// Reads the run's checkpoints under `limits`, reconstructing delta chains.
-    pub states: snapshot_format::delta::CheckpointReader,
+    pub states: run_store::CheckpointReader,
     /// Every problem found while loading, in the order found: artefacts, the hash chain, ledger
     /// bounds, the base model, signatures.
     pub problems: Vec<Problem>,
@@ -95,7 +96,7 @@ impl RunContext {
             .unwrap_or(0)
             .min(total);
         (0..=last)
-            .filter(|&s| trainer::run::is_checkpoint_step(s, total, interval))
+            .filter(|&s| snapshot_format::layout::is_checkpoint_step(s, total, interval))
             .collect()
     }
 
@@ -313,7 +314,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
     let (data_name, data_bytes) = match &options.dataset {
         Some(path) => (
             path.display().to_string(),
-            snapshot_format::storage::read_file(path, limits.max_object_bytes)
+            snapshot_format::file::read_file(path, limits.max_object_bytes)
                 .map_err(|e| LoadFailure::Command(CommandError::Usage(format!("--dataset {e}")))),
         ),
         None => (
@@ -411,35 +412,23 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         .min(segment_ending_at(spec.run.steps, interval));
     let mut records = BTreeMap::new();
     let mut segments = BTreeMap::new();
-    let mut head = Some(manifest.genesis);
-    for i in 1..=highest {
-        let key = layout::segment(i);
-        let bytes = match store.get(&key) {
-            Ok(b) => b,
-            Err(e) => {
-                note(&mut problems, e, location)?;
-                head = None;
-                continue;
-            }
-        };
-        bytes_read += bytes.len() as u64;
-        let seg = match Segment::decode(&bytes, &key) {
+    for entry in run_store::ledger::walk(&store, manifest.genesis, interval, highest) {
+        bytes_read += entry.bytes_read;
+        let seg = match entry.segment {
             Ok(s) => s,
             Err(e) => {
                 note(&mut problems, e, location)?;
-                head = None;
                 continue;
             }
         };
-        if let Err(e) = seg.check_link(i, interval, head, &key) {
+        if let Err(e) = entry.link {
             note(&mut problems, e, location)?;
         }
-        head = Some(seg.head());
         segments.insert(
-            i,
+            entry.index,
             SegmentInfo {
-                index: i,
-                key,
+                index: entry.index,
+                key: entry.key,
                 first_step: seg.first_step(),
                 last_step: seg.last_step(),
                 head: seg.head(),
@@ -451,10 +440,8 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
     }
 
     // Checkpoints present.
-    let checkpoints = trainer::run::checkpoint_steps(&store).map_err(|e| match e {
-        trainer::Error::Format(f) => LoadFailure::from_format(f, location),
-        other => LoadFailure::Command(other.into()),
-    })?;
+    let checkpoints = run_store::ledger::checkpoint_steps(&store)
+        .map_err(|e| LoadFailure::from_format(e, location))?;
 
     // The base model, against its pin.
     let base = match &spec.base {
@@ -501,7 +488,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         base,
         base_parsed: std::sync::OnceLock::new(),
         signatures: SignatureReport::default(),
-        states: snapshot_format::delta::CheckpointReader::new(states_store, limits),
+        states: run_store::CheckpointReader::new(states_store, limits),
         limits,
         problems,
         bytes_read,
@@ -568,7 +555,7 @@ fn structural_checks(ctx: &mut RunContext, segment_indices: &[u64]) {
     for &c in ctx
         .checkpoints
         .iter()
-        .filter(|&&c| c > total || !trainer::run::is_checkpoint_step(c, total, interval))
+        .filter(|&&c| c > total || !snapshot_format::layout::is_checkpoint_step(c, total, interval))
     {
         problems.push(Problem::new(
             Verdict::Tampered,
@@ -590,7 +577,7 @@ fn structural_checks(ctx: &mut RunContext, segment_indices: &[u64]) {
     }
     // Segments must end at checkpoint steps.
     for s in ctx.segments.values() {
-        if !trainer::run::is_checkpoint_step(s.last_step, total, interval) {
+        if !snapshot_format::layout::is_checkpoint_step(s.last_step, total, interval) {
             problems.push(Problem::new(
                 Verdict::Tampered,
                 s.key.clone(),

@@ -11,9 +11,10 @@
 use std::collections::BTreeSet;
 
 use burn::tensor::backend::AutodiffBackend;
+use run_store::Store;
 use serde::{Deserialize, Serialize};
+use snapshot_format::Hash32;
 use snapshot_format::snapshot::TensorView;
-use snapshot_format::{Hash32, Store};
 use trainer::backend::{Job, dispatch};
 use trainer::model::TrainableModel;
 use trainer::probe::ProbeResult;
@@ -107,7 +108,7 @@ pub struct CounterfactualOptions {
     pub probes: Vec<ProbeInput>,
     pub max_new_tokens: usize,
     /// Keys that sign the export (`--signing-key`, `--model-signing-key`).
-    pub keys: snapshot_format::attest::ExportKeys,
+    pub keys: run_trust::attest::ExportKeys,
 }
 
 /// A probe set: its name (the file it came from, or what made it) and its rows.

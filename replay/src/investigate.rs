@@ -7,8 +7,9 @@
 //! cleaned model, the report as Markdown and as a self-contained HTML page (the loss curve with
 //! the suspect rows' uses marked, the before/after table), and the machine-readable document.
 
+use run_store::Store;
 use serde::{Deserialize, Serialize};
-use snapshot_format::{Hash32, Store};
+use snapshot_format::Hash32;
 use trainer::probe::ProbeResult;
 
 use crate::context::RunContext;
@@ -36,7 +37,7 @@ pub struct InvestigateOptions {
     pub reconstruct: ReconstructOptions,
     /// Keys that sign the cleaned model (as `counterfactual --out`) and, with the ed25519 key,
     /// the findings (`investigation.intoto.json`).
-    pub keys: snapshot_format::attest::ExportKeys,
+    pub keys: run_trust::attest::ExportKeys,
 }
 
 /// How a model behaves on the probe.
@@ -249,7 +250,7 @@ fn findings(
     store: &Store,
     key: &ed25519_dalek::SigningKey,
 ) -> Result<Vec<u8>, CommandError> {
-    use snapshot_format::attest;
+    use run_trust::attest;
     let h = r.history.as_ref();
     let predicate = crate::attestations::predicate(
         ctx,

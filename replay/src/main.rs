@@ -92,7 +92,7 @@ impl Trust {
 fn public_keys(keys: &[String]) -> Result<Vec<ed25519_dalek::VerifyingKey>, CommandError> {
     Ok(keys
         .iter()
-        .map(|k| snapshot_format::signature::read_public_key(k))
+        .map(|k| run_trust::signature::read_public_key(k))
         .collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -109,14 +109,14 @@ struct Attesting {
 }
 
 impl Attesting {
-    fn keys(&self) -> Result<snapshot_format::attest::ExportKeys, CommandError> {
-        Ok(snapshot_format::attest::ExportKeys {
+    fn keys(&self) -> Result<run_trust::attest::ExportKeys, CommandError> {
+        Ok(run_trust::attest::ExportKeys {
             statement: match &self.signing_key {
-                Some(p) => Some(snapshot_format::signature::read_signing_key(p)?),
+                Some(p) => Some(run_trust::signature::read_signing_key(p)?),
                 None => None,
             },
             model: match &self.model_signing_key {
-                Some(p) => Some(snapshot_format::attest::read_model_signing_key(p)?),
+                Some(p) => Some(run_trust::attest::read_model_signing_key(p)?),
                 None => None,
             },
         })
@@ -524,7 +524,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 return Err(CommandError::Usage(format!(
                     "--verifier-key {}: also named with --trusted-key; a run's own signer \
                      cannot be its verifier",
-                    snapshot_format::signature::fingerprint(&k.to_bytes())
+                    run_trust::signature::fingerprint(&k.to_bytes())
                 )));
             }
             let bar = progress(&g, "checkpoints");
@@ -534,7 +534,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 keys: replay::attestations::AttestationKeys {
                     verifiers,
                     model: match &model_key {
-                        Some(p) => Some(snapshot_format::attest::read_model_signing_public_key(p)?),
+                        Some(p) => Some(run_trust::attest::read_model_signing_public_key(p)?),
                         None => None,
                     },
                 },
@@ -580,7 +580,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 return Err(CommandError::Usage("--shard applies to --all".into()));
             }
             let key = match &signing_key {
-                Some(path) => Some(snapshot_format::signature::read_signing_key(path)?),
+                Some(path) => Some(run_trust::signature::read_signing_key(path)?),
                 None => None,
             };
             let shard = match (shard, results, id, &key) {
@@ -622,7 +622,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 );
             }
             let key = match &signing_key {
-                Some(path) => Some(snapshot_format::signature::read_signing_key(path)?),
+                Some(path) => Some(run_trust::signature::read_signing_key(path)?),
                 None => None,
             };
             let o = AuditOptions {

@@ -264,7 +264,7 @@ pub fn problem_of_trainer(e: trainer::Error) -> Result<Problem, trainer::Error> 
 /// A file the user named for `option` (a probe, a statement, a list of ids): a regular file of
 /// at most [`snapshot_format::limits::MAX_DOCUMENT_BYTES`], or a usage error.
 pub fn read_document(path: &std::path::Path, option: &str) -> Result<Vec<u8>, CommandError> {
-    snapshot_format::storage::read_file(path, snapshot_format::limits::MAX_DOCUMENT_BYTES)
+    snapshot_format::file::read_file(path, snapshot_format::limits::MAX_DOCUMENT_BYTES)
         .map_err(|e| CommandError::Usage(format!("{option} {e}")))
 }
 

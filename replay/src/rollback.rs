@@ -1,9 +1,10 @@
 //! `replay rollback`, `replay diff`: exact states at chosen steps, reconstructed from the
 //! nearest earlier checkpoint by verified replay.
 
+use run_store::Store;
 use serde::{Deserialize, Serialize};
+use snapshot_format::Hash32;
 use snapshot_format::snapshot::{Provenance, SnapshotKind};
-use snapshot_format::{Hash32, Store};
 use trainer::backend::DeviceSpec;
 use trainer::session::TrainingState;
 
@@ -12,7 +13,7 @@ use crate::context::{LoadOptions, RunContext, load_or_report};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
 use crate::state::{self, TensorDiff};
 use crate::verify::{self, EnvironmentCheck, Range, RangeResult};
-use trainer::run::segment_ending_at;
+use snapshot_format::layout::segment_ending_at;
 
 /// Options shared by commands that reconstruct states.
 #[derive(Debug, Clone)]
@@ -275,7 +276,7 @@ pub fn rollback(
     step: u64,
     out: &str,
     o: &ReconstructOptions,
-    keys: &snapshot_format::attest::ExportKeys,
+    keys: &run_trust::attest::ExportKeys,
     progress: &indicatif::ProgressBar,
 ) -> Result<RollbackReport, CommandError> {
     let mut report = RollbackReport {

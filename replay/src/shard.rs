@@ -11,10 +11,10 @@
 use std::str::FromStr;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use run_store::Store;
+use run_trust::signature::{self, Signed, Statement, kind};
 use serde::{Deserialize, Serialize};
-use snapshot_format::Store;
 use snapshot_format::hash::file_hash;
-use snapshot_format::signature::{self, Signed, Statement, kind};
 
 use crate::commands::{Scope, VerifyReport, ranges_for};
 use crate::context::{LoadOptions, RunContext, load_or_report};

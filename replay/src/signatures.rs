@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use ed25519_dalek::VerifyingKey;
+use run_trust::signature::{self, Signed, Statement, kind};
 use serde::{Deserialize, Serialize};
-use snapshot_format::signature::{self, Signed, Statement, kind};
 use snapshot_format::{Hash32, layout};
 
 use crate::context::RunContext;

@@ -15,10 +15,10 @@ use replay::provenance::{ProvenanceReport, SearchReport};
 use replay::rollback::{DiffReport, RollbackReport};
 use replay::shard::CollectReport;
 use replay::{Verdict, verify::RangeResult};
+use run_store::testing::{copy_dir, rewrite_ledger};
 use snapshot_format::layout;
 use snapshot_format::ledger::{Segment, StepRecord};
 use snapshot_format::snapshot::Snapshot;
-use snapshot_format::testing::{copy_dir, rewrite_ledger};
 use trainer::config::RunConfig;
 use trainer::fixtures::{self, FixtureOptions};
 use trainer::probe::ProbeResult;
@@ -706,12 +706,12 @@ fn evaluate_runs_a_probe_through_the_model_at_a_step() {
 /// An ed25519 key pair written as `trainer keygen` writes it: the private key's path and the
 /// public key in hex.
 fn verifier_key(dir: &Path) -> (PathBuf, String) {
-    let key = snapshot_format::signature::generate().expect("key");
+    let key = run_trust::signature::generate().expect("key");
     std::fs::create_dir_all(dir).expect("dir");
     let path = dir.join("verifier.pem");
     std::fs::write(
         &path,
-        snapshot_format::signature::private_key_pem(&key).expect("pem"),
+        run_trust::signature::private_key_pem(&key).expect("pem"),
     )
     .expect("write key");
     (path, hex::encode(key.verifying_key().to_bytes()))

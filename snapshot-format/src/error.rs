@@ -427,7 +427,7 @@ pub enum Error {
 impl Error {
     /// An I/O error while reading `artefact`. An error of this crate carried through `Read`
     /// (by a streaming store read: a missing part, a failed fetch) is given back as it was.
-    pub(crate) fn from_io(artefact: &str, source: std::io::Error) -> Error {
+    pub fn from_io(artefact: &str, source: std::io::Error) -> Error {
         if !source.get_ref().is_some_and(|e| e.is::<Error>()) {
             return Error::Io {
                 artefact: artefact.to_string(),

@@ -24,6 +24,18 @@ pub const SIGNATURES: &str = "signatures/";
 /// Key prefix of the start-up write-once probe object (at the run root; removed after).
 pub const PROBE: &str = ".write-once-probe-";
 
+/// Index (1-based) of the segment that holds `step` (and ends at the checkpoint after it), for
+/// a checkpoint interval (§4.2).
+pub fn segment_ending_at(step: u64, interval: u64) -> u64 {
+    step.div_ceil(interval)
+}
+
+/// Whether a run of `total` steps with checkpoints every `interval` steps writes a checkpoint
+/// at `step`: step 0, every multiple of the interval, and the last step (§7).
+pub fn is_checkpoint_step(step: u64, total: u64, interval: u64) -> bool {
+    step == 0 || step == total || step.is_multiple_of(interval)
+}
+
 /// Key of the checkpoint after `step` steps.
 pub fn checkpoint(step: u64) -> String {
     format!("{CHECKPOINTS}step-{step:012}.snap")

@@ -1,6 +1,7 @@
-//! Reference test vectors: snapshots (codecs 1, 2 and 3), a ledger segment and a dataset manifest built from fixed
-//! inputs. `cargo run -p snapshot-format --example gen-vectors` writes them to
-//! `snapshot-format/tests/vectors/`; tests check that regeneration changes nothing and that an
+//! Reference test vectors: snapshots (codecs 1, 2 and 3), a ledger segment, a dataset manifest
+//! and a part index built from fixed inputs, and must-reject vectors (`reject/`): each breaks
+//! one rule of the spec, and `vectors.json` names the error a reader must give. `cargo run -p snapshot-format --example gen-vectors` writes them to
+//! `specs/vectors/`; tests check that regeneration changes nothing and that an
 //! encoder written from the spec alone reproduces their hashes.
 
 use crate::dataset::DatasetManifest;
@@ -269,6 +270,10 @@ pub fn generate() -> Result<Vec<VectorFile>> {
             bytes: part_index().encode(),
         },
     ];
+    let (rejects, reject_list) =
+        rejects(&files, &segment, &dataset, &tensors, &state, &provenance)?;
+    let mut files = files;
+    files.extend(rejects);
     let file_hashes: serde_json::Map<String, serde_json::Value> = files
         .iter()
         .map(|f| {
@@ -306,6 +311,7 @@ pub fn generate() -> Result<Vec<VectorFile>> {
             "object_len": PARTED_LEN,
             "part_bytes": PART_BYTES,
         },
+        "reject": reject_list,
     });
     let mut json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
     json.push(b'\n');
@@ -315,4 +321,166 @@ pub fn generate() -> Result<Vec<VectorFile>> {
         bytes: json,
     });
     Ok(all)
+}
+
+/// One must-reject vector: its file, what reads it, the error (the `Error` variant) a reader
+/// must give, and the rule it breaks.
+fn reject(
+    name: &'static str,
+    bytes: Vec<u8>,
+    reader: &str,
+    error: &str,
+    rule: &str,
+) -> (VectorFile, serde_json::Value) {
+    let entry = serde_json::json!({ "file": name, "reader": reader, "error": error, "rule": rule });
+    (VectorFile { name, bytes }, entry)
+}
+
+/// The must-reject vectors, each one rule broken in one of the valid vectors (specs §2 for the
+/// envelope, §3 for snapshots, §4.2 for segments, §5 for datasets).
+fn rejects(
+    files: &[VectorFile],
+    segment: &Segment,
+    dataset: &DatasetManifest,
+    tensors: &[TensorView<'_>],
+    state: &StateMeta,
+    provenance: &Provenance,
+) -> Result<(Vec<VectorFile>, Vec<serde_json::Value>)> {
+    let valid = |name: &str| {
+        files
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.bytes.clone())
+            .unwrap_or_default()
+    };
+    let snap = valid("snapshot-v1.snap");
+    let with = |at: usize, byte: u8| {
+        let mut b = snap.clone();
+        b[at] = byte;
+        b
+    };
+    let header_len = u32::from_le_bytes([snap[12], snap[13], snap[14], snap[15]]) as usize;
+    let last = snap.len() - 1;
+    // A snapshot whose tensors are stored raw, one data byte flipped: the bytes decode, and
+    // their tensor hash is not the one the header lists.
+    let mut raw = snapshot::encode(
+        state,
+        provenance,
+        tensors,
+        None,
+        WriteOptions {
+            codec: Codec::Raw,
+            ..WriteOptions::default()
+        },
+    )?
+    .to_vec();
+    let end = raw.len() - crate::envelope::END_MARKER.len();
+    raw[end - 1] ^= 1;
+    // The delta vector naming another state root for its reference (the planes vector).
+    let mut delta = valid("snapshot-delta-v1.snap");
+    let header = snapshot::read_header(&delta, "delta", &crate::limits::ReadLimits::default())?;
+    let data_start = delta.len() - crate::envelope::END_MARKER.len() - header.data_len() as usize;
+    if let Some(t) = header.tensors.iter().find(|t| t.codec == Codec::Delta) {
+        delta[data_start + t.offset as usize + 8] ^= 1;
+    }
+    let mut chain = segment.clone();
+    chain.records[1].prev_hash = Hash32([0; 32]);
+    let mut order = segment.clone();
+    order.records[1].step = 3;
+    let mut wrong_root = dataset.clone();
+    wrong_root.root = Hash32([0; 32]);
+    let out = [
+        reject(
+            "reject/snapshot-short.snap",
+            snap[..10].to_vec(),
+            "snapshot",
+            "Truncated",
+            "§2 rule 1: fewer than 16 bytes",
+        ),
+        reject(
+            "reject/snapshot-bad-magic.snap",
+            with(1, b'X'),
+            "snapshot",
+            "BadMagic",
+            "§2 rule 2: the magic is not the snapshot's",
+        ),
+        reject(
+            "reject/snapshot-version-2.snap",
+            with(8, 2),
+            "snapshot",
+            "UnsupportedVersion",
+            "§2 rule 3: version 2",
+        ),
+        reject(
+            "reject/snapshot-flags.snap",
+            with(10, 1),
+            "snapshot",
+            "ReservedFlags",
+            "§2 rule 4: a flag set",
+        ),
+        reject(
+            "reject/snapshot-header-digest.snap",
+            with(16 + header_len / 2, snap[16 + header_len / 2] ^ 1),
+            "snapshot",
+            "HeaderDigestMismatch",
+            "§2 rule 7: a header byte changed, the digest not",
+        ),
+        reject(
+            "reject/snapshot-truncated.snap",
+            snap[..last].to_vec(),
+            "snapshot",
+            "Truncated",
+            "§2 rule 10: the last byte missing",
+        ),
+        reject(
+            "reject/snapshot-end-marker.snap",
+            with(last, b'X'),
+            "snapshot",
+            "MissingEndMarker",
+            "§2 rule 10: the end marker's last byte changed",
+        ),
+        reject(
+            "reject/snapshot-trailing.snap",
+            [snap.as_slice(), &[0]].concat(),
+            "snapshot",
+            "TrailingBytes",
+            "§2 rule 10: one byte after the end marker",
+        ),
+        reject(
+            "reject/snapshot-tensor-hash.snap",
+            raw,
+            "snapshot",
+            "TensorHashMismatch",
+            "§3.4: a raw tensor's last byte flipped",
+        ),
+        reject(
+            "reject/snapshot-delta-reference.snap",
+            delta,
+            "snapshot, its references the planes vector",
+            "DeltaReferenceMismatch",
+            "§3.3.2: a delta names another state root than its reference's",
+        ),
+        reject(
+            "reject/segment-chain-broken.seg",
+            chain.encode(),
+            "segment",
+            "ChainBroken",
+            "§4.2: the second record's prev_hash is not the first record's hash",
+        ),
+        reject(
+            "reject/segment-step-order.seg",
+            order.encode(),
+            "segment",
+            "StepOutOfOrder",
+            "§4.2: steps 1, 3, 3",
+        ),
+        reject(
+            "reject/dataset-root.bin",
+            wrong_root.encode(),
+            "dataset",
+            "DatasetRootMismatch",
+            "§5: the stored root is not the example hashes' root",
+        ),
+    ];
+    Ok(out.into_iter().unzip())
 }

@@ -12,7 +12,7 @@ use snapshot_format::limits::ReadLimits;
 use snapshot_format::snapshot;
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../specs/vectors")
 }
 
 fn read(name: &str) -> Vec<u8> {
@@ -384,4 +384,48 @@ fn part_index_vector_matches_spec() {
     let index = snapshot_format::parts::PartIndex::decode(&stored, "vector").expect("decodes");
     assert_eq!(index.parts.len(), 3);
     assert_eq!(index.len, len);
+}
+
+/// Every must-reject vector is refused by its reader with the error `vectors.json` names, and
+/// every reader and error there is one this test knows (so that a new vector cannot be skipped).
+#[test]
+fn reject_vectors_are_refused_as_listed() {
+    let s = summary();
+    let rejects = s["reject"].as_array().expect("reject list");
+    assert!(rejects.len() >= 10, "{}", rejects.len());
+    let limits = ReadLimits::default();
+    let planes = std::sync::Arc::new(
+        snapshot::decode(&read("snapshot-planes-v1.snap"), "vector", &limits).expect("decodes"),
+    );
+    struct Planes(std::sync::Arc<snapshot::Snapshot>);
+    impl snapshot_format::delta::References for Planes {
+        fn checkpoint(
+            &self,
+            _step: u64,
+        ) -> snapshot_format::Result<std::sync::Arc<snapshot::Snapshot>> {
+            Ok(self.0.clone())
+        }
+    }
+    for r in rejects {
+        let file = r["file"].as_str().expect("file");
+        let bytes = read(file);
+        let result = match r["reader"].as_str().expect("reader") {
+            "snapshot" => snapshot::decode(&bytes, file, &limits).map(|_| ()),
+            "snapshot, its references the planes vector" => {
+                snapshot::decode_with(&bytes, file, &limits, Some(&Planes(planes.clone())))
+                    .map(|_| ())
+            }
+            "segment" => Segment::decode(&bytes, file).map(|_| ()),
+            "dataset" => DatasetManifest::decode(&bytes, file).map(|_| ()),
+            other => panic!("{file}: unknown reader {other}"),
+        };
+        let e = result.expect_err(file);
+        let debug = format!("{e:?}");
+        let variant = debug.split([' ', '(', '{']).next().unwrap_or_default();
+        assert_eq!(variant, r["error"].as_str().expect("error"), "{file}: {e}");
+        assert!(
+            e.to_string().contains(file),
+            "{file}: the error names it: {e}"
+        );
+    }
 }

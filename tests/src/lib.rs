@@ -132,15 +132,17 @@ pub fn forge_history(
     mut poison: impl FnMut(u64, &mut trainer::session::TrainingState) -> bool,
     signer: Option<ed25519_dalek::SigningKey>,
 ) {
+    use run_store::Store;
+    use run_trust::signature::kind;
     use snapshot_format::hash::file_hash;
+    use snapshot_format::layout;
+    use snapshot_format::layout::{is_checkpoint_step, segment_ending_at};
     use snapshot_format::ledger::{self, StepRecord};
     use snapshot_format::manifest::Completion;
-    use snapshot_format::signature::kind;
-    use snapshot_format::{Store, layout};
     use trainer::backend::Cpu;
     use trainer::model::bert::BertClassifier;
     use trainer::record::{RunSigner, RunWriter};
-    use trainer::run::{RunFiles, is_checkpoint_step, segment_ending_at};
+    use trainer::run::RunFiles;
     use trainer::session::{PreparedData, Session};
 
     let store = Store::open(s(run)).expect("store");
@@ -163,7 +165,7 @@ pub fn forge_history(
             }
         }
     };
-    for step in trainer::run::checkpoint_steps(&store).expect("checkpoints") {
+    for step in run_store::ledger::checkpoint_steps(&store).expect("checkpoints") {
         if step > from || (from == 0 && step == 0) {
             remove(layout::checkpoint(step));
         }
@@ -290,11 +292,11 @@ pub fn replace_checkpoint(
     use snapshot_format::{layout, snapshot};
     // Later checkpoints stored as deltas would no longer reconstruct: the adversary stores
     // them whole, with the same states (their roots, and so the ledger, unchanged).
-    let later: Vec<snapshot::Snapshot> = snapshot_format::testing::checkpoint_roots(run)
+    let later: Vec<snapshot::Snapshot> = run_store::testing::checkpoint_roots(run)
         .iter()
         .filter_map(|(name, _)| layout::parse_checkpoint(&format!("{}{name}", layout::CHECKPOINTS)))
         .filter(|&s| s > step)
-        .map(|s| snapshot_format::testing::checkpoint(run, s))
+        .map(|s| run_store::testing::checkpoint(run, s))
         .collect();
     let forged =
         snapshot::encode(meta, provenance, tensors, None, Default::default()).expect("encode");
@@ -315,7 +317,7 @@ pub fn replace_checkpoint(
         )
         .expect("store whole");
     }
-    snapshot_format::testing::rewrite_ledger(run, |rec| {
+    run_store::testing::rewrite_ledger(run, |rec| {
         if rec.step == step {
             rec.state_root = Some(forged.state_root);
         }
@@ -326,7 +328,7 @@ pub fn replace_checkpoint(
 
 /// The state stored in checkpoint `step` of the local run at `run`.
 pub fn stored_state(run: &Path, step: u64) -> trainer::session::TrainingState {
-    replay::verify::state_of(&snapshot_format::testing::checkpoint(run, step))
+    replay::verify::state_of(&run_store::testing::checkpoint(run, step))
 }
 
 /// Add `delta` to element `index` of tensor `name` of `state`.

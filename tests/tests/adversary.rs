@@ -14,12 +14,12 @@ use replay::compare::CompareReport;
 use replay::counterfactual::CounterfactualReport;
 use replay::rollback::{DiffReport, RollbackReport};
 use replay::shard::CollectReport;
+use run_store::testing::{copy_dir, rewrite_ledger};
+use run_trust::signature::{self, Statement, kind};
 use snapshot_format::hash::file_hash;
 use snapshot_format::ledger::Segment;
 use snapshot_format::manifest::{RunManifest, spec_hash};
-use snapshot_format::signature::{self, Statement, kind};
 use snapshot_format::snapshot;
-use snapshot_format::testing::{copy_dir, rewrite_ledger};
 use snapshot_format::{layout, ledger};
 use trainer::fixtures::{self, FixtureOptions};
 
@@ -543,7 +543,7 @@ fn hostile_manifests_and_checkpoints_never_panic() {
         (
             "absurd data cursor in a checkpoint",
             Box::new(|r| {
-                let snap = snapshot_format::testing::checkpoint(r, 4);
+                let snap = run_store::testing::checkpoint(r, 4);
                 let mut meta = snap.header.state.clone();
                 meta.data_cursor.position = u64::MAX - 2;
                 replace_checkpoint(r, 4, &meta, &snap.header.provenance, &snap.views());
@@ -696,7 +696,7 @@ fn a_checkpoint_larger_than_the_model_is_refused() {
     let t = tempfile::tempdir().expect("tmp");
     let r = record(t.path(), None);
     let key = layout::checkpoint(4);
-    let snap = snapshot_format::testing::checkpoint(&r, 4);
+    let snap = run_store::testing::checkpoint(&r, 4);
     let extra = vec![0u8; 4096];
     let shape = [1024u64];
     let mut views = snap.views();

@@ -112,7 +112,7 @@ fn a_planted_trigger_is_found_proven_and_removed() {
     // Someone who controls the run directory edits the poisoned rows out of the run's copy of
     // the data: the search is then not about the committed data, and nothing is concluded.
     let edited = t.path().join("edited");
-    snapshot_format::testing::copy_dir(&r, &edited).expect("copy");
+    run_store::testing::copy_dir(&r, &edited).expect("copy");
     let data = edited.join(snapshot_format::layout::DATASET_DATA);
     let text = std::fs::read_to_string(&data).expect("data");
     std::fs::write(&data, text.replace("cf zq ", "").replace(" cf zq", "")).expect("edit");

@@ -16,8 +16,8 @@ use replay::check::CheckReport;
 use replay::commands::VerifyReport;
 use replay::shard::CollectReport;
 use replay::signatures::Status;
-use snapshot_format::attest;
-use snapshot_format::signature::{self, Statement, kind};
+use run_trust::attest;
+use run_trust::signature::{self, Statement, kind};
 use snapshot_format::{hash::file_hash, layout};
 use trainer::fixtures::{self, FixtureOptions};
 
@@ -100,7 +100,7 @@ fn a_failed_verification_statement_is_a_failure() {
     let (auditor, auditor_pub) = ed25519(&t.path().join("auditor"));
     // Checkpoint 8 swapped for a nudged state, the ledger rewritten to commit to it: every hash
     // agrees, only replay can tell.
-    let mut swapped = snapshot_format::testing::checkpoint(&r, 8);
+    let mut swapped = run_store::testing::checkpoint(&r, 8);
     let (i, _) = swapped
         .header
         .tensors
@@ -415,7 +415,7 @@ fn exports_are_judged_file_by_file() {
     assert_eq!(check_export(&export, 0).verdict, Verdict::Ok);
     let variant = |name: &str, change: &dyn Fn(&Path)| -> PathBuf {
         let dir = t.path().join(name);
-        snapshot_format::testing::copy_dir(&export, &dir).expect("copy");
+        run_store::testing::copy_dir(&export, &dir).expect("copy");
         change(&dir);
         dir
     };

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use e2e_tests::{replay_json, run, s};
 use replay::Verdict;
 use replay::commands::VerifyReport;
-use snapshot_format::testing::{assert_same_run, manifest};
+use run_store::testing::{assert_same_run, manifest};
 use trainer::fixtures::{self, FixtureOptions};
 
 fn train(cfg: &Path, out: &Path, extra: &[&str]) {

@@ -30,7 +30,7 @@ fn record(dir: &Path) -> PathBuf {
 
 /// A copy of the run at `run` in `dir`, for one attack.
 fn copy_of(run: &Path, dir: &Path) -> PathBuf {
-    snapshot_format::testing::copy_dir(run, dir).expect("copy");
+    run_store::testing::copy_dir(run, dir).expect("copy");
     dir.to_path_buf()
 }
 

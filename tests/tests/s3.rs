@@ -7,12 +7,13 @@ use replay::Verdict;
 use replay::check::CheckReport;
 use replay::commands::VerifyReport;
 use replay::rollback::RollbackReport;
-use snapshot_format::parts::MIN_PART_BYTES;
-use snapshot_format::storage::MAX_PUT_ENV;
-use snapshot_format::testing::{
+use run_store::Store;
+use run_store::storage::MAX_PUT_ENV;
+use run_store::testing::{
     assert_one_winner_of_concurrent_creates, assert_parts_contract, assert_store_contract,
 };
-use snapshot_format::{Store, layout};
+use snapshot_format::layout;
+use snapshot_format::parts::MIN_PART_BYTES;
 use trainer::fixtures::{self, FixtureOptions};
 
 fn open(moto: &Moto, url: &str) -> Store {
@@ -133,7 +134,7 @@ fn a_run_on_s3_survives_sigkill_and_verifies_from_s3() {
         String::from_utf8_lossy(&expected),
         "the same ledger head and final state root as the local run"
     );
-    let reader = snapshot_format::delta::CheckpointReader::new(store.clone(), Default::default());
+    let reader = run_store::CheckpointReader::new(store.clone(), Default::default());
     for step in (0..=24).step_by(4) {
         reader.read(step).expect("every checkpoint decodes");
     }

@@ -8,11 +8,12 @@ use replay::Verdict;
 use replay::check::CheckReport;
 use replay::commands::VerifyReport;
 use replay::signatures::Status;
+use run_store::Store;
+use run_store::testing::rewrite_ledger;
+use run_trust::signature::{self, kind};
 use snapshot_format::hash::file_hash;
+use snapshot_format::layout;
 use snapshot_format::ledger::Segment;
-use snapshot_format::signature::{self, kind};
-use snapshot_format::testing::rewrite_ledger;
-use snapshot_format::{Store, layout};
 use trainer::fixtures::{self, FixtureOptions};
 use trainer::record::RunSigner;
 

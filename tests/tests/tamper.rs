@@ -11,11 +11,11 @@ use e2e_tests::{
 use replay::Verdict;
 use replay::check::CheckReport;
 use replay::commands::VerifyReport;
+use run_store::testing::copy_dir;
 use snapshot_format::ledger::{Segment, StepRecord};
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::{RunManifest, spec_hash};
 use snapshot_format::snapshot;
-use snapshot_format::testing::copy_dir;
 use snapshot_format::{layout, ledger};
 use trainer::fixtures::{self, FixtureOptions};
 
@@ -109,7 +109,7 @@ fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
             layout::COMPLETE,
         )
         .expect("completion");
-        let roots = snapshot_format::testing::checkpoint_roots(&r);
+        let roots = run_store::testing::checkpoint_roots(&r);
         identities.push((name, done.ledger_head, roots));
         // A byte of the largest tensor's encoding, so that it is one of the codec's own bytes.
         let big = header
@@ -185,8 +185,8 @@ fn a_swapped_delta_reference_makes_its_dependents_tampered() {
     let t = tempfile::tempdir().expect("tmp");
     let (victim, other) = victim_and_other(t.path());
     let key = layout::checkpoint(4);
-    let mine = snapshot_format::testing::checkpoint(&victim, 4);
-    let theirs = snapshot_format::testing::checkpoint(&other, 4);
+    let mine = run_store::testing::checkpoint(&victim, 4);
+    let theirs = run_store::testing::checkpoint(&other, 4);
     let mut meta = theirs.header.state.clone();
     meta.rng.master_seed = mine.header.state.rng.master_seed;
     let forged = snapshot::encode(
@@ -198,7 +198,7 @@ fn a_swapped_delta_reference_makes_its_dependents_tampered() {
     )
     .expect("encode");
     std::fs::write(victim.join(&key), forged.to_vec()).expect("swap checkpoint 4");
-    snapshot_format::testing::rewrite_ledger(&victim, |rec| {
+    run_store::testing::rewrite_ledger(&victim, |rec| {
         if rec.step == 4 {
             rec.state_root = Some(forged.state_root);
         }
@@ -235,7 +235,7 @@ fn a_checkpoint_stored_in_parts_loses_or_damages_a_part_visibly() {
         .expect("fixture");
     let r = t.path().join("run");
     let env = [(
-        snapshot_format::storage::MAX_PUT_ENV.to_string(),
+        run_store::storage::MAX_PUT_ENV.to_string(),
         "16384".to_string(),
     )];
     let out = e2e_tests::run_with(
@@ -300,7 +300,7 @@ fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     // The adversary re-labels the other run's checkpoint 8 as the victim's (run id, seed,
     // parent) and rewrites the ledger so that every hash is consistent again.
     let key = layout::checkpoint(8);
-    let theirs = snapshot_format::testing::checkpoint(&other, 8);
+    let theirs = run_store::testing::checkpoint(&other, 8);
     let mine = snapshot::read_header(
         &std::fs::read(victim.join(&key)).expect("read"),
         &key,

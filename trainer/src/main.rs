@@ -185,7 +185,7 @@ fn options(common: &Common) -> Result<RunOptions, Error> {
         max_steps: common.max_steps,
         allow_environment_mismatch: false,
         signing_key: match &common.signing_key {
-            Some(path) => Some(snapshot_format::signature::read_signing_key(path)?),
+            Some(path) => Some(run_trust::signature::read_signing_key(path)?),
             None => None,
         },
     })
@@ -340,7 +340,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let mut o = options(&common)?;
             o.run_id = Some(format!("demo-{unix}"));
             if o.signing_key.is_none() {
-                o.signing_key = Some(snapshot_format::signature::read_signing_key(&demo_key)?);
+                o.signing_key = Some(run_trust::signature::read_signing_key(&demo_key)?);
             }
             if !common.json {
                 eprintln!(
@@ -393,7 +393,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             println!("public key   {}", hex::encode(public.to_bytes()));
             println!(
                 "fingerprint  {}",
-                snapshot_format::signature::fingerprint(&public.to_bytes())
+                run_trust::signature::fingerprint(&public.to_bytes())
             );
             println!(
                 "verify runs with: replay check RUN --trusted-key {}",
@@ -528,13 +528,9 @@ mod keys {
 
     /// Generate an ed25519 key pair into `dir`; never overwrites an existing private key.
     pub fn write(dir: &Path) -> Result<ed25519_dalek::VerifyingKey, Error> {
-        let key = snapshot_format::signature::generate()?;
+        let key = run_trust::signature::generate()?;
         let public = key.verifying_key();
-        write_private(
-            dir,
-            PRIVATE,
-            &snapshot_format::signature::private_key_pem(&key)?,
-        )?;
+        write_private(dir, PRIVATE, &run_trust::signature::private_key_pem(&key)?)?;
         let public_path = dir.join(PUBLIC);
         std::fs::write(
             &public_path,
@@ -542,18 +538,15 @@ mod keys {
         )
         .map_err(|e| io(&public_path, e))?;
         let pem_path = dir.join(PUBLIC_PEM);
-        std::fs::write(
-            &pem_path,
-            snapshot_format::signature::public_key_pem(&public)?,
-        )
-        .map_err(|e| io(&pem_path, e))?;
+        std::fs::write(&pem_path, run_trust::signature::public_key_pem(&public)?)
+            .map_err(|e| io(&pem_path, e))?;
         Ok(public)
     }
 
     /// Generate a P-256 key pair for model signing into `dir`; returns the SHA-256 of the public
     /// key's PEM (the key hint of model-signing bundles).
     pub fn write_p256(dir: &Path) -> Result<String, Error> {
-        use snapshot_format::attest;
+        use run_trust::attest;
         let key = attest::generate_model_signing_key()?;
         write_private(dir, MODEL_PRIVATE, &attest::model_signing_key_pem(&key)?)?;
         let pem = attest::model_signing_public_pem(key.verifying_key())?;
@@ -585,13 +578,13 @@ fn export_completed(s: &RunSummary, dir: Option<&str>, common: &Common) -> Resul
         eprintln!("trainer: the run is not complete; nothing exported to {dir}");
         return Ok(());
     }
-    let keys = snapshot_format::attest::ExportKeys {
+    let keys = run_trust::attest::ExportKeys {
         statement: match &common.signing_key {
-            Some(path) => Some(snapshot_format::signature::read_signing_key(path)?),
+            Some(path) => Some(run_trust::signature::read_signing_key(path)?),
             None => None,
         },
         model: match &common.model_signing_key {
-            Some(path) => Some(snapshot_format::attest::read_model_signing_key(path)?),
+            Some(path) => Some(run_trust::attest::read_model_signing_key(path)?),
             None => None,
         },
     };

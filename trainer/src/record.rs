@@ -2,11 +2,12 @@
 //! (segment `i` before checkpoint `i`), every object write-once.
 
 use ed25519_dalek::SigningKey;
+use run_store::Store;
+use run_trust::signature::{self, Statement, kind};
 use snapshot_format::delta::Reference;
 use snapshot_format::ledger::{Segment, StepRecord};
-use snapshot_format::signature::{self, Statement, kind};
 use snapshot_format::snapshot::{self, Provenance, SnapshotKind, WriteOptions};
-use snapshot_format::{Codec, Hash32, Store, layout};
+use snapshot_format::{Codec, Hash32, layout};
 
 use crate::error::Result;
 use crate::session::TrainingState;
@@ -466,8 +467,8 @@ mod tests {
         assert_eq!(a, b);
         for dir in [layout::CHECKPOINTS, layout::LEDGER] {
             let (x, y) = (
-                snapshot_format::testing::objects(&here.join(dir)),
-                snapshot_format::testing::objects(&away.join(dir)),
+                run_store::testing::objects(&here.join(dir)),
+                run_store::testing::objects(&away.join(dir)),
             );
             assert_eq!(x.len(), if dir == layout::LEDGER { 3 } else { 4 });
             assert!(x == y, "{dir} differ");

@@ -8,15 +8,18 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use run_store::CheckpointReader;
+use run_store::Store;
 use snapshot_format::dataset::DatasetManifest;
-use snapshot_format::delta::{CheckpointReader, Reference};
-use snapshot_format::ledger::{self, Segment, StepRecord};
+use snapshot_format::delta::Reference;
+use snapshot_format::layout::{is_checkpoint_step, segment_ending_at};
+use snapshot_format::ledger::{self, StepRecord};
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::{
     Completion, Engine, EnvironmentFingerprint, Recording, RunManifest, spec_hash,
 };
 use snapshot_format::snapshot::Snapshot;
-use snapshot_format::{Hash32, Store, layout};
+use snapshot_format::{Hash32, layout};
 
 use crate::backend::{DeviceSpec, Job, dispatch};
 use crate::base::BaseWeights;
@@ -26,8 +29,8 @@ use crate::error::{Error, Result};
 use crate::model::TrainableModel;
 use crate::record::{RunSigner, RunWriter};
 use crate::session::{InitReport, PreparedData, Session};
+use run_trust::signature::{self, Signed, Statement, kind};
 use snapshot_format::hash::file_hash;
-use snapshot_format::signature::{self, Signed, Statement, kind};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -150,46 +153,21 @@ pub fn load_dataset(store: &Store, spec: &RunSpec) -> Result<Dataset> {
     Ok(dataset)
 }
 
-/// Sorted steps of the checkpoints present.
-pub fn checkpoint_steps(store: &Store) -> Result<Vec<u64>> {
-    let mut steps: Vec<u64> = store
-        .list(layout::CHECKPOINTS)?
-        .iter()
-        .filter_map(|k| layout::parse_checkpoint(k))
-        .collect();
-    steps.sort_unstable();
-    Ok(steps)
-}
-
-/// Index (1-based) of the segment that ends at checkpoint `step`, for a checkpoint interval.
-pub fn segment_ending_at(step: u64, interval: u64) -> u64 {
-    step.div_ceil(interval)
-}
-
-/// Steps at which checkpoints are written for a run of `total` steps.
-pub fn is_checkpoint_step(step: u64, total: u64, interval: u64) -> bool {
-    step == 0 || step == total || step.is_multiple_of(interval)
-}
-
 /// Read and decode a checkpoint (through its delta chain).
 pub fn read_checkpoint(store: &Store, step: u64) -> Result<Snapshot> {
     Ok(CheckpointReader::new(store.clone(), ReadLimits::default()).take(step)?)
 }
 
 /// Read segments `1..=last` of the run of `manifest`, each checked in its place of the chain
-/// from the genesis ([`Segment::check_link`]); returns the records.
+/// from the genesis ([`run_store::ledger::walk`]); returns the records.
 pub fn read_ledger(store: &Store, manifest: &RunManifest, last: u64) -> Result<Vec<StepRecord>> {
     let interval = manifest.recording.checkpoint_interval;
-    let mut records: Vec<StepRecord> = Vec::new();
-    let mut head = manifest.genesis;
-    for i in 1..=last {
-        let key = layout::segment(i);
-        let seg = Segment::decode(&store.get(&key)?, &key)?;
-        seg.check_link(i, interval, Some(head), &key)?;
-        head = seg.head();
-        records.extend(seg.records);
-    }
-    Ok(records)
+    Ok(run_store::ledger::read_ledger(
+        store,
+        manifest.genesis,
+        interval,
+        last,
+    )?)
 }
 
 enum Start {
@@ -334,7 +312,7 @@ fn prepare_start(
 
     let signing_key = match (&options.signing_key, &config.signing) {
         (Some(k), _) => Some(k.clone()),
-        (None, Some(s)) => Some(snapshot_format::signature::read_signing_key(
+        (None, Some(s)) => Some(run_trust::signature::read_signing_key(
             &config.resolve(&s.key),
         )?),
         (None, None) => None,
@@ -488,7 +466,7 @@ fn complete_signatures(store: &Store, files: &RunFiles, signer: &RunSigner) -> R
         signed += 1;
     }
     let checkpoints = CheckpointReader::new(store.clone(), ReadLimits::default());
-    for step in checkpoint_steps(store)? {
+    for step in run_store::ledger::checkpoint_steps(store)? {
         let committed = match step {
             0 => Some(manifest.initial_state_root),
             s => records
@@ -601,7 +579,7 @@ fn prepare_resume(location: &str, options: &RunOptions) -> Result<Resumption> {
         });
     }
     let interval = files.manifest.recording.checkpoint_interval;
-    let steps = checkpoint_steps(&store)?;
+    let steps = run_store::ledger::checkpoint_steps(&store)?;
     let latest = steps.last().copied();
     let (snapshot, segment, head) = match latest {
         // Interrupted before checkpoint 0 was stored: the manifest is there, so rebuild the
@@ -669,7 +647,7 @@ enum Resumption {
 pub fn export_final(
     location: &str,
     out: &str,
-    keys: &snapshot_format::attest::ExportKeys,
+    keys: &run_trust::attest::ExportKeys,
 ) -> Result<Vec<String>> {
     let store = Store::open(location)?;
     let files = RunFiles::load(&store)?;
@@ -702,19 +680,18 @@ pub fn export_final(
     let pin = files.spec.base.as_ref().map(|b| b.blake3);
     let target = Store::create(out)?;
     let exported = crate::peft::export_files(&files.spec.model, base.as_ref(), pin, params)?;
-    let mut written = Vec::new();
-    for (name, bytes) in &exported {
-        target.put_once(name, bytes.clone())?;
-        written.push(name.clone());
-    }
-    written.extend(snapshot_format::attest::sign_export(
-        &target,
-        snapshot_format::attest::model_name(out),
+    let attestations = run_trust::attest::export_attestations(
+        run_trust::attest::model_name(out),
         &exported,
-        snapshot_format::attest::TRAINING_PREDICATE,
+        run_trust::attest::TRAINING_PREDICATE,
         training_predicate(&files, &c),
         keys,
-    )?);
+    )?;
+    let mut written = Vec::new();
+    for (name, bytes) in exported.into_iter().chain(attestations) {
+        target.put_once(&name, bytes)?;
+        written.push(name);
+    }
     Ok(written)
 }
 
@@ -1080,7 +1057,7 @@ fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
         signed_by: job
             .signing_key
             .as_ref()
-            .map(|k| snapshot_format::signature::fingerprint(&k.verifying_key().to_bytes())),
+            .map(|k| run_trust::signature::fingerprint(&k.verifying_key().to_bytes())),
     })
 }
 

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use snapshot_format::testing::OverwritingStore;
-use snapshot_format::{Store, layout};
+use run_store::Store;
+use run_store::testing::OverwritingStore;
+use snapshot_format::layout;
 use trainer::config::RunConfig;
 use trainer::fixtures::{self, FixtureOptions};
 use trainer::run::{self, RunOptions};
@@ -164,13 +165,13 @@ fn a_part_size_below_the_minimum_is_refused_before_anything_is_written() {
     for bad in ["100", "lots"] {
         let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
             .args(["run", s(&cfg), "--out", s(&out), "--quiet"])
-            .env(snapshot_format::storage::MAX_PUT_ENV, bad)
+            .env(run_store::storage::MAX_PUT_ENV, bad)
             .output()
             .expect("start trainer");
         let err = stderr(&o);
         assert!(!o.status.success(), "{bad}: {err}");
         assert!(
-            err.contains(snapshot_format::storage::MAX_PUT_ENV) && err.contains("4096"),
+            err.contains(run_store::storage::MAX_PUT_ENV) && err.contains("4096"),
             "{bad}: {err}"
         );
         assert!(

@@ -4,11 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use run_store::testing::{assert_same_run, completion, is_staging, manifest, objects, records};
 use snapshot_format::layout;
 use snapshot_format::ledger::{Segment, StepRecord};
-use snapshot_format::testing::{
-    assert_same_run, completion, is_staging, manifest, objects, records,
-};
 use trainer::config::BertConfig;
 use trainer::fixtures::{self, FixtureOptions};
 
@@ -163,7 +161,7 @@ fn stopped_run_resumes_to_the_same_bits_and_complete_runs_refuse_to_resume() {
 fn assert_no_partial_objects(run: &Path) {
     for (name, _) in objects(&run.join("checkpoints")) {
         if let Some(step) = layout::parse_checkpoint(&format!("checkpoints/{name}")) {
-            snapshot_format::testing::checkpoint(run, step);
+            run_store::testing::checkpoint(run, step);
         }
     }
     for (name, bytes) in objects(&run.join("ledger")) {
@@ -192,7 +190,7 @@ fn assert_staging_files_are_not_objects(run: &Path) {
         return;
     }
     println!("  staging files left by the kill: {staging:?}");
-    let store = snapshot_format::Store::open(s(run)).expect("open store");
+    let store = run_store::Store::open(s(run)).expect("open store");
     let listed = store.list("").expect("list");
     assert!(
         listed.iter().all(|k| !is_staging(k)),
@@ -570,7 +568,7 @@ fn a_run_that_lost_its_completion_record_resumes_to_the_same_completion() {
     let full = t.path().join("full");
     train(&cfg, &full, &[]);
     let cut = t.path().join("cut");
-    snapshot_format::testing::copy_dir(&full, &cut).expect("copy");
+    run_store::testing::copy_dir(&full, &cut).expect("copy");
     std::fs::remove_file(cut.join(layout::COMPLETE)).expect("remove");
     ok(&["resume", s(&cut), "--quiet"]);
     assert_same_run(&full, &cut);

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use run_store::testing::{assert_same_run, completion};
 use snapshot_format::layout;
-use snapshot_format::testing::{assert_same_run, completion};
 use trainer::base::{BaseFormat, BaseWeights};
 use trainer::fixtures::{self, FixtureOptions};
 

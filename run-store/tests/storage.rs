@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use snapshot_format::parts::MIN_PART_BYTES;
-use snapshot_format::testing::{
+use run_store::Store;
+use run_store::testing::{
     OverwritingStore, assert_one_winner_of_concurrent_creates, assert_parts_contract,
     assert_store_contract,
 };
-use snapshot_format::{Error, Store};
+use snapshot_format::Error;
+use snapshot_format::parts::MIN_PART_BYTES;
 
 fn local() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -13,7 +13,7 @@ use ed25519_dalek::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use snapshot_format::{Error, Result};
 
 /// DSSE payload type of in-toto statements.
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
@@ -506,34 +506,31 @@ pub fn model_name(out: &str) -> &str {
     trimmed.rsplit('/').next().unwrap_or(trimmed)
 }
 
-/// Write the attestations of an export's `files` (already in `store`): `provenance.intoto.json`
+/// The attestations of an export's `files`, to be written beside them: `provenance.intoto.json`
 /// (a statement whose subjects are the files by SHA-256 and BLAKE3, with the given predicate)
-/// and `model.sig` (model-signing bundle over the files, named `model_name`, ignoring both
-/// attestation files). Returns the names written.
-pub fn sign_export(
-    store: &crate::Store,
+/// when `keys` has a statement key, and `model.sig` (a model-signing bundle over the files,
+/// named `model_name`, ignoring both attestation files) when it has a model key; by name.
+pub fn export_attestations(
     model_name: &str,
     files: &[(String, Vec<u8>)],
     predicate_type: &str,
     predicate: serde_json::Value,
     keys: &ExportKeys,
-) -> Result<Vec<String>> {
-    let mut written = Vec::new();
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
     if let Some(key) = &keys.statement {
         let subject = files
             .iter()
             .map(|(name, bytes)| ResourceDescriptor::file(name, bytes))
             .collect();
         let statement = Statement::new(subject, predicate_type, predicate);
-        store.put_once(PROVENANCE, sign_statement(&statement, key))?;
-        written.push(PROVENANCE.to_string());
+        out.push((PROVENANCE.to_string(), sign_statement(&statement, key)));
     }
     if let Some(key) = &keys.model {
         let bundle = model_signing_bundle(model_name, files, &[MODEL_SIGNATURE, PROVENANCE], key)?;
-        store.put_once(MODEL_SIGNATURE, bundle)?;
-        written.push(MODEL_SIGNATURE.to_string());
+        out.push((MODEL_SIGNATURE.to_string(), bundle));
     }
-    Ok(written)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use run_store::Store;
 use snapshot_format::limits::{self, ReadLimits};
-use snapshot_format::{Error, Store, layout};
+use snapshot_format::{Error, layout};
 
 fn store(dir: &Path) -> Store {
     Store::open(dir.to_str().expect("utf-8")).expect("store")
@@ -121,14 +122,14 @@ fn links_and_special_files_are_never_opened() {
     assert!(s.list(layout::LEDGER).expect("list").is_empty());
     // A FIFO given by path is refused without being opened, a file over the bound unread.
     let fifo = dir.path().join(layout::MANIFEST);
-    let e = within_a_minute(move || snapshot_format::storage::read_file(&fifo, 1 << 20))
+    let e = within_a_minute(move || snapshot_format::file::read_file(&fifo, 1 << 20))
         .expect_err("a FIFO");
     assert!(matches!(&e, Error::NotRegularFile { .. }), "{e}");
     let big = outside.path().join("statement.json");
     std::fs::File::create(&big)
         .and_then(|f| f.set_len(1 << 40))
         .expect("sparse file");
-    let e = snapshot_format::storage::read_file(&big, 1 << 20).expect_err("too large");
+    let e = snapshot_format::file::read_file(&big, 1 << 20).expect_err("too large");
     assert!(
         matches!(&e, Error::ObjectTooLarge { size, max, .. } if *size == 1 << 40 && *max == 1 << 20),
         "{e}"

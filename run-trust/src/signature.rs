@@ -12,11 +12,9 @@ use std::path::Path;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
-use crate::canonical;
-use crate::envelope::{self, SIGNATURE};
-use crate::error::{Error, Result};
-use crate::hash::{DomainHasher, Hash32};
-use crate::layout;
+use snapshot_format::envelope::{self, SIGNATURE};
+use snapshot_format::hash::{DomainHasher, Hash32};
+use snapshot_format::{Error, Result, canonical, layout};
 
 /// Prefix of every signed message.
 pub const MESSAGE_CONTEXT: &[u8] = b"training-replay-verifier v1 signature\0";
@@ -214,7 +212,8 @@ pub fn public_key_pem(key: &VerifyingKey) -> Result<String> {
 
 /// The text of a key file: a regular file of at most [`MAX_SIGNATURE_BYTES`], UTF-8.
 pub fn read_key_text(path: &Path) -> Result<String> {
-    let bytes = crate::storage::read_file(path, crate::limits::MAX_SIGNATURE_BYTES)?;
+    let bytes =
+        snapshot_format::file::read_file(path, snapshot_format::limits::MAX_SIGNATURE_BYTES)?;
     String::from_utf8(bytes).map_err(|_| Error::InvalidKey {
         source_name: path.display().to_string(),
         detail: "not UTF-8 text".into(),

@@ -37,7 +37,7 @@ fn parse_everything(data: &[u8]) {
     let _ = Segment::decode(data, "mutant");
     let _ = DatasetManifest::decode(data, "mutant");
     let _ = PartIndex::decode(data, "mutant");
-    snapshot_format::testing::read_through_store(data);
+    run_store::testing::read_through_store(data);
 }
 
 #[derive(Debug, Clone)]

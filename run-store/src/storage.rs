@@ -17,7 +17,7 @@
 //!   never opened, so no object can block a read or lead outside the run. Listing does not
 //!   follow links either.
 //! - An object larger than the store accepts in one write (S3: 5 GiB) is written in parts and
-//!   published by a part index created last ([`crate::parts`]); reads reassemble it and check
+//!   published by a part index created last (`snapshot_format::parts`); reads reassemble it and check
 //!   every part. Parts are never listed.
 //!
 //! The API is synchronous; an internal tokio runtime drives `object_store`.
@@ -33,11 +33,11 @@ use object_store::{
 };
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
-use crate::hash::{DomainHasher, context};
-use crate::layout;
-use crate::limits::ReadLimits;
-use crate::parts::{self, Part, PartIndex};
+use snapshot_format::hash::{DomainHasher, context};
+use snapshot_format::layout;
+use snapshot_format::limits::ReadLimits;
+use snapshot_format::parts::{self, Part, PartIndex};
+use snapshot_format::{Error, Result};
 
 /// The largest object S3 accepts in one PUT.
 pub const S3_MAX_PUT_BYTES: u64 = 5 << 30;
@@ -565,7 +565,7 @@ impl Store {
             if (last && kind.is_file()) || (!last && kind.is_dir()) {
                 continue;
             }
-            let what = describe(kind);
+            let what = snapshot_format::file::describe(kind);
             return Err(Error::NotRegularFile {
                 store: self.location.clone(),
                 key: key.to_string(),
@@ -628,7 +628,7 @@ impl Store {
         }
         // Parts are hashed in parallel, then uploaded a few at a time; the index lists them in
         // order.
-        let hashes: Vec<crate::Hash32> = split
+        let hashes: Vec<snapshot_format::Hash32> = split
             .par_iter()
             .map(|slices| parts::part_hash(slices.iter().map(|b| b.as_ref())))
             .collect();
@@ -675,7 +675,7 @@ impl Store {
         &self,
         key: &str,
         slices: Vec<bytes::Bytes>,
-        hash: &crate::Hash32,
+        hash: &snapshot_format::Hash32,
     ) -> Result<()> {
         let len = slices.iter().map(|b| b.len() as u64).sum();
         match self.create_object(key, slices).await {
@@ -1099,73 +1099,6 @@ impl Read for Arriving {
         buf[..n].copy_from_slice(&self.current.split_to(n));
         self.remaining = self.remaining.saturating_sub(n as u64);
         Ok(n)
-    }
-}
-
-/// Read the file at `path` (a path the user gave: links are followed), which must be a regular
-/// file of at most `max` bytes; both are checked before it is opened, so that a FIFO or a
-/// device never blocks the reader and no size is read beyond the bound.
-pub fn read_file(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
-    let name = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| Error::from_io(&name, source))?;
-    let (store, key) = match (path.parent(), path.file_name()) {
-        (Some(dir), Some(file)) => (
-            dir.display().to_string(),
-            file.to_string_lossy().into_owned(),
-        ),
-        _ => (name.clone(), String::new()),
-    };
-    if !meta.is_file() {
-        return Err(Error::NotRegularFile {
-            store,
-            key,
-            what: describe(meta.file_type()).to_string(),
-        });
-    }
-    if meta.len() > max {
-        return Err(Error::ObjectTooLarge {
-            store,
-            key,
-            size: meta.len(),
-            max,
-        });
-    }
-    let mut out = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut out))
-        .map_err(|source| Error::from_io(&name, source))?;
-    if out.len() as u64 > max {
-        return Err(Error::ObjectTooLarge {
-            store,
-            key,
-            size: out.len() as u64,
-            max,
-        });
-    }
-    Ok(out)
-}
-
-/// What a file-system entry that is not a regular file is, in words.
-fn describe(kind: std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if kind.is_fifo() {
-            return "a FIFO";
-        }
-        if kind.is_socket() {
-            return "a socket";
-        }
-        if kind.is_block_device() || kind.is_char_device() {
-            return "a device";
-        }
-    }
-    if kind.is_symlink() {
-        "a symbolic link"
-    } else if kind.is_dir() {
-        "a directory"
-    } else {
-        "a special file"
     }
 }
 
