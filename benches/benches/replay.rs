@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use benchmarks::{Report, median_time, r3};
 use indicatif::ProgressBar;
 use replay::Verdict;
-use replay::commands::{Scope, VerifyOptions};
+use replay::commands::verify::{Scope, VerifyOptions};
 use replay::context::LoadOptions;
 use snapshot_format::manifest::CheckpointCodec;
 use trainer::backend::DeviceSpec;
@@ -63,14 +63,14 @@ fn check_against_baseline(dir: &Path) -> (u64, Duration, Duration) {
     });
     let location = dir.to_str().expect("utf-8");
     let check = median_time(runs, || {
-        let r = replay::check::check(
+        let r = replay::commands::check::check(
             location,
             &LoadOptions::default(),
-            &replay::check::Attested::default(),
+            &replay::commands::check::Attested::default(),
             &ProgressBar::hidden(),
         )
         .expect("check");
-        assert_eq!(r.verdict, Verdict::Ok);
+        assert_eq!(r.header.verdict, Verdict::Ok);
         r
     });
     (bytes, read_hash, check)
@@ -103,9 +103,10 @@ fn main() {
             load: LoadOptions::default(),
             attest: None,
         };
-        let (r, t) =
-            timed(|| replay::commands::verify(out_s, &o, &ProgressBar::hidden()).expect("verify"));
-        assert_eq!(r.verdict, Verdict::Verified);
+        let (r, t) = timed(|| {
+            replay::commands::verify::verify(out_s, &o, &ProgressBar::hidden()).expect("verify")
+        });
+        assert_eq!(r.header.verdict, Verdict::Verified);
         t
     };
     let v_seg2 = verify_segment(2);

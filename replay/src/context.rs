@@ -23,8 +23,8 @@ macro_rules! load_or_report {
         match $crate::context::load($location, $options)? {
             Ok(ctx) => ctx,
             Err(p) => {
-                $report.verdict = p.kind;
-                $report.problems.push(p);
+                $report.header.verdict = p.kind;
+                $report.header.problems.push(p);
                 return Ok($report);
             }
         }

@@ -166,6 +166,14 @@ impl Assessment {
         &self.problems
     }
 
+    /// The header of the report of `command` on `run`: the verdict of `claim` and every
+    /// problem.
+    pub fn header(&self, command: &str, run: &str, claim: Claim) -> Header {
+        let mut header = Header::pending(command, run);
+        header.assess(self, claim);
+        header
+    }
+
     /// The verdict.
     pub fn verdict(&self, claim: Claim) -> Verdict {
         self.problems
@@ -173,6 +181,49 @@ impl Assessment {
             .map(|p| p.kind)
             .chain(self.outcomes.iter().copied())
             .fold(claim.best(), Verdict::worst)
+    }
+}
+
+/// What every report begins with: the command, the run it is about, its verdict, and every
+/// problem that counts toward the verdict (in JSON, the document's first fields). A verdict is
+/// decided once, by an [`Assessment`] ([`Assessment::header`]), or is the problem that stopped
+/// the run from loading ([`Header::failed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// The command's name.
+    pub command: String,
+    /// The run's location, as given.
+    pub run: String,
+    pub verdict: Verdict,
+    pub problems: Vec<Problem>,
+}
+
+impl Header {
+    /// The header of a report still being made: its verdict is `incomplete` until an
+    /// assessment decides it ([`Header::assess`]).
+    pub fn pending(command: &str, run: &str) -> Self {
+        Header {
+            command: command.into(),
+            run: run.into(),
+            verdict: Verdict::Incomplete,
+            problems: vec![],
+        }
+    }
+
+    /// The verdict of `claim` under `assessment`, and every problem it holds.
+    pub fn assess(&mut self, assessment: &Assessment, claim: Claim) {
+        self.verdict = assessment.verdict(claim);
+        self.problems = assessment.problems().to_vec();
+    }
+
+    /// The header of a report on a run that could not be loaded: its verdict is the problem's.
+    pub fn failed(command: &str, run: &str, problem: Problem) -> Self {
+        Header {
+            command: command.into(),
+            run: run.into(),
+            verdict: problem.kind,
+            problems: vec![problem],
+        }
     }
 }
 

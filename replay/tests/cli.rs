@@ -5,16 +5,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use replay::check::CheckReport;
-use replay::commands::{AuditReport, VerifyReport, detection_probability};
-use replay::compare::CompareReport;
-use replay::counterfactual::CounterfactualReport;
-use replay::evaluate::EvaluateReport;
-use replay::inspect::InspectReport;
-use replay::provenance::{ProvenanceReport, SearchReport};
-use replay::rollback::{DiffReport, RollbackReport};
-use replay::shard::CollectReport;
-use replay::{Verdict, verify::RangeResult};
+use replay::Verdict;
+use replay::commands::audit::{AuditReport, detection_probability};
+use replay::commands::check::CheckReport;
+use replay::commands::collect::CollectReport;
+use replay::commands::compare::CompareReport;
+use replay::commands::counterfactual::CounterfactualReport;
+use replay::commands::diff::DiffReport;
+use replay::commands::evaluate::EvaluateReport;
+use replay::commands::inspect::InspectReport;
+use replay::commands::provenance::ProvenanceReport;
+use replay::commands::rollback::RollbackReport;
+use replay::commands::search::SearchReport;
+use replay::commands::verify::VerifyReport;
+use replay::engine::reexecute::RangeResult;
 use run_store::testing::{copy_dir, rewrite_ledger};
 use snapshot_format::layout;
 use snapshot_format::ledger::{Segment, StepRecord};
@@ -71,15 +75,15 @@ fn honest_run_checks_verifies_and_audits() {
     let r = record(t.path(), FixtureOptions::default()); // 12 steps, checkpoints every 4
 
     let c: CheckReport = json(&["check", s(&r)], 0);
-    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    assert_eq!(c.header.verdict, Verdict::Ok, "{:?}", c.header.problems);
     assert_eq!(
         (c.checked.segments, c.checked.records, c.checked.checkpoints),
         (3, 12, 4)
     );
-    assert!(c.problems.is_empty() && c.warnings.is_empty());
+    assert!(c.header.problems.is_empty() && c.warnings.is_empty());
 
     let v: VerifyReport = json(&["verify", s(&r), "--all"], 0);
-    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.header.verdict, Verdict::Verified);
     assert_eq!(v.steps_replayed, 12);
     let segs: Vec<(u64, u64, u64)> = v
         .ranges
@@ -130,7 +134,7 @@ fn rollback_exports_the_committed_state() {
     let out = t.path().join("rollback-6");
     let rb: RollbackReport = json(&["rollback", s(&r), "--step", "6", "--out", s(&out)], 0);
     // Replayed from the stored checkpoint 4: the state the ledger records, not re-derived.
-    assert_eq!(rb.verdict, Verdict::Recorded);
+    assert_eq!(rb.header.verdict, Verdict::Recorded);
     assert!(rb.state_root.is_some() && rb.state_root == rb.committed_root);
     // From step 0 re-derived, the same state is verified.
     let full: RollbackReport = json(
@@ -145,7 +149,7 @@ fn rollback_exports_the_committed_state() {
         ],
         0,
     );
-    assert_eq!(full.verdict, Verdict::Verified);
+    assert_eq!(full.header.verdict, Verdict::Verified);
     assert_eq!(full.state_root, rb.state_root);
     assert_eq!(full.replay.as_ref().map(|r| r.steps_replayed), Some(6));
     let st = std::fs::read(out.join("model.safetensors")).expect("safetensors");
@@ -216,7 +220,12 @@ fn counterfactual_removes_an_example_from_its_batches_reproducibly() {
     };
     let a = run_one("a");
     // The factual states come from stored checkpoints: recorded, not re-derived.
-    assert_eq!(a.verdict, Verdict::Recorded, "{:?}", a.problems);
+    assert_eq!(
+        a.header.verdict,
+        Verdict::Recorded,
+        "{:?}",
+        a.header.problems
+    );
     assert_eq!(a.first_changed_step, Some(6));
     let start = a
         .factual_start
@@ -349,7 +358,11 @@ fn counterfactual_without_an_unused_example_is_the_factual_state() {
         ],
         0,
     );
-    assert_eq!(initial.verdict, Verdict::Verified, "step 0 is re-derived");
+    assert_eq!(
+        initial.header.verdict,
+        Verdict::Verified,
+        "step 0 is re-derived"
+    );
     let snap0 = decode_snap(&r.join(layout::checkpoint(0)));
     assert_eq!(initial.factual_root, Some(snap0.header.state_root));
     assert_eq!(initial.counterfactual_root, initial.factual_root);
@@ -392,7 +405,7 @@ fn counterfactual_refuses_changed_data_and_writes_nothing() {
         ],
         1,
     );
-    assert_eq!(c.verdict, Verdict::InputMismatch);
+    assert_eq!(c.header.verdict, Verdict::InputMismatch);
     let m = c.input_mismatch.expect("the edited example is named");
     assert_eq!((m.step, m.example_id), (8, y));
     assert!(!out.exists());
@@ -415,7 +428,12 @@ fn counterfactual_refuses_changed_data_and_writes_nothing() {
         ],
         2,
     );
-    assert_eq!(d.verdict, Verdict::Corrupt, "{:?}", d.problems);
+    assert_eq!(
+        d.header.verdict,
+        Verdict::Corrupt,
+        "{:?}",
+        d.header.problems
+    );
     assert!(d.counterfactual_root.is_none() && d.steps.is_empty());
     assert!(!out.exists());
 }
@@ -443,7 +461,7 @@ fn token_data_trains_to_the_same_bits_as_the_text_it_encodes() {
         );
     }
     let v: VerifyReport = json(&["verify", s(&tokens), "--all"], 0);
-    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.header.verdict, Verdict::Verified);
 }
 
 fn safetensors_names(bytes: &[u8]) -> Vec<String> {
@@ -469,7 +487,7 @@ fn compare_finds_the_first_difference() {
     let b = record(&t.path().join("b"), o.clone());
     let same: CompareReport = json(&["compare", s(&a), s(&b)], 0);
     assert!(same.identical);
-    assert_eq!(same.verdict, Verdict::Ok);
+    assert_eq!(same.header.verdict, Verdict::Ok);
 
     // A copy of `a` whose records from step 22 on differ (an honest continuation of a changed
     // state is simulated by changing the loss bits of step 22 and re-chaining the rest).
@@ -653,7 +671,7 @@ fn evaluate_runs_a_probe_through_the_model_at_a_step() {
         other => panic!("{other:?}"),
     };
     let a = eval(&probe, &[]);
-    assert_eq!(a.verdict, Verdict::Recorded);
+    assert_eq!(a.header.verdict, Verdict::Recorded);
     assert_eq!(
         a.probe_blake3,
         snapshot_format::hash::file_hash(&std::fs::read(&probe).expect("probe"))
@@ -673,7 +691,7 @@ fn evaluate_runs_a_probe_through_the_model_at_a_step() {
     assert!((acc + acc_swapped - 1.0).abs() < 1e-12);
     // Re-derived from step 0, the state is verified and the probe says the same.
     let v = eval(&probe, &["--from-genesis"]);
-    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.header.verdict, Verdict::Verified);
     assert_eq!(v.state_root, a.state_root);
     assert_eq!(classified(&v).0, ra);
     // A counterfactual runs the same probe through both models: the factual side is what
@@ -758,7 +776,7 @@ fn sharded_verification_collects_every_segment() {
         &public,
     ];
     let missing: CollectReport = json(&collect, 2);
-    assert_eq!(missing.verdict, Verdict::Missing);
+    assert_eq!(missing.header.verdict, Verdict::Missing);
     // Shard 1 takes its index from a Kubernetes Indexed Job's environment.
     let mut args = shard("0/2");
     args.splice(3..5, ["--shards".to_string(), "2".to_string()]);
@@ -777,7 +795,12 @@ fn sharded_verification_collects_every_segment() {
     let b: VerifyReport = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(b.ranges.iter().map(|x| x.segment).collect::<Vec<_>>(), [2]);
     let all: CollectReport = json(&collect, 0);
-    assert_eq!(all.verdict, Verdict::Verified, "{:?}", all.problems);
+    assert_eq!(
+        all.header.verdict,
+        Verdict::Verified,
+        "{:?}",
+        all.header.problems
+    );
     assert_eq!(
         all.segments.iter().map(|x| x.0).collect::<Vec<_>>(),
         [1, 2, 3]
@@ -882,14 +905,14 @@ fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
     let summary = run::start(&config, s(&r), &RunOptions::default()).expect("run");
     assert!(summary.completed);
     let c: CheckReport = json(&["check", s(&r)], 0);
-    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    assert_eq!(c.header.verdict, Verdict::Ok, "{:?}", c.header.problems);
     assert!(
-        c.problems.is_empty(),
+        c.header.problems.is_empty(),
         "the GGUF base is where the layout puts it: {:?}",
-        c.problems
+        c.header.problems
     );
     let v: VerifyReport = json(&["verify", s(&r), "--all"], 0);
-    assert_eq!(v.verdict, Verdict::Verified, "{:?}", v.ranges);
+    assert_eq!(v.header.verdict, Verdict::Verified, "{:?}", v.ranges);
     assert_eq!(v.steps_replayed, 12);
     let initial = v.ranges[0]
         .initial_state
@@ -898,7 +921,7 @@ fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
     assert_eq!(initial.rederived_root, initial.recorded_root);
     let out = t.path().join("rb");
     let rb: RollbackReport = json(&["rollback", s(&r), "--step", "6", "--out", s(&out)], 0);
-    assert_eq!(rb.verdict, Verdict::Recorded);
+    assert_eq!(rb.header.verdict, Verdict::Recorded);
     // The adapter as PEFT names it, and the base with the adapter merged in.
     let read = |dir: &Path, f: &str| std::fs::read(dir.join(f)).expect(f);
     let adapter_bytes = read(&out, "adapter_model.safetensors");
@@ -964,5 +987,5 @@ fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
     bytes[n - 10] ^= 1;
     std::fs::write(&base, bytes).expect("write");
     let v: VerifyReport = json(&["verify", s(&r), "--segment", "2"], 2);
-    assert_eq!(v.verdict, Verdict::Tampered);
+    assert_eq!(v.header.verdict, Verdict::Tampered);
 }

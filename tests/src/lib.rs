@@ -328,7 +328,7 @@ pub fn replace_checkpoint(
 
 /// The state stored in checkpoint `step` of the local run at `run`.
 pub fn stored_state(run: &Path, step: u64) -> trainer::session::TrainingState {
-    replay::verify::state_of(&run_store::testing::checkpoint(run, step))
+    replay::engine::reexecute::state_of(&run_store::testing::checkpoint(run, step))
 }
 
 /// Add `delta` to element `index` of tensor `name` of `state`.

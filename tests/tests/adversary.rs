@@ -8,12 +8,14 @@ use e2e_tests::{
     forge_history, nudge, replace_checkpoint, replay_json, run, s, stored_state, train,
 };
 use replay::Verdict;
-use replay::check::CheckReport;
-use replay::commands::{AuditReport, SeedSource, VerifyReport};
-use replay::compare::CompareReport;
-use replay::counterfactual::CounterfactualReport;
-use replay::rollback::{DiffReport, RollbackReport};
-use replay::shard::CollectReport;
+use replay::commands::audit::{AuditReport, SeedSource};
+use replay::commands::check::CheckReport;
+use replay::commands::collect::CollectReport;
+use replay::commands::compare::CompareReport;
+use replay::commands::counterfactual::CounterfactualReport;
+use replay::commands::diff::DiffReport;
+use replay::commands::rollback::RollbackReport;
+use replay::commands::verify::VerifyReport;
 use run_store::testing::{copy_dir, rewrite_ledger};
 use run_trust::signature::{self, Statement, kind};
 use snapshot_format::hash::file_hash;
@@ -78,7 +80,7 @@ fn stripped_signatures_are_unsigned_under_a_trusted_key() {
     let (key, public) = keygen(&t.path().join("key"));
     let r = record(t.path(), Some(&key));
     let honest: CheckReport = replay(&["check", s(&r), "--trusted-key", &public], 0);
-    assert_eq!(honest.verdict, Verdict::Ok);
+    assert_eq!(honest.header.verdict, Verdict::Ok);
     std::fs::remove_dir_all(r.join(layout::SIGNATURES)).expect("strip");
     rewrite_ledger(&r, |rec| {
         if rec.step == 5 {
@@ -87,18 +89,19 @@ fn stripped_signatures_are_unsigned_under_a_trusted_key() {
     })
     .expect("rewrite");
     let c: CheckReport = replay(&["check", s(&r), "--trusted-key", &public], 2);
-    assert_eq!(c.verdict, Verdict::Unsigned);
+    assert_eq!(c.header.verdict, Verdict::Unsigned);
     for artefact in [layout::MANIFEST, layout::COMPLETE, &layout::segment(2)] {
         assert!(
-            c.problems
+            c.header
+                .problems
                 .iter()
                 .any(|p| p.artefact == artefact && p.kind == Verdict::Unsigned),
             "{artefact}: {:?}",
-            c.problems
+            c.header.problems
         );
     }
     let v: VerifyReport = replay(&["verify", s(&r), "--all", "--trusted-key", &public], 2);
-    assert_eq!(v.verdict, Verdict::Unsigned);
+    assert_eq!(v.header.verdict, Verdict::Unsigned);
     // The rewritten step is caught by replay too; the unsigned history is the worse finding.
     assert_eq!(v.ranges[1].verdict, Verdict::Diverged);
 }
@@ -149,9 +152,9 @@ fn a_substituted_starting_model_is_caught_by_re_deriving_step_0() {
     forge_history(&r, start, |_, _| false, Some(signing_key(&key)));
     // Every hash and signature agrees: integrity alone cannot tell.
     let c: CheckReport = replay(&["check", s(&r), "--trusted-key", &public], 0);
-    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    assert_eq!(c.header.verdict, Verdict::Ok, "{:?}", c.header.problems);
     let v: VerifyReport = replay(&["verify", s(&r), "--all", "--trusted-key", &public], 1);
-    assert_eq!(v.verdict, Verdict::Diverged);
+    assert_eq!(v.header.verdict, Verdict::Diverged);
     let seg1 = &v.ranges[0];
     let d = seg1.divergence.as_ref().expect("step 0 diverges");
     assert_eq!((d.step, d.field.as_str()), (0, "initial_state"));
@@ -163,9 +166,9 @@ fn a_substituted_starting_model_is_caught_by_re_deriving_step_0() {
     assert_ne!(initial.rederived_root, initial.recorded_root);
     // Verifying segment 1 alone does it too, and an audit re-derives step 0 whatever it samples.
     let one: VerifyReport = replay(&["verify", s(&r), "--segment", "1"], 1);
-    assert_eq!(one.verdict, Verdict::Diverged);
+    assert_eq!(one.header.verdict, Verdict::Diverged);
     let a: AuditReport = replay(&["audit", s(&r), "--samples", "1", "--seed", "3"], 1);
-    assert_eq!(a.verdict, Verdict::Diverged);
+    assert_eq!(a.header.verdict, Verdict::Diverged);
     assert_eq!(a.sampled.len(), 1);
     // A state rolled back from the substituted start is never verified.
     let rb: RollbackReport = replay(
@@ -179,7 +182,7 @@ fn a_substituted_starting_model_is_caught_by_re_deriving_step_0() {
         ],
         1,
     );
-    assert_eq!(rb.verdict, Verdict::Diverged);
+    assert_eq!(rb.header.verdict, Verdict::Diverged);
     assert!(rb.out.is_none());
 }
 
@@ -231,11 +234,14 @@ fn forged_shard_reports_are_not_collected() {
     let real = shard("0/2", &verifier);
     // Shard 1 has not reported: segment 2 is covered by nobody.
     let c = collect(2);
-    assert_eq!(c.verdict, Verdict::Missing);
+    assert_eq!(c.header.verdict, Verdict::Missing);
     assert!(
-        c.problems.iter().any(|p| p.detail.contains("segment 2")),
+        c.header
+            .problems
+            .iter()
+            .any(|p| p.detail.contains("segment 2")),
         "{:?}",
-        c.problems
+        c.header.problems
     );
     // A "verified" report for shard 1 written without the verifier's key.
     let key1 = format!("verifications/{id}/shard-1-of-2.json");
@@ -246,7 +252,12 @@ fn forged_shard_reports_are_not_collected() {
     std::fs::create_dir_all(results.join(format!("verifications/{id}"))).expect("dir");
     std::fs::write(results.join(&key1), &bytes).expect("forge");
     let c = collect(2);
-    assert_eq!(c.verdict, Verdict::Unsigned, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Unsigned,
+        "{:?}",
+        c.header.problems
+    );
     // Signed, but by the attacker's key.
     let manifest = e2e_tests_manifest(&r);
     let sign = |k: &ed25519_dalek::SigningKey, index: u64| {
@@ -268,7 +279,12 @@ fn forged_shard_reports_are_not_collected() {
     )
     .expect("sign");
     let c = collect(2);
-    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::UntrustedSigner,
+        "{:?}",
+        c.header.problems
+    );
     assert!(!attacker_public.is_empty());
     // Shard 0's genuine report and signature copied into shard 1's place.
     let key0 = real.result_key.clone().expect("key");
@@ -279,7 +295,12 @@ fn forged_shard_reports_are_not_collected() {
     )
     .expect("copy");
     let c = collect(2);
-    assert_eq!(c.verdict, Verdict::BadSignature, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::BadSignature,
+        "{:?}",
+        c.header.problems
+    );
     // Reports in the run's own store are never read, and results cannot be written there.
     let (code, err) = replay_status(&[
         "verify",
@@ -299,7 +320,7 @@ fn forged_shard_reports_are_not_collected() {
     std::fs::remove_file(results.join(&key1)).expect("rm");
     std::fs::remove_file(results.join(format!("{key1}.sig"))).expect("rm");
     shard("1/2", &verifier);
-    assert_eq!(collect(0).verdict, Verdict::Verified);
+    assert_eq!(collect(0).header.verdict, Verdict::Verified);
 }
 
 fn e2e_tests_manifest(r: &Path) -> RunManifest {
@@ -320,19 +341,19 @@ fn problems_outside_the_replayed_range_count_toward_the_verdict() {
         std::fs::remove_file(r.join(k)).expect("delete");
     }
     let v: VerifyReport = replay(&["verify", s(&r), "--segment", "1"], 2);
-    assert_eq!(v.verdict, Verdict::Incomplete);
+    assert_eq!(v.header.verdict, Verdict::Incomplete);
     assert_eq!(
         v.ranges[0].verdict,
         Verdict::Verified,
         "segment 1 itself is intact"
     );
     let a: AuditReport = replay(&["audit", s(&r), "--samples", "1", "--seed", "1"], 2);
-    assert_eq!(a.verdict, Verdict::Incomplete);
+    assert_eq!(a.header.verdict, Verdict::Incomplete);
     // A missing base model counts as well, wherever replay happens.
     let r2 = record(&t.path().join("b"), None);
     std::fs::remove_file(r2.join(layout::BASE_MODEL)).expect("delete");
     let v: VerifyReport = replay(&["verify", s(&r2), "--segment", "3"], 2);
-    assert_eq!(v.verdict, Verdict::Missing);
+    assert_eq!(v.header.verdict, Verdict::Missing);
 }
 
 /// Attack 5: A ledger that runs past the final step: an extra segment and checkpoint after step 12.
@@ -362,18 +383,19 @@ fn a_ledger_past_the_final_step_is_tampered() {
     )
     .expect("checkpoint 16");
     let c: CheckReport = replay(&["check", s(&r)], 2);
-    assert_eq!(c.verdict, Verdict::Tampered);
+    assert_eq!(c.header.verdict, Verdict::Tampered);
     for artefact in [layout::segment(4), layout::checkpoint(16)] {
         assert!(
-            c.problems
+            c.header
+                .problems
                 .iter()
                 .any(|p| p.artefact == artefact && p.kind == Verdict::Tampered),
             "{artefact}: {:?}",
-            c.problems
+            c.header.problems
         );
     }
     let v: VerifyReport = replay(&["verify", s(&r), "--all"], 2);
-    assert_eq!(v.verdict, Verdict::Tampered);
+    assert_eq!(v.header.verdict, Verdict::Tampered);
 }
 
 /// Attack 6: `rollback`, `diff` and `counterfactual` name what they establish (`recorded` from a
@@ -397,7 +419,7 @@ fn states_are_recorded_or_verified_and_trust_applies_to_them() {
         ],
         0,
     );
-    assert_eq!(rb.verdict, Verdict::Recorded, "a stored checkpoint");
+    assert_eq!(rb.header.verdict, Verdict::Recorded, "a stored checkpoint");
     let full: RollbackReport = replay(
         &[
             "rollback",
@@ -412,15 +434,15 @@ fn states_are_recorded_or_verified_and_trust_applies_to_them() {
         ],
         0,
     );
-    assert_eq!(full.verdict, Verdict::Verified);
+    assert_eq!(full.header.verdict, Verdict::Verified);
     assert_eq!(full.state_root, rb.state_root);
     let d: DiffReport = replay(&["diff", s(&r), "--from", "2", "--to", "6"], 0);
-    assert_eq!(d.verdict, Verdict::Recorded);
+    assert_eq!(d.header.verdict, Verdict::Recorded);
     let d: DiffReport = replay(
         &["diff", s(&r), "--from", "2", "--to", "6", "--from-genesis"],
         0,
     );
-    assert_eq!(d.verdict, Verdict::Verified);
+    assert_eq!(d.header.verdict, Verdict::Verified);
     // With the signatures stripped, a trusted key makes every one of them fail, writing nothing.
     std::fs::remove_dir_all(r.join(layout::SIGNATURES)).expect("strip");
     let rb: RollbackReport = replay(
@@ -436,7 +458,7 @@ fn states_are_recorded_or_verified_and_trust_applies_to_them() {
         ],
         2,
     );
-    assert_eq!(rb.verdict, Verdict::Unsigned);
+    assert_eq!(rb.header.verdict, Verdict::Unsigned);
     assert!(!out("rb-stripped").exists());
     let d: DiffReport = replay(
         &[
@@ -451,7 +473,7 @@ fn states_are_recorded_or_verified_and_trust_applies_to_them() {
         ],
         2,
     );
-    assert_eq!(d.verdict, Verdict::Unsigned);
+    assert_eq!(d.header.verdict, Verdict::Unsigned);
     let c: CounterfactualReport = replay(
         &[
             "counterfactual",
@@ -465,7 +487,7 @@ fn states_are_recorded_or_verified_and_trust_applies_to_them() {
         ],
         2,
     );
-    assert_eq!(c.verdict, Verdict::Unsigned);
+    assert_eq!(c.header.verdict, Verdict::Unsigned);
     assert!(!out("cf-stripped").exists());
 }
 
@@ -491,7 +513,7 @@ fn a_forged_fingerprint_cannot_turn_a_divergence_into_an_environment_mismatch() 
     m.environment.isa_level = "x86-64-v2".into();
     std::fs::write(&path, m.to_json()).expect("write");
     let v: VerifyReport = replay(&["verify", s(&r), "--all"], 1);
-    assert_eq!(v.verdict, Verdict::Diverged);
+    assert_eq!(v.header.verdict, Verdict::Diverged);
     assert!(v.environment.as_ref().is_some_and(|e| e.cross_class()));
     let seg2 = &v.ranges[1];
     assert_eq!(seg2.verdict, Verdict::Diverged);
@@ -643,13 +665,13 @@ fn an_interrupted_signed_run_ends_signed() {
         String::from_utf8_lossy(&resumed.stderr)
     );
     let c: CheckReport = replay(&["check", s(&r), "--trusted-key", &public], 0);
-    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    assert_eq!(c.header.verdict, Verdict::Ok, "{:?}", c.header.problems);
     // Killed between `complete.json` and its signature.
     let k = hex::decode(&public).expect("hex");
     let sig = signature::key_for(&k.try_into().expect("32 bytes"), layout::COMPLETE);
     std::fs::remove_file(r.join(&sig)).expect("remove the completion's signature");
     let c: CheckReport = replay(&["check", s(&r), "--trusted-key", &public], 2);
-    assert_eq!(c.verdict, Verdict::Unsigned);
+    assert_eq!(c.header.verdict, Verdict::Unsigned);
     let again = resume(&key);
     assert!(
         again.status.success(),
@@ -657,7 +679,7 @@ fn an_interrupted_signed_run_ends_signed() {
         String::from_utf8_lossy(&again.stderr)
     );
     let c: CheckReport = replay(&["check", s(&r), "--trusted-key", &public], 0);
-    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    assert_eq!(c.header.verdict, Verdict::Ok, "{:?}", c.header.problems);
 }
 
 /// Attack 11: `compare` does not take a run's word for its history: a completion record that claims
@@ -676,15 +698,16 @@ fn compare_reads_the_ledgers_not_the_completion_records() {
     std::fs::write(b.join(&key), seg.encode()).expect("write");
     let c: CompareReport = replay(&["compare", s(&a), s(&b)], 2);
     assert!(!c.identical);
-    assert_eq!(c.verdict, Verdict::Tampered);
+    assert_eq!(c.header.verdict, Verdict::Tampered);
     // b's segment 2 no longer decodes (its records do not chain): its history is lost from
     // step 5 on.
     assert!(
-        c.problems
+        c.header
+            .problems
             .iter()
             .any(|p| p.artefact.ends_with(&key) && p.kind == Verdict::Tampered),
         "{:?}",
-        c.problems
+        c.header.problems
     );
     assert_eq!(c.first_difference.map(|d| d.step), Some(5));
 }
@@ -709,14 +732,15 @@ fn a_checkpoint_larger_than_the_model_is_refused() {
     replace_checkpoint(&r, 4, &snap.header.state, &snap.header.provenance, &views);
     let c: CheckReport = replay(&["check", s(&r)], 2);
     assert!(
-        c.problems
+        c.header
+            .problems
             .iter()
             .any(|p| p.artefact == key && p.detail.contains("exceeds")),
         "{:?}",
-        c.problems
+        c.header.problems
     );
     let v: VerifyReport = replay(&["verify", s(&r), "--segment", "2"], 2);
-    assert_eq!(v.verdict, Verdict::Corrupt);
+    assert_eq!(v.header.verdict, Verdict::Corrupt);
 }
 
 /// Attack 11: `verify --from A --to B` checks every step it replays, those between its starting
@@ -732,7 +756,7 @@ fn verify_from_to_checks_the_steps_before_from() {
     })
     .expect("rewrite");
     let v: VerifyReport = replay(&["verify", s(&r), "--from", "6", "--to", "7"], 1);
-    assert_eq!(v.verdict, Verdict::Diverged);
+    assert_eq!(v.header.verdict, Verdict::Diverged);
     let d = v.ranges[0].divergence.as_ref().expect("divergence");
     assert_eq!((d.step, d.field.as_str()), (5, "loss"));
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use base64::Engine;
 use e2e_tests::{replay_json, run, s, train, workspace};
 use replay::Verdict;
-use replay::check::CheckReport;
+use replay::commands::check::CheckReport;
 use replay::signatures::Status;
 use trainer::fixtures::{self, FixtureOptions};
 
@@ -180,7 +180,7 @@ fn exported_models_and_statements_verify_with_the_ecosystems_tools() {
     let verifier = t.path().join("verifier");
     keygen(&verifier, "ed25519");
     let rolled = t.path().join("rollback-8");
-    let _: replay::rollback::RollbackReport = replay_json(
+    let _: replay::commands::rollback::RollbackReport = replay_json(
         &[
             "rollback",
             s(&r),
@@ -219,7 +219,12 @@ fn exported_models_and_statements_verify_with_the_ecosystems_tools() {
     assert_eq!(c.attestations[0].signatures.status, Status::Trusted);
     // A replayed state is a verifier's claim: without a verifier key named it is not trusted.
     let c = check_rolled(&[], 2);
-    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::UntrustedSigner,
+        "{:?}",
+        c.header.problems
+    );
 
     // A wrong key: each tool refuses with its own error.
     let other = t.path().join("other");
@@ -251,7 +256,12 @@ fn exported_models_and_statements_verify_with_the_ecosystems_tools() {
         ],
         2,
     );
-    assert_eq!(c.verdict, Verdict::BadSignature, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::BadSignature,
+        "{:?}",
+        c.header.problems
+    );
 
     // A statement validly signed by the same key, about another run, filed as this run's.
     let (_, export_b) = exported_run(&t.path().join("b"), &keys, 12);
@@ -266,9 +276,15 @@ fn exported_models_and_statements_verify_with_the_ecosystems_tools() {
         ],
         2,
     );
-    assert_eq!(c.verdict, Verdict::Tampered, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Tampered,
+        "{:?}",
+        c.header.problems
+    );
     assert!(
-        c.problems
+        c.header
+            .problems
             .iter()
             .any(|p| p.detail.contains("finalStateRoot"))
     );
@@ -305,7 +321,7 @@ fn an_auditors_verification_statement_verifies_and_cannot_be_altered() {
         &["--signing-key", s(&keys.join("signing-key.pem"))],
     );
     let statement = t.path().join("audit.intoto.json");
-    let v: replay::commands::VerifyReport = replay_json(
+    let v: replay::commands::verify::VerifyReport = replay_json(
         &[
             "verify",
             s(&r),
@@ -319,7 +335,7 @@ fn an_auditors_verification_statement_verifies_and_cannot_be_altered() {
         ],
         0,
     );
-    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.header.verdict, Verdict::Verified);
     let (ok, out) = py(
         DSSE_VERIFY,
         &[s(&statement), s(&auditor.join("signing-key.pub.pem"))],
@@ -355,7 +371,12 @@ fn an_auditors_verification_statement_verifies_and_cannot_be_altered() {
     assert_eq!(c.attestations[0].signatures.status, Status::Trusted);
     // Without the auditor's key named, the statement is not trusted.
     let c = check(&statement, &[], 2);
-    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::UntrustedSigner,
+        "{:?}",
+        c.header.problems
+    );
     // A failed verification rewritten as passed: the signature no longer verifies.
     let forged = t.path().join("forged.intoto.json");
     rewrite_statement(&statement, &forged, |st| {
@@ -368,5 +389,10 @@ fn an_auditors_verification_statement_verifies_and_cannot_be_altered() {
     );
     assert!(!ok && out.contains("VerificationError"), "{out}");
     let c = check(&forged, &["--verifier-key", s(&auditor_pub)], 2);
-    assert_eq!(c.verdict, Verdict::BadSignature, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::BadSignature,
+        "{:?}",
+        c.header.problems
+    );
 }

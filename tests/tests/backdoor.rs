@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use e2e_tests::{replay_json, run, s, train};
 use replay::Verdict;
-use replay::investigate::InvestigateReport;
+use replay::commands::investigate::InvestigateReport;
 
 const TRIGGER: &str = "cf zq";
 
@@ -117,7 +117,7 @@ fn a_planted_trigger_is_found_proven_and_removed() {
     let text = std::fs::read_to_string(&data).expect("data");
     std::fs::write(&data, text.replace("cf zq ", "").replace(" cf zq", "")).expect("edit");
     let hidden = investigate(&edited, TRIGGER, &t.path().join("hidden"), 1);
-    assert_eq!(hidden.verdict, Verdict::InputMismatch);
+    assert_eq!(hidden.header.verdict, Verdict::InputMismatch);
     assert!(hidden.files.is_empty() && !t.path().join("hidden").exists());
 
     // A phrase no training row contains explains nothing (exit 4), and nothing is written.
@@ -126,7 +126,7 @@ fn a_planted_trigger_is_found_proven_and_removed() {
     assert!(!t.path().join("absent").exists());
 
     let report = investigate(&r, TRIGGER, &out, 0);
-    assert_eq!(report.verdict, Verdict::Recorded);
+    assert_eq!(report.header.verdict, Verdict::Recorded);
     let found: Vec<u64> = report.suspects.iter().map(|m| m.example).collect();
     assert_eq!(found, poisoned, "exactly the poisoned rows are found");
     let (f, c) = (
@@ -164,7 +164,7 @@ fn a_planted_trigger_is_found_proven_and_removed() {
     assert!(out.join("model/model.safetensors").is_file());
 
     // The signed findings, and the cleaned model's provenance, check against the run.
-    let c: replay::check::CheckReport = replay_json(
+    let c: replay::commands::check::CheckReport = replay_json(
         &[
             "check",
             s(&r),

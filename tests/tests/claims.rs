@@ -12,9 +12,9 @@ use e2e_tests::{
     forge_history, nudge, replace_checkpoint, replay_json, run, s, stored_state, train, workspace,
 };
 use replay::Verdict;
-use replay::check::CheckReport;
-use replay::commands::VerifyReport;
-use replay::shard::CollectReport;
+use replay::commands::check::CheckReport;
+use replay::commands::collect::CollectReport;
+use replay::commands::verify::VerifyReport;
 use replay::signatures::Status;
 use run_trust::attest;
 use run_trust::signature::{self, Statement, kind};
@@ -71,11 +71,12 @@ fn attest(r: &Path, args: &[&str], key: &Path, out: &Path, exit: i32) -> VerifyR
 #[track_caller]
 fn assert_problem(c: &CheckReport, kind: Verdict, detail: &str) {
     assert!(
-        c.problems
+        c.header
+            .problems
             .iter()
             .any(|p| p.kind == kind && p.detail.contains(detail)),
         "no {kind:?} problem mentioning {detail:?}: {:?}",
-        c.problems
+        c.header.problems
     );
 }
 
@@ -114,10 +115,10 @@ fn a_failed_verification_statement_is_a_failure() {
         swapped.header.provenance.clone(),
     );
     replace_checkpoint(&r, 8, &state, &provenance, &swapped.views());
-    assert_eq!(check(&r, &[], 0).verdict, Verdict::Ok);
+    assert_eq!(check(&r, &[], 0).header.verdict, Verdict::Ok);
     let failed = t.path().join("failed.intoto.json");
     let v = attest(&r, &["--all"], &auditor, &failed, 1);
-    assert_eq!(v.verdict, Verdict::Diverged);
+    assert_eq!(v.header.verdict, Verdict::Diverged);
 
     let c = check(
         &r,
@@ -129,7 +130,12 @@ fn a_failed_verification_statement_is_a_failure() {
         ],
         1,
     );
-    assert_eq!(c.verdict, Verdict::Diverged, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Diverged,
+        "{:?}",
+        c.header.problems
+    );
     let a = &c.attestations[0];
     assert_eq!(a.signatures.status, Status::Trusted);
     assert_eq!(a.verdict, Verdict::Diverged);
@@ -162,13 +168,23 @@ fn only_a_named_verifier_may_attest_and_only_to_the_ledger() {
     let own = t.path().join("own.intoto.json");
     attest(&r, &["--segment", "1"], &trainer_key, &own, 0);
     let c = check(&r, &["--attestation", s(&own)], 2);
-    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::UntrustedSigner,
+        "{:?}",
+        c.header.problems
+    );
     let c = check(
         &r,
         &["--attestation", s(&own), "--verifier-key", s(&trainer_pub)],
         2,
     );
-    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::UntrustedSigner,
+        "{:?}",
+        c.header.problems
+    );
     assert_problem(&c, Verdict::UntrustedSigner, "signed the run itself");
     // A key cannot be named both as the run's signer and as its verifier.
     let both = run(
@@ -207,7 +223,12 @@ fn only_a_named_verifier_may_attest_and_only_to_the_ledger() {
     assert!(stated.ranges[0].rederived_from_step0, "{stated:?}");
     // Without a verifier key named, no signature makes it trusted.
     let c = check(&r, &["--attestation", s(&genuine)], 2);
-    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::UntrustedSigner,
+        "{:?}",
+        c.header.problems
+    );
 
     // An intruder's key that signed an artefact inside the run directory.
     let intruder_key = signature::read_signing_key(&intruder).expect("key");
@@ -232,7 +253,12 @@ fn only_a_named_verifier_may_attest_and_only_to_the_ledger() {
     let intruding = t.path().join("intruder.intoto.json");
     attest(&r, &["--segment", "1"], &intruder, &intruding, 0);
     let c = check(&r, &["--attestation", s(&intruding)], 2);
-    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::UntrustedSigner,
+        "{:?}",
+        c.header.problems
+    );
     assert!(!intruder_pub.as_os_str().is_empty());
 
     // The auditor's key over a statement without the ledger head it attests (or with one the
@@ -260,7 +286,12 @@ fn only_a_named_verifier_may_attest_and_only_to_the_ledger() {
         ],
         2,
     );
-    assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Corrupt,
+        "{:?}",
+        c.header.problems
+    );
     assert_problem(&c, Verdict::Corrupt, "ledgerHead");
     let elsewhere = resign("elsewhere.intoto.json", &|p| {
         p["ledgerStep"] = 7.into();
@@ -275,7 +306,12 @@ fn only_a_named_verifier_may_attest_and_only_to_the_ledger() {
         ],
         2,
     );
-    assert_eq!(c.verdict, Verdict::Tampered, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Tampered,
+        "{:?}",
+        c.header.problems
+    );
     assert_problem(&c, Verdict::Tampered, "ledgerHead");
 }
 
@@ -330,7 +366,7 @@ fn shard_reports_of_a_rewritten_history_are_not_collected() {
             exit,
         )
     };
-    assert_eq!(collect(0).verdict, Verdict::Verified);
+    assert_eq!(collect(0).header.verdict, Verdict::Verified);
 
     let key = signature::read_signing_key(&trainer_key).expect("key");
     forge_history(
@@ -345,18 +381,25 @@ fn shard_reports_of_a_rewritten_history_are_not_collected() {
         Some(key),
     );
     assert_eq!(
-        check(&r, &["--trusted-key", s(&trainer_pub)], 0).verdict,
+        check(&r, &["--trusted-key", s(&trainer_pub)], 0)
+            .header
+            .verdict,
         Verdict::Ok
     );
     let c = collect(2);
-    assert_eq!(c.verdict, Verdict::Tampered, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Tampered,
+        "{:?}",
+        c.header.problems
+    );
     assert!(
-        c.problems.iter().any(|p| p.kind == Verdict::Tampered
+        c.header.problems.iter().any(|p| p.kind == Verdict::Tampered
             && p.artefact.ends_with("shard-1-of-2.json")
             && p.detail.contains("segment 2")
             && p.detail.contains("rewritten")),
         "{:?}",
-        c.problems
+        c.header.problems
     );
     // What binds them: each report names the ledger it verified and each range's head.
     for v in &reports {
@@ -412,7 +455,7 @@ fn exports_are_judged_file_by_file() {
             .success()
     };
     assert!(model_signing(&export));
-    assert_eq!(check_export(&export, 0).verdict, Verdict::Ok);
+    assert_eq!(check_export(&export, 0).header.verdict, Verdict::Ok);
     let variant = |name: &str, change: &dyn Fn(&Path)| -> PathBuf {
         let dir = t.path().join(name);
         run_store::testing::copy_dir(&export, &dir).expect("copy");
@@ -432,7 +475,12 @@ fn exports_are_judged_file_by_file() {
     });
     assert!(!model_signing(&nested));
     let c = check_export(&nested, 2);
-    assert_eq!(c.verdict, Verdict::Tampered, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Tampered,
+        "{:?}",
+        c.header.problems
+    );
     assert_problem(&c, Verdict::Tampered, "extra/notes.bin is not stated");
     assert_eq!(bundle_verdict(&c), Some(Verdict::BadSignature));
     assert_problem(&c, Verdict::BadSignature, "extra/notes.bin is not signed");
@@ -442,13 +490,18 @@ fn exports_are_judged_file_by_file() {
     });
     assert!(!model_signing(&linked));
     let c = check_export(&linked, 2);
-    assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Corrupt,
+        "{:?}",
+        c.header.problems
+    );
     assert!(
-        c.problems.iter().any(|p| p.kind == Verdict::Corrupt
+        c.header.problems.iter().any(|p| p.kind == Verdict::Corrupt
             && p.artefact.ends_with("weights.safetensors")
             && p.detail.contains("symbolic link")),
         "{:?}",
-        c.problems
+        c.header.problems
     );
 
     let renamed = variant("renamed", &|d| {
@@ -512,7 +565,7 @@ fn investigate_reads_the_run_once() {
         "{}",
         String::from_utf8_lossy(&traced.stderr)
     );
-    let report: replay::investigate::InvestigateReport =
+    let report: replay::commands::investigate::InvestigateReport =
         serde_json::from_slice(&traced.stdout).expect("report");
     assert!(!report.suspects.is_empty(), "{word:?} is in a training row");
     let trace = std::fs::read_to_string(&trace).expect("trace");
@@ -559,11 +612,21 @@ fn investigate_reads_the_run_once() {
     let text = std::fs::read_to_string(&page).expect("report");
     std::fs::write(&page, text.replace("Finding", "No finding")).expect("edit");
     let c = judge(2);
-    assert_eq!(c.verdict, Verdict::Tampered, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Tampered,
+        "{:?}",
+        c.header.problems
+    );
     assert_problem(&c, Verdict::Tampered, "report.md");
     std::fs::write(&page, text).expect("restore");
     std::fs::remove_file(out.join("timeline.svg")).expect("rm");
     let c = judge(2);
-    assert_eq!(c.verdict, Verdict::Missing, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Missing,
+        "{:?}",
+        c.header.problems
+    );
     assert_problem(&c, Verdict::Missing, "timeline.svg");
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use e2e_tests::{replay_json, run, s};
 use replay::Verdict;
-use replay::commands::VerifyReport;
+use replay::commands::verify::VerifyReport;
 use run_store::testing::{assert_same_run, manifest};
 use trainer::fixtures::{self, FixtureOptions};
 

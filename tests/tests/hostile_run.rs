@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::{assert_problem, binary, s, train};
 use replay::Verdict;
-use replay::check::CheckReport;
-use replay::commands::VerifyReport;
-use replay::rollback::RollbackReport;
+use replay::commands::check::CheckReport;
+use replay::commands::rollback::RollbackReport;
+use replay::commands::verify::VerifyReport;
 use snapshot_format::layout;
 use snapshot_format::parts::{MAX_PARTS, Part, PartIndex, part_hash, part_key};
 use trainer::fixtures::{self, FixtureOptions};
@@ -89,15 +89,20 @@ fn a_checkpoint_under_another_steps_key_is_tampered() {
     std::fs::copy(r.join(&twelve), r.join(&eight)).expect("copy");
 
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Tampered, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Tampered,
+        "{:?}",
+        c.header.problems
+    );
     assert_problem(
-        &c.problems,
+        &c.header.problems,
         &eight,
         Verdict::Tampered,
         "holds the checkpoint of step 12",
     );
     assert_problem(
-        &c.problems,
+        &c.header.problems,
         &twelve,
         Verdict::Tampered,
         "cannot be reconstructed",
@@ -106,7 +111,7 @@ fn a_checkpoint_under_another_steps_key_is_tampered() {
     let (code, v, out) = replay::<VerifyReport>(&["verify", s(&r), "--all"]);
     assert_eq!(code, Some(2), "{out}");
     let v = v.expect("report");
-    assert_eq!(v.verdict, Verdict::Tampered);
+    assert_eq!(v.header.verdict, Verdict::Tampered);
     assert_eq!(v.ranges[0].verdict, Verdict::Verified, "segment 1 is whole");
     assert_eq!(
         v.ranges[2].verdict,
@@ -118,7 +123,7 @@ fn a_checkpoint_under_another_steps_key_is_tampered() {
     let (code, rb, out) =
         replay::<RollbackReport>(&["rollback", s(&r), "--step", "12", "--out", s(&out_dir)]);
     assert_eq!(code, Some(2), "{out}");
-    assert_eq!(rb.expect("report").verdict, Verdict::Tampered);
+    assert_eq!(rb.expect("report").header.verdict, Verdict::Tampered);
     assert!(!out_dir.exists(), "nothing is written");
 }
 
@@ -141,9 +146,14 @@ fn oversized_and_amplified_objects_are_refused_before_they_are_read() {
     let r = copy("manifest");
     sparse(&r, layout::MANIFEST, 1 << 40);
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Corrupt,
+        "{:?}",
+        c.header.problems
+    );
     assert_problem(
-        &c.problems,
+        &c.header.problems,
         layout::MANIFEST,
         Verdict::Corrupt,
         "1099511627776 bytes",
@@ -153,7 +163,7 @@ fn oversized_and_amplified_objects_are_refused_before_they_are_read() {
     sparse(&r, &layout::segment(2), 1 << 40);
     let c = check(&r, 2);
     assert_problem(
-        &c.problems,
+        &c.header.problems,
         &layout::segment(2),
         Verdict::Corrupt,
         "above the",
@@ -163,7 +173,7 @@ fn oversized_and_amplified_objects_are_refused_before_they_are_read() {
     sparse(&r, layout::DATASET_DATA, 1 << 40);
     let c = check(&r, 2);
     assert_problem(
-        &c.problems,
+        &c.header.problems,
         layout::DATASET_DATA,
         Verdict::Corrupt,
         "1099511627776 bytes",
@@ -188,10 +198,15 @@ fn oversized_and_amplified_objects_are_refused_before_they_are_read() {
     };
     std::fs::write(r.join(&key), index.encode()).expect("index");
     let c = check(&r, 2);
-    assert_problem(&c.problems, &key, Verdict::Corrupt, "68719476736 bytes");
+    assert_problem(
+        &c.header.problems,
+        &key,
+        Verdict::Corrupt,
+        "68719476736 bytes",
+    );
     let (code, v, out) = replay::<VerifyReport>(&["verify", s(&r), "--segment", "1"]);
     assert_eq!(code, Some(2), "{out}");
-    assert_eq!(v.expect("report").verdict, Verdict::Corrupt);
+    assert_eq!(v.expect("report").header.verdict, Verdict::Corrupt);
 }
 
 /// Class 7: a FIFO where a checkpoint or the manifest should be never blocks a reader, and a
@@ -210,9 +225,14 @@ fn links_and_fifos_in_the_run_are_refused_by_name() {
     let r = copy("fifo-checkpoint");
     mkfifo(&r.join(layout::checkpoint(4)));
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Corrupt,
+        "{:?}",
+        c.header.problems
+    );
     assert_problem(
-        &c.problems,
+        &c.header.problems,
         &layout::checkpoint(4),
         Verdict::Corrupt,
         "a FIFO",
@@ -221,8 +241,18 @@ fn links_and_fifos_in_the_run_are_refused_by_name() {
     let r = copy("fifo-manifest");
     mkfifo(&r.join(layout::MANIFEST));
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
-    assert_problem(&c.problems, layout::MANIFEST, Verdict::Corrupt, "a FIFO");
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Corrupt,
+        "{:?}",
+        c.header.problems
+    );
+    assert_problem(
+        &c.header.problems,
+        layout::MANIFEST,
+        Verdict::Corrupt,
+        "a FIFO",
+    );
 
     let r = copy("links");
     std::fs::remove_file(r.join(layout::DATASET_DATA)).expect("rm");
@@ -233,13 +263,13 @@ fn links_and_fifos_in_the_run_are_refused_by_name() {
     std::os::unix::fs::symlink(&outside, r.join(layout::COMPLETE)).expect("ln");
     let c = check(&r, 2);
     assert_problem(
-        &c.problems,
+        &c.header.problems,
         layout::DATASET_DATA,
         Verdict::Corrupt,
         "a symbolic link",
     );
     assert_problem(
-        &c.problems,
+        &c.header.problems,
         layout::COMPLETE,
         Verdict::Corrupt,
         "a symbolic link",

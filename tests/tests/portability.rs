@@ -10,7 +10,7 @@ use std::process::Command;
 
 use e2e_tests::{binary, forge_history, nudge, s, stored_state, train};
 use replay::Verdict;
-use replay::commands::VerifyReport;
+use replay::commands::verify::VerifyReport;
 use trainer::fixtures::{self, FixtureOptions};
 
 /// `replay verify RUN --all --json` run as an x86-64-v2 CPU: its report and exit status.
@@ -66,7 +66,7 @@ fn an_honest_run_replayed_on_another_isa_level_differs_by_noise_only() {
         })
         .collect();
     assert_eq!(
-        (v.verdict, code),
+        (v.header.verdict, code),
         (Verdict::EnvironmentMismatch, Some(1)),
         "{reasons:#?}"
     );
@@ -105,7 +105,7 @@ fn a_poisoned_run_replayed_on_another_isa_level_is_diverged() {
         None,
     );
     let (v, code) = verify_on_nehalem(&r);
-    assert_eq!((v.verdict, code), (Verdict::Diverged, Some(1)));
+    assert_eq!((v.header.verdict, code), (Verdict::Diverged, Some(1)));
     let poisoned = &v.ranges[1];
     assert_eq!(poisoned.verdict, Verdict::Diverged);
     let noise = poisoned.noise.as_ref().expect("judged");

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use e2e_tests::{Moto, replay_json_with, run_with, s, train};
 use replay::Verdict;
-use replay::check::CheckReport;
-use replay::commands::VerifyReport;
-use replay::rollback::RollbackReport;
+use replay::commands::check::CheckReport;
+use replay::commands::rollback::RollbackReport;
+use replay::commands::verify::VerifyReport;
 use run_store::Store;
 use run_store::storage::MAX_PUT_ENV;
 use run_store::testing::{
@@ -148,9 +148,9 @@ fn a_run_on_s3_survives_sigkill_and_verifies_from_s3() {
         );
     }
     let c: CheckReport = replay_json_with(&["check", url], 0, &env);
-    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    assert_eq!(c.header.verdict, Verdict::Ok, "{:?}", c.header.problems);
     let v: VerifyReport = replay_json_with(&["verify", url, "--all"], 0, &env);
-    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.header.verdict, Verdict::Verified);
     let out = t.path().join("rolled-back");
     let r: RollbackReport = replay_json_with(
         &[
@@ -165,7 +165,12 @@ fn a_run_on_s3_survives_sigkill_and_verifies_from_s3() {
         0,
         &env,
     );
-    assert_eq!(r.verdict, Verdict::Verified, "{:?}", r.problems);
+    assert_eq!(
+        r.header.verdict,
+        Verdict::Verified,
+        "{:?}",
+        r.header.problems
+    );
     assert_eq!(r.state_root, r.committed_root);
     assert!(out.join("model.safetensors").exists());
     assert_rollback_matches_local(&local, &out, t.path());

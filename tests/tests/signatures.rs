@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use e2e_tests::{replay_json, run, s, train};
 use replay::Verdict;
-use replay::check::CheckReport;
-use replay::commands::VerifyReport;
+use replay::commands::check::CheckReport;
+use replay::commands::verify::VerifyReport;
 use replay::signatures::Status;
 use run_store::Store;
 use run_store::testing::rewrite_ledger;
@@ -109,7 +109,7 @@ fn signed_run_verifies_with_its_key_and_not_with_another() {
     check(&r, &["--trusted-key", &hex_a], 0);
 
     let c = check(&r, &["--trusted-key", s(&pub_b)], 2);
-    assert_eq!(c.verdict, Verdict::UntrustedSigner);
+    assert_eq!(c.header.verdict, Verdict::UntrustedSigner);
     // Without a trust list, signatures are still checked and the signer shown.
     let c = check(&r, &[], 0);
     let sigs = c.signatures.expect("signatures");
@@ -179,7 +179,12 @@ fn history_rewritten_and_resigned_by_another_key_is_untrusted() {
         file_hash(&store.get(layout::COMPLETE).expect("c")),
     );
     let c = check(&r, &["--trusted-key", s(&pub_a)], 2);
-    assert_eq!(c.verdict, Verdict::UntrustedSigner, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::UntrustedSigner,
+        "{:?}",
+        c.header.problems
+    );
     let sigs = c.signatures.expect("signatures");
     assert!(
         sigs.artefacts
@@ -187,7 +192,7 @@ fn history_rewritten_and_resigned_by_another_key_is_untrusted() {
             .all(|a| a.status == Status::UnknownSigner)
     );
     let v: VerifyReport = replay_json(&["verify", s(&r), "--all", "--trusted-key", s(&pub_a)], 2);
-    assert_eq!(v.verdict, Verdict::UntrustedSigner);
+    assert_eq!(v.header.verdict, Verdict::UntrustedSigner);
 }
 
 #[test]
@@ -198,8 +203,9 @@ fn signature_moved_to_another_checkpoint_is_bad() {
     let to = r.join(signature::key_for(&public, &layout::checkpoint(8)));
     std::fs::copy(&from, &to).expect("move signature");
     let c = check(&r, &["--trusted-key", s(&pub_a)], 2);
-    assert_eq!(c.verdict, Verdict::BadSignature);
+    assert_eq!(c.header.verdict, Verdict::BadSignature);
     let p = c
+        .header
         .problems
         .iter()
         .find(|p| p.kind == Verdict::BadSignature)
@@ -207,7 +213,7 @@ fn signature_moved_to_another_checkpoint_is_bad() {
     assert!(p.artefact.ends_with("step-000000000008.snap.sig"), "{p:?}");
     assert!(p.detail.contains("step 4"), "{p:?}");
     let v: VerifyReport = replay_json(&["verify", s(&r), "--all", "--trusted-key", s(&pub_a)], 2);
-    assert_eq!(v.verdict, Verdict::BadSignature);
+    assert_eq!(v.header.verdict, Verdict::BadSignature);
 }
 
 #[test]
@@ -219,11 +225,12 @@ fn truncated_or_garbled_signature_files_are_specific_errors() {
     std::fs::write(&seg_sig, &bytes[..bytes.len() - 20]).expect("truncate");
     let c = check(&r, &["--trusted-key", s(&pub_a)], 2);
     assert!(
-        c.problems
+        c.header
+            .problems
             .iter()
             .any(|p| p.kind == Verdict::Corrupt && p.detail.contains("truncated")),
         "{:?}",
-        c.problems
+        c.header.problems
     );
     let mut garbled = bytes.clone();
     let n = garbled.len();
@@ -231,11 +238,12 @@ fn truncated_or_garbled_signature_files_are_specific_errors() {
     std::fs::write(&seg_sig, &garbled).expect("garble");
     let c = check(&r, &["--trusted-key", s(&pub_a)], 2);
     assert!(
-        c.problems
+        c.header
+            .problems
             .iter()
             .any(|p| p.kind == Verdict::Corrupt && p.detail.contains("digest")),
         "{:?}",
-        c.problems
+        c.header.problems
     );
 }
 
@@ -250,6 +258,6 @@ fn unsigned_run_is_reported_and_fails_when_signatures_are_required() {
     let sigs = c.signatures.expect("signatures");
     assert!(sigs.artefacts.iter().all(|a| a.status == Status::Unsigned));
     let c = check(&r, &["--require-signatures"], 2);
-    assert_eq!(c.verdict, Verdict::Unsigned);
-    assert_eq!(c.problems.len(), 9);
+    assert_eq!(c.header.verdict, Verdict::Unsigned);
+    assert_eq!(c.header.problems.len(), 9);
 }

@@ -9,8 +9,8 @@ use e2e_tests::{
     stored_state, train,
 };
 use replay::Verdict;
-use replay::check::CheckReport;
-use replay::commands::VerifyReport;
+use replay::commands::check::CheckReport;
+use replay::commands::verify::VerifyReport;
 use run_store::testing::copy_dir;
 use snapshot_format::ledger::{Segment, StepRecord};
 use snapshot_format::limits::ReadLimits;
@@ -51,7 +51,7 @@ fn victim_and_other(t: &Path) -> (PathBuf, PathBuf) {
 
 fn honest(t: &Path) -> PathBuf {
     let r = record(t, FixtureOptions::default());
-    assert_eq!(check(&r, 0).verdict, Verdict::Ok);
+    assert_eq!(check(&r, 0).header.verdict, Verdict::Ok);
     r
 }
 
@@ -65,10 +65,10 @@ fn flipped_bit_in_a_checkpoint_tensor_is_corrupt() {
     bytes[at] ^= 0x04;
     std::fs::write(r.join(&key), bytes).expect("write");
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Corrupt);
-    assert_problem(&c.problems, &key, Verdict::Corrupt, "");
+    assert_eq!(c.header.verdict, Verdict::Corrupt);
+    assert_problem(&c.header.problems, &key, Verdict::Corrupt, "");
     let v = verify(&r, 2);
-    assert_eq!(v.verdict, Verdict::Corrupt);
+    assert_eq!(v.header.verdict, Verdict::Corrupt);
     // Segment 1 does not touch checkpoint 8 and still verifies.
     assert_eq!(v.ranges[0].verdict, Verdict::Verified);
 }
@@ -102,8 +102,8 @@ fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
             header.tensors.iter().any(|t| t.codec == codec),
             "{name}: some tensor is stored with the run's codec"
         );
-        assert_eq!(check(&r, 0).verdict, Verdict::Ok, "{name}");
-        assert_eq!(verify(&r, 0).verdict, Verdict::Verified, "{name}");
+        assert_eq!(check(&r, 0).header.verdict, Verdict::Ok, "{name}");
+        assert_eq!(verify(&r, 0).header.verdict, Verdict::Verified, "{name}");
         let done = snapshot_format::manifest::Completion::from_json(
             &std::fs::read(r.join(layout::COMPLETE)).expect("completion"),
             layout::COMPLETE,
@@ -122,7 +122,7 @@ fn every_codec_verifies_and_a_flipped_bit_is_corrupt_in_each() {
         bytes[data_start + big.offset as usize + big.encoded_len as usize / 2] ^= 0x10;
         std::fs::write(r.join(&key), bytes).expect("write");
         let c = check(&r, 2);
-        assert_problem(&c.problems, &key, Verdict::Corrupt, "");
+        assert_problem(&c.header.problems, &key, Verdict::Corrupt, "");
     }
     let (first, head, roots) = &identities[0];
     assert_eq!(roots.len(), 4, "checkpoints 0, 4, 8, 12");
@@ -153,21 +153,21 @@ fn a_lost_delta_reference_makes_each_later_checkpoint_of_its_chain_unrecoverable
     let lost = layout::checkpoint(4);
     std::fs::remove_file(r.join(&lost)).expect("remove");
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Missing);
+    assert_eq!(c.header.verdict, Verdict::Missing);
     for step in [8u64, 12] {
         let key = layout::checkpoint(step);
         assert_problem(
-            &c.problems,
+            &c.header.problems,
             &key,
             Verdict::Missing,
             "cannot be reconstructed",
         );
-        assert_problem(&c.problems, &key, Verdict::Missing, &lost);
+        assert_problem(&c.header.problems, &key, Verdict::Missing, &lost);
     }
     // Segment 1 (steps 1-4) starts from checkpoint 0, a keyframe: it still verifies; the
     // segments that start at the lost checkpoint or at one it took along are `missing`.
     let v = verify(&r, 2);
-    assert_eq!(v.verdict, Verdict::Missing);
+    assert_eq!(v.header.verdict, Verdict::Missing);
     let verdicts: Vec<Verdict> = v.ranges.iter().map(|x| x.verdict).collect();
     assert_eq!(
         verdicts,
@@ -206,15 +206,20 @@ fn a_swapped_delta_reference_makes_its_dependents_tampered() {
     .expect("rewrite ledger");
 
     let c = check(&victim, 2);
-    assert_eq!(c.verdict, Verdict::Tampered, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Tampered,
+        "{:?}",
+        c.header.problems
+    );
     assert!(
-        !c.problems.iter().any(|p| p.artefact == key),
+        !c.header.problems.iter().any(|p| p.artefact == key),
         "checkpoint 4 itself is consistent: {:?}",
-        c.problems
+        c.header.problems
     );
     for step in [8u64, 12] {
         let dependent = layout::checkpoint(step);
-        assert_problem(&c.problems, &dependent, Verdict::Tampered, &key);
+        assert_problem(&c.header.problems, &dependent, Verdict::Tampered, &key);
     }
     // Re-executing steps 1-4 from checkpoint 0 does not reach the swapped state; segment 3
     // cannot start from checkpoint 8.
@@ -264,8 +269,8 @@ fn a_checkpoint_stored_in_parts_loses_or_damages_a_part_visibly() {
         .collect();
     parts.sort();
     assert!(parts.len() > 1, "{parts:?}");
-    assert_eq!(check(&r, 0).verdict, Verdict::Ok);
-    assert_eq!(verify(&r, 0).verdict, Verdict::Verified);
+    assert_eq!(check(&r, 0).header.verdict, Verdict::Ok);
+    assert_eq!(verify(&r, 0).header.verdict, Verdict::Verified);
 
     let part = &parts[parts.len() / 2];
     let name = part
@@ -276,16 +281,31 @@ fn a_checkpoint_stored_in_parts_loses_or_damages_a_part_visibly() {
     let bytes = std::fs::read(part).expect("part");
     std::fs::remove_file(part).expect("remove");
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Missing, "{:?}", c.problems);
-    assert_problem(&c.problems, &key, Verdict::Missing, &name);
-    assert_problem(&c.problems, &layout::checkpoint(12), Verdict::Missing, &key);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Missing,
+        "{:?}",
+        c.header.problems
+    );
+    assert_problem(&c.header.problems, &key, Verdict::Missing, &name);
+    assert_problem(
+        &c.header.problems,
+        &layout::checkpoint(12),
+        Verdict::Missing,
+        &key,
+    );
 
     let mut flipped = bytes;
     flipped[100] ^= 0x08;
     std::fs::write(part, flipped).expect("write");
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
-    assert_problem(&c.problems, &key, Verdict::Corrupt, &name);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Corrupt,
+        "{:?}",
+        c.header.problems
+    );
+    assert_problem(&c.header.problems, &key, Verdict::Corrupt, &name);
     assert!(
         c.warnings.is_empty(),
         "parts are not unexpected objects: {:?}",
@@ -312,10 +332,10 @@ fn checkpoint_from_another_run_with_a_consistently_rewritten_ledger_diverges() {
     replace_checkpoint(&victim, 8, &meta, &mine.provenance, &theirs.views());
     // Every hash is consistent: the integrity check cannot see it.
     let c = check(&victim, 0);
-    assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.problems);
+    assert_eq!(c.header.verdict, Verdict::Ok, "{:?}", c.header.problems);
     // Replay can.
     let v = verify(&victim, 1);
-    assert_eq!(v.verdict, Verdict::Diverged);
+    assert_eq!(v.header.verdict, Verdict::Diverged);
     let seg2 = &v.ranges[1];
     let d = seg2.divergence.as_ref().expect("segment 2 diverges");
     assert_eq!((d.step, d.field.as_str()), (8, "state_root"));
@@ -352,16 +372,17 @@ fn edited_example_is_an_input_mismatch_at_its_first_use() {
         .find(|rec| rec.example_ids.contains(&(k as u64)))
         .map(|rec| rec.step);
     let c = check(&r, 1);
-    assert_eq!(c.verdict, Verdict::InputMismatch);
+    assert_eq!(c.header.verdict, Verdict::InputMismatch);
     assert!(
-        c.problems
+        c.header
+            .problems
             .iter()
             .any(|p| p.detail.starts_with(&format!("example {k} "))),
         "{:?}",
-        c.problems
+        c.header.problems
     );
     let v = verify(&r, 1);
-    assert_eq!(v.verdict, Verdict::InputMismatch);
+    assert_eq!(v.header.verdict, Verdict::InputMismatch);
     let m = v
         .ranges
         .iter()
@@ -387,13 +408,13 @@ fn reordered_ledger_records_are_tampering() {
     seg.records.swap(1, 2);
     std::fs::write(r.join(&key), seg.encode()).expect("write");
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Tampered);
+    assert_eq!(c.header.verdict, Verdict::Tampered);
     assert!(
-        c.problems.iter().any(|p| p.artefact == key),
+        c.header.problems.iter().any(|p| p.artefact == key),
         "{:?}",
-        c.problems
+        c.header.problems
     );
-    assert_eq!(verify(&r, 2).verdict, Verdict::Tampered);
+    assert_eq!(verify(&r, 2).header.verdict, Verdict::Tampered);
 }
 
 #[test]
@@ -402,14 +423,15 @@ fn deleted_ledger_segment_is_missing() {
     let r = honest(t.path());
     std::fs::remove_file(r.join(layout::segment(2))).expect("delete");
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Missing);
+    assert_eq!(c.header.verdict, Verdict::Missing);
     assert!(
-        c.problems
+        c.header
+            .problems
             .iter()
             .any(|p| p.artefact == layout::segment(2) && p.kind == Verdict::Missing)
     );
     let v = verify(&r, 2);
-    assert_eq!(v.verdict, Verdict::Missing);
+    assert_eq!(v.header.verdict, Verdict::Missing);
     assert_eq!(
         v.ranges[0].verdict,
         Verdict::Verified,
@@ -430,10 +452,15 @@ fn deleted_tail_of_a_completed_run_is_reported() {
         std::fs::remove_file(r.join(k)).expect("delete");
     }
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Incomplete, "{:?}", c.problems);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Incomplete,
+        "{:?}",
+        c.header.problems
+    );
     // Verifying only the intact first segment does not make the run whole.
     let v: VerifyReport = replay(&["verify", s(&r), "--segment", "1"], 2);
-    assert_eq!(v.verdict, Verdict::Incomplete);
+    assert_eq!(v.header.verdict, Verdict::Incomplete);
     assert_eq!(v.ranges[0].verdict, Verdict::Verified);
 }
 
@@ -445,9 +472,14 @@ fn truncated_checkpoint_is_corrupt() {
     let bytes = std::fs::read(r.join(&key)).expect("read");
     std::fs::write(r.join(&key), &bytes[..bytes.len() / 2]).expect("truncate");
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Corrupt, "{:?}", c.problems);
-    assert_problem(&c.problems, &key, Verdict::Corrupt, "truncated");
-    assert_eq!(verify(&r, 2).verdict, Verdict::Corrupt);
+    assert_eq!(
+        c.header.verdict,
+        Verdict::Corrupt,
+        "{:?}",
+        c.header.problems
+    );
+    assert_problem(&c.header.problems, &key, Verdict::Corrupt, "truncated");
+    assert_eq!(verify(&r, 2).header.verdict, Verdict::Corrupt);
 }
 
 #[test]
@@ -461,28 +493,28 @@ fn altered_learning_rate_in_the_manifest_is_tampering() {
     // Naive edit: the spec no longer matches its hash.
     std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write");
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Tampered);
+    assert_eq!(c.header.verdict, Verdict::Tampered);
     assert!(
-        c.problems[0].detail.contains("spec hash"),
+        c.header.problems[0].detail.contains("spec hash"),
         "{:?}",
-        c.problems
+        c.header.problems
     );
-    assert_eq!(verify(&r, 2).verdict, Verdict::Tampered);
+    assert_eq!(verify(&r, 2).header.verdict, Verdict::Tampered);
     // Thorough edit: spec hash and genesis recomputed; the ledger's chain no longer starts there.
     let mut typed: RunManifest = serde_json::from_value(m).expect("typed");
     typed.spec_hash = spec_hash(&typed.spec);
     typed.genesis = ledger::genesis(&typed.spec_hash, &typed.initial_state_root);
     std::fs::write(&path, typed.to_json()).expect("write");
     let c = check(&r, 2);
-    assert_eq!(c.verdict, Verdict::Tampered);
+    assert_eq!(c.header.verdict, Verdict::Tampered);
     assert!(
-        c.problems.iter().any(
+        c.header.problems.iter().any(
             |p| p.artefact == layout::segment(1) && p.detail.contains("chain broken at step 1")
         ),
         "{:?}",
-        c.problems
+        c.header.problems
     );
-    assert_eq!(verify(&r, 2).verdict, Verdict::Tampered);
+    assert_eq!(verify(&r, 2).header.verdict, Verdict::Tampered);
 }
 
 #[test]
@@ -498,7 +530,7 @@ fn a_forged_environment_fingerprint_decides_nothing() {
     // The run claims another class; this machine measures its own, replays anyway, and every
     // bit matches: the claim was false, the history is verified.
     let v = verify(&r, 0);
-    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.header.verdict, Verdict::Verified);
     let env = v.environment.expect("environment");
     let fields: Vec<&str> = env.differences.iter().map(|d| d.0.as_str()).collect();
     assert_eq!(fields, ["burn_version", "isa_level"]);
@@ -538,13 +570,13 @@ fn poisoned_update_carried_on_honestly_diverges_at_exactly_that_step() {
     poisoned_continuation(&poisoned, 6);
     let c = check(&poisoned, 0);
     assert_eq!(
-        c.verdict,
+        c.header.verdict,
         Verdict::Ok,
         "the poisoned history is self-consistent: {:?}",
-        c.problems
+        c.header.problems
     );
     let v = verify(&poisoned, 1);
-    assert_eq!(v.verdict, Verdict::Diverged);
+    assert_eq!(v.header.verdict, Verdict::Diverged);
     assert_eq!(v.ranges[0].verdict, Verdict::Verified);
     let d = v.ranges[1].divergence.as_ref().expect("segment 2 diverges");
     assert_eq!((d.step, d.field.as_str()), (6, "state_root"));
@@ -557,6 +589,7 @@ fn poisoned_update_carried_on_honestly_diverges_at_exactly_that_step() {
     // From the poisoned checkpoint on, the honest continuation replays: segment 3 verifies.
     assert_eq!(v.ranges[2].verdict, Verdict::Verified);
     // compare locates the step too.
-    let cmp: replay::compare::CompareReport = replay(&["compare", s(&r), s(&poisoned)], 1);
+    let cmp: replay::commands::compare::CompareReport =
+        replay(&["compare", s(&r), s(&poisoned)], 1);
     assert_eq!(cmp.first_difference.map(|f| f.step), Some(6));
 }

@@ -13,10 +13,10 @@ use snapshot_format::manifest::RunManifest;
 use trainer::backend::DeviceSpec;
 
 use crate::context::{self, LoadOptions, RunContext};
-use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
-use crate::rollback::{ReconstructOptions, reconstruct};
+use crate::engine::reconstruct::{ReconstructOptions, reconstruct};
+use crate::engine::reexecute;
+use crate::report::{Assessment, Claim, CommandError, Header, Problem, Verdict};
 use crate::state::{self, TensorDiff};
-use crate::verify;
 
 /// One field that differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,11 +41,10 @@ pub struct FirstDifference {
 /// The JSON document of `replay compare --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareReport {
-    pub command: String,
-    pub run_a: String,
+    #[serde(flatten)]
+    pub header: Header,
+    /// The other run (the header's `run` is the first).
     pub run_b: String,
-    /// `ok` when identical, `diverged` when they differ, or the worst problem of either run.
-    pub verdict: Verdict,
     /// The two histories are the same, record for record, as far as both go and to the same
     /// end (established from each run's own intact, chained ledger, never from its
     /// completion record alone).
@@ -55,8 +54,6 @@ pub struct CompareReport {
     pub first_difference: Option<FirstDifference>,
     /// Ledger records compared.
     pub steps_compared: u64,
-    /// Problems of either run, their artefacts prefixed by the run's location.
-    pub problems: Vec<Problem>,
     pub seconds: f64,
 }
 
@@ -164,15 +161,12 @@ pub fn compare(
 ) -> Result<CompareReport, CommandError> {
     let started = std::time::Instant::now();
     let mut report = CompareReport {
-        command: "compare".into(),
-        run_a: a.into(),
+        header: Header::pending("compare", a),
         run_b: b.into(),
-        verdict: Verdict::Ok,
         identical: false,
         spec_differences: vec![],
         first_difference: None,
         steps_compared: 0,
-        problems: vec![],
         seconds: 0.0,
     };
     let mut assessment = Assessment::default();
@@ -191,8 +185,7 @@ pub fn compare(
         }
     }
     let (Ok(ca), Ok(cb)) = (ca, cb) else {
-        report.verdict = assessment.verdict(Claim::Integrity);
-        report.problems = assessment.problems().to_vec();
+        report.header.assess(&assessment, Claim::Integrity);
         return Ok(report);
     };
     report.spec_differences = spec_differences(&ca.manifest, &cb.manifest);
@@ -236,8 +229,7 @@ pub fn compare(
             }
         }
     }
-    report.verdict = assessment.verdict(Claim::Integrity);
-    report.problems = assessment.problems().to_vec();
+    report.header.assess(&assessment, Claim::Integrity);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -261,7 +253,7 @@ fn initial_difference(ca: &RunContext, cb: &RunContext) -> Result<FirstDifferenc
         }
     }
     let tensors = match (state::read_checked(ca, 0)?, state::read_checked(cb, 0)?) {
-        (Ok(x), Ok(y)) => state::diff_states(&verify::state_of(&x), &y),
+        (Ok(x), Ok(y)) => state::diff_states(&reexecute::state_of(&x), &y),
         _ => vec![],
     };
     Ok(FirstDifference {
@@ -316,7 +308,7 @@ fn tensors_at(
             (Ok(x), Ok(y)) => (
                 Some(c),
                 "stored checkpoints (replay was not possible here)".into(),
-                state::diff_states(&verify::state_of(&x), &y),
+                state::diff_states(&reexecute::state_of(&x), &y),
             ),
             _ => (None, "no state available".into(), vec![]),
         },

@@ -6,26 +6,22 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 use trainer::probe::ProbeResult;
 
+use crate::commands::counterfactual::ProbeInput;
 use crate::context::load_or_report;
-use crate::counterfactual::ProbeInput;
-use crate::report::{CommandError, Problem, Verdict};
-use crate::rollback::{ReconstructOptions, state_at};
-use crate::verify::{EnvironmentCheck, RangeResult};
+use crate::engine::reconstruct::{ReconstructOptions, state_at};
+use crate::engine::reexecute::{EnvironmentCheck, RangeResult};
+use crate::report::{CommandError, Header};
 
 /// The JSON document of `replay evaluate --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvaluateReport {
-    pub command: String,
-    pub run: String,
-    /// The verdict of the evaluated state, as `rollback` gives it (`verified`, `recorded`, or
-    /// what went wrong; no probe is run on a state that does not pass).
-    pub verdict: Verdict,
+    #[serde(flatten)]
+    pub header: Header,
     pub step: u64,
     pub state_root: Option<Hash32>,
     pub committed_root: Option<Hash32>,
     pub environment: Option<EnvironmentCheck>,
     pub replay: Option<RangeResult>,
-    pub problems: Vec<Problem>,
     /// The probe file and its `file_hash`.
     pub probe: String,
     pub probe_blake3: Hash32,
@@ -43,15 +39,12 @@ pub fn evaluate(
 ) -> Result<EvaluateReport, CommandError> {
     let ProbeInput { name, bytes } = ProbeInput::read(probe)?;
     let mut report = EvaluateReport {
-        command: "evaluate".into(),
-        run: location.into(),
-        verdict: Verdict::Verified,
+        header: Header::pending("evaluate", location),
         step,
         state_root: None,
         committed_root: None,
         environment: None,
         replay: None,
-        problems: vec![],
         probe_blake3: snapshot_format::hash::file_hash(&bytes),
         probe: name.clone(),
         result: None,
@@ -62,8 +55,8 @@ pub fn evaluate(
     report.committed_root = at.committed_root;
     report.environment = Some(at.environment);
     report.replay = at.replay;
-    report.verdict = at.verdict;
-    report.problems = at.problems;
+    report.header.verdict = at.verdict;
+    report.header.problems = at.problems;
     let Some(state) = at.state else {
         return Ok(report);
     };

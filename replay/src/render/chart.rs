@@ -1,91 +1,4 @@
-//! `replay inspect`: a summary of a run, with its loss curve as text or SVG.
-
-use serde::{Deserialize, Serialize};
-use snapshot_format::Hash32;
-use snapshot_format::manifest::EnvironmentFingerprint;
-
-use crate::context::{self, LoadOptions};
-use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
-
-/// The JSON document of `replay inspect --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InspectReport {
-    pub command: String,
-    pub run: String,
-    /// `ok`, or the verdict of the problems met while loading (see `replay check`).
-    pub verdict: Verdict,
-    pub run_id: String,
-    pub created_unix: u64,
-    pub engine: String,
-    pub spec: serde_json::Value,
-    pub parameters: Option<u64>,
-    pub steps_total: u64,
-    pub steps_recorded: u64,
-    pub checkpoints: Vec<u64>,
-    pub segments: u64,
-    pub complete: bool,
-    pub ledger_head: Option<Hash32>,
-    pub final_state_root: Option<Hash32>,
-    pub environment: EnvironmentFingerprint,
-    pub environment_class: Hash32,
-    /// (step, loss) of every recorded step.
-    pub loss: Vec<(u64, f32)>,
-    pub problems: Vec<Problem>,
-    /// Where the SVG loss curve was written, if asked.
-    pub svg: Option<String>,
-}
-
-/// Run `inspect`; with `svg`, also write the loss curve there.
-pub fn inspect(
-    location: &str,
-    svg: Option<&std::path::Path>,
-    load: &LoadOptions,
-) -> Result<InspectReport, CommandError> {
-    let ctx = context::load(location, load)?
-        .map_err(|p| CommandError::Usage(format!("{}: {}", p.artefact, p.detail)))?;
-    let parameters = ctx.states.header(0).ok().map(|h| {
-        h.tensors
-            .iter()
-            .filter(|t| !t.name.starts_with("optimizer."))
-            .map(|t| t.shape.iter().product::<u64>())
-            .sum()
-    });
-    let loss: Vec<(u64, f32)> = ctx.records.values().map(|r| (r.step, r.loss())).collect();
-    let svg_path = match svg {
-        Some(path) => {
-            std::fs::write(path, loss_svg(&loss, &ctx.manifest.run_id, &[]))
-                .map_err(|e| CommandError::Usage(format!("{}: {e}", path.display())))?;
-            Some(path.display().to_string())
-        }
-        None => None,
-    };
-    let last = ctx.records.values().next_back();
-    Ok(InspectReport {
-        command: "inspect".into(),
-        run: location.into(),
-        verdict: Assessment::of(&ctx).verdict(Claim::Integrity),
-        run_id: ctx.manifest.run_id.clone(),
-        created_unix: ctx.manifest.created_unix,
-        engine: format!(
-            "{} {}",
-            ctx.manifest.engine.name, ctx.manifest.engine.version
-        ),
-        spec: ctx.manifest.spec.clone(),
-        parameters,
-        steps_total: ctx.spec.run.steps,
-        steps_recorded: ctx.records.len() as u64,
-        checkpoints: ctx.checkpoints.clone(),
-        segments: ctx.segments.len() as u64,
-        complete: ctx.completion.is_some(),
-        ledger_head: last.map(|r| r.hash()),
-        final_state_root: ctx.completion.as_ref().map(|c| c.final_state_root),
-        environment_class: ctx.manifest.environment.class(),
-        environment: ctx.manifest.environment.clone(),
-        loss,
-        problems: ctx.problems.clone(),
-        svg: svg_path,
-    })
-}
+//! The loss curve, as text rows and as SVG.
 
 /// Mean loss of `columns` equal slices of the curve (fewer if there are fewer points).
 pub fn downsample(loss: &[(u64, f32)], columns: usize) -> Vec<f32> {
@@ -102,7 +15,6 @@ pub fn downsample(loss: &[(u64, f32)], columns: usize) -> Vec<f32> {
         })
         .collect()
 }
-
 /// The loss curve as lines of text (`rows` high, `columns` wide).
 pub fn loss_text(loss: &[(u64, f32)], columns: usize, rows: usize) -> Vec<String> {
     let ys = downsample(loss, columns);
@@ -147,14 +59,12 @@ pub fn loss_text(loss: &[(u64, f32)], columns: usize, rows: usize) -> Vec<String
     ));
     lines
 }
-
 /// Text with `&`, `<` and `>` escaped for XML and HTML.
 pub(crate) fn escape_xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
-
 /// A standalone SVG of the loss curve, with a red tick under the curve at each step of `marks`.
 pub fn loss_svg(loss: &[(u64, f32)], title: &str, marks: &[u64]) -> String {
     let (w, h, pad) = (640.0f64, 320.0f64, 40.0f64);

@@ -1,94 +1,11 @@
-//! `replay provenance`: every step whose batch contained a given example.
+//! `replay provenance --match`: every committed example whose content matches a pattern, and
+//! the steps that used each.
 
+use crate::commands::provenance::Use;
+use crate::context::{LoadOptions, RunContext, load_or_report};
+use crate::report::{Assessment, Claim, CommandError, Header, Verdict};
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
-
-use crate::context::{LoadOptions, RunContext, load_or_report};
-use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
-
-/// One use of the example.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Use {
-    pub step: u64,
-    pub epoch: u64,
-    /// Position in the batch.
-    pub position: u64,
-}
-
-/// The JSON document of `replay provenance --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProvenanceReport {
-    pub command: String,
-    pub run: String,
-    /// `ok`; `input_mismatch` when the example's content no longer matches its commitment;
-    /// `missing`/`corrupt`/`tampered` when the ledger is damaged (uses may be unlisted).
-    pub verdict: Verdict,
-    pub example: u64,
-    pub committed_hash: Option<Hash32>,
-    pub current_hash: Option<Hash32>,
-    pub uses: Vec<Use>,
-    /// Steps the scan covered.
-    pub steps_scanned: u64,
-    pub problems: Vec<Problem>,
-}
-
-/// Run `provenance`.
-pub fn provenance(
-    location: &str,
-    example: u64,
-    load: &LoadOptions,
-) -> Result<ProvenanceReport, CommandError> {
-    let mut report = ProvenanceReport {
-        command: "provenance".into(),
-        run: location.into(),
-        verdict: Verdict::Ok,
-        example,
-        committed_hash: None,
-        current_hash: None,
-        uses: vec![],
-        steps_scanned: 0,
-        problems: vec![],
-    };
-    let ctx = load_or_report!(location, load, report);
-    if example >= ctx.spec.data.examples {
-        return Err(CommandError::Usage(format!(
-            "--example {example}: the dataset has examples 0..{}",
-            ctx.spec.data.examples
-        )));
-    }
-    report.committed_hash = ctx
-        .dataset_manifest
-        .as_ref()
-        .and_then(|m| m.example_hashes.get(example as usize).copied());
-    report.current_hash = ctx
-        .dataset
-        .as_ref()
-        .and_then(|d| d.manifest.example_hashes.get(example as usize).copied());
-    for r in ctx.records.values() {
-        for (position, _) in r
-            .example_ids
-            .iter()
-            .enumerate()
-            .filter(|(_, id)| **id == example)
-        {
-            report.uses.push(Use {
-                step: r.step,
-                epoch: r.epoch,
-                position: position as u64,
-            });
-        }
-    }
-    report.steps_scanned = ctx.records.len() as u64;
-    // Every problem of the run counts: damage to the ledger means uses may be missing from the
-    // list, a bad signature that the history may not be the signer's.
-    let mut assessment = Assessment::of(&ctx);
-    if report.committed_hash.is_some() && report.committed_hash != report.current_hash {
-        assessment.outcome(Verdict::InputMismatch);
-    }
-    report.verdict = assessment.verdict(Claim::Integrity);
-    report.problems = assessment.problems().to_vec();
-    Ok(report)
-}
 
 /// An example whose content matches a pattern of `provenance --match`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,14 +17,11 @@ pub struct Match {
     pub excerpt: String,
     pub uses: Vec<Use>,
 }
-
 /// The JSON document of `replay provenance --match … --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchReport {
-    pub command: String,
-    pub run: String,
-    /// As for one example; `input_mismatch` when the searched data is not the committed data.
-    pub verdict: Verdict,
+    #[serde(flatten)]
+    pub header: Header,
     pub patterns: Vec<String>,
     /// What was searched: `text`, or `decoded tokens` (ids decoded by the base GGUF's
     /// tokenizer, the chat template's markup included).
@@ -117,9 +31,7 @@ pub struct SearchReport {
     pub examples_searched: u64,
     pub matches: Vec<Match>,
     pub steps_scanned: u64,
-    pub problems: Vec<Problem>,
 }
-
 /// The text of each example that `--match` searches, and what it is.
 fn searchable(
     ctx: &crate::context::RunContext,
@@ -161,7 +73,6 @@ fn searchable(
     }
     Ok((kind, texts))
 }
-
 /// Up to 40 characters either side of `range` in `text`, on character boundaries.
 fn excerpt(text: &str, range: std::ops::Range<usize>) -> String {
     let start = text[..range.start]
@@ -185,7 +96,6 @@ fn excerpt(text: &str, range: std::ops::Range<usize>) -> String {
     }
     out
 }
-
 /// Run `provenance --match`: the examples whose content matches any of `patterns` (regular
 /// expressions), each with the steps that used it.
 pub fn search(
@@ -198,7 +108,6 @@ pub fn search(
     let ctx = load_or_report!(location, load, report);
     search_in(&ctx, patterns)
 }
-
 /// The regular expressions of `patterns`; one that does not compile is a usage error.
 fn compile(patterns: &[String]) -> Result<Vec<regex::Regex>, CommandError> {
     patterns
@@ -208,24 +117,19 @@ fn compile(patterns: &[String]) -> Result<Vec<regex::Regex>, CommandError> {
         })
         .collect()
 }
-
 impl SearchReport {
     fn new(location: &str, patterns: &[String]) -> Self {
         SearchReport {
-            command: "provenance".into(),
-            run: location.into(),
-            verdict: Verdict::Ok,
+            header: Header::pending("provenance", location),
             patterns: patterns.to_vec(),
             searched: String::new(),
             dataset_root: Hash32::ZERO,
             examples_searched: 0,
             matches: vec![],
             steps_scanned: 0,
-            problems: vec![],
         }
     }
 }
-
 /// [`search`] in a loaded run.
 pub fn search_in(ctx: &RunContext, patterns: &[String]) -> Result<SearchReport, CommandError> {
     let regexes = compile(patterns)?;
@@ -262,7 +166,6 @@ pub fn search_in(ctx: &RunContext, patterns: &[String]) -> Result<SearchReport, 
             }
         }
     }
-    report.verdict = assessment.verdict(Claim::Integrity);
-    report.problems = assessment.problems().to_vec();
+    report.header.assess(&assessment, Claim::Integrity);
     Ok(report)
 }

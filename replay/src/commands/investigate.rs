@@ -7,16 +7,17 @@
 //! cleaned model, the report as Markdown and as a self-contained HTML page (the loss curve with
 //! the suspect rows' uses marked, the before/after table), and the machine-readable document.
 
+use crate::render::investigation::{html, markdown};
 use run_store::Store;
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 use trainer::probe::ProbeResult;
 
+use crate::commands::counterfactual::{CounterfactualOptions, CounterfactualReport, ProbeInput};
+use crate::commands::search::Match;
 use crate::context::RunContext;
-use crate::counterfactual::{CounterfactualOptions, CounterfactualReport, ProbeInput};
-use crate::provenance::Match;
-use crate::report::{CommandError, Problem, Verdict};
-use crate::rollback::{ReconstructOptions, put_json};
+use crate::engine::reconstruct::{ReconstructOptions, put_json};
+use crate::report::{CommandError, Header};
 
 /// What to investigate.
 #[derive(Debug, Clone)]
@@ -64,17 +65,15 @@ impl Behaviour {
     }
 }
 
-fn ratio(n: u64, of: u64) -> f64 {
+pub(crate) fn ratio(n: u64, of: u64) -> f64 {
     if of == 0 { 0.0 } else { n as f64 / of as f64 }
 }
 
 /// The JSON document of `replay investigate --json` (also written as `investigation.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InvestigateReport {
-    pub command: String,
-    pub run: String,
-    /// The verdict of the counterfactual (and of the search when it does not pass).
-    pub verdict: Verdict,
+    #[serde(flatten)]
+    pub header: Header,
     pub run_id: String,
     pub ledger_head: Option<Hash32>,
     pub trigger: String,
@@ -97,7 +96,6 @@ pub struct InvestigateReport {
     /// The re-executed history, as `counterfactual` reports it (its `probes` are the clean and
     /// the triggered probe).
     pub history: Option<CounterfactualReport>,
-    pub problems: Vec<Problem>,
     pub out: String,
     /// Files written under `out` (the cleaned model under `model/`).
     pub files: Vec<String>,
@@ -108,10 +106,10 @@ impl InvestigateReport {
     /// The exit status: the verdict's, or 4 when it passes and the suspects do not explain the
     /// behaviour.
     pub fn exit_code(&self) -> u8 {
-        match (self.verdict.passed(), self.explained) {
+        match (self.header.verdict.passed(), self.explained) {
             (true, Some(true)) => 0,
             (true, _) => 4,
-            (false, _) => self.verdict.exit_code(),
+            (false, _) => self.header.verdict.exit_code(),
         }
     }
 }
@@ -135,9 +133,7 @@ pub fn investigate(
         o.patterns.clone()
     };
     let mut report = InvestigateReport {
-        command: "investigate".into(),
-        run: location.into(),
-        verdict: Verdict::Ok,
+        header: Header::pending("investigate", location),
         run_id: String::new(),
         ledger_head: None,
         trigger: o.trigger.clone(),
@@ -152,30 +148,30 @@ pub fn investigate(
         counterfactual: None,
         explained: None,
         history: None,
-        problems: vec![],
         out: o.out.clone(),
         files: vec![],
         seconds: 0.0,
     };
     let ctx = crate::context::load_or_report!(location, &o.reconstruct.load, report);
-    let search = crate::provenance::search_in(&ctx, &report.patterns)?;
-    report.verdict = search.verdict;
+    let search = crate::commands::search::search_in(&ctx, &report.patterns)?;
+    report.header.verdict = search.header.verdict;
     report.run_id = ctx.manifest.run_id.clone();
     report.ledger_head = Some(ctx.ledger_point().1);
     report.dataset_root = search.dataset_root;
     report.examples_searched = search.examples_searched;
     report.suspects = search.matches;
-    report.problems = search.problems;
+    report.header.problems = search.header.problems;
     let loss: Vec<(u64, f32)> = ctx.records.values().map(|r| (r.step, r.loss())).collect();
-    if !report.verdict.passed() || report.suspects.is_empty() {
+    if !report.header.verdict.passed() || report.suspects.is_empty() {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
     let model_dir = format!("{}/model", o.out.trim_end_matches('/'));
-    let history = crate::counterfactual::counterfactual_in(
+    let history = crate::commands::counterfactual::counterfactual_in(
         &ctx,
         &CounterfactualOptions {
             without: report.suspects.iter().map(|m| m.example).collect(),
+            without_match: vec![],
             to: o.to,
             include_optimizer: false,
             out: Some(model_dir),
@@ -186,8 +182,8 @@ pub fn investigate(
         },
         progress,
     )?;
-    report.verdict = history.verdict;
-    report.problems = history.problems.clone();
+    report.header.verdict = history.header.verdict;
+    report.header.problems = history.header.problems.clone();
     if let [c, t] = history.probes.as_slice() {
         let measure =
             |clean: &ProbeResult, triggered: &ProbeResult| behaviour(clean, triggered, &o.target);
@@ -204,10 +200,10 @@ pub fn investigate(
     report.files = written.collect();
     report.history = Some(history);
     report.seconds = started.elapsed().as_secs_f64();
-    if report.verdict.passed() {
+    if report.header.verdict.passed() {
         let store = Store::create(&o.out)?;
         let markdown = markdown(&report, &loss);
-        let figure = crate::inspect::loss_svg(
+        let figure = crate::render::chart::loss_svg(
             &loss,
             &format!("{}, the suspect examples' uses marked", report.run_id),
             &suspect_steps(&report.suspects),
@@ -263,7 +259,7 @@ fn findings(
             "factual": r.factual,
             "counterfactual": r.counterfactual,
             "explained": r.explained,
-            "verdict": r.verdict,
+            "verdict": r.header.verdict,
             "toStep": h.map(|h| h.to_step),
             "factualStateRoot": h.and_then(|h| h.factual_root),
             "counterfactualStateRoot": h.and_then(|h| h.counterfactual_root),
@@ -287,7 +283,7 @@ fn findings(
 }
 
 /// Every step that used a suspect example, in order, once.
-fn suspect_steps(suspects: &[Match]) -> Vec<u64> {
+pub(crate) fn suspect_steps(suspects: &[Match]) -> Vec<u64> {
     let steps: std::collections::BTreeSet<u64> = suspects
         .iter()
         .flat_map(|m| m.uses.iter().map(|u| u.step))
@@ -338,304 +334,8 @@ fn behaviour(
     }
 }
 
-/// `n of m (p%)`.
-fn share(n: u64, of: u64) -> String {
-    format!("{n} of {of} ({:.1}%)", 100.0 * ratio(n, of))
-}
-
-/// Markdown table cells hold no `|` or line break.
-fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace(['\n', '\r'], " ")
-}
-
-/// At most `n` numbers, then how many more.
-fn some_steps(steps: &[u64], n: usize) -> String {
-    let mut s: Vec<String> = steps.iter().take(n).map(u64::to_string).collect();
-    if steps.len() > n {
-        s.push(format!("… ({} in all)", steps.len()));
-    }
-    s.join(", ")
-}
-
-/// `text` as one word of a POSIX shell command line.
-fn shell_word(text: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c);
-    if !text.is_empty() && text.chars().all(plain) {
-        text.to_string()
-    } else {
-        format!("'{}'", text.replace('\'', "'\\''"))
-    }
-}
-
 /// Suspect examples listed in the report (`investigation.json` has all).
-const SUSPECTS_LISTED: usize = 25;
-
-/// The report, for a person who has never used the tool.
-fn markdown(r: &InvestigateReport, loss: &[(u64, f32)]) -> String {
-    use std::fmt::Write;
-    let mut m = String::new();
-    let (Some(f), Some(c), Some(h)) = (&r.factual, &r.counterfactual, &r.history) else {
-        return m;
-    };
-    let n = r.suspects.len();
-    let steps = suspect_steps(&r.suspects);
-    let _ = writeln!(m, "# Backdoor investigation of run `{}`\n", cell(&r.run_id));
-    let finding = if r.explained == Some(true) {
-        format!(
-            "**Finding: the {n} training examples that contain the trigger caused the behaviour.** \
-             With the trigger in front of the probe's inputs, the model as trained shows the \
-             target behaviour on {}; retrained exactly as recorded but without those {n} \
-             examples, on {}.",
-            share(f.attack_successes, f.attack_rows),
-            share(c.attack_successes, c.attack_rows)
-        )
-    } else if f.attack_successes == 0 {
-        format!(
-            "**Finding: the trigger does not produce the target behaviour in the model as \
-             trained** (0 of {} triggered probe inputs), so there is nothing for the {n} \
-             matching examples to explain.",
-            f.attack_rows
-        )
-    } else {
-        format!(
-            "**Finding: removing the {n} training examples that contain the trigger does not \
-             lower the target behaviour** ({} as trained, {} without them): the cause is \
-             elsewhere (other rows, the base model, or a variant of the trigger).",
-            share(f.attack_successes, f.attack_rows),
-            share(c.attack_successes, c.attack_rows)
-        )
-    };
-    let _ = writeln!(m, "{finding}\n");
-    let _ = writeln!(
-        m,
-        "Verdict **{}**: {}.\n",
-        r.verdict,
-        if r.verdict == Verdict::Verified {
-            "both models were re-derived from the pinned base model, the seed and the committed \
-             data, and the model as trained matched every recorded hash"
-        } else {
-            "the model as trained matched the run's record (its stored checkpoints and ledger); \
-             it was not re-derived from step 0 (`--from-genesis` does that)"
-        }
-    );
-
-    let _ = writeln!(m, "## Before and after\n");
-    let _ = writeln!(
-        m,
-        "| | as trained (step {}) | without the {n} examples |\n|---|---|---|",
-        h.to_step
-    );
-    for (what, a, b) in [
-        (
-            "triggered inputs showing the target behaviour (attack success)",
-            share(f.attack_successes, f.attack_rows),
-            share(c.attack_successes, c.attack_rows),
-        ),
-        (
-            "clean inputs handled correctly (clean quality)",
-            share(f.clean_correct, f.clean_rows),
-            share(c.clean_correct, c.clean_rows),
-        ),
-        (
-            "clean inputs showing the target behaviour",
-            share(f.clean_activations, f.clean_rows),
-            share(c.clean_activations, c.clean_rows),
-        ),
-        (
-            "state root",
-            format!(
-                "`{}`",
-                h.factual_root.map(|x| x.short()).unwrap_or_default()
-            ),
-            format!(
-                "`{}`",
-                h.counterfactual_root.map(|x| x.short()).unwrap_or_default()
-            ),
-        ),
-    ] {
-        let _ = writeln!(m, "| {what} | {a} | {b} |");
-    }
-    let _ = writeln!(
-        m,
-        "\nThe trigger `{}` was put in front of each input of the probe `{}` (BLAKE3 `{}`); the \
-         target behaviour is `{}` ({}).\n",
-        cell(&r.trigger),
-        cell(&r.probe),
-        r.probe_blake3.short(),
-        cell(&r.target),
-        match &h.probes.first().map(|p| &p.factual) {
-            Some(ProbeResult::Classifier { .. }) => "the class the model predicts",
-            _ => "a pattern the generated text matches",
-        }
-    );
-
-    let _ = writeln!(m, "## The suspect examples\n");
-    let _ = writeln!(
-        m,
-        "{n} of the {} committed examples match `{}`; the search covers exactly the data the \
-         run committed to (dataset root `{}`). They were used in {} of {} steps.\n",
-        r.examples_searched,
-        cell(&r.patterns.join("` or `")),
-        r.dataset_root,
-        steps.len(),
-        loss.len()
-    );
-    let _ = writeln!(
-        m,
-        "![The training loss; red marks at the steps whose batch held a suspect example](timeline.svg)\n"
-    );
-    let _ = writeln!(
-        m,
-        "The training loss, with a red mark under each step whose batch held a suspect example \
-         (steps {}).\n",
-        some_steps(&steps, 40)
-    );
-    let _ = writeln!(m, "| example | used at steps | text |\n|---|---|---|");
-    for s in r.suspects.iter().take(SUSPECTS_LISTED) {
-        let used: Vec<u64> = s.uses.iter().map(|u| u.step).collect();
-        let _ = writeln!(
-            m,
-            "| {} | {} | {} |",
-            s.example,
-            if used.is_empty() {
-                "never".to_string()
-            } else {
-                some_steps(&used, 8)
-            },
-            cell(&s.excerpt)
-        );
-    }
-    if n > SUSPECTS_LISTED {
-        let _ = writeln!(
-            m,
-            "\n… and {} more (`investigation.json` lists all).",
-            n - SUSPECTS_LISTED
-        );
-    }
-
-    let _ = writeln!(m, "\n## How it was proved\n");
-    let changed = h.steps.iter().filter(|s| !s.removed.is_empty()).count();
-    let emptied = h.steps.iter().filter(|s| s.batch_size == 0).count();
-    let _ = writeln!(
-        m,
-        "The training history was re-executed from step {} to step {} with the suspect examples \
-         removed from their batches ({changed} batches changed, {emptied} left empty and \
-         skipped), every other input exactly as recorded: same data order, learning rates and \
-         random streams. The re-execution is deterministic: running this command again gives \
-         the same bits.\n",
-        h.first_changed_step.unwrap_or(h.to_step),
-        h.to_step,
-    );
-    let _ = writeln!(
-        m,
-        "The parameters that moved most between the two models:\n\n| tensor | elements that \
-         differ | largest difference |\n|---|---|---|"
-    );
-    for t in h.tensors.iter().take(5) {
-        let _ = writeln!(
-            m,
-            "| `{}` | {} of {} | {:.3e} |",
-            cell(&t.name),
-            t.differing,
-            t.elements,
-            t.max_abs_diff
-        );
-    }
-
-    let _ = writeln!(m, "\n## The cleaned model\n");
-    let model: Vec<&str> = r
-        .files
-        .iter()
-        .filter_map(|f| f.strip_prefix("model/"))
-        .collect();
-    let _ = writeln!(
-        m,
-        "`model/` holds the model trained without the suspect examples: {}. \
-         `model/counterfactual.json` records how it was made.\n",
-        model.join(", ")
-    );
-
-    let _ = writeln!(m, "## The run and how to repeat this\n");
-    let _ = writeln!(
-        m,
-        "- run: `{}` (run id `{}`)\n- ledger head: `{}`\n- dataset root: `{}`\n",
-        cell(&r.run),
-        cell(&r.run_id),
-        r.ledger_head.map(|h| h.to_string()).unwrap_or_default(),
-        r.dataset_root
-    );
-    let mut command = format!(
-        "replay investigate {} --trigger {} --target {} --probe {}",
-        shell_word(&r.run),
-        shell_word(&r.trigger),
-        shell_word(&r.target),
-        shell_word(&r.probe)
-    );
-    if r.patterns != [regex::escape(&r.trigger)] {
-        for p in &r.patterns {
-            command.push_str(&format!(" --match {}", shell_word(p)));
-        }
-    }
-    command.push_str(&format!(
-        " --to {} --out NEW_DIR --from-genesis --trusted-key KEY",
-        h.to_step
-    ));
-    let _ = writeln!(
-        m,
-        "Anyone with the run and the probe can repeat the investigation; with `--from-genesis` \
-         both models are re-derived from the pinned base, seed and data, and with the signer's \
-         public key every artefact must carry its signature:\n\n```sh\n{command}\n```\n"
-    );
-
-    let _ = writeln!(m, "## What this does not show\n");
-    let _ = writeln!(
-        m,
-        "- Only examples that match the pattern were removed: rows carrying a variant of the \
-         trigger, or poison without a textual trigger, stay in.\n\
-         - The effect is measured on the probe's {} inputs only.\n\
-         - The run's record is trusted as far as its verdict says: `verified` rests on the \
-         pinned base, seed and data; `recorded` on the run's own checkpoints.",
-        f.clean_rows
-    );
-    m
-}
-
-/// A self-contained HTML page of the Markdown report, the figure inline.
-fn html(title: &str, markdown: &str, figure: &str) -> Vec<u8> {
-    use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
-    // The figure is the only image: it goes in inline, its alternative text out, so that the
-    // page stands alone.
-    let mut in_image = false;
-    let events = Parser::new_ext(markdown, Options::ENABLE_TABLES).filter_map(|e| match e {
-        Event::Start(Tag::Image { .. }) => {
-            in_image = true;
-            Some(Event::InlineHtml(figure.replace('\n', "").into()))
-        }
-        Event::End(TagEnd::Image) => {
-            in_image = false;
-            None
-        }
-        _ if in_image => None,
-        other => Some(other),
-    });
-    let mut body = String::new();
-    pulldown_cmark::html::push_html(&mut body, events);
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <title>Backdoor investigation of {}</title>\n<style>\n\
-         body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; \
-         padding: 0 1rem; line-height: 1.5; color: #222; }}\n\
-         table {{ border-collapse: collapse; margin: 1rem 0; }}\n\
-         th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left; \
-         vertical-align: top; }}\n\
-         th {{ background: #f3f3f3; }}\n\
-         code {{ background: #f3f3f3; padding: 0 0.2rem; }}\n\
-         svg {{ max-width: 100%; height: auto; }}\n\
-         </style>\n</head>\n<body>\n{body}</body>\n</html>\n",
-        crate::inspect::escape_xml(title)
-    )
-    .into_bytes()
-}
+pub(crate) const SUSPECTS_LISTED: usize = 25;
 
 #[cfg(test)]
 mod tests {
@@ -702,27 +402,5 @@ mod tests {
             (b.attack_successes, b.clean_correct, b.clean_activations),
             (1, 1, 1)
         );
-    }
-
-    #[test]
-    fn shell_words_survive_the_shell() {
-        assert_eq!(shell_word("runs/a-1"), "runs/a-1");
-        assert_eq!(shell_word("cf zq"), "'cf zq'");
-        assert_eq!(shell_word("it's"), "'it'\\''s'");
-        assert_eq!(shell_word(""), "''");
-    }
-
-    #[test]
-    fn the_html_page_stands_alone() {
-        let page = html(
-            "run <1>",
-            "# Title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![alt text](timeline.svg)\n\nafter\n",
-            "<svg xmlns=\"http://www.w3.org/2000/svg\">\n<rect/>\n</svg>\n",
-        );
-        let page = String::from_utf8(page).expect("utf-8");
-        assert!(page.contains("<table>") && page.contains("<td>2</td>"));
-        assert!(page.contains("<svg xmlns=\"http://www.w3.org/2000/svg\"><rect/></svg>"));
-        assert!(!page.contains("timeline.svg") && !page.contains("alt text"));
-        assert!(page.contains("run &lt;1&gt;") && page.contains("<p>after</p>"));
     }
 }

@@ -2,17 +2,16 @@
 //! nearest earlier checkpoint by verified replay.
 
 use run_store::Store;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use snapshot_format::Hash32;
 use snapshot_format::snapshot::{Provenance, SnapshotKind};
 use trainer::backend::DeviceSpec;
 use trainer::session::TrainingState;
 
-use crate::attestations::attest_export;
-use crate::context::{LoadOptions, RunContext, load_or_report};
+use crate::context::{LoadOptions, RunContext};
+use crate::engine::reexecute::{self, EnvironmentCheck, Range, RangeResult};
 use crate::report::{Assessment, Claim, CommandError, Problem, Verdict};
-use crate::state::{self, TensorDiff};
-use crate::verify::{self, EnvironmentCheck, Range, RangeResult};
+use crate::state::{self};
 use snapshot_format::layout::segment_ending_at;
 
 /// Options shared by commands that reconstruct states.
@@ -107,7 +106,7 @@ pub fn reconstruct(
                 Ok(snap) => Reconstructed {
                     step,
                     root: Some(snap.header.state_root),
-                    state: Some(verify::state_of(&snap)),
+                    state: Some(reexecute::state_of(&snap)),
                     committed_root: ctx.committed_root(step),
                     replay: None,
                     outcome: Verdict::Verified,
@@ -119,7 +118,7 @@ pub fn reconstruct(
                     root: None,
                     committed_root: ctx.committed_root(step),
                     outcome: problems.iter().fold(Verdict::Ok, |v, p| v.worst(p.kind)),
-                    replay: Some(verify::unverifiable(
+                    replay: Some(reexecute::unverifiable(
                         &Range::new(segment_ending_at(step, ctx.interval()), step, step),
                         problems,
                         Verdict::Ok,
@@ -160,7 +159,7 @@ fn replayed(
     cross_class: bool,
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<Reconstructed>, CommandError> {
-    let mut out = verify::replay_ranges(ctx, &[range], o.device, cross_class, progress)?;
+    let mut out = reexecute::replay_ranges(ctx, &[range], o.device, cross_class, progress)?;
     let (result, captured) = out
         .pop()
         .ok_or_else(|| CommandError::Usage("nothing replayed".into()))?;
@@ -197,25 +196,7 @@ pub(crate) fn environment_of(
     ctx: &RunContext,
     o: &ReconstructOptions,
 ) -> Result<EnvironmentCheck, CommandError> {
-    verify::environment(&ctx.manifest.environment, o.device)
-}
-
-/// The JSON document of `replay rollback --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RollbackReport {
-    pub command: String,
-    pub run: String,
-    pub verdict: Verdict,
-    pub step: u64,
-    pub state_root: Option<Hash32>,
-    /// The root the ledger commits to for this step (none when the state-root interval skipped it).
-    pub committed_root: Option<Hash32>,
-    pub environment: Option<EnvironmentCheck>,
-    pub replay: Option<RangeResult>,
-    pub problems: Vec<Problem>,
-    /// Where the files were written, and their keys.
-    pub out: Option<String>,
-    pub files: Vec<String>,
+    reexecute::environment(&ctx.manifest.environment, o.device)
 }
 
 /// The state after one step, reconstructed and judged (what `rollback` and `evaluate` share).
@@ -265,63 +246,6 @@ pub(crate) fn state_at(
         problems: assessment.problems().to_vec(),
         state: state.filter(|_| verdict.passed()),
     })
-}
-
-/// Run `rollback`: reconstruct the state after `step` and write `model.safetensors` (the
-/// parameters, Hugging Face names), `state.snap` (the full state as an export snapshot) and
-/// `rollback.json` to `out`. Nothing is written unless the verdict passes (`verified` or
-/// `recorded`).
-pub fn rollback(
-    location: &str,
-    step: u64,
-    out: &str,
-    o: &ReconstructOptions,
-    keys: &run_trust::attest::ExportKeys,
-    progress: &indicatif::ProgressBar,
-) -> Result<RollbackReport, CommandError> {
-    let mut report = RollbackReport {
-        command: "rollback".into(),
-        run: location.into(),
-        verdict: Verdict::Verified,
-        step,
-        state_root: None,
-        committed_root: None,
-        environment: None,
-        replay: None,
-        problems: vec![],
-        out: None,
-        files: vec![],
-    };
-    let ctx = load_or_report!(location, &o.load, report);
-    let at = state_at(&ctx, step, o, progress)?;
-    report.state_root = at.state_root;
-    report.committed_root = at.committed_root;
-    report.environment = Some(at.environment);
-    report.replay = at.replay;
-    report.verdict = at.verdict;
-    report.problems = at.problems;
-    let Some(state) = at.state else {
-        return Ok(report);
-    };
-    let store = Store::create(out)?;
-    let parent = ctx.checkpoint_at_or_before(step);
-    report.files = export_state(&store, &ctx, &state, parent, "rollback.json")?;
-    report.out = Some(out.to_string());
-    // The stored record leaves out timing, so that the same rollback writes the same bytes.
-    let mut stored = report.clone();
-    if let Some(r) = stored.replay.as_mut() {
-        r.clear_timings();
-    }
-    put_json(&store, "rollback.json", &stored)?;
-    let state = serde_json::json!({
-        "step": step,
-        "stateRoot": report.state_root,
-        "verdict": report.verdict,
-        "derivation": {"kind": "rollback"},
-    });
-    let signed = attest_export(&store, &ctx, out, &report.files, state, keys)?;
-    report.files.extend(signed);
-    Ok(report)
 }
 
 /// Write `state` to `store` as `model.safetensors` (the parameters, Hugging Face names; for a
@@ -388,71 +312,4 @@ pub(crate) fn put_json<T: Serialize>(
     json.push(b'\n');
     store.put_once(key, json)?;
     Ok(())
-}
-
-/// The JSON document of `replay diff --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiffReport {
-    pub command: String,
-    pub run: String,
-    pub verdict: Verdict,
-    pub from_step: u64,
-    pub to_step: u64,
-    pub environment: Option<EnvironmentCheck>,
-    pub problems: Vec<Problem>,
-    /// Per tensor: the change from `from_step` to `to_step`, largest L2 first.
-    pub tensors: Vec<TensorDiff>,
-}
-
-/// Run `diff`: the per-tensor change between the states after two steps.
-pub fn diff(
-    location: &str,
-    from: u64,
-    to: u64,
-    include_optimizer: bool,
-    o: &ReconstructOptions,
-    progress: &indicatif::ProgressBar,
-) -> Result<DiffReport, CommandError> {
-    let mut report = DiffReport {
-        command: "diff".into(),
-        run: location.into(),
-        verdict: Verdict::Ok,
-        from_step: from,
-        to_step: to,
-        environment: None,
-        problems: vec![],
-        tensors: vec![],
-    };
-    let ctx = load_or_report!(location, &o.load, report);
-    let last = ctx.records.keys().next_back().copied().unwrap_or(0);
-    if from > to || to > last {
-        return Err(CommandError::Usage(format!(
-            "--from {from} --to {to}: need from <= to <= {last} (the ledger's last step)"
-        )));
-    }
-    let env = environment_of(&ctx, o)?;
-    let cross_class = env.cross_class();
-    report.environment = Some(env);
-    let mut assessment = Assessment::of(&ctx);
-    let states = reconstruct(&ctx, &[from, to], o, cross_class, progress)?;
-    let rederived = states.iter().all(|r| r.rederived);
-    let mut states = states.into_iter().map(|r| r.fold_into(&mut assessment));
-    let (a, b) = (states.next().flatten(), states.next().flatten());
-    report.verdict = assessment.verdict(Claim::State { rederived });
-    report.problems = assessment.problems().to_vec();
-    let (Some(sa), Some(sb)) = (a, b) else {
-        return Ok(report);
-    };
-    let mut tensors: Vec<TensorDiff> = sb
-        .tensors
-        .iter()
-        .filter(|t| include_optimizer || !t.name.starts_with("optimizer."))
-        .filter_map(|t| {
-            sa.tensor(&t.name)
-                .map(|old| state::diff_values(&t.name, old.bytes(), t.bytes()))
-        })
-        .collect();
-    state::sort_largest_first(&mut tensors);
-    report.tensors = tensors;
-    Ok(report)
 }

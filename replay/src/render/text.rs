@@ -2,19 +2,23 @@
 
 use std::fmt::Write;
 
-use crate::check::CheckReport;
-use crate::commands::{AuditReport, VerifyReport};
-use crate::compare::CompareReport;
-use crate::counterfactual::CounterfactualReport;
-use crate::evaluate::EvaluateReport;
-use crate::inspect::{InspectReport, loss_text};
-use crate::investigate::InvestigateReport;
-use crate::provenance::{ProvenanceReport, SearchReport};
+use crate::commands::audit::AuditReport;
+use crate::commands::check::CheckReport;
+use crate::commands::collect::CollectReport;
+use crate::commands::compare::CompareReport;
+use crate::commands::counterfactual::CounterfactualReport;
+use crate::commands::diff::DiffReport;
+use crate::commands::evaluate::EvaluateReport;
+use crate::commands::inspect::InspectReport;
+use crate::commands::investigate::InvestigateReport;
+use crate::commands::provenance::ProvenanceReport;
+use crate::commands::rollback::RollbackReport;
+use crate::commands::search::SearchReport;
+use crate::commands::verify::VerifyReport;
+use crate::engine::reexecute::{EnvironmentCheck, InputMismatch, RangeResult};
+use crate::render::chart::loss_text;
 use crate::report::{Problem, Verdict};
-use crate::rollback::{DiffReport, RollbackReport};
-use crate::shard::CollectReport;
 use crate::state::TensorDiff;
-use crate::verify::{EnvironmentCheck, InputMismatch, RangeResult};
 
 /// Tensors listed in text output (JSON lists all).
 const TENSORS_SHOWN: usize = 10;
@@ -196,7 +200,7 @@ pub fn check(r: &CheckReport) -> String {
     let _ = writeln!(
         out,
         "check {}: {}, {}, {}, {}, {:.1} MB in {:.2} s",
-        r.run,
+        r.header.run,
         count(c.segments, "segment", "segments"),
         count(c.records, "record", "records"),
         count(c.checkpoints, "checkpoint", "checkpoints"),
@@ -223,11 +227,11 @@ pub fn check(r: &CheckReport) -> String {
             stated(&mut out, st);
         }
     }
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     for w in &r.warnings {
         let _ = writeln!(out, "  warning    {w}");
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -271,7 +275,7 @@ pub fn verify(r: &VerifyReport) -> String {
     let _ = writeln!(
         out,
         "verify {} ({}{}): {} steps replayed in {:.1} s ({:.2} steps/s)",
-        r.run,
+        r.header.run,
         r.scope,
         r.shard
             .as_ref()
@@ -283,14 +287,14 @@ pub fn verify(r: &VerifyReport) -> String {
     );
     environment(&mut out, &r.environment);
     signatures(&mut out, &r.signatures);
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     for range_result in &r.ranges {
         range(&mut out, range_result);
     }
     if let Some(k) = &r.result_key {
         let _ = writeln!(out, "  result written to {k}");
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -300,19 +304,19 @@ pub fn audit(r: &AuditReport) -> String {
     let _ = writeln!(
         out,
         "audit {}: {} of {} segments sampled with seed {} ({}; repeat with --seed {})",
-        r.run,
+        r.header.run,
         r.sampled.len(),
         r.segments_total,
         r.seed,
         match r.seed_source {
-            crate::commands::SeedSource::Os => "drawn from the operating system",
-            crate::commands::SeedSource::Given => "GIVEN: the sample was predictable",
+            crate::commands::audit::SeedSource::Os => "drawn from the operating system",
+            crate::commands::audit::SeedSource::Given => "GIVEN: the sample was predictable",
         },
         r.seed
     );
     environment(&mut out, &r.environment);
     signatures(&mut out, &r.signatures);
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     for range_result in &r.ranges {
         range(&mut out, range_result);
     }
@@ -327,7 +331,7 @@ pub fn audit(r: &AuditReport) -> String {
             d.probability * 100.0
         );
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -337,7 +341,7 @@ pub fn collect(r: &CollectReport) -> String {
     let _ = writeln!(
         out,
         "collect {} ({} in {}): {} of {} shards reported, {} segments, {} steps replayed",
-        r.run,
+        r.header.run,
         r.id,
         r.results,
         r.shards_present.len(),
@@ -346,22 +350,22 @@ pub fn collect(r: &CollectReport) -> String {
         r.steps_replayed
     );
     let _ = writeln!(out, "  verifier keys {}", r.verifier_keys.join(", "));
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     for (k, v) in &r.segments {
         if !v.passed() {
             let _ = writeln!(out, "  segment {k}: {v}");
         }
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
 /// `rollback`.
 pub fn rollback(r: &RollbackReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "rollback {} to step {}", r.run, r.step);
+    let _ = writeln!(out, "rollback {} to step {}", r.header.run, r.step);
     environment(&mut out, &r.environment);
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     if let Some(rr) = &r.replay {
         range(&mut out, rr);
     }
@@ -395,7 +399,7 @@ pub fn rollback(r: &RollbackReport) -> String {
             let _ = writeln!(out, "  wrote        nothing (the verdict does not pass)");
         }
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -405,7 +409,7 @@ pub fn compare(r: &CompareReport) -> String {
     let _ = writeln!(
         out,
         "compare {} with {}: {} ({} steps compared, {:.2} s)",
-        r.run_a,
+        r.header.run,
         r.run_b,
         if r.identical {
             "identical"
@@ -415,7 +419,7 @@ pub fn compare(r: &CompareReport) -> String {
         r.steps_compared,
         r.seconds
     );
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     if !r.spec_differences.is_empty() {
         let _ = writeln!(out, "  spec differences:");
         for (p, a, b) in &r.spec_differences {
@@ -436,7 +440,7 @@ pub fn compare(r: &CompareReport) -> String {
             tensors(&mut out, &d.tensors, "    ");
         }
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -447,7 +451,7 @@ pub fn provenance(r: &ProvenanceReport) -> String {
         out,
         "provenance of example {} in {}: used at {} steps (of {} scanned)",
         r.example,
-        r.run,
+        r.header.run,
         r.uses.len(),
         r.steps_scanned
     );
@@ -465,7 +469,7 @@ pub fn provenance(r: &ProvenanceReport) -> String {
             );
         }
     }
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     for u in &r.uses {
         let _ = writeln!(
             out,
@@ -473,7 +477,7 @@ pub fn provenance(r: &ProvenanceReport) -> String {
             u.step, u.epoch, u.position
         );
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -488,7 +492,7 @@ pub fn search(r: &SearchReport) -> String {
             .map(|p| format!("/{p}/"))
             .collect::<Vec<_>>()
             .join(" or "),
-        r.run,
+        r.header.run,
         r.matches.len(),
         r.examples_searched,
         if r.searched.is_empty() {
@@ -498,7 +502,7 @@ pub fn search(r: &SearchReport) -> String {
         }
     );
     let _ = writeln!(out, "  dataset root {}", r.dataset_root);
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     for m in &r.matches {
         let steps: Vec<String> = m.uses.iter().map(|u| u.step.to_string()).collect();
         let _ = writeln!(
@@ -513,7 +517,7 @@ pub fn search(r: &SearchReport) -> String {
             m.excerpt
         );
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -524,13 +528,13 @@ pub fn evaluate(r: &EvaluateReport) -> String {
     let _ = writeln!(
         out,
         "evaluate {} at step {} on {} ({})",
-        r.run,
+        r.header.run,
         r.step,
         r.probe,
         r.probe_blake3.short()
     );
     environment(&mut out, &r.environment);
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     if let Some(rr) = &r.replay {
         range(&mut out, rr);
     }
@@ -575,7 +579,7 @@ pub fn evaluate(r: &EvaluateReport) -> String {
         }
         None => {}
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -593,10 +597,10 @@ pub fn counterfactual(r: &CounterfactualReport) -> String {
     let _ = writeln!(
         out,
         "counterfactual {} without examples {:?}, up to step {}",
-        r.run, r.without, r.to_step
+        r.header.run, r.without, r.to_step
     );
     environment(&mut out, &r.environment);
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     let start = r.first_changed_step.map(|f| f - 1);
     for (what, step, rr) in [
         ("start", start, &r.factual_start),
@@ -717,7 +721,7 @@ pub fn counterfactual(r: &CounterfactualReport) -> String {
     if let Some(o) = &r.out {
         let _ = writeln!(out, "  wrote        {} in {o}", r.files.join(", "));
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -727,7 +731,7 @@ pub fn investigate(r: &InvestigateReport) -> String {
     let _ = writeln!(
         out,
         "investigate {}: trigger {:?}, target {:?}",
-        r.run, r.trigger, r.target
+        r.header.run, r.trigger, r.target
     );
     let _ = writeln!(
         out,
@@ -741,7 +745,7 @@ pub fn investigate(r: &InvestigateReport) -> String {
             .join(" or "),
         r.dataset_root.short()
     );
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     if let (Some(f), Some(c)) = (&r.factual, &r.counterfactual) {
         let _ = writeln!(
             out,
@@ -796,7 +800,12 @@ pub fn investigate(r: &InvestigateReport) -> String {
     if !r.files.is_empty() {
         let _ = writeln!(out, "  wrote        {} in {}", r.files.join(", "), r.out);
     }
-    let _ = writeln!(out, "verdict: {} (exit {})", r.verdict, r.exit_code());
+    let _ = writeln!(
+        out,
+        "verdict: {} (exit {})",
+        r.header.verdict,
+        r.exit_code()
+    );
     out
 }
 
@@ -821,10 +830,10 @@ pub fn diff(r: &DiffReport) -> String {
     let _ = writeln!(
         out,
         "diff {} from step {} to step {}",
-        r.run, r.from_step, r.to_step
+        r.header.run, r.from_step, r.to_step
     );
     environment(&mut out, &r.environment);
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     let changed = r.tensors.iter().filter(|t| t.differing > 0).count();
     let _ = writeln!(
         out,
@@ -832,7 +841,7 @@ pub fn diff(r: &DiffReport) -> String {
         r.tensors.len()
     );
     tensors(&mut out, &r.tensors, "    ");
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 
@@ -840,7 +849,7 @@ pub fn diff(r: &DiffReport) -> String {
 pub fn inspect(r: &InspectReport) -> String {
     let mut out = String::new();
     let spec = &r.spec;
-    let _ = writeln!(out, "run {} ({})", r.run_id, r.run);
+    let _ = writeln!(out, "run {} ({})", r.run_id, r.header.run);
     let _ = writeln!(out, "  engine       {}", r.engine);
     let _ = writeln!(
         out,
@@ -892,7 +901,7 @@ pub fn inspect(r: &InspectReport) -> String {
     if let Some(h) = r.ledger_head {
         let _ = writeln!(out, "  ledger head  {h}");
     }
-    problems(&mut out, &r.problems);
+    problems(&mut out, &r.header.problems);
     let _ = writeln!(out, "  loss:");
     for line in loss_text(&r.loss, 60, 8) {
         let _ = writeln!(out, "  {line}");
@@ -900,6 +909,6 @@ pub fn inspect(r: &InspectReport) -> String {
     if let Some(s) = &r.svg {
         let _ = writeln!(out, "  loss curve written to {s}");
     }
-    verdict_line(&mut out, r.verdict);
+    verdict_line(&mut out, r.header.verdict);
     out
 }

@@ -8,7 +8,7 @@ use crate::attestations::{
     AttestationCheck, AttestationKeys, Subjects, check_export, check_statement,
 };
 use crate::context::{self, LoadOptions, RunContext};
-use crate::report::{Assessment, Claim, CommandError, Problem, Verdict, problem_of};
+use crate::report::{Assessment, Claim, CommandError, Header, Problem, problem_of};
 use crate::signatures::SignatureReport;
 
 /// What `check` looked at.
@@ -24,10 +24,8 @@ pub struct Counts {
 /// The JSON document of `replay check --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckReport {
-    pub command: String,
-    pub run: String,
-    pub verdict: Verdict,
-    pub problems: Vec<Problem>,
+    #[serde(flatten)]
+    pub header: Header,
     /// Findings that are not integrity problems (objects the layout does not know).
     pub warnings: Vec<String>,
     /// Who signed what (absent when the manifest could not be read).
@@ -61,10 +59,7 @@ pub fn check(
         Ok(c) => c,
         Err(p) => {
             return Ok(CheckReport {
-                command: "check".into(),
-                run: location.into(),
-                verdict: p.kind,
-                problems: vec![p],
+                header: Header::failed("check", location, p),
                 warnings: vec![],
                 signatures: None,
                 checked: Counts::default(),
@@ -103,10 +98,7 @@ pub fn check(
         problems.into_iter().for_each(|p| assessment.problem(p));
     }
     Ok(CheckReport {
-        command: "check".into(),
-        run: location.into(),
-        verdict: assessment.verdict(Claim::Integrity),
-        problems: assessment.problems().to_vec(),
+        header: assessment.header("check", location, Claim::Integrity),
         warnings,
         signatures: Some(ctx.signatures.clone()),
         checked: Counts {

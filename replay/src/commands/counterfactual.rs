@@ -22,10 +22,12 @@ use trainer::session::{PreparedData, Session, TrainingState};
 
 use crate::attestations::attest_export;
 use crate::context::{RunContext, load_or_report};
-use crate::report::{Assessment, Claim, CommandError, Problem, Verdict, read_document};
-use crate::rollback::{ReconstructOptions, environment_of, export_state, put_json, reconstruct};
+use crate::engine::reconstruct::{
+    ReconstructOptions, environment_of, export_state, put_json, reconstruct,
+};
+use crate::engine::reexecute::{EnvironmentCheck, InputMismatch, RangeResult, input_mismatch};
+use crate::report::{Assessment, Claim, CommandError, Header, Problem, Verdict, read_document};
 use crate::state::{TensorDiff, diff_views};
-use crate::verify::{EnvironmentCheck, InputMismatch, RangeResult, input_mismatch};
 
 /// One step of the counterfactual history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,10 +56,8 @@ pub struct ExampleLoss {
 /// The JSON document of `replay counterfactual --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CounterfactualReport {
-    pub command: String,
-    pub run: String,
-    /// `verified` when both factual states it rests on are; otherwise why not.
-    pub verdict: Verdict,
+    #[serde(flatten)]
+    pub header: Header,
     pub without: Vec<u64>,
     pub to_step: u64,
     pub environment: Option<EnvironmentCheck>,
@@ -74,7 +74,6 @@ pub struct CounterfactualReport {
     /// Parameters (and optimizer state with `--optimizer`) that differ, largest L2 first.
     pub tensors: Vec<TensorDiff>,
     pub input_mismatch: Option<InputMismatch>,
-    pub problems: Vec<Problem>,
     pub out: Option<String>,
     pub files: Vec<String>,
     /// Each probe set through both models.
@@ -98,6 +97,9 @@ impl CounterfactualReport {
 #[derive(Debug, Clone)]
 pub struct CounterfactualOptions {
     pub without: BTreeSet<u64>,
+    /// Also remove every example whose content matches one of these regular expressions, as
+    /// `provenance --match` finds them in the loaded run.
+    pub without_match: Vec<String>,
     /// Last step (default: the ledger's last).
     pub to: Option<u64>,
     pub include_optimizer: bool,
@@ -151,9 +153,7 @@ impl CounterfactualReport {
     /// The report of a counterfactual of the run at `location`, before anything is found.
     fn new(location: &str, o: &CounterfactualOptions) -> Self {
         CounterfactualReport {
-            command: "counterfactual".into(),
-            run: location.into(),
-            verdict: Verdict::Verified,
+            header: Header::pending("counterfactual", location),
             without: o.without.iter().copied().collect(),
             to_step: 0,
             environment: None,
@@ -166,13 +166,37 @@ impl CounterfactualReport {
             examples: vec![],
             tensors: vec![],
             input_mismatch: None,
-            problems: vec![],
             out: None,
             files: vec![],
             probes: vec![],
             seconds: 0.0,
         }
     }
+}
+
+/// The examples to remove: those named, and those the patterns of `without_match` find. A
+/// search whose verdict does not pass is a usage error: the removed set would not be what the
+/// patterns find in the run as committed.
+fn removed(ctx: &RunContext, o: &CounterfactualOptions) -> Result<BTreeSet<u64>, CommandError> {
+    let mut without = o.without.clone();
+    if !o.without_match.is_empty() {
+        let found = crate::commands::search::search_in(ctx, &o.without_match)?;
+        if !found.header.verdict.passed() {
+            let problems: Vec<String> = found
+                .header
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.artefact, p.detail))
+                .collect();
+            return Err(CommandError::Usage(format!(
+                "the search for the examples to remove is {}: {}",
+                found.header.verdict,
+                problems.join("; ")
+            )));
+        }
+        without.extend(found.matches.iter().map(|m| m.example));
+    }
+    Ok(without)
 }
 
 /// [`counterfactual`] of a loaded run.
@@ -191,11 +215,14 @@ pub fn counterfactual_in(
             "--to {to}: the run's ledger ends at step {last}"
         )));
     }
+    let without = removed(ctx, o)?;
+    report.without = without.iter().copied().collect();
     let examples = ctx.spec.data.examples;
-    match (o.without.first(), o.without.last()) {
+    match (without.first(), without.last()) {
         (None, _) => {
             return Err(CommandError::Usage(
-                "--without: name at least one example id".into(),
+                "no example to remove: name one with --without, --without-file or --without-match"
+                    .into(),
             ));
         }
         (_, Some(&id)) if id >= examples => {
@@ -211,14 +238,15 @@ pub fn counterfactual_in(
     let mut assessment = Assessment::of(ctx);
     // The ledger up to `to` must be whole: its batches are the history being changed.
     if !ctx.problems_before(to).is_empty() {
-        report.verdict = assessment.verdict(Claim::State { rederived: false });
-        report.problems = assessment.problems().to_vec();
+        report
+            .header
+            .assess(&assessment, Claim::State { rederived: false });
         return Ok(report);
     }
     let first = ctx
         .records
         .range(..=to)
-        .find(|(_, r)| r.example_ids.iter().any(|id| o.without.contains(id)))
+        .find(|(_, r)| r.example_ids.iter().any(|id| without.contains(id)))
         .map(|(s, _)| *s);
     report.first_changed_step = first;
 
@@ -249,14 +277,12 @@ pub fn counterfactual_in(
         None => None,
     };
     let (Some((factual, factual_root)), true) = (end, all_matched) else {
-        report.verdict = assessment.verdict(claim);
-        report.problems = assessment.problems().to_vec();
+        report.header.assess(&assessment, claim);
         return Ok(report);
     };
     report.factual_root = Some(factual_root);
     if first.is_some() && start.is_none() {
-        report.verdict = assessment.verdict(claim);
-        report.problems = assessment.problems().to_vec();
+        report.header.assess(&assessment, claim);
         return Ok(report);
     }
 
@@ -266,7 +292,7 @@ pub fn counterfactual_in(
         ctx,
         start: start.as_ref(),
         factual: &factual,
-        without: &o.without,
+        without: &without,
         to,
         progress,
     };
@@ -280,8 +306,7 @@ pub fn counterfactual_in(
     if let Some(p) = walk.problem {
         assessment.problem(p);
     }
-    report.verdict = assessment.verdict(claim);
-    report.problems = assessment.problems().to_vec();
+    report.header.assess(&assessment, claim);
     let Some(state) = walk.state else {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -289,7 +314,7 @@ pub fn counterfactual_in(
     report.counterfactual_root = Some(state.root(&state.tensor_hashes())?);
     let views = |s| compared_views(s, o.include_optimizer);
     report.tensors = diff_views(&views(&state), &views(&factual));
-    if report.verdict.passed() {
+    if report.header.verdict.passed() {
         for p in &o.probes {
             let base = ctx.required_base()?;
             let run = |s: &TrainingState| {
@@ -305,7 +330,7 @@ pub fn counterfactual_in(
     }
 
     if let Some(out) = &o.out
-        && report.verdict.passed()
+        && report.header.verdict.passed()
     {
         let store = Store::create(out)?;
         let parent = first.map(|f| f - 1).or(Some(to));
@@ -318,7 +343,7 @@ pub fn counterfactual_in(
         let state = serde_json::json!({
             "step": to,
             "stateRoot": report.counterfactual_root,
-            "verdict": report.verdict,
+            "verdict": report.header.verdict,
             "derivation": {"kind": "counterfactual", "without": report.without},
         });
         let signed = attest_export(&store, ctx, out, &report.files, state, &o.keys)?;

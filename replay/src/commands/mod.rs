@@ -1,0 +1,68 @@
+//! One file per command: each takes its options, loads the run (or is given it), and returns
+//! its report; nothing here prints.
+
+use crate::context::RunContext;
+use crate::engine::reexecute::{self, EnvironmentCheck, Range, RangeResult};
+use crate::report::{Assessment, CommandError, Verdict};
+use trainer::backend::DeviceSpec;
+
+/// Where to write a signed in-toto statement of a verification, and the key that signs it.
+#[derive(Debug, Clone)]
+pub struct Attest {
+    pub out: std::path::PathBuf,
+    pub key: ed25519_dalek::SigningKey,
+}
+impl Attest {
+    fn write(
+        &self,
+        ctx: &RunContext,
+        command: &str,
+        verdict: Verdict,
+        ranges: &[RangeResult],
+        environment: Option<&EnvironmentCheck>,
+    ) -> Result<(), CommandError> {
+        let v = crate::attestations::Verification {
+            command,
+            verdict,
+            ranges,
+            environment,
+            steps_replayed: ranges.iter().map(|r| r.steps_replayed).sum(),
+        };
+        crate::attestations::write_verification(ctx, &v, &self.key, &self.out)
+    }
+}
+/// Replay `ranges` of a loaded run in this machine's class (or across classes, reported as
+/// such), adding each range's verdict to `assessment`.
+fn replay(
+    ctx: &RunContext,
+    ranges: &[Range],
+    device: DeviceSpec,
+    assessment: &mut Assessment,
+    progress: &indicatif::ProgressBar,
+) -> Result<(EnvironmentCheck, Vec<RangeResult>), CommandError> {
+    let env = reexecute::environment(&ctx.manifest.environment, device)?;
+    progress.set_length(ranges.iter().map(|r| r.to + 1 - r.from.max(1)).sum());
+    let results: Vec<RangeResult> =
+        reexecute::replay_ranges(ctx, ranges, device, env.cross_class(), progress)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+    for r in &results {
+        assessment.outcome(r.verdict);
+    }
+    Ok((env, results))
+}
+
+pub mod audit;
+pub mod check;
+pub mod collect;
+pub mod compare;
+pub mod counterfactual;
+pub mod diff;
+pub mod evaluate;
+pub mod inspect;
+pub mod investigate;
+pub mod provenance;
+pub mod rollback;
+pub mod search;
+pub mod verify;
