@@ -198,7 +198,7 @@ fn main() {
     let config = RunConfig::from_file(&config_path).expect("config");
     let dataset =
         Dataset::parse(&rows, "rows.jsonl", config.data.format, &config.model).expect("dataset");
-    let spec = RunSpec::new(&config, &dataset, Some(&base), Some(conversion));
+    let spec = RunSpec::new(&config, &dataset.manifest, Some(&base), Some(conversion));
     let ModelSpec::Llama(llama) = &config.model else {
         unreachable!("written above")
     };

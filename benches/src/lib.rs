@@ -187,7 +187,7 @@ impl DemoTraining {
         )
         .expect("data");
         let base = BaseWeights::parse(&demo::base_model().expect("base"), "base").expect("base");
-        let spec = config::RunSpec::new(&config, &dataset, Some(&base), None);
+        let spec = config::RunSpec::new(&config, &dataset.manifest, Some(&base), None);
         let data = trainer::session::PreparedData::new(&dataset, &spec);
         DemoTraining {
             spec,

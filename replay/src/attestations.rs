@@ -18,11 +18,11 @@ use run_trust::signature;
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
-use crate::commands::investigate::Behaviour;
 use crate::context::RunContext;
 use crate::engine::reexecute::{EnvironmentCheck, RangeResult};
 use crate::report::{CommandError, Problem, Verdict, problem_of};
 use crate::signatures::{ArtefactSignatures, Role, SignatureOptions, judge};
+use trainer::probe::Behaviour;
 
 /// What `check` found of one attestation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,8 +12,9 @@ use snapshot_format::{Hash32, layout};
 use trainer::config::RunSpec;
 use trainer::data::Dataset;
 
-use crate::report::{CommandError, Problem, Verdict, problem_of};
+use crate::report::{Assessment, CommandError, Problem, Verdict, problem_of};
 use crate::signatures::{SignatureOptions, SignatureReport};
+use run_trust::signature::{Statement, kind};
 use snapshot_format::limits::ReadLimits;
 
 /// The [`load`]ed run at `location`; when a finding prevents loading it, `return Ok(report)`
@@ -84,6 +85,44 @@ pub struct RunContext {
 }
 
 impl RunContext {
+    /// The statements the run's artefacts must be signed under, by artefact key, from the bytes
+    /// the run was loaded from.
+    pub fn expected_signatures(&self) -> BTreeMap<String, Statement> {
+        let ctx = self;
+        let st = |kind: &str, step: u64, hash: Hash32| Statement {
+            kind: kind.to_string(),
+            run_id: ctx.manifest.run_id.clone(),
+            genesis: ctx.manifest.genesis,
+            step,
+            hash,
+        };
+        let mut out = BTreeMap::new();
+        out.insert(
+            layout::MANIFEST.to_string(),
+            st(kind::MANIFEST, 0, ctx.manifest_hash),
+        );
+        for s in ctx.segments.values() {
+            out.insert(s.key.clone(), st(kind::SEGMENT, s.last_step, s.head));
+        }
+        for &c in &ctx.checkpoints {
+            if let Some(root) = ctx.committed_root(c) {
+                out.insert(layout::checkpoint(c), st(kind::CHECKPOINT, c, root));
+            }
+        }
+        if let (Some(c), Some(hash)) = (&ctx.completion, ctx.completion_hash) {
+            out.insert(
+                layout::COMPLETE.to_string(),
+                st(kind::COMPLETION, c.final_step, hash),
+            );
+        }
+        out
+    }
+
+    /// The assessment of this run: every problem found loading it (`Assessment`).
+    pub fn assessment(&self) -> Assessment {
+        Assessment::with_problems(self.problems.clone())
+    }
+
     /// Steps at which checkpoints must exist, as far as the run has got.
     pub fn expected_checkpoints(&self) -> Vec<u64> {
         let total = self.spec.run.steps;
@@ -495,7 +534,8 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
     };
     structural_checks(&mut ctx, &indices);
     let (signatures, signature_problems) =
-        crate::signatures::check(&ctx, &options.trust).map_err(LoadFailure::Command)?;
+        crate::signatures::check(&ctx.store, &ctx.expected_signatures(), &options.trust)
+            .map_err(LoadFailure::Command)?;
     ctx.signatures = signatures;
     ctx.problems.extend(signature_problems);
     Ok(ctx)

@@ -143,10 +143,10 @@ pub struct Assessment {
 }
 
 impl Assessment {
-    /// The assessment of a loaded run: every problem found loading it.
-    pub fn of(ctx: &crate::context::RunContext) -> Self {
+    /// An assessment that starts from `problems` (a loaded run's: `RunContext::assessment`).
+    pub fn with_problems(problems: Vec<Problem>) -> Self {
         Assessment {
-            problems: ctx.problems.clone(),
+            problems,
             outcomes: vec![],
         }
     }

@@ -16,7 +16,6 @@ use run_trust::signature::{self, Statement, kind};
 use serde::{Deserialize, Serialize};
 use snapshot_format::hash::file_hash;
 
-use crate::commands::verify::VerifyReport;
 use crate::context::RunContext;
 use crate::report::CommandError;
 
@@ -80,6 +79,13 @@ pub struct ShardedRun {
     pub id: String,
 }
 
+impl ShardedRun {
+    /// Store key (in the results store) of this shard's report.
+    pub fn result_key(&self) -> String {
+        self.shard.result_key(&self.id)
+    }
+}
+
 /// A verification id: 8 to 64 characters of `[A-Za-z0-9_-]`.
 pub(crate) fn check_id(id: &str) -> Result<(), CommandError> {
     let ok = (8..=64).contains(&id.len())
@@ -141,9 +147,12 @@ impl ShardTarget {
         let store = Store::create(&self.results)?;
         let key = self.shard.result_key(&self.id);
         if let Some(bytes) = store.get_opt(&key)? {
-            let verdict = serde_json::from_slice::<VerifyReport>(&bytes)
-                .map(|r| format!("verdict {}", r.header.verdict))
-                .unwrap_or_else(|_| "unreadable".into());
+            // The header's verdict, read without the report's type (`commands::verify` writes
+            // the report, through `record`).
+            let verdict = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|r| r["verdict"].as_str().map(|v| format!("verdict {v}")))
+                .unwrap_or_else(|| "unreadable".into());
             return Err(CommandError::Usage(format!(
                 "{}: shard {}/{} of verification {:?} is already recorded at {key:?} ({verdict}); \
                  results are write-once: run `replay collect`, or verify again under a new --id",
@@ -159,20 +168,18 @@ impl ShardTarget {
         })
     }
 
-    /// Write the shard's report and the verifier's signature of it, each once. Returns the
-    /// report's key.
+    /// Write the shard's report (which names its own key, [`ShardedRun::result_key`]) and the
+    /// verifier's signature of it, each once.
     pub fn record(
         &self,
         ctx: &RunContext,
         run: &ShardedRun,
-        report: &VerifyReport,
-    ) -> Result<String, CommandError> {
+        report: &impl Serialize,
+    ) -> Result<(), CommandError> {
         let store = Store::create(&self.results)?;
-        let key = run.shard.result_key(&run.id);
-        let mut report = report.clone();
-        report.result_key = Some(key.clone());
+        let key = run.result_key();
         let mut bytes =
-            serde_json::to_vec_pretty(&report).map_err(|e| CommandError::Usage(e.to_string()))?;
+            serde_json::to_vec_pretty(report).map_err(|e| CommandError::Usage(e.to_string()))?;
         bytes.push(b'\n');
         let signed = signature::sign(
             statement(
@@ -185,6 +192,6 @@ impl ShardTarget {
         );
         store.put_new(&key, bytes)?;
         store.put_new(&signature_key(&key), signed.encode())?;
-        Ok(key)
+        Ok(())
     }
 }

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use ed25519_dalek::VerifyingKey;
-use run_trust::signature::{self, Signed, Statement, kind};
+use run_store::Store;
+use run_trust::signature::{self, Signed, Statement};
 use serde::{Deserialize, Serialize};
-use snapshot_format::{Hash32, layout};
+use snapshot_format::layout;
 
-use crate::context::RunContext;
 use crate::report::{CommandError, Problem, Verdict, problem_of};
 
 /// Who may sign a claim (`specs/signatures.md` §4, §6.5): the role decides which keys the
@@ -129,38 +129,6 @@ impl SignatureReport {
     }
 }
 
-/// The statements the run's artefacts must be signed under, by artefact key, from the bytes
-/// the run was loaded from.
-fn expected(ctx: &RunContext) -> BTreeMap<String, Statement> {
-    let st = |kind: &str, step: u64, hash: Hash32| Statement {
-        kind: kind.to_string(),
-        run_id: ctx.manifest.run_id.clone(),
-        genesis: ctx.manifest.genesis,
-        step,
-        hash,
-    };
-    let mut out = BTreeMap::new();
-    out.insert(
-        layout::MANIFEST.to_string(),
-        st(kind::MANIFEST, 0, ctx.manifest_hash),
-    );
-    for s in ctx.segments.values() {
-        out.insert(s.key.clone(), st(kind::SEGMENT, s.last_step, s.head));
-    }
-    for &c in &ctx.checkpoints {
-        if let Some(root) = ctx.committed_root(c) {
-            out.insert(layout::checkpoint(c), st(kind::CHECKPOINT, c, root));
-        }
-    }
-    if let (Some(c), Some(hash)) = (&ctx.completion, ctx.completion_hash) {
-        out.insert(
-            layout::COMPLETE.to_string(),
-            st(kind::COMPLETION, c.final_step, hash),
-        );
-    }
-    out
-}
-
 /// The one rule of trust: an artefact whose signatures by `keys` verified (and none failed,
 /// unless `bad`) under the trust options `o`; and the problem that status is, if any. A
 /// verifier's claim is never merely `valid`: without a verifier key that signed it, it is
@@ -213,15 +181,15 @@ pub fn judge(
 
 /// Check every signature of the run; returns the report and the problems it implies.
 pub fn check(
-    ctx: &RunContext,
+    store: &Store,
+    expected: &BTreeMap<String, Statement>,
     o: &SignatureOptions,
 ) -> Result<(SignatureReport, Vec<Problem>), CommandError> {
-    let expected = expected(ctx);
     let trusted: Vec<[u8; 32]> = o.trusted.iter().map(VerifyingKey::to_bytes).collect();
     let mut problems = Vec::new();
     let mut valid: BTreeMap<String, Vec<[u8; 32]>> = BTreeMap::new();
     let mut bad: BTreeMap<String, String> = BTreeMap::new();
-    for key in ctx.store.list(layout::SIGNATURES)? {
+    for key in store.list(layout::SIGNATURES)? {
         let Some(artefact) = signature::artefact_of(&key).map(str::to_string) else {
             problems.push(Problem::new(
                 Verdict::Corrupt,
@@ -230,7 +198,7 @@ pub fn check(
             ));
             continue;
         };
-        let bytes = match ctx.store.get(&key) {
+        let bytes = match store.get(&key) {
             Ok(b) => b,
             Err(e) => {
                 problems.push(problem_of(e)?);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use snapshot_format::limits::{MAX_DELTA_DEPTH, ReadLimits};
 use snapshot_format::snapshot::{self, Header, Snapshot};
-use snapshot_format::{Error, Result, delta::References, layout};
+use snapshot_format::{Error, Result, layout, snapshot::References};
 
 use crate::storage::{ObjectReader, Store};
 

@@ -54,7 +54,7 @@ fn objects_above_their_class_bound_are_refused_from_their_size() {
             1u64 << 40,
             limits::MAX_JSON_BYTES,
         ),
-        (layout::segment(1), 1 << 40, limits::MAX_ENVELOPE_BYTES),
+        (layout::segment(1), 1 << 40, layout::MAX_ENVELOPE_BYTES),
         (layout::DATASET_DATA.to_string(), (1 << 20) + 1, 1 << 20),
     ] {
         for e in [

@@ -18,19 +18,16 @@
 //! state root is `ref_state_root`. `depth` is 1 when the reference's tensor is stored without
 //! delta (a keyframe), and one more than the reference tensor's depth otherwise, at most
 //! [`MAX_DELTA_DEPTH`]: reconstruction reads at most `depth + 1` objects, and a chain can
-//! neither loop nor grow without bound. Readers resolve references through [`References`]
-//! (`run_store::checkpoints::CheckpointReader` resolves them from a run's store).
-
-use std::sync::Arc;
+//! neither loop nor grow without bound. Readers resolve references through
+//! [`crate::snapshot::References`] (`run_store::checkpoints::CheckpointReader` resolves them
+//! from a run's store).
 
 use rayon::prelude::*;
 
 use crate::dtype::{Codec, DType};
 use crate::error::{Error, Result};
 use crate::hash::Hash32;
-use crate::layout;
 use crate::limits::MAX_DELTA_DEPTH;
-use crate::snapshot::{Snapshot, TensorView};
 
 /// Bytes before the inner encoding.
 pub const PREFIX_LEN: usize = 8 + 32 + 4 + 1 + 2;
@@ -201,11 +198,6 @@ pub struct DeltaRef {
 }
 
 impl DeltaRef {
-    /// Store key of the reference checkpoint.
-    pub fn key(&self) -> String {
-        layout::checkpoint(self.step)
-    }
-
     fn prefix(&self) -> [u8; PREFIX_LEN] {
         let mut out = [0u8; PREFIX_LEN];
         out[..8].copy_from_slice(&self.step.to_le_bytes());
@@ -271,114 +263,24 @@ fn xor_into(data: &mut [u8], other: &[u8]) {
     data.iter_mut().zip(other).for_each(|(x, y)| *x ^= y);
 }
 
-/// One tensor of a [`Reference`].
-#[derive(Debug, Clone)]
-pub struct RefTensor {
-    pub name: String,
-    pub dtype: DType,
-    pub shape: Vec<u64>,
-    pub data: Vec<u8>,
-    /// 0 when stored without delta.
-    pub depth: u32,
-}
-
-/// The checkpoint a writer encodes the next one against: its step, state root and raw tensors
-/// with their chain depths.
-#[derive(Debug, Clone)]
-pub struct Reference {
-    step: u64,
-    root: Hash32,
-    /// Sorted by name.
-    tensors: Vec<RefTensor>,
-}
-
-impl Reference {
-    /// The state just written as checkpoint `step` with root `root`: `views` in any order,
-    /// `depths` the chain depth of each tensor in name order, as [`snapshot::Encoded::depths`]
-    /// reports them. The tensors are copied.
-    pub fn new(step: u64, root: Hash32, views: &[TensorView<'_>], depths: &[u32]) -> Self {
-        let mut sorted: Vec<&TensorView<'_>> = views.iter().collect();
-        sorted.sort_by(|a, b| a.name.cmp(b.name));
-        let tensors = sorted
-            .into_iter()
-            .zip(depths.iter().copied().chain(std::iter::repeat(0)))
-            .map(|(v, depth)| RefTensor {
-                name: v.name.to_string(),
-                dtype: v.dtype,
-                shape: v.shape.to_vec(),
-                data: v.data.to_vec(),
-                depth,
-            })
-            .collect();
-        Reference {
-            step,
-            root,
-            tensors,
-        }
-    }
-
-    /// A decoded checkpoint (its tensors are moved, not copied).
-    pub fn from_snapshot(snapshot: Snapshot) -> Self {
-        let Snapshot { header, data } = snapshot;
-        let tensors = header
-            .tensors
-            .into_iter()
-            .zip(data)
-            .map(|(t, data)| RefTensor {
-                depth: t.delta.map(|d| d.depth).unwrap_or(0),
-                name: t.name,
-                dtype: t.dtype,
-                shape: t.shape,
-                data,
-            })
-            .collect();
-        Reference {
-            step: header.state.step,
-            root: header.state_root,
-            tensors,
-        }
-    }
-
-    /// Step of the reference checkpoint.
-    pub fn step(&self) -> u64 {
-        self.step
-    }
-
-    /// State root of the reference checkpoint.
-    pub fn root(&self) -> Hash32 {
-        self.root
-    }
-
-    /// The tensor called `name`.
-    pub fn find(&self, name: &str) -> Option<&RefTensor> {
-        self.tensors
-            .binary_search_by(|t| t.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.tensors[i])
-    }
-
-    /// Deepest chain among the tensors (0 for a keyframe).
-    pub fn max_depth(&self) -> u32 {
-        self.tensors.iter().map(|t| t.depth).max().unwrap_or(0)
-    }
-}
-
 /// The transform the reference writer uses (the `checkpoint_codecs` benchmark).
 pub const DEFAULT_TRANSFORM: Transform = Transform::Difference;
 
-/// Encode `data` (a tensor of `dtype`) as a delta against `base` (same dtype and length), the
+/// Encode `data` (a tensor of `dtype`) as a delta against `base` (the reference tensor, of the
+/// same dtype and length, and its chain depth) of the checkpoint `(step, state root)`, the
 /// transform stored as planes at `level` in chunks of `chunk_bytes`, or raw when that is not
 /// smaller.
 pub(crate) fn encode(
     transform: Transform,
-    reference: &Reference,
-    base: &RefTensor,
+    (reference_step, reference_root): (u64, Hash32),
+    base: (&[u8], u32),
     dtype: DType,
     data: &[u8],
     chunk_bytes: u32,
     level: i32,
 ) -> Vec<u8> {
-    let moved = transform.forward(data, &base.data, dtype.size() as usize);
+    let (base, base_depth) = base;
+    let moved = transform.forward(data, base, dtype.size() as usize);
     let planes = crate::planes::encode(transform.inner_dtype(dtype), &moved, chunk_bytes, level);
     let (inner, body) = if planes.len() < moved.len() {
         (Codec::Planes, planes)
@@ -386,9 +288,9 @@ pub(crate) fn encode(
         (Codec::Raw, moved)
     };
     let delta = DeltaRef {
-        step: reference.step,
-        root: reference.root,
-        depth: base.depth + 1,
+        step: reference_step,
+        root: reference_root,
+        depth: base_depth + 1,
         transform,
         inner,
     };
@@ -398,20 +300,15 @@ pub(crate) fn encode(
     out
 }
 
-/// Where a reader finds the checkpoints that delta tensors name.
-pub trait References {
-    /// The decoded and verified checkpoint stored at `step` (its state root is checked by the
-    /// caller against the one the delta names). A checkpoint handed over unshared may be
-    /// emptied tensor by tensor as its deltas are decoded.
-    fn checkpoint(&self, step: u64) -> Result<Arc<Snapshot>>;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout;
     use crate::limits::ReadLimits;
     use crate::snapshot::{self, Provenance, SnapshotKind, StateMeta, WriteOptions};
+    use crate::snapshot::{Reference, References, Snapshot, TensorView};
     use crate::testing::{delta_chain, delta_options, delta_state, views};
+    use std::sync::Arc;
 
     /// Bytes that are not aligned for their element type take the byte-wise path, with the
     /// same result as the word path.

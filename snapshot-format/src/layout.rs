@@ -3,6 +3,11 @@
 //! Every object of a run is write-once: it is created with a conditional put and never
 //! replaced. Keys are relative to the run's root (a directory, or a prefix in a bucket).
 
+use crate::limits::{
+    MAX_DOCUMENT_BYTES, MAX_EXAMPLES, MAX_HEADER_BYTES, MAX_JSON_BYTES, MAX_SIGNATURE_BYTES,
+    MAX_TENSORS, ReadLimits,
+};
+
 /// The run manifest (JSON).
 pub const MANIFEST: &str = "manifest.json";
 /// The dataset manifest (per-example hashes and Merkle root).
@@ -51,14 +56,31 @@ pub fn signature(key: &str) -> String {
     format!("{SIGNATURES}{key}.sig")
 }
 
+/// Largest enveloped object without payload (ledger segments, part indexes): a header of at
+/// most [`MAX_HEADER_BYTES`] and the envelope's fixed bytes.
+pub const MAX_ENVELOPE_BYTES: u64 = MAX_HEADER_BYTES as u64 + crate::envelope::OVERHEAD;
+/// Largest dataset manifest: an envelope whose payload holds [`MAX_EXAMPLES`] hashes.
+pub const MAX_DATASET_MANIFEST_BYTES: u64 = MAX_ENVELOPE_BYTES + 32 * MAX_EXAMPLES;
+/// Most bytes a delta tensor's encoding may have beyond its raw length: the reference prefix
+/// (the inner encoding is never longer than the raw bytes).
+pub const MAX_DELTA_OVERHEAD: u64 = crate::delta::PREFIX_LEN as u64;
+
+/// Largest snapshot object `limits` admit: a header of at most [`MAX_HEADER_BYTES`], tensors
+/// whose raw bytes add up to at most `max_decoded_bytes`, each encoding no longer than its raw
+/// bytes (a delta's by its reference prefix), and the envelope's fixed bytes.
+pub fn max_snapshot_bytes(limits: &ReadLimits) -> u64 {
+    MAX_ENVELOPE_BYTES
+        .saturating_add(limits.max_decoded_bytes)
+        .saturating_add(MAX_DELTA_OVERHEAD.saturating_mul(MAX_TENSORS))
+}
+
 /// The most bytes the object at `key` may hold (`specs/snapshot-format.md` §8): a store reads
 /// no object beyond its class's bound, and refuses it before reading any of it. The class is
 /// the key's: JSON artefacts, signatures, ledger segments, the dataset manifest and snapshots
 /// have bounds from the format; a snapshot's follows from the decoded bytes `limits` admit;
 /// anything else (the dataset's data, a base model, an exported model file) is bounded by
 /// `limits.max_object_bytes`. Part indexes are bounded by the object they publish.
-pub fn max_bytes(key: &str, limits: &crate::limits::ReadLimits) -> u64 {
-    use crate::limits::*;
+pub fn max_bytes(key: &str, limits: &ReadLimits) -> u64 {
     let name = key.rsplit('/').next().unwrap_or(key);
     if key == MANIFEST || key == COMPLETE {
         MAX_JSON_BYTES
@@ -69,7 +91,7 @@ pub fn max_bytes(key: &str, limits: &crate::limits::ReadLimits) -> u64 {
     } else if name.ends_with(".seg") {
         MAX_ENVELOPE_BYTES
     } else if name.ends_with(".snap") {
-        limits.max_snapshot_bytes()
+        max_snapshot_bytes(limits)
     } else if name.ends_with(".json") {
         MAX_DOCUMENT_BYTES
     } else {
@@ -121,7 +143,7 @@ mod tests {
             (DATASET_MANIFEST.to_string(), MAX_DATASET_MANIFEST_BYTES),
             (signature(&checkpoint(4)), MAX_SIGNATURE_BYTES),
             (segment(2), MAX_ENVELOPE_BYTES),
-            (checkpoint(4), limits.max_snapshot_bytes()),
+            (checkpoint(4), max_snapshot_bytes(&limits)),
             (
                 "verifications/x/shard-0-of-2.json".into(),
                 MAX_DOCUMENT_BYTES,
@@ -132,6 +154,6 @@ mod tests {
         for (key, max) in cases {
             assert_eq!(max_bytes(&key, &limits), max, "{key}");
         }
-        assert!(limits.max_snapshot_bytes() > 1 << 20);
+        assert!(max_snapshot_bytes(&limits) > 1 << 20);
     }
 }

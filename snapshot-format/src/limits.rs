@@ -42,15 +42,6 @@ pub const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
 /// Largest document a verifier reads whole: in-toto statements, shard reports, replay's own
 /// JSON reports.
 pub const MAX_DOCUMENT_BYTES: u64 = 256 << 20;
-/// Largest enveloped object without payload (ledger segments, part indexes): a header of at
-/// most [`MAX_HEADER_BYTES`] and the envelope's fixed bytes.
-pub const MAX_ENVELOPE_BYTES: u64 = MAX_HEADER_BYTES as u64 + crate::envelope::OVERHEAD;
-/// Largest dataset manifest: an envelope whose payload holds [`MAX_EXAMPLES`] hashes.
-pub const MAX_DATASET_MANIFEST_BYTES: u64 = MAX_ENVELOPE_BYTES + 32 * MAX_EXAMPLES;
-/// Most bytes a delta tensor's encoding may have beyond its raw length: the reference prefix
-/// (the inner encoding is never longer than the raw bytes).
-pub const MAX_DELTA_OVERHEAD: u64 = crate::delta::PREFIX_LEN as u64;
-
 /// Limits a caller may tighten for one read (a verifier on a small machine, say).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadLimits {
@@ -77,14 +68,5 @@ impl ReadLimits {
             max_decoded_bytes: max,
             max_object_bytes: max,
         }
-    }
-
-    /// Largest snapshot object these limits admit: a header of at most [`MAX_HEADER_BYTES`],
-    /// tensors whose raw bytes add up to at most `max_decoded_bytes`, each encoding no longer
-    /// than its raw bytes (a delta's by its reference prefix), and the envelope's fixed bytes.
-    pub fn max_snapshot_bytes(&self) -> u64 {
-        MAX_ENVELOPE_BYTES
-            .saturating_add(self.max_decoded_bytes)
-            .saturating_add(MAX_DELTA_OVERHEAD.saturating_mul(MAX_TENSORS))
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::canonical;
-use crate::delta::{DeltaRef, Reference, References};
+use crate::delta::DeltaRef;
 use crate::dtype::{Codec, DType};
 use crate::envelope::{self, SNAPSHOT};
 use crate::error::{Error, Result};
@@ -264,7 +264,7 @@ pub struct Encoded<'a> {
     pub parts: Vec<std::borrow::Cow<'a, [u8]>>,
     pub state_root: Hash32,
     /// Chain depth of each tensor in name order: 0 when stored whole, `d` for a delta of
-    /// depth `d` (what [`crate::delta::Reference::new`] takes for the next checkpoint).
+    /// depth `d` (what [`crate::snapshot::Reference::new`] takes for the next checkpoint).
     pub depths: Vec<u32>,
 }
 
@@ -532,8 +532,8 @@ impl<'p, 'a> Plan<'p, 'a> {
             Some((r, b)) => {
                 let bytes = crate::delta::encode(
                     self.options.delta_transform,
-                    r,
-                    b,
+                    (r.step(), r.root()),
+                    (&b.data, b.depth),
                     t.dtype,
                     t.data,
                     self.options.chunk_bytes,
@@ -746,9 +746,7 @@ fn validate_header(
         // does not make it smaller), but for a delta's reference prefix: a header cannot make
         // a reader gather more encoded bytes than the decoded limit allows.
         let max_encoded = match codec {
-            Codec::Delta => row
-                .raw_len
-                .saturating_add(crate::limits::MAX_DELTA_OVERHEAD),
+            Codec::Delta => row.raw_len.saturating_add(crate::delta::PREFIX_LEN as u64),
             _ => row.raw_len,
         };
         if row.encoded_len > max_encoded {
@@ -919,7 +917,7 @@ pub fn decode_with(
 /// makes (table, sizes, decompression limits, canonical bools, every tensor hash, state root),
 /// with each tensor's decoded bytes streamed through a small buffer into its hash. For
 /// integrity checks that do not need the values. A delta tensor is an error here
-/// ([`Error::DeltaWithoutReferences`]); [`crate::delta::CheckpointReader::check`] resolves it.
+/// ([`Error::DeltaWithoutReferences`]); `run_store::CheckpointReader::check` resolves it.
 pub fn verify(bytes: &[u8], artefact: &str, limits: &ReadLimits) -> Result<Header> {
     locate(bytes, artefact, limits)?.verify()
 }
@@ -1036,7 +1034,7 @@ impl<'r> Bases<'r> {
         let mismatch = |detail: String| Error::DeltaReferenceMismatch {
             artefact: artefact.to_string(),
             tensor: t.name.clone(),
-            reference: d.key(),
+            reference: crate::layout::checkpoint(d.step),
             detail,
         };
         if d.step >= header.state.step {
@@ -1049,7 +1047,7 @@ impl<'r> Bases<'r> {
             return Err(Error::DeltaWithoutReferences {
                 artefact: artefact.to_string(),
                 tensor: t.name.clone(),
-                reference: d.key(),
+                reference: crate::layout::checkpoint(d.step),
             });
         };
         let at = match self.read.iter().position(|(s, _)| *s == d.step) {
@@ -1059,7 +1057,7 @@ impl<'r> Bases<'r> {
                     refs.checkpoint(d.step)
                         .map_err(|e| Error::DeltaReferenceUnavailable {
                             artefact: artefact.to_string(),
-                            reference: d.key(),
+                            reference: crate::layout::checkpoint(d.step),
                             source: Box::new(e),
                         })?;
                 self.read.push((d.step, snap));
@@ -1249,7 +1247,10 @@ fn verify_data(t: &TensorInfo, encoded: &[u8], artefact: &str) -> Result<()> {
             return Err(Error::DeltaWithoutReferences {
                 artefact: artefact.to_string(),
                 tensor: t.name.clone(),
-                reference: t.delta.map(|d| d.key()).unwrap_or_default(),
+                reference: t
+                    .delta
+                    .map(|d| crate::layout::checkpoint(d.step))
+                    .unwrap_or_default(),
             });
         }
         Codec::Planes => sink.feed(&decode_planes(t, encoded, artefact)?, true)?,
@@ -1591,4 +1592,101 @@ fn read_region<R: Read>(r: &mut R, out: &mut Vec<u8>, artefact: &str) -> Result<
     r.read_to_end(out)
         .map(|_| ())
         .map_err(|source| Error::from_io(artefact, source))
+}
+
+/// One tensor of a [`Reference`].
+#[derive(Debug, Clone)]
+pub struct RefTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub data: Vec<u8>,
+    /// 0 when stored without delta.
+    pub depth: u32,
+}
+/// The checkpoint a writer encodes the next one against: its step, state root and raw tensors
+/// with their chain depths.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    step: u64,
+    root: Hash32,
+    /// Sorted by name.
+    tensors: Vec<RefTensor>,
+}
+impl Reference {
+    /// The state just written as checkpoint `step` with root `root`: `views` in any order,
+    /// `depths` the chain depth of each tensor in name order, as [`snapshot::Encoded::depths`]
+    /// reports them. The tensors are copied.
+    pub fn new(step: u64, root: Hash32, views: &[TensorView<'_>], depths: &[u32]) -> Self {
+        let mut sorted: Vec<&TensorView<'_>> = views.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(b.name));
+        let tensors = sorted
+            .into_iter()
+            .zip(depths.iter().copied().chain(std::iter::repeat(0)))
+            .map(|(v, depth)| RefTensor {
+                name: v.name.to_string(),
+                dtype: v.dtype,
+                shape: v.shape.to_vec(),
+                data: v.data.to_vec(),
+                depth,
+            })
+            .collect();
+        Reference {
+            step,
+            root,
+            tensors,
+        }
+    }
+
+    /// A decoded checkpoint (its tensors are moved, not copied).
+    pub fn from_snapshot(snapshot: Snapshot) -> Self {
+        let Snapshot { header, data } = snapshot;
+        let tensors = header
+            .tensors
+            .into_iter()
+            .zip(data)
+            .map(|(t, data)| RefTensor {
+                depth: t.delta.map(|d| d.depth).unwrap_or(0),
+                name: t.name,
+                dtype: t.dtype,
+                shape: t.shape,
+                data,
+            })
+            .collect();
+        Reference {
+            step: header.state.step,
+            root: header.state_root,
+            tensors,
+        }
+    }
+
+    /// Step of the reference checkpoint.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// State root of the reference checkpoint.
+    pub fn root(&self) -> Hash32 {
+        self.root
+    }
+
+    /// The tensor called `name`.
+    pub fn find(&self, name: &str) -> Option<&RefTensor> {
+        self.tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.tensors[i])
+    }
+
+    /// Deepest chain among the tensors (0 for a keyframe).
+    pub fn max_depth(&self) -> u32 {
+        self.tensors.iter().map(|t| t.depth).max().unwrap_or(0)
+    }
+}
+/// Where a reader finds the checkpoints that delta tensors name.
+pub trait References {
+    /// The decoded and verified checkpoint stored at `step` (its state root is checked by the
+    /// caller against the one the delta names). A checkpoint handed over unshared may be
+    /// emptied tensor by tensor as its deltas are decoded.
+    fn checkpoint(&self, step: u64) -> Result<Arc<Snapshot>>;
 }

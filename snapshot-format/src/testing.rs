@@ -2,8 +2,10 @@
 //! header, delta references taken from the test vectors, and a small chain of delta
 //! checkpoints.
 
-use crate::delta::{DEFAULT_TRANSFORM, Reference, Transform};
-use crate::snapshot::{self, Provenance, SnapshotKind, StateMeta, TensorView, WriteOptions};
+use crate::delta::{DEFAULT_TRANSFORM, Transform};
+use crate::snapshot::{
+    self, Provenance, Reference, SnapshotKind, StateMeta, TensorView, WriteOptions,
+};
 use crate::{Codec, DType};
 
 /// A named tensor as tests build it: name, dtype, shape, little-endian bytes.
@@ -71,7 +73,7 @@ impl Default for VectorReferences {
     }
 }
 
-impl crate::delta::References for VectorReferences {
+impl crate::snapshot::References for VectorReferences {
     fn checkpoint(&self, _step: u64) -> crate::Result<std::sync::Arc<crate::snapshot::Snapshot>> {
         Ok(if self.hand_over {
             std::sync::Arc::new((*self.planes).clone())

@@ -5,10 +5,11 @@
 //! encoder written from the spec alone reproduces their hashes.
 
 use crate::dataset::DatasetManifest;
-use crate::delta::{Reference, Transform};
+use crate::delta::Transform;
 use crate::hash::{self, Hash32};
 use crate::ledger::{self, Segment, StepRecord};
 use crate::manifest;
+use crate::snapshot::Reference;
 use crate::snapshot::{
     self, DataCursor, MetaEntry, MetaValue, Provenance, RngState, SnapshotKind, StateMeta,
     StreamPosition, TensorView, WriteOptions,

@@ -316,7 +316,7 @@ fn delta_vector_matches_spec() {
     // `One(reference, true)` hands over an unshared copy, which a streaming read undoes each
     // delta into, in place.
     struct One(std::sync::Arc<snapshot::Snapshot>, bool);
-    impl snapshot_format::delta::References for One {
+    impl snapshot_format::snapshot::References for One {
         fn checkpoint(
             &self,
             step: u64,
@@ -398,7 +398,7 @@ fn reject_vectors_are_refused_as_listed() {
         snapshot::decode(&read("snapshot-planes-v1.snap"), "vector", &limits).expect("decodes"),
     );
     struct Planes(std::sync::Arc<snapshot::Snapshot>);
-    impl snapshot_format::delta::References for Planes {
+    impl snapshot_format::snapshot::References for Planes {
         fn checkpoint(
             &self,
             _step: u64,

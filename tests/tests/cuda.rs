@@ -89,7 +89,7 @@ fn cuda_run_verifies_on_the_same_gpu() {
     let r = t.path().join("run");
     train(&cfg, &r, &[]);
     let v = verify(&r, &["--device", "cuda"], 0);
-    assert_eq!(v.verdict, Verdict::Verified);
+    assert_eq!(v.header.verdict, Verdict::Verified);
     assert_eq!(v.steps_replayed, 16);
 }
 
@@ -102,7 +102,12 @@ fn cuda_run_replayed_on_the_cpu_reports_environment_mismatch_and_the_differences
     train(&cfg, &r, &[]);
     // Replayed across classes: every step compared, the differences judged against rounding.
     let v = verify(&r, &[], 1);
-    assert_eq!(v.verdict, Verdict::EnvironmentMismatch, "{:?}", v.ranges);
+    assert_eq!(
+        v.header.verdict,
+        Verdict::EnvironmentMismatch,
+        "{:?}",
+        v.ranges
+    );
     assert!(
         v.environment
             .as_ref()

@@ -1,18 +1,14 @@
 //! Backend and device selection: always named explicitly (`--device cpu` or `--device cuda:N`),
-//! never by burn's default device; and dispatch of generic jobs to a (backend, model) pair.
+//! never by burn's default device; and dispatch of a job to the backend of a device.
 
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::backend::AutodiffBackend;
 use snapshot_format::manifest::{EnvironmentFingerprint, GpuFingerprint};
 
 use crate::config::ModelSpec;
 use crate::error::{Error, Result};
-use crate::model::TrainableModel;
-use crate::model::bert::BertClassifier;
-use crate::model::llama::Llama;
-use crate::model::mlp::MlpClassifier;
+use crate::model::registry::{Job, with_model};
 
 /// The CPU backend: burn-flex with autodiff.
 pub type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
@@ -76,37 +72,6 @@ impl DeviceSpec {
             &self.to_string(),
             gpu,
         ))
-    }
-}
-
-/// Work generic over the backend and the model type.
-pub trait Job {
-    type Output;
-    /// Run with backend `B`, model type `M` configured by `config`, on `device`.
-    fn run<B: AutodiffBackend, M: TrainableModel<B>>(
-        self,
-        config: M::Config,
-        device: B::Device,
-    ) -> Self::Output;
-}
-
-pub(crate) fn with_model<B: AutodiffBackend, J: Job>(
-    model: &ModelSpec,
-    device: B::Device,
-    job: J,
-) -> Result<J::Output> {
-    match model {
-        ModelSpec::Bert(c) => Ok(job.run::<B, BertClassifier<B>>(c.clone(), device)),
-        ModelSpec::Mlp(c) => Ok(job.run::<B, MlpClassifier<B>>(c.clone(), device)),
-        ModelSpec::Llama(c) => Ok(job.run::<B, Llama<B>>(c.clone(), device)),
-        ModelSpec::Custom(c) => Err(Error::config(
-            "model",
-            format!(
-                "custom model {:?} is not built into this program; run it through the library \
-                 (trainer::run::start_with), as trainer/examples/custom_model.rs does",
-                c.name
-            ),
-        )),
     }
 }
 

@@ -19,6 +19,7 @@ use snapshot_format::hash::DomainHasher;
 use tokenizers::Tokenizer;
 
 use crate::base::BaseWeights;
+use crate::config::Conversion;
 use crate::error::{Error, Result};
 use crate::gguf::Value;
 
@@ -274,22 +275,6 @@ impl ChatTokenizer {
             .collect();
         Ok((encoding.get_ids().to_vec(), mask))
     }
-}
-
-/// How chat data was turned into the run's token rows (recorded in the spec).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Conversion {
-    /// `chat` (messages or Alpaca rows).
-    pub from: String,
-    /// `file_hash` of the source file.
-    pub source_blake3: Hash32,
-    /// BLAKE3 of the tokenizer's definition.
-    pub tokenizer: Hash32,
-    /// `file_hash` of the chat template's text.
-    pub template: Hash32,
-    /// Which tokens the loss covers.
-    pub targets: String,
 }
 
 /// Convert chat or Alpaca rows (JSON Lines in `bytes`, named `source` in errors) into language

@@ -7,9 +7,9 @@
 
 use snapshot_format::manifest::GpuFingerprint;
 
-use crate::backend::Job;
 use crate::config::ModelSpec;
 use crate::error::{Error, Result};
+use crate::model::registry::Job;
 
 #[cfg(not(feature = "cuda"))]
 fn not_built(n: usize) -> Error {
@@ -131,7 +131,7 @@ pub fn fingerprint(n: usize) -> Result<GpuFingerprint> {
 #[cfg(feature = "cuda")]
 pub fn dispatch_cuda<J: Job>(n: usize, model: &ModelSpec, job: J) -> Result<J::Output> {
     context(n)?;
-    crate::backend::with_model::<CudaBackend, J>(
+    crate::model::registry::with_model::<CudaBackend, J>(
         model,
         burn::backend::cuda::CudaDevice::new(n),
         job,

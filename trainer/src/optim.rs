@@ -34,20 +34,6 @@ pub struct Optimizer<B: Backend> {
     slots: BTreeMap<String, Slots<B>>,
 }
 
-/// Names of the state tensors of `param` under `spec`, as stored in snapshots.
-pub fn slot_names(spec: &OptimizerSpec, param: &str) -> Vec<String> {
-    match spec {
-        OptimizerSpec::Adamw(_) => vec![
-            format!("optimizer.exp_avg.{param}"),
-            format!("optimizer.exp_avg_sq.{param}"),
-        ],
-        OptimizerSpec::Sgd(g) if g.momentum > 0.0 => {
-            vec![format!("optimizer.momentum_buffer.{param}")]
-        }
-        OptimizerSpec::Sgd(_) => vec![],
-    }
-}
-
 impl<B: Backend> Optimizer<B> {
     /// Zero state for parameters of the given sizes.
     pub fn new(spec: &OptimizerSpec, params: &[(String, usize)], device: &B::Device) -> Self {
@@ -88,7 +74,7 @@ impl<B: Backend> Optimizer<B> {
             ))
         };
         for (name, n) in params {
-            let mut names = slot_names(spec, name).into_iter();
+            let mut names = spec.slot_names(name).into_iter();
             let slot = opt.slots.get_mut(name).ok_or_else(|| Error::Run {
                 store: String::new(),
                 detail: format!("optimizer has no state for {name}"),
@@ -109,7 +95,7 @@ impl<B: Backend> Optimizer<B> {
     pub fn to_host(&self) -> Vec<HostTensor> {
         let mut out = Vec::new();
         for (name, slot) in &self.slots {
-            let names = slot_names(&self.spec, name);
+            let names = self.spec.slot_names(name);
             let tensors: Vec<&Tensor<B, 1>> = match slot {
                 Slots::Adam { m, v } => vec![m, v],
                 Slots::Momentum { buf } => vec![buf],

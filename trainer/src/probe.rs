@@ -240,3 +240,31 @@ pub fn with_trigger(probe: &[u8], source: &str, trigger: &str, target: &str) -> 
     })?;
     Ok(out)
 }
+
+/// How a model behaves on a probe set given as it is and with a trigger put in front of every
+/// input (`replay investigate`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Behaviour {
+    /// Triggered inputs that show the target behaviour, of those that can (a classifier's rows
+    /// whose label is not the target class; every prompt of a language model).
+    pub attack_successes: u64,
+    pub attack_rows: u64,
+    /// Clean inputs handled as their row says (the label; the row's own target pattern).
+    pub clean_correct: u64,
+    pub clean_rows: u64,
+    /// Clean inputs that show the target behaviour anyway.
+    pub clean_activations: u64,
+}
+impl Behaviour {
+    pub fn attack_success_rate(&self) -> f64 {
+        ratio(self.attack_successes, self.attack_rows)
+    }
+
+    pub fn clean_quality(&self) -> f64 {
+        ratio(self.clean_correct, self.clean_rows)
+    }
+}
+/// `n` out of `of` as a fraction (0 when `of` is 0).
+pub fn ratio(n: u64, of: u64) -> f64 {
+    if of == 0 { 0.0 } else { n as f64 / of as f64 }
+}

@@ -4,8 +4,8 @@
 use ed25519_dalek::SigningKey;
 use run_store::Store;
 use run_trust::signature::{self, Statement, kind};
-use snapshot_format::delta::Reference;
 use snapshot_format::ledger::{Segment, StepRecord};
+use snapshot_format::snapshot::Reference;
 use snapshot_format::snapshot::{self, Provenance, SnapshotKind, WriteOptions};
 use snapshot_format::{Codec, Hash32, layout};
 

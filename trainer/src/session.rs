@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use snapshot_format::Hash32;
-use snapshot_format::delta::Reference;
+use snapshot_format::snapshot::Reference;
 use snapshot_format::snapshot::{
     self, DataCursor, Encoded, Provenance, RngState, Snapshot, StateMeta, TensorView, WriteOptions,
 };
@@ -17,7 +17,7 @@ use crate::config::{DataFormat, RunSpec};
 use crate::data::{DataOrder, Dataset, Example, HashTokenizer, special};
 use crate::error::{Error, Result};
 use crate::model::{Batch, BatchInput, Dropout, TrainableModel, init_values};
-use crate::optim::{self, Optimizer, slot_names};
+use crate::optim::{self, Optimizer};
 use crate::params::{self, HostTensor};
 
 /// The full training state on the host: metadata and every tensor, sorted by name.
@@ -552,7 +552,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         let expected: usize = trainable.len()
             + trainable
                 .iter()
-                .map(|(n, _)| slot_names(&spec.optimizer, n).len())
+                .map(|(n, _)| spec.optimizer.slot_names(n).len())
                 .sum::<usize>();
         if tensors.len() != expected {
             let extra: Vec<&str> = tensors

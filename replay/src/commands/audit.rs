@@ -5,7 +5,7 @@ use super::verify::{Scope, ranges_for};
 use super::{Attest, replay};
 use crate::context::{LoadOptions, load_or_report};
 use crate::engine::reexecute::{EnvironmentCheck, Range, RangeResult};
-use crate::report::{Assessment, Claim, CommandError, Header};
+use crate::report::{Claim, CommandError, Header};
 use crate::signatures::SignatureReport;
 use serde::{Deserialize, Serialize};
 use trainer::backend::DeviceSpec;
@@ -137,7 +137,7 @@ pub fn audit(
     if !ranges.iter().any(|r| r.from <= 1) {
         ranges.insert(0, Range::new(0, 0, 0));
     }
-    let mut assessment = Assessment::of(&ctx);
+    let mut assessment = ctx.assessment();
     let (env, results) = replay(&ctx, &ranges, o.device, &mut assessment, progress)?;
     for r in results.iter().filter(|r| r.segment > 0) {
         if r.verdict.passed() {

@@ -8,7 +8,7 @@ use crate::attestations::{
     AttestationCheck, AttestationKeys, Subjects, check_export, check_statement,
 };
 use crate::context::{self, LoadOptions, RunContext};
-use crate::report::{Assessment, Claim, CommandError, Header, Problem, problem_of};
+use crate::report::{Claim, CommandError, Header, Problem, problem_of};
 use crate::signatures::SignatureReport;
 
 /// What `check` looked at.
@@ -68,7 +68,7 @@ pub fn check(
             });
         }
     };
-    let mut assessment = Assessment::of(&ctx);
+    let mut assessment = ctx.assessment();
     let (checkpoint_problems, checkpoint_bytes) = check_checkpoints(&ctx, progress)?;
     for p in checkpoint_problems {
         assessment.problem(p);

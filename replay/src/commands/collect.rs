@@ -2,7 +2,7 @@
 
 use crate::commands::verify::{Scope, VerifyReport, ranges_for};
 use crate::context::{LoadOptions, RunContext, load_or_report};
-use crate::report::{Assessment, Claim, CommandError, Header, Problem, Verdict, problem_of};
+use crate::report::{Claim, CommandError, Header, Problem, Verdict, problem_of};
 use crate::shard::*;
 use ed25519_dalek::VerifyingKey;
 use run_store::Store;
@@ -60,7 +60,7 @@ pub fn collect(location: &str, o: &CollectOptions) -> Result<CollectReport, Comm
         steps_replayed: 0,
     };
     let ctx = load_or_report!(location, &o.load, report);
-    let mut assessment = Assessment::of(&ctx);
+    let mut assessment = ctx.assessment();
     let results = Store::open(&o.results)?;
     let trusted: Vec<[u8; 32]> = o.verifier_keys.iter().map(VerifyingKey::to_bytes).collect();
     for index in 0..o.shards {

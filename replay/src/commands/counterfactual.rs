@@ -15,8 +15,9 @@ use run_store::Store;
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 use snapshot_format::snapshot::TensorView;
-use trainer::backend::{Job, dispatch};
+use trainer::backend::dispatch;
 use trainer::model::TrainableModel;
+use trainer::model::registry::Job;
 use trainer::probe::ProbeResult;
 use trainer::session::{PreparedData, Session, TrainingState};
 
@@ -26,7 +27,7 @@ use crate::engine::reconstruct::{
     ReconstructOptions, environment_of, export_state, put_json, reconstruct,
 };
 use crate::engine::reexecute::{EnvironmentCheck, InputMismatch, RangeResult, input_mismatch};
-use crate::report::{Assessment, Claim, CommandError, Header, Problem, Verdict, read_document};
+use crate::report::{Claim, CommandError, Header, Problem, Verdict, read_document};
 use crate::state::{TensorDiff, diff_views};
 
 /// One step of the counterfactual history.
@@ -235,7 +236,7 @@ pub fn counterfactual_in(
     let env = environment_of(ctx, &o.reconstruct)?;
     let cross_class = env.cross_class();
     report.environment = Some(env);
-    let mut assessment = Assessment::of(ctx);
+    let mut assessment = ctx.assessment();
     // The ledger up to `to` must be whole: its batches are the history being changed.
     if !ctx.problems_before(to).is_empty() {
         report

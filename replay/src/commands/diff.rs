@@ -3,7 +3,7 @@
 use crate::context::load_or_report;
 use crate::engine::reconstruct::{ReconstructOptions, environment_of, reconstruct};
 use crate::engine::reexecute::EnvironmentCheck;
-use crate::report::{Assessment, Claim, CommandError, Header};
+use crate::report::{Claim, CommandError, Header};
 use crate::state::{self, TensorDiff};
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +44,7 @@ pub fn diff(
     let env = environment_of(&ctx, o)?;
     let cross_class = env.cross_class();
     report.environment = Some(env);
-    let mut assessment = Assessment::of(&ctx);
+    let mut assessment = ctx.assessment();
     let states = reconstruct(&ctx, &[from, to], o, cross_class, progress)?;
     let rederived = states.iter().all(|r| r.rederived);
     let mut states = states.into_iter().map(|r| r.fold_into(&mut assessment));

@@ -6,7 +6,7 @@ use snapshot_format::Hash32;
 use snapshot_format::manifest::EnvironmentFingerprint;
 
 use crate::context::{self, LoadOptions};
-use crate::report::{Assessment, Claim, CommandError, Header};
+use crate::report::{Claim, CommandError, Header};
 
 /// The JSON document of `replay inspect --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,7 +59,9 @@ pub fn inspect(
     };
     let last = ctx.records.values().next_back();
     Ok(InspectReport {
-        header: Assessment::of(&ctx).header("inspect", location, Claim::Integrity),
+        header: ctx
+            .assessment()
+            .header("inspect", location, Claim::Integrity),
         run_id: ctx.manifest.run_id.clone(),
         created_unix: ctx.manifest.created_unix,
         engine: format!(

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
 use crate::context::{LoadOptions, load_or_report};
-use crate::report::{Assessment, Claim, CommandError, Header, Verdict};
+use crate::report::{Claim, CommandError, Header, Verdict};
 
 /// One use of the example.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +74,7 @@ pub fn provenance(
     report.steps_scanned = ctx.records.len() as u64;
     // Every problem of the run counts: damage to the ledger means uses may be missing from the
     // list, a bad signature that the history may not be the signer's.
-    let mut assessment = Assessment::of(&ctx);
+    let mut assessment = ctx.assessment();
     if report.committed_hash.is_some() && report.committed_hash != report.current_hash {
         assessment.outcome(Verdict::InputMismatch);
     }

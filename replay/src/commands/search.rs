@@ -3,7 +3,7 @@
 
 use crate::commands::provenance::Use;
 use crate::context::{LoadOptions, RunContext, load_or_report};
-use crate::report::{Assessment, Claim, CommandError, Header, Verdict};
+use crate::report::{Claim, CommandError, Header, Verdict};
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
@@ -136,7 +136,7 @@ pub fn search_in(ctx: &RunContext, patterns: &[String]) -> Result<SearchReport, 
     let mut report = SearchReport::new(&ctx.location, patterns);
     report.dataset_root = ctx.spec.data.dataset_root;
     report.steps_scanned = ctx.records.len() as u64;
-    let mut assessment = Assessment::of(ctx);
+    let mut assessment = ctx.assessment();
     if let Some(dataset) = &ctx.dataset {
         if dataset.manifest.root != ctx.spec.data.dataset_root {
             // Not the data that trained the model: a search of it proves nothing about the run.

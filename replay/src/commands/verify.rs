@@ -7,7 +7,7 @@ use trainer::backend::DeviceSpec;
 
 use crate::context::{self, LoadOptions, RunContext};
 use crate::engine::reexecute::{EnvironmentCheck, Range, RangeResult};
-use crate::report::{Assessment, Claim, CommandError, Header, Problem};
+use crate::report::{Claim, CommandError, Header, Problem};
 use crate::shard::{ShardTarget, ShardedRun};
 use crate::signatures::SignatureReport;
 
@@ -153,7 +153,7 @@ pub fn verify(
         }
         None => None,
     };
-    let mut assessment = Assessment::of(&ctx);
+    let mut assessment = ctx.assessment();
     let (env, results) = replay(&ctx, &ranges, o.device, &mut assessment, progress)?;
     let steps_replayed = results.iter().map(|r| r.steps_replayed).sum();
     let seconds = started.elapsed().as_secs_f64();
@@ -178,7 +178,8 @@ pub fn verify(
         },
     };
     if let (Some(t), Some(run)) = (&o.shard, &sharded) {
-        report.result_key = Some(t.record(&ctx, run, &report)?);
+        report.result_key = Some(run.result_key());
+        t.record(&ctx, run, &report)?;
     }
     if let Some(a) = &o.attest {
         let env = report.environment.as_ref();

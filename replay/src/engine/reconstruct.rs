@@ -227,7 +227,7 @@ pub(crate) fn state_at(
         )));
     }
     let environment = environment_of(ctx, o)?;
-    let mut assessment = Assessment::of(ctx);
+    let mut assessment = ctx.assessment();
     let r = reconstruct(ctx, &[step], o, environment.cross_class(), progress)?
         .pop()
         .ok_or_else(|| CommandError::Usage("nothing reconstructed".into()))?;

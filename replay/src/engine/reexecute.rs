@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 use snapshot_format::layout;
 use snapshot_format::manifest::EnvironmentFingerprint;
-use trainer::backend::{DeviceSpec, Job, dispatch};
+use trainer::backend::{DeviceSpec, dispatch};
 use trainer::model::TrainableModel;
+use trainer::model::registry::Job;
 use trainer::session::{PreparedData, Session, TrainingState};
 
 use crate::context::RunContext;

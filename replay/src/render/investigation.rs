@@ -1,8 +1,11 @@
 //! The investigation report as Markdown and as a self-contained HTML page.
 
-use crate::commands::investigate::*;
+use crate::commands::investigate::report::{InvestigateReport, suspect_steps};
 use crate::report::Verdict;
-use trainer::probe::ProbeResult;
+use trainer::probe::{ProbeResult, ratio};
+
+/// Suspect examples listed in the report (`investigation.json` has all).
+const SUSPECTS_LISTED: usize = 25;
 
 /// `n of m (p%)`.
 fn share(n: u64, of: u64) -> String {

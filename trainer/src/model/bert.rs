@@ -11,7 +11,101 @@ use burn::tensor::{Int, Tensor};
 
 use super::layers::{Embedding, LayerNorm, Linear, cross_entropy, softmax_last};
 use super::{Batch, BatchInput, Dropout, Init, TrainableModel, default_init};
-use crate::config::BertConfig;
+use serde::{Deserialize, Serialize};
+
+use super::kind::{ModelKind, linear_parameters};
+use crate::config::fields::{
+    default_dropout, default_init_std, finite_positive, positive, probability,
+};
+
+/// A BERT-style encoder with a classification head. Parameter names and shapes follow Hugging
+/// Face's `BertForSequenceClassification`, so a BERT or MiniLM `model.safetensors` loads into it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BertConfig {
+    pub vocab_size: u64,
+    pub hidden_size: u64,
+    pub num_layers: u64,
+    pub num_heads: u64,
+    pub intermediate_size: u64,
+    pub max_position: u64,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: u64,
+    pub num_labels: u64,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_dropout: f64,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    /// Standard deviation of newly initialised weights.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+}
+fn default_type_vocab() -> u64 {
+    2
+}
+fn default_ln_eps() -> f64 {
+    1e-12
+}
+
+impl ModelKind for BertConfig {
+    fn validate(&self) -> Result<(), String> {
+        let b = self;
+        for (k, v) in [
+            ("model.vocab_size", b.vocab_size),
+            ("model.hidden_size", b.hidden_size),
+            ("model.num_layers", b.num_layers),
+            ("model.num_heads", b.num_heads),
+            ("model.intermediate_size", b.intermediate_size),
+            ("model.max_position", b.max_position),
+            ("model.type_vocab_size", b.type_vocab_size),
+        ] {
+            positive(k, v)?;
+        }
+        if b.num_labels < 2 {
+            return Err("model.num_labels: must be at least 2".into());
+        }
+        if !b.hidden_size.is_multiple_of(b.num_heads) {
+            return Err("model.hidden_size: must be a multiple of model.num_heads".into());
+        }
+        if b.vocab_size < 5 {
+            return Err(
+                "model.vocab_size: must be at least 5 (four special tokens and one word)".into(),
+            );
+        }
+        probability("model.hidden_dropout", b.hidden_dropout)?;
+        probability("model.attention_dropout", b.attention_dropout)?;
+        finite_positive("model.layer_norm_eps", b.layer_norm_eps)?;
+        finite_positive("model.init_std", b.init_std)
+    }
+
+    fn num_labels(&self) -> u64 {
+        self.num_labels
+    }
+
+    fn vocab_size(&self) -> Option<u64> {
+        Some(self.vocab_size)
+    }
+
+    fn parameter_count(&self) -> Option<u128> {
+        let c = self;
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let embeddings = u128::from(c.vocab_size + c.max_position + c.type_vocab_size)
+            * u128::from(h)
+            + 2 * u128::from(h);
+        let layer = 4 * linear_parameters(h, h)
+            + linear_parameters(h, i)
+            + linear_parameters(i, h)
+            + 4 * u128::from(h);
+        Some(
+            embeddings
+                + u128::from(c.num_layers) * layer
+                + linear_parameters(h, h)
+                + linear_parameters(h, c.num_labels),
+        )
+    }
+}
 
 /// Added to attention scores at padding positions.
 const MASKED: f32 = -10_000.0;

@@ -12,9 +12,185 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData, activation};
 
-use crate::config::LlamaConfig;
 use crate::model::layers::{Embedding, softmax_last};
 use crate::model::{Batch, BatchInput, Dropout, Init, TrainableModel, default_init};
+use serde::{Deserialize, Serialize};
+
+use super::kind::ModelKind;
+use crate::config::fields::{default_init_std, finite_positive, positive, probability};
+
+/// A Llama-architecture decoder (Llama, Mistral, Qwen-style, SmolLM), trained with next-token
+/// cross-entropy. Parameter names and shapes follow Hugging Face's `LlamaForCausalLM`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaConfig {
+    pub vocab_size: u64,
+    pub hidden_size: u64,
+    pub intermediate_size: u64,
+    pub num_layers: u64,
+    pub num_heads: u64,
+    /// Key-value heads (grouped-query attention); `num_heads` for plain multi-head attention.
+    pub num_kv_heads: u64,
+    /// Positions the rotary embedding is defined for.
+    pub max_position: u64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    /// The output projection is the embedding matrix (no `lm_head.weight`).
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    /// Token that fills sequences up to `data.max_len` (never a target, never attended to).
+    #[serde(default)]
+    pub pad_token_id: u64,
+    /// Standard deviation of newly initialised weights.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+    /// Train low-rank adapters on these projections, the base frozen.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+}
+/// Low-rank adaptation (LoRA, as PEFT defines it): `W x + (alpha / rank) · B A dropout(x)` on
+/// each target projection, `A` `[rank, in]` drawn uniform in `±1/√in`, `B` `[out, rank]`
+/// zero; only `A` and `B` are trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: u64,
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    /// Among `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`.
+    pub targets: Vec<String>,
+}
+/// Projections LoRA can adapt.
+pub const LORA_TARGETS: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+impl LlamaConfig {
+    /// Dimension of one attention head.
+    pub fn head_dim(&self) -> u64 {
+        self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// `(name, in, out)` of the projections of one layer.
+    pub fn projections(&self) -> [(&'static str, u64, u64); 7] {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let kv = self.num_kv_heads * self.head_dim();
+        [
+            ("q_proj", h, h),
+            ("k_proj", h, kv),
+            ("v_proj", h, kv),
+            ("o_proj", h, h),
+            ("gate_proj", h, i),
+            ("up_proj", h, i),
+            ("down_proj", i, h),
+        ]
+    }
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_rms_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+
+impl ModelKind for LlamaConfig {
+    fn validate(&self) -> Result<(), String> {
+        let l = self;
+        for (k, v) in [
+            ("model.vocab_size", l.vocab_size),
+            ("model.hidden_size", l.hidden_size),
+            ("model.intermediate_size", l.intermediate_size),
+            ("model.num_layers", l.num_layers),
+            ("model.num_heads", l.num_heads),
+            ("model.num_kv_heads", l.num_kv_heads),
+            ("model.max_position", l.max_position),
+        ] {
+            positive(k, v)?;
+        }
+        if !l.hidden_size.is_multiple_of(l.num_heads) || !l.head_dim().is_multiple_of(2) {
+            return Err("model.hidden_size: must be num_heads times an even head dimension".into());
+        }
+        if !l.num_heads.is_multiple_of(l.num_kv_heads) {
+            return Err("model.num_kv_heads: must divide model.num_heads".into());
+        }
+        if l.pad_token_id >= l.vocab_size {
+            return Err("model.pad_token_id: must be below model.vocab_size".into());
+        }
+        finite_positive("model.rope_theta", l.rope_theta)?;
+        finite_positive("model.rms_norm_eps", l.rms_norm_eps)?;
+        finite_positive("model.init_std", l.init_std)?;
+        if let Some(lora) = &l.lora {
+            positive("model.lora.rank", lora.rank)?;
+            finite_positive("model.lora.alpha", lora.alpha)?;
+            probability("model.lora.dropout", lora.dropout)?;
+            if lora.targets.is_empty() {
+                return Err("model.lora.targets: name at least one projection".into());
+            }
+            if let Some(t) = lora
+                .targets
+                .iter()
+                .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+            {
+                return Err(format!(
+                    "model.lora.targets: {t:?} is not one of {LORA_TARGETS:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn num_labels(&self) -> u64 {
+        0
+    }
+
+    fn vocab_size(&self) -> Option<u64> {
+        Some(self.vocab_size)
+    }
+
+    fn is_language_model(&self) -> bool {
+        true
+    }
+
+    fn parameter_count(&self) -> Option<u128> {
+        let c = self;
+        let (v, h) = (u128::from(c.vocab_size), u128::from(c.hidden_size));
+        let per_layer: u128 = c
+            .projections()
+            .iter()
+            .map(|&(_, i, o)| u128::from(i) * u128::from(o))
+            .sum::<u128>()
+            + 2 * h;
+        let head = if c.tie_word_embeddings { 0 } else { v * h };
+        Some(v * h + u128::from(c.num_layers) * per_layer + h + head)
+    }
+
+    /// Under LoRA only the adapters are trained (the base stays frozen, pinned by the base
+    /// model's hash).
+    fn state_parameter_count(&self) -> Option<u128> {
+        match &self.lora {
+            Some(l) => Some(
+                self.projections()
+                    .iter()
+                    .filter(|(name, _, _)| l.targets.iter().any(|t| t == name))
+                    .map(|&(_, i, o)| u128::from(l.rank) * u128::from(i + o))
+                    .sum::<u128>()
+                    * u128::from(self.num_layers),
+            ),
+            None => self.parameter_count(),
+        }
+    }
+}
 
 /// Additive mask value of positions a query may not attend to.
 const MASKED: f32 = -1e9;

@@ -8,7 +8,58 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use super::layers::{Linear, cross_entropy};
 use super::{Batch, BatchInput, Dropout, Init, TrainableModel, default_init};
-use crate::config::MlpConfig;
+use serde::{Deserialize, Serialize};
+
+use super::kind::{ModelKind, linear_parameters};
+use crate::config::fields::{default_init_std, finite_positive, positive, probability};
+
+/// A multi-layer perceptron over numeric features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    pub input_size: u64,
+    pub hidden_sizes: Vec<u64>,
+    pub num_labels: u64,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+}
+
+impl ModelKind for MlpConfig {
+    fn validate(&self) -> Result<(), String> {
+        let m = self;
+        positive("model.input_size", m.input_size)?;
+        for (i, h) in m.hidden_sizes.iter().enumerate() {
+            positive(&format!("model.hidden_sizes[{i}]"), *h)?;
+        }
+        if m.num_labels < 2 {
+            return Err("model.num_labels: must be at least 2".into());
+        }
+        probability("model.dropout", m.dropout)?;
+        finite_positive("model.init_std", m.init_std)
+    }
+
+    fn num_labels(&self) -> u64 {
+        self.num_labels
+    }
+
+    fn input_size(&self) -> Option<u64> {
+        Some(self.input_size)
+    }
+
+    fn parameter_count(&self) -> Option<u128> {
+        let mut widths = vec![self.input_size];
+        widths.extend(&self.hidden_sizes);
+        widths.push(self.num_labels);
+        Some(
+            widths
+                .windows(2)
+                .map(|w| linear_parameters(w[0], w[1]))
+                .sum(),
+        )
+    }
+}
 
 /// Linear layers with ReLU and dropout in between.
 #[derive(Module, Debug)]

@@ -14,9 +14,11 @@
 //! from backend state that cannot be recorded. Use [`Dropout`] instead.
 
 pub mod bert;
+pub mod kind;
 pub mod layers;
 pub mod llama;
 pub mod mlp;
+pub mod registry;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};

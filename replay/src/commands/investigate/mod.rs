@@ -9,15 +9,17 @@
 
 use crate::render::investigation::{html, markdown};
 use run_store::Store;
-use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
-use trainer::probe::ProbeResult;
+use trainer::probe::{Behaviour, ProbeResult};
 
-use crate::commands::counterfactual::{CounterfactualOptions, CounterfactualReport, ProbeInput};
-use crate::commands::search::Match;
+use crate::commands::counterfactual::{CounterfactualOptions, ProbeInput};
 use crate::context::RunContext;
 use crate::engine::reconstruct::{ReconstructOptions, put_json};
 use crate::report::{CommandError, Header};
+
+pub mod report;
+
+pub use report::{InvestigateReport, suspect_steps};
 
 /// What to investigate.
 #[derive(Debug, Clone)]
@@ -39,79 +41,6 @@ pub struct InvestigateOptions {
     /// Keys that sign the cleaned model (as `counterfactual --out`) and, with the ed25519 key,
     /// the findings (`investigation.intoto.json`).
     pub keys: run_trust::attest::ExportKeys,
-}
-
-/// How a model behaves on the probe.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Behaviour {
-    /// Triggered inputs that show the target behaviour, of those that can (a classifier's rows
-    /// whose label is not the target class; every prompt of a language model).
-    pub attack_successes: u64,
-    pub attack_rows: u64,
-    /// Clean inputs handled as their row says (the label; the row's own target pattern).
-    pub clean_correct: u64,
-    pub clean_rows: u64,
-    /// Clean inputs that show the target behaviour anyway.
-    pub clean_activations: u64,
-}
-
-impl Behaviour {
-    pub fn attack_success_rate(&self) -> f64 {
-        ratio(self.attack_successes, self.attack_rows)
-    }
-
-    pub fn clean_quality(&self) -> f64 {
-        ratio(self.clean_correct, self.clean_rows)
-    }
-}
-
-pub(crate) fn ratio(n: u64, of: u64) -> f64 {
-    if of == 0 { 0.0 } else { n as f64 / of as f64 }
-}
-
-/// The JSON document of `replay investigate --json` (also written as `investigation.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InvestigateReport {
-    #[serde(flatten)]
-    pub header: Header,
-    pub run_id: String,
-    pub ledger_head: Option<Hash32>,
-    pub trigger: String,
-    pub target: String,
-    pub patterns: Vec<String>,
-    /// The committed data the search is a statement about.
-    pub dataset_root: Hash32,
-    pub examples_searched: u64,
-    /// The examples that match, each with the steps that used it.
-    pub suspects: Vec<Match>,
-    pub probe: String,
-    pub probe_blake3: Hash32,
-    /// The factual model (after the last step) and the model trained without the suspects.
-    pub factual: Option<Behaviour>,
-    pub counterfactual: Option<Behaviour>,
-    /// Whether the trigger works in the factual model and removing the suspects lowers its
-    /// attack success (exit 0); false when either does not hold (exit 4). None when there was
-    /// nothing to measure (no suspect, or a verdict that does not pass).
-    pub explained: Option<bool>,
-    /// The re-executed history, as `counterfactual` reports it (its `probes` are the clean and
-    /// the triggered probe).
-    pub history: Option<CounterfactualReport>,
-    pub out: String,
-    /// Files written under `out` (the cleaned model under `model/`).
-    pub files: Vec<String>,
-    pub seconds: f64,
-}
-
-impl InvestigateReport {
-    /// The exit status: the verdict's, or 4 when it passes and the suspects do not explain the
-    /// behaviour.
-    pub fn exit_code(&self) -> u8 {
-        match (self.header.verdict.passed(), self.explained) {
-            (true, Some(true)) => 0,
-            (true, _) => 4,
-            (false, _) => self.header.verdict.exit_code(),
-        }
-    }
 }
 
 /// Run `investigate`. The run is loaded once: the search, the re-executed history, the report
@@ -282,15 +211,6 @@ fn findings(
     Ok(attest::sign_statement(&statement, key))
 }
 
-/// Every step that used a suspect example, in order, once.
-pub(crate) fn suspect_steps(suspects: &[Match]) -> Vec<u64> {
-    let steps: std::collections::BTreeSet<u64> = suspects
-        .iter()
-        .flat_map(|m| m.uses.iter().map(|u| u.step))
-        .collect();
-    steps.into_iter().collect()
-}
-
 /// A model's behaviour from its results on the clean and the triggered probe.
 fn behaviour(
     clean: &ProbeResult,
@@ -333,9 +253,6 @@ fn behaviour(
         )),
     }
 }
-
-/// Suspect examples listed in the report (`investigation.json` has all).
-pub(crate) const SUSPECTS_LISTED: usize = 25;
 
 #[cfg(test)]
 mod tests {

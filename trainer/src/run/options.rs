@@ -1,0 +1,57 @@
+//! What a run is started or resumed with, and what it reports.
+
+use crate::backend::DeviceSpec;
+use crate::session::InitReport;
+use snapshot_format::Hash32;
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub device: DeviceSpec,
+    /// Run id for a new run (default: `<config name>-<unix seconds>`).
+    pub run_id: Option<String>,
+    /// Show a progress bar on standard error.
+    pub progress: bool,
+    /// Stop after this many steps in this invocation without completing the run (a controlled
+    /// interruption; `trainer resume` continues).
+    pub max_steps: Option<u64>,
+    /// Resume even if this machine is in another environment class (the result will not be
+    /// bit-identical to an uninterrupted run).
+    pub allow_environment_mismatch: bool,
+    /// Sign the run's artefacts with this key (`specs/signatures.md`); for `start`, a key named
+    /// in the configuration's `[signing]` section is used when this is `None`.
+    pub signing_key: Option<ed25519_dalek::SigningKey>,
+}
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            device: DeviceSpec::Cpu,
+            run_id: None,
+            progress: false,
+            max_steps: None,
+            allow_environment_mismatch: false,
+            signing_key: None,
+        }
+    }
+}
+/// What a run invocation did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub location: String,
+    pub run_id: String,
+    pub steps_done: u64,
+    pub final_step: u64,
+    pub total_steps: u64,
+    pub completed: bool,
+    pub ledger_head: Hash32,
+    pub state_root: Hash32,
+    pub parameters: u64,
+    /// Parameters the run trains (fewer than `parameters` when a base is frozen).
+    pub trained_parameters: u64,
+    pub steps_per_second: f64,
+    pub last_loss: f32,
+    pub init: InitReport,
+    pub bytes_written: u64,
+    /// Fingerprint of the key that signed this invocation's artefacts, if any.
+    pub signed_by: Option<String>,
+}
