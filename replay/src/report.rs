@@ -227,6 +227,17 @@ impl Header {
     }
 }
 
+/// A command's report: a serialisable document that begins with its [`Header`], and the exit
+/// status it gives (`specs/replay-cli.md` §2).
+pub trait Report: Serialize {
+    fn header(&self) -> &Header;
+
+    /// The exit status: the verdict's.
+    fn exit_code(&self) -> u8 {
+        self.header().verdict.exit_code()
+    }
+}
+
 /// One problem found in a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {

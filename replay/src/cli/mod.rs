@@ -18,7 +18,7 @@ use crate::commands::{
 use crate::context::LoadOptions;
 use crate::engine::reconstruct::ReconstructOptions;
 use crate::render::text;
-use crate::report::CommandError;
+use crate::report::{CommandError, Report};
 use crate::shard::{Shard, ShardTarget};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use trainer::backend::DeviceSpec;
@@ -96,20 +96,21 @@ fn example_ids(path: &std::path::Path) -> Result<Vec<u64>, CommandError> {
 }
 
 /// Write the report; a closed standard output (`replay … | head`) is not an error.
-fn emit<T: serde::Serialize>(global: &Global, report: &T, text: impl FnOnce() -> String) {
+fn emit<R: Report>(global: &Global, report: &R, text: impl FnOnce(&R) -> String) -> u8 {
     use std::io::Write;
     let out = if global.json {
         match serde_json::to_string(report) {
             Ok(s) => s + "\n",
             Err(e) => {
                 eprintln!("replay: cannot serialise the report: {e}");
-                return;
+                return report.exit_code();
             }
         }
     } else {
-        text()
+        text(report)
     };
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    report.exit_code()
 }
 
 /// The command's exit status (section 2 of `specs/replay-cli.md`).
@@ -153,8 +154,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             };
             let r = check::check(&run, &load, &attested, &bar)?;
             bar.finish_and_clear();
-            emit(&g, &r, || text::check(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::check))
         }
         Command::Verify {
             run,
@@ -191,10 +191,10 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             if shard.is_some() && scope != Scope::All {
                 return Err(CommandError::Usage("--shard applies to --all".into()));
             }
-            let key = match &signing_key {
-                Some(path) => Some(run_trust::signature::read_signing_key(path)?),
-                None => None,
-            };
+            let key = signing_key
+                .as_deref()
+                .map(run_trust::signature::read_signing_key)
+                .transpose()?;
             let shard = match (shard, results, id, &key) {
                 (Some(shard), Some(results), Some(id), Some(key)) => Some(ShardTarget {
                     shard,
@@ -214,8 +214,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             let bar = progress(&g, "steps");
             let r = verify::verify(&run, &o, &bar)?;
             bar.finish_and_clear();
-            emit(&g, &r, || text::verify(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::verify))
         }
         Command::Audit {
             run,
@@ -233,10 +232,10 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                      which segments are checked. Leave it out for an unpredictable sample."
                 );
             }
-            let key = match &signing_key {
-                Some(path) => Some(run_trust::signature::read_signing_key(path)?),
-                None => None,
-            };
+            let key = signing_key
+                .as_deref()
+                .map(run_trust::signature::read_signing_key)
+                .transpose()?;
             let o = AuditOptions {
                 samples,
                 seed,
@@ -248,8 +247,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             let bar = progress(&g, "steps");
             let r = audit::audit(&run, &o, &bar)?;
             bar.finish_and_clear();
-            emit(&g, &r, || text::audit(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::audit))
         }
         Command::Rollback {
             run,
@@ -265,8 +263,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             let bar = progress(&g, "steps");
             let r = rollback::rollback(&run, step, &out, &o, &keys, &bar)?;
             bar.finish_and_clear();
-            emit(&g, &r, || text::rollback(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::rollback))
         }
         Command::Evaluate {
             run,
@@ -281,8 +278,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             let bar = progress(&g, "steps");
             let r = evaluate::evaluate(&run, step, &probe, max_new_tokens, &o, &bar)?;
             bar.finish_and_clear();
-            emit(&g, &r, || text::evaluate(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::evaluate))
         }
         Command::Investigate {
             run,
@@ -312,8 +308,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             let bar = progress(&g, "steps");
             let r = investigate::investigate(&run, &o, &bar)?;
             bar.finish_and_clear();
-            emit(&g, &r, || text::investigate(&r));
-            Ok(r.exit_code())
+            Ok(emit(&g, &r, text::investigate))
         }
         Command::Compare {
             run_a,
@@ -328,8 +323,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             };
             let r = compare::compare(&run_a, &run_b, &o, &bar)?;
             bar.finish_and_clear();
-            emit(&g, &r, || text::compare(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::compare))
         }
         Command::Provenance {
             run,
@@ -342,8 +336,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             let load = load_options(&g, dataset, &trust)?;
             if let Some(example) = example {
                 let r = provenance::provenance(&run, example, &load)?;
-                emit(&g, &r, || text::provenance(&r));
-                return Ok(r.header.verdict.exit_code());
+                return Ok(emit(&g, &r, text::provenance));
             }
             let mut patterns: Vec<String> = pattern.into_iter().collect();
             if let Some(file) = match_file {
@@ -359,8 +352,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 return Err(CommandError::Usage("no pattern to search for".into()));
             }
             let r = search::search(&run, &patterns, &load)?;
-            emit(&g, &r, || text::search(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::search))
         }
         Command::Diff {
             run,
@@ -375,8 +367,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             let bar = progress(&g, "steps");
             let r = diff::diff(&run, from, to, optimizer, &o, &bar)?;
             bar.finish_and_clear();
-            emit(&g, &r, || text::diff(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::diff))
         }
         Command::Counterfactual {
             run,
@@ -414,13 +405,11 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             let bar = progress(&g, "steps");
             let r = counterfactual::counterfactual(&run, &o, &bar)?;
             bar.finish_and_clear();
-            emit(&g, &r, || text::counterfactual(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::counterfactual))
         }
         Command::Inspect { run, svg, trust } => {
             let r = inspect::inspect(&run, svg.as_deref(), &load_options(&g, None, &trust)?)?;
-            emit(&g, &r, || text::inspect(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::inspect))
         }
         Command::Collect {
             run,
@@ -438,8 +427,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 load: load_options(&g, None, &trust)?,
             };
             let r = collect::collect(&run, &o)?;
-            emit(&g, &r, || text::collect(&r));
-            Ok(r.header.verdict.exit_code())
+            Ok(emit(&g, &r, text::collect))
         }
     }
 }

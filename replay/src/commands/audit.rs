@@ -5,7 +5,7 @@ use super::verify::{Scope, ranges_for};
 use super::{Attest, replay};
 use crate::context::{LoadOptions, load_or_report};
 use crate::engine::reexecute::{EnvironmentCheck, Range, RangeResult};
-use crate::report::{Claim, CommandError, Header};
+use crate::report::{Claim, CommandError, Header, Report};
 use crate::signatures::SignatureReport;
 use serde::{Deserialize, Serialize};
 use trainer::backend::DeviceSpec;
@@ -60,6 +60,12 @@ pub struct AuditReport {
     pub ranges: Vec<RangeResult>,
     pub signatures: Option<SignatureReport>,
     pub seconds: f64,
+}
+
+impl Report for AuditReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 /// Options of `audit`.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use crate::attestations::{
     AttestationCheck, AttestationKeys, Subjects, check_export, check_statement,
 };
 use crate::context::{self, LoadOptions, RunContext};
-use crate::report::{Claim, CommandError, Header, Problem, problem_of};
+use crate::report::{Claim, CommandError, Header, Problem, Report, problem_of};
 use crate::signatures::SignatureReport;
 
 /// What `check` looked at.
@@ -35,6 +35,12 @@ pub struct CheckReport {
     #[serde(default)]
     pub attestations: Vec<AttestationCheck>,
     pub seconds: f64,
+}
+
+impl Report for CheckReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 
 /// Attestations to check beside the run.

@@ -2,7 +2,7 @@
 
 use crate::commands::verify::{Scope, VerifyReport, ranges_for};
 use crate::context::{LoadOptions, RunContext, load_or_report};
-use crate::report::{Claim, CommandError, Header, Problem, Verdict, problem_of};
+use crate::report::{Claim, CommandError, Header, Problem, Report, Verdict, problem_of};
 use crate::shard::*;
 use ed25519_dalek::VerifyingKey;
 use run_store::Store;
@@ -23,6 +23,12 @@ pub struct CollectReport {
     /// Segments verified by some shard, and their verdicts.
     pub segments: Vec<(u64, Verdict)>,
     pub steps_replayed: u64,
+}
+
+impl Report for CollectReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 /// What `collect` merges.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use trainer::backend::DeviceSpec;
 use crate::context::{self, LoadOptions, RunContext};
 use crate::engine::reconstruct::{ReconstructOptions, reconstruct};
 use crate::engine::reexecute;
-use crate::report::{Assessment, Claim, CommandError, Header, Problem, Verdict};
+use crate::report::{Assessment, Claim, CommandError, Header, Problem, Report, Verdict};
 use crate::state::{self, TensorDiff};
 
 /// One field that differs.
@@ -55,6 +55,12 @@ pub struct CompareReport {
     /// Ledger records compared.
     pub steps_compared: u64,
     pub seconds: f64,
+}
+
+impl Report for CompareReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 
 /// Leaves of a JSON value: (path, value).

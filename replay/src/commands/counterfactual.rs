@@ -27,7 +27,7 @@ use crate::engine::reconstruct::{
     ReconstructOptions, environment_of, export_state, put_json, reconstruct,
 };
 use crate::engine::reexecute::{EnvironmentCheck, InputMismatch, RangeResult, input_mismatch};
-use crate::report::{Claim, CommandError, Header, Problem, Verdict, read_document};
+use crate::report::{Claim, CommandError, Header, Problem, Report, Verdict, read_document};
 use crate::state::{TensorDiff, diff_views};
 
 /// One step of the counterfactual history.
@@ -80,6 +80,12 @@ pub struct CounterfactualReport {
     /// Each probe set through both models.
     pub probes: Vec<ProbeComparison>,
     pub seconds: f64,
+}
+
+impl Report for CounterfactualReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 
 impl CounterfactualReport {

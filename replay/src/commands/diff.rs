@@ -3,7 +3,7 @@
 use crate::context::load_or_report;
 use crate::engine::reconstruct::{ReconstructOptions, environment_of, reconstruct};
 use crate::engine::reexecute::EnvironmentCheck;
-use crate::report::{Claim, CommandError, Header};
+use crate::report::{Claim, CommandError, Header, Report};
 use crate::state::{self, TensorDiff};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,12 @@ pub struct DiffReport {
     pub environment: Option<EnvironmentCheck>,
     /// Per tensor: the change from `from_step` to `to_step`, largest L2 first.
     pub tensors: Vec<TensorDiff>,
+}
+
+impl Report for DiffReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 /// Run `diff`: the per-tensor change between the states after two steps.
 pub fn diff(

@@ -10,7 +10,7 @@ use crate::commands::counterfactual::ProbeInput;
 use crate::context::load_or_report;
 use crate::engine::reconstruct::{ReconstructOptions, state_at};
 use crate::engine::reexecute::{EnvironmentCheck, RangeResult};
-use crate::report::{CommandError, Header};
+use crate::report::{CommandError, Header, Report};
 
 /// The JSON document of `replay evaluate --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +26,12 @@ pub struct EvaluateReport {
     pub probe: String,
     pub probe_blake3: Hash32,
     pub result: Option<ProbeResult>,
+}
+
+impl Report for EvaluateReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 
 /// Run `evaluate`: the probe rows of `probe` through the model after `step`.

@@ -6,7 +6,7 @@ use snapshot_format::Hash32;
 use snapshot_format::manifest::EnvironmentFingerprint;
 
 use crate::context::{self, LoadOptions};
-use crate::report::{Claim, CommandError, Header};
+use crate::report::{Claim, CommandError, Header, Report};
 
 /// The JSON document of `replay inspect --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +31,12 @@ pub struct InspectReport {
     pub loss: Vec<(u64, f32)>,
     /// Where the SVG loss curve was written, if asked.
     pub svg: Option<String>,
+}
+
+impl Report for InspectReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 
 /// Run `inspect`; with `svg`, also write the loss curve there.

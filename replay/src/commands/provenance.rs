@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
 use crate::context::{LoadOptions, load_or_report};
-use crate::report::{Claim, CommandError, Header, Verdict};
+use crate::report::{Claim, CommandError, Header, Report, Verdict};
 
 /// One use of the example.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,12 @@ pub struct ProvenanceReport {
     pub uses: Vec<Use>,
     /// Steps the scan covered.
     pub steps_scanned: u64,
+}
+
+impl Report for ProvenanceReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 
 /// Run `provenance`.

@@ -4,7 +4,7 @@ use crate::attestations::attest_export;
 use crate::context::load_or_report;
 use crate::engine::reconstruct::{ReconstructOptions, export_state, put_json, state_at};
 use crate::engine::reexecute::{EnvironmentCheck, RangeResult};
-use crate::report::{CommandError, Header};
+use crate::report::{CommandError, Header, Report};
 use run_store::Store;
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
@@ -23,6 +23,12 @@ pub struct RollbackReport {
     /// Where the files were written, and their keys.
     pub out: Option<String>,
     pub files: Vec<String>,
+}
+
+impl Report for RollbackReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 /// Run `rollback`: reconstruct the state after `step` and write `model.safetensors` (the
 /// parameters, Hugging Face names), `state.snap` (the full state as an export snapshot) and

@@ -3,7 +3,7 @@
 
 use crate::commands::provenance::Use;
 use crate::context::{LoadOptions, RunContext, load_or_report};
-use crate::report::{Claim, CommandError, Header, Verdict};
+use crate::report::{Claim, CommandError, Header, Report, Verdict};
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
@@ -31,6 +31,12 @@ pub struct SearchReport {
     pub examples_searched: u64,
     pub matches: Vec<Match>,
     pub steps_scanned: u64,
+}
+
+impl Report for SearchReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 /// The text of each example that `--match` searches, and what it is.
 fn searchable(

@@ -7,7 +7,7 @@ use trainer::backend::DeviceSpec;
 
 use crate::context::{self, LoadOptions, RunContext};
 use crate::engine::reexecute::{EnvironmentCheck, Range, RangeResult};
-use crate::report::{Claim, CommandError, Header, Problem};
+use crate::report::{Claim, CommandError, Header, Problem, Report};
 use crate::shard::{ShardTarget, ShardedRun};
 use crate::signatures::SignatureReport;
 
@@ -56,6 +56,12 @@ pub struct VerifyReport {
     pub steps_replayed: u64,
     pub seconds: f64,
     pub steps_per_second: f64,
+}
+
+impl Report for VerifyReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
 }
 
 impl VerifyReport {

@@ -17,7 +17,7 @@ use crate::commands::search::SearchReport;
 use crate::commands::verify::VerifyReport;
 use crate::engine::reexecute::{EnvironmentCheck, InputMismatch, RangeResult};
 use crate::render::chart::loss_text;
-use crate::report::{Problem, Verdict};
+use crate::report::{Problem, Report, Verdict};
 use crate::state::TensorDiff;
 
 /// Tensors listed in text output (JSON lists all).

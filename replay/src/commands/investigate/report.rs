@@ -6,7 +6,7 @@ use trainer::probe::Behaviour;
 
 use crate::commands::counterfactual::CounterfactualReport;
 use crate::commands::search::Match;
-use crate::report::Header;
+use crate::report::{Header, Report};
 
 /// The JSON document of `replay investigate --json` (also written as `investigation.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,10 +40,14 @@ pub struct InvestigateReport {
     pub files: Vec<String>,
     pub seconds: f64,
 }
-impl InvestigateReport {
+impl Report for InvestigateReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
     /// The exit status: the verdict's, or 4 when it passes and the suspects do not explain the
     /// behaviour.
-    pub fn exit_code(&self) -> u8 {
+    fn exit_code(&self) -> u8 {
         match (self.header.verdict.passed(), self.explained) {
             (true, Some(true)) => 0,
             (true, _) => 4,
