@@ -89,7 +89,7 @@ impl Verdict {
         (self.exit_code(), within)
     }
 
-    /// The worse of two verdicts (see [`Self::severity`]); on a tie, `self`.
+    /// The worse of two verdicts (by their severity: exit status first); on a tie, `self`.
     pub fn worst(self, other: Verdict) -> Verdict {
         if other.severity() > self.severity() {
             other
@@ -130,7 +130,7 @@ impl Claim {
 
 /// Everything a command found about a run: the one place where a verdict is decided.
 ///
-/// It starts from every problem known about the run ([`Assessment::of`] takes them all from the
+/// It starts from every problem known about the run (`RunContext::assessment` takes them all from the
 /// loaded context: artefacts, the hash chain, ledger bounds, the base model, signatures under
 /// the trust options), so no command can leave a class of problem out; the command adds what it
 /// found itself (replays, states), and [`Assessment::verdict`] folds all of it into the verdict

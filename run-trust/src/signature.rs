@@ -210,7 +210,7 @@ pub fn public_key_pem(key: &VerifyingKey) -> Result<String> {
         })
 }
 
-/// The text of a key file: a regular file of at most [`MAX_SIGNATURE_BYTES`], UTF-8.
+/// The text of a key file: a regular file of at most [`MAX_SIGNATURE_BYTES`](snapshot_format::limits::MAX_SIGNATURE_BYTES), UTF-8.
 pub fn read_key_text(path: &Path) -> Result<String> {
     let bytes =
         snapshot_format::file::read_file(path, snapshot_format::limits::MAX_SIGNATURE_BYTES)?;

@@ -1,7 +1,7 @@
 //! On-disk formats of the training-replay verifier.
 //!
 //! This crate knows no ML framework and does no I/O beyond `std::io` streams and bounded reads
-//! of files a user names ([`file`]): storage is `run-store`'s, signatures `run-trust`'s. It
+//! of files a user names ([`file`](mod@file)): storage is `run-store`'s, signatures `run-trust`'s. It
 //! defines, and is the reference implementation of, `specs/snapshot-format.md`:
 //! - [`snapshot`]: checkpoint and export snapshots (named tensors plus typed metadata);
 //! - [`planes`]: the byte-grouped codec of snapshot tensors;

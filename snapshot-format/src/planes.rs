@@ -39,7 +39,7 @@ pub const DEFAULT_CHUNK_BYTES: u32 = 256 << 10;
 pub const DEFAULT_LEVEL: i32 = 1;
 
 /// zstd level of a float's exponent plane (its top plane, after the rotation): zstd's fastest
-/// (`ZSTD_minCLevel`), with the literals still Huffman-coded ([`compress`]), whatever the level
+/// (`ZSTD_minCLevel`), with the literals still Huffman-coded (`compress`), whatever the level
 /// of the other planes. An exponent plane is close to independent bytes, so Huffman coding of
 /// its literals is what shrinks it; the short matches level 1 finds there cost three times the
 /// time for about the same size (MiniLM's checkpoint: 0.243 of the plane's bytes at 1,114 MB/s

@@ -1,6 +1,6 @@
 //! Snapshots: named tensors plus typed metadata, the unit of checkpoints and exports.
 //!
-//! A snapshot is an [envelope](crate::envelope) whose header is a [`Header`] (state metadata,
+//! A snapshot is an envelope ([`crate::envelope`]) whose header is a [`Header`] (state metadata,
 //! provenance, the claimed state root and the tensor table) and whose payload is the data
 //! section: each tensor's encoding, in table order, with no holes and no overlaps.
 //!
@@ -1615,7 +1615,7 @@ pub struct Reference {
 }
 impl Reference {
     /// The state just written as checkpoint `step` with root `root`: `views` in any order,
-    /// `depths` the chain depth of each tensor in name order, as [`snapshot::Encoded::depths`]
+    /// `depths` the chain depth of each tensor in name order, as [`Encoded::depths`]
     /// reports them. The tensors are copied.
     pub fn new(step: u64, root: Hash32, views: &[TensorView<'_>], depths: &[u32]) -> Self {
         let mut sorted: Vec<&TensorView<'_>> = views.iter().collect();
