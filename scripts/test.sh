@@ -14,6 +14,9 @@ cargo clippy --workspace --all-targets --locked --features trainer/cuda,replay/c
 # The API documentation builds without a broken or private link (crates and modules move; the
 # links in their docs must follow).
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+# The fuzz target (its own workspace, built by cargo-fuzz) still compiles against the crates.
+cargo check --manifest-path fuzz/Cargo.toml --locked --quiet \
+  --target-dir "${CARGO_TARGET_DIR:-target}/fuzz-check"
 scripts/check-no-autotune.sh
 for s in scripts/*.sh examples/*/*.sh; do bash -n "$s"; done
 python3 -m py_compile examples/minilm/tokenize_reviews.py examples/minilm/check_forward.py

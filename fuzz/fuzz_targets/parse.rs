@@ -3,13 +3,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use run_store::testing::read_through_store;
 use snapshot_format::dataset::DatasetManifest;
 use snapshot_format::ledger::Segment;
 use snapshot_format::limits::ReadLimits;
 use snapshot_format::manifest::{Completion, RunManifest};
 use snapshot_format::parts::PartIndex;
 use snapshot_format::snapshot::{self, SnapshotReader};
-use run_store::testing::{VectorReferences, reseal};
+use snapshot_format::testing::{VectorReferences, reseal};
 
 fuzz_target!(|data: &[u8]| {
     parse(data);
@@ -46,5 +47,5 @@ fn parse(data: &[u8]) {
     let _ = Completion::from_json(data, "fuzz");
     // As a run's stored objects: a checkpoint read through its chain (a reference cycle when
     // the input names itself), and an object whose part index may name its parts many times.
-    run_store::testing::read_through_store(data);
+    read_through_store(data);
 }
