@@ -17,22 +17,6 @@ use crate::signatures::{SignatureOptions, SignatureReport};
 use run_trust::signature::{Statement, kind};
 use snapshot_format::limits::ReadLimits;
 
-/// The [`load`]ed run at `location`; when a finding prevents loading it, `return Ok(report)`
-/// from the calling command with that finding as the report's verdict and problem.
-macro_rules! load_or_report {
-    ($location:expr, $options:expr, $report:ident) => {
-        match $crate::context::load($location, $options)? {
-            Ok(ctx) => ctx,
-            Err(p) => {
-                $report.header.verdict = p.kind;
-                $report.header.problems.push(p);
-                return Ok($report);
-            }
-        }
-    };
-}
-pub(crate) use load_or_report;
-
 /// One ledger segment as found.
 #[derive(Debug, Clone)]
 pub struct SegmentInfo {
@@ -72,6 +56,8 @@ pub struct RunContext {
     base_parsed: std::sync::OnceLock<Result<Option<trainer::base::BaseWeights>, Problem>>,
     /// Who signed what, judged by the trust options the run was loaded with.
     pub signatures: SignatureReport,
+    /// The trust options the run was loaded with: statements about it are judged by the same.
+    pub trust: SignatureOptions,
     /// Limits for decoding this run's checkpoints: no state may decode to more than the spec's
     /// model implies.
     pub limits: ReadLimits,
@@ -527,6 +513,7 @@ fn load_context(location: &str, options: &LoadOptions) -> Result<RunContext, Loa
         base,
         base_parsed: std::sync::OnceLock::new(),
         signatures: SignatureReport::default(),
+        trust: options.trust.clone(),
         states: run_store::CheckpointReader::new(states_store, limits),
         limits,
         problems,

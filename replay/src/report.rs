@@ -232,6 +232,8 @@ impl Header {
 pub trait Report: Serialize {
     fn header(&self) -> &Header;
 
+    fn header_mut(&mut self) -> &mut Header;
+
     /// The exit status: the verdict's.
     fn exit_code(&self) -> u8 {
         self.header().verdict.exit_code()

@@ -3,7 +3,7 @@
 
 use super::verify::{Scope, ranges_for};
 use super::{Attest, replay};
-use crate::context::{LoadOptions, load_or_report};
+use crate::context::{LoadOptions, RunContext};
 use crate::engine::reexecute::{EnvironmentCheck, Range, RangeResult};
 use crate::report::{Claim, CommandError, Header, Report};
 use crate::signatures::SignatureReport;
@@ -66,6 +66,10 @@ impl Report for AuditReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 /// Options of `audit`.
 #[derive(Debug, Clone)]
@@ -93,12 +97,11 @@ pub fn audit(
     o: &AuditOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<AuditReport, CommandError> {
-    let started = std::time::Instant::now();
     let (seed, seed_source) = match o.seed {
         Some(s) => (s, SeedSource::Given),
         None => (os_seed()?, SeedSource::Os),
     };
-    let mut report = AuditReport {
+    let report = AuditReport {
         header: Header::pending("audit", location),
         seed,
         seed_source,
@@ -112,8 +115,21 @@ pub fn audit(
         signatures: None,
         seconds: 0.0,
     };
-    let ctx = load_or_report!(location, &o.load, report);
-    let all = ranges_for(&ctx, Scope::All)?;
+    super::on_run(location, &o.load, report, |ctx, report| {
+        audit_on(ctx, o, report, progress)
+    })
+}
+
+/// [`audit`] on a loaded run, its report begun as `report`.
+pub fn audit_on(
+    ctx: &RunContext,
+    o: &AuditOptions,
+    mut report: AuditReport,
+    progress: &indicatif::ProgressBar,
+) -> Result<AuditReport, CommandError> {
+    let started = std::time::Instant::now();
+    let seed = report.seed;
+    let all = ranges_for(ctx, Scope::All)?;
     let n = all.len() as u64;
     let k = o.samples.min(n);
     let order = trainer::rng::permutation(&mut trainer::rng::stream(seed, "audit", 0), n);
@@ -144,7 +160,7 @@ pub fn audit(
         ranges.insert(0, Range::new(0, 0, 0));
     }
     let mut assessment = ctx.assessment();
-    let (env, results) = replay(&ctx, &ranges, o.device, &mut assessment, progress)?;
+    let (env, results) = replay(ctx, &ranges, o.device, &mut assessment, progress)?;
     for r in results.iter().filter(|r| r.segment > 0) {
         if r.verdict.passed() {
             report.passed.push(r.segment);
@@ -159,7 +175,7 @@ pub fn audit(
     report.seconds = started.elapsed().as_secs_f64();
     if let Some(a) = &o.attest {
         let env = report.environment.as_ref();
-        a.write(&ctx, "audit", report.header.verdict, &report.ranges, env)?;
+        a.write(ctx, "audit", report.header.verdict, &report.ranges, env)?;
     }
     Ok(report)
 }

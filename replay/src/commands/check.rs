@@ -7,7 +7,7 @@ use snapshot_format::layout;
 use crate::attestations::{
     AttestationCheck, AttestationKeys, Subjects, check_export, check_statement,
 };
-use crate::context::{self, LoadOptions, RunContext};
+use crate::context::{LoadOptions, RunContext};
 use crate::report::{Claim, CommandError, Header, Problem, Report, problem_of};
 use crate::signatures::SignatureReport;
 
@@ -41,6 +41,10 @@ impl Report for CheckReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 
 /// Attestations to check beside the run.
@@ -60,33 +64,40 @@ pub fn check(
     attested: &Attested,
     progress: &indicatif::ProgressBar,
 ) -> Result<CheckReport, CommandError> {
-    let started = std::time::Instant::now();
-    let ctx = match context::load(location, options)? {
-        Ok(c) => c,
-        Err(p) => {
-            return Ok(CheckReport {
-                header: Header::failed("check", location, p),
-                warnings: vec![],
-                signatures: None,
-                checked: Counts::default(),
-                attestations: vec![],
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
+    let report = CheckReport {
+        header: Header::pending("check", location),
+        warnings: vec![],
+        signatures: None,
+        checked: Counts::default(),
+        attestations: vec![],
+        seconds: 0.0,
     };
+    super::on_run(location, options, report, |ctx, _| {
+        check_on(ctx, attested, progress)
+    })
+}
+
+/// [`check`] on a loaded run.
+pub fn check_on(
+    ctx: &RunContext,
+    attested: &Attested,
+    progress: &indicatif::ProgressBar,
+) -> Result<CheckReport, CommandError> {
+    let started = std::time::Instant::now();
+    let location = ctx.location.as_str();
     let mut assessment = ctx.assessment();
-    let (checkpoint_problems, checkpoint_bytes) = check_checkpoints(&ctx, progress)?;
+    let (checkpoint_problems, checkpoint_bytes) = check_checkpoints(ctx, progress)?;
     for p in checkpoint_problems {
         assessment.problem(p);
     }
-    let warnings = unexpected_objects(&ctx)?;
+    let warnings = unexpected_objects(ctx)?;
     let mut attestations = Vec::new();
     for path in &attested.statements {
         let name = path.display().to_string();
         let bytes = crate::report::read_document(path, "--attestation")?;
         let (c, problems) = check_statement(
-            &ctx,
-            &options.trust,
+            ctx,
+            &ctx.trust,
             &attested.keys,
             &name,
             &bytes,
@@ -99,7 +110,7 @@ pub fn check(
         problems.into_iter().for_each(|p| assessment.problem(p));
     }
     for dir in &attested.exports {
-        let (c, problems) = check_export(&ctx, &options.trust, &attested.keys, dir)?;
+        let (c, problems) = check_export(ctx, &ctx.trust, &attested.keys, dir)?;
         attestations.extend(c);
         problems.into_iter().for_each(|p| assessment.problem(p));
     }

@@ -1,7 +1,7 @@
 //! `replay collect`: the signed results of a sharded verification, merged.
 
 use crate::commands::verify::{Scope, VerifyReport, ranges_for};
-use crate::context::{LoadOptions, RunContext, load_or_report};
+use crate::context::{LoadOptions, RunContext};
 use crate::report::{Claim, CommandError, Header, Problem, Report, Verdict, problem_of};
 use crate::shard::*;
 use ed25519_dalek::VerifyingKey;
@@ -29,6 +29,10 @@ impl Report for CollectReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 /// What `collect` merges.
 #[derive(Debug, Clone)]
@@ -51,7 +55,7 @@ pub fn collect(location: &str, o: &CollectOptions) -> Result<CollectReport, Comm
             "--verifier-key: name the key(s) that signed the shards' reports".into(),
         ));
     }
-    let mut report = CollectReport {
+    let report = CollectReport {
         header: Header::pending("collect", location),
         id: o.id.clone(),
         results: o.results.clone(),
@@ -65,7 +69,17 @@ pub fn collect(location: &str, o: &CollectOptions) -> Result<CollectReport, Comm
         segments: vec![],
         steps_replayed: 0,
     };
-    let ctx = load_or_report!(location, &o.load, report);
+    super::on_run(location, &o.load, report, |ctx, report| {
+        collect_on(ctx, o, report)
+    })
+}
+
+/// [`collect`] on a loaded run, its report begun as `report`.
+pub fn collect_on(
+    ctx: &RunContext,
+    o: &CollectOptions,
+    mut report: CollectReport,
+) -> Result<CollectReport, CommandError> {
     let mut assessment = ctx.assessment();
     let results = Store::open(&o.results)?;
     let trusted: Vec<[u8; 32]> = o.verifier_keys.iter().map(VerifyingKey::to_bytes).collect();
@@ -75,7 +89,7 @@ pub fn collect(location: &str, o: &CollectOptions) -> Result<CollectReport, Comm
             count: o.shards,
         };
         let key = shard.result_key(&o.id);
-        match read_shard(&ctx, &results, &shard, &o.id, &key, &trusted)? {
+        match read_shard(ctx, &results, &shard, &o.id, &key, &trusted)? {
             Err(p) => assessment.problem(p),
             Ok(r) => {
                 report.shards_present.push(index);
@@ -90,7 +104,7 @@ pub fn collect(location: &str, o: &CollectOptions) -> Result<CollectReport, Comm
     report.segments.sort_by_key(|(k, _)| *k);
     // Together the shards must cover every segment the run has (step 0 alone for a run
     // without segments).
-    for r in ranges_for(&ctx, Scope::All)? {
+    for r in ranges_for(ctx, Scope::All)? {
         if !report.segments.iter().any(|(s, _)| *s == r.segment) {
             let owner = Shard {
                 index: r.segment.saturating_sub(1) % o.shards,

@@ -61,6 +61,10 @@ impl Report for CompareReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 
 /// Leaves of a JSON value: (path, value).

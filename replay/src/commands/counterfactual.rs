@@ -22,7 +22,7 @@ use trainer::probe::ProbeResult;
 use trainer::session::{PreparedData, Session, TrainingState};
 
 use crate::attestations::attest_export;
-use crate::context::{RunContext, load_or_report};
+use crate::context::RunContext;
 use crate::engine::reconstruct::{
     ReconstructOptions, environment_of, export_state, put_json, reconstruct,
 };
@@ -85,6 +85,10 @@ pub struct CounterfactualReport {
 impl Report for CounterfactualReport {
     fn header(&self) -> &Header {
         &self.header
+    }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
     }
 }
 
@@ -151,9 +155,10 @@ pub fn counterfactual(
     o: &CounterfactualOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<CounterfactualReport, CommandError> {
-    let mut report = CounterfactualReport::new(location, o);
-    let ctx = load_or_report!(location, &o.reconstruct.load, report);
-    counterfactual_in(&ctx, o, progress)
+    let report = CounterfactualReport::new(location, o);
+    super::on_run(location, &o.reconstruct.load, report, |ctx, _| {
+        counterfactual_in(ctx, o, progress)
+    })
 }
 
 impl CounterfactualReport {

@@ -1,6 +1,6 @@
 //! `replay diff`: the per-tensor change between the states after two steps, largest first.
 
-use crate::context::load_or_report;
+use crate::context::RunContext;
 use crate::engine::reconstruct::{ReconstructOptions, environment_of, reconstruct};
 use crate::engine::reexecute::EnvironmentCheck;
 use crate::report::{Claim, CommandError, Header, Report};
@@ -23,6 +23,10 @@ impl Report for DiffReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 /// Run `diff`: the per-tensor change between the states after two steps.
 pub fn diff(
@@ -33,25 +37,39 @@ pub fn diff(
     o: &ReconstructOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<DiffReport, CommandError> {
-    let mut report = DiffReport {
+    let report = DiffReport {
         header: Header::pending("diff", location),
         from_step: from,
         to_step: to,
         environment: None,
         tensors: vec![],
     };
-    let ctx = load_or_report!(location, &o.load, report);
+    super::on_run(location, &o.load, report, |ctx, report| {
+        diff_on(ctx, from, to, include_optimizer, o, report, progress)
+    })
+}
+
+/// [`diff`] on a loaded run, its report begun as `report`.
+pub fn diff_on(
+    ctx: &RunContext,
+    from: u64,
+    to: u64,
+    include_optimizer: bool,
+    o: &ReconstructOptions,
+    mut report: DiffReport,
+    progress: &indicatif::ProgressBar,
+) -> Result<DiffReport, CommandError> {
     let last = ctx.records.keys().next_back().copied().unwrap_or(0);
     if from > to || to > last {
         return Err(CommandError::Usage(format!(
             "--from {from} --to {to}: need from <= to <= {last} (the ledger's last step)"
         )));
     }
-    let env = environment_of(&ctx, o)?;
+    let env = environment_of(ctx, o)?;
     let cross_class = env.cross_class();
     report.environment = Some(env);
     let mut assessment = ctx.assessment();
-    let states = reconstruct(&ctx, &[from, to], o, cross_class, progress)?;
+    let states = reconstruct(ctx, &[from, to], o, cross_class, progress)?;
     let rederived = states.iter().all(|r| r.rederived);
     let mut states = states.into_iter().map(|r| r.fold_into(&mut assessment));
     let (a, b) = (states.next().flatten(), states.next().flatten());

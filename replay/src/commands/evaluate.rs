@@ -2,12 +2,12 @@
 //! predictions, or a language model's greedy generations checked against target patterns), the
 //! probe file pinned by hash in the report.
 
+use crate::context::RunContext;
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 use trainer::probe::ProbeResult;
 
 use crate::commands::counterfactual::ProbeInput;
-use crate::context::load_or_report;
 use crate::engine::reconstruct::{ReconstructOptions, state_at};
 use crate::engine::reexecute::{EnvironmentCheck, RangeResult};
 use crate::report::{CommandError, Header, Report};
@@ -32,6 +32,10 @@ impl Report for EvaluateReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 
 /// Run `evaluate`: the probe rows of `probe` through the model after `step`.
@@ -43,20 +47,34 @@ pub fn evaluate(
     o: &ReconstructOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<EvaluateReport, CommandError> {
-    let ProbeInput { name, bytes } = ProbeInput::read(probe)?;
-    let mut report = EvaluateReport {
+    let input = ProbeInput::read(probe)?;
+    let report = EvaluateReport {
         header: Header::pending("evaluate", location),
         step,
         state_root: None,
         committed_root: None,
         environment: None,
         replay: None,
-        probe_blake3: snapshot_format::hash::file_hash(&bytes),
-        probe: name.clone(),
+        probe_blake3: snapshot_format::hash::file_hash(&input.bytes),
+        probe: input.name.clone(),
         result: None,
     };
-    let ctx = load_or_report!(location, &o.load, report);
-    let at = state_at(&ctx, step, o, progress)?;
+    super::on_run(location, &o.load, report, |ctx, report| {
+        evaluate_on(ctx, step, &input, max_new_tokens, o, report, progress)
+    })
+}
+
+/// [`evaluate`] on a loaded run, its report begun as `report`.
+pub fn evaluate_on(
+    ctx: &RunContext,
+    step: u64,
+    probe: &ProbeInput,
+    max_new_tokens: usize,
+    o: &ReconstructOptions,
+    mut report: EvaluateReport,
+    progress: &indicatif::ProgressBar,
+) -> Result<EvaluateReport, CommandError> {
+    let at = state_at(ctx, step, o, progress)?;
     report.state_root = at.state_root;
     report.committed_root = at.committed_root;
     report.environment = Some(at.environment);
@@ -71,8 +89,8 @@ pub fn evaluate(
         &ctx.spec,
         base,
         &state,
-        &bytes,
-        &name,
+        &probe.bytes,
+        &probe.name,
         max_new_tokens,
     )?);
     Ok(report)

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 use snapshot_format::manifest::EnvironmentFingerprint;
 
-use crate::context::{self, LoadOptions};
+use crate::context::{self, LoadOptions, RunContext};
 use crate::report::{Claim, CommandError, Header, Report};
 
 /// The JSON document of `replay inspect --json`.
@@ -37,6 +37,10 @@ impl Report for InspectReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 
 /// Run `inspect`; with `svg`, also write the loss curve there.
@@ -47,6 +51,15 @@ pub fn inspect(
 ) -> Result<InspectReport, CommandError> {
     let ctx = context::load(location, load)?
         .map_err(|p| CommandError::Usage(format!("{}: {}", p.artefact, p.detail)))?;
+    inspect_on(&ctx, svg)
+}
+
+/// [`inspect`] on a loaded run.
+pub fn inspect_on(
+    ctx: &RunContext,
+    svg: Option<&std::path::Path>,
+) -> Result<InspectReport, CommandError> {
+    let location = ctx.location.as_str();
     let parameters = ctx.states.header(0).ok().map(|h| {
         h.tensors
             .iter()

@@ -1,9 +1,10 @@
-//! One file per command: each takes its options, loads the run (or is given it), and returns
-//! its report; nothing here prints.
+//! One file per command: each takes its options and a run, loaded once by [`on_run`] (or
+//! already loaded: `X_on`/`X_in` take a `RunContext`), and returns its report; nothing here
+//! prints.
 
-use crate::context::RunContext;
+use crate::context::{self, LoadOptions, RunContext};
 use crate::engine::reexecute::{self, EnvironmentCheck, Range, RangeResult};
-use crate::report::{Assessment, CommandError, Verdict};
+use crate::report::{Assessment, CommandError, Report, Verdict};
 use trainer::backend::DeviceSpec;
 
 /// Where to write a signed in-toto statement of a verification, and the key that signs it.
@@ -66,3 +67,23 @@ pub mod provenance;
 pub mod rollback;
 pub mod search;
 pub mod verify;
+
+/// Load the run at `location` and run `command` on it with its report begun as `report`; when
+/// a finding prevents loading the run, the report is `report` with that finding as its verdict
+/// and problem (`specs/replay-cli.md` §2.1).
+pub fn on_run<R: Report>(
+    location: &str,
+    load: &LoadOptions,
+    mut report: R,
+    command: impl FnOnce(&RunContext, R) -> Result<R, CommandError>,
+) -> Result<R, CommandError> {
+    match context::load(location, load)? {
+        Ok(ctx) => command(&ctx, report),
+        Err(p) => {
+            let header = report.header_mut();
+            header.verdict = p.kind;
+            header.problems.push(p);
+            Ok(report)
+        }
+    }
+}

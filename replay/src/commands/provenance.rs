@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 
-use crate::context::{LoadOptions, load_or_report};
+use crate::context::{LoadOptions, RunContext};
 use crate::report::{Claim, CommandError, Header, Report, Verdict};
 
 /// One use of the example.
@@ -32,6 +32,10 @@ impl Report for ProvenanceReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 
 /// Run `provenance`.
@@ -40,7 +44,7 @@ pub fn provenance(
     example: u64,
     load: &LoadOptions,
 ) -> Result<ProvenanceReport, CommandError> {
-    let mut report = ProvenanceReport {
+    let report = ProvenanceReport {
         header: Header::pending("provenance", location),
         example,
         committed_hash: None,
@@ -48,7 +52,17 @@ pub fn provenance(
         uses: vec![],
         steps_scanned: 0,
     };
-    let ctx = load_or_report!(location, load, report);
+    super::on_run(location, load, report, |ctx, report| {
+        provenance_on(ctx, example, report)
+    })
+}
+
+/// [`provenance`] on a loaded run, its report begun as `report`.
+pub fn provenance_on(
+    ctx: &RunContext,
+    example: u64,
+    mut report: ProvenanceReport,
+) -> Result<ProvenanceReport, CommandError> {
     if example >= ctx.spec.data.examples {
         return Err(CommandError::Usage(format!(
             "--example {example}: the dataset has examples 0..{}",

@@ -1,7 +1,7 @@
 //! `replay rollback`: the exact state after a step, reconstructed and exported.
 
 use crate::attestations::attest_export;
-use crate::context::load_or_report;
+use crate::context::RunContext;
 use crate::engine::reconstruct::{ReconstructOptions, export_state, put_json, state_at};
 use crate::engine::reexecute::{EnvironmentCheck, RangeResult};
 use crate::report::{CommandError, Header, Report};
@@ -29,6 +29,10 @@ impl Report for RollbackReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 /// Run `rollback`: reconstruct the state after `step` and write `model.safetensors` (the
 /// parameters, Hugging Face names), `state.snap` (the full state as an export snapshot) and
@@ -42,7 +46,7 @@ pub fn rollback(
     keys: &run_trust::attest::ExportKeys,
     progress: &indicatif::ProgressBar,
 ) -> Result<RollbackReport, CommandError> {
-    let mut report = RollbackReport {
+    let report = RollbackReport {
         header: Header::pending("rollback", location),
         step,
         state_root: None,
@@ -52,8 +56,22 @@ pub fn rollback(
         out: None,
         files: vec![],
     };
-    let ctx = load_or_report!(location, &o.load, report);
-    let at = state_at(&ctx, step, o, progress)?;
+    super::on_run(location, &o.load, report, |ctx, report| {
+        rollback_on(ctx, step, out, o, keys, report, progress)
+    })
+}
+
+/// [`rollback`] on a loaded run, its report begun as `report`.
+pub fn rollback_on(
+    ctx: &RunContext,
+    step: u64,
+    out: &str,
+    o: &ReconstructOptions,
+    keys: &run_trust::attest::ExportKeys,
+    mut report: RollbackReport,
+    progress: &indicatif::ProgressBar,
+) -> Result<RollbackReport, CommandError> {
+    let at = state_at(ctx, step, o, progress)?;
     report.state_root = at.state_root;
     report.committed_root = at.committed_root;
     report.environment = Some(at.environment);
@@ -65,7 +83,7 @@ pub fn rollback(
     };
     let store = Store::create(out)?;
     let parent = ctx.checkpoint_at_or_before(step);
-    report.files = export_state(&store, &ctx, &state, parent, "rollback.json")?;
+    report.files = export_state(&store, ctx, &state, parent, "rollback.json")?;
     report.out = Some(out.to_string());
     // The stored record leaves out timing, so that the same rollback writes the same bytes.
     let mut stored = report.clone();
@@ -79,7 +97,7 @@ pub fn rollback(
         "verdict": report.header.verdict,
         "derivation": {"kind": "rollback"},
     });
-    let signed = attest_export(&store, &ctx, out, &report.files, state, keys)?;
+    let signed = attest_export(&store, ctx, out, &report.files, state, keys)?;
     report.files.extend(signed);
     Ok(report)
 }

@@ -2,7 +2,7 @@
 //! the steps that used each.
 
 use crate::commands::provenance::Use;
-use crate::context::{LoadOptions, RunContext, load_or_report};
+use crate::context::{LoadOptions, RunContext};
 use crate::report::{Claim, CommandError, Header, Report, Verdict};
 use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
@@ -36,6 +36,10 @@ pub struct SearchReport {
 impl Report for SearchReport {
     fn header(&self) -> &Header {
         &self.header
+    }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
     }
 }
 /// The text of each example that `--match` searches, and what it is.
@@ -110,9 +114,8 @@ pub fn search(
     load: &LoadOptions,
 ) -> Result<SearchReport, CommandError> {
     compile(patterns)?;
-    let mut report = SearchReport::new(location, patterns);
-    let ctx = load_or_report!(location, load, report);
-    search_in(&ctx, patterns)
+    let report = SearchReport::new(location, patterns);
+    super::on_run(location, load, report, |ctx, _| search_in(ctx, patterns))
 }
 /// The regular expressions of `patterns`; one that does not compile is a usage error.
 fn compile(patterns: &[String]) -> Result<Vec<regex::Regex>, CommandError> {

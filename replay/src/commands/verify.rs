@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 use trainer::backend::DeviceSpec;
 
-use crate::context::{self, LoadOptions, RunContext};
+use crate::context::{LoadOptions, RunContext};
 use crate::engine::reexecute::{EnvironmentCheck, Range, RangeResult};
-use crate::report::{Claim, CommandError, Header, Problem, Report};
+use crate::report::{Claim, CommandError, Header, Report};
 use crate::shard::{ShardTarget, ShardedRun};
 use crate::signatures::SignatureReport;
 
@@ -62,17 +62,17 @@ impl Report for VerifyReport {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
 }
 
 impl VerifyReport {
-    fn failed(
-        location: &str,
-        scope: String,
-        problem: Problem,
-        started: std::time::Instant,
-    ) -> Self {
+    /// The report of `verify` on the run at `location`, before anything is found.
+    fn pending(location: &str, scope: String) -> Self {
         VerifyReport {
-            header: Header::failed("verify", location, problem),
+            header: Header::pending("verify", location),
             genesis: Hash32::ZERO,
             ledger_step: 0,
             ledger_head: Hash32::ZERO,
@@ -83,7 +83,7 @@ impl VerifyReport {
             ranges: vec![],
             signatures: None,
             steps_replayed: 0,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: 0.0,
             steps_per_second: 0.0,
         }
     }
@@ -137,30 +137,32 @@ pub fn verify(
     o: &VerifyOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<VerifyReport, CommandError> {
+    let report = VerifyReport::pending(location, scope_text(o.scope));
+    super::on_run(location, &o.load, report, |ctx, _| {
+        verify_on(ctx, o, progress)
+    })
+}
+
+/// [`verify`] on a loaded run.
+pub fn verify_on(
+    ctx: &RunContext,
+    o: &VerifyOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<VerifyReport, CommandError> {
     let started = std::time::Instant::now();
-    let ctx = match context::load(location, &o.load)? {
-        Ok(c) => c,
-        Err(p) => {
-            return Ok(VerifyReport::failed(
-                location,
-                scope_text(o.scope),
-                p,
-                started,
-            ));
-        }
-    };
-    let mut ranges = ranges_for(&ctx, o.scope)?;
+    let location = ctx.location.as_str();
+    let mut ranges = ranges_for(ctx, o.scope)?;
     // A shard whose result is already recorded is refused before any replay, not after it.
     let sharded = match &o.shard {
         Some(t) => {
-            let run = t.prepare(&ctx)?;
+            let run = t.prepare(ctx)?;
             ranges.retain(|r| run.shard.owns(r.segment));
             Some(run)
         }
         None => None,
     };
     let mut assessment = ctx.assessment();
-    let (env, results) = replay(&ctx, &ranges, o.device, &mut assessment, progress)?;
+    let (env, results) = replay(ctx, &ranges, o.device, &mut assessment, progress)?;
     let steps_replayed = results.iter().map(|r| r.steps_replayed).sum();
     let seconds = started.elapsed().as_secs_f64();
     let (ledger_step, ledger_head) = ctx.ledger_point();
@@ -185,11 +187,11 @@ pub fn verify(
     };
     if let (Some(t), Some(run)) = (&o.shard, &sharded) {
         report.result_key = Some(run.result_key());
-        t.record(&ctx, run, &report)?;
+        t.record(ctx, run, &report)?;
     }
     if let Some(a) = &o.attest {
         let env = report.environment.as_ref();
-        a.write(&ctx, "verify", report.header.verdict, &report.ranges, env)?;
+        a.write(ctx, "verify", report.header.verdict, &report.ranges, env)?;
     }
     Ok(report)
 }

@@ -50,7 +50,6 @@ pub fn investigate(
     o: &InvestigateOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<InvestigateReport, CommandError> {
-    let started = std::time::Instant::now();
     let clean = ProbeInput::read(&o.probe)?;
     let triggered = ProbeInput {
         name: format!("{} with the trigger", clean.name),
@@ -61,7 +60,7 @@ pub fn investigate(
     } else {
         o.patterns.clone()
     };
-    let mut report = InvestigateReport {
+    let report = InvestigateReport {
         header: Header::pending("investigate", location),
         run_id: String::new(),
         ledger_head: None,
@@ -81,8 +80,21 @@ pub fn investigate(
         files: vec![],
         seconds: 0.0,
     };
-    let ctx = crate::context::load_or_report!(location, &o.reconstruct.load, report);
-    let search = crate::commands::search::search_in(&ctx, &report.patterns)?;
+    super::on_run(location, &o.reconstruct.load, report, |ctx, report| {
+        investigate_on(ctx, o, (&clean, &triggered), report, progress)
+    })
+}
+
+/// [`investigate`] on a loaded run, its report begun as `report`.
+pub fn investigate_on(
+    ctx: &RunContext,
+    o: &InvestigateOptions,
+    (clean, triggered): (&ProbeInput, &ProbeInput),
+    mut report: InvestigateReport,
+    progress: &indicatif::ProgressBar,
+) -> Result<InvestigateReport, CommandError> {
+    let started = std::time::Instant::now();
+    let search = crate::commands::search::search_in(ctx, &report.patterns)?;
     report.header.verdict = search.header.verdict;
     report.run_id = ctx.manifest.run_id.clone();
     report.ledger_head = Some(ctx.ledger_point().1);
@@ -97,7 +109,7 @@ pub fn investigate(
     }
     let model_dir = format!("{}/model", o.out.trim_end_matches('/'));
     let history = crate::commands::counterfactual::counterfactual_in(
-        &ctx,
+        ctx,
         &CounterfactualOptions {
             without: report.suspects.iter().map(|m| m.example).collect(),
             without_match: vec![],
@@ -105,7 +117,7 @@ pub fn investigate(
             include_optimizer: false,
             out: Some(model_dir),
             reconstruct: o.reconstruct.clone(),
-            probes: vec![clean, triggered],
+            probes: vec![clean.clone(), triggered.clone()],
             max_new_tokens: o.max_new_tokens,
             keys: o.keys.clone(),
         },
@@ -157,7 +169,7 @@ pub fn investigate(
         }
         put_json(&store, "investigation.json", &stored)?;
         if let Some(key) = &o.keys.statement {
-            store.put_once(FINDINGS, findings(&ctx, &report, &store, key)?)?;
+            store.put_once(FINDINGS, findings(ctx, &report, &store, key)?)?;
             report.files.push(FINDINGS.into());
         }
     }

@@ -45,6 +45,10 @@ impl Report for InvestigateReport {
         &self.header
     }
 
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
+
     /// The exit status: the verdict's, or 4 when it passes and the suspects do not explain the
     /// behaviour.
     fn exit_code(&self) -> u8 {
