@@ -113,6 +113,20 @@ fn emit<R: Report>(global: &Global, report: &R, text: impl FnOnce(&R) -> String)
     report.exit_code()
 }
 
+/// Run `command` under a progress bar of `what` (hidden with --quiet or --json), then emit its
+/// report; its exit status.
+fn run_emit<R: Report>(
+    global: &Global,
+    what: &str,
+    command: impl FnOnce(&ProgressBar) -> Result<R, CommandError>,
+    text: impl FnOnce(&R) -> String,
+) -> Result<u8, CommandError> {
+    let bar = progress(global, what);
+    let report = command(&bar)?;
+    bar.finish_and_clear();
+    Ok(emit(global, &report, text))
+}
+
 /// The command's exit status (section 2 of `specs/replay-cli.md`).
 fn run(cli: Cli) -> Result<u8, CommandError> {
     let g = cli.global;
@@ -211,10 +225,12 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 load: load_options(&g, replaying.dataset, &trust)?,
                 attest: attest_to(attest, key),
             };
-            let bar = progress(&g, "steps");
-            let r = verify::verify(&run, &o, &bar)?;
-            bar.finish_and_clear();
-            Ok(emit(&g, &r, text::verify))
+            run_emit(
+                &g,
+                "steps",
+                |bar| verify::verify(&run, &o, bar),
+                text::verify,
+            )
         }
         Command::Audit {
             run,
@@ -244,10 +260,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 load: load_options(&g, replaying.dataset, &trust)?,
                 attest: attest_to(attest, key),
             };
-            let bar = progress(&g, "steps");
-            let r = audit::audit(&run, &o, &bar)?;
-            bar.finish_and_clear();
-            Ok(emit(&g, &r, text::audit))
+            run_emit(&g, "steps", |bar| audit::audit(&run, &o, bar), text::audit)
         }
         Command::Rollback {
             run,
@@ -260,10 +273,12 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         } => {
             let o = reconstruct_options(&g, replaying, &reconstructing, &trust)?;
             let keys = attesting.keys()?;
-            let bar = progress(&g, "steps");
-            let r = rollback::rollback(&run, step, &out, &o, &keys, &bar)?;
-            bar.finish_and_clear();
-            Ok(emit(&g, &r, text::rollback))
+            run_emit(
+                &g,
+                "steps",
+                |bar| rollback::rollback(&run, step, &out, &o, &keys, bar),
+                text::rollback,
+            )
         }
         Command::Evaluate {
             run,
@@ -275,10 +290,12 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             trust,
         } => {
             let o = reconstruct_options(&g, replaying, &reconstructing, &trust)?;
-            let bar = progress(&g, "steps");
-            let r = evaluate::evaluate(&run, step, &probe, max_new_tokens, &o, &bar)?;
-            bar.finish_and_clear();
-            Ok(emit(&g, &r, text::evaluate))
+            run_emit(
+                &g,
+                "steps",
+                |bar| evaluate::evaluate(&run, step, &probe, max_new_tokens, &o, bar),
+                text::evaluate,
+            )
         }
         Command::Investigate {
             run,
@@ -305,10 +322,12 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 reconstruct: reconstruct_options(&g, replaying, &reconstructing, &trust)?,
                 keys: attesting.keys()?,
             };
-            let bar = progress(&g, "steps");
-            let r = investigate::investigate(&run, &o, &bar)?;
-            bar.finish_and_clear();
-            Ok(emit(&g, &r, text::investigate))
+            run_emit(
+                &g,
+                "steps",
+                |bar| investigate::investigate(&run, &o, bar),
+                text::investigate,
+            )
         }
         Command::Compare {
             run_a,
@@ -364,10 +383,12 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             trust,
         } => {
             let o = reconstruct_options(&g, replaying, &reconstructing, &trust)?;
-            let bar = progress(&g, "steps");
-            let r = diff::diff(&run, from, to, optimizer, &o, &bar)?;
-            bar.finish_and_clear();
-            Ok(emit(&g, &r, text::diff))
+            run_emit(
+                &g,
+                "steps",
+                |bar| diff::diff(&run, from, to, optimizer, &o, bar),
+                text::diff,
+            )
         }
         Command::Counterfactual {
             run,
@@ -402,10 +423,12 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 max_new_tokens,
                 keys: attesting.keys()?,
             };
-            let bar = progress(&g, "steps");
-            let r = counterfactual::counterfactual(&run, &o, &bar)?;
-            bar.finish_and_clear();
-            Ok(emit(&g, &r, text::counterfactual))
+            run_emit(
+                &g,
+                "steps",
+                |bar| counterfactual::counterfactual(&run, &o, bar),
+                text::counterfactual,
+            )
         }
         Command::Inspect { run, svg, trust } => {
             let r = inspect::inspect(&run, svg.as_deref(), &load_options(&g, None, &trust)?)?;
