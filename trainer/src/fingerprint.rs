@@ -38,9 +38,9 @@ pub fn cpu_features() -> Vec<String> {
 }
 
 /// The instruction-set level the CPU backend's kernels run at. On x86-64 it is what the SIMD
-/// layer (macerator) and the matrix multiply (gemm) dispatch on: `x86-64-v3` when the CPU has
-/// AVX2, FMA and their companions (AVX-512 CPUs run the same code: `vendor/README.md`),
-/// `x86-64-v2` with SSE4.2 only, `x86-64` below.
+/// layer (macerator) dispatches on: `x86-64-v3` when the CPU has AVX2, FMA and their companions
+/// (AVX-512 CPUs run the same reductions, `vendor/README.md`, and the matrix kernel at 16 lanes,
+/// whose bits do not depend on the width), `x86-64-v2` with SSE4.2 only, `x86-64` below.
 pub fn isa_level() -> String {
     #[cfg(target_arch = "x86_64")]
     {
@@ -136,7 +136,7 @@ pub fn current(backend: &str, device: &str, gpu: Option<GpuFingerprint>) -> Envi
 /// Numerics version and the compiled features of the backend.
 pub fn engine_build(backend: &str) -> String {
     let features = match backend {
-        "flex" => "simd, rayon; portable: 8-lane reductions, matmul kc 512, libm",
+        "flex" => "simd, rayon; portable: 8-lane reductions, fixed-order matmul (KC 512), libm",
         "cuda" => "cubecl-cuda, no autotune",
         _ => "",
     };

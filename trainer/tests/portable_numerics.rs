@@ -53,14 +53,72 @@ fn transcendental_functions_are_libms() {
     }
 }
 
-/// The matrix multiply's k-blocking is fixed, whatever the L1 cache of this machine.
+/// Every `f32` matrix product of the engine runs on the fixed-order kernel (`kernels`, patched
+/// into burn-flex's matmul): each element is the definition's chain of fused multiply-adds in
+/// blocks of `kernels::KC`, whatever the shape. Checked through burn's tensor API on the shapes
+/// where gemm took other orders (a small output with a transposed operand, which gemm summed
+/// horizontally across 8 lanes; a vector-shaped product; a batched product with a transposed,
+/// broadcast operand), and on one deeper than a block.
 #[test]
-fn matmul_k_blocking_does_not_depend_on_the_cache() {
-    assert_eq!(gemm_common::cache::PORTABLE_KC, 512);
-    for (k, kc) in [(100, 100), (512, 512), (1024, 512), (1500, 500)] {
-        let p = gemm_common::cache::kernel_params(64, 64, k, 16, 6, 4);
-        assert_eq!(p.kc, kc, "k = {k}");
+fn every_f32_matmul_runs_on_the_fixed_order_kernel() {
+    let device = burn::backend::flex::FlexDevice;
+    let values = |len: usize, seed: u32| -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| {
+                let v = ((i.wrapping_mul(2_654_435_761) ^ seed) >> 8) as f32 / 16_777_216.0;
+                (v - 0.5) * 2f32.powi((i % 13) as i32 - 6)
+            })
+            .collect()
+    };
+    let definition = |a: &[f32], b: &[f32], [m, k, n]: [usize; 3]| -> Vec<u32> {
+        let mut c = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut total = 0.0f32;
+                for (block, k0) in (0..k).step_by(kernels::KC).enumerate() {
+                    let s = (k0..(k0 + kernels::KC).min(k))
+                        .fold(0.0f32, |s, kk| a[i * k + kk].mul_add(b[kk * n + j], s));
+                    total = if block == 0 { s } else { total + s };
+                }
+                c.push(total.to_bits());
+            }
+        }
+        c
+    };
+    let bits = |t: Tensor<Cpu, 2>| -> Vec<u32> {
+        let v: Vec<f32> = t.into_data().to_vec().expect("f32 data");
+        v.iter().map(|x| x.to_bits()).collect()
+    };
+    for [m, k, n] in [
+        [8, 40, 16],
+        [1, 300, 7],
+        [9, 1, 5],
+        [33, 1100, 3],
+        [64, 64, 64],
+    ] {
+        let (a, b) = (values(m * k, 1), values(k * n, 2));
+        let lhs = Tensor::<Cpu, 2>::from_data(TensorData::new(a.clone(), [m, k]), &device);
+        // B as a transposed view of its transpose, as a Linear layer reads its weight.
+        let bt: Vec<f32> = (0..n * k).map(|e| b[(e % k) * n + e / k]).collect();
+        let rhs = Tensor::<Cpu, 2>::from_data(TensorData::new(bt, [n, k]), &device).transpose();
+        assert_eq!(
+            bits(lhs.matmul(rhs)),
+            definition(&a, &b, [m, k, n]),
+            "[{m}, {k}] × [{k}, {n}]"
+        );
     }
+    // Batched, with the right operand broadcast over the batch and transposed.
+    let (batch, m, k, n) = (3, 5, 20, 4);
+    let a = values(batch * m * k, 3);
+    let b = values(k * n, 4);
+    let bt: Vec<f32> = (0..n * k).map(|e| b[(e % k) * n + e / k]).collect();
+    let lhs = Tensor::<Cpu, 3>::from_data(TensorData::new(a.clone(), [batch, m, k]), &device);
+    let rhs = Tensor::<Cpu, 3>::from_data(TensorData::new(bt, [1, n, k]), &device).swap_dims(1, 2);
+    let got = bits(lhs.matmul(rhs).reshape([batch * m, n]));
+    let want: Vec<u32> = (0..batch)
+        .flat_map(|p| definition(&a[p * m * k..(p + 1) * m * k], &b, [m, k, n]))
+        .collect();
+    assert_eq!(got, want, "batched [{batch}, {m}, {k}] × [1, {k}, {n}]");
 }
 
 /// The SIMD layer is built without its AVX-512 paths: reductions add 8 lanes at a time on

@@ -217,6 +217,14 @@ impl<'a> Row<'a> {
             })
     }
 
+    /// A text field.
+    pub fn text(&self, field: &str) -> Result<&'a str> {
+        self.fields
+            .get(field)
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("{}, row \"{}\": no text \"{field}\"", self.file, self.label))
+    }
+
     /// A yes/no field.
     pub fn flag(&self, field: &str) -> Result<bool> {
         self.fields

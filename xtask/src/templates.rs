@@ -81,6 +81,11 @@ pub const TEMPLATES: &[Template] = &[
         render: lora,
     },
     Template {
+        file: "bench-results/matmul.json",
+        name: "table",
+        render: matmul,
+    },
+    Template {
         file: "bench-results/training.json",
         name: "recording",
         render: recording,
@@ -230,6 +235,46 @@ fn versus_pytorch(b: &Bench<'_>) -> Result<String> {
         table = table(&header, &rows),
         engine_scaling = times(b.row("engine scaling, 1 → 2 threads")?.num("speed-up")?, 2),
         torch_scaling = times(t1.num("ms/step")? / t2.num("ms/step")?, 2),
+    ))
+}
+
+fn matmul(b: &Bench<'_>) -> Result<String> {
+    let pytorch = b.context_str("pytorch")?;
+    let mut rows = Vec::new();
+    for r in b.all_rows()? {
+        let cell = |field: &str| -> Result<String> { Ok(num(r.num(field)?, 1)) };
+        rows.push(vec![
+            r.label.to_string(),
+            r.text("m × k × n")?.to_string(),
+            cell("kernel GFLOP/s, 1 thread")?,
+            format!("{}%", num(r.num("% of peak, 1 thread")?, 0)),
+            cell("PyTorch GFLOP/s, 1 thread")?,
+            cell("kernel GFLOP/s, 2 threads")?,
+            format!("{}%", num(r.num("% of peak, 2 threads")?, 0)),
+            cell("PyTorch GFLOP/s, 2 threads")?,
+            yes_no(r.flag("same bits at 4, 8 and 16 lanes")?).into(),
+        ]);
+    }
+    let header = [
+        "product",
+        "m × k × n",
+        "kernel, 1 thread",
+        "of peak",
+        "PyTorch, 1 thread",
+        "kernel, 2 threads",
+        "of peak",
+        "PyTorch, 2 threads",
+        "same bits at 4, 8, 16 lanes",
+    ];
+    Ok(format!(
+        "The matrix product alone, in GFLOP/s: the engine's fixed-order kernel (at {lanes} lanes on \
+         this CPU) against PyTorch {pytorch}'s, on the shapes of the demo's and SmolLM2's steps \
+         with their layouts, and as a share of this machine's measured FMA peak ({peak1} GFLOP/s \
+         on 1 thread, {peak2} on 2).\n\n{table}",
+        lanes = num(b.context_num("kernel lanes (this CPU)")?, 0),
+        peak1 = num(b.context_num("measured FMA peak, 1 thread, GFLOP/s")?, 1),
+        peak2 = num(b.context_num("measured FMA peak, 2 threads, GFLOP/s")?, 1),
+        table = table(&header, &rows),
     ))
 }
 

@@ -24,8 +24,10 @@ pub use optim::*;
 pub use recording::*;
 
 /// Version of the engine's numerics: the training semantics (loss, optimizer update, dropout,
-/// data order, initialisation). Bumped whenever any of them changes bits.
-pub const NUMERICS_VERSION: u64 = 2;
+/// data order, initialisation) and the kernels' rounding (3: every `f32` matrix product in the
+/// fixed order of `kernels::matmul`, where 2 had gemm's, which for small outputs and vector
+/// shapes summed across 8 SIMD lanes). Bumped whenever any of them changes bits.
+pub const NUMERICS_VERSION: u64 = 3;
 
 /// `[run]`: what is trained, how long, in what order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,13 @@ use crate::{FlexTensor, Layout};
 trait GemmScalar: Element + bytemuck::Pod {
     fn zero() -> Self;
     fn one() -> Self;
+    /// `Some` for `f32`, whose products run on the fixed-order kernel instead of gemm.
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 impl GemmScalar for f32 {
@@ -26,6 +33,37 @@ impl GemmScalar for f32 {
     fn one() -> Self {
         1.0
     }
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+}
+
+/// One `f32` product on the project's fixed-order kernel (`kernels::matmul`: every element's
+/// sum in an order fixed by `k` alone, the same bits at any SIMD width and thread count).
+#[allow(clippy::too_many_arguments)]
+fn fixed_order_product(
+    out: &mut [f32],
+    [m, k, n]: [usize; 3],
+    lhs: &[f32],
+    lhs_offset: isize,
+    (lhs_row_stride, lhs_col_stride): (isize, isize),
+    rhs: &[f32],
+    rhs_offset: isize,
+    (rhs_row_stride, rhs_col_stride): (isize, isize),
+    parallel: bool,
+) {
+    let view = |data, offset: isize, shape, strides| {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|offset| kernels::MatRef::new(data, offset, shape, strides))
+            .expect("matmul: an operand's view lies outside its storage")
+    };
+    let a = view(lhs, lhs_offset, [m, k], [lhs_row_stride, lhs_col_stride]);
+    let b = view(rhs, rhs_offset, [k, n], [rhs_row_stride, rhs_col_stride]);
+    kernels::matmul(out, a, b, parallel);
 }
 
 impl GemmScalar for f64 {
@@ -266,6 +304,25 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
 
     let parallelism = get_parallelism(m, n, k);
 
+    if let (Some(l), Some(r), Some(o)) = (
+        T::as_f32(lhs_data),
+        T::as_f32(rhs_data),
+        T::as_f32_mut(out_data),
+    ) {
+        fixed_order_product(
+            o,
+            [m, k, n],
+            l,
+            lhs.layout().start_offset() as isize,
+            (lhs_row_stride, lhs_col_stride),
+            r,
+            rhs.layout().start_offset() as isize,
+            (rhs_row_stride, rhs_col_stride),
+            !matches!(parallelism, gemm::Parallelism::None),
+        );
+        return output;
+    }
+
     unsafe {
         gemm_call(
             m,
@@ -374,16 +431,36 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
 
     let per_matrix_ops = m.saturating_mul(n).saturating_mul(k);
 
-    // Closure: run gemm for one batch slice at the given pointers
-    let run_one = |out_ptr: *mut T, b: usize, parallelism: gemm::Parallelism| {
+    if out_matrix_size == 0 {
+        return output;
+    }
+
+    // Closure: the product of batch `b` into its output matrix `out`
+    let run_one = |out: &mut [T], b: usize, parallelism: gemm::Parallelism| {
         let lhs_off = lhs_start + batch_elem_offset(b, &broadcast_shape, &lhs_batch_strides);
         let rhs_off = rhs_start + batch_elem_offset(b, &broadcast_shape, &rhs_batch_strides);
+        if let (Some(l), Some(r), Some(o)) =
+            (T::as_f32(lhs_data), T::as_f32(rhs_data), T::as_f32_mut(&mut *out))
+        {
+            fixed_order_product(
+                o,
+                [m, k, n],
+                l,
+                lhs_off,
+                (lhs_row_stride, lhs_col_stride),
+                r,
+                rhs_off,
+                (rhs_row_stride, rhs_col_stride),
+                !matches!(parallelism, gemm::Parallelism::None),
+            );
+            return;
+        }
         unsafe {
             gemm_call::<T>(
                 m,
                 n,
                 k,
-                out_ptr,
+                out.as_mut_ptr(),
                 1,
                 n as isize,
                 lhs_data.as_ptr().offset(lhs_off),
@@ -408,8 +485,8 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
 
         if per_matrix_ops >= PARALLEL_THRESHOLD && !prefer_batch_parallel {
             let parallelism = gemm::Parallelism::Rayon(0);
-            for b in 0..batch_size {
-                run_one(out_data[b * out_matrix_size..].as_mut_ptr(), b, parallelism);
+            for (b, out) in out_data.chunks_mut(out_matrix_size).enumerate() {
+                run_one(out, b, parallelism);
             }
         } else if total_ops >= BATCH_PARALLEL_THRESHOLD && batch_size > 1 {
             use rayon::prelude::*;
@@ -418,15 +495,11 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
                 .par_chunks_mut(out_matrix_size)
                 .enumerate()
                 .for_each(|(b, out_chunk)| {
-                    run_one(out_chunk.as_mut_ptr(), b, gemm::Parallelism::None);
+                    run_one(out_chunk, b, gemm::Parallelism::None);
                 });
         } else {
-            for b in 0..batch_size {
-                run_one(
-                    out_data[b * out_matrix_size..].as_mut_ptr(),
-                    b,
-                    gemm::Parallelism::None,
-                );
+            for (b, out) in out_data.chunks_mut(out_matrix_size).enumerate() {
+                run_one(out, b, gemm::Parallelism::None);
             }
         }
     }
@@ -434,12 +507,8 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     #[cfg(not(feature = "rayon"))]
     {
         let _ = per_matrix_ops;
-        for b in 0..batch_size {
-            run_one(
-                out_data[b * out_matrix_size..].as_mut_ptr(),
-                b,
-                gemm::Parallelism::None,
-            );
+        for (b, out) in out_data.chunks_mut(out_matrix_size).enumerate() {
+            run_one(out, b, gemm::Parallelism::None);
         }
     }
 
