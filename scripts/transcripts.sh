@@ -32,7 +32,7 @@
 #
 # usage: scripts/transcripts.sh [--backdoor RUN] [--smollm2 RUN] [--work WORK] [PART...]
 #   e.g. scripts/transcripts.sh                      the demo's transcripts (others skipped)
-#        scripts/transcripts.sh --backdoor runs/backdoor-1796436283 attestations
+#        scripts/transcripts.sh --backdoor runs/backdoor-1796455903 attestations
 # Needs `cargo build --release --locked --bin trainer --bin replay` (exit 3 without it).
 set -euo pipefail
 caller=$(pwd)

@@ -14,9 +14,10 @@
 //!
 //! That is by construction. The product is tiled over the output: a tile holds `MR` rows by
 //! `NV` vectors of columns, one accumulator per output element, each lane a different column;
-//! a wider vector puts more columns side by side and changes no element's order. The operands
-//! are packed into contiguous panels (zero-padded at the edges; the padded lanes' results are
-//! never stored), so a transposed operand is read in place, never copied into a tensor first.
+//! a wider vector puts more columns side by side and changes no element's order. `B` is packed
+//! into contiguous panels, and `A` too unless it is row-major (then its rows are read in place);
+//! packing zero-pads the edges (the padded lanes' results are never stored) and reads a
+//! transposed operand where it lies, never through a copied tensor.
 //! Threads take whole rows of the output. The one kernel is written once, generic over
 //! `pulp::Simd`, and dispatched at run time: 8 lanes with AVX2 and FMA, 16 with AVX-512 where
 //! the CPU has it, 1 (`f32::mul_add`, also fused) elsewhere. The tests compare every width that
@@ -236,15 +237,34 @@ impl WithSimd for Rows<'_> {
         for (block, k0) in (0..k).step_by(KC).enumerate() {
             let kb = KC.min(k - k0);
             let packed_a = &mut scratch_a[..kb * MR * tiles];
-            pack_a(packed_a, &a, [row0, rows], [k0, kb]);
+            // A row-major `A` is read in place by full tiles (its rows are the tile's six
+            // streams); only a last, partial tile is packed (zero-padded).
+            let direct = a.col_stride == 1;
+            let packed_from = if direct { rows / MR * MR } else { 0 };
+            let first_packed = packed_from / MR * kb * MR;
+            pack_a(
+                &mut packed_a[first_packed..],
+                &a,
+                [row0 + packed_from, rows - packed_from],
+                [k0, kb],
+            );
             for j0 in (0..n).step_by(NC) {
                 let nc = NC.min(n - j0);
                 let packed_b = &mut packed_b[..nc.div_ceil(width) * kb * NV];
                 pack_b(simd, packed_b, &b, [k0, kb], [j0, nc]);
                 for (t, tile_a) in packed_a.chunks_exact(kb * MR).enumerate() {
                     let i0 = t * MR;
+                    let in_place = (i0 < packed_from).then(|| {
+                        core::array::from_fn::<_, MR, _>(|r| {
+                            let start = a.index(row0 + i0 + r, k0);
+                            &a.data[start..start + kb]
+                        })
+                    });
                     for (p, panel) in packed_b.chunks_exact(kb * NV).enumerate() {
-                        let acc = tile(simd, tile_a, panel);
+                        let acc = match in_place {
+                            Some(rows) => tile_rows(simd, rows, panel),
+                            None => tile(simd, tile_a, panel),
+                        };
                         let j = j0 + p * width;
                         let out = Out {
                             n,
@@ -274,6 +294,25 @@ fn tile<S: Simd>(simd: S, a: &[f32], b: &[S::f32s]) -> [[S::f32s; NV]; MR] {
     let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
     for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NV)) {
         for (acc, &x) in acc.iter_mut().zip(a) {
+            let x = simd.splat_f32s(x);
+            for (acc, &y) in acc.iter_mut().zip(b) {
+                *acc = simd.mul_add_f32s(x, y, *acc);
+            }
+        }
+    }
+    acc
+}
+
+/// [`tile`] with `A`'s `MR` rows read in place (each a slice over the block's `k`): the same
+/// fused multiply-adds in the same order.
+#[inline(always)]
+fn tile_rows<S: Simd>(simd: S, a: [&[f32]; MR], b: &[S::f32s]) -> [[S::f32s; NV]; MR] {
+    const { assert!(MR == 6, "tile_rows zips exactly six rows") };
+    let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
+    let [a0, a1, a2, a3, a4, a5] = a;
+    let columns = a0.iter().zip(a1).zip(a2).zip(a3).zip(a4).zip(a5);
+    for (b, (((((&x0, &x1), &x2), &x3), &x4), &x5)) in b.chunks_exact(NV).zip(columns) {
+        for (acc, x) in acc.iter_mut().zip([x0, x1, x2, x3, x4, x5]) {
             let x = simd.splat_f32s(x);
             for (acc, &y) in acc.iter_mut().zip(b) {
                 *acc = simd.mul_add_f32s(x, y, *acc);

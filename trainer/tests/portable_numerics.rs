@@ -157,3 +157,53 @@ fn simd_dispatch_is_built_without_avx512() {
         "{arch}"
     );
 }
+
+/// Large copies of permuted tensors (burn-flex's `to_contiguous`, which the patch splits over
+/// the first dimension across threads) put every element where a row-major copy of the
+/// permuted view has it, on 1 and 2 threads: a 4-D attention-style permutation and a 2-D
+/// transpose, both above the size where the copy goes parallel.
+#[test]
+fn large_permuted_copies_are_exact_on_any_thread_count() {
+    let device = burn::backend::flex::FlexDevice;
+    let [b, s, h, d] = [16, 32, 4, 64];
+    let n = b * s * h * d;
+    let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let t =
+                Tensor::<Cpu, 4>::from_data(TensorData::new(values.clone(), [b, s, h, d]), &device);
+            let got: Vec<f32> = t
+                .swap_dims(1, 2)
+                .reshape([n])
+                .into_data()
+                .to_vec()
+                .expect("f32");
+            // Element (bi, hi, si, di) of the permuted view is (bi, si, hi, di) of the original.
+            let want: Vec<f32> = (0..n)
+                .map(|e| {
+                    let (bi, hi, si, di) = (e / (h * s * d), e / (s * d) % h, e / d % s, e % d);
+                    (((bi * s + si) * h + hi) * d + di) as f32
+                })
+                .collect();
+            assert!(got == want, "4-D permutation on {threads} thread(s)");
+
+            let [r, c] = [512, 256];
+            let t = Tensor::<Cpu, 2>::from_data(
+                TensorData::new(values[..r * c].to_vec(), [r, c]),
+                &device,
+            );
+            let got: Vec<f32> = t
+                .transpose()
+                .reshape([r * c])
+                .into_data()
+                .to_vec()
+                .expect("f32");
+            let want: Vec<f32> = (0..r * c).map(|e| ((e % r) * c + e / r) as f32).collect();
+            assert!(got == want, "2-D transpose on {threads} thread(s)");
+        });
+    }
+}

@@ -6,7 +6,7 @@
 //! threads.
 
 /// Below this many elements the work stays on the calling thread.
-const PARALLEL_MIN: usize = 1 << 15;
+pub(crate) const PARALLEL_MIN: usize = 1 << 15;
 
 /// Apply `f` to consecutive chunks of `data` (in parallel when it is large).
 pub(crate) fn chunks_mut<E: Send, F>(data: &mut [E], f: F)

@@ -340,7 +340,39 @@ impl FlexTensor {
         let offset = self.layout.start_offset() as isize;
         let all_positive = strides.iter().all(|&s| s >= 0);
 
-        if shape.len() <= 1 && all_positive {
+        #[cfg(feature = "rayon")]
+        let parallel = n >= crate::parallel_elementwise::PARALLEL_MIN && shape.len() >= 2;
+        #[cfg(not(feature = "rayon"))]
+        let parallel = false;
+
+        if parallel && all_positive {
+            // Large copies split over the first dimension across threads (training-replay-
+            // verifier patch: upstream copied on one thread, a serial part of every training
+            // step). A copy changes no bit however it is split.
+            #[cfg(feature = "rayon")]
+            {
+                use rayon::prelude::*;
+                // SAFETY: capacity is n; the chunks below cover `dst` and each writes every
+                // position of its chunk.
+                unsafe { dst.set_len(n) };
+                let inner: usize = shape[1..].iter().product();
+                let rows_per_chunk = shape[0].div_ceil(rayon::current_num_threads() * 4).max(1);
+                dst.par_chunks_mut(rows_per_chunk * inner)
+                    .enumerate()
+                    .for_each(|(c, chunk)| {
+                        let base = offset + (c * rows_per_chunk) as isize * strides[0];
+                        if shape.len() == 2 {
+                            let rows = chunk.len() / inner;
+                            copy_2d_tiled(chunk, src, base, rows, shape[1], strides[0], strides[1]);
+                        } else {
+                            for (r, row) in chunk.chunks_exact_mut(inner).enumerate() {
+                                let row_base = base + r as isize * strides[0];
+                                copy_block(row, src, row_base, &shape[1..], &strides[1..]);
+                            }
+                        }
+                    });
+            }
+        } else if shape.len() <= 1 && all_positive {
             // 0-D scalar or 1-D run with a uniform stride. Empty
             // collapsed shape means rank 0 (numel 1); otherwise
             // numel is the single dim's size (which may be 0 for
@@ -551,6 +583,44 @@ fn collapse_for_copy(shape: &[usize], strides: &[isize]) -> CollapsedLayout {
 /// source stride is smaller, which keeps the hot loop in cache even
 /// for transpose-like layouts.
 #[inline]
+/// Copy the block `shape`/`strides` (at least one dimension, all strides ≥ 0) of `src` at
+/// `base` into the row-major `dst` (exactly as long as the block), innermost dimension as runs.
+#[cfg(feature = "rayon")]
+fn copy_block<E: Copy>(dst: &mut [E], src: &[E], base: isize, shape: &[usize], strides: &[isize]) {
+    let (Some((&last, outer)), Some((&last_stride, outer_strides))) =
+        (shape.split_last(), strides.split_last())
+    else {
+        return;
+    };
+    if last == 0 {
+        return;
+    }
+    let mut index = alloc::vec![0usize; outer.len()];
+    for run in dst.chunks_exact_mut(last) {
+        let start = base
+            + index
+                .iter()
+                .zip(outer_strides)
+                .map(|(&i, &s)| i as isize * s)
+                .sum::<isize>();
+        if last_stride == 1 {
+            let start = start as usize;
+            run.copy_from_slice(&src[start..start + last]);
+        } else {
+            for (j, d) in run.iter_mut().enumerate() {
+                *d = src[(start + j as isize * last_stride) as usize];
+            }
+        }
+        for d in (0..index.len()).rev() {
+            index[d] += 1;
+            if index[d] < outer[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+}
+
 fn copy_2d_tiled<E: Copy>(
     dst: &mut [E],
     src: &[E],
