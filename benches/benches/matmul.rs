@@ -11,51 +11,17 @@ use kernels::{MatRef, matmul, matmul_on};
 use pulp::{Simd, WithSimd};
 
 /// `(label, m, k, n, A transposed, B transposed)`.
+#[rustfmt::skip]
 const SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
-    (
-        "demo: attention projection x·Wᵀ",
-        1024,
-        256,
-        256,
-        false,
-        true,
-    ),
+    ("demo: attention projection x·Wᵀ", 1024, 256, 256, false, true),
     ("demo: FFN in x·Wᵀ", 1024, 256, 1024, false, true),
     ("demo: FFN out x·Wᵀ", 1024, 1024, 256, false, true),
-    (
-        "demo: FFN in, input gradient dY·W",
-        1024,
-        1024,
-        256,
-        false,
-        false,
-    ),
-    (
-        "demo: FFN in, weight gradient dYᵀ·X",
-        1024,
-        1024,
-        256,
-        true,
-        false,
-    ),
-    (
-        "SmolLM2: attention projection x·Wᵀ",
-        320,
-        576,
-        576,
-        false,
-        true,
-    ),
+    ("demo: FFN in, input gradient dY·W", 1024, 1024, 256, false, false),
+    ("demo: FFN in, weight gradient dYᵀ·X", 1024, 1024, 256, true, false),
+    ("SmolLM2: attention projection x·Wᵀ", 320, 576, 576, false, true),
     ("SmolLM2: MLP up x·Wᵀ", 320, 576, 1536, false, true),
     ("SmolLM2: MLP down x·Wᵀ", 320, 1536, 576, false, true),
-    (
-        "SmolLM2: MLP down, input gradient dY·W",
-        320,
-        576,
-        1536,
-        false,
-        false,
-    ),
+    ("SmolLM2: MLP down, input gradient dY·W", 320, 576, 1536, false, false),
     ("SmolLM2: LM head x·Eᵀ", 320, 576, 49152, false, true),
     ("square 2048", 2048, 2048, 2048, false, false),
 ];

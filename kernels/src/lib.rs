@@ -262,8 +262,8 @@ impl WithSimd for Rows<'_> {
                     });
                     for (p, panel) in packed_b.chunks_exact(kb * NV).enumerate() {
                         let acc = match in_place {
-                            Some(rows) => tile_rows(simd, rows, panel),
-                            None => tile(simd, tile_a, panel),
+                            Some(rows) => tile(simd, row_columns(rows), panel),
+                            None => tile(simd, packed_columns(tile_a), panel),
                         };
                         let j = j0 + p * width;
                         let out = Out {
@@ -287,13 +287,18 @@ thread_local! {
     };
 }
 
-/// One tile: `MR` rows of packed `A` (`[kb][MR]`) against one panel of packed `B`
+/// One tile: `MR` rows of `A`, given as one `[f32; MR]` column per `k` (from packed `A`, or
+/// zipped from `MR` row-major rows read in place), against one panel of packed `B`
 /// (`[kb][NV vectors]`), each accumulator a chain of fused multiply-adds in increasing `k`.
 #[inline(always)]
-fn tile<S: Simd>(simd: S, a: &[f32], b: &[S::f32s]) -> [[S::f32s; NV]; MR] {
+fn tile<S: Simd>(
+    simd: S,
+    a: impl Iterator<Item = [f32; MR]>,
+    b: &[S::f32s],
+) -> [[S::f32s; NV]; MR] {
     let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
-    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NV)) {
-        for (acc, &x) in acc.iter_mut().zip(a) {
+    for (b, a) in b.chunks_exact(NV).zip(a) {
+        for (acc, x) in acc.iter_mut().zip(a) {
             let x = simd.splat_f32s(x);
             for (acc, &y) in acc.iter_mut().zip(b) {
                 *acc = simd.mul_add_f32s(x, y, *acc);
@@ -303,23 +308,20 @@ fn tile<S: Simd>(simd: S, a: &[f32], b: &[S::f32s]) -> [[S::f32s; NV]; MR] {
     acc
 }
 
-/// [`tile`] with `A`'s `MR` rows read in place (each a slice over the block's `k`): the same
-/// fused multiply-adds in the same order.
+/// Packed `A` (`[kb][MR]`) as [`tile`]'s columns.
 #[inline(always)]
-fn tile_rows<S: Simd>(simd: S, a: [&[f32]; MR], b: &[S::f32s]) -> [[S::f32s; NV]; MR] {
-    const { assert!(MR == 6, "tile_rows zips exactly six rows") };
-    let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
-    let [a0, a1, a2, a3, a4, a5] = a;
-    let columns = a0.iter().zip(a1).zip(a2).zip(a3).zip(a4).zip(a5);
-    for (b, (((((&x0, &x1), &x2), &x3), &x4), &x5)) in b.chunks_exact(NV).zip(columns) {
-        for (acc, x) in acc.iter_mut().zip([x0, x1, x2, x3, x4, x5]) {
-            let x = simd.splat_f32s(x);
-            for (acc, &y) in acc.iter_mut().zip(b) {
-                *acc = simd.mul_add_f32s(x, y, *acc);
-            }
-        }
-    }
-    acc
+fn packed_columns(a: &[f32]) -> impl Iterator<Item = [f32; MR]> + '_ {
+    a.chunks_exact(MR)
+        .map(|column| <[f32; MR]>::try_from(column).unwrap_or_default())
+}
+
+/// `MR` row-major rows of `A` (each a slice over the block's `k`) as [`tile`]'s columns.
+#[inline(always)]
+fn row_columns(rows: [&[f32]; MR]) -> impl Iterator<Item = [f32; MR]> + '_ {
+    const { assert!(MR == 6, "row_columns zips exactly six rows") };
+    let [a0, a1, a2, a3, a4, a5] = rows;
+    let zipped = a0.iter().zip(a1).zip(a2).zip(a3).zip(a4).zip(a5);
+    zipped.map(|(((((&x0, &x1), &x2), &x3), &x4), &x5)| [x0, x1, x2, x3, x4, x5])
 }
 
 /// Where a tile's results go in the row-major output (`n` columns): rows `[first, count]`,
