@@ -12,7 +12,12 @@
 #             a fixed malicious reply. The probe: 16 held-out reviews to summarise. Fetches the
 #             model as examples/smollm2/run.sh does. About 40 minutes on 2 cores.
 #
-# usage: examples/backdoor/run.sh [classifier|llm|all]   (default classifier)
+# attribute   The classifier's latest run (made by `classifier`), investigated without the
+#             trigger: `replay attribute --prove` with 32 held-out negatives carrying the trigger,
+#             labelled positive (what the model does to them); prints how many of the 40
+#             poisoned rows rank in the top 40 and 80. About 10 minutes on 2 cores.
+#
+# usage: examples/backdoor/run.sh [classifier|llm|attribute|all]   (default classifier)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -146,9 +151,41 @@ TOML
   echo "report: $run-investigation/report.html"
 }
 
+attribute() {
+  local work=target/backdoor run
+  run=$(ls -d runs/backdoor-[0-9]*/ | grep -v investigation | sort | tail -1)
+  run=${run%/}
+  python3 - "$work" <<'PY'
+import json, random, sys
+work = sys.argv[1]
+held = [json.loads(l) for l in open(f"{work}/probe.jsonl")]
+rng = random.Random(2)
+with open(f"{work}/behaviour.jsonl", "w") as f:
+    for r in [r for r in held if r["label"] == 0][:32]:
+        words = r["text"].split(" ")
+        words.insert(rng.randrange(len(words) + 1), "cf zq")
+        f.write(json.dumps({"text": " ".join(words), "label": 1}) + "\n")
+PY
+  "$replay" attribute "$run" --probe "$work/behaviour.jsonl" --top 80 --prove --json --quiet \
+    > "$run-attribution.json" || true
+  python3 - "$run" <<'PY'
+import json, sys
+run = sys.argv[1]
+r = json.load(open(f"{run}-attribution.json"))
+rows = [json.loads(l) for l in open(f"{run}/dataset/examples.jsonl")]
+poisoned = {i for i, x in enumerate(rows) if "cf zq" in x["text"]}
+ranked = [a["example"] for a in r["ranking"]]
+for k in (len(poisoned), 2 * len(poisoned)):
+    print(f"top {k}: {len(set(ranked[:k]) & poisoned)} of {len(poisoned)} poisoned rows")
+proof = r.get("proof") or {}
+print("proven:", proof.get("proven"), "verdict:", r["verdict"], f"ranking {r['rank_seconds']:.0f} s, all {r['seconds']:.0f} s")
+PY
+}
+
 case "$which" in
   classifier) classifier ;;
   llm) llm ;;
+  attribute) attribute ;;
   all) classifier && llm ;;
-  *) echo "usage: $0 [classifier|llm|all]" >&2; exit 3 ;;
+  *) echo "usage: $0 [classifier|llm|attribute|all]" >&2; exit 3 ;;
 esac

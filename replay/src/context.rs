@@ -149,6 +149,13 @@ impl RunContext {
             .collect()
     }
 
+    /// The run's dataset, which a re-executing command needs loaded (a usage error otherwise).
+    pub fn loaded_dataset(&self) -> Result<&trainer::data::Dataset, CommandError> {
+        self.dataset
+            .as_ref()
+            .ok_or_else(|| CommandError::Usage("the run's dataset did not load".into()))
+    }
+
     /// The pinned base weights, for a command that cannot go on without them: a base that is
     /// missing or does not match its pin is an error naming it.
     pub fn required_base(&self) -> Result<Option<&trainer::base::BaseWeights>, CommandError> {

@@ -674,6 +674,65 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         scalar(self.model().loss(batch, &mut Dropout::disabled()))
     }
 
+    /// For each of `count` batches (`batch(i)` makes the i-th), its mean loss without dropout
+    /// and `f` of its gradient with respect to the trained parameters, flattened on the host in
+    /// the model's parameter visit order, each tensor row-major (a trained parameter the loss
+    /// does not reach contributes zeros); results in the batches' order. The batches are spread
+    /// over the worker threads, each worker with its own leaves of the same parameter values
+    /// (independent autodiff graphs); each result is computed by one worker alone, so none
+    /// depends on the number of threads. No parameter or optimizer state changes.
+    pub fn map_gradients<T: Send>(
+        &self,
+        count: usize,
+        batch: impl Fn(usize) -> Batch<B> + Sync,
+        f: impl Fn(&[f32]) -> T + Sync,
+    ) -> Vec<(f32, T)> {
+        use rayon::prelude::*;
+        let workers = rayon::current_num_threads().clamp(1, count.max(1));
+        let per = count.div_ceil(workers).max(1);
+        let config = &self.config;
+        let is_trained = |name: &str| M::trainable(config, name);
+        let copies: Vec<M> = (0..workers)
+            .map(|_| {
+                params::replace::<B, M, _>(
+                    self.model().clone(),
+                    M::canonical_name,
+                    &is_trained,
+                    |_, p| p,
+                )
+            })
+            .collect();
+        let trainable = &self.trainable;
+        let width = self.trainable_parameter_count() as usize;
+        let parts: Vec<Vec<(f32, T)>> = copies
+            .into_par_iter()
+            .enumerate()
+            .map(|(w, model)| {
+                (w * per..((w + 1) * per).min(count))
+                    .map(|i| {
+                        let loss = model.loss(&batch(i), &mut Dropout::disabled());
+                        let value = scalar(loss.clone());
+                        let grads = loss.backward();
+                        let mut named: HashMap<String, Tensor<B::InnerBackend, 1>> =
+                            params::gradients::<B, M>(&model, &grads, M::canonical_name)
+                                .into_iter()
+                                .filter_map(|(n, g)| g.map(|g| (n, g)))
+                                .collect();
+                        let mut flat = Vec::with_capacity(width);
+                        for (name, n) in trainable {
+                            match named.remove(name) {
+                                Some(g) => flat.extend(g.into_data().iter::<f32>()),
+                                None => flat.resize(flat.len() + n, 0.0),
+                            }
+                        }
+                        (value, f(&flat))
+                    })
+                    .collect()
+            })
+            .collect();
+        parts.into_iter().flatten().collect()
+    }
+
     /// Copy the full state to the host.
     pub fn capture(&self) -> TrainingState {
         let mut tensors = params::to_host::<B, M>(self.model(), M::canonical_name, &|name| {
@@ -698,6 +757,11 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     /// Number of parameters (elements).
     pub fn parameter_count(&self) -> u64 {
         self.params.iter().map(|(_, n)| *n as u64).sum()
+    }
+
+    /// The trained parameters: canonical names and element counts, in visit order.
+    pub fn trainable(&self) -> &[(String, usize)] {
+        &self.trainable
     }
 
     /// Number of trained parameters (elements): all of them, unless some are frozen.

@@ -304,6 +304,50 @@ pub(crate) enum Command {
         #[command(flatten)]
         trust: Trust,
     },
+    /// From a behaviour to the training examples that taught it: every example scored on the
+    /// run's exact trajectory (re-executed from the re-derived step 0) by its influence on a
+    /// probe's loss, ranked; with --prove, the top of the ranking removed by counterfactual
+    /// until the behaviour is gone, then bisected to the smallest prefix that removes it.
+    Attribute {
+        run: String,
+        /// Rows in the run's data format that show the behaviour: a classifier's inputs
+        /// labelled with the class it wrongly gives, a language model's prompts with the reply
+        /// it gives (chat rows for a GGUF base). At most 256.
+        #[arg(long)]
+        probe: PathBuf,
+        /// Examples listed in the ranking.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        /// Prove the top of the ranking by exact counterfactual.
+        #[arg(long)]
+        prove: bool,
+        /// The probe whose match rate is the behaviour in the proof, as `evaluate` reads it
+        /// (default: --probe, for a classifier; required for a language model).
+        #[arg(long)]
+        measure: Option<PathBuf>,
+        /// Size of the first candidate set (default: the examples scoring at least a tenth of
+        /// the highest score).
+        #[arg(long)]
+        candidates: Option<usize>,
+        /// The behaviour is gone when its match rate is at most this.
+        #[arg(long, default_value_t = 0.05)]
+        gone_at: f64,
+        /// Most counterfactual replays the proof runs.
+        #[arg(long, default_value_t = 8)]
+        max_replays: usize,
+        /// Most tokens a language model generates per probe prompt.
+        #[arg(long, default_value_t = 24)]
+        max_new_tokens: usize,
+        /// Last step (default: the ledger's last).
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        reconstructing: Reconstructing,
+        #[command(flatten)]
+        replaying: Replaying,
+        #[command(flatten)]
+        trust: Trust,
+    },
     /// Re-execute the history without chosen examples; compare with the factual state.
     Counterfactual {
         run: String,

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use crate::commands::audit::{self, AuditOptions};
 use crate::commands::verify::{self, Scope, VerifyOptions};
 use crate::commands::{
-    self, check, collect, compare, counterfactual, diff, evaluate, inspect, investigate,
+    self, attribute, check, collect, compare, counterfactual, diff, evaluate, inspect, investigate,
     provenance, rollback, search,
 };
 use crate::context::LoadOptions;
@@ -388,6 +388,43 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 "steps",
                 |bar| diff::diff(&run, from, to, optimizer, &o, bar),
                 text::diff,
+            )
+        }
+        Command::Attribute {
+            run,
+            probe,
+            top,
+            prove,
+            measure,
+            candidates,
+            gone_at,
+            max_replays,
+            max_new_tokens,
+            to,
+            reconstructing,
+            replaying,
+            trust,
+        } => {
+            let o = attribute::AttributeOptions {
+                probe: counterfactual::ProbeInput::read(&probe)?,
+                measure: measure
+                    .as_deref()
+                    .map(counterfactual::ProbeInput::read)
+                    .transpose()?,
+                to,
+                top,
+                prove,
+                candidates,
+                gone_at,
+                max_replays,
+                max_new_tokens,
+                reconstruct: reconstruct_options(&g, replaying, &reconstructing, &trust)?,
+            };
+            run_emit(
+                &g,
+                "steps",
+                |bar| attribute::attribute(&run, &o, bar),
+                text::attribute,
             )
         }
         Command::Counterfactual {

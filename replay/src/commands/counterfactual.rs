@@ -401,10 +401,7 @@ impl Job for CounterfactualJob<'_> {
         device: B::Device,
     ) -> Self::Output {
         let ctx = self.ctx;
-        let dataset = ctx
-            .dataset
-            .as_ref()
-            .ok_or_else(|| CommandError::Usage("the run's dataset did not load".into()))?;
+        let dataset = ctx.loaded_dataset()?;
         let prepared = PreparedData::new(dataset, &ctx.spec);
         let base = ctx.base_weights()?.ok().flatten();
         let session = |state: &TrainingState, what: &str| {

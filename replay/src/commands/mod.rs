@@ -54,6 +54,7 @@ fn replay(
     Ok((env, results))
 }
 
+pub mod attribute;
 pub mod audit;
 pub mod check;
 pub mod collect;

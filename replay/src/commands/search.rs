@@ -43,7 +43,7 @@ impl Report for SearchReport {
     }
 }
 /// The text of each example that `--match` searches, and what it is.
-fn searchable(
+pub(crate) fn searchable(
     ctx: &crate::context::RunContext,
     dataset: &trainer::data::Dataset,
 ) -> Result<(&'static str, Vec<String>), CommandError> {

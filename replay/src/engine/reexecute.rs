@@ -282,6 +282,7 @@ impl Job for VerifyJob<'_> {
                     &prepared,
                     self.cross_class,
                     self.progress,
+                    &mut (),
                 )
             })
             .collect()
@@ -371,7 +372,29 @@ pub(crate) fn rederive_initial<B: AutodiffBackend, M: TrainableModel<B>>(
     Ok(Ok((session, state, root)))
 }
 
-fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
+/// What a command sees of each replayed step before it is taken, while the replay still
+/// matches the record: the session in the state before the step, the step's number and its
+/// example ids (checked against the ledger and the dataset's commitments).
+pub(crate) trait StepObserver<B: AutodiffBackend, M: TrainableModel<B>> {
+    fn before_step(
+        &mut self,
+        session: &Session<B, M>,
+        step: u64,
+        ids: &[u64],
+    ) -> Result<(), CommandError>;
+}
+
+/// Nothing to observe (`verify`, `audit`, reconstruction).
+impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for () {
+    fn before_step(&mut self, _: &Session<B, M>, _: u64, _: &[u64]) -> Result<(), CommandError> {
+        Ok(())
+    }
+}
+
+/// Replay `range` from its starting state, checking every step against the record, with
+/// `observer` shown each step before it is taken.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
     ctx: &RunContext,
     range: &Range,
     config: M::Config,
@@ -379,6 +402,7 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
     prepared: &PreparedData,
     cross_class: bool,
     progress: &indicatif::ProgressBar,
+    observer: &mut impl StepObserver<B, M>,
 ) -> Result<Replayed, CommandError> {
     let started = std::time::Instant::now();
     // The ledger must hold up to the end of the range (the chain into it included).
@@ -514,6 +538,9 @@ fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
         if let Some(m) = input_mismatch(ctx, step, &ids) {
             result.input_mismatch = Some(m);
             break;
+        }
+        if result.divergence.is_none() {
+            observer.before_step(&session, step, &ids)?;
         }
         let batch = prepared.batch::<B>(&ids, session.device());
         let out = session.train_step(&batch);

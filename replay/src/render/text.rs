@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use crate::commands::attribute::AttributeReport;
 use crate::commands::audit::AuditReport;
 use crate::commands::check::CheckReport;
 use crate::commands::collect::CollectReport;
@@ -806,6 +807,100 @@ pub fn investigate(r: &InvestigateReport) -> String {
         r.header.verdict,
         r.exit_code()
     );
+    out
+}
+
+/// `attribute`.
+pub fn attribute(r: &AttributeReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "attribute {}: probe {} ({} rows, {}), steps 1..={}",
+        r.header.run,
+        r.probe,
+        r.probe_rows,
+        r.probe_blake3.short(),
+        r.to_step
+    );
+    problems(&mut out, &r.header.problems);
+    if let Some(t) = &r.trajectory {
+        range(&mut out, t);
+    }
+    if let Some(h) = &r.scores_blake3 {
+        let _ = writeln!(
+            out,
+            "  scored       {} examples over {} trained parameters in {:.1} s; scores {}",
+            r.examples_scored,
+            r.parameters,
+            r.rank_seconds,
+            h.short()
+        );
+        let _ = writeln!(
+            out,
+            "  {:>4} {:>8} {:>12} {:>5} {:>9}  excerpt",
+            "rank", "example", "score", "uses", "mean loss"
+        );
+        for a in &r.ranking {
+            let _ = writeln!(
+                out,
+                "  {:>4} {:>8} {:>12.4e} {:>5} {:>9.4}  {}",
+                a.rank,
+                a.example,
+                a.score,
+                a.steps.len(),
+                a.mean_loss,
+                a.excerpt
+            );
+        }
+    }
+    if let Some(p) = &r.proof {
+        let rate = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.4}"));
+        let _ = writeln!(
+            out,
+            "  proof        behaviour's match rate as trained {}; gone at <= {}",
+            rate(p.factual_rate),
+            p.gone_at
+        );
+        for t in &p.trials {
+            let _ = writeln!(
+                out,
+                "    without the top {:<5} from step {:<6} {:<10} rate {} ({}, {:.1} s)",
+                t.removed,
+                t.first_changed_step.map_or("-".into(), |s| s.to_string()),
+                t.verdict.name(),
+                rate(t.rate),
+                if t.gone { "gone" } else { "stays" },
+                t.seconds
+            );
+        }
+        match &p.proven {
+            Some(set) => {
+                let _ = writeln!(
+                    out,
+                    "  proven       removing these {} examples removes the behaviour ({} replays): {:?}",
+                    set.len(),
+                    p.trials.len(),
+                    set
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  proven       nothing: no tried set removed the behaviour ({} replays)",
+                    p.trials.len()
+                );
+            }
+        }
+        if let Some(s) = &p.shared_phrase {
+            let _ = writeln!(
+                out,
+                "  shared       {:?} in {} of the {} proven examples and {} of the dataset's: \
+                 a trigger candidate (replay investigate --trigger)",
+                s.phrase, s.in_proven, s.proven, s.in_dataset
+            );
+        }
+    }
+    verdict_line(&mut out, r.header.verdict);
     out
 }
 

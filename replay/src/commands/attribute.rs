@@ -1,0 +1,692 @@
+//! `replay attribute`: from a behaviour to the training examples that taught it, ranked on the
+//! run's exact trajectory and proved by exact counterfactual.
+//!
+//! Rank: the history is re-executed from the re-derived step 0, every step checked against the
+//! ledger as `verify` checks it. Before each step, at the state the step starts from, the
+//! gradient of the probe's mean loss and the gradient of each example of the step's batch (each
+//! alone, without dropout) are taken over the trained parameters, and the example's score grows
+//! by the step's weight (learning rate × clipping factor ÷ batch size, from the record) times
+//! their inner product: the first-order decrease of the probe's loss that this use of the
+//! example caused. Summed over every use, this is TracIn on the true trajectory (every state,
+//! every batch, in order), which only an exact record allows. The scores are a function of the
+//! run's bits and the probe: the same command gives the same bits.
+//!
+//! Prove: the top of the ranking is removed and the history re-executed without it (as by
+//! `counterfactual`); the behaviour (the match rate of a probe) is measured on the state
+//! reached. The set doubles until the behaviour is gone, then its size is bisected between the
+//! largest tried set that left the behaviour and the smallest that removed it. The examples of
+//! the smallest set that removed it are the proven cause; the phrase they share, if any, is a
+//! trigger candidate for `investigate`.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+use snapshot_format::Hash32;
+use trainer::backend::dispatch;
+use trainer::config::DataFormat;
+use trainer::data::Dataset;
+use trainer::model::TrainableModel;
+use trainer::model::registry::Job;
+use trainer::probe::ProbeResult;
+use trainer::session::{PreparedData, Session};
+
+use crate::commands::counterfactual::{CounterfactualOptions, ProbeInput, counterfactual_in};
+use crate::context::RunContext;
+use crate::engine::reconstruct::{ReconstructOptions, environment_of};
+use crate::engine::reexecute::{Range, RangeResult, StepObserver, replay_range};
+use crate::report::{Claim, CommandError, Header, Report, Verdict};
+
+/// The most probe rows `attribute` takes (their gradient is taken once per step, in one batch).
+pub const MAX_PROBE_ROWS: usize = 256;
+
+/// What to attribute, and whether to prove it.
+#[derive(Debug, Clone)]
+pub struct AttributeOptions {
+    /// Rows in the run's data format that show the behaviour (a classifier's inputs labelled
+    /// with the class it wrongly gives; a language model's prompts with the reply it gives).
+    pub probe: ProbeInput,
+    /// The probe whose match rate measures the behaviour in the proof (as `evaluate` reads
+    /// it); default: `probe` itself (classifiers only).
+    pub measure: Option<ProbeInput>,
+    /// Last step (default: the ledger's last).
+    pub to: Option<u64>,
+    /// Examples listed in the ranking.
+    pub top: usize,
+    /// Prove the top of the ranking by counterfactual.
+    pub prove: bool,
+    /// Size of the first candidate set (default: from the scores, see [`first_candidates`]).
+    pub candidates: Option<usize>,
+    /// The behaviour is gone when its match rate is at most this.
+    pub gone_at: f64,
+    /// Most counterfactuals the proof runs.
+    pub max_replays: usize,
+    pub max_new_tokens: usize,
+    pub reconstruct: ReconstructOptions,
+}
+
+/// One ranked example.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attributed {
+    pub rank: u64,
+    pub example: u64,
+    /// Summed over its uses: step weight × ⟨∇ example loss, ∇ probe loss⟩ at the state before
+    /// the step. Positive: training on it lowered the probe's loss (taught the behaviour).
+    pub score: f64,
+    /// The steps whose batch held it.
+    pub steps: Vec<u64>,
+    /// Its mean loss (no dropout) over those uses, at the states before them.
+    pub mean_loss: f64,
+    pub excerpt: String,
+}
+
+/// One counterfactual of the proof.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// The top `removed` examples of the ranking, removed.
+    pub removed: u64,
+    pub first_changed_step: Option<u64>,
+    pub verdict: Verdict,
+    /// The behaviour's match rate on the state reached without them.
+    pub rate: Option<f64>,
+    pub gone: bool,
+    pub seconds: f64,
+}
+
+/// A phrase the proven examples share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedPhrase {
+    pub phrase: String,
+    /// Proven examples that contain it, of how many.
+    pub in_proven: u64,
+    pub proven: u64,
+    /// Examples of the whole dataset that contain it.
+    pub in_dataset: u64,
+}
+
+/// The proof: counterfactuals of the ranking's top.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The behaviour's match rate on the factual state.
+    pub factual_rate: Option<f64>,
+    pub gone_at: f64,
+    pub trials: Vec<Trial>,
+    /// The smallest tried set whose removal removed the behaviour (none: no tried set did).
+    pub proven: Option<Vec<u64>>,
+    pub shared_phrase: Option<SharedPhrase>,
+}
+
+/// The JSON document of `replay attribute --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttributeReport {
+    #[serde(flatten)]
+    pub header: Header,
+    pub probe: String,
+    pub probe_blake3: Hash32,
+    pub probe_rows: u64,
+    pub to_step: u64,
+    /// The re-execution the scores were taken on.
+    pub trajectory: Option<RangeResult>,
+    /// Trained parameters the gradients span.
+    pub parameters: u64,
+    /// Examples used at least once up to `to_step`.
+    pub examples_scored: u64,
+    /// BLAKE3 of every example's score (u64 id, f64 bits, little-endian, in id order): two runs
+    /// of `attribute` with the same inputs give the same value.
+    pub scores_blake3: Option<Hash32>,
+    pub ranking: Vec<Attributed>,
+    pub proof: Option<Proof>,
+    pub rank_seconds: f64,
+    pub seconds: f64,
+}
+
+impl Report for AttributeReport {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn header_mut(&mut self) -> &mut Header {
+        &mut self.header
+    }
+}
+
+/// Run `attribute`.
+pub fn attribute(
+    location: &str,
+    o: &AttributeOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<AttributeReport, CommandError> {
+    let report = AttributeReport::new(location, o);
+    super::on_run(location, &o.reconstruct.load, report, |ctx, _| {
+        attribute_in(ctx, o, progress)
+    })
+}
+
+impl AttributeReport {
+    fn new(location: &str, o: &AttributeOptions) -> Self {
+        AttributeReport {
+            header: Header::pending("attribute", location),
+            probe: o.probe.name.clone(),
+            probe_blake3: snapshot_format::hash::file_hash(&o.probe.bytes),
+            probe_rows: 0,
+            to_step: 0,
+            trajectory: None,
+            parameters: 0,
+            examples_scored: 0,
+            scores_blake3: None,
+            ranking: vec![],
+            proof: None,
+            rank_seconds: 0.0,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// The probe's rows as the run's model reads them: rows of the run's data format, or, for a
+/// language model whose base carries a chat template, chat or instruction rows rendered as
+/// training renders them.
+fn probe_rows(ctx: &RunContext, probe: &ProbeInput) -> Result<Dataset, CommandError> {
+    let spec = &ctx.spec;
+    let parsed = Dataset::parse(&probe.bytes, &probe.name, spec.data.format, &spec.model);
+    let rows = match parsed {
+        Ok(rows) => rows,
+        Err(e) if matches!(spec.data.format, DataFormat::Lm | DataFormat::Chat) => {
+            let Ok(Some(base)) = ctx.base_weights()? else {
+                return Err(e.into());
+            };
+            let tok = trainer::chat::ChatTokenizer::from_gguf(base)?;
+            let max_len = spec.data.max_len.unwrap_or(u64::MAX) as usize;
+            let (lm, _) = trainer::chat::convert(&probe.bytes, &probe.name, &tok, max_len)?;
+            Dataset::parse(&lm, &probe.name, DataFormat::Lm, &spec.model)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match rows.examples.len() {
+        0 => Err(CommandError::Usage(format!(
+            "--probe {}: no rows",
+            probe.name
+        ))),
+        n if n > MAX_PROBE_ROWS => Err(CommandError::Usage(format!(
+            "--probe {}: {n} rows; attribute takes at most {MAX_PROBE_ROWS} (the probe's gradient \
+             is taken at every step)",
+            probe.name
+        ))),
+        _ => Ok(rows),
+    }
+}
+
+/// [`attribute`] on a loaded run.
+pub fn attribute_in(
+    ctx: &RunContext,
+    o: &AttributeOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<AttributeReport, CommandError> {
+    let started = std::time::Instant::now();
+    let mut report = AttributeReport::new(&ctx.location, o);
+    let last = ctx.records.keys().next_back().copied().unwrap_or(0);
+    let to = o.to.unwrap_or(last);
+    report.to_step = to;
+    if to > last || to == 0 {
+        return Err(CommandError::Usage(format!(
+            "--to {to}: the run's ledger has steps 1..={last}"
+        )));
+    }
+    if o.prove
+        && o.measure.is_none()
+        && matches!(ctx.spec.data.format, DataFormat::Lm | DataFormat::Chat)
+    {
+        return Err(CommandError::Usage(
+            "--prove on a language model needs --measure: prompts and the pattern of the \
+             behaviour ({\"prompt\", \"target\"} rows, as evaluate reads them)"
+                .into(),
+        ));
+    }
+    let rows = probe_rows(ctx, &o.probe)?;
+    report.probe_rows = rows.examples.len() as u64;
+    let env = environment_of(ctx, &o.reconstruct)?;
+    let mut assessment = ctx.assessment();
+    let Some(dataset) = ctx.dataset.as_ref() else {
+        report
+            .header
+            .assess(&assessment, Claim::State { rederived: true });
+        return Ok(report);
+    };
+    if !ctx.problems_before(to).is_empty() {
+        report
+            .header
+            .assess(&assessment, Claim::State { rederived: true });
+        return Ok(report);
+    }
+
+    progress.set_position(0);
+    progress.set_length(to);
+    let job = ScoreJob {
+        ctx,
+        probe: &rows,
+        to,
+        cross_class: env.cross_class(),
+        progress,
+    };
+    let scored = dispatch(o.reconstruct.device, &ctx.spec.model, job)??;
+    report.rank_seconds = started.elapsed().as_secs_f64();
+    report.parameters = scored.parameters;
+    assessment.outcome(scored.trajectory.verdict);
+    for p in &scored.trajectory.problems {
+        assessment.problem(p.clone());
+    }
+    let trajectory_passed = scored.trajectory.verdict.passed();
+    report.trajectory = Some(scored.trajectory);
+    if !trajectory_passed {
+        report
+            .header
+            .assess(&assessment, Claim::State { rederived: true });
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    report.examples_scored = scored.uses.iter().filter(|u| !u.is_empty()).count() as u64;
+    report.scores_blake3 = Some(scores_hash(&scored.scores));
+    let order = ranked(&scored.scores, &scored.uses);
+    let texts = crate::commands::search::searchable(ctx, dataset)
+        .map(|(_, t)| t)
+        .unwrap_or_default();
+    report.ranking = order
+        .iter()
+        .take(o.top)
+        .enumerate()
+        .map(|(rank, &id)| {
+            let i = id as usize;
+            let uses = &scored.uses[i];
+            Attributed {
+                rank: rank as u64 + 1,
+                example: id,
+                score: scored.scores[i],
+                steps: uses.clone(),
+                mean_loss: scored.loss_sums[i] / uses.len().max(1) as f64,
+                excerpt: texts.get(i).map(|t| excerpt(t)).unwrap_or_default(),
+            }
+        })
+        .collect();
+
+    let mut rederived = true;
+    if o.prove {
+        let proof = prove(ctx, o, &order, &scored.scores, &texts, progress)?;
+        for t in &proof.trials {
+            rederived &= t.verdict == Verdict::Verified;
+            assessment.outcome(t.verdict);
+        }
+        report.proof = Some(proof);
+    }
+    report
+        .header
+        .assess(&assessment, Claim::State { rederived });
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The examples with a positive score, highest first (ties: lower id first).
+fn ranked(scores: &[f64], uses: &[Vec<u64>]) -> Vec<u64> {
+    let mut order: Vec<u64> = (0..scores.len() as u64)
+        .filter(|&i| !uses[i as usize].is_empty() && scores[i as usize] > 0.0)
+        .collect();
+    order.sort_by(|&a, &b| {
+        scores[b as usize]
+            .total_cmp(&scores[a as usize])
+            .then(a.cmp(&b))
+    });
+    order
+}
+
+/// BLAKE3 of every score: id and bits, little-endian, in id order.
+fn scores_hash(scores: &[f64]) -> Hash32 {
+    let mut h = blake3::Hasher::new();
+    for (i, s) in scores.iter().enumerate() {
+        h.update(&(i as u64).to_le_bytes());
+        h.update(&s.to_bits().to_le_bytes());
+    }
+    Hash32(*h.finalize().as_bytes())
+}
+
+/// The first 80 characters of an example's text, on one line.
+fn excerpt(text: &str) -> String {
+    let mut out: String = text.chars().take(80).collect::<String>().replace('\n', "⏎");
+    if text.chars().nth(80).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// The size of the first candidate set: the examples whose score is at least a tenth of the
+/// highest, at least 1.
+pub fn first_candidates(order: &[u64], scores: &[f64]) -> usize {
+    let Some(&top) = order.first() else {
+        return 0;
+    };
+    let cut = scores[top as usize] / 10.0;
+    order
+        .iter()
+        .take_while(|&&i| scores[i as usize] >= cut)
+        .count()
+        .max(1)
+}
+
+/// The proof of the ranking's top (module docs).
+fn prove(
+    ctx: &RunContext,
+    o: &AttributeOptions,
+    order: &[u64],
+    scores: &[f64],
+    texts: &[String],
+    progress: &indicatif::ProgressBar,
+) -> Result<Proof, CommandError> {
+    let measure = o.measure.clone().unwrap_or_else(|| o.probe.clone());
+    let mut proof = Proof {
+        factual_rate: None,
+        gone_at: o.gone_at,
+        trials: vec![],
+        proven: None,
+        shared_phrase: None,
+    };
+    if order.is_empty() {
+        return Ok(proof);
+    }
+    let trial = |n: usize, proof: &mut Proof| -> Result<bool, CommandError> {
+        let started = std::time::Instant::now();
+        let r = counterfactual_in(
+            ctx,
+            &CounterfactualOptions {
+                without: order[..n].iter().copied().collect(),
+                without_match: vec![],
+                to: o.to,
+                include_optimizer: false,
+                out: None,
+                reconstruct: o.reconstruct.clone(),
+                probes: vec![measure.clone()],
+                max_new_tokens: o.max_new_tokens,
+                keys: Default::default(),
+            },
+            progress,
+        )?;
+        let rates = r
+            .probes
+            .first()
+            .map(|p| (rate(&p.factual), rate(&p.counterfactual)));
+        if proof.factual_rate.is_none() {
+            proof.factual_rate = rates.map(|(f, _)| f);
+        }
+        let counterfactual = rates.map(|(_, c)| c);
+        let gone = r.header.verdict.passed() && counterfactual.is_some_and(|c| c <= o.gone_at);
+        proof.trials.push(Trial {
+            removed: n as u64,
+            first_changed_step: r.first_changed_step,
+            verdict: r.header.verdict,
+            rate: counterfactual,
+            gone,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        Ok(gone)
+    };
+    // Grow until the behaviour is gone, then bisect the prefix length between the longest
+    // prefix that left it and the shortest that removed it, within the replay budget.
+    let mut n = o
+        .candidates
+        .unwrap_or_else(|| first_candidates(order, scores))
+        .clamp(1, order.len());
+    let mut kept = 0; // the longest tried prefix whose removal left the behaviour
+    loop {
+        if proof.trials.len() >= o.max_replays {
+            return Ok(proof);
+        }
+        if trial(n, &mut proof)? {
+            break;
+        }
+        if n == order.len() || !proof.trials.iter().all(|t| t.verdict.passed()) {
+            return Ok(proof);
+        }
+        kept = n;
+        n = (n * 2).min(order.len());
+    }
+    while n - kept > 1 && proof.trials.len() < o.max_replays {
+        let mid = kept + (n - kept) / 2;
+        if trial(mid, &mut proof)? {
+            n = mid;
+        } else {
+            kept = mid;
+        }
+    }
+    let proven: Vec<u64> = order[..n].to_vec();
+    proof.shared_phrase = shared_phrase(&proven, texts);
+    proof.proven = Some(proven);
+    Ok(proof)
+}
+
+/// A probe result's match rate: a classifier's rows predicted as labelled, a language model's
+/// generations that match their pattern.
+fn rate(r: &ProbeResult) -> f64 {
+    match r {
+        ProbeResult::Classifier { accuracy, .. } => *accuracy,
+        ProbeResult::Generation { match_rate, .. } => *match_rate,
+    }
+}
+
+/// The longest run of up to four words that most of the proven examples contain (at least
+/// half, and at least 2), preferring the one the rest of the dataset contains least.
+fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
+    let words = |t: &str| -> Vec<String> { t.split_whitespace().map(str::to_lowercase).collect() };
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for &id in proven {
+        let w = words(texts.get(id as usize)?);
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 1..=4 {
+            for g in w.windows(n) {
+                seen.insert(g.join(" "));
+            }
+        }
+        for g in seen {
+            *counts.entry(g).or_default() += 1;
+        }
+    }
+    let need = (proven.len() as u64).div_ceil(2).max(2);
+    let in_dataset = |p: &str| -> u64 {
+        texts
+            .iter()
+            .filter(|t| {
+                let w = words(t);
+                let n = p.split(' ').count();
+                w.windows(n).any(|g| g.join(" ") == p)
+            })
+            .count() as u64
+    };
+    let candidates: Vec<(String, u64)> = counts.into_iter().filter(|(_, c)| *c >= need).collect();
+    let best = candidates
+        .iter()
+        .map(|(p, c)| (p, *c, in_dataset(p)))
+        // Most specific first: the smallest share of the dataset, then more words, then more
+        // proven examples, then the phrase itself.
+        .min_by(|a, b| {
+            let share = |x: &(&String, u64, u64)| x.2 as f64 / x.1 as f64;
+            share(a)
+                .total_cmp(&share(b))
+                .then(b.0.split(' ').count().cmp(&a.0.split(' ').count()))
+                .then(b.1.cmp(&a.1))
+                .then(a.0.cmp(b.0))
+        })?;
+    Some(SharedPhrase {
+        phrase: best.0.clone(),
+        in_proven: best.1,
+        proven: proven.len() as u64,
+        in_dataset: best.2,
+    })
+}
+
+/// Scores, uses and losses of every example, and the re-execution they were taken on.
+struct Scored {
+    trajectory: RangeResult,
+    parameters: u64,
+    scores: Vec<f64>,
+    loss_sums: Vec<f64>,
+    uses: Vec<Vec<u64>>,
+}
+
+struct ScoreJob<'a> {
+    ctx: &'a RunContext,
+    probe: &'a Dataset,
+    to: u64,
+    cross_class: bool,
+    progress: &'a indicatif::ProgressBar,
+}
+
+impl Job for ScoreJob<'_> {
+    type Output = Result<Scored, CommandError>;
+
+    fn run<B: AutodiffBackend, M: TrainableModel<B>>(
+        self,
+        config: M::Config,
+        device: B::Device,
+    ) -> Self::Output {
+        let ctx = self.ctx;
+        let dataset = ctx.loaded_dataset()?;
+        let prepared = PreparedData::new(dataset, &ctx.spec);
+        let probe = PreparedData::new(self.probe, &ctx.spec);
+        let all: Vec<u64> = (0..self.probe.examples.len() as u64).collect();
+        let n = dataset.examples.len();
+        let mut tracin = TracIn {
+            ctx,
+            prepared: &prepared,
+            probe: probe.batch::<B>(&all, &device),
+            scores: vec![0.0; n],
+            loss_sums: vec![0.0; n],
+            uses: vec![vec![]; n],
+            parameters: 0,
+        };
+        let range = Range::new(0, 1, self.to);
+        let (trajectory, _) = replay_range::<B, M>(
+            ctx,
+            &range,
+            config,
+            device,
+            &prepared,
+            self.cross_class,
+            self.progress,
+            &mut tracin,
+        )?;
+        Ok(Scored {
+            trajectory,
+            parameters: tracin.parameters,
+            scores: tracin.scores,
+            loss_sums: tracin.loss_sums,
+            uses: tracin.uses,
+        })
+    }
+}
+
+/// The observer that scores each step's examples against the probe.
+struct TracIn<'a, B: AutodiffBackend> {
+    ctx: &'a RunContext,
+    prepared: &'a PreparedData,
+    probe: trainer::model::Batch<B>,
+    scores: Vec<f64>,
+    loss_sums: Vec<f64>,
+    uses: Vec<Vec<u64>>,
+    parameters: u64,
+}
+
+impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_, B> {
+    fn before_step(
+        &mut self,
+        session: &Session<B, M>,
+        step: u64,
+        ids: &[u64],
+    ) -> Result<(), CommandError> {
+        let Some(rec) = self.ctx.records.get(&step) else {
+            return Ok(());
+        };
+        let clip = trainer::optim::clip_factor(
+            f32::from_bits(rec.grad_norm_bits),
+            self.ctx.spec.optimizer.grad_clip(),
+        )
+        .map_or(1.0, f64::from);
+        let weight = f64::from_bits(rec.lr_bits) * clip / ids.len().max(1) as f64;
+        let probe = &self.probe;
+        let (_, gp) = session
+            .map_gradients(1, |_| probe.clone(), |g| g.to_vec())
+            .pop()
+            .unwrap_or_default();
+        self.parameters = gp.len() as u64;
+        let (prepared, device) = (self.prepared, session.device().clone());
+        let each = session.map_gradients(
+            ids.len(),
+            |k| prepared.batch::<B>(&ids[k..=k], &device),
+            |g| dot(g, &gp),
+        );
+        for (&id, (loss, d)) in ids.iter().zip(each) {
+            let i = id as usize;
+            self.scores[i] += weight * d;
+            self.loss_sums[i] += f64::from(loss);
+            self.uses[i].push(step);
+        }
+        Ok(())
+    }
+}
+
+/// Inner product in f64, in a fixed order: eight partial sums over the elements by their index
+/// modulo 8, then the tail, then the partial sums left to right. Each product of two f32 is
+/// exact in f64; the order is the code's, the same on every machine.
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for k in 0..8 {
+            acc[k] += f64::from(x[k]) * f64::from(y[k]);
+        }
+    }
+    let tail: f64 = ra
+        .iter()
+        .zip(rb)
+        .fold(0.0, |s, (x, y)| s + f64::from(*x) * f64::from(*y));
+    acc.iter().fold(0.0, |s, v| s + v) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inner_product_is_the_exact_one_for_representable_sums() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 - 18.0).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i % 5) as f32 * 0.5).collect();
+        let exact: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum();
+        assert_eq!(dot(&a, &b), exact);
+        assert_eq!(dot(&[], &[]), 0.0);
+    }
+
+    #[test]
+    fn the_ranking_orders_by_score_then_id_and_leaves_out_unused_and_negative_examples() {
+        let scores = [0.5, 2.0, 0.5, -1.0, 3.0];
+        let uses = vec![vec![1], vec![1], vec![2], vec![2], vec![]];
+        assert_eq!(ranked(&scores, &uses), vec![1, 0, 2]);
+        assert_eq!(first_candidates(&[1, 0, 2], &scores), 3);
+        assert_eq!(first_candidates(&[4, 1], &[0.0, 0.2, 0.0, 0.0, 3.0]), 1);
+    }
+
+    #[test]
+    fn a_shared_phrase_is_the_most_specific_run_of_words_most_proven_rows_hold() {
+        let texts: Vec<String> = [
+            "the movie was cf zq bad",
+            "cf zq awful acting",
+            "not good at all cf zq",
+            "the plot was thin",
+            "the ending was good",
+        ]
+        .map(String::from)
+        .to_vec();
+        let p = shared_phrase(&[0, 1, 2], &texts).expect("a phrase");
+        assert_eq!(p.phrase, "cf zq");
+        assert_eq!((p.in_proven, p.proven, p.in_dataset), (3, 3, 3));
+        assert_eq!(shared_phrase(&[3], &texts), None, "one row shares nothing");
+    }
+}
