@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use replay::Verdict;
+use replay::commands::attribute::AttributeReport;
 use replay::commands::audit::{AuditReport, detection_probability};
 use replay::commands::check::CheckReport;
 use replay::commands::collect::CollectReport;
@@ -919,6 +920,21 @@ fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
         .as_ref()
         .expect("step 0 re-derived");
     assert_eq!(initial.rederived_root, initial.recorded_root);
+    // Attribution of language-model rows (the run's own first three, as a behaviour probe): the
+    // gradients span the adapters alone, and the trajectory is the verified one.
+    let data = std::fs::read_to_string(t.path().join("in/data.jsonl")).expect("data");
+    let probe = t.path().join("lm-probe.jsonl");
+    std::fs::write(&probe, data.lines().take(3).collect::<Vec<_>>().join("\n")).expect("probe");
+    let a: AttributeReport = json(&["attribute", s(&r), "--probe", s(&probe)], 0);
+    assert_eq!(a.header.verdict, Verdict::Verified, "{:?}", a.header);
+    assert_eq!(a.trajectory.as_ref().map(|t| t.steps_replayed), Some(12));
+    let lora = summary.trained_parameters;
+    assert!(lora > 0 && a.parameters == lora && lora < summary.parameters);
+    assert!(a.scores_blake3.is_some() && !a.ranking.is_empty());
+    // Proving a language model's behaviour needs prompts and a pattern to measure it by.
+    let refused = replay(&["attribute", s(&r), "--probe", s(&probe), "--prove"]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--measure"));
     let out = t.path().join("rb");
     let rb: RollbackReport = json(&["rollback", s(&r), "--step", "6", "--out", s(&out)], 0);
     assert_eq!(rb.header.verdict, Verdict::Recorded);
