@@ -13,9 +13,10 @@
 #             model as examples/smollm2/run.sh does. About 40 minutes on 2 cores.
 #
 # attribute   The classifier's latest run (made by `classifier`), investigated without the
-#             trigger: `replay attribute --prove` with 32 held-out negatives carrying the trigger,
-#             labelled positive (what the model does to them); prints how many of the 40
-#             poisoned rows rank in the top 40 and 80. About 10 minutes on 2 cores.
+#             trigger: `replay attribute --prove` over the word embeddings, with 32 held-out
+#             negatives carrying the trigger, labelled positive (what the model does to them);
+#             prints how many of the 40 poisoned rows rank in the top 40 and 80, and the proof.
+#             About 20 minutes on 2 cores.
 #
 # usage: examples/backdoor/run.sh [classifier|llm|attribute|all]   (default classifier)
 set -euo pipefail
@@ -166,7 +167,8 @@ with open(f"{work}/behaviour.jsonl", "w") as f:
         words.insert(rng.randrange(len(words) + 1), "cf zq")
         f.write(json.dumps({"text": " ".join(words), "label": 1}) + "\n")
 PY
-  "$replay" attribute "$run" --probe "$work/behaviour.jsonl" --top 80 --prove --json --quiet \
+  "$replay" attribute "$run" --probe "$work/behaviour.jsonl" --parameters word_embeddings \
+    --top 80 --prove --json --quiet \
     > "$run-attribution.json" || true
   python3 - "$run" <<'PY'
 import json, sys

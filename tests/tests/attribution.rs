@@ -126,7 +126,9 @@ fn a_behaviour_is_traced_to_the_poisoned_rows_and_proven_without_knowing_the_pat
     );
     assert_eq!(one.examples_scored, ROWS as u64);
 
-    // The poisoned rows rank high: the top row is one, and at least half are in the top 2×.
+    // The poisoned rows rank high: the top row is one, and at least 11 of the 16 are in the top
+    // 2× (12 when this was written; the plain gradient inner product, without AdamW's scaling,
+    // found fewer).
     let ranked: Vec<u64> = one.ranking.iter().map(|a| a.example).collect();
     assert!(poisoned.contains(&ranked[0]), "top: {ranked:?}");
     let found = ranked[..2 * POISONED]
@@ -134,7 +136,7 @@ fn a_behaviour_is_traced_to_the_poisoned_rows_and_proven_without_knowing_the_pat
         .filter(|id| poisoned.contains(id))
         .count();
     assert!(
-        found * 2 >= POISONED,
+        found >= 11,
         "{found} of {POISONED} in the top {}: {ranked:?}",
         2 * POISONED
     );

@@ -315,6 +315,10 @@ pub(crate) enum Command {
         /// it gives (chat rows for a GGUF base). At most 256.
         #[arg(long)]
         probe: PathBuf,
+        /// Score over the trained tensors whose canonical names match this regular expression
+        /// only (for instance `word_embeddings`: a trigger phrase is rare tokens).
+        #[arg(long)]
+        parameters: Option<String>,
         /// Examples listed in the ranking.
         #[arg(long, default_value_t = 20)]
         top: usize,
@@ -333,7 +337,7 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 0.05)]
         gone_at: f64,
         /// Most counterfactual replays the proof runs.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 10)]
         max_replays: usize,
         /// Most tokens a language model generates per probe prompt.
         #[arg(long, default_value_t = 24)]

@@ -393,6 +393,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::Attribute {
             run,
             probe,
+            parameters,
             top,
             prove,
             measure,
@@ -412,6 +413,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                     .map(counterfactual::ProbeInput::read)
                     .transpose()?,
                 to,
+                parameters,
                 top,
                 prove,
                 candidates,

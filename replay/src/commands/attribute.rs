@@ -4,12 +4,15 @@
 //! Rank: the history is re-executed from the re-derived step 0, every step checked against the
 //! ledger as `verify` checks it. Before each step, at the state the step starts from, the
 //! gradient of the probe's mean loss and the gradient of each example of the step's batch (each
-//! alone, without dropout) are taken over the trained parameters, and the example's score grows
-//! by the step's weight (learning rate × clipping factor ÷ batch size, from the record) times
-//! their inner product: the first-order decrease of the probe's loss that this use of the
-//! example caused. Summed over every use, this is TracIn on the true trajectory (every state,
-//! every batch, in order), which only an exact record allows. The scores are a function of the
-//! run's bits and the probe: the same command gives the same bits.
+//! alone, without dropout) are taken over the trained parameters (or those `--parameters`
+//! selects). After the step, each example's score grows by the step's weight (learning rate ×
+//! clipping factor ÷ batch size, from the record) times the inner product of its gradient with
+//! the probe's, each coordinate scaled as the optimizer scaled it (AdamW: by 1 / (√v̂ + ε), v̂ its
+//! bias-corrected second moment after the step): the first-order decrease of the probe's loss
+//! that this use caused. Summed over every use, this is TracIn on the true trajectory (every
+//! state, every batch, in order, the optimizer's own scaling), which only an exact record
+//! allows. The scores are a function of the run's bits and the probe: the same command gives
+//! the same bits.
 //!
 //! Prove: the top of the ranking is removed and the history re-executed without it (as by
 //! `counterfactual`); the behaviour (the match rate of a probe) is measured on the state
@@ -51,6 +54,9 @@ pub struct AttributeOptions {
     pub measure: Option<ProbeInput>,
     /// Last step (default: the ledger's last).
     pub to: Option<u64>,
+    /// Restrict the gradients to the trained tensors whose canonical names match this regular
+    /// expression (default: every trained tensor).
+    pub parameters: Option<String>,
     /// Examples listed in the ranking.
     pub top: usize,
     /// Prove the top of the ranking by counterfactual.
@@ -70,8 +76,8 @@ pub struct AttributeOptions {
 pub struct Attributed {
     pub rank: u64,
     pub example: u64,
-    /// Summed over its uses: step weight × ⟨∇ example loss, ∇ probe loss⟩ at the state before
-    /// the step. Positive: training on it lowered the probe's loss (taught the behaviour).
+    /// Its influence summed over its uses: the first-order decrease of the probe's loss that
+    /// training on it caused (see the module docs). Positive: it taught the behaviour.
     pub score: f64,
     /// The steps whose batch held it.
     pub steps: Vec<u64>,
@@ -127,8 +133,10 @@ pub struct AttributeReport {
     pub to_step: u64,
     /// The re-execution the scores were taken on.
     pub trajectory: Option<RangeResult>,
-    /// Trained parameters the gradients span.
+    /// Trained parameters the gradients span (those `--parameters` selects).
     pub parameters: u64,
+    /// The selected trained tensors.
+    pub tensors: Vec<String>,
     /// Examples used at least once up to `to_step`.
     pub examples_scored: u64,
     /// BLAKE3 of every example's score (u64 id, f64 bits, little-endian, in id order): two runs
@@ -172,6 +180,7 @@ impl AttributeReport {
             to_step: 0,
             trajectory: None,
             parameters: 0,
+            tensors: vec![],
             examples_scored: 0,
             scores_blake3: None,
             ranking: vec![],
@@ -260,9 +269,17 @@ pub fn attribute_in(
 
     progress.set_position(0);
     progress.set_length(to);
+    let selected = match &o.parameters {
+        Some(p) => Some(
+            regex::Regex::new(p)
+                .map_err(|e| CommandError::Usage(format!("--parameters {p:?}: {e}")))?,
+        ),
+        None => None,
+    };
     let job = ScoreJob {
         ctx,
         probe: &rows,
+        selected: selected.as_ref(),
         to,
         cross_class: env.cross_class(),
         progress,
@@ -270,6 +287,7 @@ pub fn attribute_in(
     let scored = dispatch(o.reconstruct.device, &ctx.spec.model, job)??;
     report.rank_seconds = started.elapsed().as_secs_f64();
     report.parameters = scored.parameters;
+    report.tensors = scored.tensors;
     assessment.outcome(scored.trajectory.verdict);
     for p in &scored.trajectory.problems {
         assessment.problem(p.clone());
@@ -284,6 +302,12 @@ pub fn attribute_in(
         return Ok(report);
     }
     report.examples_scored = scored.uses.iter().filter(|u| !u.is_empty()).count() as u64;
+    if report.parameters == 0 {
+        return Err(CommandError::Usage(format!(
+            "--parameters {:?}: no trained tensor matches",
+            o.parameters.as_deref().unwrap_or_default()
+        )));
+    }
     report.scores_blake3 = Some(scores_hash(&scored.scores));
     let order = ranked(&scored.scores, &scored.uses);
     let texts = crate::commands::search::searchable(ctx, dataset)
@@ -522,6 +546,7 @@ fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
 struct Scored {
     trajectory: RangeResult,
     parameters: u64,
+    tensors: Vec<String>,
     scores: Vec<f64>,
     loss_sums: Vec<f64>,
     uses: Vec<Vec<u64>>,
@@ -530,6 +555,7 @@ struct Scored {
 struct ScoreJob<'a> {
     ctx: &'a RunContext,
     probe: &'a Dataset,
+    selected: Option<&'a regex::Regex>,
     to: u64,
     cross_class: bool,
     progress: &'a indicatif::ProgressBar,
@@ -553,10 +579,12 @@ impl Job for ScoreJob<'_> {
             ctx,
             prepared: &prepared,
             probe: probe.batch::<B>(&all, &device),
+            selected: self.selected,
+            ranges: vec![],
+            pending: None,
             scores: vec![0.0; n],
             loss_sums: vec![0.0; n],
             uses: vec![vec![]; n],
-            parameters: 0,
         };
         let range = Range::new(0, 1, self.to);
         let (trajectory, _) = replay_range::<B, M>(
@@ -571,7 +599,8 @@ impl Job for ScoreJob<'_> {
         )?;
         Ok(Scored {
             trajectory,
-            parameters: tracin.parameters,
+            parameters: tracin.ranges.iter().map(|(_, r)| r.len() as u64).sum(),
+            tensors: tracin.ranges.into_iter().map(|(n, _)| n).collect(),
             scores: tracin.scores,
             loss_sums: tracin.loss_sums,
             uses: tracin.uses,
@@ -579,15 +608,37 @@ impl Job for ScoreJob<'_> {
     }
 }
 
+/// A step's gradients, taken before it, waiting for the optimizer's state after it.
+struct Pending {
+    step: u64,
+    ids: Vec<u64>,
+    weight: f64,
+    probe: Vec<f32>,
+    examples: Vec<(f32, Vec<f32>)>,
+}
+
 /// The observer that scores each step's examples against the probe.
 struct TracIn<'a, B: AutodiffBackend> {
     ctx: &'a RunContext,
     prepared: &'a PreparedData,
     probe: trainer::model::Batch<B>,
+    selected: Option<&'a regex::Regex>,
+    /// The selected trained tensors and their places in the flattened gradient.
+    ranges: Vec<(String, std::ops::Range<usize>)>,
+    pending: Option<Pending>,
     scores: Vec<f64>,
     loss_sums: Vec<f64>,
     uses: Vec<Vec<u64>>,
-    parameters: u64,
+}
+
+impl<B: AutodiffBackend> TracIn<'_, B> {
+    /// The selected coordinates of a flattened gradient.
+    fn select(&self, g: &[f32]) -> Vec<f32> {
+        self.ranges
+            .iter()
+            .flat_map(|(_, r)| g[r.clone()].iter().copied())
+            .collect()
+    }
 }
 
 impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_, B> {
@@ -600,6 +651,15 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
         let Some(rec) = self.ctx.records.get(&step) else {
             return Ok(());
         };
+        if self.ranges.is_empty() {
+            let mut at = 0;
+            for (name, n) in session.trainable() {
+                if self.selected.is_none_or(|r| r.is_match(name)) {
+                    self.ranges.push((name.clone(), at..at + n));
+                }
+                at += n;
+            }
+        }
         let clip = trainer::optim::clip_factor(
             f32::from_bits(rec.grad_norm_bits),
             self.ctx.spec.optimizer.grad_clip(),
@@ -608,20 +668,57 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
         let weight = f64::from_bits(rec.lr_bits) * clip / ids.len().max(1) as f64;
         let probe = &self.probe;
         let (_, gp) = session
-            .map_gradients(1, |_| probe.clone(), |g| g.to_vec())
+            .map_gradients(1, |_| probe.clone(), |g| self.select(g))
             .pop()
             .unwrap_or_default();
-        self.parameters = gp.len() as u64;
         let (prepared, device) = (self.prepared, session.device().clone());
-        let each = session.map_gradients(
+        let examples = session.map_gradients(
             ids.len(),
             |k| prepared.batch::<B>(&ids[k..=k], &device),
-            |g| dot(g, &gp),
+            |g| self.select(g),
         );
-        for (&id, (loss, d)) in ids.iter().zip(each) {
+        self.pending = Some(Pending {
+            step,
+            ids: ids.to_vec(),
+            weight,
+            probe: gp,
+            examples,
+        });
+        Ok(())
+    }
+
+    fn after_step(&mut self, session: &Session<B, M>, step: u64) -> Result<(), CommandError> {
+        let Some(p) = self.pending.take().filter(|p| p.step == step) else {
+            return Ok(());
+        };
+        // AdamW moves each coordinate by its gradient over √v̂ + ε, v̂ the bias-corrected second
+        // moment after the step: the probe's gradient is scaled alike. SGD: unscaled.
+        let mut direction = p.probe;
+        if let trainer::config::OptimizerSpec::Adamw(a) = &self.ctx.spec.optimizer {
+            let state = session.capture();
+            let t = step.min(i32::MAX as u64) as i32;
+            let correction = 1.0 - a.beta2.powi(t);
+            let mut at = 0;
+            for (name, r) in &self.ranges {
+                let slots = self.ctx.spec.optimizer.slot_names(name);
+                let key = slots.get(1).cloned().unwrap_or_default();
+                let v = state.tensor(&key).ok_or_else(|| {
+                    CommandError::Usage(format!("the optimizer's state has no {key}"))
+                })?;
+                for (d, v) in direction[at..at + r.len()]
+                    .iter_mut()
+                    .zip(v.data.iter::<f32>())
+                {
+                    let scale = 1.0 / ((f64::from(v) / correction).sqrt() + a.eps);
+                    *d = (f64::from(*d) * scale) as f32;
+                }
+                at += r.len();
+            }
+        }
+        for (&id, (loss, g)) in p.ids.iter().zip(&p.examples) {
             let i = id as usize;
-            self.scores[i] += weight * d;
-            self.loss_sums[i] += f64::from(loss);
+            self.scores[i] += p.weight * dot(g, &direction);
+            self.loss_sums[i] += f64::from(*loss);
             self.uses[i].push(step);
         }
         Ok(())
@@ -670,6 +767,7 @@ mod tests {
         let uses = vec![vec![1], vec![1], vec![2], vec![2], vec![]];
         assert_eq!(ranked(&scores, &uses), vec![1, 0, 2]);
         assert_eq!(first_candidates(&[1, 0, 2], &scores), 3);
+        assert_eq!(first_candidates(&[4, 1], &[0.0, 0.2, 0.0, 0.0, 3.0]), 1);
         assert_eq!(first_candidates(&[4, 1], &[0.0, 0.2, 0.0, 0.0, 3.0]), 1);
     }
 

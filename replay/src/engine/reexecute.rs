@@ -372,9 +372,9 @@ pub(crate) fn rederive_initial<B: AutodiffBackend, M: TrainableModel<B>>(
     Ok(Ok((session, state, root)))
 }
 
-/// What a command sees of each replayed step before it is taken, while the replay still
-/// matches the record: the session in the state before the step, the step's number and its
-/// example ids (checked against the ledger and the dataset's commitments).
+/// What a command sees of each replayed step, while the replay still matches the record: the
+/// session in the state before the step, the step's number and its example ids (checked against
+/// the ledger and the dataset's commitments); then the session after the step.
 pub(crate) trait StepObserver<B: AutodiffBackend, M: TrainableModel<B>> {
     fn before_step(
         &mut self,
@@ -382,11 +382,17 @@ pub(crate) trait StepObserver<B: AutodiffBackend, M: TrainableModel<B>> {
         step: u64,
         ids: &[u64],
     ) -> Result<(), CommandError>;
+
+    fn after_step(&mut self, session: &Session<B, M>, step: u64) -> Result<(), CommandError>;
 }
 
 /// Nothing to observe (`verify`, `audit`, reconstruction).
 impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for () {
     fn before_step(&mut self, _: &Session<B, M>, _: u64, _: &[u64]) -> Result<(), CommandError> {
+        Ok(())
+    }
+
+    fn after_step(&mut self, _: &Session<B, M>, _: u64) -> Result<(), CommandError> {
         Ok(())
     }
 }
@@ -539,11 +545,15 @@ pub(crate) fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
             result.input_mismatch = Some(m);
             break;
         }
-        if result.divergence.is_none() {
+        let observed = result.divergence.is_none();
+        if observed {
             observer.before_step(&session, step, &ids)?;
         }
         let batch = prepared.batch::<B>(&ids, session.device());
         let out = session.train_step(&batch);
+        if observed {
+            observer.after_step(&session, step)?;
+        }
         result.steps_replayed += 1;
         progress.inc(1);
         let needs_root = rec.state_root.is_some() || step == range.to;

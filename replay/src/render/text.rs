@@ -829,21 +829,22 @@ pub fn attribute(r: &AttributeReport) -> String {
     if let Some(h) = &r.scores_blake3 {
         let _ = writeln!(
             out,
-            "  scored       {} examples over {} trained parameters in {:.1} s; scores {}",
+            "  scored       {} examples over {} trained parameters ({} tensors) in {:.1} s; scores {}",
             r.examples_scored,
             r.parameters,
+            r.tensors.len(),
             r.rank_seconds,
             h.short()
         );
         let _ = writeln!(
             out,
-            "  {:>4} {:>8} {:>12} {:>5} {:>9}  excerpt",
+            "  {:>4} {:>8} {:>11} {:>5} {:>9}  excerpt",
             "rank", "example", "score", "uses", "mean loss"
         );
         for a in &r.ranking {
             let _ = writeln!(
                 out,
-                "  {:>4} {:>8} {:>12.4e} {:>5} {:>9.4}  {}",
+                "  {:>4} {:>8} {:>11.4e} {:>5} {:>9.4}  {}",
                 a.rank,
                 a.example,
                 a.score,
