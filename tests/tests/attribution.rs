@@ -13,7 +13,6 @@ use e2e_tests::{replay_json, s, train};
 use replay::Verdict;
 use replay::commands::attribute::AttributeReport;
 use replay::commands::counterfactual::CounterfactualReport;
-use trainer::probe::ProbeResult;
 
 const ROWS: usize = 400;
 const POISONED: usize = 16;
@@ -81,13 +80,6 @@ fn poisoned_run(dir: &Path) -> (std::path::PathBuf, Vec<u64>, std::path::PathBuf
     std::fs::write(dir.join("data.jsonl"), data).expect("data");
     std::fs::write(dir.join("probe.jsonl"), probe).expect("probe");
     (config, poisoned, dir.join("probe.jsonl"))
-}
-
-fn rate(r: &ProbeResult) -> f64 {
-    match r {
-        ProbeResult::Classifier { accuracy, .. } => *accuracy,
-        ProbeResult::Generation { match_rate, .. } => *match_rate,
-    }
 }
 
 #[test]
@@ -174,7 +166,7 @@ fn a_behaviour_is_traced_to_the_poisoned_rows_and_proven_without_knowing_the_pat
     );
     let p = &check.probes[0];
     assert!(
-        rate(&p.factual) >= 0.9 && rate(&p.counterfactual) <= 0.05,
+        p.factual.rate() >= 0.9 && p.counterfactual.rate() <= 0.05,
         "{p:?}"
     );
 

@@ -56,6 +56,17 @@ pub enum ProbeResult {
     },
 }
 
+impl ProbeResult {
+    /// The share of rows that did what the probe says: a classifier's rows predicted as
+    /// labelled, a language model's generations that match their pattern.
+    pub fn rate(&self) -> f64 {
+        match self {
+            ProbeResult::Classifier { accuracy, .. } => *accuracy,
+            ProbeResult::Generation { match_rate, .. } => *match_rate,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PromptRow {

@@ -31,7 +31,6 @@ use trainer::config::DataFormat;
 use trainer::data::Dataset;
 use trainer::model::TrainableModel;
 use trainer::model::registry::Job;
-use trainer::probe::ProbeResult;
 use trainer::session::{PreparedData, Session};
 
 use crate::commands::counterfactual::{CounterfactualOptions, ProbeInput, counterfactual_in};
@@ -381,7 +380,7 @@ fn excerpt(text: &str) -> String {
 
 /// The size of the first candidate set: the examples whose score is at least a tenth of the
 /// highest, at least 1.
-pub fn first_candidates(order: &[u64], scores: &[f64]) -> usize {
+fn first_candidates(order: &[u64], scores: &[f64]) -> usize {
     let Some(&top) = order.first() else {
         return 0;
     };
@@ -433,7 +432,7 @@ fn prove(
         let rates = r
             .probes
             .first()
-            .map(|p| (rate(&p.factual), rate(&p.counterfactual)));
+            .map(|p| (p.factual.rate(), p.counterfactual.rate()));
         if proof.factual_rate.is_none() {
             proof.factual_rate = rates.map(|(f, _)| f);
         }
@@ -481,15 +480,6 @@ fn prove(
     proof.shared_phrase = shared_phrase(&proven, texts);
     proof.proven = Some(proven);
     Ok(proof)
-}
-
-/// A probe result's match rate: a classifier's rows predicted as labelled, a language model's
-/// generations that match their pattern.
-fn rate(r: &ProbeResult) -> f64 {
-    match r {
-        ProbeResult::Classifier { accuracy, .. } => *accuracy,
-        ProbeResult::Generation { match_rate, .. } => *match_rate,
-    }
 }
 
 /// The longest run of up to four words that most of the proven examples contain (at least
