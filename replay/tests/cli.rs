@@ -931,6 +931,36 @@ fn a_lora_run_on_a_gguf_base_checks_verifies_and_rolls_back() {
     let lora = summary.trained_parameters;
     assert!(lora > 0 && a.parameters == lora && lora < summary.parameters);
     assert!(a.scores_blake3.is_some() && !a.ranking.is_empty());
+    // Over the adapters' A matrices alone: fewer parameters, those tensors only.
+    let only_a: AttributeReport = json(
+        &[
+            "attribute",
+            s(&r),
+            "--probe",
+            s(&probe),
+            "--parameters",
+            r"lora_A\.",
+        ],
+        0,
+    );
+    assert!(only_a.parameters > 0 && only_a.parameters < a.parameters);
+    assert!(!only_a.tensors.is_empty());
+    assert!(
+        only_a.tensors.iter().all(|t| t.contains("lora_A.")),
+        "{:?}",
+        only_a.tensors
+    );
+    assert_ne!(only_a.scores_blake3, a.scores_blake3);
+    let none = replay(&[
+        "attribute",
+        s(&r),
+        "--probe",
+        s(&probe),
+        "--parameters",
+        "^nothing$",
+    ]);
+    assert_eq!(none.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no trained tensor matches"));
     // Proving a language model's behaviour needs prompts and a pattern to measure it by.
     let refused = replay(&["attribute", s(&r), "--probe", s(&probe), "--prove"]);
     assert_eq!(refused.status.code(), Some(3));

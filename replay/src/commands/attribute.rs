@@ -301,12 +301,6 @@ pub fn attribute_in(
         return Ok(report);
     }
     report.examples_scored = scored.uses.iter().filter(|u| !u.is_empty()).count() as u64;
-    if report.parameters == 0 {
-        return Err(CommandError::Usage(format!(
-            "--parameters {:?}: no trained tensor matches",
-            o.parameters.as_deref().unwrap_or_default()
-        )));
-    }
     report.scores_blake3 = Some(scores_hash(&scored.scores));
     let order = ranked(&scored.scores, &scored.uses);
     let texts = crate::commands::search::searchable(ctx, dataset)
@@ -648,6 +642,12 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
                     self.ranges.push((name.clone(), at..at + n));
                 }
                 at += n;
+            }
+            if self.ranges.is_empty() {
+                return Err(CommandError::Usage(format!(
+                    "--parameters {:?}: no trained tensor matches",
+                    self.selected.map(regex::Regex::as_str).unwrap_or_default()
+                )));
             }
         }
         let clip = trainer::optim::clip_factor(
