@@ -476,8 +476,9 @@ fn prove(
     Ok(proof)
 }
 
-/// The longest run of up to four words that most of the proven examples contain (at least
-/// half, and at least 2), preferring the one the rest of the dataset contains least.
+/// The run of up to four words that most of the proven examples contain (at least half, and at
+/// least 2) and the rest of the dataset rarely does (more than two thirds of the rows that hold
+/// it are proven ones), preferring the one the rest of the dataset contains least.
 fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
     let words = |t: &str| -> Vec<String> { t.split_whitespace().map(str::to_lowercase).collect() };
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -508,6 +509,8 @@ fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
     let best = candidates
         .iter()
         .map(|(p, c)| (p, *c, in_dataset(p)))
+        // Distinctive: more than two thirds of the dataset's rows that hold it are proven ones.
+        .filter(|(_, c, d)| d * 2 < c * 3)
         // Most specific first: the smallest share of the dataset, then more words, then more
         // proven examples, then the phrase itself.
         .min_by(|a, b| {
@@ -776,5 +779,10 @@ mod tests {
         assert_eq!(p.phrase, "cf zq");
         assert_eq!((p.in_proven, p.proven, p.in_dataset), (3, 3, 3));
         assert_eq!(shared_phrase(&[3], &texts), None, "one row shares nothing");
+        assert_eq!(
+            shared_phrase(&[3, 4], &texts),
+            None,
+            "\"the\" and \"was\" are in most rows: not distinctive"
+        );
     }
 }
