@@ -60,7 +60,8 @@ pub struct AttributeOptions {
     pub top: usize,
     /// Prove the top of the ranking by counterfactual.
     pub prove: bool,
-    /// Size of the first candidate set (default: from the scores, see [`first_candidates`]).
+    /// Size of the first candidate set (default: the examples scoring at least a tenth of the
+    /// highest score).
     pub candidates: Option<usize>,
     /// The behaviour is gone when its match rate is at most this.
     pub gone_at: f64,
