@@ -277,6 +277,18 @@ impl ChatTokenizer {
     }
 }
 
+/// Chat or Alpaca rows rendered as language-model rows with the tokenizer and chat template of
+/// the GGUF base `base`, cut to `max_len` tokens (none: uncut), as [`convert`] renders them.
+pub fn convert_with_base(
+    bytes: &[u8],
+    source: &str,
+    base: &BaseWeights,
+    max_len: Option<u64>,
+) -> Result<(Vec<u8>, Conversion)> {
+    let tok = ChatTokenizer::from_gguf(base)?;
+    convert(bytes, source, &tok, max_len.unwrap_or(u64::MAX) as usize)
+}
+
 /// Convert chat or Alpaca rows (JSON Lines in `bytes`, named `source` in errors) into language
 /// model rows (`{"tokens": […], "loss_mask": […]}`, one per input row, blank lines skipped),
 /// cut to `max_len` tokens. A row that does not parse, has no assistant reply, or whose reply

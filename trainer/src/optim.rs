@@ -91,6 +91,14 @@ impl<B: Backend> Optimizer<B> {
         Ok(opt)
     }
 
+    /// AdamW's second moment of parameter `name` (none for other optimizers or other names).
+    pub fn second_moment(&self, name: &str) -> Option<Tensor<B, 1>> {
+        match self.slots.get(name)? {
+            Slots::Adam { v, .. } => Some(v.clone()),
+            _ => None,
+        }
+    }
+
     /// Host copies of the state tensors, with their snapshot names.
     pub fn to_host(&self) -> Vec<HostTensor> {
         let mut out = Vec::new();

@@ -675,9 +675,9 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     }
 
     /// For each of `count` batches (`batch(i)` makes the i-th), its mean loss without dropout
-    /// and `f` of its gradient with respect to the trained parameters, flattened on the host in
-    /// the model's parameter visit order, each tensor row-major (a trained parameter the loss
-    /// does not reach contributes zeros); results in the batches' order. The batches are spread
+    /// and `f` of its gradient with respect to the trained parameters that `wanted` names,
+    /// flattened on the host in the model's parameter visit order, each tensor row-major (a
+    /// parameter the loss does not reach contributes zeros); results in the batches' order. The batches are spread
     /// over the worker threads, each worker with its own leaves of the same parameter values
     /// (independent autodiff graphs); each result is computed by one worker alone, so none
     /// depends on the number of threads. No parameter or optimizer state changes.
@@ -685,6 +685,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         &self,
         count: usize,
         batch: impl Fn(usize) -> Batch<B> + Sync,
+        wanted: impl Fn(&str) -> bool + Sync,
         f: impl Fn(&[f32]) -> T + Sync,
     ) -> Vec<(f32, T)> {
         use rayon::prelude::*;
@@ -702,8 +703,9 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                 )
             })
             .collect();
-        let trainable = &self.trainable;
-        let width = self.trainable_parameter_count() as usize;
+        let selected: Vec<&(String, usize)> =
+            self.trainable.iter().filter(|(n, _)| wanted(n)).collect();
+        let width = selected.iter().map(|(_, n)| n).sum();
         let parts: Vec<Vec<(f32, T)>> = copies
             .into_par_iter()
             .enumerate()
@@ -719,7 +721,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                                 .filter_map(|(n, g)| g.map(|g| (n, g)))
                                 .collect();
                         let mut flat = Vec::with_capacity(width);
-                        for (name, n) in trainable {
+                        for (name, n) in &selected {
                             match named.remove(name) {
                                 Some(g) => flat.extend(g.into_data().iter::<f32>()),
                                 None => flat.resize(flat.len() + n, 0.0),
@@ -757,6 +759,12 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     /// Number of parameters (elements).
     pub fn parameter_count(&self) -> u64 {
         self.params.iter().map(|(_, n)| *n as u64).sum()
+    }
+
+    /// AdamW's second moment of trained parameter `name` on the host (none under SGD).
+    pub fn second_moment(&self, name: &str) -> Option<Vec<f32>> {
+        let v = self.optimizer.second_moment(name)?;
+        Some(v.into_data().iter::<f32>().collect())
     }
 
     /// The trained parameters: canonical names and element counts, in visit order.

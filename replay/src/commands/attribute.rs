@@ -203,9 +203,12 @@ fn probe_rows(ctx: &RunContext, probe: &ProbeInput) -> Result<Dataset, CommandEr
             let Ok(Some(base)) = ctx.base_weights()? else {
                 return Err(e.into());
             };
-            let tok = trainer::chat::ChatTokenizer::from_gguf(base)?;
-            let max_len = spec.data.max_len.unwrap_or(u64::MAX) as usize;
-            let (lm, _) = trainer::chat::convert(&probe.bytes, &probe.name, &tok, max_len)?;
+            let (lm, _) = trainer::chat::convert_with_base(
+                &probe.bytes,
+                &probe.name,
+                base,
+                spec.data.max_len,
+            )?;
             Dataset::parse(&lm, &probe.name, DataFormat::Lm, &spec.model)?
         }
         Err(e) => return Err(e.into()),
@@ -568,7 +571,7 @@ impl Job for ScoreJob<'_> {
             prepared: &prepared,
             probe: probe.batch::<B>(&all, &device),
             selected: self.selected,
-            ranges: vec![],
+            tensors: vec![],
             pending: None,
             scores: vec![0.0; n],
             loss_sums: vec![0.0; n],
@@ -587,8 +590,8 @@ impl Job for ScoreJob<'_> {
         )?;
         Ok(Scored {
             trajectory,
-            parameters: tracin.ranges.iter().map(|(_, r)| r.len() as u64).sum(),
-            tensors: tracin.ranges.into_iter().map(|(n, _)| n).collect(),
+            parameters: tracin.tensors.iter().map(|(_, n)| *n as u64).sum(),
+            tensors: tracin.tensors.into_iter().map(|(n, _)| n).collect(),
             scores: tracin.scores,
             loss_sums: tracin.loss_sums,
             uses: tracin.uses,
@@ -611,8 +614,8 @@ struct TracIn<'a, B: AutodiffBackend> {
     prepared: &'a PreparedData,
     probe: trainer::model::Batch<B>,
     selected: Option<&'a regex::Regex>,
-    /// The selected trained tensors and their places in the flattened gradient.
-    ranges: Vec<(String, std::ops::Range<usize>)>,
+    /// The selected trained tensors and their element counts, in visit order.
+    tensors: Vec<(String, usize)>,
     pending: Option<Pending>,
     scores: Vec<f64>,
     loss_sums: Vec<f64>,
@@ -620,12 +623,9 @@ struct TracIn<'a, B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> TracIn<'_, B> {
-    /// The selected coordinates of a flattened gradient.
-    fn select(&self, g: &[f32]) -> Vec<f32> {
-        self.ranges
-            .iter()
-            .flat_map(|(_, r)| g[r.clone()].iter().copied())
-            .collect()
+    /// Whether trained tensor `name` is scored.
+    fn wanted(&self, name: &str) -> bool {
+        self.selected.is_none_or(|r| r.is_match(name))
     }
 }
 
@@ -639,15 +639,14 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
         let Some(rec) = self.ctx.records.get(&step) else {
             return Ok(());
         };
-        if self.ranges.is_empty() {
-            let mut at = 0;
-            for (name, n) in session.trainable() {
-                if self.selected.is_none_or(|r| r.is_match(name)) {
-                    self.ranges.push((name.clone(), at..at + n));
-                }
-                at += n;
-            }
-            if self.ranges.is_empty() {
+        if self.tensors.is_empty() {
+            self.tensors = session
+                .trainable()
+                .iter()
+                .filter(|(name, _)| self.wanted(name))
+                .cloned()
+                .collect();
+            if self.tensors.is_empty() {
                 return Err(CommandError::Usage(format!(
                     "--parameters {:?}: no trained tensor matches",
                     self.selected.map(regex::Regex::as_str).unwrap_or_default()
@@ -661,15 +660,17 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
         .map_or(1.0, f64::from);
         let weight = f64::from_bits(rec.lr_bits) * clip / ids.len().max(1) as f64;
         let probe = &self.probe;
+        let wanted = |name: &str| self.wanted(name);
         let (_, gp) = session
-            .map_gradients(1, |_| probe.clone(), |g| self.select(g))
+            .map_gradients(1, |_| probe.clone(), wanted, <[f32]>::to_vec)
             .pop()
             .unwrap_or_default();
         let (prepared, device) = (self.prepared, session.device().clone());
         let examples = session.map_gradients(
             ids.len(),
             |k| prepared.batch::<B>(&ids[k..=k], &device),
-            |g| self.select(g),
+            wanted,
+            <[f32]>::to_vec,
         );
         self.pending = Some(Pending {
             step,
@@ -689,24 +690,18 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
         // moment after the step: the probe's gradient is scaled alike. SGD: unscaled.
         let mut direction = p.probe;
         if let trainer::config::OptimizerSpec::Adamw(a) = &self.ctx.spec.optimizer {
-            let state = session.capture();
             let t = step.min(i32::MAX as u64) as i32;
             let correction = 1.0 - a.beta2.powi(t);
             let mut at = 0;
-            for (name, r) in &self.ranges {
-                let slots = self.ctx.spec.optimizer.slot_names(name);
-                let key = slots.get(1).cloned().unwrap_or_default();
-                let v = state.tensor(&key).ok_or_else(|| {
-                    CommandError::Usage(format!("the optimizer's state has no {key}"))
+            for (name, n) in &self.tensors {
+                let v = session.second_moment(name).ok_or_else(|| {
+                    CommandError::Usage(format!("the optimizer holds no second moment of {name}"))
                 })?;
-                for (d, v) in direction[at..at + r.len()]
-                    .iter_mut()
-                    .zip(v.data.iter::<f32>())
-                {
+                for (d, v) in direction[at..at + n].iter_mut().zip(v) {
                     let scale = 1.0 / ((f64::from(v) / correction).sqrt() + a.eps);
                     *d = (f64::from(*d) * scale) as f32;
                 }
-                at += r.len();
+                at += n;
             }
         }
         for (&id, (loss, g)) in p.ids.iter().zip(&p.examples) {

@@ -83,10 +83,12 @@ pub(super) fn prepare_start(
                      template it uses",
                 ));
             };
-            let tok = crate::chat::ChatTokenizer::from_gguf(weights)?;
-            let max_len = config.data.max_len.unwrap_or(u64::MAX) as usize;
-            let (rows, conversion) =
-                crate::chat::convert(&source_bytes, &data_name, &tok, max_len)?;
+            let (rows, conversion) = crate::chat::convert_with_base(
+                &source_bytes,
+                &data_name,
+                weights,
+                config.data.max_len,
+            )?;
             (rows, DataFormat::Lm, Some(conversion))
         }
         other => (source_bytes, other, None),
