@@ -170,6 +170,21 @@ fn a_behaviour_is_traced_to_the_poisoned_rows_and_proven_without_knowing_the_pat
         "{p:?}"
     );
 
+    // An auditor who requires signatures gets no ranking of an unsigned history, and nothing is
+    // replayed for it.
+    let unsigned = replay_json::<AttributeReport>(
+        &[
+            "attribute",
+            s(&run_dir),
+            "--probe",
+            s(&probe),
+            "--require-signatures",
+        ],
+        2,
+    );
+    assert_eq!(unsigned.header.verdict, Verdict::Unsigned);
+    assert!(unsigned.trajectory.is_none() && unsigned.ranking.is_empty());
+
     // Whoever controls the run directory edits a poisoned row's pattern out of the run's copy
     // of the data: the trajectory no longer matches its commitments, and no ranking comes out.
     let edited = t.path().join("edited");

@@ -257,16 +257,15 @@ pub fn attribute_in(
     report.probe_rows = rows.examples.len() as u64;
     let env = environment_of(ctx, &o.reconstruct)?;
     let mut assessment = ctx.assessment();
+    let claim = Claim::State { rederived: true };
+    // Nothing is scored on a run that already fails (a problem anywhere, a signature the trust
+    // options refuse): its history is not one to rank examples on.
     let Some(dataset) = ctx.dataset.as_ref() else {
-        report
-            .header
-            .assess(&assessment, Claim::State { rederived: true });
+        report.header.assess(&assessment, claim);
         return Ok(report);
     };
-    if !ctx.problems_before(to).is_empty() {
-        report
-            .header
-            .assess(&assessment, Claim::State { rederived: true });
+    if !assessment.verdict(claim).passed() || !ctx.problems_before(to).is_empty() {
+        report.header.assess(&assessment, claim);
         return Ok(report);
     }
 
