@@ -4,6 +4,7 @@
 # - qemu-user (Debian), to run the engine as other CPUs: the portable-numerics tests compare
 #   runs natively and under `qemu-x86_64 -cpu max` / `-cpu Nehalem`;
 # - strace (Debian), to count the files a command opens;
+# - slurm-wlm and munge (Debian), for a one-node Slurm cluster that runs sharded verification;
 # - a Python venv with moto's S3 server, used by the S3 integration tests on 127.0.0.1, and the
 #   ecosystem's verifiers that the attestation tests run on our artefacts: OpenSSF
 #   model-signing (with pyOpenSSL, which its CLI imports) and securesystemslib (DSSE, as in-toto
@@ -28,6 +29,19 @@ if ! command -v strace > /dev/null; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace > /dev/null \
     || { $sudo apt-get update -q > /dev/null \
          && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace > /dev/null; }
+fi
+
+# Slurm (slurm-wlm) and munge: the cluster tests start a one-node Slurm cluster and run sharded
+# verification as a job array.
+if ! command -v sbatch > /dev/null || [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/munged ]; then
+  echo "installing slurm-wlm and munge for the cluster tests"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      slurm-wlm munge > /dev/null \
+    || { $sudo apt-get update -q > /dev/null \
+         && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+              --no-install-recommends slurm-wlm munge > /dev/null; }
 fi
 
 if [ ! -x .venv/bin/moto_server ]; then

@@ -18,6 +18,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 cargo check --manifest-path fuzz/Cargo.toml --locked --quiet \
   --target-dir "${CARGO_TARGET_DIR:-target}/fuzz-check"
 scripts/check-no-autotune.sh
-for s in scripts/*.sh examples/*/*.sh; do bash -n "$s"; done
+for s in scripts/*.sh examples/*/*.sh examples/*/*.sbatch; do bash -n "$s"; done
 python3 -m py_compile examples/minilm/tokenize_reviews.py examples/minilm/check_forward.py
 cargo test --workspace --locked "$@"

@@ -1,5 +1,5 @@
-//! Helpers shared by the end-to-end tests: the workspace's binaries, and a real S3-compatible
-//! server (moto) on loopback.
+//! Helpers shared by the end-to-end tests: the workspace's binaries, a real S3-compatible server
+//! (moto) on loopback, and a one-node Slurm cluster.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -57,6 +57,22 @@ pub fn run_with(name: &str, args: &[&str], env: &[(String, String)]) -> std::pro
 /// A path as the `&str` the commands take.
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// `trainer keygen --out DIR`, which must succeed: the private key's path and the public key in
+/// hex.
+pub fn keygen(dir: &Path) -> (PathBuf, String) {
+    let out = run("trainer", &["keygen", "--out", s(dir)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hex = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("public key   ").map(str::to_string))
+        .expect("public key printed");
+    (dir.join("signing-key.pem"), hex)
 }
 
 /// `trainer run CONFIG --out OUT --quiet EXTRA…`, which must succeed.
@@ -450,5 +466,210 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A one-node Slurm cluster (Debian's slurm-wlm, with munge for authentication) whose daemons,
+/// configuration and state live in a temporary directory; stopped on drop.
+/// `scripts/setup-test-env.sh` installs the packages.
+#[derive(Debug)]
+pub struct Slurm {
+    daemons: Vec<Child>,
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Slurm {
+    /// Start munged, slurmctld and slurmd (in the foreground, as this process's children) and
+    /// wait until the node is idle.
+    pub fn start() -> Slurm {
+        let dir = tempfile::tempdir().expect("slurm directory");
+        let d = dir.path();
+        for sub in ["munge", "state", "spool", "log"] {
+            std::fs::create_dir(d.join(sub)).expect("slurm directory");
+        }
+        let key = d.join("munge/munge.key");
+        // The cluster is private to this test (loopback, its own socket): the key's secrecy
+        // does not matter, munged only needs one of at least 32 bytes, readable by its owner only.
+        let bytes = [0x5au8; 1024];
+        std::fs::write(&key, bytes).expect("munge key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        let socket = d.join("munge/munge.sock");
+        let mut daemons = vec![];
+        daemons.push(
+            Command::new(which("munged"))
+                .arg("-F")
+                .arg(format!("--key-file={}", key.display()))
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!(
+                    "--pid-file={}",
+                    d.join("munge/munged.pid").display()
+                ))
+                .arg(format!(
+                    "--log-file={}",
+                    d.join("munge/munged.log").display()
+                ))
+                .arg(format!("--seed-file={}", d.join("munge/seed").display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start munged"),
+        );
+        wait_for(|| socket.exists(), "munged's socket");
+
+        let user = String::from_utf8(
+            Command::new("id")
+                .arg("-un")
+                .output()
+                .expect("id -un")
+                .stdout,
+        )
+        .expect("user name");
+        // slurmctld runs only on the host its configuration names; the node takes any name.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+        let host = host
+            .trim()
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let node = "replaynode";
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (ctld_port, slurmd_port) = (free_port(), free_port());
+        let conf = d.join("slurm.conf");
+        let p = |s: &str| d.join(s).display().to_string();
+        std::fs::write(
+            &conf,
+            format!(
+                "ClusterName=replaytest\n\
+                 SlurmctldHost={host}(127.0.0.1)\n\
+                 SlurmctldPort={ctld_port}\nSlurmdPort={slurmd_port}\n\
+                 SlurmUser={user}\nSlurmdUser={user}\n\
+                 AuthType=auth/munge\nCredType=cred/munge\nAuthInfo=socket={socket}\n\
+                 StateSaveLocation={state}\nSlurmdSpoolDir={spool}\n\
+                 SlurmctldPidFile={ctld_pid}\nSlurmdPidFile={slurmd_pid}\n\
+                 SlurmctldLogFile={ctld_log}\nSlurmdLogFile={slurmd_log}\n\
+                 ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
+                 JobAcctGatherType=jobacct_gather/none\n\
+                 AccountingStorageType=accounting_storage/none\n\
+                 SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n\
+                 ReturnToService=2\nMpiDefault=none\nJobRequeue=1\nMailProg=/bin/true\n\
+                 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN\n\
+                 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n",
+                user = user.trim(),
+                socket = socket.display(),
+                state = p("state"),
+                spool = p("spool"),
+                ctld_pid = p("slurmctld.pid"),
+                slurmd_pid = p("slurmd.pid"),
+                ctld_log = p("log/slurmctld.log"),
+                slurmd_log = p("log/slurmd.log"),
+            ),
+        )
+        .expect("slurm.conf");
+        let daemon = |exe: &str, args: &[&str]| {
+            Command::new(which(exe))
+                .args(args)
+                .env("SLURM_CONF", &conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {exe}: {e}"))
+        };
+        daemons.push(daemon("slurmctld", &["-D", "-i"]));
+        daemons.push(daemon("slurmd", &["-D", "-N", node]));
+        let slurm = Slurm {
+            daemons,
+            conf,
+            _dir: dir,
+        };
+        wait_for(
+            || {
+                let out = slurm.command("sinfo").args(["-h", "-o", "%T"]).output();
+                out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
+            },
+            "the Slurm node to be idle",
+        );
+        slurm
+    }
+
+    /// A Slurm client command (`sbatch`, `squeue`, `scancel`, …) talking to this cluster.
+    pub fn command(&self, exe: &str) -> Command {
+        let mut c = Command::new(which(exe));
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+
+    /// Run a client command, which must succeed; its standard output.
+    pub fn run(&self, exe: &str, args: &[&str]) -> String {
+        let out = self
+            .command(exe)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{exe}: {e}"));
+        assert!(
+            out.status.success(),
+            "{exe} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Wait until no task of job `id` is pending or running.
+    pub fn wait(&self, id: &str) {
+        wait_for(
+            || self.run("squeue", &["-h", "-j", id, "-o", "%i"]).is_empty(),
+            "the Slurm job to finish",
+        );
+    }
+}
+
+impl Drop for Slurm {
+    /// slurmd, slurmctld, then munged: each asked to stop (SIGTERM, so that slurmctld reaps its
+    /// helper), killed if it has not within 10 s.
+    fn drop(&mut self) {
+        for d in self.daemons.iter_mut().rev() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &d.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while d.try_wait().is_ok_and(|s| s.is_none()) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
+
+/// The path of system program `exe` (Slurm's daemons live in /usr/sbin).
+fn which(exe: &str) -> PathBuf {
+    ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(exe))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{exe} not found: run scripts/setup-test-env.sh (Debian's slurm-wlm and munge)")
+        })
+}
+
+/// A TCP port free on 127.0.0.1 a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Poll `ready` every 100 ms for at most 60 s.
+fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

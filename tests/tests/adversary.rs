@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use e2e_tests::{
-    forge_history, nudge, replace_checkpoint, replay_json, run, s, stored_state, train,
+    forge_history, keygen, nudge, replace_checkpoint, replay_json, run, s, stored_state, train,
 };
 use replay::Verdict;
 use replay::commands::audit::{AuditReport, SeedSource};
@@ -24,21 +24,6 @@ use snapshot_format::manifest::{RunManifest, spec_hash};
 use snapshot_format::snapshot;
 use snapshot_format::{layout, ledger};
 use trainer::fixtures::{self, FixtureOptions};
-
-/// `trainer keygen` into `dir`: the private key's path and the public key in hex.
-fn keygen(dir: &Path) -> (PathBuf, String) {
-    let out = run("trainer", &["keygen", "--out", s(dir)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hex = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("public key   ").map(str::to_string))
-        .expect("public key printed");
-    (dir.join("signing-key.pem"), hex)
-}
 
 /// A tiny BERT fixture run (12 steps, checkpoints 0, 4, 8, 12) recorded by `trainer`, signed
 /// with `key` when given.
