@@ -86,7 +86,7 @@ impl Setup {
     fn step(&self, s: &mut LoraSession) -> f32 {
         let (_, ids) = s.next_batch();
         let batch = self.data.batch::<Cpu>(&ids, s.device());
-        f32::from_bits(s.train_step(&batch).loss_bits)
+        f32::from_bits(s.train_step(std::slice::from_ref(&batch)).loss_bits)
     }
 }
 

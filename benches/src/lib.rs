@@ -221,7 +221,7 @@ impl DemoTraining {
         let batch = self
             .data
             .batch::<trainer::backend::Cpu>(&ids, session.device());
-        let out = session.train_step(&batch);
+        let out = session.train_step(std::slice::from_ref(&batch));
         (epoch, ids, out)
     }
 }

@@ -249,7 +249,9 @@ pub fn forge_history(
     let mut last_root = root;
     for step in from + 1..=total {
         let (epoch, ids) = session.next_batch();
-        let out = session.train_step(&prepared.batch::<Cpu>(&ids, session.device()));
+        let parts =
+            prepared.step_batches::<Cpu>(&ids, spec.run.micro_batches, |_| true, session.device());
+        let out = session.train_step(&parts);
         let mut state = session.capture();
         if poison(step, &mut state) {
             session = restore(&state);

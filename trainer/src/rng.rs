@@ -18,6 +18,9 @@ pub mod purpose {
     pub const DATA_ORDER: &str = "data-order";
     /// Dropout masks of a step (index: step), drawn in forward order.
     pub const DROPOUT: &str = "dropout";
+    /// Dropout masks of part `j` of a step cut into micro-batches (purpose `dropout/<j>`,
+    /// index: step).
+    pub const DROPOUT_PART_PREFIX: &str = "dropout/";
     /// Initial value of one new parameter (purpose `init/<name>`, index 0).
     pub const INIT_PREFIX: &str = "init/";
 }

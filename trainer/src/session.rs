@@ -182,6 +182,30 @@ impl PreparedData {
         }
     }
 
+    /// A step's batch as [`Session::train_step`] takes it: the drawn `ids` cut into `parts`
+    /// consecutive slices of equal length (a run's `micro_batches`; the batch size is a multiple),
+    /// each keeping only the examples `keep` accepts (a counterfactual's); parts left empty are
+    /// dropped. No part at all when nothing is kept.
+    pub fn step_batches<B: Backend>(
+        &self,
+        ids: &[u64],
+        parts: u64,
+        keep: impl Fn(u64) -> bool,
+        device: &B::Device,
+    ) -> Vec<Batch<B>> {
+        let len = ids.len().div_ceil(parts.max(1) as usize).max(1);
+        ids.chunks(len)
+            .map(|c| {
+                c.iter()
+                    .copied()
+                    .filter(|&id| keep(id))
+                    .collect::<Vec<u64>>()
+            })
+            .filter(|c| !c.is_empty())
+            .map(|c| self.batch(&c, device))
+            .collect()
+    }
+
     /// The batch of examples `ids`, on `device`.
     pub fn batch<B: Backend>(&self, ids: &[u64], device: &B::Device) -> Batch<B> {
         let n = ids.len();
@@ -613,20 +637,36 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         self.order.next_batch(&mut self.cursor)
     }
 
-    /// One optimizer step on `batch` (drawn by [`Self::next_batch`]): loss, backward, global
-    /// gradient norm, optional clipping, optimizer update.
-    pub fn train_step(&mut self, batch: &Batch<B>) -> StepOutcome {
+    /// One optimizer step on the batch drawn by [`Self::next_batch`], given as its parts
+    /// ([`PreparedData::step_batches`]): loss, backward, global gradient norm, optional
+    /// clipping, optimizer update. One part: one backward pass over it. Several (a run with
+    /// `micro_batches` > 1): each part's gradient alone, then [`tree_sum`] (`specs/determinism.md`
+    /// §5.6).
+    pub fn train_step(&mut self, parts: &[Batch<B>]) -> StepOutcome {
         let step = self.step + 1;
         let lr = self.spec.lr(step);
-        let model = self
-            .model
-            .take()
-            .expect("the model is present between steps");
-        let mut dropout = Dropout::for_step(self.spec.run.seed, step);
-        let loss = model.loss(batch, &mut dropout);
-        let loss_value = scalar(loss.clone());
-        let grads = loss.backward();
-        let named = params::gradients::<B, M>(&model, &grads, M::canonical_name);
+        let (model, loss_value, named) = match parts {
+            [batch] => {
+                let model = self
+                    .model
+                    .take()
+                    .expect("the model is present between steps");
+                let mut dropout = Dropout::for_step(self.spec.run.seed, step);
+                let loss = model.loss(batch, &mut dropout);
+                let loss_value = scalar(loss.clone());
+                let grads = loss.backward();
+                let named = params::gradients::<B, M>(&model, &grads, M::canonical_name);
+                (model, loss_value, named)
+            }
+            _ => {
+                let (loss_value, named) = self.micro_batch_gradients(parts, step);
+                let model = self
+                    .model
+                    .take()
+                    .expect("the model is present between steps");
+                (model, loss_value, named)
+            }
+        };
         let present: Vec<Tensor<B::InnerBackend, 1>> =
             named.iter().filter_map(|(_, g)| g.clone()).collect();
         let norm = optim::global_norm(&present);
@@ -662,6 +702,59 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         }
     }
 
+    /// The loss and gradients of a batch given as micro-batches: part `j` (of `n_j` examples)
+    /// runs with its own dropout stream and its mean loss times `n_j` is differentiated; the
+    /// parts' losses and gradients are summed in [`tree_sum`] over `j` and divided by `n = Σ n_j`.
+    /// The parts are spread over the worker threads; every value is a function of the parts
+    /// only, never of the number of threads.
+    fn micro_batch_gradients(&self, parts: &[Batch<B>], step: u64) -> (f32, NamedGradients<B>) {
+        let seed = self.spec.run.seed;
+        let sizes: Vec<usize> = parts.iter().map(|p| p.size).collect();
+        let results = self.gradients_of(
+            parts.len(),
+            |j| parts[j].clone(),
+            |j| Dropout::for_micro_batch(seed, step, j),
+            |j| sizes[j] as f32,
+            |_| true,
+            <[f32]>::to_vec,
+        );
+        let n = sizes.iter().sum::<usize>() as f32;
+        let mut losses = Vec::with_capacity(results.len());
+        let mut reached = vec![false; self.trainable.len()];
+        let mut flats = Vec::with_capacity(results.len());
+        for (loss, present, flat) in results {
+            losses.push(vec![loss]);
+            for (r, p) in reached.iter_mut().zip(present) {
+                *r |= p;
+            }
+            flats.push(flat);
+        }
+        let loss = tree_sum(losses).first().copied().unwrap_or_default() / n;
+        let mut sum = tree_sum(flats);
+        for g in &mut sum {
+            *g /= n;
+        }
+        let device = self.device().clone();
+        let mut at = 0;
+        let named = self
+            .trainable
+            .iter()
+            .zip(reached)
+            .map(|((name, len), reached)| {
+                let slice = &sum[at..at + len];
+                at += len;
+                let g = reached.then(|| {
+                    Tensor::<B::InnerBackend, 1>::from_data(
+                        burn::tensor::TensorData::new(slice.to_vec(), [*len]),
+                        &device,
+                    )
+                });
+                (name.clone(), g)
+            })
+            .collect();
+        (loss, named)
+    }
+
     /// Count step `step() + 1` as taken without changing any parameter or optimizer state: a
     /// step whose whole batch a counterfactual removed. Later steps keep their step numbers, so
     /// their learning rates and dropout streams are those of the recorded run.
@@ -677,10 +770,9 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     /// For each of `count` batches (`batch(i)` makes the i-th), its mean loss without dropout
     /// and `f` of its gradient with respect to the trained parameters that `wanted` names,
     /// flattened on the host in the model's parameter visit order, each tensor row-major (a
-    /// parameter the loss does not reach contributes zeros); results in the batches' order. The batches are spread
-    /// over the worker threads, each worker with its own leaves of the same parameter values
-    /// (independent autodiff graphs); each result is computed by one worker alone, so none
-    /// depends on the number of threads. No parameter or optimizer state changes.
+    /// parameter the loss does not reach contributes zeros); results in the batches' order. The
+    /// batches are spread over the worker threads (see [`Self::gradients_of`]); none of the
+    /// results depends on the number of threads. No parameter or optimizer state changes.
     pub fn map_gradients<T: Send>(
         &self,
         count: usize,
@@ -688,6 +780,27 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         wanted: impl Fn(&str) -> bool + Sync,
         f: impl Fn(&[f32]) -> T + Sync,
     ) -> Vec<(f32, T)> {
+        self.gradients_of(count, batch, |_| Dropout::disabled(), |_| 1.0, wanted, f)
+            .into_iter()
+            .map(|(loss, _, t)| (loss, t))
+            .collect()
+    }
+
+    /// For each of `count` batches: batch `i`'s mean loss under `dropout(i)` times `weight(i)`,
+    /// which trained tensors `wanted` names it reaches, and `f` of the gradient of that weighted
+    /// loss, flattened as in [`Self::map_gradients`]. The batches are spread over the worker
+    /// threads, each worker with its own leaves of the same parameter values (burn's autodiff
+    /// keeps graphs that share leaves under one lock; fresh leaves keep them independent); each
+    /// result is computed by one worker alone.
+    fn gradients_of<T: Send>(
+        &self,
+        count: usize,
+        batch: impl Fn(usize) -> Batch<B> + Sync,
+        dropout: impl Fn(usize) -> Dropout + Sync,
+        weight: impl Fn(usize) -> f32 + Sync,
+        wanted: impl Fn(&str) -> bool + Sync,
+        f: impl Fn(&[f32]) -> T + Sync,
+    ) -> Vec<(f32, Vec<bool>, T)> {
         use rayon::prelude::*;
         let workers = rayon::current_num_threads().clamp(1, count.max(1));
         let per = count.div_ceil(workers).max(1);
@@ -706,13 +819,15 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
         let selected: Vec<&(String, usize)> =
             self.trainable.iter().filter(|(n, _)| wanted(n)).collect();
         let width = selected.iter().map(|(_, n)| n).sum();
-        let parts: Vec<Vec<(f32, T)>> = copies
+        let parts: Vec<Vec<(f32, Vec<bool>, T)>> = copies
             .into_par_iter()
             .enumerate()
             .map(|(w, model)| {
                 (w * per..((w + 1) * per).min(count))
                     .map(|i| {
-                        let loss = model.loss(&batch(i), &mut Dropout::disabled());
+                        let loss = model.loss(&batch(i), &mut dropout(i));
+                        let w = weight(i);
+                        let loss = if w == 1.0 { loss } else { loss * w };
                         let value = scalar(loss.clone());
                         let grads = loss.backward();
                         let mut named: HashMap<String, Tensor<B::InnerBackend, 1>> =
@@ -721,13 +836,16 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                                 .filter_map(|(n, g)| g.map(|g| (n, g)))
                                 .collect();
                         let mut flat = Vec::with_capacity(width);
+                        let mut present = Vec::with_capacity(selected.len());
                         for (name, n) in &selected {
-                            match named.remove(name) {
+                            let g = named.remove(name);
+                            present.push(g.is_some());
+                            match g {
                                 Some(g) => flat.extend(g.into_data().iter::<f32>()),
                                 None => flat.resize(flat.len() + n, 0.0),
                             }
                         }
-                        (value, f(&flat))
+                        (value, present, f(&flat))
                     })
                     .collect()
             })
@@ -775,5 +893,79 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     /// Number of trained parameters (elements): all of them, unless some are frozen.
     pub fn trainable_parameter_count(&self) -> u64 {
         self.trainable.iter().map(|(_, n)| *n as u64).sum()
+    }
+}
+
+/// Each trained tensor's name and gradient (none when the loss does not reach it), flattened.
+type NamedGradients<B> = Vec<(
+    String,
+    Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>,
+)>;
+
+/// Element-wise sum of `parts` (all of one length) in a fixed pairwise tree over the part index:
+/// the complete binary tree over `0..P`, `P` the smallest power of two ≥ `parts.len()`, each node
+/// the sum `left + right` of its halves (a node with an empty right half is its left half).
+/// Any worker block of aligned parts is a subtree or a union of subtrees, so a sum is the same
+/// bits however the parts were divided among workers. Empty input: empty output.
+pub fn tree_sum(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
+    // Level by level: pairs (0,1), (2,3), … then pairs of those; an odd last node moves up.
+    while parts.len() > 1 {
+        let mut next = Vec::with_capacity(parts.len().div_ceil(2));
+        let mut it = parts.into_iter();
+        while let Some(mut left) = it.next() {
+            if let Some(right) = it.next() {
+                for (l, r) in left.iter_mut().zip(&right) {
+                    *l += r;
+                }
+            }
+            next.push(left);
+        }
+        parts = next;
+    }
+    parts.pop().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tree_sum;
+
+    #[test]
+    fn the_tree_adds_pairs_then_pairs_of_pairs_not_left_to_right() {
+        // In f32, 1e8 + 1 rounds to 1e8: left to right gives 1, the tree (1e8 + 1) + (−1e8 + 1)
+        // gives 0.
+        let parts = vec![vec![1e8f32], vec![1.0], vec![-1e8], vec![1.0]];
+        assert_eq!(tree_sum(parts), vec![0.0]);
+        // An odd last part moves up a level: ((a + b) + c).
+        let (a, b, c) = (1e8f32, -1e8f32, 1.0f32);
+        assert_eq!(tree_sum(vec![vec![c], vec![a], vec![b]]), vec![(c + a) + b]);
+        assert_eq!(tree_sum(vec![]), Vec::<f32>::new());
+    }
+
+    #[test]
+    fn blocks_of_aligned_parts_summed_first_give_the_same_bits() {
+        // What a worker holding parts 4k..4k+3 (or 2k, 2k+1) sends is a subtree of the whole.
+        let parts: Vec<Vec<f32>> = (0..8)
+            .map(|j| {
+                (0..5)
+                    .map(|i| ((j * 7 + i * 13) as f32).sin() * 10f32.powi((j % 4) as i32 * 3))
+                    .collect()
+            })
+            .collect();
+        let whole = tree_sum(parts.clone());
+        for block in [1, 2, 4, 8] {
+            let partial: Vec<Vec<f32>> =
+                parts.chunks(block).map(|c| tree_sum(c.to_vec())).collect();
+            let again = tree_sum(partial);
+            assert_eq!(
+                whole.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                again.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "blocks of {block}"
+            );
+        }
+        let left_to_right = parts.iter().fold(vec![0.0f32; 5], |mut acc, p| {
+            acc.iter_mut().zip(p).for_each(|(a, x)| *a += x);
+            acc
+        });
+        assert_ne!(whole, left_to_right, "the values tell the orders apart");
     }
 }

@@ -573,3 +573,52 @@ fn a_run_that_lost_its_completion_record_resumes_to_the_same_completion() {
     ok(&["resume", s(&cut), "--quiet"]);
     assert_same_run(&full, &cut);
 }
+
+/// A fixture run whose batches of 8 are cut into `parts` micro-batches.
+fn micro_batched(dir: &Path, parts: u64) -> PathBuf {
+    let cfg = tiny(
+        dir,
+        FixtureOptions {
+            batch_size: 8,
+            ..Default::default()
+        },
+    );
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    assert!(text.contains("batch_size = 8\n"), "{text}");
+    let text = text.replace(
+        "batch_size = 8\n",
+        &format!("batch_size = 8\nmicro_batches = {parts}\n"),
+    );
+    std::fs::write(&cfg, text).expect("config");
+    cfg
+}
+
+/// Micro-batches are the unit of data-parallel work: however many workers compute a step's
+/// parts (here the CPU backend's threads, 1 or 2, each part's gradient taken by one worker), the
+/// parts' gradients meet in the same tree, so the run is the same bits; an interrupted run resumes
+/// with another worker count to the same bits. And the option is real: 4 parts are not 1.
+#[test]
+fn micro_batches_make_the_bits_independent_of_the_number_of_workers() {
+    let t = tempfile::tempdir().expect("tmp");
+    let cfg = micro_batched(&t.path().join("in"), 4);
+    let (one, two) = (t.path().join("one"), t.path().join("two"));
+    train(&cfg, &one, &["--threads", "1"]);
+    train(&cfg, &two, &["--threads", "2"]);
+    assert_same_run(&one, &two);
+
+    let part = t.path().join("part");
+    train(&cfg, &part, &["--threads", "2", "--max-steps", "6"]);
+    ok(&["resume", s(&part), "--quiet", "--threads", "1"]);
+    assert_same_run(&one, &part);
+
+    let whole = micro_batched(&t.path().join("whole-in"), 1);
+    let single = t.path().join("single");
+    train(&whole, &single, &["--threads", "2"]);
+    assert_ne!(
+        completion(&one).ledger_head,
+        completion(&single).ledger_head,
+        "4 parts summed in a tree are not one backward pass over the batch"
+    );
+    assert_eq!(manifest(&one).spec["run"]["micro_batches"], 4);
+    assert!(manifest(&single).spec["run"].get("micro_batches").is_none());
+}

@@ -459,8 +459,13 @@ impl Job for CounterfactualJob<'_> {
                     s.skip_step();
                     None
                 } else {
-                    let batch = prepared.batch::<B>(&kept, s.device());
-                    Some(f32::from_bits(s.train_step(&batch).loss_bits))
+                    let parts = prepared.step_batches::<B>(
+                        &ids,
+                        ctx.spec.run.micro_batches,
+                        |id| !self.without.contains(&id),
+                        s.device(),
+                    );
+                    Some(f32::from_bits(s.train_step(&parts).loss_bits))
                 };
                 walk.steps.push(CounterfactualStep {
                     step,

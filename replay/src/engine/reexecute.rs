@@ -549,8 +549,13 @@ pub(crate) fn replay_range<B: AutodiffBackend, M: TrainableModel<B>>(
         if observed {
             observer.before_step(&session, step, &ids)?;
         }
-        let batch = prepared.batch::<B>(&ids, session.device());
-        let out = session.train_step(&batch);
+        let parts = prepared.step_batches::<B>(
+            &ids,
+            ctx.spec.run.micro_batches,
+            |_| true,
+            session.device(),
+        );
+        let out = session.train_step(&parts);
         if observed {
             observer.after_step(&session, step)?;
         }

@@ -38,6 +38,20 @@ pub struct RunSection {
     /// Optimizer steps.
     pub steps: u64,
     pub batch_size: u64,
+    /// Parts each batch is cut into (`specs/determinism.md` §5.6): each part's gradient is taken
+    /// alone and the parts' gradients are summed in a fixed pairwise tree over the part index,
+    /// so the step's bits do not depend on how many workers compute the parts. 1 (the default,
+    /// left out of the spec): one backward pass over the whole batch.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub micro_batches: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 /// `[signing]`: sign the run (`specs/signatures.md`).
@@ -250,6 +264,14 @@ impl SpecParts<'_> {
         }
         if self.run.batch_size == 0 {
             return bad("run.batch_size", "must be at least 1");
+        }
+        if self.run.micro_batches == 0
+            || !self.run.batch_size.is_multiple_of(self.run.micro_batches)
+        {
+            return bad(
+                "run.micro_batches",
+                "must be at least 1 and divide run.batch_size (the parts are of equal size)",
+            );
         }
         self.model.kind().validate()?;
         optim::validate_optimizer(self.optimizer)?;

@@ -71,6 +71,18 @@ impl Dropout {
         }
     }
 
+    /// Dropout for part `part` of training step `step`, when the step's batch is cut into
+    /// micro-batches: each part has its own stream, whoever computes it.
+    pub fn for_micro_batch(master_seed: u64, step: u64, part: usize) -> Self {
+        Dropout {
+            rng: Some(rng::stream(
+                master_seed,
+                &format!("{}{part}", rng::purpose::DROPOUT_PART_PREFIX),
+                step,
+            )),
+        }
+    }
+
     /// No dropout (evaluation).
     pub fn disabled() -> Self {
         Dropout { rng: None }

@@ -279,8 +279,9 @@ pub(super) fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
         .min(total);
     for step in first + 1..=limit {
         let (epoch, ids) = session.next_batch();
-        let batch = prepared.batch::<B>(&ids, session.device());
-        let out = session.train_step(&batch);
+        let parts =
+            prepared.step_batches::<B>(&ids, spec.run.micro_batches, |_| true, session.device());
+        let out = session.train_step(&parts);
         let checkpoint = is_checkpoint_step(step, total, recording.checkpoint_interval);
         let captured = if checkpoint || step.is_multiple_of(recording.state_root_interval) {
             let state = session.capture();
