@@ -547,6 +547,25 @@ lr = 0.001
     }
 
     #[test]
+    fn micro_batches_must_divide_the_batch() {
+        let with = |n: &str| {
+            RunConfig::from_toml(
+                &MINIMAL.replace(
+                    "batch_size = 4",
+                    &format!("batch_size = 4\nmicro_batches = {n}"),
+                ),
+                "c.toml",
+                PathBuf::new(),
+            )
+        };
+        assert_eq!(with("2").expect("2 divides 4").run.micro_batches, 2);
+        for bad in ["0", "3", "8"] {
+            let e = with(bad).expect_err(bad).to_string();
+            assert!(e.contains("run.micro_batches"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_key() {
         let e = RunConfig::from_toml(
             &MINIMAL.replace("lr = 0.001", "lrr = 0.001"),
