@@ -771,8 +771,9 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     /// and `f` of its gradient with respect to the trained parameters that `wanted` names,
     /// flattened on the host in the model's parameter visit order, each tensor row-major (a
     /// parameter the loss does not reach contributes zeros); results in the batches' order. The
-    /// batches are spread over the worker threads (see [`Self::gradients_of`]); none of the
-    /// results depends on the number of threads. No parameter or optimizer state changes.
+    /// batches are spread over the worker threads, each worker with its own leaves of the same
+    /// parameter values; none of the results depends on the number of threads. No parameter or
+    /// optimizer state changes.
     pub fn map_gradients<T: Send>(
         &self,
         count: usize,
