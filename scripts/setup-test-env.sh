@@ -5,6 +5,7 @@
 #   runs natively and under `qemu-x86_64 -cpu max` / `-cpu Nehalem`;
 # - strace (Debian), to count the files a command opens;
 # - slurm-wlm and munge (Debian), for a one-node Slurm cluster that runs sharded verification;
+# - Open MPI and libclang (Debian), to build and run data-parallel training;
 # - a Python venv with moto's S3 server, used by the S3 integration tests on 127.0.0.1, and the
 #   ecosystem's verifiers that the attestation tests run on our artefacts: OpenSSF
 #   model-signing (with pyOpenSSL, which its CLI imports) and securesystemslib (DSSE, as in-toto
@@ -42,6 +43,21 @@ if ! command -v sbatch > /dev/null || [ ! -x /usr/sbin/slurmctld ] || [ ! -x /us
     || { $sudo apt-get update -q > /dev/null \
          && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
               --no-install-recommends slurm-wlm munge > /dev/null; }
+fi
+
+# Open MPI (with PMIx, which Slurm's srun uses to start MPI processes) and libclang: the
+# data-parallel tests build the trainer with MPI (rsmpi generates its bindings with bindgen) and
+# run it under mpirun and srun.
+if ! command -v mpirun > /dev/null || ! command -v mpicc > /dev/null \
+  || ! /sbin/ldconfig -p | grep -q libclang; then
+  echo "installing Open MPI and libclang for the data-parallel tests"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      openmpi-bin libopenmpi-dev libclang-dev > /dev/null \
+    || { $sudo apt-get update -q > /dev/null \
+         && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+              --no-install-recommends openmpi-bin libopenmpi-dev libclang-dev > /dev/null; }
 fi
 
 if [ ! -x .venv/bin/moto_server ]; then

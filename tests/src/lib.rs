@@ -75,6 +75,20 @@ pub fn keygen(dir: &Path) -> (PathBuf, String) {
     (dir.join("signing-key.pem"), hex)
 }
 
+/// `mpirun -n N trainer ARGS…` (Open MPI, as many processes as asked whatever the cores): the
+/// launcher's output. `scripts/setup-test-env.sh` installs Open MPI.
+pub fn mpirun(n: usize, args: &[&str]) -> std::process::Output {
+    Command::new(which("mpirun"))
+        .args(["-n", &n.to_string(), "--oversubscribe"])
+        .arg(binary("trainer"))
+        .args(args)
+        // Containers run their tests as root, which Open MPI refuses unless told.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("mpirun {args:?}: {e}"))
+}
+
 /// `trainer run CONFIG --out OUT --quiet EXTRA…`, which must succeed.
 pub fn train(config: &Path, out: &Path, extra: &[&str]) {
     let mut args = vec!["run", s(config), "--out", s(out), "--quiet"];
@@ -487,6 +501,9 @@ impl Slurm {
     pub fn start() -> Slurm {
         let dir = tempfile::tempdir().expect("slurm directory");
         let d = dir.path();
+        // munged refuses a socket under a directory others cannot traverse.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         for sub in ["munge", "state", "spool", "log"] {
             std::fs::create_dir(d.join(sub)).expect("slurm directory");
         }
@@ -495,7 +512,6 @@ impl Slurm {
         // does not matter, munged only needs one of at least 32 bytes, readable by its owner only.
         let bytes = [0x5au8; 1024];
         std::fs::write(&key, bytes).expect("munge key");
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("chmod");
         let socket = d.join("munge/munge.sock");
         let mut daemons = vec![];

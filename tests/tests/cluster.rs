@@ -3,8 +3,9 @@
 //! and keeping its signed report in the verifier's results store (a shared directory, and S3 on
 //! moto); `replay collect` merges them. A cancelled task is a missing shard; resubmitting it
 //! completes the set; a task requeued after its shard reported is refused and the recorded
-//! report left as it is. And the Kubernetes Indexed Job that `examples/cluster` writes, its pods'
-//! command run once per completion index.
+//! report left as it is. Training data-parallel under the same cluster (`srun -n 2`, MPI through
+//! Slurm's PMIx plugin) records the single-process run's bits. And the Kubernetes Indexed Job
+//! that `examples/cluster` writes, its pods' command run once per completion index.
 
 use std::path::Path;
 

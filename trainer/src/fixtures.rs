@@ -17,6 +17,8 @@ pub struct FixtureOptions {
     pub seed: u64,
     pub steps: u64,
     pub batch_size: u64,
+    /// `[run] micro_batches` (written only when not 1).
+    pub micro_batches: u64,
     pub examples: usize,
     pub lr: f64,
     pub checkpoint_interval: u64,
@@ -41,6 +43,7 @@ impl Default for FixtureOptions {
             seed: 11,
             steps: 12,
             batch_size: 4,
+            micro_batches: 1,
             examples: 40,
             lr: 0.001,
             checkpoint_interval: 4,
@@ -325,7 +328,7 @@ fn write_config(
 seed = {seed}
 steps = {steps}
 batch_size = {bs}
-
+{parts}
 {sections}
 [optimizer]
 kind = "adamw"
@@ -339,6 +342,10 @@ state_root_interval = {sri}
         seed = o.seed,
         steps = o.steps,
         bs = o.batch_size,
+        parts = match o.micro_batches {
+            1 => String::new(),
+            n => format!("micro_batches = {n}\n"),
+        },
         lr = o.lr,
         ci = o.checkpoint_interval,
         sri = o.state_root_interval,

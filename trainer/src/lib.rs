@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod dist;
 pub mod error;
 pub mod fingerprint;
 pub mod fixtures;

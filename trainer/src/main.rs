@@ -47,6 +47,12 @@ struct Common {
     /// Print the summary as JSON on standard output.
     #[arg(long)]
     json: bool,
+    /// Train data-parallel with the processes an MPI launcher started (`mpirun -n N`, or
+    /// `srun` with an MPI plugin): each computes its share of every step's micro-batches
+    /// (`[run] micro_batches`, a multiple of N); the run's bits are those of one process, and
+    /// only the first process writes it. Needs a trainer built with `--features trainer/mpi`.
+    #[arg(long)]
+    mpi: bool,
     /// Sign the run's manifest, ledger segments, checkpoints and completion record with this
     /// PKCS#8 PEM ed25519 key (see `trainer keygen`).
     #[arg(long)]
@@ -178,7 +184,13 @@ fn options(common: &Common) -> Result<RunOptions, Error> {
             .num_threads(n)
             .build_global();
     }
+    let collective = if common.mpi {
+        Some(mpi_workers()?)
+    } else {
+        None
+    };
     Ok(RunOptions {
+        collective,
         device: common.device.parse::<DeviceSpec>()?,
         run_id: None,
         progress: !common.quiet && !common.json,
@@ -189,6 +201,30 @@ fn options(common: &Common) -> Result<RunOptions, Error> {
             None => None,
         },
     })
+}
+
+/// The workers an MPI launcher started.
+#[cfg(feature = "mpi")]
+fn mpi_workers() -> Result<std::sync::Arc<dyn trainer::dist::Collective>, Error> {
+    match trainer::dist::Mpi::init() {
+        Some(m) => Ok(std::sync::Arc::new(m)),
+        None => Err(Error::config("--mpi", "MPI is already initialised")),
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_workers() -> Result<std::sync::Arc<dyn trainer::dist::Collective>, Error> {
+    Err(Error::config(
+        "--mpi",
+        "this trainer is built without MPI: cargo build --release --features trainer/mpi \
+         (needs a system MPI, e.g. Debian's libopenmpi-dev, and libclang-dev)",
+    ))
+}
+
+/// Whether this process is a data-parallel worker other than the first: it trains the same
+/// steps, keeps them in memory and prints nothing.
+fn detached(o: &RunOptions) -> bool {
+    o.collective.as_ref().is_some_and(|c| c.rank() != 0)
 }
 
 /// Print the summary; `trusted_key` is how to name the signer's public key to `replay`.
@@ -301,6 +337,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             let c = RunConfig::from_file(&config)?;
             let mut o = options(&common)?;
             o.run_id = run_id;
+            if detached(&o) {
+                run::start_detached(&c, &o)?;
+                return Ok(());
+            }
             check_export_target(export.as_deref())?;
             let s = run::start(&c, &out, &o)?;
             report(&s, &common, public_hex(&o).as_deref());
@@ -314,6 +354,14 @@ fn run(cli: Cli) -> Result<(), Error> {
         } => {
             let mut o = options(&common)?;
             o.allow_environment_mismatch = allow_environment_mismatch;
+            // Every worker reads the run before the first writes to it.
+            if let Some(c) = o.collective.clone() {
+                if c.rank() != 0 {
+                    run::resume_detached(&location, &o, || c.barrier())?;
+                    return Ok(());
+                }
+                c.barrier();
+            }
             check_export_target(export.as_deref())?;
             let s = run::resume(&location, &o)?;
             report(&s, &common, public_hex(&o).as_deref());

@@ -322,6 +322,8 @@ pub struct Session<B: AutodiffBackend, M: TrainableModel<B>> {
     params: Vec<(String, usize)>,
     /// Those that are trained (all of them unless the model freezes some).
     trainable: Vec<(String, usize)>,
+    /// The other workers of a data-parallel run, if any ([`crate::dist`]).
+    collective: Option<std::sync::Arc<dyn crate::dist::Collective>>,
 }
 
 fn param_table<B: AutodiffBackend, M: TrainableModel<B>>(
@@ -449,6 +451,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                 order,
                 params: table,
                 trainable,
+                collective: None,
             },
             report,
         ))
@@ -607,7 +610,18 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             order,
             params: table,
             trainable,
+            collective: None,
         })
+    }
+
+    /// Compute each step's micro-batches together with the workers of `collective`: this
+    /// worker takes its block of parts ([`crate::dist`]). The step's bits are unchanged.
+    pub fn with_collective(
+        mut self,
+        collective: std::sync::Arc<dyn crate::dist::Collective>,
+    ) -> Self {
+        self.collective = Some(collective);
+        self
     }
 
     /// Steps completed.
@@ -709,28 +723,51 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     /// only, never of the number of threads.
     fn micro_batch_gradients(&self, parts: &[Batch<B>], step: u64) -> (f32, NamedGradients<B>) {
         let seed = self.spec.run.seed;
-        let sizes: Vec<usize> = parts.iter().map(|p| p.size).collect();
-        let results = self.gradients_of(
-            parts.len(),
-            |j| parts[j].clone(),
-            |j| Dropout::for_micro_batch(seed, step, j),
-            |j| sizes[j] as f32,
-            |_| true,
-            <[f32]>::to_vec,
+        let count = parts.len();
+        let (rank, workers) = match &self.collective {
+            Some(c) => (c.rank(), c.size()),
+            None => (0, 1),
+        };
+        // Configurations are checked to divide the parts among the workers; a counterfactual
+        // (parts dropped) runs in one process.
+        assert!(
+            count.is_multiple_of(workers),
+            "{count} micro-batches cannot be divided among {workers} workers"
         );
-        let n = sizes.iter().sum::<usize>() as f32;
-        let mut losses = Vec::with_capacity(results.len());
-        let mut reached = vec![false; self.trainable.len()];
-        let mut flats = Vec::with_capacity(results.len());
-        for (loss, present, flat) in results {
-            losses.push(vec![loss]);
-            for (r, p) in reached.iter_mut().zip(present) {
-                *r |= p;
-            }
-            flats.push(flat);
-        }
-        let loss = tree_sum(losses).first().copied().unwrap_or_default() / n;
-        let mut sum = tree_sum(flats);
+        let block = count / workers;
+        let first = rank * block;
+        let tensors = self.trainable.len();
+        // Each part's vector: its gradient, then its weighted loss, then 1 for each tensor it
+        // reaches (0 otherwise), all summed by the same tree.
+        let leaves: Vec<Vec<f32>> = self
+            .gradients_of(
+                block,
+                |i| parts[first + i].clone(),
+                |i| Dropout::for_micro_batch(seed, step, first + i),
+                |i| parts[first + i].size as f32,
+                |_| true,
+                <[f32]>::to_vec,
+            )
+            .into_iter()
+            .map(|(loss, present, mut flat)| {
+                flat.push(loss);
+                flat.extend(present.into_iter().map(|p| f32::from(u8::from(p))));
+                flat
+            })
+            .collect();
+        let mine = crate::dist::block_nodes(first as u64, leaves);
+        let nodes = match &self.collective {
+            Some(c) if workers > 1 => exchange(c.as_ref(), mine),
+            _ => mine,
+        };
+        let mut sum = crate::dist::combine(nodes, count as u64, 0);
+        let n = parts.iter().map(|p| p.size).sum::<usize>() as f32;
+        let reached: Vec<bool> = sum
+            .split_off(sum.len() - tensors)
+            .iter()
+            .map(|&r| r > 0.0)
+            .collect();
+        let loss = sum.pop().unwrap_or_default() / n;
         for g in &mut sum {
             *g /= n;
         }
@@ -908,22 +945,35 @@ type NamedGradients<B> = Vec<(
 /// the sum `left + right` of its halves (a node with an empty right half is its left half).
 /// Any worker block of aligned parts is a subtree or a union of subtrees, so a sum is the same
 /// bits however the parts were divided among workers. Empty input: empty output.
-pub fn tree_sum(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
-    // Level by level: pairs (0,1), (2,3), … then pairs of those; an odd last node moves up.
-    while parts.len() > 1 {
-        let mut next = Vec::with_capacity(parts.len().div_ceil(2));
-        let mut it = parts.into_iter();
-        while let Some(mut left) = it.next() {
-            if let Some(right) = it.next() {
-                for (l, r) in left.iter_mut().zip(&right) {
-                    *l += r;
-                }
-            }
-            next.push(left);
-        }
-        parts = next;
+pub fn tree_sum(parts: Vec<Vec<f32>>) -> Vec<f32> {
+    let count = parts.len() as u64;
+    let leaves = (0..count).map(|j| (0, j)).zip(parts).collect();
+    crate::dist::combine(leaves, count, 0)
+}
+
+/// Every worker's tree nodes, from each worker's own: each node sent as its level, its index
+/// (both exact in `f32` below 2^24) and its values.
+fn exchange(
+    collective: &dyn crate::dist::Collective,
+    mine: Vec<(crate::dist::Node, Vec<f32>)>,
+) -> Vec<(crate::dist::Node, Vec<f32>)> {
+    let width = mine.first().map_or(0, |(_, v)| v.len());
+    let mut sent = Vec::with_capacity(mine.len() * (width + 2));
+    for ((level, index), v) in mine {
+        sent.push(level as f32);
+        sent.push(index as f32);
+        sent.extend(v);
     }
-    parts.pop().unwrap_or_default()
+    collective
+        .all_gather(&sent)
+        .into_iter()
+        .flat_map(|theirs| {
+            theirs
+                .chunks(width + 2)
+                .map(|c| ((c[0] as u32, c[1] as u64), c[2..].to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -948,7 +998,7 @@ mod tests {
         let parts: Vec<Vec<f32>> = (0..8)
             .map(|j| {
                 (0..5)
-                    .map(|i| ((j * 7 + i * 13) as f32).sin() * 10f32.powi((j % 4) as i32 * 3))
+                    .map(|i| ((j * 7 + i * 13) as f32).sin() * 10f32.powi((j % 4) * 3))
                     .collect()
             })
             .collect();

@@ -576,21 +576,14 @@ fn a_run_that_lost_its_completion_record_resumes_to_the_same_completion() {
 
 /// A fixture run whose batches of 8 are cut into `parts` micro-batches.
 fn micro_batched(dir: &Path, parts: u64) -> PathBuf {
-    let cfg = tiny(
+    tiny(
         dir,
         FixtureOptions {
             batch_size: 8,
+            micro_batches: parts,
             ..Default::default()
         },
-    );
-    let text = std::fs::read_to_string(&cfg).expect("config");
-    assert!(text.contains("batch_size = 8\n"), "{text}");
-    let text = text.replace(
-        "batch_size = 8\n",
-        &format!("batch_size = 8\nmicro_batches = {parts}\n"),
-    );
-    std::fs::write(&cfg, text).expect("config");
-    cfg
+    )
 }
 
 /// Micro-batches are the unit of data-parallel work: however many workers compute a step's

@@ -14,5 +14,5 @@ mod train;
 pub use export::{export_final, training_predicate};
 pub use files::{RunFiles, load_dataset, read_checkpoint, read_ledger};
 pub use options::{RunOptions, RunSummary};
-pub use resume::{resume, resume_with};
-pub use start::{start, start_in, start_with};
+pub use resume::{resume, resume_detached, resume_with};
+pub use start::{start, start_detached, start_in, start_with};

@@ -21,6 +21,29 @@ pub struct RunOptions {
     /// Sign the run's artefacts with this key (`specs/signatures.md`); for `start`, a key named
     /// in the configuration's `[signing]` section is used when this is `None`.
     pub signing_key: Option<ed25519_dalek::SigningKey>,
+    /// The workers of a data-parallel run ([`crate::dist`]): every worker trains the same steps,
+    /// each computing its share of the micro-batches.
+    pub collective: Option<std::sync::Arc<dyn crate::dist::Collective>>,
+}
+impl RunOptions {
+    /// Refuse a number of workers that does not divide the run's micro-batches (each worker
+    /// takes an equal block of every step's parts).
+    pub(super) fn check_workers(&self, spec: &crate::config::RunSpec) -> crate::error::Result<()> {
+        let Some(c) = &self.collective else {
+            return Ok(());
+        };
+        let (workers, parts) = (c.size() as u64, spec.run.micro_batches);
+        if parts.is_multiple_of(workers) {
+            return Ok(());
+        }
+        Err(crate::error::Error::config(
+            "run.micro_batches",
+            format!(
+                "{parts} micro-batches cannot be divided among {workers} workers: use a multiple \
+                 of {workers}"
+            ),
+        ))
+    }
 }
 impl Default for RunOptions {
     fn default() -> Self {
@@ -31,6 +54,7 @@ impl Default for RunOptions {
             max_steps: None,
             allow_environment_mismatch: false,
             signing_key: None,
+            collective: None,
         }
     }
 }

@@ -44,6 +44,28 @@ pub fn resume(location: &str, options: &RunOptions) -> Result<RunSummary> {
         Resumption::Complete(summary) => Ok(*summary),
     }
 }
+/// [`resume`] for a data-parallel worker that does not write the run (every worker but the
+/// first, [`crate::dist`]): the run's objects copied into this process's memory and resumed
+/// there. `copied` is called once the copy is whole (the workers' barrier: the first worker
+/// writes only after it).
+pub fn resume_detached(
+    location: &str,
+    options: &RunOptions,
+    copied: impl FnOnce(),
+) -> Result<RunSummary> {
+    let copy = format!("memory://detached-{}", std::process::id());
+    let whole = (|| -> Result<()> {
+        let from = Store::open(location)?;
+        let to = Store::create(&copy)?;
+        for key in from.list("")? {
+            to.put_once(&key, from.get(&key)?)?;
+        }
+        Ok(())
+    })();
+    copied();
+    whole?;
+    resume(&copy, options)
+}
 /// The public keys whose signature of the run's manifest verifies: the keys the run is signed
 /// with.
 pub(super) fn manifest_signers(store: &Store, manifest: &RunManifest) -> Result<Vec<[u8; 32]>> {

@@ -26,6 +26,12 @@ pub fn start_in(config: &RunConfig, store: Store, options: &RunOptions) -> Resul
     let model = job.spec.model.clone();
     dispatch(options.device, &model, job)?
 }
+/// [`start`] for a data-parallel worker that does not write the run (every worker but the first,
+/// [`crate::dist`]): the same run, kept in this process's memory.
+pub fn start_detached(config: &RunConfig, options: &RunOptions) -> Result<RunSummary> {
+    let store = Store::create(&format!("memory://detached-{}", std::process::id()))?;
+    start_in(config, store, options)
+}
 /// Start a new run of model type `M` (any [`TrainableModel`], e.g. a `custom` model) on
 /// backend `B`; `options.device` names the device for the fingerprint.
 pub fn start_with<B: AutodiffBackend, M: TrainableModel<B>>(
@@ -110,6 +116,7 @@ pub(super) fn prepare_start(
         base.as_ref().map(|(w, _)| w),
         conversion,
     );
+    options.check_workers(&spec)?;
     let fingerprint = options.device.fingerprint()?;
 
     let signing_key = match (&options.signing_key, &config.signing) {

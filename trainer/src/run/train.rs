@@ -61,6 +61,17 @@ pub(super) struct TrainJob {
     pub(super) signing_key: Option<ed25519_dalek::SigningKey>,
 }
 impl TrainJob {
+    /// `session`, computing its steps with the run's other workers, if any.
+    fn distribute<B: AutodiffBackend, M: TrainableModel<B>>(
+        &self,
+        session: Session<B, M>,
+    ) -> Session<B, M> {
+        match &self.options.collective {
+            Some(c) => session.with_collective(c.clone()),
+            None => session,
+        }
+    }
+
     fn signer(&self, genesis: &Hash32) -> Option<RunSigner> {
         self.signing_key
             .clone()
@@ -75,6 +86,7 @@ impl Job for TrainJob {
         config: M::Config,
         device: B::Device,
     ) -> Self::Output {
+        self.options.check_workers(&self.spec)?;
         match &self.start {
             Start::Fresh {
                 base,
@@ -88,6 +100,7 @@ impl Job for TrainJob {
                     base.as_ref().map(|(w, _)| w),
                     device,
                 )?;
+                let session = self.distribute(session);
                 let state = session.capture();
                 let hashes = state.tensor_hashes();
                 let root = state.root(&hashes)?;
@@ -144,6 +157,7 @@ impl Job for TrainJob {
             Start::Scratch { base, manifest } => {
                 let (session, report) =
                     Session::<B, M>::initial(self.spec.clone(), config, base.as_ref(), device)?;
+                let session = self.distribute(session);
                 let state = session.capture();
                 let hashes = state.tensor_hashes();
                 let root = state.root(&hashes)?;
@@ -195,6 +209,7 @@ impl Job for TrainJob {
                     device,
                     &key,
                 )?;
+                let session = self.distribute(session);
                 let writer = new_writer(
                     &self.store,
                     &self.run_id,
