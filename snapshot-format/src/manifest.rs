@@ -138,9 +138,22 @@ pub struct EnvironmentFingerprint {
     pub cpu_model: String,
     /// Worker threads (rayon) during the run.
     pub threads: u64,
+    /// Data-parallel processes that trained the run, each computing its share of every step's
+    /// micro-batches (`specs/determinism.md` §5.6); 1, one process, is left out. Not part of the
+    /// class: it changes no bit.
+    #[serde(default = "one_worker", skip_serializing_if = "is_one_worker")]
+    pub workers: u64,
     pub os: String,
     pub rustc: String,
     pub gpu: Option<GpuFingerprint>,
+}
+
+fn one_worker() -> u64 {
+    1
+}
+
+fn is_one_worker(n: &u64) -> bool {
+    *n == 1
 }
 
 impl EnvironmentFingerprint {

@@ -10,7 +10,7 @@ use e2e_tests::{mpirun, replay_json, s, train};
 use replay::Verdict;
 use replay::commands::counterfactual::CounterfactualReport;
 use replay::commands::verify::VerifyReport;
-use run_store::testing::assert_same_run;
+use run_store::testing::{assert_same_run, manifest};
 use snapshot_format::layout;
 use trainer::fixtures::{self, FixtureOptions};
 
@@ -50,7 +50,14 @@ fn one_two_and_four_mpi_workers_record_the_same_run() {
         let run = t.path().join(format!("workers-{n}"));
         workers(n, &["run", s(&cfg), "--out", s(&run), "--run-id", "dp"]);
         assert_same_run(&one, &run);
+        // The layout is recorded for the investigator, outside the environment class.
+        assert_eq!(manifest(&run).environment.workers, n as u64);
+        assert_eq!(
+            manifest(&run).environment.class(),
+            manifest(&one).environment.class()
+        );
     }
+    assert_eq!(manifest(&one).environment.workers, 1);
 
     // Stopped after 6 steps on 2 workers, resumed on 4: the same bits.
     let moved = t.path().join("moved");

@@ -127,6 +127,7 @@ pub fn current(backend: &str, device: &str, gpu: Option<GpuFingerprint>) -> Envi
         cpu_features: cpu_features(),
         cpu_model: cpu_model(),
         threads: rayon::current_num_threads() as u64,
+        workers: 1,
         os: os(),
         rustc: env!("TRAINER_RUSTC_VERSION").to_string(),
         gpu,
@@ -163,9 +164,10 @@ mod tests {
     fn fingerprint_is_stable_within_a_process_and_class_holds_what_changes_bits() {
         let a = current("flex", "cpu", None);
         let mut b = a.clone();
-        // Threads, the CPU's model and extra features (AVX-512) and the C library change no
+        // Threads, data-parallel workers, the CPU's model and extra features (AVX-512) and the C library change no
         // bit: the class ignores them.
         b.threads += 7;
+        b.workers = 4;
         b.cpu_model = "another".into();
         b.cpu_features.push("avx512f".into());
         b.libc = "glibc 9.99".into();

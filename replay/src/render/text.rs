@@ -973,10 +973,14 @@ pub fn inspect(r: &InspectReport) -> String {
     let e = &r.environment;
     let _ = writeln!(
         out,
-        "  environment  {} on {}, {} threads, {} [{}], class {}",
+        "  environment  {} on {}, {} threads{}, {} [{}], class {}",
         e.backend,
         e.cpu_model,
         e.threads,
+        match e.workers {
+            1 => String::new(),
+            n => format!(" x {n} workers"),
+        },
         e.libc,
         e.cpu_features.join(" "),
         r.environment_class.short()

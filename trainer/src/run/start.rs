@@ -117,7 +117,10 @@ pub(super) fn prepare_start(
         conversion,
     );
     options.check_workers(&spec)?;
-    let fingerprint = options.device.fingerprint()?;
+    let mut fingerprint = options.device.fingerprint()?;
+    if let Some(c) = &options.collective {
+        fingerprint.workers = c.size() as u64;
+    }
 
     let signing_key = match (&options.signing_key, &config.signing) {
         (Some(k), _) => Some(k.clone()),
