@@ -5,12 +5,14 @@
 # target/bench-venv, which this script creates once; checkpoint_codecs runs ZipNN 0.5.4 there.
 # CODEC_BENCH_RUNS=dir1:dir2 adds runs' last checkpoints to checkpoint_codecs (MiniLM, LoRA). lora_versus_pytorch needs SmolLM2's GGUF,
 # which examples/smollm2/run.sh fetches (without it, the benchmark says so and measures nothing).
+# data_parallel runs the trainer under mpirun (Open MPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-  benches=(snapshot_io checkpoint_codecs training replay matmul versus_pytorch lora_versus_pytorch)
+  benches=(snapshot_io checkpoint_codecs training replay matmul versus_pytorch lora_versus_pytorch
+    data_parallel)
 fi
 for b in "${benches[@]}"; do
   if [[ $b == *versus_pytorch || $b == checkpoint_codecs || $b == matmul ]] && [ -z "${BENCH_PYTHON:-}" ] &&
@@ -22,6 +24,10 @@ for b in "${benches[@]}"; do
     # ZipNN 0.5.4 is a source package with a C extension, built against the torch above.
     target/bench-venv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation \
       'zipnn==0.5.4'
+  fi
+  if [ "$b" = data_parallel ]; then
+    # It runs the release trainer with MPI (Open MPI and libclang: scripts/setup-test-env.sh).
+    cargo build --release --locked --features trainer/mpi --bin trainer
   fi
   cargo bench --locked -p benchmarks --bench "$b"
 done

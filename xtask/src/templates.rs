@@ -86,6 +86,11 @@ pub const TEMPLATES: &[Template] = &[
         render: matmul,
     },
     Template {
+        file: "bench-results/data_parallel.json",
+        name: "table",
+        render: data_parallel,
+    },
+    Template {
         file: "bench-results/training.json",
         name: "recording",
         render: recording,
@@ -364,6 +369,39 @@ fn lora(b: &Bench<'_>) -> Result<String> {
 }
 
 /// Milliseconds: one place, three below 0.1.
+fn data_parallel(b: &Bench<'_>) -> Result<String> {
+    let rows = b.all_rows()?;
+    let base = b.row("1 process, 1 thread, one pass")?.num("steps/s")?;
+    let cells = rows
+        .iter()
+        .map(|r| {
+            let received = r.num("received MB/step")?;
+            Ok(vec![
+                r.label.to_string(),
+                num(r.num("ms/step")?, 1),
+                times(r.num("steps/s")? / base, 2),
+                if received > 0.0 {
+                    num(received, 1)
+                } else {
+                    String::new()
+                },
+                format!("`{}…`", r.text("ledger head")?),
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(format!(
+        "{}
+
+Rows with the same parts end at the same ledger head, however many processes or \
+         threads computed them (the benchmark checks it); cutting the batch in parts changes the \
+         bits (another head) and lets each worker take whole parts.",
+        table(
+            &["", "ms/step", "speed-up", "received MB/step", "ledger head"],
+            &cells
+        )
+    ))
+}
+
 fn ms(x: f64) -> String {
     num(x, if x.abs() < 0.1 { 3 } else { 1 })
 }
