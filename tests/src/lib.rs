@@ -78,15 +78,28 @@ pub fn keygen(dir: &Path) -> (PathBuf, String) {
 /// `mpirun -n N trainer ARGS…` (Open MPI, as many processes as asked whatever the cores): the
 /// launcher's output. `scripts/setup-test-env.sh` installs Open MPI.
 pub fn mpirun(n: usize, args: &[&str]) -> std::process::Output {
-    Command::new(which("mpirun"))
-        .args(["-n", &n.to_string(), "--oversubscribe"])
-        .arg(binary("trainer"))
-        .args(args)
-        // Containers run their tests as root, which Open MPI refuses unless told.
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    mpirun_command(&[(n, args)])
         .output()
         .unwrap_or_else(|e| panic!("mpirun {args:?}: {e}"))
+}
+
+/// `mpirun -n N1 trainer ARGS1… : -n N2 trainer ARGS2… …`: one MPI job whose groups of workers
+/// run `trainer` with their own arguments.
+pub fn mpirun_command(apps: &[(usize, &[&str])]) -> Command {
+    let mut c = Command::new(which("mpirun"));
+    c.arg("--oversubscribe");
+    for (i, (n, args)) in apps.iter().enumerate() {
+        if i > 0 {
+            c.arg(":");
+        }
+        c.args(["-n", &n.to_string()])
+            .arg(binary("trainer"))
+            .args(*args);
+    }
+    // Containers run their tests as root, which Open MPI refuses unless told.
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    c
 }
 
 /// `trainer run CONFIG --out OUT --quiet EXTRA…`, which must succeed.
