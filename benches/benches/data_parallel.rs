@@ -2,7 +2,8 @@
 //! each batch as one pass or as micro-batches, computed by one process (its threads) or by MPI
 //! processes (`trainer run --mpi` under `mpirun`, one thread each); the runs with the same parts
 //! must end at the same ledger head whoever computed them (checked). Also what each worker
-//! receives per step. Runs the release `trainer` built with MPI (`scripts/bench.sh` builds it).
+//! receives per step, and the time a worker spends exchanging sums and completing the tree.
+//! Runs the release `trainer` built with MPI (`scripts/bench.sh` builds it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -133,12 +134,17 @@ fn main() {
         // flag per tensor, in f32.
         let trained = s["trained_parameters"].as_f64().expect("parameters");
         let received = 4.0 * (trained + 1.0 + tensors) * (workers as f64 - 1.0);
+        let exchange = s["exchange_seconds"].as_f64().expect("exchange seconds");
         report.row(
             label,
             &[
                 ("steps/s", r3(per_s).into()),
                 ("ms/step", r3(1000.0 / per_s).into()),
                 ("received MB/step", r3(received / 1e6).into()),
+                (
+                    "exchange ms/step",
+                    r3(exchange * 1000.0 / STEPS as f64).into(),
+                ),
                 ("ledger head", head[..16].to_string().into()),
             ],
         );

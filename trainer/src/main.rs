@@ -252,6 +252,7 @@ fn render(s: &RunSummary, common: &Common, trusted_key: Option<&str>) -> String 
             "parameters": s.parameters,
             "trained_parameters": s.trained_parameters,
             "steps_per_second": s.steps_per_second,
+            "exchange_seconds": s.exchange_seconds,
             "last_loss": s.last_loss,
             "bytes_written": s.bytes_written,
             "signed_by": s.signed_by,

@@ -324,6 +324,8 @@ pub struct Session<B: AutodiffBackend, M: TrainableModel<B>> {
     trainable: Vec<(String, usize)>,
     /// The other workers of a data-parallel run, if any ([`crate::dist`]).
     collective: Option<std::sync::Arc<dyn crate::dist::Collective>>,
+    /// Time spent exchanging the parts' sums with the other workers and completing the tree.
+    exchange: std::cell::Cell<std::time::Duration>,
 }
 
 fn param_table<B: AutodiffBackend, M: TrainableModel<B>>(
@@ -452,6 +454,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
                 params: table,
                 trainable,
                 collective: None,
+                exchange: Default::default(),
             },
             report,
         ))
@@ -611,6 +614,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             params: table,
             trainable,
             collective: None,
+            exchange: Default::default(),
         })
     }
 
@@ -622,6 +626,12 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     ) -> Self {
         self.collective = Some(collective);
         self
+    }
+
+    /// Time this session has spent exchanging sums with the other workers of a data-parallel
+    /// run and completing the reduction tree (zero in one process).
+    pub fn exchange_time(&self) -> std::time::Duration {
+        self.exchange.get()
     }
 
     /// Steps completed.
@@ -756,11 +766,15 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
             })
             .collect();
         let mine = crate::dist::block_nodes(first as u64, leaves);
+        let started = std::time::Instant::now();
         let nodes = match &self.collective {
             Some(c) if workers > 1 => exchange(c.as_ref(), mine),
             _ => mine,
         };
         let mut sum = crate::dist::combine(nodes, count as u64, 0);
+        if workers > 1 {
+            self.exchange.set(self.exchange.get() + started.elapsed());
+        }
         let n = parts.iter().map(|p| p.size).sum::<usize>() as f32;
         let reached: Vec<bool> = sum
             .split_off(sum.len() - tensors)

@@ -376,15 +376,17 @@ fn data_parallel(b: &Bench<'_>) -> Result<String> {
         .iter()
         .map(|r| {
             let received = r.num("received MB/step")?;
+            let (received, exchange) = if received > 0.0 {
+                (num(received, 1), num(r.num("exchange ms/step")?, 1))
+            } else {
+                (String::new(), String::new())
+            };
             Ok(vec![
                 r.label.to_string(),
                 num(r.num("ms/step")?, 1),
                 times(r.num("steps/s")? / base, 2),
-                if received > 0.0 {
-                    num(received, 1)
-                } else {
-                    String::new()
-                },
+                received,
+                exchange,
                 format!("`{}…`", r.text("ledger head")?),
             ])
         })
@@ -396,7 +398,14 @@ Rows with the same parts end at the same ledger head, however many processes or 
          threads computed them (the benchmark checks it); cutting the batch in parts changes the \
          bits (another head) and lets each worker take whole parts.",
         table(
-            &["", "ms/step", "speed-up", "received MB/step", "ledger head"],
+            &[
+                "",
+                "ms/step",
+                "speed-up",
+                "received MB/step",
+                "exchange ms/step",
+                "ledger head"
+            ],
             &cells
         )
     ))

@@ -73,6 +73,10 @@ pub struct RunSummary {
     /// Parameters the run trains (fewer than `parameters` when a base is frozen).
     pub trained_parameters: u64,
     pub steps_per_second: f64,
+    /// Seconds this invocation spent exchanging the parts' sums with the other workers of a
+    /// data-parallel run (waiting for the slowest included) and completing the reduction (0 in
+    /// one process).
+    pub exchange_seconds: f64,
     pub last_loss: f32,
     pub init: InitReport,
     pub bytes_written: u64,

@@ -253,6 +253,7 @@ pub(super) fn finish_complete(
         parameters: trained,
         trained_parameters: trained,
         steps_per_second: 0.0,
+        exchange_seconds: 0.0,
         // The loss of the ledger's last step, as recorded.
         last_loss: read_ledger(store, manifest, c.segments)?
             .last()

@@ -373,6 +373,7 @@ pub(super) fn train_loop<B: AutodiffBackend, M: TrainableModel<B>>(
         } else {
             0.0
         },
+        exchange_seconds: session.exchange_time().as_secs_f64(),
         last_loss,
         init,
         bytes_written,
