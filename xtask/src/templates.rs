@@ -371,35 +371,38 @@ fn lora(b: &Bench<'_>) -> Result<String> {
 /// Milliseconds: one place, three below 0.1.
 fn data_parallel(b: &Bench<'_>) -> Result<String> {
     let rows = b.all_rows()?;
-    let base = b.row("1 process, 1 thread, one pass")?.num("steps/s")?;
-    let cells = rows
-        .iter()
-        .map(|r| {
-            let received = r.num("received MB/step")?;
-            let (received, exchange) = if received > 0.0 {
-                (num(received, 1), num(r.num("exchange ms/step")?, 1))
-            } else {
-                (String::new(), String::new())
-            };
-            Ok(vec![
-                r.label.to_string(),
-                num(r.num("ms/step")?, 1),
-                times(r.num("steps/s")? / base, 2),
-                received,
-                exchange,
-                format!("`{}…`", r.text("ledger head")?),
-            ])
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut cells = Vec::new();
+    for r in &rows {
+        let Some((model, variant)) = r.label.split_once(": ") else {
+            bail!("{}: row {:?} names no model", b.file(), r.label);
+        };
+        let base = b.row(&format!("{model}: 1 process, 1 thread, one pass"))?;
+        let received = r.num("received MB/step")?;
+        let (received, exchange) = if received > 0.0 {
+            (num(received, 1), num(r.num("exchange ms/step")?, 1))
+        } else {
+            (String::new(), String::new())
+        };
+        cells.push(vec![
+            model.to_string(),
+            variant.to_string(),
+            num(r.num("ms/step")?, 1),
+            times(r.num("steps/s")? / base.num("steps/s")?, 2),
+            received,
+            exchange,
+            format!("`{}…`", r.text("ledger head")?),
+        ]);
+    }
     Ok(format!(
-        "{}
-
-Rows with the same parts end at the same ledger head, however many processes or \
-         threads computed them (the benchmark checks it); cutting the batch in parts changes the \
-         bits (another head) and lets each worker take whole parts.",
+        "{}\n\nRows of a model with the same parts end at the same ledger head, however many \
+         processes or threads computed them (the benchmark checks it); cutting the batch in parts \
+         changes the bits (another head) and lets each worker take whole parts. Received: what \
+         each worker receives per step (the trained parameters' sums, `f32`); exchange: the time \
+         worker 0 spends in it, waiting for the other included.",
         table(
             &[
-                "",
+                "model",
+                "workers",
                 "ms/step",
                 "speed-up",
                 "received MB/step",
