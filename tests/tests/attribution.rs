@@ -119,8 +119,8 @@ fn a_behaviour_is_traced_to_the_poisoned_rows_and_proven_without_knowing_the_pat
     assert_eq!(one.examples_scored, ROWS as u64);
 
     // The poisoned rows rank high: the top row is one, and at least 11 of the 16 are in the top
-    // 2× (12 when this was written; the plain gradient inner product, without AdamW's scaling,
-    // found fewer).
+    // 2× (12 when this was written, ranked by credit then score, as by score alone; the plain
+    // gradient inner product, without AdamW's scaling, found fewer).
     let ranked: Vec<u64> = one.ranking.iter().map(|a| a.example).collect();
     assert!(poisoned.contains(&ranked[0]), "top: {ranked:?}");
     let found = ranked[..2 * POISONED]

@@ -329,8 +329,8 @@ pub(crate) enum Command {
         /// (default: --probe, for a classifier; required for a language model).
         #[arg(long)]
         measure: Option<PathBuf>,
-        /// Size of the first candidate set (default: the examples scoring at least a tenth of
-        /// the highest score).
+        /// Size of the first candidate set (default: the examples whose credit, or score when the
+        /// first has no credit, is at least a tenth of the first's).
         #[arg(long)]
         candidates: Option<usize>,
         /// The behaviour is gone when its match rate is at most this.

@@ -60,8 +60,8 @@ pub struct AttributeOptions {
     pub top: usize,
     /// Prove the top of the ranking by counterfactual.
     pub prove: bool,
-    /// Size of the first candidate set (default: the examples scoring at least a tenth of the
-    /// highest score).
+    /// Size of the first candidate set (default: the examples whose credit, or score when the
+    /// first has no credit, is at least a tenth of the first's).
     pub candidates: Option<usize>,
     /// The behaviour is gone when its match rate is at most this.
     pub gone_at: f64,
@@ -79,6 +79,10 @@ pub struct Attributed {
     /// Its influence summed over its uses: the first-order decrease of the probe's loss that
     /// training on it caused (see the module docs). Positive: it taught the behaviour.
     pub score: f64,
+    /// The probe's loss summed over the steps at which this example's influence was the highest
+    /// of its batch (and positive): the behaviour still to be learnt when it was the batch's
+    /// main teacher. The ranking's first key.
+    pub credit: f64,
     /// The steps whose batch held it.
     pub steps: Vec<u64>,
     /// Its mean loss (no dropout) over those uses, at the states before them.
@@ -139,8 +143,9 @@ pub struct AttributeReport {
     pub tensors: Vec<String>,
     /// Examples used at least once up to `to_step`.
     pub examples_scored: u64,
-    /// BLAKE3 of every example's score (u64 id, f64 bits, little-endian, in id order): two runs
-    /// of `attribute` with the same inputs give the same value.
+    /// BLAKE3 of every example's score and credit (u64 id, then the f64 bits of each,
+    /// little-endian, in id order): two runs of `attribute` with the same inputs give the same
+    /// value.
     pub scores_blake3: Option<Hash32>,
     pub ranking: Vec<Attributed>,
     pub proof: Option<Proof>,
@@ -304,8 +309,8 @@ pub fn attribute_in(
         return Ok(report);
     }
     report.examples_scored = scored.uses.iter().filter(|u| !u.is_empty()).count() as u64;
-    report.scores_blake3 = Some(scores_hash(&scored.scores));
-    let order = ranked(&scored.scores, &scored.uses);
+    report.scores_blake3 = Some(scores_hash(&scored.scores, &scored.credits));
+    let order = ranked(&scored.credits, &scored.scores, &scored.uses);
     let texts = crate::commands::search::searchable(ctx, dataset)
         .map(|(_, t)| t)
         .unwrap_or_default();
@@ -320,6 +325,7 @@ pub fn attribute_in(
                 rank: rank as u64 + 1,
                 example: id,
                 score: scored.scores[i],
+                credit: scored.credits[i],
                 steps: uses.clone(),
                 mean_loss: scored.loss_sums[i] / uses.len().max(1) as f64,
                 excerpt: texts.get(i).map(|t| excerpt(t)).unwrap_or_default(),
@@ -329,7 +335,14 @@ pub fn attribute_in(
 
     let mut rederived = true;
     if o.prove {
-        let proof = prove(ctx, o, &order, &scored.scores, &texts, progress)?;
+        let proof = prove(
+            ctx,
+            o,
+            &order,
+            (&scored.credits, &scored.scores),
+            &texts,
+            progress,
+        )?;
         for t in &proof.trials {
             rederived &= t.verdict == Verdict::Verified;
             assessment.outcome(t.verdict);
@@ -343,25 +356,32 @@ pub fn attribute_in(
     Ok(report)
 }
 
-/// The examples with a positive score, highest first (ties: lower id first).
-fn ranked(scores: &[f64], uses: &[Vec<u64>]) -> Vec<u64> {
+/// The used examples with a positive credit or score: highest credit first, then highest score,
+/// then lower id.
+fn ranked(credits: &[f64], scores: &[f64], uses: &[Vec<u64>]) -> Vec<u64> {
     let mut order: Vec<u64> = (0..scores.len() as u64)
-        .filter(|&i| !uses[i as usize].is_empty() && scores[i as usize] > 0.0)
+        .filter(|&i| {
+            let i = i as usize;
+            !uses[i].is_empty() && (credits[i] > 0.0 || scores[i] > 0.0)
+        })
         .collect();
     order.sort_by(|&a, &b| {
-        scores[b as usize]
-            .total_cmp(&scores[a as usize])
+        let (a, b) = (a as usize, b as usize);
+        credits[b]
+            .total_cmp(&credits[a])
+            .then(scores[b].total_cmp(&scores[a]))
             .then(a.cmp(&b))
     });
     order
 }
 
-/// BLAKE3 of every score: id and bits, little-endian, in id order.
-fn scores_hash(scores: &[f64]) -> Hash32 {
+/// BLAKE3 of every score and credit: id and bits, little-endian, in id order.
+fn scores_hash(scores: &[f64], credits: &[f64]) -> Hash32 {
     let mut h = blake3::Hasher::new();
-    for (i, s) in scores.iter().enumerate() {
+    for (i, (s, c)) in scores.iter().zip(credits).enumerate() {
         h.update(&(i as u64).to_le_bytes());
         h.update(&s.to_bits().to_le_bytes());
+        h.update(&c.to_bits().to_le_bytes());
     }
     Hash32(*h.finalize().as_bytes())
 }
@@ -375,16 +395,21 @@ fn excerpt(text: &str) -> String {
     out
 }
 
-/// The size of the first candidate set: the examples whose score is at least a tenth of the
-/// highest, at least 1.
-fn first_candidates(order: &[u64], scores: &[f64]) -> usize {
+/// The size of the first candidate set: the examples whose ranking key (credit, or score when
+/// the first has no credit) is at least a tenth of the first's, at least 1.
+fn first_candidates(order: &[u64], credits: &[f64], scores: &[f64]) -> usize {
     let Some(&top) = order.first() else {
         return 0;
     };
-    let cut = scores[top as usize] / 10.0;
+    let key = if credits[top as usize] > 0.0 {
+        credits
+    } else {
+        scores
+    };
+    let cut = key[top as usize] / 10.0;
     order
         .iter()
-        .take_while(|&&i| scores[i as usize] >= cut)
+        .take_while(|&&i| key[i as usize] >= cut)
         .count()
         .max(1)
 }
@@ -394,7 +419,7 @@ fn prove(
     ctx: &RunContext,
     o: &AttributeOptions,
     order: &[u64],
-    scores: &[f64],
+    (credits, scores): (&[f64], &[f64]),
     texts: &[String],
     progress: &indicatif::ProgressBar,
 ) -> Result<Proof, CommandError> {
@@ -449,7 +474,7 @@ fn prove(
     // prefix that left it and the shortest that removed it, within the replay budget.
     let mut n = o
         .candidates
-        .unwrap_or_else(|| first_candidates(order, scores))
+        .unwrap_or_else(|| first_candidates(order, credits, scores))
         .clamp(1, order.len());
     let mut kept = 0; // the longest tried prefix whose removal left the behaviour
     loop {
@@ -538,6 +563,7 @@ struct Scored {
     parameters: u64,
     tensors: Vec<String>,
     scores: Vec<f64>,
+    credits: Vec<f64>,
     loss_sums: Vec<f64>,
     uses: Vec<Vec<u64>>,
 }
@@ -573,6 +599,7 @@ impl Job for ScoreJob<'_> {
             tensors: vec![],
             pending: None,
             scores: vec![0.0; n],
+            credits: vec![0.0; n],
             loss_sums: vec![0.0; n],
             uses: vec![vec![]; n],
         };
@@ -592,6 +619,7 @@ impl Job for ScoreJob<'_> {
             parameters: tracin.tensors.iter().map(|(_, n)| *n as u64).sum(),
             tensors: tracin.tensors.into_iter().map(|(n, _)| n).collect(),
             scores: tracin.scores,
+            credits: tracin.credits,
             loss_sums: tracin.loss_sums,
             uses: tracin.uses,
         })
@@ -603,6 +631,8 @@ struct Pending {
     step: u64,
     ids: Vec<u64>,
     weight: f64,
+    /// The probe's loss before the step.
+    probe_loss: f32,
     probe: Vec<f32>,
     examples: Vec<(f32, Vec<f32>)>,
 }
@@ -617,6 +647,7 @@ struct TracIn<'a, B: AutodiffBackend> {
     tensors: Vec<(String, usize)>,
     pending: Option<Pending>,
     scores: Vec<f64>,
+    credits: Vec<f64>,
     loss_sums: Vec<f64>,
     uses: Vec<Vec<u64>>,
 }
@@ -660,7 +691,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
         let weight = f64::from_bits(rec.lr_bits) * clip / ids.len().max(1) as f64;
         let probe = &self.probe;
         let wanted = |name: &str| self.wanted(name);
-        let (_, gp) = session
+        let (probe_loss, gp) = session
             .map_gradients(1, |_| probe.clone(), wanted, <[f32]>::to_vec)
             .pop()
             .unwrap_or_default();
@@ -675,6 +706,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
             step,
             ids: ids.to_vec(),
             weight,
+            probe_loss,
             probe: gp,
             examples,
         });
@@ -703,11 +735,21 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
                 at += n;
             }
         }
+        // The batch's main teacher (highest positive influence; ties: the earlier in the batch)
+        // is credited with the probe's loss before the step.
+        let mut best: Option<(usize, f64)> = None;
         for (&id, (loss, g)) in p.ids.iter().zip(&p.examples) {
             let i = id as usize;
-            self.scores[i] += p.weight * dot(g, &direction);
+            let influence = p.weight * dot(g, &direction);
+            self.scores[i] += influence;
             self.loss_sums[i] += f64::from(*loss);
             self.uses[i].push(step);
+            if influence > 0.0 && best.is_none_or(|(_, b)| influence > b) {
+                best = Some((i, influence));
+            }
+        }
+        if let Some((i, _)) = best {
+            self.credits[i] += f64::from(p.probe_loss);
         }
         Ok(())
     }
@@ -750,13 +792,22 @@ mod tests {
     }
 
     #[test]
-    fn the_ranking_orders_by_score_then_id_and_leaves_out_unused_and_negative_examples() {
+    fn the_ranking_orders_by_credit_then_score_then_id_and_leaves_out_unused_and_negative_examples()
+    {
+        let none = [0.0; 5];
         let scores = [0.5, 2.0, 0.5, -1.0, 3.0];
         let uses = vec![vec![1], vec![1], vec![2], vec![2], vec![]];
-        assert_eq!(ranked(&scores, &uses), vec![1, 0, 2]);
-        assert_eq!(first_candidates(&[1, 0, 2], &scores), 3);
-        assert_eq!(first_candidates(&[4, 1], &[0.0, 0.2, 0.0, 0.0, 3.0]), 1);
-        assert_eq!(first_candidates(&[4, 1], &[0.0, 0.2, 0.0, 0.0, 3.0]), 1);
+        assert_eq!(ranked(&none, &scores, &uses), vec![1, 0, 2]);
+        assert_eq!(first_candidates(&[1, 0, 2], &none, &scores), 3);
+        assert_eq!(
+            first_candidates(&[4, 1], &none, &[0.0, 0.2, 0.0, 0.0, 3.0]),
+            1
+        );
+        // Credit first: example 2 (credited) before 1 (the higher score), 3 (credited, negative
+        // score) kept.
+        let credits = [0.0, 0.0, 0.7, 0.1, 0.0];
+        assert_eq!(ranked(&credits, &scores, &uses), vec![2, 3, 1, 0]);
+        assert_eq!(first_candidates(&[2, 3, 1, 0], &credits, &scores), 2);
     }
 
     #[test]

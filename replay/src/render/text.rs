@@ -838,15 +838,16 @@ pub fn attribute(r: &AttributeReport) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:>4} {:>8} {:>11} {:>5} {:>9}  excerpt",
-            "rank", "example", "score", "uses", "mean loss"
+            "  {:>4} {:>8} {:>8} {:>11} {:>5} {:>9}  excerpt",
+            "rank", "example", "credit", "score", "uses", "mean loss"
         );
         for a in &r.ranking {
             let _ = writeln!(
                 out,
-                "  {:>4} {:>8} {:>11.4e} {:>5} {:>9.4}  {}",
+                "  {:>4} {:>8} {:>8.4} {:>11.4e} {:>5} {:>9.4}  {}",
                 a.rank,
                 a.example,
+                a.credit,
                 a.score,
                 a.steps.len(),
                 a.mean_loss,
