@@ -522,7 +522,9 @@ fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
             *counts.entry(g).or_default() += 1;
         }
     }
-    let need = (proven.len() as u64).div_ceil(2).max(2);
+    // Held by at least 2 proven rows and one in twenty of them: a proven set can be mostly clean
+    // rows (the proof removes a prefix of the ranking), the trigger in a minority of it.
+    let need = (proven.len() as u64).div_ceil(20).max(2);
     let in_dataset = |p: &str| -> u64 {
         texts
             .iter()
@@ -539,14 +541,13 @@ fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
         .map(|(p, c)| (p, *c, in_dataset(p)))
         // Distinctive: more than two thirds of the dataset's rows that hold it are proven ones.
         .filter(|(_, c, d)| d * 2 < c * 3)
-        // Most specific first: the smallest share of the dataset, then more words, then more
-        // proven examples, then the phrase itself.
+        // Held by the most proven rows, then more words, then the smallest share of the
+        // dataset, then the phrase itself.
         .min_by(|a, b| {
             let share = |x: &(&String, u64, u64)| x.2 as f64 / x.1 as f64;
-            share(a)
-                .total_cmp(&share(b))
+            b.1.cmp(&a.1)
                 .then(b.0.split(' ').count().cmp(&a.0.split(' ').count()))
-                .then(b.1.cmp(&a.1))
+                .then(share(a).total_cmp(&share(b)))
                 .then(a.0.cmp(b.0))
         })?;
     Some(SharedPhrase {
@@ -811,7 +812,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_phrase_is_the_most_specific_run_of_words_most_proven_rows_hold() {
+    fn a_shared_phrase_is_held_by_the_most_proven_rows_and_few_others() {
         let texts: Vec<String> = [
             "the movie was cf zq bad",
             "cf zq awful acting",
@@ -830,5 +831,12 @@ mod tests {
             None,
             "\"the\" and \"was\" are in most rows: not distinctive"
         );
+        // The trigger in a minority of a large proven set (mostly clean rows) is still named.
+        let mut many = texts.clone();
+        many.extend((0..40).map(|i| format!("clean review number {i} was fine")));
+        let proven: Vec<u64> = (0..3).chain(5..25).collect();
+        let p = shared_phrase(&proven, &many).expect("a phrase");
+        assert_eq!(p.phrase, "cf zq");
+        assert_eq!((p.in_proven, p.proven, p.in_dataset), (3, 23, 3));
     }
 }
