@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e_tests::{mpirun, mpirun_command, replay_json, s, train};
+use e2e_tests::{mpirun, mpirun_command, replay_json, run_with, s, train};
 use replay::Verdict;
 use replay::commands::counterfactual::CounterfactualReport;
 use replay::commands::verify::VerifyReport;
@@ -63,6 +63,31 @@ fn one_two_and_four_mpi_workers_record_the_same_run() {
         );
     }
     assert_eq!(manifest(&one).environment.workers, 1);
+
+    // `--workers 2` starts the same job itself (mpirun on this trainer with --mpi).
+    let local = t.path().join("local");
+    let root = [
+        ("OMPI_ALLOW_RUN_AS_ROOT".to_string(), "1".to_string()),
+        (
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM".to_string(),
+            "1".to_string(),
+        ),
+    ];
+    let args = [
+        "run",
+        s(&cfg),
+        "--out",
+        s(&local),
+        "--run-id",
+        "dp",
+        "--workers",
+        "2",
+        "--quiet",
+    ];
+    let o = run_with("trainer", &args, &root);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_run(&one, &local);
+    assert_eq!(manifest(&local).environment.workers, 2);
 
     // Stopped after 6 steps on 2 workers, resumed on 4: the same bits.
     let moved = t.path().join("moved");

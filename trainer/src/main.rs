@@ -53,6 +53,10 @@ struct Common {
     /// only the first process writes it. Needs a trainer built with `--features trainer/mpi`.
     #[arg(long)]
     mpi: bool,
+    /// Train data-parallel with N local processes: runs this command again under Open MPI's
+    /// `mpirun -n N` with `--mpi` (as many processes as asked, whatever the cores).
+    #[arg(long, conflicts_with = "mpi")]
+    workers: Option<usize>,
     /// Sign the run's manifest, ledger segments, checkpoints and completion record with this
     /// PKCS#8 PEM ed25519 key (see `trainer keygen`).
     #[arg(long)]
@@ -201,6 +205,15 @@ fn options(common: &Common) -> Result<RunOptions, Error> {
             None => None,
         },
     })
+}
+
+/// Whether this trainer can train data-parallel (built with MPI).
+fn mpi_workers_available() -> Result<(), Error> {
+    if cfg!(feature = "mpi") {
+        Ok(())
+    } else {
+        mpi_workers().map(|_| ())
+    }
 }
 
 /// The workers an MPI launcher started.
@@ -658,12 +671,64 @@ fn exit_code(e: &Error) -> u8 {
     }
 }
 
+/// `--workers N` of `run` or `resume`: this command again under `mpirun -n N`, with `--mpi` in
+/// place of `--workers N`; its exit status.
+fn local_workers(cli: &Cli) -> Option<Result<ExitCode, Error>> {
+    let common = match &cli.command {
+        Command::Run { common, .. } | Command::Resume { common, .. } => common,
+        _ => return None,
+    };
+    let n = common.workers?;
+    if let Err(e) = mpi_workers_available() {
+        return Some(Err(e));
+    }
+    let mut args: Vec<String> = vec![];
+    let mut given = std::env::args().skip(1);
+    while let Some(a) = given.next() {
+        if a == "--workers" {
+            given.next();
+        } else if !a.starts_with("--workers=") {
+            args.push(a);
+        }
+    }
+    args.push("--mpi".into());
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(source) => {
+            return Some(Err(Error::Io {
+                path: "the trainer's own executable".into(),
+                source,
+            }));
+        }
+    };
+    let status = std::process::Command::new("mpirun")
+        .args(["-n", &n.to_string(), "--oversubscribe"])
+        .arg(exe)
+        .args(&args)
+        .status();
+    Some(match status {
+        Ok(s) => Ok(ExitCode::from(s.code().unwrap_or(3).clamp(0, 255) as u8)),
+        Err(e) => Err(Error::config(
+            "--workers",
+            format!("cannot start mpirun (Open MPI's launcher, e.g. Debian's openmpi-bin): {e}"),
+        )),
+    })
+}
+
 fn main() -> ExitCode {
     trainer::alloc::keep_freed_pages();
     let cli = match trainer::cli::parse_or_exit::<Cli>() {
         Ok(c) => c,
         Err(code) => return code,
     };
+    match local_workers(&cli) {
+        Some(Ok(code)) => return code,
+        Some(Err(e)) => {
+            eprintln!("trainer: {e}");
+            return ExitCode::from(exit_code(&e));
+        }
+        None => {}
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
