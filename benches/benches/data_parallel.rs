@@ -103,9 +103,7 @@ fn demo(dir: &Path) -> Model {
 /// reviews, batch 4 × 80 tokens), if its GGUF has been fetched.
 fn smollm2(dir: &Path) -> Option<Model> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let gguf = std::env::var_os("SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let gguf = benchmarks::smollm2_gguf();
     if !gguf.exists() {
         eprintln!(
             "{} is missing (examples/smollm2/run.sh fetches it): SmolLM2 not measured",
@@ -116,27 +114,7 @@ fn smollm2(dir: &Path) -> Option<Model> {
     let bytes = std::fs::read(&gguf).expect("gguf");
     let pin = snapshot_format::hash::file_hash(&bytes);
     std::fs::write(dir.join("smollm2.gguf"), &bytes).expect("gguf");
-    let mut rows = String::new();
-    for line in std::str::from_utf8(trainer::demo::DATASET)
-        .expect("utf-8")
-        .lines()
-        .take(512)
-    {
-        let r: serde_json::Value = serde_json::from_str(line).expect("review");
-        let answer = if r["label"] == 1 {
-            "positive"
-        } else {
-            "negative"
-        };
-        let question = format!(
-            "Is this review positive or negative? {}",
-            r["text"].as_str().unwrap_or_default()
-        );
-        let row = serde_json::json!({"messages": [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": answer}]});
-        rows.push_str(&format!("{row}\n"));
-    }
+    let rows = benchmarks::smollm2_chat_rows();
     std::fs::write(dir.join("reviews.chat.jsonl"), rows).expect("rows");
     let model =
         std::fs::read_to_string(workspace.join("examples/smollm2/model.toml")).expect("model.toml");

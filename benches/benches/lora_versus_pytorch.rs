@@ -9,7 +9,6 @@
 //! `benches/pytorch/lora_step.py` in the bench's venv (`scripts/bench.sh` creates it), on the
 //! engine's batches in the engine's order, so that both first losses (the base model's) agree.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use benchmarks::{Report, r3};
@@ -25,43 +24,6 @@ type LoraSession = Session<Cpu, Llama<Cpu>>;
 const WARMUP: u64 = 2;
 const BATCH: u64 = 4;
 const MAX_LEN: u64 = 80;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn gguf_path() -> PathBuf {
-    std::env::var_os("SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-}
-
-/// The example's chat rows: the first 512 reviews as a question and a one-word answer.
-fn chat_rows() -> String {
-    let mut out = String::new();
-    for line in std::str::from_utf8(trainer::demo::DATASET)
-        .expect("utf-8")
-        .lines()
-        .take(512)
-    {
-        let r: serde_json::Value = serde_json::from_str(line).expect("review");
-        let answer = if r["label"] == 1 {
-            "positive"
-        } else {
-            "negative"
-        };
-        let question = format!(
-            "Is this review positive or negative? {}",
-            r["text"].as_str().unwrap_or_default()
-        );
-        let row = serde_json::json!({"messages": [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": answer}]});
-        out.push_str(&row.to_string());
-        out.push('\n');
-    }
-    out
-}
 
 struct Setup {
     spec: RunSpec,
@@ -163,7 +125,7 @@ fn main() {
         .unwrap_or(8);
     let check = 3;
     let mut rep = Report::new("lora_versus_pytorch");
-    let gguf = gguf_path();
+    let gguf = benchmarks::smollm2_gguf();
     let Ok(bytes) = std::fs::read(&gguf) else {
         rep.context(
             "not run",
@@ -178,7 +140,7 @@ fn main() {
     let base = BaseWeights::parse(&bytes, "SmolLM2-135M-Instruct.Q4_1.gguf").expect("gguf");
     let tok = trainer::chat::ChatTokenizer::from_gguf(&base).expect("tokenizer");
     let (rows, conversion) = trainer::chat::convert(
-        chat_rows().as_bytes(),
+        benchmarks::smollm2_chat_rows().as_bytes(),
         "reviews.chat.jsonl",
         &tok,
         MAX_LEN as usize,

@@ -225,3 +225,42 @@ impl DemoTraining {
         (epoch, ids, out)
     }
 }
+
+/// SmolLM2-135M-Instruct's GGUF file, as `examples/smollm2/run.sh` fetches it into
+/// `target/smollm2/` (`SMOLLM2_GGUF` names another copy).
+pub fn smollm2_gguf() -> std::path::PathBuf {
+    std::env::var_os("SMOLLM2_GGUF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        })
+}
+
+/// The SmolLM2 example's chat rows (JSON Lines): the first 512 shipped reviews as a question and
+/// a one-word answer.
+pub fn smollm2_chat_rows() -> String {
+    let mut out = String::new();
+    for line in std::str::from_utf8(trainer::demo::DATASET)
+        .expect("utf-8")
+        .lines()
+        .take(512)
+    {
+        let r: serde_json::Value = serde_json::from_str(line).expect("review");
+        let answer = if r["label"] == 1 {
+            "positive"
+        } else {
+            "negative"
+        };
+        let question = format!(
+            "Is this review positive or negative? {}",
+            r["text"].as_str().unwrap_or_default()
+        );
+        let row = serde_json::json!({"messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer}]});
+        out.push_str(&row.to_string());
+        out.push('\n');
+    }
+    out
+}
