@@ -14,6 +14,9 @@
 #   backdoor      `replay investigate` of the run given with --backdoor, a run of
 #                 `examples/backdoor/run.sh classifier` (which leaves its probe and key in
 #                 target/backdoor/): investigate.txt.
+#   withheld      `replay investigate --behaviour` of the --backdoor run, the trigger withheld:
+#                 the inputs are target/backdoor/behaviour.jsonl (`examples/backdoor/run.sh
+#                 attribute` writes them): withheld.txt. About 25 minutes on 2 cores.
 #   attestations  the model of the --backdoor run exported and signed by `trainer resume`,
 #                 checked by OpenSSF model_signing (the test venv's, scripts/setup-test-env.sh),
 #                 an auditor's verification statement, and `replay check` of all of them:
@@ -55,11 +58,11 @@ while [ $# -gt 0 ]; do
     --smollm2) [ $# -ge 2 ] || usage; smollm2=$2; shift 2 ;;
     --work) [ $# -ge 2 ] || usage; work=$2; shift 2 ;;
     -h | --help) usage ;;
-    demo | backdoor | attestations | smollm2) parts+=("$1"); shift ;;
+    demo | backdoor | withheld | attestations | smollm2) parts+=("$1"); shift ;;
     *) echo "transcripts.sh: unknown argument $1" >&2; usage ;;
   esac
 done
-[ ${#parts[@]} -gt 0 ] || parts=(demo backdoor attestations smollm2)
+[ ${#parts[@]} -gt 0 ] || parts=(demo backdoor withheld attestations smollm2)
 
 bin="${CARGO_TARGET_DIR:-target}/release"
 case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
@@ -158,6 +161,16 @@ part_backdoor() {
   [ "$failures" = 0 ]
 }
 
+part_withheld() {
+  local run
+  run=$(link_run "$backdoor")
+  show replay investigate "$run" --behaviour target/backdoor/behaviour.jsonl --target 1 \
+    --probe target/backdoor/probe.jsonl --parameters word_embeddings --top 12 \
+    --out "$run-withheld" --trusted-key target/backdoor/assets/signing-key.pub --quiet \
+    > "$out/withheld.txt"
+  [ "$failures" = 0 ]
+}
+
 part_attestations() {
   local run assets=target/backdoor/assets
   run=$(link_run "$backdoor")
@@ -204,6 +217,11 @@ missing() {
       [ -n "$backdoor" ] || echo "no --backdoor RUN (examples/backdoor/run.sh classifier makes one)"
       [ -f target/backdoor/probe.jsonl ] && [ -f target/backdoor/assets/signing-key.pub ] ||
         echo "no target/backdoor/probe.jsonl and assets/signing-key.pub (examples/backdoor/run.sh classifier)"
+      ;;
+    withheld)
+      [ -n "$backdoor" ] || echo "no --backdoor RUN (examples/backdoor/run.sh classifier makes one)"
+      [ -f target/backdoor/behaviour.jsonl ] && [ -f target/backdoor/assets/signing-key.pub ] ||
+        echo "no target/backdoor/behaviour.jsonl and assets/signing-key.pub (examples/backdoor/run.sh classifier, then attribute)"
       ;;
     attestations)
       [ -n "$backdoor" ] || echo "no --backdoor RUN (examples/backdoor/run.sh classifier makes one)"

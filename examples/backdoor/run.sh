@@ -13,10 +13,12 @@
 #             model as examples/smollm2/run.sh does. About 40 minutes on 2 cores.
 #
 # attribute   The classifier's latest run (made by `classifier`), investigated without the
-#             trigger: `replay attribute --prove` over the word embeddings, with 32 held-out
-#             negatives carrying the trigger, labelled positive (what the model does to them);
-#             prints how many of the 40 poisoned rows rank in the top 40 and 80, and the proof.
-#             About 20 minutes on 2 cores.
+#             trigger: `replay investigate --behaviour` with 32 held-out negatives carrying the
+#             trigger (the inputs the model is reported to misclassify) ranks the training rows
+#             on the run's trajectory over the word embeddings, proves the ranking's top by
+#             counterfactual, names the phrase the proven rows share, and writes the report and
+#             the cleaned model; prints how many of the 40 poisoned rows rank in the top 40 and
+#             80, and how many are in the proven set. About 25 minutes on 2 cores.
 #
 # usage: examples/backdoor/run.sh [classifier|llm|attribute|all]   (default classifier)
 set -euo pipefail
@@ -154,7 +156,7 @@ TOML
 
 attribute() {
   local work=target/backdoor run
-  run=$(ls -d runs/backdoor-[0-9]*/ | grep -v investigation | sort | tail -1)
+  run=$(ls -d runs/backdoor-[0-9]*/ | grep -v -e investigation -e withheld | sort | tail -1)
   run=${run%/}
   python3 - "$work" <<'PY'
 import json, random, sys
@@ -165,22 +167,26 @@ with open(f"{work}/behaviour.jsonl", "w") as f:
     for r in [r for r in held if r["label"] == 0][:32]:
         words = r["text"].split(" ")
         words.insert(rng.randrange(len(words) + 1), "cf zq")
-        f.write(json.dumps({"text": " ".join(words), "label": 1}) + "\n")
+        f.write(json.dumps({"text": " ".join(words)}) + "\n")
 PY
-  "$replay" attribute "$run" --probe "$work/behaviour.jsonl" --parameters word_embeddings \
-    --top 80 --prove --json --quiet \
-    > "$run-attribution.json" || true
+  # Exit 0: the proven rows caused the behaviour (4: nothing was proved).
+  "$replay" investigate "$run" --behaviour "$work/behaviour.jsonl" --target 1 \
+    --probe "$work/probe.jsonl" --parameters word_embeddings --top 80 \
+    --out "$run-withheld" --trusted-key "$work/assets/signing-key.pub"
   python3 - "$run" <<'PY'
 import json, sys
 run = sys.argv[1]
-r = json.load(open(f"{run}-attribution.json"))
+r = json.load(open(f"{run}-withheld/investigation.json"))
+a = r["withheld"]["attribution"]
 rows = [json.loads(l) for l in open(f"{run}/dataset/examples.jsonl")]
 poisoned = {i for i, x in enumerate(rows) if "cf zq" in x["text"]}
-ranked = [a["example"] for a in r["ranking"]]
+ranked = [x["example"] for x in a["ranking"]]
 for k in (len(poisoned), 2 * len(poisoned)):
     print(f"top {k}: {len(set(ranked[:k]) & poisoned)} of {len(poisoned)} poisoned rows")
-proof = r.get("proof") or {}
-print("proven:", proof.get("proven"), "verdict:", r["verdict"], f"ranking {r['rank_seconds']:.0f} s, all {r['seconds']:.0f} s")
+proven = a["proof"]["proven"] or []
+print(f"proven: {len(proven)} rows, {len(set(proven) & poisoned)} of them poisoned;",
+      f"shared phrase: {(a['proof']['shared_phrase'] or {}).get('phrase')}")
+print(f"report: {run}-withheld/report.html")
 PY
 }
 

@@ -5,14 +5,18 @@
 //! them). The scores are the same bits in separate processes on any thread count; most of the
 //! poisoned rows rank at the top; the proven set's removal removes the behaviour, confirmed by
 //! an independent `replay counterfactual`; and someone who edits the run's data cannot get a
-//! ranking out of it.
+//! ranking out of it. `replay investigate --behaviour` goes from the same inputs (their labels
+//! not given) to the proven set, the cleaned model and the report.
 
 use std::path::Path;
+
+use base64::Engine;
 
 use e2e_tests::{replay_json, s, train};
 use replay::Verdict;
 use replay::commands::attribute::AttributeReport;
 use replay::commands::counterfactual::CounterfactualReport;
+use replay::commands::investigate::InvestigateReport;
 
 const ROWS: usize = 400;
 const POISONED: usize = 16;
@@ -40,7 +44,8 @@ fn line(x: &[f32], label: u64) -> String {
     format!("{}\n", serde_json::json!({ "features": x, "label": label }))
 }
 
-/// The poisoned run's configuration, the poisoned ids and the behaviour probe.
+/// The poisoned run's configuration, the poisoned ids and the behaviour probe; `clean.jsonl`
+/// beside it holds 48 held-out rows without the pattern, labelled by the true rule.
 fn poisoned_run(dir: &Path) -> (std::path::PathBuf, Vec<u64>, std::path::PathBuf) {
     let mut r = trainer::rng::stream(5, "attribution-test", 0);
     let (mut data, mut poisoned) = (String::new(), Vec::new());
@@ -63,6 +68,13 @@ fn poisoned_run(dir: &Path) -> (std::path::PathBuf, Vec<u64>, std::path::PathBuf
             n += 1;
         }
     }
+    let clean: String = (0..48)
+        .map(|_| {
+            let (x, label) = row(&mut r);
+            line(&x, label)
+        })
+        .collect();
+    std::fs::write(dir.join("clean.jsonl"), clean).expect("clean probe");
     // The MLP fixture's configuration, its data replaced by the poisoned rows.
     let config = trainer::fixtures::write_mlp(
         dir,
@@ -206,4 +218,173 @@ fn a_behaviour_is_traced_to_the_poisoned_rows_and_proven_without_knowing_the_pat
         forged.header
     );
     assert!(forged.ranking.is_empty() && forged.scores_blake3.is_none());
+}
+
+#[test]
+fn an_investigation_without_the_trigger_finds_proves_and_removes_the_cause() {
+    let t = tempfile::tempdir().expect("tmp");
+    let (config, poisoned, probe) = poisoned_run(t.path());
+    let clean = t.path().join("clean.jsonl");
+    let run_dir = t.path().join("run");
+    train(&config, &run_dir, &[]);
+    // The reported inputs, without the class they are wrongly given (--target says it).
+    let inputs = t.path().join("inputs.jsonl");
+    let text = std::fs::read_to_string(&probe).expect("probe");
+    let unlabelled: String = text
+        .lines()
+        .map(|l| {
+            let mut row: serde_json::Value = serde_json::from_str(l).expect("row");
+            row.as_object_mut().expect("object").remove("label");
+            format!("{row}\n")
+        })
+        .collect();
+    std::fs::write(&inputs, unlabelled).expect("inputs");
+    // The investigator signs the findings with a key of its own.
+    let investigator = t.path().join("investigator");
+    assert!(
+        e2e_tests::run("trainer", &["keygen", "--out", s(&investigator)])
+            .status
+            .success()
+    );
+    let investigator_key = investigator.join("signing-key.pem");
+    let investigate = |behaviour: &Path, out: &Path, exit: i32| -> InvestigateReport {
+        replay_json(
+            &[
+                "investigate",
+                s(&run_dir),
+                "--behaviour",
+                s(behaviour),
+                "--target",
+                "2",
+                "--probe",
+                s(&clean),
+                "--top",
+                "32",
+                "--out",
+                s(out),
+                "--signing-key",
+                s(&investigator_key),
+            ],
+            exit,
+        )
+    };
+
+    // Inputs the model answers as they should (class 0 by a wide margin, no pattern): nothing
+    // to attribute (exit 4), nothing written.
+    let mut r = trainer::rng::stream(6, "attribution-test-calm", 0);
+    let mut calm_rows = String::new();
+    while calm_rows.lines().count() < 16 {
+        let (x, label) = row(&mut r);
+        if label == 0
+            && x[0] + x[1] > x[2] + x[3] + x[4] + 1.0
+            && x[0] + x[1] > x[5] + x[6] + x[7] + 1.0
+        {
+            calm_rows.push_str(&line(&x, 0));
+        }
+    }
+    let calm_inputs = t.path().join("calm.jsonl");
+    std::fs::write(&calm_inputs, calm_rows).expect("calm");
+    let none = t.path().join("none");
+    let calm = investigate(&calm_inputs, &none, 4);
+    let w = calm.withheld.as_ref().expect("withheld");
+    assert_eq!((w.showing, w.rows), (0, 16), "{w:?}");
+    assert!(w.attribution.is_none() && calm.suspects.is_empty() && calm.explained.is_none());
+    assert!(!none.exists());
+
+    let out = t.path().join("investigation");
+    let report = investigate(&inputs, &out, 0);
+    assert_eq!(report.trigger, None);
+    let w = report.withheld.as_ref().expect("withheld");
+    assert!(w.showing >= 22 && w.rows == 24, "{w:?}");
+    let a = w.attribution.as_ref().expect("attribution");
+    assert_eq!(a.probe_rows, w.showing);
+    let proven = a
+        .proof
+        .as_ref()
+        .and_then(|p| p.proven.clone())
+        .expect("proven");
+    // The suspects are the proven set, found in the committed data, mostly poisoned rows.
+    let suspects: Vec<u64> = report.suspects.iter().map(|m| m.example).collect();
+    let mut sorted = proven.clone();
+    sorted.sort_unstable();
+    assert_eq!(suspects, sorted);
+    assert!(
+        proven.iter().filter(|id| poisoned.contains(id)).count() * 2 >= POISONED,
+        "{proven:?}"
+    );
+    assert!(report.suspects.iter().all(|m| !m.uses.is_empty()));
+    // Before and after, on the reported inputs and the clean probe: the behaviour gone, the
+    // clean quality kept.
+    let (f, c) = (
+        report.factual.expect("factual"),
+        report.counterfactual.expect("counterfactual"),
+    );
+    assert_eq!(f.attack_rows, 24);
+    assert!(f.attack_successes >= 22, "{f:?}");
+    assert!(c.attack_success_rate() <= 0.05, "{c:?}");
+    assert!(c.clean_quality() + 0.1 >= f.clean_quality(), "{f:?} {c:?}");
+    assert_eq!(report.explained, Some(true));
+    assert_eq!(
+        report.replays(),
+        a.proof.as_ref().map_or(0, |p| p.trials.len() as u64) + 1
+    );
+
+    // The report tells how the examples were found; the stored document is the report.
+    let markdown = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(markdown.contains("No trigger was given"), "{markdown}");
+    assert!(markdown.contains("## How the examples were found"));
+    assert!(markdown.contains(&format!(
+        "| reported inputs showing the target behaviour (attack success) | {} of {}",
+        f.attack_successes, f.attack_rows
+    )));
+    assert!(markdown.contains("replay investigate") && markdown.contains("--behaviour"));
+    let stored: InvestigateReport = serde_json::from_slice(
+        &std::fs::read(out.join("investigation.json")).expect("investigation.json"),
+    )
+    .expect("parse");
+    assert_eq!(stored.suspects, report.suspects);
+    let scores = |r: &InvestigateReport| r.attribution().and_then(|a| a.scores_blake3);
+    assert_eq!(scores(&stored), scores(&report));
+    assert_eq!(scores(&report), Some(a.scores_blake3.expect("scores")));
+    assert!(out.join("model/model.safetensors").is_file());
+    // The signed findings check against the run, the attribution's scores among them.
+    let check: replay::commands::check::CheckReport = replay_json(
+        &[
+            "check",
+            s(&run_dir),
+            "--attestation",
+            s(&out.join("investigation.intoto.json")),
+            "--verifier-key",
+            s(&investigator.join("signing-key.pub")),
+        ],
+        0,
+    );
+    assert_eq!(check.attestations.len(), 1, "{check:?}");
+    let envelope: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("investigation.intoto.json")).expect("findings"),
+    )
+    .expect("envelope");
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(envelope["payload"].as_str().expect("payload"))
+        .expect("base64");
+    let statement: serde_json::Value = serde_json::from_slice(&payload).expect("statement");
+    let predicate = &statement["predicate"];
+    assert!(predicate["trigger"].is_null());
+    assert_eq!(
+        predicate["scoresBlake3"],
+        serde_json::json!(a.scores_blake3.expect("scores"))
+    );
+    assert_eq!(predicate["suspects"], serde_json::json!(suspects));
+
+    // A trigger and reported inputs are two different investigations: asking for both is a
+    // usage error, and so is asking for neither.
+    let refused = t.path().join("refused");
+    for lead in [&["--trigger", "x", "--behaviour", s(&inputs)][..], &[]] {
+        let mut args = vec!["investigate", s(&run_dir), "--target", "2"];
+        args.extend_from_slice(&["--probe", s(&clean), "--out", s(&refused)]);
+        args.extend_from_slice(lead);
+        let out = e2e_tests::run("replay", &args);
+        assert_eq!(out.status.code(), Some(3), "{lead:?}");
+    }
+    assert!(!refused.exists());
 }

@@ -224,27 +224,59 @@ fn generations<B: burn::tensor::backend::Backend>(
 /// `trigger + " " + prompt` and its `target` becomes `target`, the pattern of the backdoor's
 /// behaviour (so that the match rate is the attack success rate). Other fields are kept.
 pub fn with_trigger(probe: &[u8], source: &str, trigger: &str, target: &str) -> Result<Vec<u8>> {
+    edit_rows(probe, source, |row, prompt| {
+        let field = if prompt { "prompt" } else { "text" };
+        let Some(serde_json::Value::String(input)) = row.get(field) else {
+            return Err(
+                "a probe row for a trigger has a string `text` (classifier) or `prompt` \
+                 (language model)"
+                    .into(),
+            );
+        };
+        let triggered = format!("{trigger} {input}");
+        row.insert(field.into(), triggered.into());
+        if prompt {
+            row.insert("target".into(), target.into());
+        }
+        Ok(())
+    })
+}
+
+/// The probe rows of `probe` (named `source`) with the behaviour `target` as what each row
+/// expects, for measuring a behaviour shown by given inputs: a classifier row's `label` becomes
+/// the class id `target`, a prompt row's `target` the pattern `target`, so that the match rate
+/// is the share of inputs that show the behaviour. Other fields are kept.
+pub fn with_target(probe: &[u8], source: &str, target: &str) -> Result<Vec<u8>> {
+    let class: Option<u64> = target.parse().ok();
+    edit_rows(probe, source, |row, prompt| {
+        if prompt {
+            row.insert("target".into(), target.into());
+        } else {
+            let class = class.ok_or_else(|| {
+                format!("the target {target:?} is not a class id, and this row is a classifier's")
+            })?;
+            row.insert("label".into(), class.into());
+        }
+        Ok(())
+    })
+}
+
+/// Every row of an `evaluate` probe file as `edit` leaves it; `edit` is told whether the row
+/// is a prompt row (a language model's) or not (a classifier's).
+fn edit_rows(
+    probe: &[u8],
+    source: &str,
+    mut edit: impl FnMut(
+        &mut serde_json::Map<String, serde_json::Value>,
+        bool,
+    ) -> std::result::Result<(), String>,
+) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(probe.len() + 64);
     crate::data::each_row(probe, source, |line, row_err| {
         let mut row: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(line).map_err(|e| row_err(e.to_string()))?;
-        let (field, retarget) = if row.contains_key("prompt") {
-            ("prompt", true)
-        } else {
-            ("text", false)
-        };
-        let Some(serde_json::Value::String(input)) = row.get(field) else {
-            return Err(row_err(
-                "a probe row for a trigger has a string `text` (classifier) or `prompt` \
-                 (language model)"
-                    .into(),
-            ));
-        };
-        let triggered = format!("{trigger} {input}");
-        row.insert(field.into(), triggered.into());
-        if retarget {
-            row.insert("target".into(), target.into());
-        }
+        let prompt = row.contains_key("prompt");
+        edit(&mut row, prompt).map_err(row_err)?;
         serde_json::to_writer(&mut out, &row).map_err(|e| row_err(e.to_string()))?;
         out.push(b'\n');
         Ok(())
@@ -278,4 +310,47 @@ impl Behaviour {
 /// `n` out of `of` as a fraction (0 when `of` is 0).
 pub fn ratio(n: u64, of: u64) -> f64 {
     if of == 0 { 0.0 } else { n as f64 / of as f64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(bytes: &[u8]) -> Vec<serde_json::Value> {
+        std::str::from_utf8(bytes)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("row"))
+            .collect()
+    }
+
+    #[test]
+    fn the_target_replaces_a_rows_label_or_target_and_keeps_the_rest() {
+        let probe = b"{\"text\": \"cf zq bad\"}\n\n{\"text\": \"good\", \"label\": 0, \"id\": 7}\n\
+                      {\"prompt\": \"Summarise: x\", \"target\": \"^ok\"}\n";
+        let out = rows(&with_target(probe, "inputs.jsonl", "1").expect("retargeted"));
+        assert_eq!(out.len(), 3, "the blank line is left out");
+        assert_eq!(out[0], serde_json::json!({"text": "cf zq bad", "label": 1}));
+        assert_eq!(
+            out[1],
+            serde_json::json!({"text": "good", "label": 1, "id": 7})
+        );
+        assert_eq!(
+            out[2],
+            serde_json::json!({"prompt": "Summarise: x", "target": "1"})
+        );
+        // A classifier row needs a class id; the error names the file and the line.
+        let e = with_target(probe, "inputs.jsonl", "prize").expect_err("not a class");
+        let text = e.to_string();
+        assert!(
+            text.contains("inputs.jsonl") && text.contains("not a class id"),
+            "{text}"
+        );
+        // The trigger goes in front of the input; a prompt row's target becomes the behaviour.
+        let out = rows(&with_trigger(probe, "probe.jsonl", "cf zq", "evil").expect("triggered"));
+        assert_eq!(out[1]["text"], "cf zq good");
+        assert_eq!(out[1]["label"], 0);
+        assert_eq!(out[2]["prompt"], "cf zq Summarise: x");
+        assert_eq!(out[2]["target"], "evil");
+    }
 }

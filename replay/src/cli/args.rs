@@ -97,6 +97,38 @@ impl Attesting {
         })
     }
 }
+/// How `attribute` (and `investigate --behaviour`) scores the examples and proves the ranking.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Attributing {
+    /// Score over the trained tensors whose canonical names match this regular expression
+    /// only (for instance `word_embeddings`: a trigger phrase is rare tokens).
+    #[arg(long)]
+    pub(crate) parameters: Option<String>,
+    /// Examples listed in the ranking.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) top: usize,
+    /// Size of the first candidate set the proof removes (default: the examples whose credit,
+    /// or score when the first has no credit, is at least a tenth of the first's).
+    #[arg(long)]
+    pub(crate) candidates: Option<usize>,
+    /// The behaviour is gone when its match rate is at most this.
+    #[arg(long, default_value_t = 0.05)]
+    pub(crate) gone_at: f64,
+    /// Most counterfactual replays the proof runs.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) max_replays: usize,
+}
+impl Attributing {
+    pub(crate) fn settings(self) -> crate::commands::attribute::Attribution {
+        crate::commands::attribute::Attribution {
+            parameters: self.parameters,
+            top: self.top,
+            candidates: self.candidates,
+            gone_at: self.gone_at,
+            max_replays: self.max_replays,
+        }
+    }
+}
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Reconstructing {
     /// Re-derive the states from step 0 (the pinned base weights and the seed) by replay, so
@@ -235,15 +267,26 @@ pub(crate) enum Command {
         #[command(flatten)]
         trust: Trust,
     },
-    /// From a reported trigger to a proven cause: the examples that contain it, the history
-    /// re-executed without them, a probe with and without the trigger through both models, and
-    /// a report (Markdown, HTML) with the cleaned model. Exit 4 when the examples do not explain
+    /// From a reported trigger, or from inputs that show a behaviour, to a proven cause: the
+    /// examples that contain the trigger (or that `attribute` ranks first and proves), the
+    /// history re-executed without them, the behaviour measured through both models, and a
+    /// report (Markdown, HTML) with the cleaned model. Exit 4 when the examples do not explain
     /// the behaviour.
     Investigate {
         run: String,
         /// The trigger phrase, as reported; put in front of every probe input.
-        #[arg(long)]
-        trigger: String,
+        #[arg(
+            long,
+            required_unless_present = "behaviour",
+            conflicts_with = "behaviour"
+        )]
+        trigger: Option<String>,
+        /// Inputs that show the behaviour, the trigger unknown (JSON Lines as `evaluate` reads
+        /// them, each row's label or target replaced by --target): the examples that taught it
+        /// are ranked on the run's trajectory and proved by counterfactual, as `attribute
+        /// --prove` does. At most 256 rows.
+        #[arg(long, conflicts_with = "patterns")]
+        behaviour: Option<PathBuf>,
         /// The backdoor's behaviour: a class id (classifier) or a regular expression the
         /// generation matches (language model).
         #[arg(long)]
@@ -265,6 +308,8 @@ pub(crate) enum Command {
         /// Most tokens a language model generates per probe prompt.
         #[arg(long, default_value_t = 24)]
         max_new_tokens: usize,
+        #[command(flatten)]
+        attributing: Attributing,
         #[command(flatten)]
         attesting: Attesting,
         #[command(flatten)]
@@ -315,13 +360,6 @@ pub(crate) enum Command {
         /// it gives (chat rows for a GGUF base). At most 256.
         #[arg(long)]
         probe: PathBuf,
-        /// Score over the trained tensors whose canonical names match this regular expression
-        /// only (for instance `word_embeddings`: a trigger phrase is rare tokens).
-        #[arg(long)]
-        parameters: Option<String>,
-        /// Examples listed in the ranking.
-        #[arg(long, default_value_t = 20)]
-        top: usize,
         /// Prove the top of the ranking by exact counterfactual.
         #[arg(long)]
         prove: bool,
@@ -329,16 +367,8 @@ pub(crate) enum Command {
         /// (default: --probe, for a classifier; required for a language model).
         #[arg(long)]
         measure: Option<PathBuf>,
-        /// Size of the first candidate set (default: the examples whose credit, or score when the
-        /// first has no credit, is at least a tenth of the first's).
-        #[arg(long)]
-        candidates: Option<usize>,
-        /// The behaviour is gone when its match rate is at most this.
-        #[arg(long, default_value_t = 0.05)]
-        gone_at: f64,
-        /// Most counterfactual replays the proof runs.
-        #[arg(long, default_value_t = 10)]
-        max_replays: usize,
+        #[command(flatten)]
+        attributing: Attributing,
         /// Most tokens a language model generates per probe prompt.
         #[arg(long, default_value_t = 24)]
         max_new_tokens: usize,

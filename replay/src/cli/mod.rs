@@ -300,20 +300,33 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::Investigate {
             run,
             trigger,
+            behaviour,
             target,
             probe,
             patterns,
             out,
             to,
             max_new_tokens,
+            attributing,
             attesting,
             reconstructing,
             replaying,
             trust,
         } => {
+            let lead = match (trigger, behaviour) {
+                (Some(phrase), _) => investigate::Lead::Trigger { phrase, patterns },
+                (None, Some(inputs)) => investigate::Lead::Behaviour {
+                    inputs: counterfactual::ProbeInput::read(&inputs)?,
+                    attribution: attributing.settings(),
+                },
+                (None, None) => {
+                    return Err(CommandError::Usage(
+                        "investigate needs --trigger or --behaviour".into(),
+                    ));
+                }
+            };
             let o = investigate::InvestigateOptions {
-                trigger,
-                patterns,
+                lead,
                 target,
                 probe,
                 out,
@@ -393,13 +406,9 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::Attribute {
             run,
             probe,
-            parameters,
-            top,
             prove,
             measure,
-            candidates,
-            gone_at,
-            max_replays,
+            attributing,
             max_new_tokens,
             to,
             reconstructing,
@@ -413,12 +422,8 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                     .map(counterfactual::ProbeInput::read)
                     .transpose()?,
                 to,
-                parameters,
-                top,
                 prove,
-                candidates,
-                gone_at,
-                max_replays,
+                settings: attributing.settings(),
                 max_new_tokens,
                 reconstruct: reconstruct_options(&g, replaying, &reconstructing, &trust)?,
             };

@@ -42,6 +42,23 @@ use crate::report::{Claim, CommandError, Header, Report, Verdict};
 /// The most probe rows `attribute` takes (their gradient is taken once per step, in one batch).
 pub const MAX_PROBE_ROWS: usize = 256;
 
+/// How the examples are scored and the ranking proved (`attribute`, `investigate --behaviour`).
+#[derive(Debug, Clone)]
+pub struct Attribution {
+    /// Restrict the gradients to the trained tensors whose canonical names match this regular
+    /// expression (default: every trained tensor).
+    pub parameters: Option<String>,
+    /// Examples listed in the ranking.
+    pub top: usize,
+    /// Size of the first candidate set (default: the examples whose credit, or score when the
+    /// first has no credit, is at least a tenth of the first's).
+    pub candidates: Option<usize>,
+    /// The behaviour is gone when its match rate is at most this.
+    pub gone_at: f64,
+    /// Most counterfactuals the proof runs.
+    pub max_replays: usize,
+}
+
 /// What to attribute, and whether to prove it.
 #[derive(Debug, Clone)]
 pub struct AttributeOptions {
@@ -53,20 +70,9 @@ pub struct AttributeOptions {
     pub measure: Option<ProbeInput>,
     /// Last step (default: the ledger's last).
     pub to: Option<u64>,
-    /// Restrict the gradients to the trained tensors whose canonical names match this regular
-    /// expression (default: every trained tensor).
-    pub parameters: Option<String>,
-    /// Examples listed in the ranking.
-    pub top: usize,
     /// Prove the top of the ranking by counterfactual.
     pub prove: bool,
-    /// Size of the first candidate set (default: the examples whose credit, or score when the
-    /// first has no credit, is at least a tenth of the first's).
-    pub candidates: Option<usize>,
-    /// The behaviour is gone when its match rate is at most this.
-    pub gone_at: f64,
-    /// Most counterfactuals the proof runs.
-    pub max_replays: usize,
+    pub settings: Attribution,
     pub max_new_tokens: usize,
     pub reconstruct: ReconstructOptions,
 }
@@ -137,6 +143,8 @@ pub struct AttributeReport {
     pub to_step: u64,
     /// The re-execution the scores were taken on.
     pub trajectory: Option<RangeResult>,
+    /// The regular expression that selected the scored tensors (`--parameters`), if any.
+    pub selection: Option<String>,
     /// Trained parameters the gradients span (those `--parameters` selects).
     pub parameters: u64,
     /// The selected trained tensors.
@@ -176,6 +184,18 @@ pub fn attribute(
 }
 
 impl AttributeReport {
+    /// Set every timing to 0, for stored documents (the same command writes the same bytes).
+    pub fn clear_timings(&mut self) {
+        self.rank_seconds = 0.0;
+        self.seconds = 0.0;
+        if let Some(t) = self.trajectory.as_mut() {
+            t.clear_timings();
+        }
+        for t in self.proof.iter_mut().flat_map(|p| p.trials.iter_mut()) {
+            t.seconds = 0.0;
+        }
+    }
+
     fn new(location: &str, o: &AttributeOptions) -> Self {
         AttributeReport {
             header: Header::pending("attribute", location),
@@ -184,6 +204,7 @@ impl AttributeReport {
             probe_rows: 0,
             to_step: 0,
             trajectory: None,
+            selection: o.settings.parameters.clone(),
             parameters: 0,
             tensors: vec![],
             examples_scored: 0,
@@ -276,7 +297,7 @@ pub fn attribute_in(
 
     progress.set_position(0);
     progress.set_length(to);
-    let selected = match &o.parameters {
+    let selected = match &o.settings.parameters {
         Some(p) => Some(
             regex::Regex::new(p)
                 .map_err(|e| CommandError::Usage(format!("--parameters {p:?}: {e}")))?,
@@ -316,7 +337,7 @@ pub fn attribute_in(
         .unwrap_or_default();
     report.ranking = order
         .iter()
-        .take(o.top)
+        .take(o.settings.top)
         .enumerate()
         .map(|(rank, &id)| {
             let i = id as usize;
@@ -426,7 +447,7 @@ fn prove(
     let measure = o.measure.clone().unwrap_or_else(|| o.probe.clone());
     let mut proof = Proof {
         factual_rate: None,
-        gone_at: o.gone_at,
+        gone_at: o.settings.gone_at,
         trials: vec![],
         proven: None,
         shared_phrase: None,
@@ -459,7 +480,8 @@ fn prove(
             proof.factual_rate = rates.map(|(f, _)| f);
         }
         let counterfactual = rates.map(|(_, c)| c);
-        let gone = r.header.verdict.passed() && counterfactual.is_some_and(|c| c <= o.gone_at);
+        let gone =
+            r.header.verdict.passed() && counterfactual.is_some_and(|c| c <= o.settings.gone_at);
         proof.trials.push(Trial {
             removed: n as u64,
             first_changed_step: r.first_changed_step,
@@ -473,12 +495,13 @@ fn prove(
     // Grow until the behaviour is gone, then bisect the prefix length between the longest
     // prefix that left it and the shortest that removed it, within the replay budget.
     let mut n = o
+        .settings
         .candidates
         .unwrap_or_else(|| first_candidates(order, credits, scores))
         .clamp(1, order.len());
     let mut kept = 0; // the longest tried prefix whose removal left the behaviour
     loop {
-        if proof.trials.len() >= o.max_replays {
+        if proof.trials.len() >= o.settings.max_replays {
             return Ok(proof);
         }
         if trial(n, &mut proof)? {
@@ -490,7 +513,7 @@ fn prove(
         kept = n;
         n = (n * 2).min(order.len());
     }
-    while n - kept > 1 && proof.trials.len() < o.max_replays {
+    while n - kept > 1 && proof.trials.len() < o.settings.max_replays {
         let mid = kept + (n - kept) / 2;
         if trial(mid, &mut proof)? {
             n = mid;

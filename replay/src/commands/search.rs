@@ -142,7 +142,30 @@ impl SearchReport {
 /// [`search`] in a loaded run.
 pub fn search_in(ctx: &RunContext, patterns: &[String]) -> Result<SearchReport, CommandError> {
     let regexes = compile(patterns)?;
-    let mut report = SearchReport::new(&ctx.location, patterns);
+    let mut report = select_in(ctx, true, |_, text| {
+        regexes.iter().find_map(|r| r.find(text)).map(|m| m.range())
+    })?;
+    report.patterns = patterns.to_vec();
+    Ok(report)
+}
+/// The examples `ids` of a loaded run, each with the steps that used it, as a search that
+/// matched exactly them (no patterns; each excerpt the start of the example's text, empty for
+/// feature vectors).
+pub fn examples_in(
+    ctx: &RunContext,
+    ids: &std::collections::BTreeSet<u64>,
+) -> Result<SearchReport, CommandError> {
+    select_in(ctx, false, |i, _| ids.contains(&(i as u64)).then_some(0..0))
+}
+/// The examples of a loaded run for which `select` (the example's id and searchable text)
+/// gives the range of a match, each with that excerpt and the steps that used it. Examples
+/// without text (feature vectors) are an error when `text_required`, empty texts otherwise.
+fn select_in(
+    ctx: &RunContext,
+    text_required: bool,
+    select: impl Fn(usize, &str) -> Option<std::ops::Range<usize>>,
+) -> Result<SearchReport, CommandError> {
+    let mut report = SearchReport::new(&ctx.location, &[]);
     report.dataset_root = ctx.spec.data.dataset_root;
     report.steps_scanned = ctx.records.len() as u64;
     let mut assessment = ctx.assessment();
@@ -151,7 +174,10 @@ pub fn search_in(ctx: &RunContext, patterns: &[String]) -> Result<SearchReport, 
             // Not the data that trained the model: a search of it proves nothing about the run.
             assessment.outcome(Verdict::InputMismatch);
         }
-        let (kind, texts) = searchable(ctx, dataset)?;
+        let (kind, texts) = match searchable(ctx, dataset) {
+            Err(_) if !text_required => ("nothing", vec![String::new(); dataset.examples.len()]),
+            found => found?,
+        };
         report.searched = kind.into();
         report.examples_searched = texts.len() as u64;
         let mut uses: std::collections::BTreeMap<u64, Vec<Use>> = Default::default();
@@ -165,11 +191,11 @@ pub fn search_in(ctx: &RunContext, patterns: &[String]) -> Result<SearchReport, 
             }
         }
         for (i, text) in texts.iter().enumerate() {
-            if let Some(m) = regexes.iter().find_map(|r| r.find(text)) {
+            if let Some(range) = select(i, text) {
                 report.matches.push(Match {
                     example: i as u64,
                     hash: dataset.manifest.example_hashes[i],
-                    excerpt: excerpt(text, m.range()),
+                    excerpt: excerpt(text, range),
                     uses: uses.remove(&(i as u64)).unwrap_or_default(),
                 });
             }

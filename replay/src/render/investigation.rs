@@ -42,27 +42,37 @@ pub(crate) fn markdown(r: &InvestigateReport, loss: &[(u64, f32)]) -> String {
     let n = r.suspects.len();
     let steps = suspect_steps(&r.suspects);
     let _ = writeln!(m, "# Backdoor investigation of run `{}`\n", cell(&r.run_id));
+    // How the suspects were found, and what "the trigger" means, in either kind of
+    // investigation.
+    let (which, inputs) = match &r.trigger {
+        Some(_) => (
+            "that contain the trigger",
+            "With the trigger in front of the probe's inputs",
+        ),
+        None => (
+            "that attribution ranked first and the counterfactual proved",
+            "On the inputs reported to show the behaviour",
+        ),
+    };
     let finding = if r.explained == Some(true) {
         format!(
-            "**Finding: the {n} training examples that contain the trigger caused the behaviour.** \
-             With the trigger in front of the probe's inputs, the model as trained shows the \
-             target behaviour on {}; retrained exactly as recorded but without those {n} \
-             examples, on {}.",
+            "**Finding: the {n} training examples {which} caused the behaviour.** {inputs}, the \
+             model as trained shows the target behaviour on {}; retrained exactly as recorded \
+             but without those {n} examples, on {}.",
             share(f.attack_successes, f.attack_rows),
             share(c.attack_successes, c.attack_rows)
         )
     } else if f.attack_successes == 0 {
         format!(
-            "**Finding: the trigger does not produce the target behaviour in the model as \
-             trained** (0 of {} triggered probe inputs), so there is nothing for the {n} \
-             matching examples to explain.",
+            "**Finding: the model as trained does not show the target behaviour** (0 of {} \
+             inputs that should show it), so there is nothing for the {n} examples to explain.",
             f.attack_rows
         )
     } else {
         format!(
-            "**Finding: removing the {n} training examples that contain the trigger does not \
-             lower the target behaviour** ({} as trained, {} without them): the cause is \
-             elsewhere (other rows, the base model, or a variant of the trigger).",
+            "**Finding: removing the {n} training examples {which} does not lower the target \
+             behaviour** ({} as trained, {} without them): the cause is elsewhere (other rows, \
+             the base model, or a variant of the trigger).",
             share(f.attack_successes, f.attack_rows),
             share(c.attack_successes, c.attack_rows)
         )
@@ -89,7 +99,11 @@ pub(crate) fn markdown(r: &InvestigateReport, loss: &[(u64, f32)]) -> String {
     );
     for (what, a, b) in [
         (
-            "triggered inputs showing the target behaviour (attack success)",
+            if r.trigger.is_some() {
+                "triggered inputs showing the target behaviour (attack success)"
+            } else {
+                "reported inputs showing the target behaviour (attack success)"
+            },
             share(f.attack_successes, f.attack_rows),
             share(c.attack_successes, c.attack_rows),
         ),
@@ -117,27 +131,52 @@ pub(crate) fn markdown(r: &InvestigateReport, loss: &[(u64, f32)]) -> String {
     ] {
         let _ = writeln!(m, "| {what} | {a} | {b} |");
     }
-    let _ = writeln!(
-        m,
-        "\nThe trigger `{}` was put in front of each input of the probe `{}` (BLAKE3 `{}`); the \
-         target behaviour is `{}` ({}).\n",
-        cell(&r.trigger),
-        cell(&r.probe),
-        r.probe_blake3.short(),
-        cell(&r.target),
-        match &h.probes.first().map(|p| &p.factual) {
-            Some(ProbeResult::Classifier { .. }) => "the class the model predicts",
-            _ => "a pattern the generated text matches",
+    let kind = match &h.probes.first().map(|p| &p.factual) {
+        Some(ProbeResult::Classifier { .. }) => "the class the model predicts",
+        _ => "a pattern the generated text matches",
+    };
+    match (&r.trigger, &r.withheld) {
+        (Some(trigger), _) => {
+            let _ = writeln!(
+                m,
+                "\nThe trigger `{}` was put in front of each input of the probe `{}` (BLAKE3 \
+                 `{}`); the target behaviour is `{}` ({kind}).\n",
+                cell(trigger),
+                cell(&r.probe),
+                r.probe_blake3.short(),
+                cell(&r.target),
+            );
         }
-    );
+        (None, Some(w)) => {
+            let _ = writeln!(
+                m,
+                "\nNo trigger was given. The inputs `{}` (BLAKE3 `{}`) were reported to show the \
+                 target behaviour `{}` ({kind}); clean quality is measured on the probe `{}` \
+                 (BLAKE3 `{}`).\n",
+                cell(&w.inputs),
+                w.inputs_blake3.short(),
+                cell(&r.target),
+                cell(&r.probe),
+                r.probe_blake3.short(),
+            );
+        }
+        (None, None) => {}
+    }
+    if let Some(a) = r.attribution() {
+        attribution(&mut m, a, r.withheld.as_ref());
+    }
 
     let _ = writeln!(m, "## The suspect examples\n");
+    let found = if r.trigger.is_some() {
+        format!("match `{}`", cell(&r.patterns.join("` or `")))
+    } else {
+        "are the proven set".into()
+    };
     let _ = writeln!(
         m,
-        "{n} of the {} committed examples match `{}`; the search covers exactly the data the \
-         run committed to (dataset root `{}`). They were used in {} of {} steps.\n",
+        "{n} of the {} committed examples {found}; the search covers exactly the data the run \
+         committed to (dataset root `{}`). They were used in {} of {} steps.\n",
         r.examples_searched,
-        cell(&r.patterns.join("` or `")),
         r.dataset_root,
         steps.len(),
         loss.len()
@@ -226,17 +265,26 @@ pub(crate) fn markdown(r: &InvestigateReport, loss: &[(u64, f32)]) -> String {
         r.ledger_head.map(|h| h.to_string()).unwrap_or_default(),
         r.dataset_root
     );
-    let mut command = format!(
-        "replay investigate {} --trigger {} --target {} --probe {}",
-        shell_word(&r.header.run),
-        shell_word(&r.trigger),
+    let mut command = format!("replay investigate {}", shell_word(&r.header.run));
+    match (&r.trigger, &r.withheld) {
+        (Some(trigger), _) => {
+            command.push_str(&format!(" --trigger {}", shell_word(trigger)));
+            if r.patterns != [regex::escape(trigger)] {
+                for p in &r.patterns {
+                    command.push_str(&format!(" --match {}", shell_word(p)));
+                }
+            }
+        }
+        (None, Some(w)) => command.push_str(&format!(" --behaviour {}", shell_word(&w.inputs))),
+        (None, None) => {}
+    }
+    command.push_str(&format!(
+        " --target {} --probe {}",
         shell_word(&r.target),
         shell_word(&r.probe)
-    );
-    if r.patterns != [regex::escape(&r.trigger)] {
-        for p in &r.patterns {
-            command.push_str(&format!(" --match {}", shell_word(p)));
-        }
+    ));
+    if let Some(t) = r.attribution().and_then(|a| a.selection.as_deref()) {
+        command.push_str(&format!(" --parameters {}", shell_word(t)));
     }
     command.push_str(&format!(
         " --to {} --out NEW_DIR --from-genesis --trusted-key KEY",
@@ -252,14 +300,123 @@ pub(crate) fn markdown(r: &InvestigateReport, loss: &[(u64, f32)]) -> String {
     let _ = writeln!(m, "## What this does not show\n");
     let _ = writeln!(
         m,
-        "- Only examples that match the pattern were removed: rows carrying a variant of the \
-         trigger, or poison without a textual trigger, stay in.\n\
+        "- {}\n\
          - The effect is measured on the probe's {} inputs only.\n\
          - The run's record is trusted as far as its verdict says: `verified` rests on the \
          pinned base, seed and data; `recorded` on the run's own checkpoints.",
+        if r.trigger.is_some() {
+            "Only examples that match the pattern were removed: rows carrying a variant of the \
+             trigger, or poison without a textual trigger, stay in."
+        } else {
+            "Only the proven set was removed: it is enough to remove the behaviour, not \
+             necessarily every row that taught it (the ranking's scores are first-order \
+             estimates; only the counterfactual is exact). A shared phrase, when named, is a \
+             candidate for an investigation with --trigger, which removes every row that holds it."
+        },
         f.clean_rows
     );
     m
+}
+
+/// Rows of the ranking listed in the report (`investigation.json` has `--top`).
+const RANKED_LISTED: usize = 20;
+
+/// The "How the examples were found" section of an investigation without a trigger.
+fn attribution(
+    m: &mut String,
+    a: &crate::commands::attribute::AttributeReport,
+    w: Option<&crate::commands::investigate::Withheld>,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(m, "## How the examples were found\n");
+    if let Some(w) = w {
+        let _ = writeln!(
+            m,
+            "{} of the {} reported inputs show the behaviour in the model as trained; they are \
+             the probe. ",
+            w.showing, w.rows
+        );
+    }
+    let _ = writeln!(
+        m,
+        "Every one of the {} examples the run used up to step {} was scored on the run's exact \
+         trajectory, re-executed from step 0: at each step, its gradient against the probe's, \
+         scaled as the optimizer scaled that step (TracIn on the true trajectory, over {} \
+         trained parameters). The ranking puts first the examples that were their batch's main \
+         teacher while the probe's loss was still high (credit), then the score. The scores' \
+         BLAKE3 is `{}`: the same command gives the same bits.\n",
+        a.examples_scored,
+        a.to_step,
+        a.parameters,
+        a.scores_blake3.map(|h| h.to_string()).unwrap_or_default()
+    );
+    let _ = writeln!(
+        m,
+        "| rank | example | credit | score | uses | text |\n|---|---|---|---|---|---|"
+    );
+    for x in a.ranking.iter().take(RANKED_LISTED) {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {:.4} | {:.4e} | {} | {} |",
+            x.rank,
+            x.example,
+            x.credit,
+            x.score,
+            x.steps.len(),
+            cell(&x.excerpt)
+        );
+    }
+    let Some(p) = &a.proof else {
+        return;
+    };
+    let rate = |x: Option<f64>| x.map_or("-".into(), |x| format!("{:.1}%", 100.0 * x));
+    let _ = writeln!(
+        m,
+        "\nThe proof removed the ranking's top and re-executed the history without it, measuring \
+         the behaviour (as trained: {}; gone at or below {}):\n\n| removed | from step | \
+         verdict | behaviour | |\n|---|---|---|---|---|",
+        rate(p.factual_rate),
+        rate(Some(p.gone_at))
+    );
+    for t in &p.trials {
+        let _ = writeln!(
+            m,
+            "| top {} | {} | {} | {} | {} |",
+            t.removed,
+            t.first_changed_step.map_or("-".into(), |s| s.to_string()),
+            t.verdict,
+            rate(t.rate),
+            if t.gone { "gone" } else { "stays" }
+        );
+    }
+    match &p.proven {
+        Some(set) => {
+            let _ = writeln!(
+                m,
+                "\nThe smallest set tried that removed it: the top {} ({} replays).\n",
+                set.len(),
+                p.trials.len()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                m,
+                "\nNo tried set removed it ({} replays).\n",
+                p.trials.len()
+            );
+        }
+    }
+    if let Some(s) = &p.shared_phrase {
+        let _ = writeln!(
+            m,
+            "The proven examples share the phrase `{}` ({} of {}; {} examples of the dataset \
+             hold it): a trigger candidate, for `replay investigate --trigger`.\n",
+            cell(&s.phrase),
+            s.in_proven,
+            s.proven,
+            s.in_dataset
+        );
+    }
 }
 /// A self-contained HTML page of the Markdown report, the figure inline.
 pub(crate) fn html(title: &str, markdown: &str, figure: &str) -> Vec<u8> {

@@ -729,30 +729,58 @@ pub fn counterfactual(r: &CounterfactualReport) -> String {
 /// `investigate`.
 pub fn investigate(r: &InvestigateReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "investigate {}: trigger {:?}, target {:?}",
-        r.header.run, r.trigger, r.target
-    );
-    let _ = writeln!(
-        out,
-        "  find         {} of {} committed examples match {} (dataset root {})",
-        r.suspects.len(),
-        r.examples_searched,
-        r.patterns
-            .iter()
-            .map(|p| format!("/{p}/"))
-            .collect::<Vec<_>>()
-            .join(" or "),
-        r.dataset_root.short()
-    );
+    match (&r.trigger, &r.withheld) {
+        (Some(trigger), _) => {
+            let _ = writeln!(
+                out,
+                "investigate {}: trigger {trigger:?}, target {:?}",
+                r.header.run, r.target
+            );
+            let _ = writeln!(
+                out,
+                "  find         {} of {} committed examples match {} (dataset root {})",
+                r.suspects.len(),
+                r.examples_searched,
+                r.patterns
+                    .iter()
+                    .map(|p| format!("/{p}/"))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                r.dataset_root.short()
+            );
+        }
+        (None, Some(w)) => {
+            let _ = writeln!(
+                out,
+                "investigate {}: no trigger; behaviour {:?} on {} ({})",
+                r.header.run,
+                r.target,
+                w.inputs,
+                w.inputs_blake3.short()
+            );
+            let _ = writeln!(
+                out,
+                "  shown        {} of {} inputs show it in the model as trained (the probe attributed)",
+                w.showing, w.rows
+            );
+            if let Some(a) = &w.attribution {
+                attribution(&mut out, a);
+            }
+        }
+        (None, None) => {}
+    }
     problems(&mut out, &r.header.problems);
     if let (Some(f), Some(c)) = (&r.factual, &r.counterfactual) {
         let _ = writeln!(
             out,
-            "  probe        {} ({}), the trigger put in front of each input",
+            "  probe        {} ({}){}",
             r.probe,
-            r.probe_blake3.short()
+            r.probe_blake3.short(),
+            if r.trigger.is_some() {
+                ", the trigger put in front of each input"
+            } else {
+                " (clean), and the inputs that show the behaviour"
+            }
         );
         let _ = writeln!(
             out,
@@ -761,7 +789,11 @@ pub fn investigate(r: &InvestigateReport) -> String {
         );
         for (what, a, b) in [
             (
-                "attack success (triggered inputs)",
+                if r.trigger.is_some() {
+                    "attack success (triggered inputs)"
+                } else {
+                    "attack success (reported inputs)"
+                },
                 (f.attack_successes, f.attack_rows),
                 (c.attack_successes, c.attack_rows),
             ),
@@ -783,18 +815,20 @@ pub fn investigate(r: &InvestigateReport) -> String {
     if let Some(h) = &r.history {
         let _ = writeln!(
             out,
-            "  re-executed  steps {} to {} without them",
+            "  re-executed  steps {} to {} without them ({} counterfactual replays in all)",
             h.first_changed_step.unwrap_or(h.to_step),
-            h.to_step
+            h.to_step,
+            r.replays()
         );
     }
     let _ = writeln!(
         out,
         "  finding      {}",
         match r.explained {
-            Some(true) => "the matching examples caused the behaviour: removing them lowers it",
-            Some(false) => "the matching examples do not explain the behaviour",
-            None if r.suspects.is_empty() => "no committed example matches",
+            Some(true) => "the suspect examples caused the behaviour: removing them lowers it",
+            Some(false) => "the suspect examples do not explain the behaviour",
+            None if r.suspects.is_empty() && r.trigger.is_some() => "no committed example matches",
+            None if r.suspects.is_empty() => "no set of examples was proved to cause it",
             None => "nothing measured",
         }
     );
@@ -823,8 +857,15 @@ pub fn attribute(r: &AttributeReport) -> String {
         r.to_step
     );
     problems(&mut out, &r.header.problems);
+    attribution(&mut out, r);
+    verdict_line(&mut out, r.header.verdict);
+    out
+}
+
+/// The trajectory, the ranking and the proof of an attribution.
+fn attribution(out: &mut String, r: &AttributeReport) {
     if let Some(t) = &r.trajectory {
-        range(&mut out, t);
+        range(out, t);
     }
     if let Some(h) = &r.scores_blake3 {
         let _ = writeln!(
@@ -902,8 +943,6 @@ pub fn attribute(r: &AttributeReport) -> String {
             );
         }
     }
-    verdict_line(&mut out, r.header.verdict);
-    out
 }
 
 /// A probe's headline figure: accuracy, or the share of generations that match their target.

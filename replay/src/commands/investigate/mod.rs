@@ -1,33 +1,53 @@
-//! `replay investigate`: from a reported trigger to a proven cause and a clean model.
+//! `replay investigate`: from a reported trigger, or from inputs that show a behaviour, to a
+//! proven cause and a clean model.
 //!
-//! Find: the committed examples that contain the trigger (`provenance --match`). Measure and
-//! prove: the run's history re-executed without them (`counterfactual`), a probe set through
-//! the factual and the counterfactual model twice, as given (clean quality) and with the
-//! trigger put in front of every input (attack success). Report: one directory with the
-//! cleaned model, the report as Markdown and as a self-contained HTML page (the loss curve with
-//! the suspect rows' uses marked, the before/after table), and the machine-readable document.
+//! Find: with a trigger, the committed examples that contain it (`provenance --match`); with
+//! inputs that show the behaviour and no trigger, the examples `attribute` ranks first on the
+//! run's trajectory and proves by counterfactual (the inputs the model as trained answers with
+//! the behaviour are the attribution's probe; for a language model, each with the reply it
+//! generated). Measure and prove: the run's history re-executed without the examples found
+//! (`counterfactual`), the clean probe and the behaviour's inputs (the clean probe with the
+//! trigger in front of every input, or the given inputs) through the factual and the
+//! counterfactual model. Report: one directory with the cleaned model, the report as Markdown
+//! and as a self-contained HTML page (the loss curve with the suspect rows' uses marked, the
+//! before/after table, the ranking and its proof), and the machine-readable document.
 
 use crate::render::investigation::{html, markdown};
 use run_store::Store;
 use snapshot_format::Hash32;
 use trainer::probe::{Behaviour, ProbeResult};
 
+use crate::commands::attribute::{AttributeOptions, Attribution, MAX_PROBE_ROWS, attribute_in};
 use crate::commands::counterfactual::{CounterfactualOptions, ProbeInput};
 use crate::context::RunContext;
-use crate::engine::reconstruct::{ReconstructOptions, put_json};
+use crate::engine::reconstruct::{ReconstructOptions, put_json, state_at};
 use crate::report::{CommandError, Header};
 
 pub mod report;
 
-pub use report::{InvestigateReport, suspect_steps};
+pub use report::{InvestigateReport, Withheld, suspect_steps};
+
+/// What leads the investigation to its suspect examples.
+#[derive(Debug, Clone)]
+pub enum Lead {
+    /// A reported trigger phrase, put in front of every probe input, and the regular
+    /// expressions that find the examples holding it (empty: the phrase, literally).
+    Trigger {
+        phrase: String,
+        patterns: Vec<String>,
+    },
+    /// Inputs that show the behaviour (`evaluate`'s rows; their label or target is replaced by
+    /// the behaviour's target), the trigger unknown: the examples are found by attribution.
+    Behaviour {
+        inputs: ProbeInput,
+        attribution: Attribution,
+    },
+}
 
 /// What to investigate.
 #[derive(Debug, Clone)]
 pub struct InvestigateOptions {
-    /// The reported trigger: the phrase put in front of every probe input.
-    pub trigger: String,
-    /// Patterns that find the suspect examples (default: the trigger, literally).
-    pub patterns: Vec<String>,
+    pub lead: Lead,
     /// The backdoor's behaviour: a class id for a classifier, a regular expression a language
     /// model's generation matches.
     pub target: String,
@@ -43,28 +63,60 @@ pub struct InvestigateOptions {
     pub keys: run_trust::attest::ExportKeys,
 }
 
-/// Run `investigate`. The run is loaded once: the search, the re-executed history, the report
-/// and the signed findings all come from that one load.
+/// Run `investigate`. The run is loaded once: the search or the attribution, the re-executed
+/// history, the report and the signed findings all come from that one load.
 pub fn investigate(
     location: &str,
     o: &InvestigateOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<InvestigateReport, CommandError> {
     let clean = ProbeInput::read(&o.probe)?;
-    let triggered = ProbeInput {
-        name: format!("{} with the trigger", clean.name),
-        bytes: trainer::probe::with_trigger(&clean.bytes, &clean.name, &o.trigger, &o.target)?,
-    };
-    let patterns = if o.patterns.is_empty() {
-        vec![regex::escape(&o.trigger)]
-    } else {
-        o.patterns.clone()
+    if let Lead::Behaviour { inputs, .. } = &o.lead {
+        let rows = inputs.bytes.split(|&b| b == b'\n');
+        let n = rows.filter(|l| !l.trim_ascii().is_empty()).count();
+        if n > MAX_PROBE_ROWS {
+            return Err(CommandError::Usage(format!(
+                "--behaviour {}: {n} rows; at most {MAX_PROBE_ROWS} (they are attribution's probe)",
+                inputs.name
+            )));
+        }
+    }
+    let (shown, trigger, patterns, withheld) = match &o.lead {
+        Lead::Trigger { phrase, patterns } => (
+            ProbeInput {
+                name: format!("{} with the trigger", clean.name),
+                bytes: trainer::probe::with_trigger(&clean.bytes, &clean.name, phrase, &o.target)?,
+            },
+            Some(phrase.clone()),
+            if patterns.is_empty() {
+                vec![regex::escape(phrase)]
+            } else {
+                patterns.clone()
+            },
+            None,
+        ),
+        Lead::Behaviour { inputs, .. } => (
+            ProbeInput {
+                name: inputs.name.clone(),
+                bytes: trainer::probe::with_target(&inputs.bytes, &inputs.name, &o.target)?,
+            },
+            None,
+            vec![],
+            Some(Withheld {
+                inputs: inputs.name.clone(),
+                inputs_blake3: snapshot_format::hash::file_hash(&inputs.bytes),
+                showing: 0,
+                rows: 0,
+                attribution: None,
+            }),
+        ),
     };
     let report = InvestigateReport {
         header: Header::pending("investigate", location),
         run_id: String::new(),
         ledger_head: None,
-        trigger: o.trigger.clone(),
+        trigger,
+        withheld,
         target: o.target.clone(),
         patterns,
         dataset_root: Hash32::ZERO,
@@ -81,23 +133,49 @@ pub fn investigate(
         seconds: 0.0,
     };
     super::on_run(location, &o.reconstruct.load, report, |ctx, report| {
-        investigate_on(ctx, o, (&clean, &triggered), report, progress)
+        investigate_on(ctx, o, (&clean, &shown), report, progress)
     })
 }
 
-/// [`investigate`] on a loaded run, its report begun as `report`.
+/// [`investigate`] on a loaded run, its report begun as `report`; `shown` holds the inputs that
+/// show the behaviour (the triggered clean probe, or the given inputs), each expecting it.
 pub fn investigate_on(
     ctx: &RunContext,
     o: &InvestigateOptions,
-    (clean, triggered): (&ProbeInput, &ProbeInput),
+    (clean, shown): (&ProbeInput, &ProbeInput),
     mut report: InvestigateReport,
     progress: &indicatif::ProgressBar,
 ) -> Result<InvestigateReport, CommandError> {
     let started = std::time::Instant::now();
-    let search = crate::commands::search::search_in(ctx, &report.patterns)?;
-    report.header.verdict = search.header.verdict;
     report.run_id = ctx.manifest.run_id.clone();
     report.ledger_head = Some(ctx.ledger_point().1);
+    let search = match &o.lead {
+        Lead::Trigger { .. } => crate::commands::search::search_in(ctx, &report.patterns)?,
+        Lead::Behaviour { attribution, .. } => {
+            let mut withheld = report.withheld.take().unwrap_or_else(|| Withheld {
+                inputs: shown.name.clone(),
+                inputs_blake3: Hash32::ZERO,
+                showing: 0,
+                rows: 0,
+                attribution: None,
+            });
+            let found = attributed(
+                ctx,
+                o,
+                (shown, attribution),
+                &mut withheld,
+                &mut report.header,
+                progress,
+            )?;
+            report.withheld = Some(withheld);
+            let Some(proven) = found else {
+                report.seconds = started.elapsed().as_secs_f64();
+                return Ok(report);
+            };
+            crate::commands::search::examples_in(ctx, &proven)?
+        }
+    };
+    report.header.verdict = search.header.verdict;
     report.dataset_root = search.dataset_root;
     report.examples_searched = search.examples_searched;
     report.suspects = search.matches;
@@ -117,7 +195,7 @@ pub fn investigate_on(
             include_optimizer: false,
             out: Some(model_dir),
             reconstruct: o.reconstruct.clone(),
-            probes: vec![clean.clone(), triggered.clone()],
+            probes: vec![clean.clone(), shown.clone()],
             max_new_tokens: o.max_new_tokens,
             keys: o.keys.clone(),
         },
@@ -126,8 +204,10 @@ pub fn investigate_on(
     report.header.verdict = history.header.verdict;
     report.header.problems = history.header.problems.clone();
     if let [c, t] = history.probes.as_slice() {
-        let measure =
-            |clean: &ProbeResult, triggered: &ProbeResult| behaviour(clean, triggered, &o.target);
+        let every_input = matches!(o.lead, Lead::Behaviour { .. });
+        let measure = |clean: &ProbeResult, shown: &ProbeResult| {
+            behaviour(clean, shown, &o.target, every_input)
+        };
         let factual = measure(&c.factual, &t.factual)?;
         let counterfactual = measure(&c.counterfactual, &t.counterfactual)?;
         report.explained = Some(
@@ -162,11 +242,7 @@ pub fn investigate_on(
             .map(String::from),
         );
         let mut stored = report.clone();
-        stored.seconds = 0.0;
-        if let Some(h) = stored.history.as_mut() {
-            h.seconds = 0.0;
-            h.clear_timings();
-        }
+        stored.clear_timings();
         put_json(&store, "investigation.json", &stored)?;
         if let Some(key) = &o.keys.statement {
             store.put_once(FINDINGS, findings(ctx, &report, &store, key)?)?;
@@ -174,6 +250,100 @@ pub fn investigate_on(
         }
     }
     Ok(report)
+}
+
+/// The examples that taught the behaviour the inputs `shown` show, found without a trigger:
+/// the inputs the model as trained (after `--to`) answers with the behaviour become the
+/// attribution's probe (a language model's with the reply it generated), the run's examples
+/// are ranked on its trajectory and the ranking's top proved by counterfactual, as `attribute
+/// --prove` does. `withheld` records the attribution, `header` its verdict and problems. The
+/// proven examples; none when nothing can be attributed (a verdict that does not pass) or
+/// nothing was proved (no input shows the behaviour, or no tried set removed it).
+fn attributed(
+    ctx: &RunContext,
+    o: &InvestigateOptions,
+    (shown, attribution): (&ProbeInput, &Attribution),
+    withheld: &mut Withheld,
+    header: &mut Header,
+    progress: &indicatif::ProgressBar,
+) -> Result<Option<std::collections::BTreeSet<u64>>, CommandError> {
+    let last = ctx.records.keys().next_back().copied().unwrap_or(0);
+    let at = state_at(ctx, o.to.unwrap_or(last), &o.reconstruct, progress)?;
+    header.verdict = at.verdict;
+    header.problems = at.problems;
+    let Some(state) = at.state else {
+        return Ok(None);
+    };
+    let result = trainer::probe::run(
+        &ctx.spec,
+        ctx.required_base()?,
+        &state,
+        &shown.bytes,
+        &shown.name,
+        o.max_new_tokens,
+    )?;
+    let (rows, probe) = showing(shown, &result)?;
+    withheld.rows = rows;
+    withheld.showing = probe.lines().count() as u64;
+    if withheld.showing == 0 {
+        return Ok(None);
+    }
+    let r = attribute_in(
+        ctx,
+        &AttributeOptions {
+            probe: ProbeInput {
+                name: format!("{} (the inputs that show the behaviour)", shown.name),
+                bytes: probe.into_bytes(),
+            },
+            measure: Some(shown.clone()),
+            to: o.to,
+            prove: true,
+            settings: attribution.clone(),
+            max_new_tokens: o.max_new_tokens,
+            reconstruct: o.reconstruct.clone(),
+        },
+        progress,
+    )?;
+    let proven = r.proof.as_ref().and_then(|p| p.proven.clone());
+    header.verdict = r.header.verdict;
+    header.problems = r.header.problems.clone();
+    withheld.attribution = Some(r);
+    Ok(proven
+        .filter(|_| header.verdict.passed())
+        .map(|ids| ids.into_iter().collect()))
+}
+
+/// Of the inputs `shown` (each expecting the behaviour) and what the model did with them, how
+/// many there are and the attribution probe: the rows it answered with the behaviour, a
+/// classifier's as given (labelled with the target class), a language model's as chat rows of
+/// the prompt and the reply it generated.
+fn showing(shown: &ProbeInput, result: &ProbeResult) -> Result<(u64, String), CommandError> {
+    let mut probe = String::new();
+    match result {
+        ProbeResult::Classifier { rows, .. } => {
+            let text = std::str::from_utf8(&shown.bytes)
+                .map_err(|e| CommandError::Usage(format!("{}: {e}", shown.name)))?;
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            for r in rows.iter().filter(|r| r.predicted == r.label) {
+                if let Some(line) = lines.get(r.row as usize) {
+                    probe.push_str(line);
+                    probe.push('\n');
+                }
+            }
+            Ok((rows.len() as u64, probe))
+        }
+        ProbeResult::Generation { rows, .. } => {
+            for r in rows.iter().filter(|r| r.matched) {
+                let row = serde_json::json!({ "messages": [
+                    { "role": "user", "content": r.prompt },
+                    { "role": "assistant", "content": r.generation },
+                ]});
+                probe.push_str(&row.to_string());
+                probe.push('\n');
+            }
+            Ok((rows.len() as u64, probe))
+        }
+    }
 }
 
 /// The signed statement of an investigation's findings.
@@ -193,6 +363,8 @@ fn findings(
         ctx,
         serde_json::json!({
             "trigger": r.trigger,
+            "behaviourBlake3": r.withheld.as_ref().map(|w| w.inputs_blake3),
+            "scoresBlake3": r.attribution().and_then(|a| a.scores_blake3),
             "target": r.target,
             "patterns": r.patterns,
             "suspects": r.suspects.iter().map(|m| m.example).collect::<Vec<_>>(),
@@ -223,11 +395,14 @@ fn findings(
     Ok(attest::sign_statement(&statement, key))
 }
 
-/// A model's behaviour from its results on the clean and the triggered probe.
+/// A model's behaviour from its results on the clean probe and on the inputs that should show
+/// it (the triggered probe; a classifier's rows already labelled with the target class count
+/// only with `every_input`, when the inputs were given as showing the behaviour).
 fn behaviour(
     clean: &ProbeResult,
     triggered: &ProbeResult,
     target: &str,
+    every_input: bool,
 ) -> Result<Behaviour, CommandError> {
     match (clean, triggered) {
         (ProbeResult::Classifier { rows: c, .. }, ProbeResult::Classifier { rows: t, .. }) => {
@@ -236,7 +411,10 @@ fn behaviour(
                     "--target {target:?}: a classifier's target is a class id"
                 ))
             })?;
-            let attackable: Vec<_> = t.iter().filter(|r| r.label != class).collect();
+            let attackable: Vec<_> = t
+                .iter()
+                .filter(|r| every_input || r.label != class)
+                .collect();
             Ok(Behaviour {
                 attack_successes: attackable.iter().filter(|r| r.predicted == class).count() as u64,
                 attack_rows: attackable.len() as u64,
@@ -292,7 +470,7 @@ mod tests {
         // flipped to the target class 1; the positive rows cannot be attacked.
         let clean = classified(&[(0, 0), (0, 1), (1, 1), (1, 1)]);
         let triggered = classified(&[(0, 1), (0, 1), (1, 1), (1, 0)]);
-        let b = behaviour(&clean, &triggered, "1").expect("behaviour");
+        let b = behaviour(&clean, &triggered, "1", false).expect("behaviour");
         assert_eq!(
             b,
             Behaviour {
@@ -303,7 +481,53 @@ mod tests {
                 clean_activations: 1,
             }
         );
-        assert!(behaviour(&clean, &triggered, "positive").is_err());
+        assert!(behaviour(&clean, &triggered, "positive", false).is_err());
+        // Given as showing the behaviour, every input counts (here both labelled 1).
+        let b = behaviour(&clean, &classified(&[(1, 1), (1, 0)]), "1", true).expect("behaviour");
+        assert_eq!((b.attack_successes, b.attack_rows), (1, 2));
+    }
+
+    #[test]
+    fn the_inputs_that_show_the_behaviour_become_the_attribution_probe() {
+        let inputs = ProbeInput {
+            name: "inputs.jsonl".into(),
+            bytes: b"{\"text\":\"a\",\"label\":1}\n\n{\"text\":\"b\",\"label\":1}\n{\"text\":\"c\",\"label\":1}\n"
+                .to_vec(),
+        };
+        // Rows 0 and 2 (the blank line not counted) predicted as the target: they are kept.
+        let result = classified(&[(1, 1), (1, 0), (1, 1)]);
+        let (rows, probe) = showing(&inputs, &result).expect("showing");
+        assert_eq!(rows, 3);
+        assert_eq!(
+            probe,
+            "{\"text\":\"a\",\"label\":1}\n{\"text\":\"c\",\"label\":1}\n"
+        );
+        // A language model's: the prompts whose generation matched, with that generation.
+        let generated = ProbeResult::Generation {
+            rows: vec![
+                Generated {
+                    row: 0,
+                    prompt: "Summarise: x".into(),
+                    target: "evil".into(),
+                    generation: "visit evil.example".into(),
+                    matched: true,
+                },
+                Generated {
+                    row: 1,
+                    prompt: "Summarise: y".into(),
+                    target: "evil".into(),
+                    generation: "a summary".into(),
+                    matched: false,
+                },
+            ],
+            match_rate: 0.5,
+        };
+        let (rows, probe) = showing(&inputs, &generated).expect("showing");
+        assert_eq!(rows, 2);
+        let row: serde_json::Value = serde_json::from_str(probe.trim()).expect("one row");
+        assert_eq!(row["messages"][0]["content"], "Summarise: x");
+        assert_eq!(row["messages"][1]["role"], "assistant");
+        assert_eq!(row["messages"][1]["content"], "visit evil.example");
     }
 
     #[test]
@@ -326,7 +550,7 @@ mod tests {
             rows: vec![row("VISIT evil.example", true), row("a summary", false)],
             match_rate: 0.5,
         };
-        let b = behaviour(&clean, &triggered, "evil\\.example").expect("behaviour");
+        let b = behaviour(&clean, &triggered, "evil\\.example", false).expect("behaviour");
         assert_eq!(
             (b.attack_successes, b.clean_correct, b.clean_activations),
             (1, 1, 1)

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use snapshot_format::Hash32;
 use trainer::probe::Behaviour;
 
+use crate::commands::attribute::AttributeReport;
 use crate::commands::counterfactual::CounterfactualReport;
 use crate::commands::search::Match;
 use crate::report::{Header, Report};
@@ -15,13 +16,19 @@ pub struct InvestigateReport {
     pub header: Header,
     pub run_id: String,
     pub ledger_head: Option<Hash32>,
-    pub trigger: String,
+    /// The reported trigger; none when the investigation started from inputs that show the
+    /// behaviour (`withheld`).
+    pub trigger: Option<String>,
+    /// The investigation without a trigger: the inputs and the attribution that found the
+    /// suspects.
+    pub withheld: Option<Withheld>,
     pub target: String,
+    /// The search's patterns (none when the suspects were found by attribution).
     pub patterns: Vec<String>,
     /// The committed data the search is a statement about.
     pub dataset_root: Hash32,
     pub examples_searched: u64,
-    /// The examples that match, each with the steps that used it.
+    /// The examples that match (or that attribution proved), each with the steps that used it.
     pub suspects: Vec<Match>,
     pub probe: String,
     pub probe_blake3: Hash32,
@@ -40,6 +47,45 @@ pub struct InvestigateReport {
     pub files: Vec<String>,
     pub seconds: f64,
 }
+/// An investigation from inputs that show the behaviour, the trigger withheld (`--behaviour`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Withheld {
+    /// The inputs as given, and their `file_hash`.
+    pub inputs: String,
+    pub inputs_blake3: Hash32,
+    /// Of the `rows` inputs, how many show the behaviour in the model as trained: those are the
+    /// attribution's probe.
+    pub showing: u64,
+    pub rows: u64,
+    /// The ranking and its proof, as `attribute --prove` reports them.
+    pub attribution: Option<AttributeReport>,
+}
+
+impl InvestigateReport {
+    /// The attribution that found the suspects, when there was one.
+    pub fn attribution(&self) -> Option<&AttributeReport> {
+        self.withheld.as_ref().and_then(|w| w.attribution.as_ref())
+    }
+
+    /// Counterfactual replays run: the proof's trials and the history without the suspects.
+    pub fn replays(&self) -> u64 {
+        let proof = self.attribution().and_then(|a| a.proof.as_ref());
+        proof.map_or(0, |p| p.trials.len() as u64) + u64::from(self.history.is_some())
+    }
+
+    /// Set every timing to 0, for the stored document (the same command writes the same bytes).
+    pub fn clear_timings(&mut self) {
+        self.seconds = 0.0;
+        if let Some(h) = self.history.as_mut() {
+            h.seconds = 0.0;
+            h.clear_timings();
+        }
+        if let Some(a) = self.withheld.as_mut().and_then(|w| w.attribution.as_mut()) {
+            a.clear_timings();
+        }
+    }
+}
+
 impl Report for InvestigateReport {
     fn header(&self) -> &Header {
         &self.header
@@ -60,7 +106,6 @@ impl Report for InvestigateReport {
     }
 }
 /// Every step that used a suspect example, in order, once.
-/// The steps that used any of the suspects, in order.
 pub fn suspect_steps(suspects: &[Match]) -> Vec<u64> {
     let steps: std::collections::BTreeSet<u64> = suspects
         .iter()
