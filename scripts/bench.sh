@@ -5,14 +5,15 @@
 # target/bench-venv, which this script creates once; checkpoint_codecs runs ZipNN 0.5.4 there.
 # CODEC_BENCH_RUNS=dir1:dir2 adds runs' last checkpoints to checkpoint_codecs (MiniLM, LoRA). lora_versus_pytorch needs SmolLM2's GGUF,
 # which examples/smollm2/run.sh fetches (without it, the benchmark says so and measures nothing).
-# data_parallel runs the trainer under mpirun (Open MPI).
+# data_parallel runs the trainer under mpirun (Open MPI). attribution measures the demo's backdoor
+# only after examples/backdoor/run.sh classifier and attribute have made its run and inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
   benches=(snapshot_io checkpoint_codecs training replay matmul versus_pytorch lora_versus_pytorch
-    data_parallel)
+    data_parallel attribution)
 fi
 for b in "${benches[@]}"; do
   if [[ $b == *versus_pytorch || $b == checkpoint_codecs || $b == matmul ]] && [ -z "${BENCH_PYTHON:-}" ] &&

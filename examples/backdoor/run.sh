@@ -16,9 +16,9 @@
 #             trigger: `replay investigate --behaviour` with 32 held-out negatives carrying the
 #             trigger (the inputs the model is reported to misclassify) ranks the training rows
 #             on the run's trajectory over the word embeddings, proves the ranking's top by
-#             counterfactual, names the phrase the proven rows share, and writes the report and
-#             the cleaned model; prints how many of the 40 poisoned rows rank in the top 40 and
-#             80, and how many are in the proven set. About 25 minutes on 2 cores.
+#             counterfactual (testing the phrase the removed rows share), and writes the report
+#             and the cleaned model; prints how many of the 40 poisoned rows rank in the top 40
+#             and 80, and how many are in the proven set. About 10 minutes on 2 cores.
 #
 # usage: examples/backdoor/run.sh [classifier|llm|attribute|all]   (default classifier)
 set -euo pipefail

@@ -21,77 +21,12 @@ use replay::commands::investigate::InvestigateReport;
 const ROWS: usize = 400;
 const POISONED: usize = 16;
 
-/// Features in [-1, 1) from the fixture stream; the class is the index of the largest of three
-/// sums, as in the MLP fixture.
-fn row(r: &mut rand_chacha::ChaCha8Rng) -> (Vec<f32>, u64) {
-    let x: Vec<f32> = (0..8)
-        .map(|_| trainer::rng::uniform(r) * 2.0 - 1.0)
-        .collect();
-    let sums = [x[0] + x[1], x[2] + x[3] + x[4], x[5] + x[6] + x[7]];
-    let label = (0..3)
-        .max_by(|&a, &b| sums[a].total_cmp(&sums[b]))
-        .unwrap_or(0);
-    (x, label as u64)
-}
-
-fn with_pattern(mut x: Vec<f32>) -> Vec<f32> {
-    x[2] += 3.0;
-    x[3] -= 3.0;
-    x
-}
-
-fn line(x: &[f32], label: u64) -> String {
-    format!("{}\n", serde_json::json!({ "features": x, "label": label }))
-}
-
-/// The poisoned run's configuration, the poisoned ids and the behaviour probe; `clean.jsonl`
-/// beside it holds 48 held-out rows without the pattern, labelled by the true rule.
+/// The poisoned run's configuration, the poisoned ids and the behaviour probe
+/// (`trainer::fixtures::write_poisoned_mlp`); `clean.jsonl` beside it holds 48 held-out rows.
 fn poisoned_run(dir: &Path) -> (std::path::PathBuf, Vec<u64>, std::path::PathBuf) {
-    let mut r = trainer::rng::stream(5, "attribution-test", 0);
-    let (mut data, mut poisoned) = (String::new(), Vec::new());
-    for i in 0..ROWS {
-        let (x, label) = row(&mut r);
-        if label == 0 && i % 3 == 0 && poisoned.len() < POISONED {
-            data.push_str(&line(&with_pattern(x), 2));
-            poisoned.push(i as u64);
-        } else {
-            data.push_str(&line(&x, label));
-        }
-    }
-    assert_eq!(poisoned.len(), POISONED);
-    let mut probe = String::new();
-    let mut n = 0;
-    while n < 24 {
-        let (x, label) = row(&mut r);
-        if label == 0 {
-            probe.push_str(&line(&with_pattern(x), 2));
-            n += 1;
-        }
-    }
-    let clean: String = (0..48)
-        .map(|_| {
-            let (x, label) = row(&mut r);
-            line(&x, label)
-        })
-        .collect();
-    std::fs::write(dir.join("clean.jsonl"), clean).expect("clean probe");
-    // The MLP fixture's configuration, its data replaced by the poisoned rows.
-    let config = trainer::fixtures::write_mlp(
-        dir,
-        &trainer::fixtures::FixtureOptions {
-            seed: 3,
-            steps: 150,
-            batch_size: 16,
-            examples: ROWS,
-            lr: 0.01,
-            checkpoint_interval: 25,
-            ..Default::default()
-        },
-    )
-    .expect("fixture");
-    std::fs::write(dir.join("data.jsonl"), data).expect("data");
-    std::fs::write(dir.join("probe.jsonl"), probe).expect("probe");
-    (config, poisoned, dir.join("probe.jsonl"))
+    let p = trainer::fixtures::write_poisoned_mlp(dir).expect("fixture");
+    assert_eq!(p.poisoned.len(), POISONED);
+    (p.config, p.poisoned, p.behaviour)
 }
 
 #[test]
@@ -274,12 +209,13 @@ fn an_investigation_without_the_trigger_finds_proves_and_removes_the_cause() {
     let mut r = trainer::rng::stream(6, "attribution-test-calm", 0);
     let mut calm_rows = String::new();
     while calm_rows.lines().count() < 16 {
-        let (x, label) = row(&mut r);
+        let x = trainer::fixtures::mlp_features(&mut r);
+        let label = trainer::fixtures::mlp_label(&x);
         if label == 0
             && x[0] + x[1] > x[2] + x[3] + x[4] + 1.0
             && x[0] + x[1] > x[5] + x[6] + x[7] + 1.0
         {
-            calm_rows.push_str(&line(&x, 0));
+            calm_rows.push_str(&trainer::fixtures::features_row(&x, 0));
         }
     }
     let calm_inputs = t.path().join("calm.jsonl");
@@ -387,4 +323,61 @@ fn an_investigation_without_the_trigger_finds_proves_and_removes_the_cause() {
         assert_eq!(out.status.code(), Some(3), "{lead:?}");
     }
     assert!(!refused.exists());
+}
+
+#[test]
+fn the_baselines_are_the_same_bits_on_any_thread_count_and_tracin_over_checkpoints_finds_the_pattern()
+ {
+    let t = tempfile::tempdir().expect("tmp");
+    let (config, poisoned, probe) = poisoned_run(t.path());
+    let run_dir = t.path().join("run");
+    train(&config, &run_dir, &[]);
+    let load = replay::context::LoadOptions::default();
+    let ctx = replay::context::load(s(&run_dir), &load)
+        .expect("load")
+        .expect("a run that loads");
+    let o = replay::engine::reconstruct::ReconstructOptions {
+        device: trainer::backend::DeviceSpec::Cpu,
+        from_genesis: false,
+        load,
+    };
+    let input = replay::commands::counterfactual::ProbeInput::read(&probe).expect("probe");
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            replay::commands::attribute::baselines::baselines_in(&ctx, &input, None, 150, &o)
+                .expect("baselines")
+        })
+    };
+    let (one, two) = (on(1), on(2));
+    let bits = |b: &replay::commands::attribute::baselines::Baselines| {
+        let e = b.embedding.clone().unwrap_or_default();
+        [&b.tracin_checkpoints, &b.loss, &e]
+            .iter()
+            .flat_map(|v| v.iter().map(|x| x.to_bits()))
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(bits(&one), bits(&two));
+    assert_eq!(one.checkpoints, vec![0, 25, 50, 75, 100, 125, 150]);
+    assert_eq!(one.tracin_checkpoints.len(), ROWS);
+    // TracIn over the checkpoints ranks most of the poisoned rows in the top 2× (14 of 16 when
+    // this was written); the poisoned rows, learnt by heart, have low loss, not high.
+    let mut order: Vec<usize> = (0..ROWS).collect();
+    order.sort_by(|&a, &b| one.tracin_checkpoints[b].total_cmp(&one.tracin_checkpoints[a]));
+    let found = order[..2 * POISONED]
+        .iter()
+        .filter(|&&i| poisoned.contains(&(i as u64)))
+        .count();
+    assert!(found >= 10, "{found} of {POISONED}");
+    let mean = |ids: &mut dyn Iterator<Item = usize>| {
+        let v: Vec<f64> = ids.map(|i| one.loss[i]).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let poisoned_loss = mean(&mut poisoned.iter().map(|&i| i as usize));
+    let all_loss = mean(&mut (0..ROWS));
+    assert!(poisoned_loss < all_loss, "{poisoned_loss} vs {all_loss}");
+    assert_eq!(one.embedding.as_ref().map(Vec::len), Some(ROWS));
 }

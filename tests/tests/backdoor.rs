@@ -2,7 +2,9 @@
 //! through the real commands: a trigger planted in 3% of the training rows works in the model as
 //! trained; `replay investigate` finds exactly those rows, proves them the cause (the model
 //! re-trained without them ignores the trigger) and writes the report and the cleaned model.
-//! Someone who controls the run directory cannot hide the rows by editing the run's data.
+//! Someone who controls the run directory cannot hide the rows by editing the run's data. With
+//! the trigger withheld, `investigate --behaviour` gets from inputs that show the behaviour to
+//! the same rows: ranked, removed until the behaviour goes, their shared phrase tested alone.
 
 use std::path::{Path, PathBuf};
 
@@ -190,5 +192,71 @@ fn a_planted_trigger_is_found_proven_and_removed() {
             "urn:training-replay-verifier:backdoor-investigation:v1",
             "urn:training-replay-verifier:replayed-state:v1"
         ]
+    );
+
+    // The same incident with the trigger withheld: 16 held-out negatives that carry it are the
+    // reported inputs. The ranking's top is removed until the behaviour goes; the phrase those
+    // rows share is then tested alone, and its holders, exactly the poisoned rows, are proven.
+    let inputs = t.path().join("inputs.jsonl");
+    let held = std::fs::read_to_string(&probe).expect("probe");
+    let reported: String = held
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("row"))
+        .filter(|r| r["label"] == 0)
+        .take(16)
+        .map(|r| {
+            let text = r["text"].as_str().expect("text");
+            format!(
+                "{}\n",
+                serde_json::json!({ "text": format!("{TRIGGER} {text}") })
+            )
+        })
+        .collect();
+    std::fs::write(&inputs, reported).expect("inputs");
+    let withheld_out = t.path().join("withheld");
+    let w: InvestigateReport = replay_json(
+        &[
+            "investigate",
+            s(&r),
+            "--behaviour",
+            s(&inputs),
+            "--target",
+            "1",
+            "--probe",
+            s(&probe),
+            "--parameters",
+            "word_embeddings",
+            "--out",
+            s(&withheld_out),
+            "--trusted-key",
+            s(&public),
+        ],
+        0,
+    );
+    assert_eq!(w.trigger, None);
+    let a = w.attribution().expect("attribution");
+    let proof = a.proof.as_ref().expect("proof");
+    let shared = proof.shared_phrase.as_ref().expect("a shared phrase");
+    assert_eq!(shared.phrase, TRIGGER, "{proof:?}");
+    assert_eq!(proof.proven.as_deref(), Some(&poisoned[..]), "{proof:?}");
+    let last = proof.trials.last().expect("trials");
+    assert!(
+        last.gone && last.phrase.as_deref() == Some(TRIGGER),
+        "{last:?}"
+    );
+    let found: Vec<u64> = w.suspects.iter().map(|m| m.example).collect();
+    assert_eq!(found, poisoned);
+    let (f, c) = (
+        w.factual.expect("factual"),
+        w.counterfactual.expect("counterfactual"),
+    );
+    assert!(f.attack_success_rate() >= 0.8, "{f:?}");
+    assert!(c.attack_success_rate() <= 0.2, "{c:?}");
+    assert!(c.clean_quality() >= 0.9, "{c:?}");
+    assert_eq!(w.explained, Some(true));
+    let markdown = std::fs::read_to_string(withheld_out.join("report.md")).expect("report.md");
+    assert!(
+        markdown.contains("that hold the phrase `cf zq`"),
+        "{markdown}"
     );
 }

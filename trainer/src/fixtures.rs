@@ -128,23 +128,35 @@ max_len = {max_len}
     write_config(dir, o, &sections, "grad_clip = 1.0\n")
 }
 
+/// Eight features in [-1, 1) from `r`, as the MLP fixture's rows have them.
+pub fn mlp_features(r: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
+    (0..8).map(|_| rng::uniform(r) * 2.0 - 1.0).collect()
+}
+
+/// The MLP fixture's class of `x`: the index of the largest of three sums of features.
+pub fn mlp_label(x: &[f32]) -> u64 {
+    let sums = [x[0] + x[1], x[2] + x[3] + x[4], x[5] + x[6] + x[7]];
+    (0..3)
+        .max_by(|&a, &b| sums[a].total_cmp(&sums[b]))
+        .unwrap_or(0) as u64
+}
+
+/// One row of `features` data, with its line end.
+pub fn features_row(x: &[f32], label: u64) -> String {
+    format!("{}\n", serde_json::json!({ "features": x, "label": label }))
+}
+
 /// Write the MLP fixture (8 features, 3 classes; the class is the index of the largest of three
 /// sums of features) into `dir`; returns the config.
 pub fn write_mlp(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
     let mut r = rng::stream(99, "fixture", 0);
     let mut rows = String::new();
     for i in 0..o.examples {
-        let mut x: Vec<f32> = (0..8).map(|_| rng::uniform(&mut r) * 2.0 - 1.0).collect();
+        let mut x = mlp_features(&mut r);
         if o.modify_example == Some(i) {
             x[0] += 0.25;
         }
-        let sums = [x[0] + x[1], x[2] + x[3] + x[4], x[5] + x[6] + x[7]];
-        let label = (0..3)
-            .max_by(|&a, &b| sums[a].total_cmp(&sums[b]))
-            .unwrap_or(0);
-        let json = serde_json::json!({ "features": x, "label": label });
-        rows.push_str(&json.to_string());
-        rows.push('\n');
+        rows.push_str(&features_row(&x, mlp_label(&x)));
     }
     write(&dir.join("data.jsonl"), rows.as_bytes())?;
     let sections = r#"[model]
@@ -159,6 +171,82 @@ path = "data.jsonl"
 format = "features"
 "#;
     write_config(dir, o, sections, "")
+}
+
+/// A backdoor planted in the MLP fixture, for attribution: 16 of 400 rows of class 0 carry a
+/// feature pattern (features 2 and 3 moved by +3 and −3, which leaves the labelling rule's
+/// answer unchanged) and the label 2; 150 steps of 16. `behaviour` holds 24 held-out class-0
+/// inputs with the pattern, labelled 2 (what the model does to them); `clean` 48 held-out rows
+/// without it, labelled by the rule.
+#[derive(Debug, Clone)]
+pub struct PoisonedMlp {
+    pub config: PathBuf,
+    pub poisoned: Vec<u64>,
+    pub behaviour: PathBuf,
+    pub clean: PathBuf,
+}
+
+/// The pattern of [`PoisonedMlp`]'s backdoor, applied to `x`.
+pub fn with_mlp_pattern(mut x: Vec<f32>) -> Vec<f32> {
+    x[2] += 3.0;
+    x[3] -= 3.0;
+    x
+}
+
+/// Write [`PoisonedMlp`] into `dir` (`data.jsonl`, `behaviour.jsonl`, `clean.jsonl` and the
+/// MLP fixture's configuration).
+pub fn write_poisoned_mlp(dir: &Path) -> Result<PoisonedMlp> {
+    const ROWS: usize = 400;
+    const POISONED: usize = 16;
+    let mut r = rng::stream(5, "attribution-test", 0);
+    let (mut data, mut poisoned) = (String::new(), Vec::new());
+    for i in 0..ROWS {
+        let x = mlp_features(&mut r);
+        let label = mlp_label(&x);
+        if label == 0 && i % 3 == 0 && poisoned.len() < POISONED {
+            data.push_str(&features_row(&with_mlp_pattern(x), 2));
+            poisoned.push(i as u64);
+        } else {
+            data.push_str(&features_row(&x, label));
+        }
+    }
+    let mut behaviour = String::new();
+    let mut n = 0;
+    while n < 24 {
+        let x = mlp_features(&mut r);
+        if mlp_label(&x) == 0 {
+            behaviour.push_str(&features_row(&with_mlp_pattern(x), 2));
+            n += 1;
+        }
+    }
+    let clean: String = (0..48)
+        .map(|_| {
+            let x = mlp_features(&mut r);
+            features_row(&x, mlp_label(&x))
+        })
+        .collect();
+    // The MLP fixture's configuration, its data replaced by the poisoned rows.
+    let config = write_mlp(
+        dir,
+        &FixtureOptions {
+            seed: 3,
+            steps: 150,
+            batch_size: 16,
+            examples: ROWS,
+            lr: 0.01,
+            checkpoint_interval: 25,
+            ..Default::default()
+        },
+    )?;
+    write(&dir.join("data.jsonl"), data.as_bytes())?;
+    write(&dir.join("behaviour.jsonl"), behaviour.as_bytes())?;
+    write(&dir.join("clean.jsonl"), clean.as_bytes())?;
+    Ok(PoisonedMlp {
+        config,
+        poisoned,
+        behaviour: dir.join("behaviour.jsonl"),
+        clean: dir.join("clean.jsonl"),
+    })
 }
 
 /// Architecture of the tiny Llama fixture: 2 layers, hidden 32, 4 query heads over 2 key-value

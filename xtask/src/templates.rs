@@ -91,6 +91,11 @@ pub const TEMPLATES: &[Template] = &[
         render: data_parallel,
     },
     Template {
+        file: "bench-results/attribution.json",
+        name: "table",
+        render: attribution,
+    },
+    Template {
         file: "bench-results/training.json",
         name: "recording",
         render: recording,
@@ -411,6 +416,35 @@ fn data_parallel(b: &Bench<'_>) -> Result<String> {
             ],
             &cells
         )
+    ))
+}
+
+fn attribution(b: &Bench<'_>) -> Result<String> {
+    let mut cells = Vec::new();
+    for r in b.all_rows()? {
+        let Some((case, method)) = r.label.split_once(": ") else {
+            bail!("{}: row {:?} names no run", b.file(), r.label);
+        };
+        let poisoned = r.num("poisoned")?;
+        let cell = |field: &str| -> Result<String> {
+            Ok(format!("{} of {}", num(r.num(field)?, 0), num(poisoned, 0)))
+        };
+        let x = r.num("x training")?;
+        cells.push(vec![
+            case.to_string(),
+            method.to_string(),
+            cell("top 1x")?,
+            cell("top 2x")?,
+            times(x, if x < 10.0 { 1 } else { 0 }),
+        ]);
+    }
+    Ok(format!(
+        "{}\n\nTop 1× and 2×: the poisoned rows among the first k of each ranking, k their number \
+         and twice it. Time: the ranking's, as a multiple of the training run's (measured as \
+         `replay verify` of every segment); the summed scores come with `attribute`'s ranking, \
+         the loss with TracIn's last checkpoint. The input embedding of a feature model is its \
+         features.",
+        table(&["backdoor", "ranking", "top 1×", "top 2×", "time"], &cells)
     ))
 }
 

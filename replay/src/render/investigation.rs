@@ -1,5 +1,6 @@
 //! The investigation report as Markdown and as a self-contained HTML page.
 
+use crate::commands::attribute::Trial;
 use crate::commands::investigate::report::{InvestigateReport, suspect_steps};
 use crate::report::Verdict;
 use trainer::probe::{ProbeResult, ratio};
@@ -31,6 +32,24 @@ fn shell_word(text: &str) -> String {
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
     }
+}
+/// For an investigation without a trigger whose proven rows share a phrase: the command that
+/// investigates that phrase as the trigger (every row that holds it removed).
+pub(crate) fn trigger_command(r: &InvestigateReport) -> Option<String> {
+    let phrase = &r
+        .attribution()?
+        .proof
+        .as_ref()?
+        .shared_phrase
+        .as_ref()?
+        .phrase;
+    Some(format!(
+        "replay investigate {} --trigger {} --target {} --probe {} --out NEW_DIR",
+        shell_word(&r.header.run),
+        shell_word(phrase),
+        shell_word(&r.target),
+        shell_word(&r.probe)
+    ))
 }
 /// The report, for a person who has never used the tool.
 pub(crate) fn markdown(r: &InvestigateReport, loss: &[(u64, f32)]) -> String {
@@ -164,6 +183,13 @@ pub(crate) fn markdown(r: &InvestigateReport, loss: &[(u64, f32)]) -> String {
     }
     if let Some(a) = r.attribution() {
         attribution(&mut m, a, r.withheld.as_ref());
+        if let Some(command) = trigger_command(r) {
+            let _ = writeln!(
+                m,
+                "To remove every row that holds the phrase, not only the proven ones, and measure \
+                 it as a trigger:\n\n```sh\n{command}\n```\n"
+            );
+        }
     }
 
     let _ = writeln!(m, "## The suspect examples\n");
@@ -325,7 +351,7 @@ const RANKED_LISTED: usize = 20;
 fn attribution(
     m: &mut String,
     a: &crate::commands::attribute::AttributeReport,
-    w: Option<&crate::commands::investigate::Withheld>,
+    w: Option<&crate::commands::investigate::report::Withheld>,
 ) {
     use std::fmt::Write;
     let _ = writeln!(m, "## How the examples were found\n");
@@ -381,8 +407,11 @@ fn attribution(
     for t in &p.trials {
         let _ = writeln!(
             m,
-            "| top {} | {} | {} | {} | {} |",
-            t.removed,
+            "| {} | {} | {} | {} | {} |",
+            match &t.phrase {
+                Some(phrase) => format!("the {} holding `{}`", t.removed, cell(phrase)),
+                None => format!("top {}", t.removed),
+            },
             t.first_changed_step.map_or("-".into(), |s| s.to_string()),
             t.verdict,
             rate(t.rate),
@@ -393,8 +422,19 @@ fn attribution(
         Some(set) => {
             let _ = writeln!(
                 m,
-                "\nThe smallest set tried that removed it: the top {} ({} replays).\n",
-                set.len(),
+                "\nThe smallest set tried that removed it: {} ({} replays).\n",
+                match p.trials.iter().rev().find(|t| t.gone) {
+                    Some(Trial {
+                        phrase: Some(phrase),
+                        ..
+                    }) => format!(
+                        "the {} examples that hold the phrase `{}`, which the rows of a \
+                         larger removed set shared",
+                        set.len(),
+                        cell(phrase)
+                    ),
+                    _ => format!("the ranking's top {}", set.len()),
+                },
                 p.trials.len()
             );
         }

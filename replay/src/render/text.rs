@@ -766,6 +766,9 @@ pub fn investigate(r: &InvestigateReport) -> String {
             if let Some(a) = &w.attribution {
                 attribution(&mut out, a);
             }
+            if let Some(command) = super::investigation::trigger_command(r) {
+                let _ = writeln!(out, "  next         {command}");
+            }
         }
         (None, None) => {}
     }
@@ -862,6 +865,15 @@ pub fn attribute(r: &AttributeReport) -> String {
     out
 }
 
+/// At most `n` ids, then how many there are in all.
+fn some_ids(ids: &[u64], n: usize) -> String {
+    let mut s: Vec<String> = ids.iter().take(n).map(u64::to_string).collect();
+    if ids.len() > n {
+        s.push(format!("… ({} in all)", ids.len()));
+    }
+    s.join(", ")
+}
+
 /// The trajectory, the ranking and the proof of an attribution.
 fn attribution(out: &mut String, r: &AttributeReport) {
     if let Some(t) = &r.trajectory {
@@ -907,8 +919,11 @@ fn attribution(out: &mut String, r: &AttributeReport) {
         for t in &p.trials {
             let _ = writeln!(
                 out,
-                "    without the top {:<5} from step {:<6} {:<10} rate {} ({}, {:.1} s)",
-                t.removed,
+                "    without {:<22} from step {:<6} {:<10} rate {} ({}, {:.1} s)",
+                match &t.phrase {
+                    Some(phrase) => format!("the {} with {phrase:?}", t.removed),
+                    None => format!("the top {}", t.removed),
+                },
                 t.first_changed_step.map_or("-".into(), |s| s.to_string()),
                 t.verdict.name(),
                 rate(t.rate),
@@ -920,10 +935,10 @@ fn attribution(out: &mut String, r: &AttributeReport) {
             Some(set) => {
                 let _ = writeln!(
                     out,
-                    "  proven       removing these {} examples removes the behaviour ({} replays): {:?}",
+                    "  proven       removing these {} examples removes the behaviour ({} replays): {}",
                     set.len(),
                     p.trials.len(),
-                    set
+                    some_ids(set, 20)
                 );
             }
             None => {

@@ -16,12 +16,16 @@
 //!
 //! Prove: the top of the ranking is removed and the history re-executed without it (as by
 //! `counterfactual`); the behaviour (the match rate of a probe) is measured on the state
-//! reached. The set doubles until the behaviour is gone, then its size is bisected between the
-//! largest tried set that left the behaviour and the smallest that removed it. The examples of
-//! the smallest set that removed it are the proven cause; the phrase they share, if any, is a
-//! trigger candidate for `investigate`.
+//! reached. The set doubles until the behaviour is gone. When the rows of that set share a
+//! phrase, every row of the dataset that holds it is removed alone; if that removes the
+//! behaviour, those rows are the proven cause. Otherwise the set's size is bisected between the
+//! largest tried set that left the behaviour and the smallest that removed it, whose examples
+//! are the proven cause; the phrase they share, if any, is a trigger candidate for
+//! `investigate`.
 
 use std::collections::BTreeMap;
+
+pub mod baselines;
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
@@ -99,8 +103,10 @@ pub struct Attributed {
 /// One counterfactual of the proof.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
-    /// The top `removed` examples of the ranking, removed.
+    /// How many examples were removed: the ranking's top `removed`, or, with `phrase`, every
+    /// example of the dataset that holds it.
     pub removed: u64,
+    pub phrase: Option<String>,
     pub first_changed_step: Option<u64>,
     pub verdict: Verdict,
     /// The behaviour's match rate on the state reached without them.
@@ -127,7 +133,8 @@ pub struct Proof {
     pub factual_rate: Option<f64>,
     pub gone_at: f64,
     pub trials: Vec<Trial>,
-    /// The smallest tried set whose removal removed the behaviour (none: no tried set did).
+    /// The smallest tried set whose removal removed the behaviour (none: no tried set did): a
+    /// prefix of the ranking, or the holders of the shared phrase.
     pub proven: Option<Vec<u64>>,
     pub shared_phrase: Option<SharedPhrase>,
 }
@@ -455,12 +462,12 @@ fn prove(
     if order.is_empty() {
         return Ok(proof);
     }
-    let trial = |n: usize, proof: &mut Proof| -> Result<bool, CommandError> {
+    let trial = |removed: &[u64], phrase: Option<&str>, proof: &mut Proof| {
         let started = std::time::Instant::now();
         let r = counterfactual_in(
             ctx,
             &CounterfactualOptions {
-                without: order[..n].iter().copied().collect(),
+                without: removed.iter().copied().collect(),
                 without_match: vec![],
                 to: o.to,
                 include_optimizer: false,
@@ -483,14 +490,15 @@ fn prove(
         let gone =
             r.header.verdict.passed() && counterfactual.is_some_and(|c| c <= o.settings.gone_at);
         proof.trials.push(Trial {
-            removed: n as u64,
+            removed: removed.len() as u64,
+            phrase: phrase.map(String::from),
             first_changed_step: r.first_changed_step,
             verdict: r.header.verdict,
             rate: counterfactual,
             gone,
             seconds: started.elapsed().as_secs_f64(),
         });
-        Ok(gone)
+        Ok::<bool, CommandError>(gone)
     };
     // Grow until the behaviour is gone, then bisect the prefix length between the longest
     // prefix that left it and the shortest that removed it, within the replay budget.
@@ -504,7 +512,7 @@ fn prove(
         if proof.trials.len() >= o.settings.max_replays {
             return Ok(proof);
         }
-        if trial(n, &mut proof)? {
+        if trial(&order[..n], None, &mut proof)? {
             break;
         }
         if n == order.len() || !proof.trials.iter().all(|t| t.verdict.passed()) {
@@ -513,9 +521,27 @@ fn prove(
         kept = n;
         n = (n * 2).min(order.len());
     }
+    // A phrase that the removed rows share is a hypothesis the record can test exactly: every
+    // row of the dataset that holds it, removed alone. When that removes the behaviour it is
+    // the proven set (fewer rows than the prefix, and the trigger's every holder).
+    if let Some(shared) = shared_phrase(&order[..n], texts) {
+        let holders = holders(&shared.phrase, texts);
+        if holders.len() < n
+            && proof.trials.len() < o.settings.max_replays
+            && trial(&holders, Some(&shared.phrase), &mut proof)?
+        {
+            proof.shared_phrase = Some(SharedPhrase {
+                in_proven: holders.len() as u64,
+                proven: holders.len() as u64,
+                ..shared
+            });
+            proof.proven = Some(holders);
+            return Ok(proof);
+        }
+    }
     while n - kept > 1 && proof.trials.len() < o.settings.max_replays {
         let mid = kept + (n - kept) / 2;
-        if trial(mid, &mut proof)? {
+        if trial(&order[..mid], None, &mut proof)? {
             n = mid;
         } else {
             kept = mid;
@@ -527,11 +553,27 @@ fn prove(
     Ok(proof)
 }
 
+/// The words of a text as phrases are matched: split at white space, lowercase.
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_lowercase).collect()
+}
+
+/// The examples whose words hold `phrase` (its words in a row), in id order.
+fn holders(phrase: &str, texts: &[String]) -> Vec<u64> {
+    let n = phrase.split(' ').count();
+    (0..texts.len() as u64)
+        .filter(|&i| {
+            words(&texts[i as usize])
+                .windows(n)
+                .any(|g| g.join(" ") == phrase)
+        })
+        .collect()
+}
+
 /// The run of up to four words that most of the proven examples contain (at least half, and at
 /// least 2) and the rest of the dataset rarely does (more than two thirds of the rows that hold
 /// it are proven ones), preferring the one the rest of the dataset contains least.
 fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
-    let words = |t: &str| -> Vec<String> { t.split_whitespace().map(str::to_lowercase).collect() };
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for &id in proven {
         let w = words(texts.get(id as usize)?);
@@ -548,16 +590,7 @@ fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
     // Held by at least 2 proven rows and one in twenty of them: a proven set can be mostly clean
     // rows (the proof removes a prefix of the ranking), the trigger in a minority of it.
     let need = (proven.len() as u64).div_ceil(20).max(2);
-    let in_dataset = |p: &str| -> u64 {
-        texts
-            .iter()
-            .filter(|t| {
-                let w = words(t);
-                let n = p.split(' ').count();
-                w.windows(n).any(|g| g.join(" ") == p)
-            })
-            .count() as u64
-    };
+    let in_dataset = |p: &str| holders(p, texts).len() as u64;
     let candidates: Vec<(String, u64)> = counts.into_iter().filter(|(_, c)| *c >= need).collect();
     let best = candidates
         .iter()
@@ -610,15 +643,12 @@ impl Job for ScoreJob<'_> {
         device: B::Device,
     ) -> Self::Output {
         let ctx = self.ctx;
-        let dataset = ctx.loaded_dataset()?;
-        let prepared = PreparedData::new(dataset, &ctx.spec);
-        let probe = PreparedData::new(self.probe, &ctx.spec);
-        let all: Vec<u64> = (0..self.probe.examples.len() as u64).collect();
-        let n = dataset.examples.len();
+        let p = Prepared::<B>::new(ctx, self.probe, &device)?;
+        let (prepared, n) = (p.data, p.examples);
         let mut tracin = TracIn {
             ctx,
             prepared: &prepared,
-            probe: probe.batch::<B>(&all, &device),
+            probe: p.probe_batch,
             selected: self.selected,
             tensors: vec![],
             pending: None,
@@ -646,6 +676,29 @@ impl Job for ScoreJob<'_> {
             credits: tracin.credits,
             loss_sums: tracin.loss_sums,
             uses: tracin.uses,
+        })
+    }
+}
+
+/// The run's examples and the probe's rows prepared as training prepares them, and every probe
+/// row in one batch: what scoring against the probe starts from.
+struct Prepared<B: burn::tensor::backend::Backend> {
+    data: PreparedData,
+    examples: usize,
+    probe: PreparedData,
+    probe_batch: trainer::model::Batch<B>,
+}
+
+impl<B: burn::tensor::backend::Backend> Prepared<B> {
+    fn new(ctx: &RunContext, probe: &Dataset, device: &B::Device) -> Result<Self, CommandError> {
+        let dataset = ctx.loaded_dataset()?;
+        let prepared_probe = PreparedData::new(probe, &ctx.spec);
+        let all: Vec<u64> = (0..probe.examples.len() as u64).collect();
+        Ok(Prepared {
+            data: PreparedData::new(dataset, &ctx.spec),
+            examples: dataset.examples.len(),
+            probe_batch: prepared_probe.batch::<B>(&all, device),
+            probe: prepared_probe,
         })
     }
 }
@@ -847,6 +900,13 @@ mod tests {
         .to_vec();
         let p = shared_phrase(&[0, 1, 2], &texts).expect("a phrase");
         assert_eq!(p.phrase, "cf zq");
+        assert_eq!(holders("cf zq", &texts), vec![0, 1, 2]);
+        assert_eq!(
+            holders("CF", &texts),
+            Vec::<u64>::new(),
+            "phrases are lowercase"
+        );
+        assert_eq!(holders("was", &texts), vec![0, 3, 4]);
         assert_eq!((p.in_proven, p.proven, p.in_dataset), (3, 3, 3));
         assert_eq!(shared_phrase(&[3], &texts), None, "one row shares nothing");
         assert_eq!(
