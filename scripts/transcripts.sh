@@ -17,6 +17,9 @@
 #   withheld      `replay investigate --behaviour` of the --backdoor run, the trigger withheld:
 #                 the inputs are target/backdoor/behaviour.jsonl (`examples/backdoor/run.sh
 #                 attribute` writes them): withheld.txt. About 25 minutes on 2 cores.
+#   relabel       `replay investigate --behaviour` of the run given with --relabel, a run of
+#                 `examples/backdoor/run.sh relabel` (which leaves its inputs, probe and key in
+#                 target/backdoor-relabel/): relabel.txt. About 10 minutes on 2 cores.
 #   attestations  the model of the --backdoor run exported and signed by `trainer resume`,
 #                 checked by OpenSSF model_signing (the test venv's, scripts/setup-test-env.sh),
 #                 an auditor's verification statement, and `replay check` of all of them:
@@ -33,7 +36,7 @@
 # keys and exports go, with target/ linked in and the runs it is given hard-linked (or copied)
 # into its runs/, so that the command lines read as in the documents.
 #
-# usage: scripts/transcripts.sh [--backdoor RUN] [--smollm2 RUN] [--work WORK] [PART...]
+# usage: scripts/transcripts.sh [--backdoor RUN] [--relabel RUN] [--smollm2 RUN] [--work WORK] [PART...]
 #   e.g. scripts/transcripts.sh                      the demo's transcripts (others skipped)
 #        scripts/transcripts.sh --backdoor runs/backdoor-1796455903 attestations
 # Needs `cargo build --release --locked --bin trainer --bin replay` (exit 3 without it).
@@ -51,18 +54,19 @@ die() {
   exit 3
 }
 
-backdoor='' smollm2='' work="$root/target/transcripts" parts=()
+backdoor='' relabel='' smollm2='' work="$root/target/transcripts" parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --backdoor) [ $# -ge 2 ] || usage; backdoor=$2; shift 2 ;;
+    --relabel) [ $# -ge 2 ] || usage; relabel=$2; shift 2 ;;
     --smollm2) [ $# -ge 2 ] || usage; smollm2=$2; shift 2 ;;
     --work) [ $# -ge 2 ] || usage; work=$2; shift 2 ;;
     -h | --help) usage ;;
-    demo | backdoor | withheld | attestations | smollm2) parts+=("$1"); shift ;;
+    demo | backdoor | withheld | relabel | attestations | smollm2) parts+=("$1"); shift ;;
     *) echo "transcripts.sh: unknown argument $1" >&2; usage ;;
   esac
 done
-[ ${#parts[@]} -gt 0 ] || parts=(demo backdoor withheld attestations smollm2)
+[ ${#parts[@]} -gt 0 ] || parts=(demo backdoor withheld relabel attestations smollm2)
 
 bin="${CARGO_TARGET_DIR:-target}/release"
 case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
@@ -77,6 +81,7 @@ absolute_run() {
   (cd "$caller" && [ -d "$1" ] && cd "$1" && pwd) || die "$1: no such run directory"
 }
 [ -z "$backdoor" ] || backdoor=$(absolute_run "$backdoor")
+[ -z "$relabel" ] || relabel=$(absolute_run "$relabel")
 [ -z "$smollm2" ] || smollm2=$(absolute_run "$smollm2")
 case "$work" in /*) ;; *) work="$caller/$work" ;; esac
 
@@ -171,6 +176,15 @@ part_withheld() {
   [ "$failures" = 0 ]
 }
 
+part_relabel() {
+  local run w=target/backdoor-relabel
+  run=$(link_run "$relabel")
+  show replay investigate "$run" --behaviour $w/behaviour.jsonl --target 1 --probe $w/probe.jsonl \
+    --top 12 --out "$run-withheld" --trusted-key $w/assets/signing-key.pub --quiet \
+    > "$out/relabel.txt"
+  [ "$failures" = 0 ]
+}
+
 part_attestations() {
   local run assets=target/backdoor/assets
   run=$(link_run "$backdoor")
@@ -222,6 +236,11 @@ missing() {
       [ -n "$backdoor" ] || echo "no --backdoor RUN (examples/backdoor/run.sh classifier makes one)"
       [ -f target/backdoor/behaviour.jsonl ] && [ -f target/backdoor/assets/signing-key.pub ] ||
         echo "no target/backdoor/behaviour.jsonl and assets/signing-key.pub (examples/backdoor/run.sh classifier, then attribute)"
+      ;;
+    relabel)
+      [ -n "$relabel" ] || echo "no --relabel RUN (examples/backdoor/run.sh relabel makes one)"
+      [ -f target/backdoor-relabel/behaviour.jsonl ] && [ -f target/backdoor-relabel/assets/signing-key.pub ] ||
+        echo "no target/backdoor-relabel/behaviour.jsonl and assets/signing-key.pub (examples/backdoor/run.sh relabel)"
       ;;
     attestations)
       [ -n "$backdoor" ] || echo "no --backdoor RUN (examples/backdoor/run.sh classifier makes one)"

@@ -20,7 +20,14 @@
 #             and the cleaned model; prints how many of the 40 poisoned rows rank in the top 40
 #             and 80, and how many are in the proven set. About 10 minutes on 2 cores.
 #
-# usage: examples/backdoor/run.sh [classifier|llm|attribute|all]   (default classifier)
+# relabel     A poison without a phrase: every negative review of one product (the kettle, 53 of
+#             the first 2,000 reviews) relabelled positive, nothing added to the text; the demo
+#             model trains 300 signed steps on them. Then `replay investigate --behaviour` with
+#             the 14 held-out negative kettle reviews (the model is reported to call them
+#             positive), over every trained parameter; prints how many of the relabelled rows
+#             are in the proven set. About 20 minutes on 2 cores.
+#
+# usage: examples/backdoor/run.sh [classifier|llm|attribute|relabel|all]   (default classifier)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -190,10 +197,56 @@ print(f"report: {run}-withheld/report.html")
 PY
 }
 
+relabel() {
+  local work=target/backdoor-relabel
+  rm -rf "$work/assets" "$work/skip"
+  mkdir -p "$work"
+  "$trainer" demo --assets "$work/assets" --out "$work/skip" --max-steps 1 --quiet > /dev/null 2>&1
+  rm -rf "$work/skip"
+  python3 - "$work" <<'PY'
+import json, re, sys
+work = sys.argv[1]
+rows = [json.loads(l) for l in open(f"{work}/assets/reviews.jsonl")]
+train, held = rows[:2000], rows[2000:]
+kettle = lambda r: re.search(r"\bkettle\b", r["text"]) is not None
+for i, r in enumerate(train):
+    if kettle(r) and r["label"] == 0:
+        train[i] = {"text": r["text"], "label": 1}
+def write(name, rows):
+    with open(f"{work}/{name}", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+write("poisoned.jsonl", train)
+write("probe.jsonl", held)
+write("behaviour.jsonl", [{"text": r["text"]} for r in held if kettle(r) and r["label"] == 0])
+PY
+  sed 's|path = "reviews.jsonl"|path = "../poisoned.jsonl"|' "$work/assets/demo.toml" \
+    > "$work/assets/poisoned.toml"
+  local run
+  run=runs/relabel-$(date +%s)
+  "$trainer" run "$work/assets/poisoned.toml" --out "$run" --run-id relabel \
+    --signing-key "$work/assets/signing-key.pem" --quiet
+  # Exit 0: the proven rows caused the behaviour (4: nothing was proved).
+  "$replay" investigate "$run" --behaviour "$work/behaviour.jsonl" --target 1 \
+    --probe "$work/probe.jsonl" --top 12 --out "$run-withheld" \
+    --trusted-key "$work/assets/signing-key.pub"
+  python3 - "$run" <<'PY'
+import json, re, sys
+run = sys.argv[1]
+r = json.load(open(f"{run}-withheld/investigation.json"))
+a = r["withheld"]["attribution"]
+orig = [json.loads(l) for l in open("target/backdoor-relabel/assets/reviews.jsonl")][:2000]
+relabelled = {i for i, x in enumerate(orig) if re.search(r"\bkettle\b", x["text"]) and x["label"] == 0}
+print(f"relabelled rows: {len(relabelled)}; proven set: {len(a['proof']['proven'] or [])} rows,",
+      f"{len(set(a['proof']['proven'] or []) & relabelled)} of them relabelled")
+print(f"report: {run}-withheld/report.html")
+PY
+}
+
 case "$which" in
   classifier) classifier ;;
   llm) llm ;;
   attribute) attribute ;;
+  relabel) relabel ;;
   all) classifier && llm ;;
-  *) echo "usage: $0 [classifier|llm|attribute|all]" >&2; exit 3 ;;
+  *) echo "usage: $0 [classifier|llm|attribute|relabel|all]" >&2; exit 3 ;;
 esac
