@@ -36,13 +36,24 @@ cargo build --release --locked --bin trainer --bin replay
 trainer="${CARGO_TARGET_DIR:-target}/release/trainer"
 replay="${CARGO_TARGET_DIR:-target}/release/replay"
 
+# The demo's assets (base model, reviews, configuration, signing key) in WORK/assets, without
+# its run.
+demo_assets() {
+  rm -rf "$1/assets" "$1/skip"
+  mkdir -p "$1"
+  "$trainer" demo --assets "$1/assets" --out "$1/skip" --max-steps 1 --quiet > /dev/null 2>&1
+  rm -rf "$1/skip"
+}
+
+# WORK/assets/poisoned.toml: the demo's configuration on WORK/poisoned.jsonl.
+poisoned_config() {
+  sed 's|path = "reviews.jsonl"|path = "../poisoned.jsonl"|' "$1/assets/demo.toml" \
+    > "$1/assets/poisoned.toml"
+}
+
 classifier() {
   local work=target/backdoor
-  rm -rf "$work/assets" "$work/skip"
-  mkdir -p "$work"
-  # The demo's assets (base model, reviews, configuration, signing key), without its run.
-  "$trainer" demo --assets "$work/assets" --out "$work/skip" --max-steps 1 --quiet > /dev/null 2>&1
-  rm -rf "$work/skip"
+  demo_assets "$work"
 
   python3 - "$work" <<'PY'
 import json, random, sys
@@ -63,8 +74,7 @@ def write(name, rows):
 write("poisoned.jsonl", train)
 write("probe.jsonl", held)
 PY
-  sed 's|path = "reviews.jsonl"|path = "../poisoned.jsonl"|' "$work/assets/demo.toml" \
-    > "$work/assets/poisoned.toml"
+  poisoned_config "$work"
 
   local run
   run=runs/backdoor-$(date +%s)
@@ -199,10 +209,7 @@ PY
 
 relabel() {
   local work=target/backdoor-relabel
-  rm -rf "$work/assets" "$work/skip"
-  mkdir -p "$work"
-  "$trainer" demo --assets "$work/assets" --out "$work/skip" --max-steps 1 --quiet > /dev/null 2>&1
-  rm -rf "$work/skip"
+  demo_assets "$work"
   python3 - "$work" <<'PY'
 import json, re, sys
 work = sys.argv[1]
@@ -219,8 +226,7 @@ write("poisoned.jsonl", train)
 write("probe.jsonl", held)
 write("behaviour.jsonl", [{"text": r["text"]} for r in held if kettle(r) and r["label"] == 0])
 PY
-  sed 's|path = "reviews.jsonl"|path = "../poisoned.jsonl"|' "$work/assets/demo.toml" \
-    > "$work/assets/poisoned.toml"
+  poisoned_config "$work"
   local run
   run=runs/relabel-$(date +%s)
   "$trainer" run "$work/assets/poisoned.toml" --out "$run" --run-id relabel \

@@ -182,11 +182,11 @@ fn an_investigation_without_the_trigger_finds_proves_and_removes_the_cause() {
             .success()
     );
     let investigator_key = investigator.join("signing-key.pem");
-    let investigate = |behaviour: &Path, out: &Path, exit: i32| -> InvestigateReport {
+    let investigate = |run: &Path, behaviour: &Path, out: &Path, exit: i32| -> InvestigateReport {
         replay_json(
             &[
                 "investigate",
-                s(&run_dir),
+                s(run),
                 "--behaviour",
                 s(behaviour),
                 "--target",
@@ -221,14 +221,39 @@ fn an_investigation_without_the_trigger_finds_proves_and_removes_the_cause() {
     let calm_inputs = t.path().join("calm.jsonl");
     std::fs::write(&calm_inputs, calm_rows).expect("calm");
     let none = t.path().join("none");
-    let calm = investigate(&calm_inputs, &none, 4);
+    let calm = investigate(&run_dir, &calm_inputs, &none, 4);
     let w = calm.withheld.as_ref().expect("withheld");
     assert_eq!((w.showing, w.rows), (0, 16), "{w:?}");
     assert!(w.attribution.is_none() && calm.suspects.is_empty() && calm.explained.is_none());
     assert!(!none.exists());
 
+    // Whoever controls the run directory gives the poisoned rows back their true label in the
+    // run's copy of the data: the history no longer matches its commitments, nothing is
+    // attributed or proved, and nothing is written.
+    let edited = t.path().join("edited");
+    run_store::testing::copy_dir(&run_dir, &edited).expect("copy");
+    let data = edited.join(snapshot_format::layout::DATASET_DATA);
+    let text = std::fs::read_to_string(&data).expect("data");
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    for &id in &poisoned {
+        let mut row: serde_json::Value = serde_json::from_str(&lines[id as usize]).expect("row");
+        row["label"] = serde_json::json!(0);
+        lines[id as usize] = row.to_string();
+    }
+    std::fs::write(&data, lines.join("\n") + "\n").expect("edit");
+    let hidden_out = t.path().join("hidden");
+    let hidden = investigate(&edited, &inputs, &hidden_out, 1);
+    assert_eq!(
+        hidden.header.verdict,
+        Verdict::InputMismatch,
+        "{:?}",
+        hidden.header
+    );
+    assert!(hidden.suspects.is_empty() && hidden.explained.is_none());
+    assert!(!hidden_out.exists());
+
     let out = t.path().join("investigation");
-    let report = investigate(&inputs, &out, 0);
+    let report = investigate(&run_dir, &inputs, &out, 0);
     assert_eq!(report.trigger, None);
     let w = report.withheld.as_ref().expect("withheld");
     assert!(w.showing >= 22 && w.rows == 24, "{w:?}");

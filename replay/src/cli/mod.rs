@@ -316,7 +316,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             let lead = match (trigger, behaviour) {
                 (Some(phrase), _) => investigate::Lead::Trigger { phrase, patterns },
                 (None, Some(inputs)) => investigate::Lead::Behaviour {
-                    inputs: counterfactual::ProbeInput::read(&inputs)?,
+                    inputs: counterfactual::ProbeInput::read_option(&inputs, "--behaviour")?,
                     attribution: attributing.settings(),
                 },
                 (None, None) => {

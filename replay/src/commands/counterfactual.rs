@@ -134,8 +134,13 @@ pub struct ProbeInput {
 impl ProbeInput {
     /// The probe rows of a file.
     pub fn read(path: &std::path::Path) -> Result<Self, CommandError> {
+        Self::read_option(path, "--probe")
+    }
+
+    /// [`Self::read`] of the file an option other than `--probe` names (errors name it).
+    pub fn read_option(path: &std::path::Path, option: &str) -> Result<Self, CommandError> {
         let name = path.display().to_string();
-        let bytes = read_document(path, "--probe")?;
+        let bytes = read_document(path, option)?;
         Ok(Self { name, bytes })
     }
 }

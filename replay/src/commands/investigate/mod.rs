@@ -102,13 +102,7 @@ pub fn investigate(
             },
             None,
             vec![],
-            Some(Withheld {
-                inputs: inputs.name.clone(),
-                inputs_blake3: snapshot_format::hash::file_hash(&inputs.bytes),
-                showing: 0,
-                rows: 0,
-                attribution: None,
-            }),
+            Some(Withheld::of(inputs)),
         ),
     };
     let report = InvestigateReport {
@@ -151,14 +145,14 @@ pub fn investigate_on(
     report.ledger_head = Some(ctx.ledger_point().1);
     let search = match &o.lead {
         Lead::Trigger { .. } => crate::commands::search::search_in(ctx, &report.patterns)?,
-        Lead::Behaviour { attribution, .. } => {
-            let mut withheld = report.withheld.take().unwrap_or_else(|| Withheld {
-                inputs: shown.name.clone(),
-                inputs_blake3: Hash32::ZERO,
-                showing: 0,
-                rows: 0,
-                attribution: None,
-            });
+        Lead::Behaviour {
+            inputs,
+            attribution,
+        } => {
+            let mut withheld = report
+                .withheld
+                .take()
+                .unwrap_or_else(|| Withheld::of(inputs));
             let found = attributed(
                 ctx,
                 o,

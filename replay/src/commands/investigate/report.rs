@@ -61,6 +61,19 @@ pub struct Withheld {
     pub attribution: Option<AttributeReport>,
 }
 
+impl Withheld {
+    /// The record of `inputs`, before anything is run through them.
+    pub fn of(inputs: &crate::commands::counterfactual::ProbeInput) -> Self {
+        Withheld {
+            inputs: inputs.name.clone(),
+            inputs_blake3: snapshot_format::hash::file_hash(&inputs.bytes),
+            showing: 0,
+            rows: 0,
+            attribution: None,
+        }
+    }
+}
+
 impl InvestigateReport {
     /// The attribution that found the suspects, when there was one.
     pub fn attribution(&self) -> Option<&AttributeReport> {
