@@ -148,6 +148,12 @@ impl Segment {
             });
         }
         let first = segment.first_step();
+        if first.checked_add(count - 1).is_none() {
+            return Err(Error::MalformedHeader {
+                artefact: artefact.to_string(),
+                detail: format!("{count} records from step {first} run past the last step number"),
+            });
+        }
         let mut prev: Option<Hash32> = None;
         for (i, r) in segment.records.iter().enumerate() {
             let expected = first + i as u64;
@@ -247,6 +253,21 @@ mod tests {
         let e = two.check_link(2, 4, Some(genesis), "s2");
         assert!(
             matches!(e, Err(Error::ChainBroken { step: 5, .. })),
+            "{e:?}"
+        );
+    }
+
+    /// A hostile segment whose first step is the largest step number and which claims a record
+    /// after it: an error naming the segment, not an overflow (found by the no-panic property).
+    #[test]
+    fn steps_past_the_last_number_are_an_error() {
+        let mut records = chain(1, 2, Hash32([1; 32]));
+        records[0].step = u64::MAX;
+        records[1].step = 0;
+        let bytes = Segment { index: 1, records }.encode();
+        let e = Segment::decode(&bytes, "seg").unwrap_err();
+        assert!(
+            matches!(&e, Error::MalformedHeader { artefact, detail } if artefact == "seg" && detail.contains("past the last step")),
             "{e:?}"
         );
     }
