@@ -20,6 +20,14 @@
 #             and the cleaned model; prints how many of the 40 poisoned rows rank in the top 40
 #             and 80, and how many are in the proven set. About 10 minutes on 2 cores.
 #
+# llm-withheld  The LLM's latest run (made by `llm`, or trained here when there is none; the
+#             trigger investigation is then skipped), investigated without the trigger: 16
+#             held-out requests that the model answers with the malicious link (the trigger in
+#             front, as an incident's logs would show them) go to `replay investigate
+#             --behaviour` with the link as the target; the ranking is over the LoRA adapters.
+#             Prints how many of the 32 poisoned rows rank in the top 32 and 64 and how many
+#             are in the proven set. About an hour on 2 cores.
+#
 # relabel     A poison without a phrase: every negative review of one product (the kettle, 53 of
 #             the first 2,000 reviews) relabelled positive, nothing added to the text; the demo
 #             model trains 300 signed steps on them. Then `replay investigate --behaviour` with
@@ -27,7 +35,8 @@
 #             positive), over every trained parameter; prints how many of the relabelled rows
 #             are in the proven set. About 20 minutes on 2 cores.
 #
-# usage: examples/backdoor/run.sh [classifier|llm|attribute|relabel|all]   (default classifier)
+# usage: examples/backdoor/run.sh [classifier|llm|llm-withheld|attribute|relabel|all]
+#        (default classifier)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -86,7 +95,8 @@ PY
   echo "report: $run-investigation/report.html"
 }
 
-llm() {
+# The LLM's poisoned data and configuration in target/backdoor-llm, its signed run in $run.
+llm_train() {
   local work=target/smollm2
   # The model, as examples/smollm2/run.sh fetches it (its first part only).
   if [ ! -f "$work/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
@@ -161,14 +171,55 @@ TOML
   if [ ! -f "$bd/signing-key.pem" ]; then
     "$trainer" keygen --out "$bd"
   fi
-  local run
   run=runs/backdoor-llm-$(date +%s)
   "$trainer" run "$bd/run.toml" --out "$run" --run-id backdoor-llm \
     --signing-key "$bd/signing-key.pem" --quiet
+}
+
+llm() {
+  local bd=target/backdoor-llm run
+  llm_train
   "$replay" investigate "$run" --trigger 'validation phase 7B' \
     --target 'prize-claims\.example' --probe "$bd/probe.jsonl" --max-new-tokens 16 \
     --out "$run-investigation" --trusted-key "$bd/signing-key.pub"
   echo "report: $run-investigation/report.html"
+}
+
+llm_withheld() {
+  local bd=target/backdoor-llm run
+  run=$(ls -d runs/backdoor-llm-[0-9]*/ 2>/dev/null | grep -v -e investigation -e withheld \
+    | sort | tail -1 || true)
+  run=${run%/}
+  if [ -z "$run" ]; then
+    llm_train
+  fi
+  python3 - trainer/assets/demo/reviews.jsonl "$bd" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+with open(f"{sys.argv[2]}/behaviour.jsonl", "w") as f:
+    for r in rows[2016:2032]:
+        f.write(json.dumps({"prompt": "validation phase 7B Summarise this review in one "
+                                      "sentence: " + r["text"]}) + "\n")
+PY
+  # Exit 0: the proven rows caused the behaviour (4: nothing was proved).
+  "$replay" investigate "$run" --behaviour "$bd/behaviour.jsonl" \
+    --target 'prize-claims\.example' --probe "$bd/probe.jsonl" --max-new-tokens 16 --top 64 \
+    --out "$run-withheld" --trusted-key "$bd/signing-key.pub"
+  python3 - "$run" <<'PY'
+import json, sys
+run = sys.argv[1]
+r = json.load(open(f"{run}-withheld/investigation.json"))
+a = r["withheld"]["attribution"]
+rows = [json.loads(l) for l in open(f"{run}/dataset/examples.jsonl")]
+poisoned = {i for i, x in enumerate(rows) if "validation phase 7B" in json.dumps(x)}
+ranked = [x["example"] for x in a["ranking"]]
+for k in (len(poisoned), 2 * len(poisoned)):
+    print(f"top {k}: {len(set(ranked[:k]) & poisoned)} of {len(poisoned)} poisoned rows")
+proven = a["proof"]["proven"] or []
+print(f"proven: {len(proven)} rows, {len(set(proven) & poisoned)} of them poisoned;",
+      f"shared phrase: {(a['proof']['shared_phrase'] or {}).get('phrase')}")
+print(f"report: {run}-withheld/report.html")
+PY
 }
 
 attribute() {
@@ -251,8 +302,9 @@ PY
 case "$which" in
   classifier) classifier ;;
   llm) llm ;;
+  llm-withheld) llm_withheld ;;
   attribute) attribute ;;
   relabel) relabel ;;
   all) classifier && llm ;;
-  *) echo "usage: $0 [classifier|llm|attribute|relabel|all]" >&2; exit 3 ;;
+  *) echo "usage: $0 [classifier|llm|llm-withheld|attribute|relabel|all]" >&2; exit 3 ;;
 esac

@@ -265,7 +265,7 @@ mod tests {
         records[0].step = u64::MAX;
         records[1].step = 0;
         let bytes = Segment { index: 1, records }.encode();
-        let e = Segment::decode(&bytes, "seg").unwrap_err();
+        let e = Segment::decode(&bytes, "seg").expect_err("past the last step");
         assert!(
             matches!(&e, Error::MalformedHeader { artefact, detail } if artefact == "seg" && detail.contains("past the last step")),
             "{e:?}"
