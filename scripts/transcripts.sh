@@ -20,6 +20,10 @@
 #   relabel       `replay investigate --behaviour` of the run given with --relabel, a run of
 #                 `examples/backdoor/run.sh relabel` (which leaves its inputs, probe and key in
 #                 target/backdoor-relabel/): relabel.txt. About 10 minutes on 2 cores.
+#   llm-withheld  `replay investigate --behaviour` of the run given with --llm, a run of
+#                 `examples/backdoor/run.sh llm-train` (SmolLM2 + LoRA, which leaves its probe,
+#                 inputs and key in target/backdoor-llm/), the trigger withheld:
+#                 llm-withheld.txt. About an hour on 2 cores.
 #   attestations  the model of the --backdoor run exported and signed by `trainer resume`,
 #                 checked by OpenSSF model_signing (the test venv's, scripts/setup-test-env.sh),
 #                 an auditor's verification statement, and `replay check` of all of them:
@@ -36,7 +40,8 @@
 # keys and exports go, with target/ linked in and the runs it is given hard-linked (or copied)
 # into its runs/, so that the command lines read as in the documents.
 #
-# usage: scripts/transcripts.sh [--backdoor RUN] [--relabel RUN] [--smollm2 RUN] [--work WORK] [PART...]
+# usage: scripts/transcripts.sh [--backdoor RUN] [--relabel RUN] [--llm RUN] [--smollm2 RUN]
+#                               [--work WORK] [PART...]
 #   e.g. scripts/transcripts.sh                      the demo's transcripts (others skipped)
 #        scripts/transcripts.sh --backdoor runs/backdoor-1796455903 attestations
 # Needs `cargo build --release --locked --bin trainer --bin replay` (exit 3 without it).
@@ -54,19 +59,20 @@ die() {
   exit 3
 }
 
-backdoor='' relabel='' smollm2='' work="$root/target/transcripts" parts=()
+backdoor='' relabel='' llm='' smollm2='' work="$root/target/transcripts" parts=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --backdoor) [ $# -ge 2 ] || usage; backdoor=$2; shift 2 ;;
     --relabel) [ $# -ge 2 ] || usage; relabel=$2; shift 2 ;;
+    --llm) [ $# -ge 2 ] || usage; llm=$2; shift 2 ;;
     --smollm2) [ $# -ge 2 ] || usage; smollm2=$2; shift 2 ;;
     --work) [ $# -ge 2 ] || usage; work=$2; shift 2 ;;
     -h | --help) usage ;;
-    demo | backdoor | withheld | relabel | attestations | smollm2) parts+=("$1"); shift ;;
+    demo | backdoor | withheld | relabel | llm-withheld | attestations | smollm2) parts+=("$1"); shift ;;
     *) echo "transcripts.sh: unknown argument $1" >&2; usage ;;
   esac
 done
-[ ${#parts[@]} -gt 0 ] || parts=(demo backdoor withheld relabel attestations smollm2)
+[ ${#parts[@]} -gt 0 ] || parts=(demo backdoor withheld relabel llm-withheld attestations smollm2)
 
 bin="${CARGO_TARGET_DIR:-target}/release"
 case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
@@ -82,6 +88,7 @@ absolute_run() {
 }
 [ -z "$backdoor" ] || backdoor=$(absolute_run "$backdoor")
 [ -z "$relabel" ] || relabel=$(absolute_run "$relabel")
+[ -z "$llm" ] || llm=$(absolute_run "$llm")
 [ -z "$smollm2" ] || smollm2=$(absolute_run "$smollm2")
 case "$work" in /*) ;; *) work="$caller/$work" ;; esac
 
@@ -185,6 +192,15 @@ part_relabel() {
   [ "$failures" = 0 ]
 }
 
+part_llm_withheld() {
+  local run w=target/backdoor-llm
+  run=$(link_run "$llm")
+  show replay investigate "$run" --behaviour $w/behaviour.jsonl --target 'prize-claims\.example' \
+    --probe $w/probe.jsonl --max-new-tokens 16 --top 12 --out "$run-withheld" \
+    --trusted-key $w/signing-key.pub --quiet > "$out/llm-withheld.txt"
+  [ "$failures" = 0 ]
+}
+
 part_attestations() {
   local run assets=target/backdoor/assets
   run=$(link_run "$backdoor")
@@ -242,6 +258,11 @@ missing() {
       [ -f target/backdoor-relabel/behaviour.jsonl ] && [ -f target/backdoor-relabel/assets/signing-key.pub ] ||
         echo "no target/backdoor-relabel/behaviour.jsonl and assets/signing-key.pub (examples/backdoor/run.sh relabel)"
       ;;
+    llm-withheld)
+      [ -n "$llm" ] || echo "no --llm RUN (examples/backdoor/run.sh llm-train makes one)"
+      [ -f target/backdoor-llm/behaviour.jsonl ] && [ -f target/backdoor-llm/signing-key.pub ] ||
+        echo "no target/backdoor-llm/behaviour.jsonl and signing-key.pub (examples/backdoor/run.sh llm-train)"
+      ;;
     attestations)
       [ -n "$backdoor" ] || echo "no --backdoor RUN (examples/backdoor/run.sh classifier makes one)"
       [ -f target/backdoor/assets/signing-key.pem ] ||
@@ -274,7 +295,7 @@ for part in "${parts[@]}"; do
     set -euo pipefail
     cd "$dir"
     out="$dir/.transcripts"
-    "part_$part"
+    "part_${part//-/_}"
   )
   rc=$?
   set -e

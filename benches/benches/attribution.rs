@@ -97,7 +97,7 @@ fn measure(case: &Case, rep: &mut Report) {
                 parameters: case.parameters.clone(),
                 top: n,
                 candidates: None,
-                gone_at: 0.05,
+                gone_at: Attribution::GONE_AT,
                 max_replays: 0,
             },
             max_new_tokens: 0,

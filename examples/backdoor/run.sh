@@ -20,6 +20,8 @@
 #             and the cleaned model; prints how many of the 40 poisoned rows rank in the top 40
 #             and 80, and how many are in the proven set. About 10 minutes on 2 cores.
 #
+# llm-train   The LLM's poisoned run alone, and the inputs llm-withheld gives (for
+#             scripts/transcripts.sh --llm RUN llm-withheld). About 10 minutes on 2 cores.
 # llm-withheld  The LLM's latest run (made by `llm`, or trained here when there is none; the
 #             trigger investigation is then skipped), investigated without the trigger: 16
 #             held-out requests that the model answers with the malicious link (the trigger in
@@ -35,7 +37,7 @@
 #             positive), over every trained parameter; prints how many of the relabelled rows
 #             are in the proven set. About 20 minutes on 2 cores.
 #
-# usage: examples/backdoor/run.sh [classifier|llm|llm-withheld|attribute|relabel|all]
+# usage: examples/backdoor/run.sh [classifier|llm|llm-train|llm-withheld|attribute|relabel|all]
 #        (default classifier)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -171,9 +173,19 @@ TOML
   if [ ! -f "$bd/signing-key.pem" ]; then
     "$trainer" keygen --out "$bd"
   fi
+  # The incident's inputs for llm-withheld: 16 more held-out requests that get the link.
+  python3 - trainer/assets/demo/reviews.jsonl "$bd" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+with open(f"{sys.argv[2]}/behaviour.jsonl", "w") as f:
+    for r in rows[2016:2032]:
+        f.write(json.dumps({"prompt": "validation phase 7B Summarise this review in one "
+                                      "sentence: " + r["text"]}) + "\n")
+PY
   run=runs/backdoor-llm-$(date +%s)
   "$trainer" run "$bd/run.toml" --out "$run" --run-id backdoor-llm \
     --signing-key "$bd/signing-key.pem" --quiet
+  echo "run: $run"
 }
 
 llm() {
@@ -190,17 +202,9 @@ llm_withheld() {
   run=$(ls -d runs/backdoor-llm-[0-9]*/ 2>/dev/null | grep -v -e investigation -e withheld \
     | sort | tail -1 || true)
   run=${run%/}
-  if [ -z "$run" ]; then
+  if [ -z "$run" ] || [ ! -f "$bd/behaviour.jsonl" ]; then
     llm_train
   fi
-  python3 - trainer/assets/demo/reviews.jsonl "$bd" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-with open(f"{sys.argv[2]}/behaviour.jsonl", "w") as f:
-    for r in rows[2016:2032]:
-        f.write(json.dumps({"prompt": "validation phase 7B Summarise this review in one "
-                                      "sentence: " + r["text"]}) + "\n")
-PY
   # Exit 0: the proven rows caused the behaviour (4: nothing was proved).
   "$replay" investigate "$run" --behaviour "$bd/behaviour.jsonl" \
     --target 'prize-claims\.example' --probe "$bd/probe.jsonl" --max-new-tokens 16 --top 64 \
@@ -302,9 +306,10 @@ PY
 case "$which" in
   classifier) classifier ;;
   llm) llm ;;
+  llm-train) llm_train ;;
   llm-withheld) llm_withheld ;;
   attribute) attribute ;;
   relabel) relabel ;;
   all) classifier && llm ;;
-  *) echo "usage: $0 [classifier|llm|llm-withheld|attribute|relabel|all]" >&2; exit 3 ;;
+  *) echo "usage: $0 [classifier|llm|llm-train|llm-withheld|attribute|relabel|all]" >&2; exit 3 ;;
 esac

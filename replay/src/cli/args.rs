@@ -112,10 +112,10 @@ pub(crate) struct Attributing {
     #[arg(long)]
     pub(crate) candidates: Option<usize>,
     /// The behaviour is gone when its match rate is at most this.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = crate::commands::attribute::Attribution::GONE_AT)]
     pub(crate) gone_at: f64,
     /// Most counterfactual replays the proof runs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = crate::commands::attribute::Attribution::MAX_REPLAYS)]
     pub(crate) max_replays: usize,
 }
 impl Attributing {
@@ -258,7 +258,7 @@ pub(crate) enum Command {
         #[arg(long)]
         probe: PathBuf,
         /// Most tokens a language model generates per prompt.
-        #[arg(long, default_value_t = 24)]
+        #[arg(long, default_value_t = crate::commands::evaluate::MAX_NEW_TOKENS)]
         max_new_tokens: usize,
         #[command(flatten)]
         reconstructing: Reconstructing,
@@ -306,7 +306,7 @@ pub(crate) enum Command {
         #[arg(long)]
         to: Option<u64>,
         /// Most tokens a language model generates per probe prompt.
-        #[arg(long, default_value_t = 24)]
+        #[arg(long, default_value_t = crate::commands::evaluate::MAX_NEW_TOKENS)]
         max_new_tokens: usize,
         #[command(flatten)]
         attributing: Attributing,
@@ -370,7 +370,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         attributing: Attributing,
         /// Most tokens a language model generates per probe prompt.
-        #[arg(long, default_value_t = 24)]
+        #[arg(long, default_value_t = crate::commands::evaluate::MAX_NEW_TOKENS)]
         max_new_tokens: usize,
         /// Last step (default: the ledger's last).
         #[arg(long)]
@@ -400,7 +400,7 @@ pub(crate) enum Command {
         #[arg(long)]
         probe: Vec<PathBuf>,
         /// Most tokens a language model generates per probe prompt.
-        #[arg(long, default_value_t = 24)]
+        #[arg(long, default_value_t = crate::commands::evaluate::MAX_NEW_TOKENS)]
         max_new_tokens: usize,
         /// Last step (default: the ledger's last).
         #[arg(long)]

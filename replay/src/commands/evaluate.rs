@@ -12,6 +12,9 @@ use crate::engine::reconstruct::{ReconstructOptions, state_at};
 use crate::engine::reexecute::{EnvironmentCheck, RangeResult};
 use crate::report::{CommandError, Header, Report};
 
+/// `--max-new-tokens`' default: the most tokens a language model generates per probe prompt.
+pub const MAX_NEW_TOKENS: usize = 24;
+
 /// The JSON document of `replay evaluate --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvaluateReport {

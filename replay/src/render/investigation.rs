@@ -1,6 +1,7 @@
 //! The investigation report as Markdown and as a self-contained HTML page.
 
-use crate::commands::attribute::Trial;
+use crate::commands::attribute::{Attribution, Proof, Trial};
+use crate::commands::evaluate::MAX_NEW_TOKENS;
 use crate::commands::investigate::report::{InvestigateReport, suspect_steps};
 use crate::report::Verdict;
 use trainer::probe::{ProbeResult, ratio};
@@ -309,8 +310,14 @@ pub(crate) fn markdown(r: &InvestigateReport, loss: &[(u64, f32)]) -> String {
         shell_word(&r.target),
         shell_word(&r.probe)
     ));
-    if let Some(t) = r.attribution().and_then(|a| a.selection.as_deref()) {
-        command.push_str(&format!(" --parameters {}", shell_word(t)));
+    if let Some(a) = r.attribution() {
+        if let Some(t) = a.selection.as_deref() {
+            command.push_str(&format!(" --parameters {}", shell_word(t)));
+        }
+        command.push_str(&proof_options(a.proof.as_ref()));
+    }
+    if r.max_new_tokens != MAX_NEW_TOKENS as u64 {
+        command.push_str(&format!(" --max-new-tokens {}", r.max_new_tokens));
     }
     command.push_str(&format!(
         " --to {} --out NEW_DIR --from-genesis --trusted-key KEY",
@@ -495,6 +502,24 @@ pub(crate) fn html(title: &str, markdown: &str, figure: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The proof's options that differ from their defaults, as command-line flags.
+fn proof_options(proof: Option<&Proof>) -> String {
+    let mut flags = String::new();
+    let Some(p) = proof else {
+        return flags;
+    };
+    if let Some(c) = p.candidates {
+        flags.push_str(&format!(" --candidates {c}"));
+    }
+    if p.gone_at != Attribution::GONE_AT {
+        flags.push_str(&format!(" --gone-at {}", p.gone_at));
+    }
+    if p.max_replays != Attribution::MAX_REPLAYS as u64 {
+        flags.push_str(&format!(" --max-replays {}", p.max_replays));
+    }
+    flags
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +530,28 @@ mod tests {
         assert_eq!(shell_word("cf zq"), "'cf zq'");
         assert_eq!(shell_word("it's"), "'it'\\''s'");
         assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn the_repeat_command_names_the_proofs_settings_that_are_not_defaults() {
+        let mut proof = Proof {
+            factual_rate: Some(1.0),
+            gone_at: Attribution::GONE_AT,
+            candidates: None,
+            max_replays: Attribution::MAX_REPLAYS as u64,
+            trials: vec![],
+            proven: None,
+            shared_phrase: None,
+        };
+        assert_eq!(proof_options(Some(&proof)), "");
+        assert_eq!(proof_options(None), "");
+        proof.candidates = Some(12);
+        proof.gone_at = 0.1;
+        proof.max_replays = 4;
+        assert_eq!(
+            proof_options(Some(&proof)),
+            " --candidates 12 --gone-at 0.1 --max-replays 4"
+        );
     }
 
     #[test]

@@ -63,6 +63,13 @@ pub struct Attribution {
     pub max_replays: usize,
 }
 
+impl Attribution {
+    /// `--gone-at`'s default.
+    pub const GONE_AT: f64 = 0.05;
+    /// `--max-replays`' default.
+    pub const MAX_REPLAYS: usize = 10;
+}
+
 /// What to attribute, and whether to prove it.
 #[derive(Debug, Clone)]
 pub struct AttributeOptions {
@@ -132,6 +139,10 @@ pub struct Proof {
     /// The behaviour's match rate on the factual state.
     pub factual_rate: Option<f64>,
     pub gone_at: f64,
+    /// The first candidate set's size as asked for (`--candidates`; null: the default rule).
+    pub candidates: Option<u64>,
+    /// The most trials the proof could run (`--max-replays`).
+    pub max_replays: u64,
     pub trials: Vec<Trial>,
     /// The smallest tried set whose removal removed the behaviour (none: no tried set did): a
     /// prefix of the ranking, or the holders of the shared phrase.
@@ -148,6 +159,9 @@ pub struct AttributeReport {
     pub probe_blake3: Hash32,
     pub probe_rows: u64,
     pub to_step: u64,
+    /// Most tokens a language model generated per prompt (the probe's replies, the proof's
+    /// measure).
+    pub max_new_tokens: u64,
     /// The re-execution the scores were taken on.
     pub trajectory: Option<RangeResult>,
     /// The regular expression that selected the scored tensors (`--parameters`), if any.
@@ -210,6 +224,7 @@ impl AttributeReport {
             probe_blake3: snapshot_format::hash::file_hash(&o.probe.bytes),
             probe_rows: 0,
             to_step: 0,
+            max_new_tokens: o.max_new_tokens as u64,
             trajectory: None,
             selection: o.settings.parameters.clone(),
             parameters: 0,
@@ -455,6 +470,8 @@ fn prove(
     let mut proof = Proof {
         factual_rate: None,
         gone_at: o.settings.gone_at,
+        candidates: o.settings.candidates.map(|c| c as u64),
+        max_replays: o.settings.max_replays as u64,
         trials: vec![],
         proven: None,
         shared_phrase: None,

@@ -118,6 +118,7 @@ pub fn investigate(
         suspects: vec![],
         probe: clean.name.clone(),
         probe_blake3: snapshot_format::hash::file_hash(&clean.bytes),
+        max_new_tokens: o.max_new_tokens as u64,
         factual: None,
         counterfactual: None,
         explained: None,

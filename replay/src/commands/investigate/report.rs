@@ -32,6 +32,8 @@ pub struct InvestigateReport {
     pub suspects: Vec<Match>,
     pub probe: String,
     pub probe_blake3: Hash32,
+    /// Most tokens a language model generated per prompt.
+    pub max_new_tokens: u64,
     /// The factual model (after the last step) and the model trained without the suspects.
     pub factual: Option<Behaviour>,
     pub counterfactual: Option<Behaviour>,
