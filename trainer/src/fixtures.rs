@@ -84,6 +84,26 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
         })
 }
 
+/// A copy of a fixture's config with `data.padding = "longest"`, `longest.toml` beside it;
+/// returns its path.
+pub fn padded_to_longest(config: &Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(config).map_err(|source| Error::Io {
+        path: config.display().to_string(),
+        source,
+    })?;
+    let mut out = String::new();
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with("max_len = ") {
+            out.push_str("padding = \"longest\"\n");
+        }
+    }
+    let path = config.with_file_name("longest.toml");
+    write(&path, out.as_bytes())?;
+    Ok(path)
+}
+
 /// Write the tiny BERT fixture (base model, dataset, config) into `dir`; returns the config.
 pub fn write_tiny_bert(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
     let m = o.bert.clone().unwrap_or_else(tiny_bert);

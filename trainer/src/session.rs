@@ -13,7 +13,7 @@ use snapshot_format::snapshot::{
 };
 
 use crate::base::BaseWeights;
-use crate::config::{DataFormat, RunSpec};
+use crate::config::{DataFormat, Padding, RunSpec};
 use crate::data::{DataOrder, Dataset, Example, HashTokenizer, special};
 use crate::error::{Error, Result};
 use crate::model::{Batch, BatchInput, Dropout, TrainableModel, init_values};
@@ -83,19 +83,32 @@ impl TrainingState {
     }
 }
 
+/// The rows `ids` of `all` (rows of `len` values), each cut to its first `cut` values.
+fn cut_rows<T: Copy>(all: &[T], ids: &[u64], len: usize, cut: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(ids.len() * cut);
+    for &i in ids {
+        let start = i as usize * len;
+        out.extend_from_slice(&all[start..start + cut]);
+    }
+    out
+}
+
 /// Inputs of every example, prepared once on the host (tokenized text or features).
 #[derive(Debug, Clone)]
 pub struct PreparedData {
     inputs: Inputs,
     labels: Vec<u64>,
     num_labels: usize,
+    padding: Padding,
 }
 
 #[derive(Debug, Clone)]
 enum Inputs {
+    /// Rows padded (or cut) to `len`, and each row's length without its padding.
     Tokens {
         ids: Vec<i64>,
         len: usize,
+        lengths: Vec<usize>,
     },
     Features {
         values: Vec<f32>,
@@ -107,6 +120,7 @@ enum Inputs {
         attention: Vec<f32>,
         loss: Vec<f32>,
         len: usize,
+        lengths: Vec<usize>,
     },
 }
 
@@ -128,9 +142,11 @@ impl PreparedData {
                     Vec::with_capacity(n),
                     Vec::with_capacity(n),
                 );
+                let mut lengths = Vec::with_capacity(dataset.examples.len());
                 for ex in &dataset.examples {
                     if let Example::Lm { tokens, loss_mask } = ex {
                         let kept = tokens.len().min(len);
+                        lengths.push(kept);
                         ids.extend(tokens[..kept].iter().map(|&t| i64::from(t)));
                         ids.extend(std::iter::repeat_n(pad, len - kept));
                         attention.extend(std::iter::repeat_n(1.0f32, kept));
@@ -144,6 +160,7 @@ impl PreparedData {
                     attention,
                     loss,
                     len,
+                    lengths,
                 }
             }
             (DataFormat::Text | DataFormat::Tokens, Some(vocab_size), Some(len)) => {
@@ -161,7 +178,17 @@ impl PreparedData {
                         Example::Features { .. } | Example::Lm { .. } => {}
                     }
                 }
-                Inputs::Tokens { ids, len }
+                // Padding is id 0 ([PAD]) at the end of a row; a row's length is up to its last
+                // other id.
+                let lengths = ids
+                    .chunks(len)
+                    .map(|row| {
+                        row.iter()
+                            .rposition(|&t| t != special::PAD)
+                            .map_or(0, |p| p + 1)
+                    })
+                    .collect();
+                Inputs::Tokens { ids, len, lengths }
             }
             _ => {
                 let mut values = Vec::new();
@@ -179,6 +206,21 @@ impl PreparedData {
             inputs,
             labels,
             num_labels,
+            padding: spec.data.padding,
+        }
+    }
+
+    /// The length the token rows of the batch of `ids` are cut to: `len` (the recorded
+    /// `max_len`), or with `padding = "longest"` the batch's longest row (at least 1).
+    fn batch_len(&self, ids: &[u64], len: usize, lengths: &[usize]) -> usize {
+        match self.padding {
+            Padding::MaxLen => len,
+            Padding::Longest => ids
+                .iter()
+                .map(|&i| lengths[i as usize])
+                .max()
+                .unwrap_or(len)
+                .max(1),
         }
     }
 
@@ -214,29 +256,20 @@ impl PreparedData {
             attention,
             loss,
             len,
+            lengths,
         } = &self.inputs
         {
-            let rows = |v: &[f32]| -> Vec<f32> {
-                ids.iter()
-                    .flat_map(|&i| v[i as usize * len..(i as usize + 1) * len].iter().copied())
-                    .collect()
-            };
-            let tok: Vec<i64> = ids
-                .iter()
-                .flat_map(|&i| {
-                    all[i as usize * len..(i as usize + 1) * len]
-                        .iter()
-                        .copied()
-                })
-                .collect();
+            let cut = self.batch_len(ids, *len, lengths);
+            let rows = |v: &[f32]| -> Vec<f32> { cut_rows(v, ids, *len, cut) };
+            let tok = cut_rows(all, ids, *len, cut);
             return Batch {
                 input: BatchInput::Lm {
-                    ids: Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [n, *len]), device),
+                    ids: Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [n, cut]), device),
                     attention: Tensor::from_data(
-                        TensorData::new(rows(attention), [n, *len]),
+                        TensorData::new(rows(attention), [n, cut]),
                         device,
                     ),
-                    loss: Tensor::from_data(TensorData::new(rows(loss), [n, *len]), device),
+                    loss: Tensor::from_data(TensorData::new(rows(loss), [n, cut]), device),
                 },
                 targets: Tensor::zeros([n, 1], device),
                 size: n,
@@ -248,19 +281,20 @@ impl PreparedData {
         }
         let targets = Tensor::from_data(TensorData::new(targets, [n, self.num_labels]), device);
         let input = match &self.inputs {
-            Inputs::Tokens { ids: all, len } => {
-                let mut tok = Vec::with_capacity(n * len);
-                for &i in ids {
-                    let start = i as usize * len;
-                    tok.extend_from_slice(&all[start..start + len]);
-                }
+            Inputs::Tokens {
+                ids: all,
+                len,
+                lengths,
+            } => {
+                let cut = self.batch_len(ids, *len, lengths);
+                let tok = cut_rows(all, ids, *len, cut);
                 let mask: Vec<f32> = tok
                     .iter()
                     .map(|&t| if t == special::PAD { 0.0 } else { 1.0 })
                     .collect();
                 BatchInput::Tokens {
-                    ids: Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [n, *len]), device),
-                    mask: Tensor::from_data(TensorData::new(mask, [n, *len]), device),
+                    ids: Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [n, cut]), device),
+                    mask: Tensor::from_data(TensorData::new(mask, [n, cut]), device),
                 }
             }
             Inputs::Lm { .. } => unreachable!("returned above"),

@@ -63,6 +63,35 @@ fn two_runs_of_one_config_are_bit_identical() {
     );
 }
 
+/// `data.padding = "longest"` on text rows (the BERT fixture at `max_len` 16, many rows shorter):
+/// the same bits in two processes on other thread counts, not the bits of the run padded to
+/// `max_len`, and step 1's loss the same to rounding (the attention masks the left-out
+/// positions in both).
+#[test]
+fn text_batches_cut_to_their_longest_row_are_a_deterministic_run_of_their_own() {
+    let t = tempfile::tempdir().expect("tmp");
+    let full = tiny(
+        &t.path().join("in"),
+        FixtureOptions {
+            max_len: 16,
+            ..FixtureOptions::default()
+        },
+    );
+    let longest = fixtures::padded_to_longest(&full).expect("config");
+    let (a, b, f) = (t.path().join("a"), t.path().join("b"), t.path().join("f"));
+    train(&longest, &a, &["--threads", "2"]);
+    train(&longest, &b, &["--threads", "1"]);
+    assert_same_run(&a, &b);
+    train(&full, &f, &[]);
+    assert_ne!(completion(&a).ledger_head, completion(&f).ledger_head);
+    let (x, y) = (records(&a)[0].loss_bits, records(&f)[0].loss_bits);
+    let (x, y) = (f64::from(f32::from_bits(x)), f64::from(f32::from_bits(y)));
+    assert!(
+        (x - y).abs() <= 1e-5 * y.abs(),
+        "step 1's loss: {x} cut, {y} padded"
+    );
+}
+
 #[test]
 fn thread_count_does_not_change_bits() {
     // Large enough for the CPU backend's parallel paths (matrix multiplies of 1024 x 128 by

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use run_store::testing::{assert_same_run, completion};
+use run_store::testing::{assert_same_run, completion, records};
 use snapshot_format::layout;
 use trainer::base::{BaseFormat, BaseWeights};
 use trainer::fixtures::{self, FixtureOptions};
@@ -139,6 +139,48 @@ fn lora_runs_are_bit_identical_across_processes_threads_and_resume() {
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("already holds files"));
     assert!(!t.path().join("d").join(layout::MANIFEST).exists());
+}
+
+/// `data.padding = "longest"`: each batch cut to its longest row (the fixture's rows are 8 to 20
+/// tokens, `max_len` 24). The same loss in exact arithmetic, so the first step's loss agrees with
+/// the run padded to `max_len` to rounding; other sums, so other bits; and those bits are the
+/// same in separate processes, on any thread count and across a resume.
+#[test]
+fn batches_cut_to_their_longest_row_are_a_deterministic_run_of_their_own() {
+    let t = tempfile::tempdir().expect("tmp");
+    let full = fixture(&t.path().join("in"));
+    let longest = fixtures::padded_to_longest(&full).expect("config");
+    let (a, b, c, f) = (
+        t.path().join("a"),
+        t.path().join("b"),
+        t.path().join("c"),
+        t.path().join("full"),
+    );
+    train(&longest, &a, &[]);
+    train(&longest, &b, &["--threads", "1"]);
+    assert_same_run(&a, &b);
+    train(&longest, &c, &["--max-steps", "5"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["resume", s(&c), "--quiet"])
+        .output()
+        .expect("resume");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_run(&a, &c);
+    train(&full, &f, &[]);
+    assert_ne!(completion(&a).ledger_head, completion(&f).ledger_head);
+    let (cut, padded) = (records(&a), records(&f));
+    assert_eq!(cut[0].example_ids, padded[0].example_ids);
+    let loss = |r: &snapshot_format::ledger::StepRecord| f64::from(f32::from_bits(r.loss_bits));
+    let (x, y) = (loss(&cut[0]), loss(&padded[0]));
+    assert!(
+        (x - y).abs() <= 1e-5 * y.abs(),
+        "step 1's loss: {x} cut, {y} padded"
+    );
+    // The option is recorded in the spec; a run padded to max_len records nothing new.
+    let spec =
+        |run: &Path| serde_json::to_string(&run_store::testing::manifest(run).spec).expect("spec");
+    assert!(spec(&a).contains("\"padding\":\"longest\""), "{}", spec(&a));
+    assert!(!spec(&f).contains("padding"), "{}", spec(&f));
 }
 
 #[test]

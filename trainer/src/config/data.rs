@@ -35,6 +35,30 @@ pub enum TokenizerKind {
     #[default]
     Hash,
 }
+/// How the token rows of a batch are padded (`data.padding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Padding {
+    /// Every row to `max_len`: the default, and how every run recorded before the option was
+    /// padded.
+    #[default]
+    #[serde(rename = "max_len")]
+    MaxLen,
+    /// Each batch to its longest row (at most `max_len`). The masked positions a shorter batch
+    /// leaves out change no loss or gradient in exact arithmetic, but the sums run over other
+    /// lengths, so the bits are another run's: a choice made in the configuration and recorded
+    /// in the spec, never a speed-up applied to an existing run.
+    #[serde(rename = "longest")]
+    Longest,
+}
+
+impl Padding {
+    /// Whether this is the default (left out of a recorded spec, so that a spec written before
+    /// the option existed reads and hashes as it did).
+    pub fn is_max_len(&self) -> bool {
+        *self == Padding::MaxLen
+    }
+}
+
 /// `[data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +69,9 @@ pub struct DataSection {
     /// Tokens per example, `[CLS]` and `[SEP]` included (text only).
     #[serde(default)]
     pub max_len: Option<u64>,
+    /// How a batch's token rows are padded (text, token, lm and chat data).
+    #[serde(default)]
+    pub padding: Padding,
     #[serde(default)]
     pub tokenizer: TokenizerKind,
 }
@@ -54,6 +81,8 @@ pub struct DataSection {
 pub struct DataSpec {
     pub format: DataFormat,
     pub max_len: Option<u64>,
+    #[serde(default, skip_serializing_if = "Padding::is_max_len")]
+    pub padding: Padding,
     pub tokenizer: TokenizerKind,
     pub examples: u64,
     /// Merkle root of the example hashes (the dataset manifest's root).

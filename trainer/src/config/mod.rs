@@ -222,6 +222,7 @@ impl RunConfig {
             model: &self.model,
             format: self.data.format,
             max_len: self.data.max_len,
+            padding: self.data.padding,
             optimizer: &self.optimizer,
             schedule: &self.schedule,
         };
@@ -252,6 +253,7 @@ struct SpecParts<'a> {
     model: &'a ModelSpec,
     format: DataFormat,
     max_len: Option<u64>,
+    padding: Padding,
     optimizer: &'a OptimizerSpec,
     schedule: &'a ScheduleSpec,
 }
@@ -324,7 +326,14 @@ impl SpecParts<'_> {
                     Some(_) => {}
                 }
             }
-            (DataFormat::Features, _, Some(_)) => {}
+            (DataFormat::Features, _, Some(_)) => {
+                if self.padding != Padding::MaxLen {
+                    return bad(
+                        "data.padding",
+                        "pads rows of tokens; features have no length to pad",
+                    );
+                }
+            }
             (DataFormat::Text | DataFormat::Tokens, None, _) => {
                 return bad(
                     "data.format",
@@ -415,6 +424,7 @@ impl RunSpec {
                     f => f,
                 },
                 max_len: config.data.max_len,
+                padding: config.data.padding,
                 tokenizer: config.data.tokenizer,
                 examples: dataset.len(),
                 dataset_root: dataset.root,
@@ -459,6 +469,7 @@ impl RunSpec {
             model: &self.model,
             format: self.data.format,
             max_len: self.data.max_len,
+            padding: self.data.padding,
             optimizer: &self.optimizer,
             schedule: &self.schedule,
         }
@@ -566,6 +577,30 @@ lr = 0.001
     }
 
     #[test]
+    fn padding_to_the_longest_row_is_for_token_rows() {
+        let e = RunConfig::from_toml(
+            &MINIMAL.replace(
+                "format = \"features\"",
+                "format = \"features\"\npadding = \"longest\"",
+            ),
+            "c.toml",
+            PathBuf::new(),
+        )
+        .expect_err("features have no length");
+        assert!(e.to_string().contains("data.padding"), "{e}");
+        let e = RunConfig::from_toml(
+            &MINIMAL.replace(
+                "format = \"features\"",
+                "format = \"features\"\npadding = \"shortest\"",
+            ),
+            "c.toml",
+            PathBuf::new(),
+        )
+        .expect_err("no such padding");
+        assert!(e.to_string().contains("shortest"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_key() {
         let e = RunConfig::from_toml(
             &MINIMAL.replace("lr = 0.001", "lrr = 0.001"),
@@ -617,6 +652,7 @@ lr = 0.001
             data: DataSpec {
                 format: DataFormat::Features,
                 max_len: None,
+                padding: Padding::MaxLen,
                 tokenizer: TokenizerKind::Hash,
                 examples: 8,
                 dataset_root: Hash32::ZERO,
