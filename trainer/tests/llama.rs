@@ -31,6 +31,15 @@ fn train(config: &Path, out: &Path, extra: &[&str]) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// `trainer resume RUN`, which must succeed.
+fn resume(run: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["resume", s(run), "--quiet"])
+        .output()
+        .expect("resume");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn fixture(dir: &Path) -> PathBuf {
     fixtures::write_tiny_llama(dir, &FixtureOptions::default()).expect("fixture")
 }
@@ -94,11 +103,7 @@ fn lora_runs_are_bit_identical_across_processes_threads_and_resume() {
     // Interrupted after 5 steps and resumed.
     let c = t.path().join("c");
     train(&cfg, &c, &["--max-steps", "5"]);
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["resume", s(&c), "--quiet"])
-        .output()
-        .expect("resume");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    resume(&c);
     assert_same_run(&t.path().join("a"), &c);
     // The run keeps its GGUF base, and its checkpoints hold only the adapters and their
     // optimizer state.
@@ -160,11 +165,7 @@ fn batches_cut_to_their_longest_row_are_a_deterministic_run_of_their_own() {
     train(&longest, &b, &["--threads", "1"]);
     assert_same_run(&a, &b);
     train(&longest, &c, &["--max-steps", "5"]);
-    let o = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["resume", s(&c), "--quiet"])
-        .output()
-        .expect("resume");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    resume(&c);
     assert_same_run(&a, &c);
     train(&full, &f, &[]);
     assert_ne!(completion(&a).ledger_head, completion(&f).ledger_head);
