@@ -667,5 +667,12 @@ lr = 0.001
         assert!(spec.lr(6) < spec.lr(3));
         let back = RunSpec::from_value(&spec.to_value(), "m").expect("round trip");
         assert_eq!(back, spec);
+        // The default padding is left out of the recorded spec (older specs hash as before);
+        // a hostile spec that asks to cut features is refused as a configuration would be.
+        let mut value = spec.to_value();
+        assert!(value["data"].get("padding").is_none(), "{value}");
+        value["data"]["padding"] = "longest".into();
+        let e = RunSpec::from_value(&value, "m").expect_err("features have no length");
+        assert!(e.to_string().contains("data.padding"), "{e}");
     }
 }
