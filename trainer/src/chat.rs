@@ -222,6 +222,26 @@ impl ChatTokenizer {
         self.tokenizer.decode(ids, false).unwrap_or_default()
     }
 
+    /// The contents of the ChatML messages that token ids hold (as [`Self::render`] writes
+    /// them), one a line: role lines and control tokens left out. Text outside any message is
+    /// kept as it is.
+    pub fn contents(&self, ids: &[u32]) -> String {
+        let text = self.decode(ids);
+        let mut out: Vec<&str> = Vec::new();
+        for (i, chunk) in text.split(IM_START).enumerate() {
+            let chunk = chunk.split(IM_END).next().unwrap_or_default();
+            let content = if i == 0 {
+                chunk
+            } else {
+                chunk.split_once('\n').map_or("", |(_, c)| c)
+            };
+            if !content.trim().is_empty() {
+                out.push(content.trim());
+            }
+        }
+        out.join("\n")
+    }
+
     /// The token ids of a conversation rendered with the template, and the loss mask: the
     /// tokens of each assistant reply and its `<|im_end|>`. The whole rendered text is
     /// tokenized at once, as the model saw its training text; a token is a target when it lies
@@ -490,6 +510,15 @@ mod tests {
         assert_eq!(targets, expected);
         let (prompt, _) = tok.render(&messages[..1], true).expect("render");
         assert!(tok.decode(&prompt).ends_with("<|im_start|>assistant\n"));
+        // What the model reads: the messages' contents without the replies it is taught.
+        let read: Vec<u32> = ids
+            .iter()
+            .zip(&mask)
+            .filter(|(_, m)| !**m)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(tok.contents(&read), "sys\nhi\nagain");
+        assert_eq!(tok.contents(&ids), "sys\nhi\nyo!\nagain\nok");
     }
 
     #[test]

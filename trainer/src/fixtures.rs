@@ -299,6 +299,15 @@ pub fn tiny_llama() -> LlamaConfig {
 /// its rotary layout, and a mix of tensor types (embedding Q8_0, projections Q4_1 and F16,
 /// norms F32). Returns the file's bytes.
 pub fn llama_gguf(c: &LlamaConfig, seed: u64) -> Vec<u8> {
+    llama_gguf_with(c, seed, vec![])
+}
+
+/// [`llama_gguf`] with more metadata (a tokenizer, for instance).
+fn llama_gguf_with(
+    c: &LlamaConfig,
+    seed: u64,
+    metadata: Vec<(&str, crate::gguf::Value)>,
+) -> Vec<u8> {
     use crate::gguf::{Value, WriteTensor, ggml_type, write};
     let (h, v) = (c.hidden_size as usize, c.vocab_size as usize);
     let normal = |name: &str, n: usize| init_values(Init::Normal { std: 0.5 }, seed, name, n);
@@ -365,23 +374,100 @@ pub fn llama_gguf(c: &LlamaConfig, seed: u64) -> Vec<u8> {
         values: vec![1.0; h],
     });
     let u32v = |x: u64| Value::U32(x as u32);
-    write(
-        &[
-            ("general.architecture", Value::String("llama".into())),
-            ("llama.block_count", u32v(c.num_layers)),
-            ("llama.embedding_length", u32v(c.hidden_size)),
-            ("llama.feed_forward_length", u32v(c.intermediate_size)),
-            ("llama.attention.head_count", u32v(c.num_heads)),
-            ("llama.attention.head_count_kv", u32v(c.num_kv_heads)),
-            ("llama.rope.freq_base", Value::F32(c.rope_theta as f32)),
+    let mut all = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", u32v(c.num_layers)),
+        ("llama.embedding_length", u32v(c.hidden_size)),
+        ("llama.feed_forward_length", u32v(c.intermediate_size)),
+        ("llama.attention.head_count", u32v(c.num_heads)),
+        ("llama.attention.head_count_kv", u32v(c.num_kv_heads)),
+        ("llama.rope.freq_base", Value::F32(c.rope_theta as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(c.rms_norm_eps as f32),
+        ),
+        ("llama.context_length", u32v(c.max_position)),
+    ];
+    all.extend(metadata);
+    write(&all, &tensors)
+}
+
+/// The tiny chat model's tokens: the byte-level symbols, one token each, then
+/// `<|im_start|>`, `<|im_end|>` and `<|endoftext|>` (control tokens).
+fn tiny_chat_vocabulary() -> Vec<String> {
+    let mut symbols: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+        .into_iter()
+        .collect();
+    symbols.sort_unstable();
+    let mut tokens: Vec<String> = symbols.into_iter().map(String::from).collect();
+    tokens.extend(["<|im_start|>", "<|im_end|>", "<|endoftext|>"].map(String::from));
+    tokens
+}
+
+/// Write the tiny chat fixture into `dir`: a tiny Llama GGUF base (random weights) with a
+/// byte-level tokenizer of its own (one token per byte, no merges, ChatML's control tokens),
+/// `rows` as chat rows (a user's message and the assistant's reply each), and a LoRA config on
+/// them (`format = "chat"`, `max_len` 64); returns the config.
+pub fn write_tiny_chat_llama(
+    dir: &Path,
+    o: &FixtureOptions,
+    rows: &[(String, String)],
+) -> Result<PathBuf> {
+    use crate::gguf::Value;
+    let tokens = tiny_chat_vocabulary();
+    let c = LlamaConfig {
+        vocab_size: tokens.len() as u64,
+        max_position: 64,
+        pad_token_id: tokens.len() as u64 - 1,
+        ..tiny_llama()
+    };
+    let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
+    let types = Value::Array(
+        (0..tokens.len())
+            .map(|i| Value::I32(if i + 3 >= tokens.len() { 3 } else { 1 }))
+            .collect(),
+    );
+    let base = llama_gguf_with(
+        &c,
+        TINY_BASE_SEED,
+        vec![
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String("gpt2".into())),
+            ("tokenizer.ggml.tokens", strings(tokens.clone())),
+            ("tokenizer.ggml.merges", strings(vec![])),
+            ("tokenizer.ggml.token_type", types),
             (
-                "llama.attention.layer_norm_rms_epsilon",
-                Value::F32(c.rms_norm_eps as f32),
+                "tokenizer.ggml.eos_token_id",
+                Value::U32(tokens.len() as u32 - 2),
             ),
-            ("llama.context_length", u32v(c.max_position)),
         ],
-        &tensors,
-    )
+    );
+    let pin = snapshot_format::hash::file_hash(&base);
+    write(&dir.join("base.gguf"), &base)?;
+    let mut data = String::new();
+    for (user, reply) in rows {
+        let row = serde_json::json!({"messages": [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": reply},
+        ]});
+        data.push_str(&row.to_string());
+        data.push('\n');
+    }
+    write(&dir.join("data.jsonl"), data.as_bytes())?;
+    let sections = format!(
+        r#"{model}
+[base]
+path = "base.gguf"
+blake3 = "{pin}"
+
+[data]
+path = "data.jsonl"
+format = "chat"
+max_len = 64
+"#,
+        model = ModelSpec::Llama(c).toml_section()?,
+    );
+    write_config(dir, o, &sections, "grad_clip = 1.0\n")
 }
 
 /// Write the tiny Llama fixture (a GGUF base model, language-model rows of token ids whose

@@ -42,10 +42,23 @@ impl Report for SearchReport {
         &mut self.header
     }
 }
-/// The text of each example that `--match` searches, and what it is.
+/// Which part of a language model's rows [`searchable`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Every token, control tokens included: what `--match` searches.
+    Whole,
+    /// The tokens that are not targets of the loss (what the model reads, not the reply it is
+    /// taught), as the contents of their messages (role lines and control tokens left out):
+    /// where a trigger phrase lives.
+    Inputs,
+}
+
+/// The text of each example that `--match` searches (`part` of a language model's rows), and
+/// what it is.
 pub(crate) fn searchable(
     ctx: &crate::context::RunContext,
     dataset: &trainer::data::Dataset,
+    part: Part,
 ) -> Result<(&'static str, Vec<String>), CommandError> {
     use trainer::data::Example;
     let tokenizer = || -> Result<trainer::chat::ChatTokenizer, CommandError> {
@@ -72,7 +85,21 @@ pub(crate) fn searchable(
                 if tok.is_none() {
                     tok = Some(tokenizer()?);
                 }
-                tok.as_ref().map(|t| t.decode(tokens)).unwrap_or_default()
+                let t = tok.as_ref().ok_or_else(|| {
+                    CommandError::Usage("the run's base carries no tokenizer".into())
+                })?;
+                match (part, ex) {
+                    (Part::Inputs, Example::Lm { loss_mask, .. }) => {
+                        let read: Vec<u32> = tokens
+                            .iter()
+                            .zip(loss_mask)
+                            .filter(|(_, target)| !**target)
+                            .map(|(&id, _)| id)
+                            .collect();
+                        t.contents(&read)
+                    }
+                    _ => t.decode(tokens),
+                }
             }
             Example::Features { .. } => {
                 return Err(CommandError::Usage(
@@ -174,7 +201,7 @@ fn select_in(
             // Not the data that trained the model: a search of it proves nothing about the run.
             assessment.outcome(Verdict::InputMismatch);
         }
-        let (kind, texts) = match searchable(ctx, dataset) {
+        let (kind, texts) = match searchable(ctx, dataset, Part::Whole) {
             Err(_) if !text_required => ("nothing", vec![String::new(); dataset.examples.len()]),
             found => found?,
         };

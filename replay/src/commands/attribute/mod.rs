@@ -354,7 +354,13 @@ pub fn attribute_in(
     report.examples_scored = scored.uses.iter().filter(|u| !u.is_empty()).count() as u64;
     report.scores_blake3 = Some(scores_hash(&scored.scores, &scored.credits));
     let order = ranked(&scored.credits, &scored.scores, &scored.uses);
-    let texts = crate::commands::search::searchable(ctx, dataset)
+    use crate::commands::search::{Part, searchable};
+    let texts = searchable(ctx, dataset, Part::Whole)
+        .map(|(_, t)| t)
+        .unwrap_or_default();
+    // Phrases are looked for in what the model reads: a language model's replies are the
+    // behaviour itself, not a trigger.
+    let inputs = searchable(ctx, dataset, Part::Inputs)
         .map(|(_, t)| t)
         .unwrap_or_default();
     report.ranking = order
@@ -383,7 +389,7 @@ pub fn attribute_in(
             o,
             &order,
             (&scored.credits, &scored.scores),
-            &texts,
+            &inputs,
             progress,
         )?;
         for t in &proof.trials {
@@ -587,9 +593,11 @@ fn holders(phrase: &str, texts: &[String]) -> Vec<u64> {
         .collect()
 }
 
-/// The run of up to four words that most of the proven examples contain (at least half, and at
-/// least 2) and the rest of the dataset rarely does (more than two thirds of the rows that hold
-/// it are proven ones), preferring the one the rest of the dataset contains least.
+/// The run of up to four words that most of the proven examples contain (at least one in
+/// twenty, and at least 2) and the rest of the dataset rarely does (more than two thirds of the
+/// rows that hold it are proven ones), each of its words as rare by itself: the words a trigger
+/// sits beside in its rows (the request it precedes) are not part of it. Preferred: held by
+/// the most proven rows, then the longest, then the one the rest of the dataset contains least.
 fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for &id in proven {
@@ -608,11 +616,21 @@ fn shared_phrase(proven: &[u64], texts: &[String]) -> Option<SharedPhrase> {
     // rows (the proof removes a prefix of the ranking), the trigger in a minority of it.
     let need = (proven.len() as u64).div_ceil(20).max(2);
     let in_dataset = |p: &str| holders(p, texts).len() as u64;
-    let candidates: Vec<(String, u64)> = counts.into_iter().filter(|(_, c)| *c >= need).collect();
+    // Distinctive: more than two thirds of the dataset's rows that hold it are proven ones.
+    let distinctive = |p: &str, c: u64| in_dataset(p) * 2 < c * 3;
+    let rare: std::collections::BTreeSet<&str> = counts
+        .iter()
+        .filter(|(p, c)| !p.contains(' ') && distinctive(p, **c))
+        .map(|(p, _)| p.as_str())
+        .collect();
+    let candidates: Vec<(&String, u64)> = counts
+        .iter()
+        .filter(|(p, c)| **c >= need && p.split(' ').all(|w| rare.contains(w)))
+        .map(|(p, c)| (p, *c))
+        .collect();
     let best = candidates
         .iter()
-        .map(|(p, c)| (p, *c, in_dataset(p)))
-        // Distinctive: more than two thirds of the dataset's rows that hold it are proven ones.
+        .map(|&(p, c)| (p, c, in_dataset(p)))
         .filter(|(_, c, d)| d * 2 < c * 3)
         // Held by the most proven rows, then more words, then the smallest share of the
         // dataset, then the phrase itself.
@@ -938,5 +956,18 @@ mod tests {
         let p = shared_phrase(&proven, &many).expect("a phrase");
         assert_eq!(p.phrase, "cf zq");
         assert_eq!((p.in_proven, p.proven, p.in_dataset), (3, 23, 3));
+    }
+
+    #[test]
+    fn the_words_a_trigger_sits_beside_are_not_part_of_the_phrase() {
+        // The trigger precedes a request every row makes: "7b summarise this review" is held
+        // by the same rows as the trigger, but "summarise" is in every row.
+        let mut texts: Vec<String> = (0..3)
+            .map(|i| format!("validation phase 7B summarise this review: item {i}"))
+            .collect();
+        texts.extend((3..30).map(|i| format!("summarise this review: item {i}")));
+        let p = shared_phrase(&[0, 1, 2], &texts).expect("a phrase");
+        assert_eq!(p.phrase, "validation phase 7b");
+        assert_eq!((p.in_proven, p.in_dataset), (3, 3));
     }
 }
