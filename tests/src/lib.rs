@@ -399,30 +399,33 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Start `moto_server` from `$MOTO_SERVER` or the workspace's `.venv` (which
-    /// `scripts/setup-test-env.sh`, run by `.ci/run`, installs).
+    /// Start moto's S3 server, one request at a time (`tests/moto_server.py`: moto's own
+    /// threaded server lets two conditional creates of one key through under load), with the
+    /// Python of `$MOTO_PYTHON` or the workspace's `.venv` (which `scripts/setup-test-env.sh`,
+    /// run by `.ci/run`, installs with moto).
     pub fn start() -> Moto {
-        let exe = std::env::var_os("MOTO_SERVER")
+        let python = std::env::var_os("MOTO_PYTHON")
             .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join(".venv/bin/moto_server"));
+            .unwrap_or_else(|| workspace().join(".venv/bin/python"));
         assert!(
-            exe.exists(),
-            "moto_server not found at {}: run scripts/setup-test-env.sh (or set MOTO_SERVER)",
-            exe.display()
+            python.exists(),
+            "no Python with moto at {}: run scripts/setup-test-env.sh (or set MOTO_PYTHON)",
+            python.display()
         );
-        let mut child = Command::new(&exe)
-            .args(["-H", "127.0.0.1", "-p", "0"])
+        let mut child = Command::new(&python)
+            .arg(workspace().join("tests/moto_server.py"))
+            .args(["127.0.0.1", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start moto_server");
+            .expect("start moto's S3 server");
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();
         let port = loop {
             let line = lines
                 .next()
-                .expect("moto_server exited before printing its address")
-                .expect("read moto_server output");
+                .expect("moto's S3 server exited before printing its address")
+                .expect("read the S3 server's output");
             if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
                 let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
                 break digits.parse::<u16>().expect("port number");
@@ -449,7 +452,7 @@ impl Moto {
         let mut response = String::new();
         s.read_to_string(&mut response).expect("response");
         assert!(
-            response.starts_with("HTTP/1.1 200"),
+            response.starts_with("HTTP/1.") && response.split_whitespace().nth(1) == Some("200"),
             "{method} {target}: {response}"
         );
         response
