@@ -156,32 +156,57 @@ fn main() {
         gguf = gguf.display(),
         pin = base.hash,
     );
-    std::fs::write(&config_path, toml).expect("config");
-    let config = RunConfig::from_file(&config_path).expect("config");
-    let dataset =
-        Dataset::parse(&rows, "rows.jsonl", config.data.format, &config.model).expect("dataset");
-    let spec = RunSpec::new(&config, &dataset.manifest, Some(&base), Some(conversion));
-    let ModelSpec::Llama(llama) = &config.model else {
-        unreachable!("written above")
+    std::fs::write(&config_path, &toml).expect("config");
+    // The same run with each batch cut to its longest row (`data.padding = "longest"`).
+    let longest_path = dir.path().join("longest.toml");
+    std::fs::write(&longest_path, format!("{toml}padding = \"longest\"\n")).expect("config");
+    let setup_of = |path: &std::path::Path| {
+        let config = RunConfig::from_file(path).expect("config");
+        let dataset = Dataset::parse(&rows, "rows.jsonl", config.data.format, &config.model)
+            .expect("dataset");
+        let spec = RunSpec::new(
+            &config,
+            &dataset.manifest,
+            Some(&base),
+            Some(conversion.clone()),
+        );
+        let ModelSpec::Llama(llama) = &config.model else {
+            unreachable!("written above")
+        };
+        Setup {
+            data: PreparedData::new(&dataset, &spec),
+            config: llama.clone(),
+            spec,
+            base: base.clone(),
+        }
     };
-    let setup = Setup {
-        data: PreparedData::new(&dataset, &spec),
-        config: llama.clone(),
-        spec,
-        base,
-    };
+    let (setup, cut) = (setup_of(&config_path), setup_of(&longest_path));
     // PyTorch trains on the engine's batches, in the engine's order: the first step's loss (the
     // base model's, LoRA's B being zero) must then agree up to rounding.
     let lines: Vec<&str> = std::str::from_utf8(&rows).expect("utf-8").lines().collect();
+    let row_len = |line: &str| -> u64 {
+        let row: serde_json::Value = serde_json::from_str(line).expect("row");
+        (row["tokens"].as_array().map_or(0, Vec::len) as u64).min(MAX_LEN)
+    };
     let mut ordered = String::new();
+    let mut longest_rows = 0;
     let mut order = setup.session();
-    for _ in 0..WARMUP + steps {
-        for id in order.next_batch().1 {
+    for i in 0..WARMUP + steps {
+        let ids = order.next_batch().1;
+        if i >= WARMUP {
+            longest_rows += ids
+                .iter()
+                .map(|&id| row_len(lines[id as usize]))
+                .max()
+                .unwrap_or(0);
+        }
+        for id in ids {
             ordered.push_str(lines[id as usize]);
             ordered.push('\n');
         }
     }
     drop(order);
+    let cut_tokens = (BATCH * longest_rows) as f64 / steps as f64;
     let rows_path = dir.path().join("batches.jsonl");
     std::fs::write(&rows_path, ordered).expect("rows");
     let tokens = (BATCH * MAX_LEN) as f64;
@@ -194,6 +219,10 @@ fn main() {
         "rank 8, alpha 16, dropout 0.05, q_proj + v_proj (460,800 trained)",
     );
     rep.context("batch", "4 sequences of 80 tokens (padded)");
+    rep.context(
+        "batch, each cut to its longest row: mean tokens of the timed steps",
+        r3(cut_tokens),
+    );
     rep.context("steps_timed", steps);
     rep.context("check_steps", check);
 
@@ -201,30 +230,70 @@ fn main() {
         .into_iter()
         .map(|threads| (threads, engine(&setup, threads, steps, check)))
         .collect();
-    let torch = benchmarks::pytorch(
-        &mut rep,
-        "lora_step.py",
-        &[
-            gguf.as_os_str(),
-            rows_path.as_os_str(),
-            "--max-len".as_ref(),
-            MAX_LEN.to_string().as_ref(),
-            "--batch".as_ref(),
-            BATCH.to_string().as_ref(),
-            "--threads".as_ref(),
-            "1".as_ref(),
-            "2".as_ref(),
-            "--steps".as_ref(),
-            steps.to_string().as_ref(),
-            "--check-steps".as_ref(),
-            check.to_string().as_ref(),
-        ],
-    );
-    let torch_ms = |threads: usize| -> Option<f64> {
-        torch.as_ref()?["ms_per_step"][threads.to_string()].as_f64()
+    let ours_cut: Vec<_> = [1usize, 2]
+        .into_iter()
+        .map(|threads| (threads, engine(&cut, threads, steps, check)))
+        .collect();
+    let pytorch = |rep: &mut Report, longest: bool| {
+        let (max_len, batch, steps, check) = (
+            MAX_LEN.to_string(),
+            BATCH.to_string(),
+            steps.to_string(),
+            check.to_string(),
+        );
+        let mut args: Vec<&std::ffi::OsStr> = vec![gguf.as_os_str(), rows_path.as_os_str()];
+        for a in [
+            "--max-len",
+            &max_len,
+            "--batch",
+            &batch,
+            "--threads",
+            "1",
+            "2",
+            "--steps",
+            &steps,
+            "--check-steps",
+            &check,
+        ] {
+            args.push(a.as_ref());
+        }
+        if longest {
+            args.push("--longest".as_ref());
+        }
+        benchmarks::pytorch(rep, "lora_step.py", &args)
     };
+    let torch = pytorch(&mut rep, false);
+    let torch_cut = pytorch(&mut rep, true);
+    engine_rows(&mut rep, "", &ours, torch.as_ref(), tokens);
+    engine_rows(
+        &mut rep,
+        ", each batch cut to its longest row",
+        &ours_cut,
+        torch_cut.as_ref(),
+        cut_tokens,
+    );
+    torch_rows(&mut rep, "", torch.as_ref(), tokens);
+    torch_rows(
+        &mut rep,
+        ", each batch cut to its longest row",
+        torch_cut.as_ref(),
+        cut_tokens,
+    );
+    rep.finish();
+}
+
+/// The engine's rows, `how` the batches were padded.
+fn engine_rows(
+    rep: &mut Report,
+    how: &str,
+    ours: &[(usize, Measured)],
+    torch: Option<&serde_json::Value>,
+    tokens: f64,
+) {
+    let torch_ms =
+        |threads: usize| -> Option<f64> { torch?["ms_per_step"][threads.to_string()].as_f64() };
     let same_threads = ours[0].1.roots[0] == ours[1].1.roots[0];
-    for (threads, m) in &ours {
+    for (threads, m) in ours {
         let mut row = vec![
             ("ms/step", r3(m.ms).into()),
             ("tokens/s", r3(tokens / m.ms * 1e3).into()),
@@ -237,32 +306,36 @@ fn main() {
         if let Some(t) = torch_ms(*threads) {
             row.push(("× PyTorch's time", r3(m.ms / t).into()));
         }
-        rep.row(&format!("engine, {threads} thread(s)"), &row);
+        rep.row(&format!("engine{how}, {threads} thread(s)"), &row);
     }
-    if let Some(t) = &torch {
-        for threads in [1usize, 2] {
-            let key = threads.to_string();
-            let ms = torch_ms(threads).unwrap_or(f64::NAN);
-            rep.row(
-                &format!(
-                    "PyTorch {} + PEFT, {threads} thread(s)",
-                    t["torch"].as_str().unwrap_or("?")
+}
+
+/// PyTorch's rows, `how` the batches were padded.
+fn torch_rows(rep: &mut Report, how: &str, torch: Option<&serde_json::Value>, tokens: f64) {
+    let Some(t) = torch else {
+        return;
+    };
+    for threads in [1usize, 2] {
+        let key = threads.to_string();
+        let ms = t["ms_per_step"][&key].as_f64().unwrap_or(f64::NAN);
+        rep.row(
+            &format!(
+                "PyTorch {} + PEFT{how}, {threads} thread(s)",
+                t["torch"].as_str().unwrap_or("?")
+            ),
+            &[
+                ("ms/step", r3(ms).into()),
+                ("tokens/s", r3(tokens / ms * 1e3).into()),
+                (
+                    "identical across runs",
+                    t["identical_across_runs"][&key].clone(),
                 ),
-                &[
-                    ("ms/step", r3(ms).into()),
-                    ("tokens/s", r3(tokens / ms * 1e3).into()),
-                    (
-                        "identical across runs",
-                        t["identical_across_runs"][&key].clone(),
-                    ),
-                    (
-                        "identical across 1 and 2 threads",
-                        t["identical_across_threads"].clone(),
-                    ),
-                    ("first step's loss", t["first_loss"].clone()),
-                ],
-            );
-        }
+                (
+                    "identical across 1 and 2 threads",
+                    t["identical_across_threads"].clone(),
+                ),
+                ("first step's loss", t["first_loss"].clone()),
+            ],
+        );
     }
-    rep.finish();
 }

@@ -111,13 +111,15 @@ class Llama(nn.Module):
         return x @ self.embed.T
 
 
-def batches(rows_path, batch, max_len, pad):
+def batches(rows_path, batch, max_len, pad, longest):
     rows = [json.loads(l) for l in open(rows_path)]
     out = []
     for i in range(0, len(rows) - batch + 1, batch):
-        ids = torch.full((batch, max_len), pad, dtype=torch.long)
-        att = torch.zeros(batch, max_len)
-        loss = torch.zeros(batch, max_len)
+        # Every row to max_len, or (--longest) the batch to its longest row.
+        n = max(len(r["tokens"][:max_len]) for r in rows[i:i + batch]) if longest else max_len
+        ids = torch.full((batch, n), pad, dtype=torch.long)
+        att = torch.zeros(batch, n)
+        loss = torch.zeros(batch, n)
         for j, r in enumerate(rows[i:i + batch]):
             t = r["tokens"][:max_len]
             ids[j, :len(t)] = torch.tensor(t)
@@ -165,13 +167,14 @@ def main():
     ap.add_argument("--max-len", type=int, default=80)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--pad", type=int, default=2)
+    ap.add_argument("--longest", action="store_true")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--check-steps", type=int, default=3)
     a = ap.parse_args()
     meta, w = load(a.model)
-    data = batches(a.rows, a.batch, a.max_len, a.pad)
+    data = batches(a.rows, a.batch, a.max_len, a.pad, a.longest)
     ms, runs, digests = {}, {}, {}
     for t in a.threads:
         times, _, first_loss = train(meta, w, data, t, a.warmup + a.steps)
