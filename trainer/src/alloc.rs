@@ -27,6 +27,51 @@ pub fn keep_freed_pages() {
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) }
 }
 
+/// While it lives, mimalloc purges freed pages at once (purge delay 0); the setting before it
+/// is restored when it is dropped. For work whose buffers are allocated on worker threads and
+/// freed across them, where pages kept for reuse are not reused and resident memory grows
+/// without a peak: `replay attribute`'s ranking on SmolLM2-135M + LoRA grew by about 90 MB a
+/// step with purging off (out of 24 GiB after 36 minutes) and not at all with it on. Nothing
+/// is changed when `MIMALLOC_PURGE_DELAY` is set in the environment.
+#[derive(Debug)]
+pub struct PurgeFreedPages {
+    previous: Option<std::ffi::c_long>,
+}
+
+impl PurgeFreedPages {
+    #[allow(unsafe_code)]
+    pub fn new() -> Self {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return PurgeFreedPages { previous: None };
+        }
+        // SAFETY: reading and storing one option value, allowed at any time (see above).
+        let previous = unsafe {
+            let p = libmimalloc_sys::mi_option_get(PURGE_DELAY);
+            libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+            p
+        };
+        PurgeFreedPages {
+            previous: Some(previous),
+        }
+    }
+}
+
+impl Default for PurgeFreedPages {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PurgeFreedPages {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        if let Some(p) = self.previous {
+            // SAFETY: as in `new`.
+            unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, p) }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +91,14 @@ mod tests {
             assert_eq!(libmimalloc_sys::mi_option_get(PURGE_DELAY + 1), 0);
         }
         keep_freed_pages();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }, -1);
+        // Purging for a while, then as before (in this test: one process-wide option).
+        {
+            let _purging = PurgeFreedPages::new();
+            // SAFETY: as above.
+            assert_eq!(unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }, 0);
+        }
         // SAFETY: as above.
         assert_eq!(unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }, -1);
     }

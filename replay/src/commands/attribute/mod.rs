@@ -678,6 +678,9 @@ impl Job for ScoreJob<'_> {
         device: B::Device,
     ) -> Self::Output {
         let ctx = self.ctx;
+        // The per-example passes run on worker threads and free across them: purge while
+        // ranking (trainer::alloc::PurgeFreedPages), keep pages again for the trials.
+        let _purging = trainer::alloc::PurgeFreedPages::new();
         let p = Prepared::<B>::new(ctx, self.probe, &device)?;
         let (prepared, n) = (p.data, p.examples);
         let mut tracin = TracIn {
