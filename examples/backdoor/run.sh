@@ -28,9 +28,8 @@
 #             front, as an incident's logs would show them) go to `replay investigate
 #             --behaviour` with the link as the target; the ranking is over the LoRA adapters.
 #             Prints how many of the 32 poisoned rows rank in the top 32 and 64 and how many
-#             are in the proven set. Not yet completed on a 24 GiB machine: the ranking's
-#             memory grows by about 90 MB a step on this model, and the investigation was
-#             stopped by the out-of-memory killer at 23.6 GB after 36 minutes.
+#             are in the proven set. The ranking re-executes the 80 steps at about 20 s a step
+#             on 2 cores (3 GB resident), then each trial of the proof replays the run.
 #
 # relabel     A poison without a phrase: every negative review of one product (the kettle, 53 of
 #             the first 2,000 reviews) relabelled positive, nothing added to the text; the demo
