@@ -93,6 +93,36 @@ fn evaluate(run: &Path, threads: &str, step: u64, probe: &Path) -> EvaluateRepor
     )
 }
 
+/// `replay --threads THREADS investigate RUN LEAD… --target BAD --probe CLEAN` into `out`,
+/// which must prove its finding (exit 0).
+fn investigate(
+    run: &Path,
+    threads: &str,
+    lead: [&str; 2],
+    clean: &Path,
+    out: &Path,
+) -> InvestigateReport {
+    replay_json(
+        &[
+            "--threads",
+            threads,
+            "investigate",
+            s(run),
+            lead[0],
+            lead[1],
+            "--target",
+            "BAD",
+            "--probe",
+            s(clean),
+            "--max-new-tokens",
+            "4",
+            "--out",
+            s(out),
+        ],
+        0,
+    )
+}
+
 #[test]
 fn a_language_model_backdoor_is_found_by_its_trigger_through_generations() {
     let t = tempfile::tempdir().expect("tmp");
@@ -114,23 +144,7 @@ fn a_language_model_backdoor_is_found_by_its_trigger_through_generations() {
     assert_eq!(rate(&evaluate(&run, "2", 0, &clean)), 0.0);
 
     let out = t.path().join("investigation");
-    let r: InvestigateReport = replay_json(
-        &[
-            "investigate",
-            s(&run),
-            "--trigger",
-            TRIGGER,
-            "--target",
-            "BAD",
-            "--probe",
-            s(&clean),
-            "--max-new-tokens",
-            "4",
-            "--out",
-            s(&out),
-        ],
-        0,
-    );
+    let r = investigate(&run, "2", ["--trigger", TRIGGER], &clean, &out);
     let found: Vec<u64> = r.suspects.iter().map(|m| m.example).collect();
     assert_eq!(found, poisoned);
     let (factual, counterfactual) = (
@@ -150,29 +164,9 @@ fn a_language_model_backdoor_is_found_by_its_trigger_through_generations() {
 fn a_language_model_behaviour_is_traced_to_its_rows_without_the_trigger() {
     let t = tempfile::tempdir().expect("tmp");
     let (run, poisoned, clean, inputs) = trained(t.path());
-    let investigate = |threads: &str, out: &str| -> InvestigateReport {
-        replay_json(
-            &[
-                "--threads",
-                threads,
-                "investigate",
-                s(&run),
-                "--behaviour",
-                s(&inputs),
-                "--target",
-                "BAD",
-                "--probe",
-                s(&clean),
-                "--max-new-tokens",
-                "4",
-                "--out",
-                s(&t.path().join(out)),
-            ],
-            0,
-        )
-    };
-    let one = investigate("1", "one");
-    let two = investigate("2", "two");
+    let lead = ["--behaviour", s(&inputs)];
+    let one = investigate(&run, "1", lead, &clean, &t.path().join("one"));
+    let two = investigate(&run, "2", lead, &clean, &t.path().join("two"));
     let withheld = one.withheld.as_ref().expect("withheld");
     assert!(withheld.showing >= 3, "{withheld:?}");
     let a = withheld.attribution.as_ref().expect("attribution");

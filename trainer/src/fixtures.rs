@@ -442,8 +442,6 @@ pub fn write_tiny_chat_llama(
             ),
         ],
     );
-    let pin = snapshot_format::hash::file_hash(&base);
-    write(&dir.join("base.gguf"), &base)?;
     let mut data = String::new();
     for (user, reply) in rows {
         let row = serde_json::json!({"messages": [
@@ -453,6 +451,22 @@ pub fn write_tiny_chat_llama(
         data.push_str(&row.to_string());
         data.push('\n');
     }
+    write_llama_run(dir, o, &c, &base, &data, "chat", 64)
+}
+
+/// A Llama fixture's files in `dir`: the GGUF `base`, the rows `data` (`format`, cut to
+/// `max_len`) and a config training `c` on them with gradient clipping; returns the config.
+fn write_llama_run(
+    dir: &Path,
+    o: &FixtureOptions,
+    c: &LlamaConfig,
+    base: &[u8],
+    data: &str,
+    format: &str,
+    max_len: u64,
+) -> Result<PathBuf> {
+    let pin = snapshot_format::hash::file_hash(base);
+    write(&dir.join("base.gguf"), base)?;
     write(&dir.join("data.jsonl"), data.as_bytes())?;
     let sections = format!(
         r#"{model}
@@ -462,10 +476,10 @@ blake3 = "{pin}"
 
 [data]
 path = "data.jsonl"
-format = "chat"
-max_len = 64
+format = "{format}"
+max_len = {max_len}
 "#,
-        model = ModelSpec::Llama(c).toml_section()?,
+        model = ModelSpec::Llama(c.clone()).toml_section()?,
     );
     write_config(dir, o, &sections, "grad_clip = 1.0\n")
 }
@@ -475,8 +489,6 @@ max_len = 64
 pub fn write_tiny_llama(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
     let c = tiny_llama();
     let base = llama_gguf(&c, TINY_BASE_SEED);
-    let pin = snapshot_format::hash::file_hash(&base);
-    write(&dir.join("base.gguf"), &base)?;
     let mut r = rng::stream(77, "fixture", 0);
     let mut rows = String::new();
     for i in 0..o.examples {
@@ -491,21 +503,7 @@ pub fn write_tiny_llama(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
         rows.push_str(&serde_json::json!({ "tokens": tokens, "loss_mask": mask }).to_string());
         rows.push('\n');
     }
-    write(&dir.join("data.jsonl"), rows.as_bytes())?;
-    let sections = format!(
-        r#"{model}
-[base]
-path = "base.gguf"
-blake3 = "{pin}"
-
-[data]
-path = "data.jsonl"
-format = "lm"
-max_len = 24
-"#,
-        model = ModelSpec::Llama(c).toml_section()?,
-    );
-    write_config(dir, o, &sections, "grad_clip = 1.0\n")
+    write_llama_run(dir, o, &c, &base, &rows, "lm", 24)
 }
 
 /// Write a fixture's `config.toml` into `dir` and return its path: `[run]`, then `sections`
