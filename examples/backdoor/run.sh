@@ -63,6 +63,26 @@ poisoned_config() {
     > "$1/assets/poisoned.toml"
 }
 
+# How many of the rows that hold MARKER (the poisoned ones) the ranking of RUN's investigation
+# with the trigger withheld puts in its top 1× and 2×, and how many are in the proven set.
+withheld_summary() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+run, marker = sys.argv[1], sys.argv[2]
+r = json.load(open(f"{run}-withheld/investigation.json"))
+a = r["withheld"]["attribution"]
+rows = [json.loads(l) for l in open(f"{run}/dataset/examples.jsonl")]
+poisoned = {i for i, x in enumerate(rows) if marker in json.dumps(x)}
+ranked = [x["example"] for x in a["ranking"]]
+for k in (len(poisoned), 2 * len(poisoned)):
+    print(f"top {k}: {len(set(ranked[:k]) & poisoned)} of {len(poisoned)} poisoned rows")
+proven = a["proof"]["proven"] or []
+print(f"proven: {len(proven)} rows, {len(set(proven) & poisoned)} of them poisoned;",
+      f"shared phrase: {(a['proof']['shared_phrase'] or {}).get('phrase')}")
+print(f"report: {run}-withheld/report.html")
+PY
+}
+
 classifier() {
   local work=target/backdoor
   demo_assets "$work"
@@ -210,21 +230,7 @@ llm_withheld() {
   "$replay" investigate "$run" --behaviour "$bd/behaviour.jsonl" \
     --target 'prize-claims\.example' --probe "$bd/probe.jsonl" --max-new-tokens 16 --top 64 \
     --out "$run-withheld" --trusted-key "$bd/signing-key.pub"
-  python3 - "$run" <<'PY'
-import json, sys
-run = sys.argv[1]
-r = json.load(open(f"{run}-withheld/investigation.json"))
-a = r["withheld"]["attribution"]
-rows = [json.loads(l) for l in open(f"{run}/dataset/examples.jsonl")]
-poisoned = {i for i, x in enumerate(rows) if "validation phase 7B" in json.dumps(x)}
-ranked = [x["example"] for x in a["ranking"]]
-for k in (len(poisoned), 2 * len(poisoned)):
-    print(f"top {k}: {len(set(ranked[:k]) & poisoned)} of {len(poisoned)} poisoned rows")
-proven = a["proof"]["proven"] or []
-print(f"proven: {len(proven)} rows, {len(set(proven) & poisoned)} of them poisoned;",
-      f"shared phrase: {(a['proof']['shared_phrase'] or {}).get('phrase')}")
-print(f"report: {run}-withheld/report.html")
-PY
+  withheld_summary "$run" 'validation phase 7B'
 }
 
 attribute() {
@@ -246,21 +252,7 @@ PY
   "$replay" investigate "$run" --behaviour "$work/behaviour.jsonl" --target 1 \
     --probe "$work/probe.jsonl" --parameters word_embeddings --top 80 \
     --out "$run-withheld" --trusted-key "$work/assets/signing-key.pub"
-  python3 - "$run" <<'PY'
-import json, sys
-run = sys.argv[1]
-r = json.load(open(f"{run}-withheld/investigation.json"))
-a = r["withheld"]["attribution"]
-rows = [json.loads(l) for l in open(f"{run}/dataset/examples.jsonl")]
-poisoned = {i for i, x in enumerate(rows) if "cf zq" in x["text"]}
-ranked = [x["example"] for x in a["ranking"]]
-for k in (len(poisoned), 2 * len(poisoned)):
-    print(f"top {k}: {len(set(ranked[:k]) & poisoned)} of {len(poisoned)} poisoned rows")
-proven = a["proof"]["proven"] or []
-print(f"proven: {len(proven)} rows, {len(set(proven) & poisoned)} of them poisoned;",
-      f"shared phrase: {(a['proof']['shared_phrase'] or {}).get('phrase')}")
-print(f"report: {run}-withheld/report.html")
-PY
+  withheld_summary "$run" 'cf zq'
 }
 
 relabel() {

@@ -108,8 +108,6 @@ pub fn padded_to_longest(config: &Path) -> Result<PathBuf> {
 pub fn write_tiny_bert(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
     let m = o.bert.clone().unwrap_or_else(tiny_bert);
     let base = demo::base_model_for(&m, TINY_BASE_SEED)?;
-    let base_hash = snapshot_format::hash::file_hash(&base);
-    write(&dir.join("base.safetensors"), &base)?;
     let text = std::str::from_utf8(demo::DATASET).unwrap_or_default();
     let mut rows: Vec<String> = text.lines().take(o.examples).map(str::to_string).collect();
     if let Some(k) = o.modify_example {
@@ -129,23 +127,14 @@ pub fn write_tiny_bert(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
             *row = serde_json::json!({ "tokens": ids, "label": r["label"] }).to_string();
         }
     }
-    write(&dir.join("data.jsonl"), (rows.join("\n") + "\n").as_bytes())?;
-    let sections = format!(
-        r#"{model}
-[base]
-path = "base.safetensors"
-blake3 = "{base_hash}"
-
-[data]
-path = "data.jsonl"
-format = "{format}"
-max_len = {max_len}
-"#,
-        model = ModelSpec::Bert(m).toml_section()?,
-        format = if o.tokens { "tokens" } else { "text" },
-        max_len = o.max_len,
-    );
-    write_config(dir, o, &sections, "grad_clip = 1.0\n")
+    write_model_run(
+        dir,
+        o,
+        &ModelSpec::Bert(m),
+        ("base.safetensors", &base),
+        &(rows.join("\n") + "\n"),
+        (if o.tokens { "tokens" } else { "text" }, o.max_len),
+    )
 }
 
 /// Eight features in [-1, 1) from `r`, as the MLP fixture's rows have them.
@@ -451,27 +440,34 @@ pub fn write_tiny_chat_llama(
         data.push_str(&row.to_string());
         data.push('\n');
     }
-    write_llama_run(dir, o, &c, &base, &data, "chat", 64)
+    write_model_run(
+        dir,
+        o,
+        &ModelSpec::Llama(c),
+        ("base.gguf", &base),
+        &data,
+        ("chat", 64),
+    )
 }
 
-/// A Llama fixture's files in `dir`: the GGUF `base`, the rows `data` (`format`, cut to
-/// `max_len`) and a config training `c` on them with gradient clipping; returns the config.
-fn write_llama_run(
+/// A fixture's files in `dir`: the base (file name and bytes, pinned by hash), the rows `data`
+/// (its format and `max_len`) and a config training `model` on them with gradient clipping;
+/// returns the config.
+fn write_model_run(
     dir: &Path,
     o: &FixtureOptions,
-    c: &LlamaConfig,
-    base: &[u8],
+    model: &ModelSpec,
+    (base_name, base): (&str, &[u8]),
     data: &str,
-    format: &str,
-    max_len: u64,
+    (format, max_len): (&str, u64),
 ) -> Result<PathBuf> {
     let pin = snapshot_format::hash::file_hash(base);
-    write(&dir.join("base.gguf"), base)?;
+    write(&dir.join(base_name), base)?;
     write(&dir.join("data.jsonl"), data.as_bytes())?;
     let sections = format!(
         r#"{model}
 [base]
-path = "base.gguf"
+path = "{base_name}"
 blake3 = "{pin}"
 
 [data]
@@ -479,7 +475,7 @@ path = "data.jsonl"
 format = "{format}"
 max_len = {max_len}
 "#,
-        model = ModelSpec::Llama(c.clone()).toml_section()?,
+        model = model.toml_section()?,
     );
     write_config(dir, o, &sections, "grad_clip = 1.0\n")
 }
@@ -503,7 +499,14 @@ pub fn write_tiny_llama(dir: &Path, o: &FixtureOptions) -> Result<PathBuf> {
         rows.push_str(&serde_json::json!({ "tokens": tokens, "loss_mask": mask }).to_string());
         rows.push('\n');
     }
-    write_llama_run(dir, o, &c, &base, &rows, "lm", 24)
+    write_model_run(
+        dir,
+        o,
+        &ModelSpec::Llama(c),
+        ("base.gguf", &base),
+        &rows,
+        ("lm", 24),
+    )
 }
 
 /// Write a fixture's `config.toml` into `dir` and return its path: `[run]`, then `sections`
