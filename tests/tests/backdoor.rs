@@ -239,10 +239,17 @@ fn a_planted_trigger_is_found_proven_and_removed() {
     let shared = proof.shared_phrase.as_ref().expect("a shared phrase");
     assert_eq!(shared.phrase, TRIGGER, "{proof:?}");
     assert_eq!(proof.proven.as_deref(), Some(&poisoned[..]), "{proof:?}");
+    // The phrase the top rows share is tried before they are: its trial is the only one that
+    // removed the behaviour, and the last.
     let last = proof.trials.last().expect("trials");
     assert!(
         last.gone && last.phrase.as_deref() == Some(TRIGGER),
         "{last:?}"
+    );
+    assert_eq!(
+        proof.trials.iter().filter(|t| t.gone).count(),
+        1,
+        "{proof:?}"
     );
     let found: Vec<u64> = w.suspects.iter().map(|m| m.example).collect();
     assert_eq!(found, poisoned);

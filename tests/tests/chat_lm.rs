@@ -181,6 +181,12 @@ fn a_language_model_behaviour_is_traced_to_its_rows_without_the_trigger() {
     );
     let proof = a.proof.as_ref().expect("proof");
     assert_eq!(proof.proven.as_deref(), Some(&poisoned[..]), "{proof:?}");
+    // Proven by the phrase's trial, tried before any set of top rows removed the behaviour.
+    assert_eq!(
+        proof.trials.iter().filter(|t| t.gone).count(),
+        1,
+        "{proof:?}"
+    );
     assert_eq!(
         proof.shared_phrase.as_ref().map(|p| p.phrase.as_str()),
         Some(TRIGGER)

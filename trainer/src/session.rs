@@ -212,8 +212,8 @@ impl PreparedData {
 
     /// The length the token rows of the batch of `ids` are cut to: `len` (the recorded
     /// `max_len`), or with `padding = "longest"` the batch's longest row (at least 1).
-    fn batch_len(&self, ids: &[u64], len: usize, lengths: &[usize]) -> usize {
-        match self.padding {
+    fn batch_len(padding: Padding, ids: &[u64], len: usize, lengths: &[usize]) -> usize {
+        match padding {
             Padding::MaxLen => len,
             Padding::Longest => ids
                 .iter()
@@ -248,8 +248,25 @@ impl PreparedData {
             .collect()
     }
 
-    /// The batch of examples `ids`, on `device`.
+    /// The batch of examples `ids`, on `device`, as the run's steps take it.
     pub fn batch<B: Backend>(&self, ids: &[u64], device: &B::Device) -> Batch<B> {
+        self.batch_padded(ids, self.padding, device)
+    }
+
+    /// The batch of examples `ids`, on `device`, its token rows cut to the batch's longest row
+    /// whatever the run's padding: for passes off the run's trajectory (attribution's gradients
+    /// of one row or of a probe), where the positions left out are masked either way, so the
+    /// values are the same in exact arithmetic and only the work differs.
+    pub fn batch_cut<B: Backend>(&self, ids: &[u64], device: &B::Device) -> Batch<B> {
+        self.batch_padded(ids, Padding::Longest, device)
+    }
+
+    fn batch_padded<B: Backend>(
+        &self,
+        ids: &[u64],
+        padding: Padding,
+        device: &B::Device,
+    ) -> Batch<B> {
         let n = ids.len();
         if let Inputs::Lm {
             ids: all,
@@ -259,7 +276,7 @@ impl PreparedData {
             lengths,
         } = &self.inputs
         {
-            let cut = self.batch_len(ids, *len, lengths);
+            let cut = Self::batch_len(padding, ids, *len, lengths);
             let rows = |v: &[f32]| -> Vec<f32> { cut_rows(v, ids, *len, cut) };
             let tok = cut_rows(all, ids, *len, cut);
             return Batch {
@@ -286,7 +303,7 @@ impl PreparedData {
                 len,
                 lengths,
             } => {
-                let cut = self.batch_len(ids, *len, lengths);
+                let cut = Self::batch_len(padding, ids, *len, lengths);
                 let tok = cut_rows(all, ids, *len, cut);
                 let mask: Vec<f32> = tok
                     .iter()

@@ -138,7 +138,7 @@ impl Job for BaselineJob<'_> {
             for chunk in ids.chunks(CHUNK) {
                 let scored = session.map_gradients(
                     chunk.len(),
-                    |k| prepared.batch::<B>(&chunk[k..=k], &device),
+                    |k| prepared.batch_cut::<B>(&chunk[k..=k], &device),
                     wanted,
                     |g| dot(g, &gp),
                 );
@@ -189,7 +189,7 @@ fn embedding_similarity<B: AutodiffBackend>(
         )
     });
     let embed = |data: &PreparedData, id: u64| -> Option<Vec<f64>> {
-        let (tokens, mask) = match data.batch::<B>(&[id], device).input {
+        let (tokens, mask) = match data.batch_cut::<B>(&[id], device).input {
             BatchInput::Features(x) => {
                 let x: Vec<f32> = x.into_data().to_vec().ok()?;
                 return Some(x.into_iter().map(f64::from).collect());

@@ -16,9 +16,10 @@
 //!
 //! Prove: the top of the ranking is removed and the history re-executed without it (as by
 //! `counterfactual`); the behaviour (the match rate of a probe) is measured on the state
-//! reached. The set doubles until the behaviour is gone. When the rows of that set share a
-//! phrase, every row of the dataset that holds it is removed alone; if that removes the
-//! behaviour, those rows are the proven cause. Otherwise the set's size is bisected between the
+//! reached. The set doubles until the behaviour is gone. Before a set is tried, when its rows
+//! share a phrase not tried yet, every row of the dataset that holds it is removed alone; if
+//! that removes the behaviour, those rows are the proven cause. Otherwise the set's size is
+//! bisected between the
 //! largest tried set that left the behaviour and the smallest that removed it, whose examples
 //! are the proven cause; the phrase they share, if any, is a trigger candidate for
 //! `investigate`.
@@ -531,7 +532,28 @@ fn prove(
         .unwrap_or_else(|| first_candidates(order, credits, scores))
         .clamp(1, order.len());
     let mut kept = 0; // the longest tried prefix whose removal left the behaviour
+    let mut tried = std::collections::BTreeSet::new();
     loop {
+        // A phrase that the prefix's rows share is a hypothesis the record can test exactly,
+        // and before the prefix: every row of the dataset that holds it, removed alone. When
+        // that removes the behaviour it is the proven set (fewer rows than the prefix, and the
+        // trigger's every holder), and the prefix's own trial is not needed.
+        if let Some(shared) = shared_phrase(&order[..n], texts) {
+            let holders = holders(&shared.phrase, texts);
+            if holders.len() < n
+                && proof.trials.len() < o.settings.max_replays
+                && tried.insert(shared.phrase.clone())
+                && trial(&holders, Some(&shared.phrase), &mut proof)?
+            {
+                proof.shared_phrase = Some(SharedPhrase {
+                    in_proven: holders.len() as u64,
+                    proven: holders.len() as u64,
+                    ..shared
+                });
+                proof.proven = Some(holders);
+                return Ok(proof);
+            }
+        }
         if proof.trials.len() >= o.settings.max_replays {
             return Ok(proof);
         }
@@ -543,24 +565,6 @@ fn prove(
         }
         kept = n;
         n = (n * 2).min(order.len());
-    }
-    // A phrase that the removed rows share is a hypothesis the record can test exactly: every
-    // row of the dataset that holds it, removed alone. When that removes the behaviour it is
-    // the proven set (fewer rows than the prefix, and the trigger's every holder).
-    if let Some(shared) = shared_phrase(&order[..n], texts) {
-        let holders = holders(&shared.phrase, texts);
-        if holders.len() < n
-            && proof.trials.len() < o.settings.max_replays
-            && trial(&holders, Some(&shared.phrase), &mut proof)?
-        {
-            proof.shared_phrase = Some(SharedPhrase {
-                in_proven: holders.len() as u64,
-                proven: holders.len() as u64,
-                ..shared
-            });
-            proof.proven = Some(holders);
-            return Ok(proof);
-        }
     }
     while n - kept > 1 && proof.trials.len() < o.settings.max_replays {
         let mid = kept + (n - kept) / 2;
@@ -735,7 +739,7 @@ impl<B: burn::tensor::backend::Backend> Prepared<B> {
         Ok(Prepared {
             data: PreparedData::new(dataset, &ctx.spec),
             examples: dataset.examples.len(),
-            probe_batch: prepared_probe.batch::<B>(&all, device),
+            probe_batch: prepared_probe.batch_cut::<B>(&all, device),
             probe: prepared_probe,
         })
     }
@@ -813,7 +817,7 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> StepObserver<B, M> for TracIn<'_,
         let (prepared, device) = (self.prepared, session.device().clone());
         let examples = session.map_gradients(
             ids.len(),
-            |k| prepared.batch::<B>(&ids[k..=k], &device),
+            |k| prepared.batch_cut::<B>(&ids[k..=k], &device),
             wanted,
             <[f32]>::to_vec,
         );
