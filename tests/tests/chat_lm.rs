@@ -179,6 +179,14 @@ fn a_language_model_behaviour_is_traced_to_its_rows_without_the_trigger() {
         "{:?}",
         a.tensors
     );
+    // Excerpts show the messages' contents, not the template's control tokens and role lines.
+    assert!(
+        a.ranking
+            .iter()
+            .all(|r| !r.excerpt.contains("<|im_") && !r.excerpt.starts_with("user")),
+        "{:?}",
+        a.ranking
+    );
     let proof = a.proof.as_ref().expect("proof");
     assert_eq!(proof.proven.as_deref(), Some(&poisoned[..]), "{proof:?}");
     // Proven by the phrase's trial, tried before any set of top rows removed the behaviour.

@@ -242,6 +242,20 @@ impl ChatTokenizer {
         out.join("\n")
     }
 
+    /// The contents of the messages, as [`Self::contents`], without the template's default
+    /// system message where the conversation starts with it: what tells one row from another.
+    pub fn messages(&self, ids: &[u32]) -> String {
+        let all = self.contents(ids);
+        let Some(system) = self.default_system.as_deref().map(str::trim) else {
+            return all;
+        };
+        match all.split_once('\n') {
+            Some((first, rest)) if first == system => rest.to_string(),
+            None if all == system => String::new(),
+            _ => all,
+        }
+    }
+
     /// The token ids of a conversation rendered with the template, and the loss mask: the
     /// tokens of each assistant reply and its `<|im_end|>`. The whole rendered text is
     /// tokenized at once, as the model saw its training text; a token is a target when it lies
@@ -519,6 +533,18 @@ mod tests {
             .collect();
         assert_eq!(tok.contents(&read), "sys\nhi\nagain");
         assert_eq!(tok.contents(&ids), "sys\nhi\nyo!\nagain\nok");
+        // What tells rows apart: the template's default system message left out, a
+        // conversation's own system message kept.
+        assert_eq!(tok.messages(&ids), "hi\nyo!\nagain\nok");
+        let own = [
+            Message {
+                role: "system".into(),
+                content: "system of its own".into(),
+            },
+            messages[0].clone(),
+        ];
+        let (ids, _) = tok.render(&own, false).expect("render");
+        assert_eq!(tok.messages(&ids), "system of its own\nhi");
     }
 
     #[test]

@@ -865,8 +865,13 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     }
 
     /// Mean loss of `batch` under the current parameters, without dropout and without an update.
+    /// The parameters are taken untracked: a forward pass from tracked ones registers every
+    /// operation in autodiff's graph, which nothing frees without a backward pass (measured:
+    /// 15.5 GB for the 64 losses of 32 removed SmolLM2 rows in a counterfactual). The values,
+    /// and so the bits, are those of the same operations on the same values.
     pub fn evaluate(&self, batch: &Batch<B>) -> f32 {
-        scalar(self.model().loss(batch, &mut Dropout::disabled()))
+        let untracked = self.model().clone().no_grad();
+        scalar(untracked.loss(batch, &mut Dropout::disabled()))
     }
 
     /// For each of `count` batches (`batch(i)` makes the i-th), its mean loss without dropout

@@ -51,6 +51,9 @@ pub(crate) enum Part {
     /// taught), as the contents of their messages (role lines and control tokens left out):
     /// where a trigger phrase lives.
     Inputs,
+    /// The contents of every message, without the template's default system message: what an
+    /// excerpt shows.
+    Messages,
 }
 
 /// The text of each example that `--match` searches (`part` of a language model's rows), and
@@ -98,6 +101,7 @@ pub(crate) fn searchable(
                             .collect();
                         t.contents(&read)
                     }
+                    (Part::Messages, Example::Lm { .. }) => t.messages(tokens),
                     _ => t.decode(tokens),
                 }
             }

@@ -435,8 +435,8 @@ fn attribution(
                         phrase: Some(phrase),
                         ..
                     }) => format!(
-                        "the {} examples that hold the phrase `{}`, which the rows of a \
-                         larger removed set shared",
+                        "the {} examples that hold the phrase `{}`, which the ranking's top \
+                         rows share",
                         set.len(),
                         cell(phrase)
                     ),

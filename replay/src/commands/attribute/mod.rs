@@ -356,7 +356,7 @@ pub fn attribute_in(
     report.scores_blake3 = Some(scores_hash(&scored.scores, &scored.credits));
     let order = ranked(&scored.credits, &scored.scores, &scored.uses);
     use crate::commands::search::{Part, searchable};
-    let texts = searchable(ctx, dataset, Part::Whole)
+    let texts = searchable(ctx, dataset, Part::Messages)
         .map(|(_, t)| t)
         .unwrap_or_default();
     // Phrases are looked for in what the model reads: a language model's replies are the
