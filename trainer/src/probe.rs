@@ -100,20 +100,18 @@ pub fn run(
             )
         }
         ModelSpec::Bert(c) => {
-            let session = restore::<BertClassifier<Cpu>>(spec, c.clone(), base, state)?;
+            let model = restore::<BertClassifier<Cpu>>(spec, c.clone(), base, state)?.untracked();
             classify(spec, probe, source, |input| match input {
                 BatchInput::Tokens { ids, mask } => {
-                    Some(session.model().logits(ids, mask, &mut Dropout::disabled()))
+                    Some(model.logits(ids, mask, &mut Dropout::disabled()))
                 }
                 _ => None,
             })
         }
         ModelSpec::Mlp(c) => {
-            let session = restore::<MlpClassifier<Cpu>>(spec, c.clone(), base, state)?;
+            let model = restore::<MlpClassifier<Cpu>>(spec, c.clone(), base, state)?.untracked();
             classify(spec, probe, source, |input| match input {
-                BatchInput::Features(x) => {
-                    Some(session.model().logits(x, &mut Dropout::disabled()))
-                }
+                BatchInput::Features(x) => Some(model.logits(x, &mut Dropout::disabled())),
                 _ => None,
             })
         }

@@ -870,8 +870,13 @@ impl<B: AutodiffBackend, M: TrainableModel<B>> Session<B, M> {
     /// 15.5 GB for the 64 losses of 32 removed SmolLM2 rows in a counterfactual). The values,
     /// and so the bits, are those of the same operations on the same values.
     pub fn evaluate(&self, batch: &Batch<B>) -> f32 {
-        let untracked = self.model().clone().no_grad();
-        scalar(untracked.loss(batch, &mut Dropout::disabled()))
+        scalar(self.untracked().loss(batch, &mut Dropout::disabled()))
+    }
+
+    /// The model with its parameters untracked, for forward passes without a backward one
+    /// (see [`Self::evaluate`]).
+    pub fn untracked(&self) -> M {
+        self.model().clone().no_grad()
     }
 
     /// For each of `count` batches (`batch(i)` makes the i-th), its mean loss without dropout
