@@ -16,14 +16,14 @@
 #                 target/backdoor/): investigate.txt.
 #   withheld      `replay investigate --behaviour` of the --backdoor run, the trigger withheld:
 #                 the inputs are target/backdoor/behaviour.jsonl (`examples/backdoor/run.sh
-#                 attribute` writes them): withheld.txt. About 25 minutes on 2 cores.
+#                 attribute` writes them): withheld.txt. About 9 minutes on 2 cores.
 #   relabel       `replay investigate --behaviour` of the run given with --relabel, a run of
 #                 `examples/backdoor/run.sh relabel` (which leaves its inputs, probe and key in
-#                 target/backdoor-relabel/): relabel.txt. About 10 minutes on 2 cores.
+#                 target/backdoor-relabel/): relabel.txt. About 7 minutes on 2 cores.
 #   llm-withheld  `replay investigate --behaviour` of the run given with --llm, a run of
 #                 `examples/backdoor/run.sh llm-train` (SmolLM2 + LoRA, which leaves its probe,
 #                 inputs and key in target/backdoor-llm/), the trigger withheld:
-#                 llm-withheld.txt. Over an hour on 2 cores.
+#                 llm-withheld.txt. About an hour on 2 cores (58 minutes measured).
 #   attestations  the model of the --backdoor run exported and signed by `trainer resume`,
 #                 checked by OpenSSF model_signing (the test venv's, scripts/setup-test-env.sh),
 #                 an auditor's verification statement, and `replay check` of all of them:

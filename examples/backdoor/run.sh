@@ -16,7 +16,7 @@
 #             trigger: `replay investigate --behaviour` with 32 held-out negatives carrying the
 #             trigger (the inputs the model is reported to misclassify) ranks the training rows
 #             on the run's trajectory over the word embeddings, proves the ranking's top by
-#             counterfactual (testing the phrase the removed rows share), and writes the report
+#             counterfactual (first testing the phrase its top rows share), and writes the report
 #             and the cleaned model; prints how many of the 40 poisoned rows rank in the top 40
 #             and 80, and how many are in the proven set. About 10 minutes on 2 cores.
 #
@@ -28,8 +28,9 @@
 #             front, as an incident's logs would show them) go to `replay investigate
 #             --behaviour` with the link as the target; the ranking is over the LoRA adapters.
 #             Prints how many of the 32 poisoned rows rank in the top 32 and 64 and how many
-#             are in the proven set. The ranking re-executes the 80 steps at about 20 s a step
-#             on 2 cores (3 GB resident), then each trial of the proof replays the run.
+#             are in the proven set. The ranking re-executes the 80 steps at about 22 s a step
+#             on 2 cores (3 GB resident), then each trial of the proof replays the run (about 6
+#             minutes); measured: 58 minutes in all, three trials.
 #
 # relabel     A poison without a phrase: every negative review of one product (the kettle, 53 of
 #             the first 2,000 reviews) relabelled positive, nothing added to the text; the demo
