@@ -1,5 +1,8 @@
 //! CPU kernels whose every output element is computed in an order fixed by the shapes alone.
 //!
+//! The element-wise functions ([`Unary`], [`gelu_backward`]) are `libm`'s, vectorised with the
+//! same bits (see the module `elementwise`).
+//!
 //! [`matmul`] computes `C = A·B` in `f32`, each element as
 //!
 //! ```text
@@ -23,6 +26,10 @@
 //! the CPU has it, 1 (`f32::mul_add`, also fused) elsewhere. The tests compare every width that
 //! runs on an AVX2 machine (1, 4, 8, and 16 as two 8-lane halves) against a scalar loop that
 //! spells out the definition above.
+
+mod elementwise;
+
+pub use elementwise::{Unary, gelu_backward, gelu_backward_on, gelu_backward_scalar};
 
 use pulp::bytemuck;
 use pulp::{Simd, WithSimd};

@@ -53,6 +53,81 @@ fn transcendental_functions_are_libms() {
     }
 }
 
+/// The activations the models use, forward and backward, are `libm`'s element by element
+/// (burn-flex evaluates them with `kernels::Unary`, several elements at a time): on a tensor of
+/// its own (computed in place), on one another handle shares (into a new buffer, as autodiff's
+/// saved input is), and on a transposed view.
+#[test]
+fn activations_are_libms_on_every_path() {
+    use burn::tensor::activation::{gelu, sigmoid, silu};
+    let device = burn::backend::flex::FlexDevice;
+    let (rows, cols) = (300, 250);
+    let xs: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 2f32.powi((i % 9) as i32 - 3))
+        .collect();
+    let sqrt2 = core::f32::consts::SQRT_2;
+    let gelu_ref = |x: f32| 0.5 * x * (1.0 + libm::erff(x / sqrt2));
+    let sigmoid_ref = |x: f32| {
+        if x >= 0.0 {
+            1.0 / (1.0 + libm::expf(-x))
+        } else {
+            let e = libm::expf(x);
+            e / (1.0 + e)
+        }
+    };
+    let t = || Tensor::<Cpu, 2>::from_data(TensorData::new(xs.clone(), [rows, cols]), &device);
+    let values = |t: Tensor<Cpu, 2>| -> Vec<f32> { t.into_data().to_vec::<f32>().expect("f32") };
+    let check = |name: &str, got: Vec<f32>, want: &dyn Fn(usize) -> f32| {
+        let differing = (0..got.len())
+            .filter(|&i| got[i].to_bits() != want(i).to_bits())
+            .count();
+        assert_eq!(
+            differing,
+            0,
+            "{name}: {differing} of {} elements are not libm's",
+            got.len()
+        );
+    };
+    let transposed = |i: usize| xs[(i % rows) * cols + i / rows];
+    check("gelu, owned", values(gelu(t())), &|i| gelu_ref(xs[i]));
+    let shared = t();
+    let keep = shared.clone();
+    check("gelu, shared", values(gelu(shared)), &|i| gelu_ref(xs[i]));
+    drop(keep);
+    check("gelu, transposed", values(gelu(t().transpose())), &|i| {
+        gelu_ref(transposed(i))
+    });
+    check("sigmoid, owned", values(sigmoid(t())), &|i| {
+        sigmoid_ref(xs[i])
+    });
+    check(
+        "sigmoid, transposed",
+        values(sigmoid(t().transpose())),
+        &|i| sigmoid_ref(transposed(i)),
+    );
+    check("silu", values(silu(t())), &|i| xs[i] * sigmoid_ref(xs[i]));
+    check("erf, shared", values(t().erf()), &|i| libm::erff(xs[i]));
+
+    // GELU's backward pass (Cpu is autodiff's): d(Σ gelu(x)·w)/dx = w·(cdf + x·pdf).
+    let ws: Vec<f32> = xs.iter().map(|x| 0.5 - x * 0.25).collect();
+    let x = Tensor::<Cpu, 2>::from_data(TensorData::new(xs.clone(), [rows, cols]), &device)
+        .require_grad();
+    let w = Tensor::<Cpu, 2>::from_data(TensorData::new(ws.clone(), [rows, cols]), &device);
+    let grads = (gelu(x.clone()) * w).sum().backward();
+    let dx = x.grad(&grads).expect("x takes part in the loss");
+    let inv_sqrt_2pi: f32 = 1.0 / (2.0 * core::f32::consts::PI).sqrt();
+    check(
+        "gelu backward",
+        dx.into_data().to_vec::<f32>().expect("f32"),
+        &|i| {
+            let x = xs[i];
+            let cdf = 0.5 * (1.0 + libm::erff(x / sqrt2));
+            let pdf = inv_sqrt_2pi * libm::expf(-0.5 * x * x);
+            ws[i] * (cdf + x * pdf)
+        },
+    );
+}
+
 /// Every `f32` matrix product of the engine runs on the fixed-order kernel (`kernels`, patched
 /// into burn-flex's matmul): each element is the definition's chain of fused multiply-adds in
 /// blocks of `kernels::KC`, whatever the shape. Checked through burn's tensor API on the shapes

@@ -17,7 +17,7 @@ use num_traits::Float;
 use num_traits::ToPrimitive;
 
 use crate::ops::binary::binary_op;
-use crate::ops::unary::unary_op;
+use crate::ops::unary::{unary_op, unary_vectorised};
 use crate::{Flex, FlexTensor, Layout};
 
 impl ActivationOps<Flex> for Flex {
@@ -58,32 +58,42 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn gelu(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
-        // 0.5 * x * (1 + erf(x / sqrt(2)))
-        use crate::ops::unary::{erf_f32, erf_f64};
-        let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
+        // 0.5 * x * (1 + erf(x / sqrt(2))), with libm's erf (kernels::Unary::Gelu for f32)
+        use crate::ops::unary::erf_f64;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
-        unary_op(
-            tensor,
-            move |x: f32| 0.5 * x * (1.0 + erf_f32(x / sqrt2_f32)),
-            move |x: f64| 0.5 * x * (1.0 + erf_f64(x / sqrt2_f64)),
-        )
+        unary_vectorised(tensor, kernels::Unary::Gelu, move |x: f64| {
+            0.5 * x * (1.0 + erf_f64(x / sqrt2_f64))
+        })
     }
 
     fn gelu_backward(x: FloatTensor<Flex>, grad: FloatTensor<Flex>) -> FloatTensor<Flex> {
         // d/dx[gelu(x)] = 0.5 * (1 + erf(x/sqrt(2))) + x * (1/sqrt(2*pi)) * exp(-x^2/2)
-        use crate::ops::unary::{erf_f32, erf_f64};
-        let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
+        // f32 tensors of one dense layout: kernels::gelu_backward (libm's bits, vectorised).
+        let dense = |t: &FlexTensor| {
+            let l = t.layout();
+            t.dtype() == DType::F32 && l.is_contiguous() && l.start_offset() == 0
+        };
+        if dense(&x) && dense(&grad) && x.layout().shape() == grad.layout().shape() {
+            let n = x.layout().num_elements();
+            let xs: &[f32] = x.storage();
+            let mut grad = grad;
+            if !grad.is_unique() {
+                let copy: Vec<f32> = grad.storage::<f32>()[..n].to_vec();
+                grad = FlexTensor::new(Bytes::from_elems(copy), grad.layout().clone(), DType::F32);
+            }
+            let g: &mut [f32] = grad.storage_mut();
+            crate::parallel_elementwise::zip_chunks_mut(&mut g[..n], &xs[..n], |g, x| {
+                kernels::gelu_backward(x, g)
+            });
+            return grad;
+        }
+        use crate::ops::unary::erf_f64;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
-        let inv_sqrt_2pi_f32: f32 = 1.0 / (2.0 * core::f32::consts::PI).sqrt();
         let inv_sqrt_2pi_f64: f64 = 1.0 / (2.0 * core::f64::consts::PI).sqrt();
         binary_op(
             x,
             grad,
-            move |x: f32, g| {
-                let cdf = 0.5 * (1.0 + erf_f32(x / sqrt2_f32));
-                let pdf = inv_sqrt_2pi_f32 * (-0.5 * x * x).pexp();
-                g * (cdf + x * pdf)
-            },
+            kernels::gelu_backward_scalar,
             move |x: f64, g| {
                 let cdf = 0.5 * (1.0 + erf_f64(x / sqrt2_f64));
                 let pdf = inv_sqrt_2pi_f64 * (-0.5 * x * x).pexp();
@@ -94,7 +104,7 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn sigmoid(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
-        unary_op(tensor, sigmoid_f32, sigmoid_f64)
+        unary_vectorised(tensor, kernels::Unary::Sigmoid, sigmoid_f64)
     }
 
     fn sigmoid_backward(output: FloatTensor<Flex>, grad: FloatTensor<Flex>) -> FloatTensor<Flex> {

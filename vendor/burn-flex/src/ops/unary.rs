@@ -166,7 +166,40 @@ where
 
 /// Exponential: e^x
 pub fn exp(tensor: FlexTensor) -> FlexTensor {
-    unary_op(tensor, |x| x.pexp(), |x| x.pexp())
+    unary_vectorised(tensor, kernels::Unary::Exp, |x| x.pexp())
+}
+
+/// `f` of every element (training-replay-verifier patch): `f32` tensors go through
+/// `kernels::Unary`, `libm`'s functions evaluated several elements at a time with the same bits
+/// as `libm` element by element, in place when the tensor is unique and dense, else into a new
+/// dense buffer; other dtypes, and views the dense paths do not cover, go through [`unary_op`]
+/// with `libm` one element at a time.
+pub(crate) fn unary_vectorised<F64Op>(tensor: FlexTensor, f: kernels::Unary, f64_op: F64Op) -> FlexTensor
+where
+    F64Op: Fn(f64) -> f64 + Copy + Send + Sync,
+{
+    if tensor.dtype() == DType::F32 {
+        let layout = tensor.layout().clone();
+        let n = layout.num_elements();
+        if tensor.is_unique() && layout.is_contiguous() && layout.start_offset() == 0 {
+            let mut tensor = tensor;
+            let storage: &mut [f32] = tensor.storage_mut();
+            crate::parallel_elementwise::chunks_mut(&mut storage[..n], |c| f.apply(c));
+            return tensor;
+        }
+        // Every element of the storage belongs to the view (a transposed tensor, for instance):
+        // the result keeps the view's layout.
+        let src: &[f32] = tensor.storage();
+        if layout.start_offset() == 0 && src.len() == n && layout.strides().iter().all(|&s| s >= 0) {
+            let mut out = vec![0f32; n];
+            crate::parallel_elementwise::zip_chunks_mut(&mut out, src, |o, s| {
+                o.copy_from_slice(s);
+                f.apply(o)
+            });
+            return FlexTensor::new(Bytes::from_elems(out), layout, DType::F32);
+        }
+    }
+    unary_op(tensor, move |x| f.scalar(x), f64_op)
 }
 
 /// Natural logarithm: ln(x)
@@ -344,7 +377,7 @@ pub fn trunc(tensor: FlexTensor) -> FlexTensor {
 
 /// Error function
 pub fn erf(tensor: FlexTensor) -> FlexTensor {
-    unary_op(tensor, erf_f32, erf_f64)
+    unary_vectorised(tensor, kernels::Unary::Erf, erf_f64)
 }
 
 // ============================================================================
