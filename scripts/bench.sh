@@ -12,11 +12,11 @@ cd "$(dirname "$0")/.."
 
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-  benches=(snapshot_io checkpoint_codecs training replay matmul versus_pytorch lora_versus_pytorch
+  benches=(snapshot_io checkpoint_codecs training replay matmul elementwise versus_pytorch lora_versus_pytorch
     data_parallel attribution)
 fi
 for b in "${benches[@]}"; do
-  if [[ $b == *versus_pytorch || $b == checkpoint_codecs || $b == matmul ]] && [ -z "${BENCH_PYTHON:-}" ] &&
+  if [[ $b == *versus_pytorch || $b == checkpoint_codecs || $b == matmul || $b == elementwise ]] && [ -z "${BENCH_PYTHON:-}" ] &&
     ! target/bench-venv/bin/python -c 'import torch, peft, gguf, zipnn' 2>/dev/null; then
     echo "setting up target/bench-venv with torch, PEFT, gguf and ZipNN from PyPI for the comparisons"
     python3 -m venv target/bench-venv

@@ -44,7 +44,7 @@
 #                               [--work WORK] [PART...]
 #   e.g. scripts/transcripts.sh                      the demo's transcripts (others skipped)
 #        scripts/transcripts.sh --backdoor runs/backdoor-1796455903 attestations
-# Needs `cargo build --release --locked --bin trainer --bin replay` (exit 3 without it).
+# Builds the release binaries first (`cargo build --release --locked --bin trainer --bin replay`).
 set -euo pipefail
 caller=$(pwd)
 cd "$(dirname "$0")/.."
@@ -74,12 +74,11 @@ while [ $# -gt 0 ]; do
 done
 [ ${#parts[@]} -gt 0 ] || parts=(demo backdoor withheld relabel llm-withheld attestations smollm2)
 
+# The transcripts come from the binaries of this checkout's sources: build them (nothing to do
+# when they are up to date), never use whatever release binaries happen to be there.
+cargo build --release --locked --quiet --bin trainer --bin replay
 bin="${CARGO_TARGET_DIR:-target}/release"
 case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
-for b in trainer replay; do
-  [ -x "$bin/$b" ] || die "no release binary $bin/$b: build them first with
-  cargo build --release --locked --bin trainer --bin replay"
-done
 
 # A run given on the command line (relative to the directory the script was called from), as
 # an absolute path; an error when it is not a directory.

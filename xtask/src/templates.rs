@@ -86,6 +86,11 @@ pub const TEMPLATES: &[Template] = &[
         render: matmul,
     },
     Template {
+        file: "bench-results/elementwise.json",
+        name: "table",
+        render: elementwise,
+    },
+    Template {
         file: "bench-results/data_parallel.json",
         name: "table",
         render: data_parallel,
@@ -284,6 +289,38 @@ fn matmul(b: &Bench<'_>) -> Result<String> {
         lanes = num(b.context_num("kernel lanes (this CPU)")?, 0),
         peak1 = num(b.context_num("measured FMA peak, 1 thread, GFLOP/s")?, 1),
         peak2 = num(b.context_num("measured FMA peak, 2 threads, GFLOP/s")?, 1),
+        table = table(&header, &rows),
+    ))
+}
+
+fn elementwise(b: &Bench<'_>) -> Result<String> {
+    let pytorch = b.context_str("pytorch")?;
+    let mut rows = Vec::new();
+    for r in b.all_rows()? {
+        rows.push(vec![
+            r.label.to_string(),
+            num(r.num("libm, one element at a time, ns")?, 1),
+            num(r.num("vectorised, ns")?, 1),
+            times(r.num("speed-up")?, 1),
+            yes_no(r.flag("vectorised is libm's bits")?).into(),
+            num(r.num("PyTorch, ns")?, 1),
+        ]);
+    }
+    let header = [
+        "function",
+        "libm, one at a time",
+        "vectorised",
+        "speed-up",
+        "vectorised = libm, bit for bit",
+        "PyTorch",
+    ];
+    Ok(format!(
+        "The element-wise functions alone, in nanoseconds per element on 1 thread, over {elements} \
+         values spread as pre-activations are: `libm` one element at a time (what the engine ran \
+         before), the same functions vectorised with `libm`'s bits in every element (what it runs \
+         now; `specs/determinism.md` §2.2), and PyTorch {pytorch}'s (its own approximations, \
+         other bits).\n\n{table}",
+        elements = num(b.context_num("elements")?, 0),
         table = table(&header, &rows),
     ))
 }
