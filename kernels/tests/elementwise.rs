@@ -40,7 +40,14 @@ fn gelu_grad(x: f32, g: f32) -> f32 {
     g * (cdf + x * pdf)
 }
 
-const FUNCTIONS: [(Unary, fn(f32) -> f32); 4] = [
+/// A function's definition from `libm`, element by element.
+type Reference = fn(f32) -> f32;
+/// One width's run over a slice, in place.
+type Run = Box<dyn Fn(&mut [f32])>;
+/// One width's run of GELU's backward pass (inputs, gradients in place).
+type BackwardRun = Box<dyn Fn(&[f32], &mut [f32])>;
+
+const FUNCTIONS: [(Unary, Reference); 4] = [
     (Unary::Exp, exp),
     (Unary::Erf, erf),
     (Unary::Gelu, gelu),
@@ -107,7 +114,7 @@ fn every_function_has_libms_bits_at_every_width() {
     let xs = inputs();
     for (function, reference) in FUNCTIONS {
         let want: Vec<f32> = xs.iter().map(|&x| reference(x)).collect();
-        let mut runs: Vec<(&str, Box<dyn Fn(&mut [f32])>)> = vec![
+        let mut runs: Vec<(&str, Run)> = vec![
             (
                 "dispatched",
                 Box::new(move |x: &mut [f32]| function.apply(x)),
@@ -160,7 +167,7 @@ fn gelu_backward_has_libms_bits_at_every_width() {
         .map(|_| (rng.next_u32() as f32 / u32::MAX as f32 - 0.5) * 2.0)
         .collect();
     let want: Vec<f32> = xs.iter().zip(&gs).map(|(&x, &g)| gelu_grad(x, g)).collect();
-    let mut runs: Vec<(&str, Box<dyn Fn(&[f32], &mut [f32])>)> = vec![
+    let mut runs: Vec<(&str, BackwardRun)> = vec![
         (
             "dispatched",
             Box::new(|x: &[f32], g: &mut [f32]| gelu_backward(x, g)),
