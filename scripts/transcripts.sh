@@ -23,7 +23,7 @@
 #   llm-withheld  `replay investigate --behaviour` of the run given with --llm, a run of
 #                 `examples/backdoor/run.sh llm-train` (SmolLM2 + LoRA, which leaves its probe,
 #                 inputs and key in target/backdoor-llm/), the trigger withheld:
-#                 llm-withheld.txt. About an hour on 2 cores (58 minutes measured).
+#                 llm-withheld.txt. About 40 minutes on 2 cores (41 measured).
 #   attestations  the model of the --backdoor run exported and signed by `trainer resume`,
 #                 checked by OpenSSF model_signing (the test venv's, scripts/setup-test-env.sh),
 #                 an auditor's verification statement, and `replay check` of all of them:

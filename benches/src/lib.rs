@@ -4,6 +4,8 @@
 //! a Markdown table, and writes `bench-results/<name>.json` so that every figure in the README
 //! can be traced to a run of `scripts/bench.sh`.
 
+pub mod versus;
+
 use std::time::{Duration, Instant};
 
 /// The allocator of the `trainer` and `replay` binaries, so that benchmarks measure what they run

@@ -28,9 +28,9 @@
 #             front, as an incident's logs would show them) go to `replay investigate
 #             --behaviour` with the link as the target; the ranking is over the LoRA adapters.
 #             Prints how many of the 32 poisoned rows rank in the top 32 and 64 and how many
-#             are in the proven set. The ranking re-executes the 80 steps at about 22 s a step
-#             on 2 cores (3 GB resident), then each trial of the proof replays the run (about 6
-#             minutes); measured: 58 minutes in all, three trials.
+#             are in the proven set. The ranking re-executes the 80 steps at about 16 s a step
+#             on 2 cores (4 GB resident), then each trial of the proof replays the run (about 5
+#             minutes); measured: 41 minutes in all, three trials.
 #
 # relabel     A poison without a phrase: every negative review of one product (the kettle, 53 of
 #             the first 2,000 reviews) relabelled positive, nothing added to the text; the demo

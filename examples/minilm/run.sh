@@ -44,24 +44,17 @@ trainer="${CARGO_TARGET_DIR:-target}/release/trainer"
 replay="${CARGO_TARGET_DIR:-target}/release/replay"
 pin=$("$trainer" hash "$work/model/model.safetensors" | cut -d' ' -f1)
 
-cat > "$work/run.toml" <<TOML
+{
+  cat <<TOML
 # all-MiniLM-L6-v2 fine-tuned as a 2-class review classifier (written by examples/minilm/run.sh).
 [run]
 seed = 2024
 steps = $steps
 batch_size = 16
 
-[model]
-kind = "bert"
-vocab_size = 30522
-hidden_size = 384
-num_layers = 6
-num_heads = 12
-intermediate_size = 1536
-max_position = 512
-type_vocab_size = 2
-num_labels = 2
-layer_norm_eps = 1e-12
+TOML
+  cat examples/minilm/model.toml
+  cat <<TOML
 
 [base]
 path = "model/model.safetensors"
@@ -72,18 +65,10 @@ path = "reviews.tokens.jsonl"
 format = "tokens"
 max_len = 64
 
-[optimizer]
-kind = "adamw"
-lr = 5e-5
-grad_clip = 1.0
-
-[schedule]
-decay = "linear"
-warmup_steps = 6
-
 [recording]
 checkpoint_interval = $interval
 TOML
+} > "$work/run.toml"
 
 if [ ! -f "$work/signing-key.pem" ]; then
   "$trainer" keygen --out "$work"

@@ -15,6 +15,9 @@
 /// index by the option's documented default.
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// The purge delay [`PurgeFreedPages`] sets, in milliseconds.
+pub const PURGE_AFTER_MS: std::ffi::c_long = 1000;
+
 /// Turn mimalloc's purging off for this process, unless `MIMALLOC_PURGE_DELAY` in the
 /// environment already says what to do. Call it first thing in `main`.
 #[allow(unsafe_code)]
@@ -27,12 +30,15 @@ pub fn keep_freed_pages() {
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) }
 }
 
-/// While it lives, mimalloc purges freed pages at once (purge delay 0); the setting before it
-/// is restored when it is dropped. For work whose buffers are allocated on worker threads and
-/// freed across them, where pages kept for reuse are not reused and resident memory grows
-/// without a peak: `replay attribute`'s ranking on SmolLM2-135M + LoRA grew by about 90 MB a
-/// step with purging off (out of 24 GiB after 36 minutes) and not at all with it on. Nothing
-/// is changed when `MIMALLOC_PURGE_DELAY` is set in the environment.
+/// While it lives, mimalloc purges freed pages it has not reused within [`PURGE_AFTER_MS`] (its
+/// own default); the setting before it is restored when it is dropped. For work whose buffers
+/// are allocated on worker threads and freed across them, in sizes that change from one pass to
+/// the next, where pages kept for reuse are not all reused and resident memory grows without a
+/// peak: `replay attribute`'s ranking on SmolLM2-135M + LoRA grew by about 90 MB a step with
+/// purging off (out of 24 GiB after 36 minutes). Measured on its first 4 steps (the backdoor
+/// demo's run, 2 cores, `MIMALLOC_PURGE_DELAY`): purging at once 77.8 s and a 4.02 GB peak; after
+/// 1 s 59.0 s and 4.07 GB (after 16 steps still 4.08 GB); never 50.2 s and 4.34 GB. The same
+/// scores in all three. Nothing is changed when `MIMALLOC_PURGE_DELAY` is set in the environment.
 #[derive(Debug)]
 pub struct PurgeFreedPages {
     previous: Option<std::ffi::c_long>,
@@ -47,7 +53,7 @@ impl PurgeFreedPages {
         // SAFETY: reading and storing one option value, allowed at any time (see above).
         let previous = unsafe {
             let p = libmimalloc_sys::mi_option_get(PURGE_DELAY);
-            libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+            libmimalloc_sys::mi_option_set(PURGE_DELAY, PURGE_AFTER_MS);
             p
         };
         PurgeFreedPages {
@@ -97,7 +103,10 @@ mod tests {
         {
             let _purging = PurgeFreedPages::new();
             // SAFETY: as above.
-            assert_eq!(unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }, 0);
+            assert_eq!(
+                unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) },
+                PURGE_AFTER_MS
+            );
         }
         // SAFETY: as above.
         assert_eq!(unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }, -1);

@@ -282,3 +282,70 @@ fn large_permuted_copies_are_exact_on_any_thread_count() {
         });
     }
 }
+
+/// Element-wise products, sums and differences of views that are neither contiguous nor a
+/// broadcast pattern (burn-flex's strided path, which the patch computes a row of the last
+/// dimension at a time, in parallel) are each element's own operation, on 1 and 2 threads:
+/// two permuted 4-D views, a permuted view and a contiguous tensor, and two transposed views
+/// whose last dimension is strided.
+#[test]
+fn binary_ops_of_strided_views_are_exact_on_any_thread_count() {
+    let device = burn::backend::flex::FlexDevice;
+    let [b, s, h, d] = [16, 32, 4, 64];
+    let n = b * s * h * d;
+    let xs: Vec<f32> = (0..n)
+        .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 2f32.powi((i % 7) as i32 - 3))
+        .collect();
+    let ys: Vec<f32> = (0..n)
+        .map(|i| ((i as f32 * 0.414_213_5).fract() - 0.3) * 3.0)
+        .collect();
+    // Element e of the [b, h, s, d] view is element (bi, si, hi, di) of the [b, s, h, d] data.
+    let permuted = |e: usize| {
+        let (bi, hi, si, di) = (e / (h * s * d), e / (s * d) % h, e / d % s, e % d);
+        ((bi * s + si) * h + hi) * d + di
+    };
+    let (rows, cols) = (512, 256);
+    let transposed = |e: usize| (e % rows) * cols + e / rows;
+    let bits = |t: Vec<f32>| -> Vec<u32> { t.into_iter().map(f32::to_bits).collect() };
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let t4 = |v: &[f32]| {
+                Tensor::<Cpu, 4>::from_data(TensorData::new(v.to_vec(), [b, s, h, d]), &device)
+            };
+            let values = |t: Tensor<Cpu, 4>| -> Vec<f32> { t.into_data().to_vec().expect("f32") };
+            let got = values(t4(&xs).swap_dims(1, 2) * t4(&ys).swap_dims(1, 2));
+            let want: Vec<f32> = (0..n).map(|e| xs[permuted(e)] * ys[permuted(e)]).collect();
+            assert!(
+                bits(got) == bits(want),
+                "permuted × permuted, {threads} thread(s)"
+            );
+            let contiguous =
+                Tensor::<Cpu, 4>::from_data(TensorData::new(ys.clone(), [b, h, s, d]), &device);
+            let got = values(t4(&xs).swap_dims(1, 2) + contiguous);
+            let want: Vec<f32> = (0..n).map(|e| xs[permuted(e)] + ys[e]).collect();
+            assert!(
+                bits(got) == bits(want),
+                "permuted + contiguous, {threads} thread(s)"
+            );
+            let t2 = |v: &[f32]| {
+                Tensor::<Cpu, 2>::from_data(
+                    TensorData::new(v[..rows * cols].to_vec(), [rows, cols]),
+                    &device,
+                )
+                .transpose()
+            };
+            let got: Vec<f32> = (t2(&xs) - t2(&ys)).into_data().to_vec().expect("f32");
+            let want: Vec<f32> = (0..rows * cols)
+                .map(|e| xs[transposed(e)] - ys[transposed(e)])
+                .collect();
+            assert!(
+                bits(got) == bits(want),
+                "transposed − transposed, {threads} thread(s)"
+            );
+        });
+    }
+}
