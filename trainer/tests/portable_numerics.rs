@@ -284,8 +284,8 @@ fn large_permuted_copies_are_exact_on_any_thread_count() {
 }
 
 /// Element-wise products, sums and differences of views that are neither contiguous nor a
-/// broadcast pattern (burn-flex's strided path, which the patch computes a row of the last
-/// dimension at a time, in parallel) are each element's own operation, on 1 and 2 threads:
+/// broadcast pattern (burn-flex's strided path, which the patch copies contiguous in parallel
+/// first) are each element's own operation, on 1 and 2 threads:
 /// two permuted 4-D views, a permuted view and a contiguous tensor, and two transposed views
 /// whose last dimension is strided.
 #[test]

@@ -41,24 +41,3 @@ where
     }
     f(data, other)
 }
-
-/// Apply `f` to runs of whole rows of `data` (rows of `row_len` elements; `data.len()` a
-/// multiple of it), each call given the index of its first row (in parallel when `data` is
-/// large).
-pub(crate) fn rows_mut<E: Send, F>(data: &mut [E], row_len: usize, f: F)
-where
-    F: Fn(usize, &mut [E]) + Send + Sync,
-{
-    let row_len = row_len.max(1);
-    #[cfg(feature = "rayon")]
-    if data.len() >= PARALLEL_MIN {
-        use rayon::prelude::*;
-        let rows = data.len() / row_len;
-        let per = rows.div_ceil(rayon::current_num_threads() * 4).max(4096_usize.div_ceil(row_len));
-        data.par_chunks_mut(per * row_len)
-            .enumerate()
-            .for_each(|(i, c)| f(i * per, c));
-        return;
-    }
-    f(0, data)
-}

@@ -386,80 +386,17 @@ where
                 .map(|(&a, &b)| op(a, b))
                 .collect()
         }
-        // Any other layouts (transposed, permuted, sliced, broadcast): a row of the last
-        // dimension at a time, in parallel (training-replay-verifier patch; upstream walked
-        // every element with `StridedIter` on one thread).
-        _ => apply_strided_rows(lhs_storage, rhs_storage, lhs.layout(), rhs.layout(), op),
+        // Any other layouts (transposed, permuted, sliced, broadcast): both operands copied
+        // contiguous by `to_contiguous` (its parallel, tiled copy), then the paths above
+        // (training-replay-verifier patch; upstream walked every element with `StridedIter` on
+        // one thread). Each element is still `op` of its two inputs alone.
+        _ => {
+            let (lhs, rhs) = (lhs.to_contiguous(), rhs.to_contiguous());
+            return binary_op_typed(lhs, &rhs, op);
+        }
     };
 
     make_tensor(result, shape, dtype)
-}
-
-/// `op` of the elements of two layouts of the same shape, in the shape's row-major order
-/// (training-replay-verifier patch). The output is split into rows of the last dimension; a
-/// row's two starting offsets come from its index, and its elements follow the two last-dimension
-/// strides (a plain slice when both are 1). Rows are computed in parallel when the output is
-/// large: each element is `op` of its two inputs alone, so neither the order nor the split
-/// changes a value.
-pub(crate) fn apply_strided_rows<E, Op>(
-    lhs: &[E],
-    rhs: &[E],
-    lhs_layout: &Layout,
-    rhs_layout: &Layout,
-    op: Op,
-) -> Vec<E>
-where
-    E: Copy + Send + Sync + bytemuck::Zeroable,
-    Op: Fn(E, E) -> E + Send + Sync,
-{
-    let shape = lhs_layout.shape();
-    let dims = shape.num_dims();
-    let mut out = alloc::vec![E::zeroed(); lhs_layout.num_elements()];
-    if out.is_empty() {
-        return out;
-    }
-    let (l_strides, r_strides) = (lhs_layout.strides(), rhs_layout.strides());
-    // The last dimension (a 0-d tensor is one row of one element).
-    let (n, l_step, r_step) = match dims {
-        0 => (1, 0, 0),
-        _ => (shape[dims - 1], l_strides[dims - 1], r_strides[dims - 1]),
-    };
-    let (l_base, r_base) = (
-        lhs_layout.start_offset() as isize,
-        rhs_layout.start_offset() as isize,
-    );
-    let starts = |mut row: usize| -> (isize, isize) {
-        let (mut l, mut r) = (l_base, r_base);
-        for d in (0..dims.saturating_sub(1)).rev() {
-            let i = (row % shape[d]) as isize;
-            row /= shape[d];
-            l += i * l_strides[d];
-            r += i * r_strides[d];
-        }
-        (l, r)
-    };
-    crate::parallel_elementwise::rows_mut(&mut out, n, |first, chunk| {
-        for (k, row) in chunk.chunks_mut(n).enumerate() {
-            let (l, r) = starts(first + k);
-            if l_step == 1 && r_step == 1 {
-                let (l, r) = (l as usize, r as usize);
-                for ((o, &a), &b) in row.iter_mut().zip(&lhs[l..l + n]).zip(&rhs[r..r + n]) {
-                    *o = op(a, b);
-                }
-            } else if l_step == 1 && r_step == 0 {
-                let (l, b) = (l as usize, rhs[r as usize]);
-                for (o, &a) in row.iter_mut().zip(&lhs[l..l + n]) {
-                    *o = op(a, b);
-                }
-            } else {
-                for (j, o) in row.iter_mut().enumerate() {
-                    let j = j as isize;
-                    *o = op(lhs[(l + j * l_step) as usize], rhs[(r + j * r_step) as usize]);
-                }
-            }
-        }
-    });
-    out
 }
 
 /// Fast 2D strided binary operation using row-based iteration.
